@@ -1,0 +1,88 @@
+"""Our sampler against transformers' `generate`, greedy, same model, prompts, batch and max_new_tokens, in one run.
+
+    python bench/sampler.py --batch 32 --max-new-tokens 256
+
+Both stop a row at EOS. Tokens/s counts each row's tokens up to and including its EOS (the useful output), the
+same way for both, so the ratio is wall time to produce the same answers. Prints both and the ratio last.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from data import encode_prompts, load_gsm8k, stop_token_ids  # noqa: E402
+from model_io import SamplingConfig, generate, load  # noqa: E402
+from model_io.loading import embedded_gguf  # noqa: E402
+
+
+def useful_length(row: list[int], eos: tuple[int, ...]) -> int:
+    return next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2-135M-Instruct)")
+    ap.add_argument("--batch", type=int, default=32, help="prompts per batch (default: 32)")
+    ap.add_argument("--max-new-tokens", type=int, default=256, help="default: 256")
+    ap.add_argument("--gsm8k", default=None, help="GSM8K file or directory (default: $GSM8K_DIR, else the hub)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: cuda if available, else cpu")
+    args = ap.parse_args(argv)
+
+    model, tok = load(args.model, device=args.device)
+    problems = load_gsm8k("test", args.gsm8k)[: args.batch]
+    prompts = encode_prompts(tok, [p.question for p in problems])
+    eos = stop_token_ids(tok, model.cfg.eos_token_ids)
+    pad = tok.pad_token_id
+    dev = torch.device(args.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    print(f"device={dev} threads={torch.get_num_threads()} batch={args.batch} max_new_tokens={args.max_new_tokens} "
+          f"prompt tokens={sum(map(len, prompts))} (max {max(map(len, prompts))})")
+
+    # transformers, on the same weights in the same dtype
+    from transformers import AutoModelForCausalLM
+
+    spec = args.model or str(embedded_gguf())
+    kw = {"gguf_file": os.path.basename(spec)} if spec.endswith(".gguf") else {}
+    hf = AutoModelForCausalLM.from_pretrained(os.path.dirname(spec) if kw else spec, dtype=model.embed.weight.dtype, **kw)
+    hf = hf.to(dev).eval()
+    P = max(map(len, prompts))
+    ids = torch.full((len(prompts), P), pad, dtype=torch.long)
+    am = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, P - len(p):], am[i, P - len(p):] = torch.tensor(p), 1
+    ids, am = ids.to(dev), am.to(dev)
+
+    cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=0.0, eos_ids=eos)
+    generate(model, prompts[:2], SamplingConfig(max_new_tokens=4, temperature=0.0, eos_ids=eos), pad_id=pad)  # warm-up
+    with torch.no_grad():
+        hf.generate(input_ids=ids[:2], attention_mask=am[:2], max_new_tokens=4, do_sample=False, pad_token_id=pad)
+
+    sync(); t0 = time.perf_counter()
+    ours = generate(model, prompts, cfg, pad_id=pad)
+    sync(); t_ours = time.perf_counter() - t0
+    ours_rows = [ours.row(i) for i in range(len(prompts))]
+
+    sync(); t0 = time.perf_counter()
+    with torch.no_grad():
+        out = hf.generate(input_ids=ids, attention_mask=am, max_new_tokens=args.max_new_tokens, do_sample=False,
+                          eos_token_id=list(eos), pad_token_id=pad)
+    sync(); t_hf = time.perf_counter() - t0
+    hf_rows = [r[: useful_length(r, eos)] for r in out[:, P:].tolist()]
+
+    n_ours, n_hf = sum(map(len, ours_rows)), sum(map(len, hf_rows))
+    same = sum(a == b for a, b in zip(ours_rows, hf_rows))
+    print(f"rows with identical greedy tokens: {same}/{len(prompts)}; rows ended by EOS: "
+          f"{sum(f == 'eos' for f in ours.finish)}/{len(prompts)}")
+    print(f"transformers generate: {n_hf} tokens in {t_hf:.2f}s = {n_hf / t_hf:.1f} tokens/s")
+    print(f"ours                 : {n_ours} tokens in {t_ours:.2f}s = {n_ours / t_ours:.1f} tokens/s")
+    print(f"ratio ours/transformers tokens/s: {(n_ours / t_ours) / (n_hf / t_hf):.2f}")
+
+
+if __name__ == "__main__":
+    main()

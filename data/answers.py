@@ -1,0 +1,61 @@
+"""Numbers in GSM8K answers: the gold answer, and predictions parsed strictly or leniently.
+
+  gold:     "...\\n#### 1,234"                    -> "1234"
+  strict:   the content of the last <answer>...</answer>, which must be a bare number ($, commas, a trailing
+            period and surrounding spaces allowed)
+  lenient:  the last number anywhere in the text
+All three are normalised the same way, so "18.00", "$18" and "18." compare equal to "18".
+"""
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+# a number as people write it: optional sign, optional $, digits with optional thousands commas, optional decimals
+NUMBER = re.compile(r"-?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\$?\.\d+")
+GOLD_MARK = "####"
+
+
+def normalize_number(text: str | None) -> str | None:
+    """Canonical string of a number written in `text`, or None if `text` is not a bare number.
+
+    "$1,234.50" -> "1234.5", "18.00" -> "18", "-3." -> "-3", "0.0" -> "0", "abc" -> None."""
+    if text is None:
+        return None
+    s = text.strip().replace(",", "").replace("$", "").replace(" ", "")
+    s = s.rstrip(".")
+    if not re.fullmatch(r"[-+]?(\d+(\.\d*)?|\.\d+)", s):
+        return None
+    try:
+        d = Decimal(s)
+    except InvalidOperation:
+        return None
+    if d == d.to_integral_value():
+        return str(int(d))
+    return format(d.normalize(), "f")
+
+
+def extract_gold(solution: str) -> str:
+    """The normalised number after `####` in a GSM8K solution."""
+    if GOLD_MARK not in solution:
+        raise ValueError("GSM8K solution has no '####' answer line")
+    gold = normalize_number(solution.rsplit(GOLD_MARK, 1)[1])
+    if gold is None:
+        raise ValueError(f"GSM8K answer {solution.rsplit(GOLD_MARK, 1)[1].strip()!r} is not a number")
+    return gold
+
+
+def answer_content(text: str) -> str | None:
+    """Raw content of the last <answer>...</answer>, stripped; None without a closed answer tag."""
+    found = ANSWER_TAG.findall(text)
+    return found[-1].strip() if found else None
+
+
+def parse_strict(text: str) -> str | None:
+    return normalize_number(answer_content(text))
+
+
+def parse_lenient(text: str) -> str | None:
+    found = NUMBER.findall(text)
+    return normalize_number(found[-1]) if found else None

@@ -1,0 +1,85 @@
+"""GSM8K (Cobbe et al. 2021): grade-school maths word problems with a numeric answer after '####'.
+
+Sources, first that applies: an explicit file or directory; the directory in env GSM8K_DIR (original
+train.jsonl / test.jsonl); the hub dataset openai/gsm8k (config main) through `datasets`, imported only then.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .answers import extract_gold
+
+SPLITS = ("train", "test")
+HUB_ID = "openai/gsm8k"
+HOW = (
+    "pass --gsm8k PATH (a train.jsonl/test.jsonl file or their directory), set GSM8K_DIR to that directory, "
+    f"or install `datasets` with network access to the hub dataset {HUB_ID}"
+)
+
+
+class DataError(ValueError):
+    """Data that cannot be read; the message names the file (and line) and the fix."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    question: str
+    answer: str  # normalised gold number, e.g. "72"
+    solution: str  # the worked solution, without its '#### answer' line
+    index: int = 0  # position in its split
+
+
+def _problem(q: str, a: str, index: int) -> Problem:
+    return Problem(question=q.strip(), answer=extract_gold(a), solution=a.rsplit("####", 1)[0].strip(), index=index)
+
+
+def _read_jsonl(path: Path) -> list[Problem]:
+    out = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                out.append(_problem(row["question"], row["answer"], len(out)))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                what = f"missing field {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
+                raise DataError(f"{path}:{n}: malformed GSM8K line ({what}); expected JSON with 'question' and 'answer'") from None
+    if not out:
+        raise DataError(f"{path}: no problems in file")
+    return out
+
+
+def _from_path(path: Path, split: str) -> list[Problem]:
+    if path.is_dir():
+        path = path / f"{split}.jsonl"
+    if not path.is_file():
+        raise DataError(f"GSM8K file {path} not found: {HOW}")
+    return _read_jsonl(path)
+
+
+def _from_hub(split: str) -> list[Problem]:
+    try:
+        import datasets  # only on this path: machines without `datasets` still load local files
+    except ImportError:
+        raise DataError(f"no GSM8K source: {HOW}") from None
+    try:
+        ds = datasets.load_dataset(HUB_ID, "main", split=split)
+    except Exception as e:  # network, auth, cache: all mean the same thing to the user
+        raise DataError(f"cannot load {HUB_ID} from the hub ({type(e).__name__}); {HOW}") from None
+    return [_problem(r["question"], r["answer"], i) for i, r in enumerate(ds)]
+
+
+def load_gsm8k(split: str, source: str | os.PathLike | None = None) -> list[Problem]:
+    """All problems of `split` ("train" or "test"), in file order."""
+    if split not in SPLITS:
+        raise DataError(f"unknown GSM8K split {split!r}: use one of {', '.join(SPLITS)}")
+    if source is not None:
+        return _from_path(Path(source).expanduser(), split)
+    env = os.environ.get("GSM8K_DIR")
+    if env:
+        return _from_path(Path(env).expanduser(), split)
+    return _from_hub(split)

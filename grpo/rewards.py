@@ -1,0 +1,107 @@
+"""The five reward functions of the well-known GRPO GSM8K recipe, and a RewardSet that weights and reports them.
+
+Each is `fn(completions: list[str], **kw) -> list[float]`, with the gold answers passed as `answers=`. All regexes
+use DOTALL (the recipe's strict pattern without it could never match a multi-line reasoning). No input string
+makes any of them raise: they only search, count and compare strings.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from data.answers import answer_content, normalize_number, parse_strict
+
+RewardFn = Callable[..., list[float]]
+
+STRICT_FORMAT = re.compile(r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n$", re.DOTALL)
+SOFT_FORMAT = re.compile(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", re.DOTALL)
+INTEGER = re.compile(r"[+-]?\d+")
+
+
+def correctness_reward_func(completions: Sequence[str], answers: Sequence[str], **_) -> list[float]:
+    """2.0 when the strict-parsed answer equals the gold number after normalisation."""
+    if len(answers) != len(completions):
+        raise ValueError(f"{len(completions)} completions but {len(answers)} answers")
+    return [2.0 if (p := parse_strict(c)) is not None and p == normalize_number(a) else 0.0 for c, a in zip(completions, answers)]
+
+
+def int_reward_func(completions: Sequence[str], **_) -> list[float]:
+    """0.5 when the strict-parsed answer is an integer literal (digits with an optional sign)."""
+    return [0.5 if (a := answer_content(c)) is not None and INTEGER.fullmatch(a) else 0.0 for c in completions]
+
+
+def strict_format_reward_func(completions: Sequence[str], **_) -> list[float]:
+    """0.5 when the whole text is exactly the reasoning/answer layout, newlines included."""
+    return [0.5 if STRICT_FORMAT.match(c) else 0.0 for c in completions]
+
+
+def soft_format_reward_func(completions: Sequence[str], **_) -> list[float]:
+    """0.5 when the text starts with a reasoning block followed by an answer block."""
+    return [0.5 if SOFT_FORMAT.match(c) else 0.0 for c in completions]
+
+
+def count_xml(text: str) -> float:
+    """0.125 per tag written exactly once with its newlines; text after the closing answer tag costs 0.001 a char."""
+    score = 0.0
+    if text.count("<reasoning>\n") == 1:
+        score += 0.125
+    if text.count("\n</reasoning>\n") == 1:
+        score += 0.125
+    if text.count("\n<answer>\n") == 1:
+        score += 0.125
+        score -= len(text.split("\n</answer>\n")[-1]) * 0.001
+    if text.count("\n</answer>") == 1:
+        score += 0.125
+        score -= (len(text.split("\n</answer>")[-1]) - 1) * 0.001
+    return score
+
+
+def xmlcount_reward_func(completions: Sequence[str], **_) -> list[float]:
+    return [count_xml(c) for c in completions]
+
+
+DEFAULT_REWARDS: dict[str, RewardFn] = {
+    "correctness": correctness_reward_func,
+    "int": int_reward_func,
+    "strict_format": strict_format_reward_func,
+    "soft_format": soft_format_reward_func,
+    "xmlcount": xmlcount_reward_func,
+}
+
+
+@dataclass
+class RewardBreakdown:
+    total: list[float]  # [R] weighted sum
+    per_fn: dict[str, list[float]]  # name -> [R] unweighted values
+
+
+class RewardSet:
+    """Weighted reward functions, applied together; each one's values are kept for logging."""
+
+    def __init__(self, weights: dict[str, float] | None = None, fns: dict[str, RewardFn] | None = None):
+        self.fns = dict(fns or DEFAULT_REWARDS)
+        weights = {name: 1.0 for name in self.fns} if weights is None else dict(weights)
+        unknown = set(weights) - set(self.fns)
+        if unknown:
+            raise ValueError(f"unknown reward functions {sorted(unknown)}: known are {', '.join(self.fns)}")
+        self.weights = weights
+
+    @classmethod
+    def parse(cls, spec: str) -> "RewardSet":
+        """'correctness=1,xmlcount=0.5' -> RewardSet; an empty spec means all five at weight 1."""
+        if not spec.strip():
+            return cls()
+        weights = {}
+        for part in spec.split(","):
+            name, _, w = part.partition("=")
+            try:
+                weights[name.strip()] = float(w) if w else 1.0
+            except ValueError:
+                raise ValueError(f"bad reward weight {part!r}: write name=weight, e.g. correctness=1,xmlcount=0.5") from None
+        return cls(weights)
+
+    def __call__(self, completions: Sequence[str], answers: Sequence[str]) -> RewardBreakdown:
+        per_fn = {name: self.fns[name](completions, answers=answers) for name in self.weights}
+        total = [sum(self.weights[n] * per_fn[n][i] for n in per_fn) for i in range(len(completions))]
+        return RewardBreakdown(total, per_fn)

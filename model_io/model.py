@@ -1,0 +1,175 @@
+"""Transformer: a from-scratch decoder for the Llama and Qwen2 families.
+
+Embedding -> L x [RMSNorm -> grouped-query attention with RoPE -> residual -> RMSNorm -> SwiGLU -> residual]
+-> RMSNorm -> LM head (tied to the embedding or not). Numerics follow transformers' reference implementation
+(RMSNorm in float32, RoPE cos/sin in float32) so that logits match it to float tolerance.
+
+Two fusions do less work than the reference: q/k/v are one matmul, gate/up are one matmul. The LM head is applied
+only where the caller asks (`logits_at`), since on a 49k-token vocabulary it is a large part of each forward.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig, rope_inv_freq
+from .kv_cache import KVCache
+from .linear import Linear
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Zhang & Sennrich 2019; computed in float32 as in transformers' LlamaRMSNorm.
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.h, self.hkv, self.d = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.qkv = Linear(cfg.dim, (self.h + 2 * self.hkv) * self.d, bias=cfg.qkv_bias)
+        self.o = Linear(self.h * self.d, cfg.dim, bias=False)
+
+    def forward(self, x, cos, sin, mask, layer: int, cache: KVCache | None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split([self.h * self.d, self.hkv * self.d, self.hkv * self.d], dim=-1)
+        q = q.view(B, T, self.h, self.d).transpose(1, 2)  # [B, H, T, D]
+        k = k.view(B, T, self.hkv, self.d).transpose(1, 2)  # [B, H_kv, T, D]
+        v = v.view(B, T, self.hkv, self.d).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        if cache is not None:
+            s0 = cache.length
+            cache.k[layer, :, :, s0 : s0 + T] = k
+            cache.v[layer, :, :, s0 : s0 + T] = v
+            k = cache.k[layer, :, :, : s0 + T]  # [B, H_kv, S, D], a view: no copy
+            v = cache.v[layer, :, :, : s0 + T]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.hkv != self.h)
+        return self.o(y.transpose(1, 2).reshape(B, T, self.h * self.d))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_up = Linear(cfg.dim, 2 * cfg.intermediate_size, bias=False)
+        self.down = Linear(cfg.intermediate_size, cfg.dim, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)  # SwiGLU (Shazeer 2020)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim, cfg.rms_norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.dim, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, mask, layer, cache):
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, layer, cache)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.rms_norm_eps)
+        self.lm_head = Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed.weight
+        # RoPE inverse frequencies stay float32 whatever the weights' dtype (as in transformers), so they are kept
+        # out of the module's buffers (which .to(dtype) would cast); one copy per device, made on first use.
+        self._inv_freq: dict[torch.device, torch.Tensor] = {}  # device -> [D/2]
+
+    @classmethod
+    def empty(cls, cfg: ModelConfig, device="cpu", dtype: torch.dtype = torch.float32) -> "Transformer":
+        """Uninitialised weights (to be loaded), allocated once on `device` without a random init first."""
+        with torch.device("meta"):
+            model = cls(cfg)
+        model = model.to_empty(device=device).to(dtype)
+        if cfg.tie_word_embeddings:  # to_empty gives each module its own tensor: tie them again
+            model.lm_head.weight = model.embed.weight
+        return model
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    def rope(self, positions: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        inv_freq = self._inv_freq.get(positions.device)
+        if inv_freq is None:
+            inv_freq = self._inv_freq[positions.device] = rope_inv_freq(self.cfg).to(positions.device)
+        freqs = positions[..., None].float() * inv_freq  # [B, T, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, T, D]
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def hidden(
+        self,
+        tokens: torch.Tensor,  # [B, T]
+        positions: torch.Tensor | None = None,  # [B, T]
+        cache: KVCache | None = None,
+        key_mask: torch.Tensor | None = None,  # [B, T] bool: False marks padding among the new tokens
+    ) -> torch.Tensor:
+        """Final-normed hidden states [B, T, C]. With a cache, the new tokens go to slots [length, length+T)."""
+        B, T = tokens.shape
+        dev = tokens.device
+        s0 = cache.length if cache is not None else 0
+        if cache is not None:
+            if s0 + T > cache.capacity:
+                raise ValueError(f"KV cache full: {s0} + {T} tokens > capacity {cache.capacity}")
+            cache.key_mask[:, s0 : s0 + T] = True if key_mask is None else key_mask
+            keys_valid = cache.key_mask[:, : s0 + T]  # [B, S]
+        else:
+            keys_valid = key_mask
+        if positions is None:
+            positions = torch.arange(s0, s0 + T, device=dev).expand(B, T)
+        mask = None
+        if T > 1 or (keys_valid is not None and not bool(keys_valid.all())):
+            # query i sits in slot s0+i; it sees valid slots <= its own, and always itself (so that a padding
+            # query attends to something: a row of -inf would give NaN, and 0 * NaN poisons later layers).
+            S = s0 + T
+            q_slot = torch.arange(s0, S, device=dev)[:, None]  # [T, 1]
+            k_slot = torch.arange(S, device=dev)[None, :]  # [1, S]
+            causal = k_slot <= q_slot  # [T, S]
+            valid = keys_valid[:, None, :] if keys_valid is not None else torch.ones(1, 1, S, dtype=torch.bool, device=dev)
+            mask = ((causal & valid) | (k_slot == q_slot))[:, None]  # [B, 1, T, S]
+        x = self.embed(tokens)
+        cos, sin = self.rope(positions, x.dtype)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask, i, cache)
+        if cache is not None:
+            cache.length = s0 + T
+        return self.norm(x)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,  # [B, T]
+        positions: torch.Tensor | None = None,  # [B, T]
+        cache: KVCache | None = None,
+        key_mask: torch.Tensor | None = None,  # [B, T]
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits [B, T, V], or [B, V] for the last position only (what decoding needs)."""
+        h = self.hidden(tokens, positions, cache, key_mask)
+        if last_only:
+            h = h[:, -1]
+        return self.lm_head(h)

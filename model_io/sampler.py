@@ -1,0 +1,208 @@
+"""The KV-cached sampler: token ids in, token ids and log-probs out.
+
+    prefix = prefill(model, prompts, room=max_new_tokens)   # one forward over the left-padded prompts
+    prefix = prefix.fork(rows)                              # e.g. G copies of each prompt: rows repeated by index
+    result = decode(model, prefix, cfg, generator)          # one token per step for every live row
+
+The cache is allocated once per call (no growing by concatenation, which copies the whole cache every step).
+Rows that finish (EOS, a stop criterion) are dropped from the batch: once a quarter of the cached rows are
+finished the cache is compacted, so finished rows cost at most a third more work, never a whole step each.
+Sampling takes an explicit torch.Generator: the same seed and inputs give the same tokens.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import torch
+
+from .kv_cache import KVCache
+from .model import Transformer
+
+# finish reasons, as stored in SampleResult.finish
+EOS, STOP, LENGTH = "eos", "stop", "length"
+
+
+
+class StopFn(Protocol):
+    """Says which live rows are finished, from the newest `window` generated tokens of each (as plain lists, so
+    that text-level stops such as "</answer>" can live in data/, which knows text and not tensors)."""
+
+    window: int
+
+    def __call__(self, tails: list[list[int]]) -> list[bool]: ...
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    max_new_tokens: int = 256
+    temperature: float = 1.0  # 0 means greedy (argmax)
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
+    eos_ids: tuple[int, ...] = ()  # tokens that end a row (kept as its last token)
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class SampleResult:
+    tokens: torch.Tensor  # [R, T] completion ids, pad_id after each row's length
+    logprobs: torch.Tensor  # [R, T] float32 log p(token) at temperature 1 (GRPO's old log-probs); 0 past length
+    lengths: torch.Tensor  # [R] tokens generated per row, its EOS/stop token included
+    finish: list[str] = field(default_factory=list)  # [R] "eos" | "stop" | "length"
+    forward_tokens: int = 0  # tokens that went through the model in this call (prefill counted by `prefill`)
+
+    def row(self, r: int) -> list[int]:
+        return self.tokens[r, : int(self.lengths[r])].tolist()
+
+
+@dataclass
+class Prefix:
+    """The state after reading some tokens: a KV cache and the logits of the next token, for R rows."""
+
+    cache: KVCache
+    logits: torch.Tensor  # [R, V] float32 next-token logits
+    next_pos: torch.Tensor  # [R] position id of the next token
+    forward_tokens: int = 0  # tokens run through the model to build it
+
+    @property
+    def rows(self) -> int:
+        return self.logits.shape[0]
+
+    def fork(self, rows: torch.Tensor, room: int | None = None) -> "Prefix":
+        """Rows `rows` (LongTensor [R'], repeats allowed) of this prefix, with `room` free slots each
+        (default: as many as now). The prefix itself is untouched, so it can be forked again."""
+        room = self.cache.capacity - self.cache.length if room is None else room
+        rows = rows.to(self.logits.device)
+        return Prefix(self.cache.select(rows, self.cache.length + room), self.logits[rows], self.next_pos[rows])
+
+
+@torch.no_grad()
+def prefill(model: Transformer, prompts: Sequence[Sequence[int]], room: int, pad_id: int = 0, per_row: bool | None = None) -> Prefix:
+    """Run the prompts through the model once, left-aligned so that every row's next token lands in slot P
+    (the longest prompt's length); leave `room` cache slots for new tokens.
+
+    per_row (default: on CPU): each prompt alone, its keys/values copied into its cache row. On a compute-bound CPU
+    this skips the padding, which in a GSM8K batch is a third of the prefill. Off: one left-padded batch, which
+    suits a GPU, where launches rather than FLOPs are the cost."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("prefill needs at least one prompt and no empty prompt")
+    dev = model.device
+    per_row = dev.type == "cpu" if per_row is None else per_row
+    B, P = len(prompts), max(len(p) for p in prompts)
+    tokens = torch.full((B, P), pad_id, dtype=torch.long)
+    key_mask = torch.zeros(B, P, dtype=torch.bool)
+    for b, p in enumerate(prompts):  # left padding
+        tokens[b, P - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
+        key_mask[b, P - len(p) :] = True
+    tokens, key_mask = tokens.to(dev), key_mask.to(dev)
+    positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, P]
+    cache = KVCache.empty(model.cfg, B, P + room, dev, model.embed.weight.dtype)
+    if not per_row:
+        logits = model(tokens, positions=positions, cache=cache, key_mask=key_mask, last_only=True)  # [B, V]
+    else:
+        logits = torch.empty(B, model.cfg.vocab_size, device=dev, dtype=model.embed.weight.dtype)
+        for b, p in enumerate(prompts):
+            n = len(p)
+            row = KVCache.empty(model.cfg, 1, n, dev, cache.k.dtype)
+            logits[b] = model(tokens[b : b + 1, P - n :], cache=row, last_only=True)[0]
+            cache.k[:, b, :, P - n : P] = row.k[:, 0]
+            cache.v[:, b, :, P - n : P] = row.v[:, 0]
+        cache.key_mask[:, :P] = key_mask
+        cache.length = P
+    return Prefix(cache, logits.float(), positions[:, -1] + 1, forward_tokens=int(key_mask.sum()))
+
+
+def _pick(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None):
+    """Next token [R] and its temperature-1 log-prob [R] from float32 logits [R, V]."""
+    if cfg.temperature == 0:
+        tok = logits.argmax(-1)
+    else:
+        x = logits / cfg.temperature
+        if cfg.top_k > 0:
+            kth = torch.topk(x, min(cfg.top_k, x.shape[-1]), dim=-1).values[:, -1:]
+            x = x.masked_fill(x < kth, float("-inf"))
+        if cfg.top_p < 1.0:
+            # nucleus (Holtzman et al. 2020): keep the smallest set of top tokens whose mass reaches top_p
+            sx, si = torch.sort(x, dim=-1, descending=True)
+            p = sx.softmax(-1)
+            drop = (p.cumsum(-1) - p) >= cfg.top_p  # mass before this token already reaches top_p
+            x = x.scatter(-1, si, sx.masked_fill(drop, float("-inf")))
+        tok = torch.multinomial(x.softmax(-1), 1, generator=generator).squeeze(-1)
+    lp = logits.gather(-1, tok[:, None]).squeeze(-1) - torch.logsumexp(logits, -1)
+    return tok, lp
+
+
+@torch.no_grad()
+def decode(
+    model: Transformer,
+    prefix: Prefix,
+    cfg: SamplingConfig,
+    generator: torch.Generator | None = None,
+    stop: StopFn | None = None,
+    pad_id: int = 0,
+) -> SampleResult:
+    """Sample up to cfg.max_new_tokens per row after `prefix` (which is consumed: fork it first to keep it)."""
+    R, T = prefix.rows, cfg.max_new_tokens
+    if prefix.cache.capacity - prefix.cache.length < T - 1:
+        raise ValueError(f"prefix has room for {prefix.cache.capacity - prefix.cache.length} tokens, needs {T - 1}")
+    dev = prefix.logits.device
+    tokens = torch.full((R, T), pad_id, dtype=torch.long, device=dev)
+    logprobs = torch.zeros(R, T, dtype=torch.float32, device=dev)
+    lengths = torch.full((R,), T, dtype=torch.long)
+    finish = [LENGTH] * R
+    eos = torch.tensor(cfg.eos_ids, dtype=torch.long, device=dev)
+    cache, logits, pos = prefix.cache, prefix.logits, prefix.next_pos.clone()
+    rows = torch.arange(R, device=dev)  # [r] result row of each cached row
+    alive = torch.ones(R, dtype=torch.bool, device=dev)  # [r] cached row still generating
+    forward_tokens = 0
+    for t in range(T):
+        tok, lp = _pick(logits, cfg, generator)  # [r]
+        live = rows[alive]
+        tokens[live, t] = tok[alive]
+        logprobs[live, t] = lp[alive]
+        ended = torch.isin(tok, eos) & alive  # [r]
+        stopped = torch.zeros_like(alive)
+        if stop is not None:
+            tails = tokens[live, max(0, t + 1 - stop.window) : t + 1].tolist()
+            stopped[alive] = torch.tensor(stop(tails), dtype=torch.bool, device=dev) & ~ended[alive]
+        for r in (ended | stopped).nonzero().flatten().tolist():  # at most R times over the whole call
+            lengths[int(rows[r])] = t + 1
+            finish[int(rows[r])] = EOS if bool(ended[r]) else STOP
+        alive &= ~(ended | stopped)
+        n_alive = int(alive.sum())
+        if n_alive == 0 or t == T - 1:
+            break
+        if 4 * (alive.numel() - n_alive) >= alive.numel():  # compact: drop finished rows from the batch
+            keep = alive.nonzero().flatten()
+            cache = cache.select(keep)
+            rows, alive, tok, pos = rows[keep], alive[keep], tok[keep], pos[keep]
+        logits = model(tok[:, None], positions=pos[:, None], cache=cache, last_only=True).float()
+        forward_tokens += tok.numel()
+        pos = pos + 1
+    return SampleResult(tokens, logprobs, lengths.to(dev), finish, forward_tokens)
+
+
+def generate(
+    model: Transformer,
+    prompts: Sequence[Sequence[int]],
+    cfg: SamplingConfig,
+    generator: torch.Generator | None = None,
+    n: int = 1,
+    stop: StopFn | None = None,
+    pad_id: int = 0,
+) -> SampleResult:
+    """`n` completions per prompt, rows grouped by prompt: row b*n + g is completion g of prompt b.
+    Each prompt is run through the model once; its n rows continue from copies of its cache."""
+    prefix = prefill(model, prompts, room=cfg.max_new_tokens, pad_id=pad_id)
+    if n > 1:
+        prefix = prefix.fork(torch.arange(len(prompts)).repeat_interleave(n))
+    res = decode(model, prefix, cfg, generator, stop, pad_id)
+    res.forward_tokens += sum(len(p) for p in prompts)
+    return res

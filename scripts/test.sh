@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Sets up and runs the whole test suite (what CI runs). GSM8K comes from GSM8K_DIR (default: ../shared/data/gsm8k).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh || { echo "setup failed" >&2; exit 1; }
+export GSM8K_DIR="${GSM8K_DIR:-../shared/data/gsm8k}"
+PY=${PYTHON:-python3}
+"$PY" -m pytest -q tests "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi
+exit "$rc"

@@ -1,0 +1,31 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def gsm8k_dir() -> str:
+    d = os.environ.get("GSM8K_DIR")
+    if not d or not Path(d, "test.jsonl").is_file():
+        pytest.fail("set GSM8K_DIR to the directory holding GSM8K's train.jsonl and test.jsonl (CI: ../shared/data/gsm8k)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    """The embedded default (ours) and the transformers model it was converted from, loaded once per session."""
+    from transformers import AutoModelForCausalLM
+
+    from model_io import load
+    from model_io.loading import embedded_gguf
+
+    path = embedded_gguf()
+    model, tok = load()
+    hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()
+    return model, tok, hf

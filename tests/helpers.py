@@ -1,0 +1,66 @@
+"""Tiny random models and a byte-level tokenizer, built from configs: no downloads, seconds on a CPU."""
+from __future__ import annotations
+
+import torch
+
+CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+TINY_VOCAB = 259  # 256 bytes + <|endoftext|>, <|im_start|>, <|im_end|>
+
+
+def tiny_hf_config(arch: str = "llama", vocab: int = TINY_VOCAB, **kw):
+    from transformers import LlamaConfig, Qwen2Config
+
+    base = dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=512, eos_token_id=258, bos_token_id=257,
+                pad_token_id=256, initializer_range=0.2)
+    base.update(kw)
+    if arch == "llama":
+        return LlamaConfig(**base)
+    return Qwen2Config(**{"tie_word_embeddings": True, **base})
+
+
+def tiny_hf_model(arch: str = "llama", seed: int = 0, dtype=torch.float32, **kw):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    m = AutoModelForCausalLM.from_config(tiny_hf_config(arch, **kw)).to(dtype).eval()
+    if arch == "qwen2":  # HF initialises biases to zero: make them matter
+        with torch.no_grad():
+            for layer in m.model.layers:
+                for p in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    p.bias.normal_(0, 0.2)
+    return m
+
+
+def tiny_tokenizer():
+    """Byte-level BPE with no merges (one token per byte) and ChatML specials: ids 256, 257, 258."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok)
+    fast.add_special_tokens({"pad_token": "<|endoftext|>", "bos_token": "<|im_start|>", "eos_token": "<|im_end|>"})
+    fast.chat_template = CHATML
+    assert (fast.pad_token_id, fast.bos_token_id, fast.eos_token_id) == (256, 257, 258)
+    return fast
+
+
+def random_prompts(lengths, vocab: int = 256, seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+def left_pad(prompts, pad: int):
+    P = max(map(len, prompts))
+    ids = torch.full((len(prompts), P), pad, dtype=torch.long)
+    mask = torch.zeros(len(prompts), P, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, P - len(p):] = torch.tensor(p)
+        mask[i, P - len(p):] = 1
+    return ids, mask

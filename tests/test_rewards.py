@@ -1,0 +1,72 @@
+"""The five GSM8K reward functions with hand-worked values, the RewardSet, and robustness to any string."""
+import random
+
+import pytest
+
+from grpo.rewards import (
+    RewardSet,
+    correctness_reward_func,
+    count_xml,
+    int_reward_func,
+    soft_format_reward_func,
+    strict_format_reward_func,
+    xmlcount_reward_func,
+)
+
+PERFECT = "<reasoning>\n6 * 7 = 42\n</reasoning>\n<answer>\n42\n</answer>\n"
+NO_NEWLINE_END = PERFECT[:-1]  # what generation stopped at "</answer>" gives
+LOOSE = "<reasoning>6*7</reasoning> <answer>42.0</answer> bye"
+
+
+def test_correctness():
+    got = correctness_reward_func([PERFECT, LOOSE, "<answer>41</answer>", "42", "<answer>$42</answer>"], answers=["42"] * 5)
+    assert got == [2.0, 2.0, 0.0, 0.0, 2.0]  # "42.0" and "$42" normalise to 42; a bare "42" has no answer tag
+    with pytest.raises(ValueError):
+        correctness_reward_func([PERFECT], answers=[])
+
+
+def test_int():
+    assert int_reward_func([PERFECT, LOOSE, "<answer> -3 </answer>", "<answer>x</answer>", "none"]) == [0.5, 0.0, 0.5, 0.0, 0.0]
+
+
+def test_strict_format_needs_the_exact_layout():
+    # DOTALL: multi-line reasoning matches; `$` also accepts the string ending right after the final newline
+    multi = "<reasoning>\nline 1\nline 2\n</reasoning>\n<answer>\n42\n</answer>\n"
+    assert strict_format_reward_func([PERFECT, multi, NO_NEWLINE_END, LOOSE, " " + PERFECT]) == [0.5, 0.5, 0.0, 0.0, 0.0]
+
+
+def test_soft_format_matches_from_the_start():
+    assert soft_format_reward_func([PERFECT, LOOSE, "<reasoning>\na\nb</reasoning>\n\n<answer>x</answer>", "hi " + LOOSE]) == [0.5, 0.5, 0.5, 0.0]
+
+
+def test_xmlcount_hand_worked():
+    assert count_xml(PERFECT) == pytest.approx(0.5)  # 4 x 0.125, nothing after the closing tag
+    # after "\n</answer>\n" come 3 chars: -0.003; after "\n</answer>" come 4 chars: -(4 - 1) * 0.001
+    assert count_xml(PERFECT + "abc") == pytest.approx(0.5 - 0.003 - 0.003)
+    # no trailing newline: "\n<answer>\n" counts but its split leaves the whole text after the last
+    # "\n</answer>\n" (none) -> minus len(text) * 0.001; "\n</answer>" has 0 chars after: minus (0 - 1) * 0.001
+    assert count_xml(NO_NEWLINE_END) == pytest.approx(0.5 - len(NO_NEWLINE_END) * 0.001 + 0.001)
+    assert count_xml("<reasoning>\n<reasoning>\n") == 0.0  # twice is not once
+    assert xmlcount_reward_func([PERFECT, ""]) == [pytest.approx(0.5), 0.0]
+
+
+def test_reward_set_weights_and_reports_each_function():
+    rs = RewardSet.parse("correctness=1,xmlcount=0.5")
+    out = rs([PERFECT, "nothing"], answers=["42", "1"])
+    assert set(out.per_fn) == {"correctness", "xmlcount"}
+    assert out.total == [pytest.approx(2.0 + 0.25), 0.0]
+    full = RewardSet()([PERFECT], answers=["42"])
+    assert full.total == [pytest.approx(2.0 + 0.5 + 0.5 + 0.5 + 0.5)]
+    with pytest.raises(ValueError, match="unknown reward"):
+        RewardSet.parse("accuracy=1")
+    with pytest.raises(ValueError, match="bad reward weight"):
+        RewardSet.parse("correctness=high")
+
+
+def test_no_string_makes_any_reward_raise():
+    rng = random.Random(0)
+    pieces = ["<reasoning>", "</reasoning>", "<answer>", "</answer>", "\n", " ", "42", "-", ".", ",", "$", "é", "\x00", "<", ">", "####"]
+    texts = ["", "\n" * 5] + ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 30))) for _ in range(500)]
+    texts += ["".join(chr(rng.randint(0, 0x2FFF)) for _ in range(50)) for _ in range(100)]
+    out = RewardSet()(texts, answers=["42"] * len(texts))
+    assert len(out.total) == len(texts) and all(isinstance(v, float) for v in out.total)

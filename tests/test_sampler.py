@@ -1,0 +1,144 @@
+"""The KV-cached sampler: identity with transformers' greedy generate, log-probs, seeds, forking, stops."""
+import pytest
+import torch
+from helpers import left_pad, random_prompts, tiny_hf_model
+
+from model_io import SamplingConfig, generate, prefill, token_logprobs
+from model_io.convert import from_hf_model
+from model_io.sampler import decode
+
+GREEDY = dict(temperature=0.0)
+
+
+def hf_greedy(hf, prompts, max_new, eos):
+    ids, mask = left_pad(prompts, pad=256)
+    out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
+                      eos_token_id=eos, pad_token_id=256)
+    rows = []
+    for r in out[:, ids.shape[1]:].tolist():
+        rows.append(r[: r.index(eos) + 1] if eos in r else r)
+    return rows
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("per_row", [True, False])
+def test_greedy_is_token_identical_to_transformers_generate(arch, per_row):
+    hf = tiny_hf_model(arch, dtype=torch.float64)
+    ours = from_hf_model(hf)
+    prompts = random_prompts([4, 9, 1, 6])
+    # an EOS that row 0 emits at step 6 makes rows end at different times (row dropping, compaction)
+    free = hf_greedy(hf, prompts, 24, eos=-1)
+    eos = next(t for t in free[0][5:] if t not in free[0][:5])
+    expected = hf_greedy(hf, prompts, 24, eos)
+    pre = prefill(ours, prompts, room=24, pad_id=256, per_row=per_row)
+    res = decode(ours, pre, SamplingConfig(max_new_tokens=24, eos_ids=(eos,), **GREEDY), pad_id=256)
+    assert [res.row(i) for i in range(4)] == expected
+    assert any(f == "eos" for f in res.finish)
+    for i, r in enumerate(expected):
+        assert int(res.lengths[i]) == len(r)
+        assert res.finish[i] == ("eos" if r[-1] == eos else "length")
+        assert (res.tokens[i, len(r):] == 256).all() and (res.logprobs[i, len(r):] == 0).all()
+
+
+def test_sampled_logprobs_equal_a_full_forward_recomputation():
+    """Checks the cache, positions and compaction: the sampler's log-probs are what the model gives the tokens."""
+    ours = from_hf_model(tiny_hf_model("llama", dtype=torch.float64, vocab=24, eos_token_id=3, pad_token_id=0))
+    prompts = random_prompts([3, 8, 5, 2, 7, 4], vocab=24, seed=1)
+    gen = torch.Generator().manual_seed(0)
+    res = generate(ours, prompts, SamplingConfig(max_new_tokens=30, temperature=1.0, eos_ids=(3,)), gen, n=2)
+    assert sum(f == "eos" for f in res.finish) >= 4  # several rows ended early and were dropped
+    for r in range(res.tokens.shape[0]):
+        p, c = prompts[r // 2], res.row(r)
+        lp = token_logprobs(ours, torch.tensor([p + c]))[0, len(p) - 1:]
+        assert torch.allclose(lp, res.logprobs[r, : len(c)], atol=1e-5)
+
+
+def test_seed_reproduces_and_differs():
+    ours = from_hf_model(tiny_hf_model())
+    prompts = random_prompts([5, 3])
+    cfg = SamplingConfig(max_new_tokens=12, temperature=1.0)
+    run = lambda s: generate(ours, prompts, cfg, torch.Generator().manual_seed(s), n=3).tokens  # noqa: E731
+    assert torch.equal(run(7), run(7))
+    assert not torch.equal(run(7), run(8))
+
+
+def test_top_k_1_and_tiny_top_p_are_greedy():
+    ours = from_hf_model(tiny_hf_model("qwen2"))
+    prompts = random_prompts([5, 3, 7])
+    greedy = generate(ours, prompts, SamplingConfig(max_new_tokens=10, **GREEDY)).tokens
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(generate(ours, prompts, SamplingConfig(max_new_tokens=10, top_k=1), g).tokens, greedy)
+    assert torch.equal(generate(ours, prompts, SamplingConfig(max_new_tokens=10, top_p=1e-6), g).tokens, greedy)
+
+
+def test_top_k_keeps_samples_among_the_k_most_likely():
+    ours = from_hf_model(tiny_hf_model())
+    prompt = random_prompts([6])
+    pre = prefill(ours, prompt, room=1)
+    allowed = set(pre.logits[0].topk(3).indices.tolist())
+    g = torch.Generator().manual_seed(0)
+    firsts = {generate(ours, prompt, SamplingConfig(max_new_tokens=1, top_k=3, temperature=5.0), g).tokens[0, 0].item() for _ in range(40)}
+    assert firsts <= allowed and len(firsts) > 1
+
+
+def test_fork_continues_a_prefix_without_rerunning_it():
+    ours = from_hf_model(tiny_hf_model())
+    prompts = random_prompts([5, 8])
+    cfg = SamplingConfig(max_new_tokens=9, **GREEDY)
+    pre = prefill(ours, prompts, room=9)
+    forked = pre.fork(torch.tensor([1, 0, 1]))
+    a = decode(ours, forked, cfg)
+    b = generate(ours, [prompts[1], prompts[0], prompts[1]], cfg)
+    assert torch.equal(a.tokens, b.tokens)
+    assert a.forward_tokens == 3 * 8  # decode steps only: the prompts were not run again
+    again = decode(ours, pre.fork(torch.tensor([0])), cfg)  # the prefix itself was left untouched
+    assert torch.equal(again.tokens[0], b.tokens[1])
+
+
+def test_n_groups_rows_by_prompt():
+    ours = from_hf_model(tiny_hf_model())
+    prompts = random_prompts([5, 8])
+    res = generate(ours, prompts, SamplingConfig(max_new_tokens=6, **GREEDY), n=3)
+    assert res.tokens.shape == (6, 6)
+    assert torch.equal(res.tokens[0], res.tokens[2]) and torch.equal(res.tokens[3], res.tokens[5])
+    assert res.forward_tokens == 13 + 6 * 5
+
+
+class StopAt:
+    window = 2
+
+    def __init__(self, token):
+        self.token = token
+        self.seen = []
+
+    def __call__(self, tails):
+        self.seen.append(max(map(len, tails)))
+        return [self.token in t for t in tails]
+
+
+def test_stop_criterion_ends_rows_and_sees_only_its_window():
+    ours = from_hf_model(tiny_hf_model())
+    prompts = random_prompts([5, 8, 3])
+    free = generate(ours, prompts, SamplingConfig(max_new_tokens=12, **GREEDY))
+    target = free.row(1)[4]
+    stop = StopAt(target)
+    res = generate(ours, prompts, SamplingConfig(max_new_tokens=12, **GREEDY), stop=stop)
+    for r in range(3):
+        row = free.row(r)
+        if target in row:
+            cut = row.index(target) + 1
+            assert res.row(r) == row[:cut] and res.finish[r] == "stop"
+        else:
+            assert res.row(r) == row and res.finish[r] == "length"
+    assert max(stop.seen) <= 2
+
+
+def test_max_new_tokens_and_config_validation():
+    ours = from_hf_model(tiny_hf_model())
+    res = generate(ours, random_prompts([4]), SamplingConfig(max_new_tokens=5, **GREEDY))
+    assert res.tokens.shape == (1, 5) and res.finish == ["length"] and int(res.lengths[0]) == 5
+    for bad in (dict(max_new_tokens=0), dict(temperature=-1.0), dict(top_p=0.0)):
+        with pytest.raises(ValueError):
+            SamplingConfig(**bad)
+    with pytest.raises(ValueError, match="empty prompt"):
+        generate(ours, [[1, 2], []], SamplingConfig(max_new_tokens=2))
