@@ -1,6 +1,9 @@
 #!/usr/bin/env python
 """MCTS-augmented GRPO for LLM math reasoning: the command line.
 
+    python run.py train                           # GRPO on GSM8K with the embedded default model
+    python run.py train --preset smoke            # a tiny run, under 2 minutes on a CPU
+    torchrun --nproc_per_node 2 run.py train      # one process per GPU (or CPU processes with gloo)
     python run.py eval --limit 50                 # greedy GSM8K accuracy of the embedded default model
     python run.py eval --search sample --n 4      # mean accuracy, pass@4 and majority@4
     python run.py sample --questions 3            # print a few answers
@@ -23,7 +26,10 @@ from pathlib import Path
 import torch
 
 from data import DataError, encode_prompts, load_gsm8k, parse_strict
+from grpo import distributed as D
+from grpo.config import TrainConfig, apply_preset
 from grpo.evaluate import EvalConfig, evaluate
+from grpo.trainer import Trainer, TrainingError
 from model_io import ModelSpecError, SamplingConfig, generate, load
 
 
@@ -84,6 +90,46 @@ def cmd_eval(cfg: EvalConfig) -> None:
     print(f"wrote {out / 'predictions.jsonl'} and {out / 'summary.json'}")
 
 
+def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int | None = None) -> dict:
+    """GRPO on the GSM8K train split; `until_step` stops early as a kill would (used by the resume test)."""
+    cfg = apply_preset(cfg, set(given))
+    if cfg.resume:
+        run_dir = Path(cfg.resume)
+        if not (run_dir / "config.json").is_file():
+            raise ValueError(f"--resume {run_dir}: no config.json there, so it is not a run directory of `run.py train`")
+        cfg = TrainConfig(**{**json.loads((run_dir / "config.json").read_text()), "resume": str(run_dir)})
+    else:
+        run_dir = Path(cfg.out_dir)
+        if (run_dir / "checkpoints").exists() or (run_dir / "metrics.jsonl").exists():
+            raise ValueError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pass another --out-dir")
+    d, device = D.init_from_env(cfg.device)
+    try:
+        torch.manual_seed(cfg.seed)
+        train = load_gsm8k("train", cfg.gsm8k)
+        test = load_gsm8k("test", cfg.gsm8k) if cfg.eval_every else []
+        model, tok = load(cfg.model, device=device)
+        trainer = Trainer(cfg, model, tok, train, test, run_dir, dist=d, progress=until_step is None)
+        if cfg.resume:
+            if not trainer.resume():
+                raise ValueError(f"--resume {run_dir}: no finished checkpoint in {run_dir / 'checkpoints'}")
+            print(f"resumed {run_dir} at step {trainer.step}")
+        elif d.main:
+            write_json(run_dir / "config.json", dataclasses.asdict(cfg))
+        if d.main:
+            print("config: " + json.dumps(dataclasses.asdict(cfg)))
+            trainer.log.text("config", "```\n" + json.dumps(dataclasses.asdict(cfg), indent=2) + "\n```", trainer.step)
+            if device.type == "cpu" and until_step is None:
+                print(f"estimated time per step on this CPU: about {trainer.estimate_step_seconds():.0f} s or less "
+                      f"({d.world} process(es), {cfg.prompts_per_step} prompts x {cfg.group_size} completions, up to {cfg.max_new_tokens} tokens)")
+        last = trainer.train(until_step)
+        if d.main and until_step is None:
+            print(json.dumps(last, indent=2))
+            print(f"run directory: {run_dir} (tensorboard --logdir {run_dir / 'tb'})")
+        return last
+    finally:
+        D.shutdown(d)
+
+
 @dataclass
 class SampleConfig:
     model: str | None = field(default=None, metadata={"help": "model spec; default: the embedded SmolLM2-135M-Instruct"})
@@ -113,6 +159,7 @@ def cmd_sample(cfg: SampleConfig) -> None:
 
 
 COMMANDS = {
+    "train": (TrainConfig, cmd_train, "GRPO training on GSM8K (the main job)"),
     "eval": (EvalConfig, cmd_eval, "GSM8K accuracy of a model (greedy or sampled)"),
     "sample": (SampleConfig, cmd_sample, "print a model's answers to a few GSM8K questions"),
 }
@@ -125,9 +172,12 @@ def main(argv=None) -> int:
         add_config_args(sub.add_parser(name, help=help_, description=help_), cls)
     args = parser.parse_args(argv)
     cls, fn, _ = COMMANDS[args.command]
+    argv = sys.argv[1:] if argv is None else argv
+    given = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
     try:
-        fn(config_from_args(cls, args))
-    except (ModelSpecError, DataError, ValueError, FileNotFoundError) as e:
+        cfg = config_from_args(cls, args)
+        fn(cfg, given) if fn is cmd_train else fn(cfg)
+    except (ModelSpecError, DataError, ValueError, FileNotFoundError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -101,7 +101,8 @@ class RewardSet:
                 raise ValueError(f"bad reward weight {part!r}: write name=weight, e.g. correctness=1,xmlcount=0.5") from None
         return cls(weights)
 
-    def __call__(self, completions: Sequence[str], answers: Sequence[str]) -> RewardBreakdown:
-        per_fn = {name: self.fns[name](completions, answers=answers) for name in self.weights}
+    def __call__(self, completions: Sequence[str], answers: Sequence[str], **kw) -> RewardBreakdown:
+        """kw (e.g. completion_ids) is passed on to every function; the five GSM8K ones ignore it."""
+        per_fn = {name: self.fns[name](completions, answers=answers, **kw) for name in self.weights}
         total = [sum(self.weights[n] * per_fn[n][i] for n in per_fn) for i in range(len(completions))]
         return RewardBreakdown(total, per_fn)

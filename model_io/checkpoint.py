@@ -92,7 +92,7 @@ def export_hf(model: Transformer, tokenizer, path: str | os.PathLike) -> Path:
     try:
         hf_cfg = model.cfg.to_hf()
         hf_cfg.architectures = ["LlamaForCausalLM" if model.cfg.arch == "llama" else "Qwen2ForCausalLM"]
-        hf_cfg.torch_dtype = str(model.embed.weight.dtype).removeprefix("torch.")
+        hf_cfg.dtype = str(model.embed.weight.dtype).removeprefix("torch.")
         hf_cfg.save_pretrained(str(tmp))
         sd = {k: v.cpu() for k, v in to_hf_state_dict(model).items()}
         save_file(sd, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})

@@ -13,9 +13,15 @@ from torch.utils.checkpoint import checkpoint
 from .model import Transformer
 
 
-def _chunk_logprobs(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _chunk_logprobs(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, with_entropy: bool = False):
     logits = (h @ weight.T).float()  # [B, c, V], float32 so that log-probs of rare tokens keep their precision
-    return logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # [B, c]
+    lse = torch.logsumexp(logits, dim=-1)  # [B, c]
+    lp = logits.gather(-1, targets[..., None]).squeeze(-1) - lse  # [B, c]
+    if not with_entropy:
+        return lp
+    with torch.no_grad():  # for logging only: H = logsumexp - sum p * logits
+        ent = lse - (logits.softmax(-1) * logits).sum(-1)
+    return lp, ent
 
 
 def logprobs_from_hidden(
@@ -23,18 +29,21 @@ def logprobs_from_hidden(
     weight: torch.Tensor,  # [V, C] LM head
     targets: torch.Tensor,  # [B, T] token whose log-prob is wanted at each position
     chunk: int = 128,
-) -> torch.Tensor:
-    """log p(targets[b, t] | hidden[b, t]) as float32 [B, T]."""
+    with_entropy: bool = False,
+):
+    """log p(targets[b, t] | hidden[b, t]) as float32 [B, T]; with_entropy: also the entropy [B, T] (detached)."""
     B, T, _ = hidden.shape
     assert targets.shape == (B, T), f"targets {tuple(targets.shape)} != {(B, T)}"
     parts = []
     for s in range(0, T, chunk):
         h, y = hidden[:, s : s + chunk], targets[:, s : s + chunk]
         if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-            parts.append(checkpoint(_chunk_logprobs, h, weight, y, use_reentrant=False))
+            parts.append(checkpoint(_chunk_logprobs, h, weight, y, with_entropy, use_reentrant=False))
         else:
-            parts.append(_chunk_logprobs(h, weight, y))
-    return torch.cat(parts, dim=1)
+            parts.append(_chunk_logprobs(h, weight, y, with_entropy))
+    if not with_entropy:
+        return torch.cat(parts, dim=1)
+    return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
 
 
 def token_logprobs(

@@ -119,8 +119,15 @@ def prefill(model: Transformer, prompts: Sequence[Sequence[int]], room: int, pad
     return Prefix(cache, logits.float(), positions[:, -1] + 1, forward_tokens=int(key_mask.sum()))
 
 
-def _pick(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None):
-    """Next token [R] and its temperature-1 log-prob [R] from float32 logits [R, V]."""
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def _pick(logits: torch.Tensor, cfg: SamplingConfig, generator: Generators, rows: torch.Tensor):
+    """Next token [R] and its temperature-1 log-prob [R] from float32 logits [R, V].
+
+    `generator` is one torch.Generator for the batch, or one per result row (indexed by `rows`): then each row's
+    draws depend on its own seed only, not on which other rows share the batch (GRPO shards across processes
+    give the same samples as one process)."""
     if cfg.temperature == 0:
         tok = logits.argmax(-1)
     else:
@@ -134,7 +141,11 @@ def _pick(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator 
             p = sx.softmax(-1)
             drop = (p.cumsum(-1) - p) >= cfg.top_p  # mass before this token already reaches top_p
             x = x.scatter(-1, si, sx.masked_fill(drop, float("-inf")))
-        tok = torch.multinomial(x.softmax(-1), 1, generator=generator).squeeze(-1)
+        probs = x.softmax(-1)
+        if generator is None or isinstance(generator, torch.Generator):
+            tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        else:
+            tok = torch.cat([torch.multinomial(probs[i], 1, generator=generator[r]) for i, r in enumerate(rows.tolist())])
     lp = logits.gather(-1, tok[:, None]).squeeze(-1) - torch.logsumexp(logits, -1)
     return tok, lp
 
@@ -144,7 +155,7 @@ def decode(
     model: Transformer,
     prefix: Prefix,
     cfg: SamplingConfig,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     stop: StopFn | None = None,
     pad_id: int = 0,
 ) -> SampleResult:
@@ -163,7 +174,7 @@ def decode(
     alive = torch.ones(R, dtype=torch.bool, device=dev)  # [r] cached row still generating
     forward_tokens = 0
     for t in range(T):
-        tok, lp = _pick(logits, cfg, generator)  # [r]
+        tok, lp = _pick(logits, cfg, generator, rows)  # [r]
         live = rows[alive]
         tokens[live, t] = tok[alive]
         logprobs[live, t] = lp[alive]
@@ -193,7 +204,7 @@ def generate(
     model: Transformer,
     prompts: Sequence[Sequence[int]],
     cfg: SamplingConfig,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     n: int = 1,
     stop: StopFn | None = None,
     pad_id: int = 0,

@@ -64,3 +64,36 @@ def left_pad(prompts, pad: int):
         ids[i, P - len(p):] = torch.tensor(p)
         mask[i, P - len(p):] = 1
     return ids, mask
+
+
+# ---------------------------------------------------------------- a GRPO trainer on a synthetic task
+def letter_ids(tok):
+    return {tok.convert_tokens_to_ids(c) for c in "abcdefghijklmnopqrstuvwxyz"}
+
+
+def letter_fraction(tok):
+    """Synthetic reward: the fraction of completion tokens that are lowercase letters (chance: 26/259)."""
+    ids = letter_ids(tok)
+
+    def reward(completions, completion_ids, **_):
+        return [sum(t in ids for t in c) / max(len(c), 1) for c in completion_ids]
+
+    return reward
+
+
+def make_trainer(run_dir, dtype=torch.float32, rewards=None, seed=0, dist=None, **overrides):
+    from data import Problem
+    from grpo.config import TrainConfig
+    from grpo.distributed import Dist
+    from grpo.rewards import RewardSet
+    from grpo.trainer import Trainer
+    from model_io.convert import from_hf_model
+
+    tok = tiny_tokenizer()
+    model = from_hf_model(tiny_hf_model("llama", seed=seed, dtype=dtype))
+    problems = [Problem(f"question {i}", "0", "", i) for i in range(16)]
+    kw = dict(steps=6, prompts_per_step=4, group_size=8, max_new_tokens=8, micro_batch=12, lr=3e-3, warmup_steps=0,
+              beta=0.0, stop="", eval_every=0, save_every=100, log_samples=1, seed=seed, device="cpu")
+    cfg = TrainConfig(**{**kw, **overrides})
+    rs = rewards or RewardSet({"letters": 1.0}, {"letters": letter_fraction(tok)})
+    return Trainer(cfg, model, tok, problems, [], run_dir, rewards=rs, dist=dist or Dist(), progress=False)

@@ -142,3 +142,15 @@ def test_max_new_tokens_and_config_validation():
             SamplingConfig(**bad)
     with pytest.raises(ValueError, match="empty prompt"):
         generate(ours, [[1, 2], []], SamplingConfig(max_new_tokens=2))
+
+
+def test_per_row_generators_make_rows_independent_of_their_batch():
+    ours = from_hf_model(tiny_hf_model(vocab=24, eos_token_id=3, pad_token_id=0))
+    prompts = random_prompts([5, 8, 3, 6], vocab=24)
+    cfg = SamplingConfig(max_new_tokens=10, temperature=1.0, eos_ids=(3,))
+    gens = lambda ids: [torch.Generator().manual_seed(1000 + i) for i in ids]  # noqa: E731
+    together = generate(ours, prompts, cfg, gens(range(4)))
+    for part in ([0, 2], [1, 3]):
+        alone = generate(ours, [prompts[i] for i in part], cfg, gens(part))
+        for j, i in enumerate(part):
+            assert alone.row(j) == together.row(i)

@@ -1,0 +1,71 @@
+"""Training checkpoints: model + optimizer + scheduler + RNG states + step, written atomically, the newest K kept.
+
+Layout: RUN_DIR/checkpoints/step-000050/{model/ (a model spec: config, safetensors, tokenizer), trainer_state.pt}.
+A checkpoint is written into a temporary directory and renamed into place, so a crash mid-write leaves the
+previous checkpoints intact and no half-written one. trainer_state.pt holds only tensors, numbers and
+containers, and is read with torch.load(weights_only=True): nothing is unpickled.
+"""
+from __future__ import annotations
+
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from model_io import load_model, save_model
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Finished checkpoints, oldest first."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and (p / "trainer_state.pt").is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, extra: dict, keep: int) -> Path:
+    root = run_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    try:
+        save_model(model, tokenizer, tmp / "model")
+        state = {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": list(random.getstate()[1]),
+            "extra": extra,
+        }
+        torch.save(state, tmp / "trainer_state.pt")
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in checkpoint_dirs(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, dict]:
+    """Restore everything in place; returns (step, extra)."""
+    saved = load_model(path / "model", device=model.device, dtype=model.embed.weight.dtype)
+    with torch.no_grad():
+        for p, q in zip(model.parameters(), saved.parameters()):
+            p.copy_(q)
+    state = torch.load(path / "trainer_state.pt", weights_only=True, map_location="cpu")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    r = random.getstate()
+    random.setstate((r[0], tuple(state["python_rng"]), r[2]))
+    return int(state["step"]), state["extra"]

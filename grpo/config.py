@@ -1,0 +1,78 @@
+"""TrainConfig: every knob of `run.py train`, with the defaults in one place, and the presets."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .loss import ADV_SCALES, AGGREGATIONS
+
+
+@dataclass
+class TrainConfig:
+    model: str | None = field(default=None, metadata={"help": "policy to start from: hub id, HF dir, .gguf file or checkpoint dir; default: the embedded SmolLM2-135M-Instruct"})
+    gsm8k: str | None = field(default=None, metadata={"help": "GSM8K jsonl file or directory; default: $GSM8K_DIR, else the hub"})
+    out_dir: str = field(default="runs/train", metadata={"help": "run directory: config, logs, TensorBoard events, checkpoints, final export"})
+    resume: str | None = field(default=None, metadata={"help": "continue the run in this directory from its last checkpoint (its saved config is used)"})
+    preset: str = field(default="", metadata={"help": "'smoke': a tiny run (< 2 min on a 2-core CPU) for a first look and CI; flags you give override it"})
+    steps: int = field(default=500, metadata={"help": "optimizer steps (each on prompts_per_step x group_size completions)"})
+    prompts_per_step: int = field(default=8, metadata={"help": "B: prompts per step, over all processes"})
+    group_size: int = field(default=8, metadata={"help": "G: completions per prompt"})
+    max_new_tokens: int = field(default=256, metadata={"help": "completion length limit"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature of rollouts"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass of rollouts"})
+    stop: str = field(default="</answer>", metadata={"help": "a completion ends once its text contains this ('' for EOS only)"})
+    shots: int = field(default=0, metadata={"help": "k-shot examples (from the start of the train split) in every prompt"})
+    rewards: str = field(default="", metadata={"help": "reward weights, e.g. 'correctness=1,xmlcount=0.5'; '' = all five at weight 1"})
+    adv_scale: str = field(default="group", metadata={"help": f"advantage normalisation: {' | '.join(ADV_SCALES)}"})
+    loss_agg: str = field(default="seq-mean-token-mean", metadata={"help": f"loss aggregation: {' | '.join(AGGREGATIONS)}"})
+    beta: float = field(default=0.04, metadata={"help": "KL penalty weight; 0 skips the reference model entirely"})
+    eps_low: float = field(default=0.2, metadata={"help": "lower clip range of the ratio"})
+    eps_high: float = field(default=0.2, metadata={"help": "upper clip range of the ratio (DAPO's clip-higher: 0.28)"})
+    mu: int = field(default=1, metadata={"help": "optimisation passes over each batch of rollouts"})
+    micro_batch: int = field(default=8, metadata={"help": "completions per forward/backward (independent of group_size)"})
+    old_logprobs: str = field(default="sampler", metadata={"help": "old log-probs: 'sampler' (free, from sampling) or 'recompute' (one more forward pass)"})
+    lr: float = field(default=1e-6, metadata={"help": "peak learning rate (AdamW)"})
+    warmup_steps: int = field(default=10, metadata={"help": "linear warm-up steps, then cosine decay to 0"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
+    adam_beta2: float = field(default=0.99, metadata={"help": "AdamW beta2"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0: off)"})
+    max_bad_steps: int = field(default=3, metadata={"help": "stop after this many non-finite updates in a row"})
+    logprob_chunk: int = field(default=128, metadata={"help": "positions per log-prob chunk (memory: chunk x vocab floats per row)"})
+    eval_every: int = field(default=50, metadata={"help": "GSM8K test accuracy every N steps and at the end (0: never)"})
+    eval_limit: int = field(default=100, metadata={"help": "test questions per evaluation"})
+    eval_batch_size: int = field(default=32, metadata={"help": "questions per evaluation batch"})
+    log_samples: int = field(default=2, metadata={"help": "completions per step written to samples.jsonl"})
+    save_every: int = field(default=50, metadata={"help": "checkpoint every N steps and at the end"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept (the newest)"})
+    seed: int = field(default=0, metadata={"help": "seed of data order and sampling"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto (under torchrun: the local GPU)"})
+
+    def __post_init__(self):
+        if self.adv_scale not in ADV_SCALES:
+            raise ValueError(f"unknown --adv-scale {self.adv_scale!r}: use one of {', '.join(ADV_SCALES)}")
+        if self.loss_agg not in AGGREGATIONS:
+            raise ValueError(f"unknown --loss-agg {self.loss_agg!r}: use one of {', '.join(AGGREGATIONS)}")
+        if self.old_logprobs not in ("sampler", "recompute"):
+            raise ValueError(f"unknown --old-logprobs {self.old_logprobs!r}: use sampler or recompute")
+        if self.preset and self.preset not in PRESETS:
+            raise ValueError(f"unknown --preset {self.preset!r}: use one of {', '.join(PRESETS)}")
+        for name in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "mu", "micro_batch", "save_every", "keep_checkpoints", "max_bad_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.group_size < 2:
+            raise ValueError("--group-size must be >= 2: GRPO's advantage compares completions of one prompt")
+
+
+# A tiny run for newcomers and CI: the embedded model, 3 steps of 2 prompts x 4 completions of 48 tokens.
+PRESETS: dict[str, dict] = {
+    "smoke": dict(steps=3, prompts_per_step=2, group_size=4, max_new_tokens=48, micro_batch=8, eval_every=3,
+                  eval_limit=4, eval_batch_size=4, save_every=3, warmup_steps=1, lr=1e-5, log_samples=1),
+}
+
+
+def apply_preset(cfg: TrainConfig, given: set[str]) -> TrainConfig:
+    """The preset's values for every field the user did not set on the command line."""
+    if not cfg.preset:
+        return cfg
+    values = {k: v for k, v in PRESETS[cfg.preset].items() if k not in given}
+    return TrainConfig(**{**cfg.__dict__, **values})

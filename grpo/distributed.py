@@ -1,0 +1,94 @@
+"""torch.distributed in the few places training needs it: set-up from torchrun's environment, the prompt shard
+of each rank, gradient averaging, and gathering small tensors for metrics.
+
+One process per GPU (NCCL), or processes on a CPU (gloo). Without torchrun everything here is a no-op.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def on(self) -> bool:
+        return self.world > 1
+
+
+def init_from_env(device_pref: str = "auto") -> tuple[Dist, torch.device]:
+    """Under torchrun (RANK/WORLD_SIZE set): join the process group, NCCL on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_pref == "auto":
+        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(device_pref)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {device_pref} asked for but CUDA is not available here: use --device cpu")
+        if device.type == "cuda" and world > 1:
+            device = torch.device(f"cuda:{local}")
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank, world, local), device
+
+
+def shard(items: list, d: Dist) -> list:
+    """This rank's contiguous share of a global batch (the batch size must divide by the world size)."""
+    if len(items) % d.world:
+        raise ValueError(f"--prompts-per-step {len(items)} must be a multiple of the {d.world} processes")
+    k = len(items) // d.world
+    return items[d.rank * k : (d.rank + 1) * k]
+
+
+def all_reduce_sum(x: torch.Tensor, d: Dist) -> torch.Tensor:
+    if d.on:
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
+def average_gradients(params, d: Dist) -> None:
+    """Average .grad over ranks: what DistributedDataParallel's reducer does, after the local accumulation."""
+    if not d.on:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= d.world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def gather_cat(x: torch.Tensor, d: Dist) -> torch.Tensor:
+    """Concatenate equal-shaped tensors of all ranks along dim 0 (rank order)."""
+    if not d.on:
+        return x
+    parts = [torch.empty_like(x) for _ in range(d.world)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def barrier(d: Dist) -> None:
+    if d.on:
+        dist.barrier()
+
+
+def shutdown(d: Dist) -> None:
+    if d.on and dist.is_initialized():
+        dist.destroy_process_group()

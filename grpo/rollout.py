@@ -1,0 +1,112 @@
+"""Rollouts: G completions per prompt from the sampler, their rewards and group advantages.
+
+Also the teacher-forced side: the log-probs that the policy (or the reference) gives to the sampled
+completions, a micro-batch at a time.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from data import Problem, StopOnText
+from model_io import SamplingConfig, Transformer, generate
+from model_io.logprobs import logprobs_from_hidden
+
+from .loss import group_advantages
+from .rewards import RewardSet
+
+
+@dataclass
+class Rollout:
+    problems: list[Problem]  # [B]
+    prompts: list[list[int]]  # [B] prompt token ids
+    completions: torch.Tensor  # [B*G, T] sampled ids, pad after each row's length; row b*G + g
+    old_logp: torch.Tensor  # [B*G, T] float32 log-probs under the sampling policy (temperature 1)
+    mask: torch.Tensor  # [B*G, T] bool: completion tokens
+    finish: list[str]  # [B*G] "eos" | "stop" | "length"
+    texts: list[str]  # [B*G] decoded completions
+    rewards: torch.Tensor  # [B, G] weighted total
+    per_fn: dict[str, torch.Tensor]  # reward name -> [B, G] unweighted
+    advantages: torch.Tensor  # [B, G]
+    forward_tokens: int  # tokens the sampler ran through the model
+
+    @property
+    def group_size(self) -> int:
+        return self.rewards.shape[1]
+
+    @property
+    def lengths(self) -> torch.Tensor:  # [B*G]
+        return self.mask.sum(-1)
+
+
+def row_generators(seed: int, step: int, prompt_ids: Sequence[int], G: int, device) -> list[torch.Generator]:
+    """One generator per completion, seeded from (seed, step, prompt's dataset index, g): a completion's
+    randomness does not depend on which process or batch samples it, so resuming and sharding reproduce it."""
+    gens = []
+    for pid in prompt_ids:
+        for g in range(G):
+            h = hashlib.blake2b(f"{seed}/{step}/{pid}/{g}".encode(), digest_size=8).digest()
+            gens.append(torch.Generator(device=device).manual_seed(int.from_bytes(h, "little") & (2**63 - 1)))
+    return gens
+
+
+@torch.no_grad()
+def collect(
+    model: Transformer,
+    tokenizer,
+    problems: Sequence[Problem],
+    prompts: Sequence[Sequence[int]],
+    G: int,
+    sampling: SamplingConfig,
+    rewards: RewardSet,
+    generators,
+    stop: StopOnText | None = None,
+    adv_scale: str = "group",
+) -> Rollout:
+    B = len(problems)
+    res = generate(model, prompts, sampling, generators, n=G, stop=stop, pad_id=tokenizer.pad_token_id)
+    T = res.tokens.shape[1]
+    mask = torch.arange(T, device=res.tokens.device)[None] < res.lengths[:, None]  # [B*G, T]
+    texts = [tokenizer.decode(res.row(r), skip_special_tokens=True) for r in range(B * G)]
+    answers = [p.answer for p in problems for _ in range(G)]
+    rb = rewards(texts, answers=answers, completion_ids=[res.row(r) for r in range(B * G)])
+    total = torch.tensor(rb.total, dtype=torch.float32).view(B, G)  # [B, G]
+    per_fn = {k: torch.tensor(v, dtype=torch.float32).view(B, G) for k, v in rb.per_fn.items()}
+    return Rollout(
+        problems=list(problems), prompts=[list(p) for p in prompts], completions=res.tokens, old_logp=res.logprobs,
+        mask=mask, finish=res.finish, texts=texts, rewards=total, per_fn=per_fn,
+        advantages=group_advantages(total, adv_scale), forward_tokens=res.forward_tokens,
+    )
+
+
+def completion_logprobs(
+    model: Transformer,
+    rollout: Rollout,
+    rows: torch.Tensor,  # [n] rows of the rollout
+    T: int,  # completion positions to score (the longest completion among `rows`)
+    pad_id: int,
+    chunk: int = 128,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(completion tokens) [n, T] (with grad when enabled) and the per-token entropy [n, T] (detached).
+
+    Each row is its prompt (left-padded to the micro-batch's longest) followed by its completion."""
+    G = rollout.group_size
+    dev = model.device
+    prompts = [rollout.prompts[int(r) // G] for r in rows]
+    P = max(map(len, prompts))
+    n = len(prompts)
+    comp = rollout.completions[rows, :T].to(dev)  # [n, T]
+    tokens = torch.full((n, P + T), pad_id, dtype=torch.long, device=dev)
+    key_mask = torch.zeros(n, P + T, dtype=torch.bool, device=dev)
+    for i, p in enumerate(prompts):
+        tokens[i, P - len(p) : P] = torch.as_tensor(p, device=dev)
+        key_mask[i, P - len(p) : P] = True
+    tokens[:, P:] = comp
+    key_mask[:, P:] = rollout.mask[rows, :T].to(dev)
+    positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)  # [n, P+T]
+    hidden = model.hidden(tokens, positions=positions, key_mask=key_mask)  # [n, P+T, C]
+    # the token at P+t is predicted from position P+t-1
+    return logprobs_from_hidden(hidden[:, P - 1 : P + T - 1], model.lm_head.weight, comp, chunk, with_entropy=True)

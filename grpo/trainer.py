@@ -1,0 +1,294 @@
+"""The GRPO trainer. One step reads top to bottom: rollout -> reward -> advantage -> loss -> step -> log.
+
+GRPO is DeepSeekMath's Group Relative Policy Optimization (Shao et al. 2024, arXiv 2402.03300, eq. 3): for each
+prompt, G completions are sampled; each one's advantage is its reward relative to its group; the policy
+maximises the clipped surrogate of PPO with those advantages, minus beta times a KL estimate to a frozen
+reference. Departures from the paper's eq. 3, all deliberate:
+
+ 1. Old log-probs come from the sampler (`--old-logprobs sampler`, the default): they are the log-probs of the
+    policy that sampled, computed while sampling at temperature 1, so they cost no extra forward pass. With
+    mu = 1 the ratio is then 1 up to float rounding between the sampling and training kernels (the paper's
+    pi_theta_old is the same weights). `--old-logprobs recompute` runs a teacher-forced pass instead: use it
+    where those kernels differ by more than float32 rounding (bf16 on GPU).
+ 2. Sampling temperature is a knob (default 1.0); log-probs in the loss are always at temperature 1.
+ 3. The clip range can be asymmetric (eps_low, eps_high: DAPO's clip-higher, Yu et al. 2025).
+ 4. Aggregation over tokens is selectable (`--loss-agg`): the paper's per-sequence mean then mean over
+    sequences (default), DAPO's token mean, or Dr. GRPO's constant-length normaliser (Liu et al. 2025).
+ 5. Advantage scaling is selectable (`--adv-scale`): group std (paper), batch std, or none (Dr. GRPO).
+    std is the unbiased sample std plus eps = 1e-4; groups of equal rewards get exactly zero advantage.
+ 6. With beta = 0 the reference model is not built, and completions with zero advantage are not run through
+    forward/backward: their loss and gradient are exactly zero (they still count in the normalisers).
+ 7. Outcome supervision only: the reward is given per completion (the paper's sec. 4.1.2), from the five
+    rule-based GSM8K rewards of the well-known recipe (grpo/rewards.py), not from a reward model.
+ 8. The KL term is in the loss (as in the paper), estimated per token with k3 (its eq. 4).
+ 9. Multi-process: each rank samples its own prompts; gradients are summed over micro-batches with whole-batch
+    normalisers, then averaged over ranks with one all-reduce (what DDP does, without overlapping the
+    communication with backward), so N processes take the same step as one process with the same global batch.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from data import Problem, StopOnText, encode_prompts, stop_token_ids
+from model_io import SamplingConfig, Transformer, export_hf
+
+from . import distributed as D
+from .checkpointing import checkpoint_dirs, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .evaluate import EvalConfig, evaluate
+from .loss import group_advantages, policy_loss
+from .metrics import RunLog, truncate_log
+from .rewards import RewardSet
+from .rollout import Rollout, collect, completion_logprobs, row_generators
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. repeated non-finite updates); the message says why and what to try."""
+
+
+def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return f
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, model: Transformer, tokenizer, train: list[Problem], test: list[Problem],
+                 run_dir: Path, rewards: RewardSet | None = None, dist: D.Dist = D.Dist(), progress: bool = True):
+        self.cfg, self.model, self.tok = cfg, model, tokenizer
+        self.train_set, self.test_set = train, test
+        self.run_dir, self.dist, self.progress = run_dir, dist, progress
+        self.rewards = rewards or RewardSet.parse(cfg.rewards)
+        self.shots = train[: cfg.shots]
+        self.ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.beta > 0 else None
+        self.params = [p for p in model.parameters() if p.requires_grad]  # tied weights appear once
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                     weight_decay=cfg.weight_decay, eps=1e-8)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, warmup_cosine(cfg.warmup_steps, cfg.steps))
+        self.sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                       eos_ids=stop_token_ids(tokenizer, model.cfg.eos_token_ids))
+        self.stop = StopOnText(tokenizer, [cfg.stop]) if cfg.stop else None
+        self.step = 0
+        self.bad_steps = 0
+        self._prompt_cache: dict[int, list[int]] = {}
+        self._perm: tuple[int, torch.Tensor | None] = (-1, None)
+        self.log = RunLog(run_dir, enabled=dist.main)
+
+    # ------------------------------------------------------------------ data
+    def step_indices(self, step: int) -> list[int]:
+        """This rank's prompts for `step`: the global batch is the next B indices of a per-epoch permutation
+        (seeded by seed + epoch, as DistributedSampler does), split contiguously across ranks."""
+        n, B = len(self.train_set), self.cfg.prompts_per_step
+        out = []
+        for k in range(step * B, (step + 1) * B):
+            epoch, i = divmod(k, n)
+            out.append(int(self._permutation(epoch)[i]))
+        return D.shard(out, self.dist)
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if self._perm[0] != epoch:
+            n = len(self.train_set)
+            self._perm = (epoch, torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed + epoch)))
+        return self._perm[1]
+
+    def prompts(self, idx: list[int]) -> list[list[int]]:
+        missing = [i for i in idx if i not in self._prompt_cache]
+        for i, ids in zip(missing, encode_prompts(self.tok, [self.train_set[i].question for i in missing], self.shots)):
+            self._prompt_cache[i] = ids
+        return [self._prompt_cache[i] for i in idx]
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self) -> dict[str, float]:
+        cfg, model, d = self.cfg, self.model, self.dist
+        t0 = time.perf_counter()
+        G = cfg.group_size
+        idx = self.step_indices(self.step)
+        problems = [self.train_set[i] for i in idx]
+
+        # rollout -> reward -> advantage
+        model.eval()
+        ro = collect(model, self.tok, problems, self.prompts(idx), G, self.sampling, self.rewards,
+                     row_generators(cfg.seed, self.step, idx, G, model.device), self.stop, cfg.adv_scale)
+        rewards_all = D.gather_cat(ro.rewards.to(model.device), d).cpu()  # [B, G] over all ranks
+        if cfg.adv_scale == "batch" and d.on:  # the batch std is over the global batch
+            ro.advantages = group_advantages(rewards_all, "batch")[d.rank * len(idx) : (d.rank + 1) * len(idx)]
+        t_rollout = time.perf_counter() - t0
+
+        # whole-batch normalisers, divided by the world size because gradients are averaged over ranks
+        n_tokens = float(D.all_reduce_sum(ro.mask.sum().to(model.device, torch.float64), d)) / d.world
+        n_seqs = float(cfg.prompts_per_step * G) / d.world
+        adv = ro.advantages.flatten()  # [B*G]
+        rows_all = torch.arange(adv.numel())
+        # departure 6: with beta = 0, zero-advantage rows have exactly zero loss and gradient: skip them
+        rows_run = rows_all if cfg.beta > 0 else rows_all[adv != 0]
+        micro = [rows_run[i : i + cfg.micro_batch] for i in range(0, len(rows_run), cfg.micro_batch)]
+
+        ref_logp = self._teacher_forced(self.ref, ro, micro) if self.ref is not None else None
+        old_logp = self._teacher_forced(model, ro, micro) if cfg.old_logprobs == "recompute" else ro.old_logp
+
+        # loss -> step (mu passes over the same rollouts)
+        model.train()
+        agg = dict(loss=0.0, clip_low=0.0, clip_high=0.0, ratio=0.0, kl=0.0, entropy=0.0, tokens=0)
+        for _ in range(cfg.mu):
+            self.opt.zero_grad(set_to_none=True)
+            for rows in micro:
+                T = int(ro.mask[rows].sum(-1).max())
+                logp, ent = completion_logprobs(model, ro, rows, T, self.tok.pad_token_id, cfg.logprob_chunk)
+                dev = logp.device
+                loss, st = policy_loss(
+                    logp, old_logp[rows, :T].to(dev), ref_logp[rows, :T].to(dev) if ref_logp is not None else None,
+                    adv[rows].to(dev), ro.mask[rows, :T].to(dev), eps_low=cfg.eps_low, eps_high=cfg.eps_high,
+                    beta=cfg.beta, agg=cfg.loss_agg, n_seqs=n_seqs, n_tokens=n_tokens, max_len=cfg.max_new_tokens)
+                loss.backward()
+                m = ro.mask[rows, :T].to(dev)
+                agg["loss"] += float(loss.detach())
+                for k in ("clip_low", "clip_high", "ratio", "kl"):
+                    agg[k] += getattr(st, k) * st.tokens
+                agg["entropy"] += float((ent * m).sum())
+                agg["tokens"] += st.tokens
+            D.average_gradients(self.params, d)
+            grad_norm = self._clip_and_step(agg["loss"])
+        self.lr_used = self.opt.param_groups[0]["lr"]
+        self.sched.step()
+        self.step += 1
+        return self._metrics(ro, rewards_all, agg, grad_norm, t0, t_rollout)
+
+    @torch.no_grad()
+    def _teacher_forced(self, model: Transformer, ro: Rollout, micro: list[torch.Tensor]) -> torch.Tensor:
+        out = torch.zeros_like(ro.old_logp)
+        for rows in micro:
+            T = int(ro.mask[rows].sum(-1).max())
+            out[rows, :T] = completion_logprobs(model, ro, rows, T, self.tok.pad_token_id, self.cfg.logprob_chunk)[0].to(out.device)
+        return out
+
+    def _clip_and_step(self, loss: float) -> float:
+        cfg = self.cfg
+        if cfg.max_grad_norm > 0:
+            norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
+        else:
+            norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.params if p.grad is not None])))
+        if math.isfinite(loss) and math.isfinite(norm):
+            self.opt.step()
+            self.bad_steps = 0
+            return norm
+        self.opt.zero_grad(set_to_none=True)  # skip: the weights stay as they were
+        self.bad_steps += 1
+        tqdm.write(f"step {self.step}: non-finite loss ({loss}) or gradient norm ({norm}); update skipped")
+        if self.bad_steps >= cfg.max_bad_steps:
+            raise TrainingError(f"{self.bad_steps} non-finite updates in a row at step {self.step}: lower --lr, "
+                                f"raise --max-grad-norm clipping or check the rewards; checkpoints so far are intact")
+        return norm
+
+    def _metrics(self, ro: Rollout, rewards_all, agg, grad_norm, t0, t_rollout) -> dict[str, float]:
+        d, dev = self.dist, self.model.device
+        lengths = D.gather_cat(ro.lengths.to(dev), d).float().cpu()
+        truncated = D.gather_cat(torch.tensor([f == "length" for f in ro.finish], device=dev), d).float().cpu()
+        loss_stats = torch.tensor([agg[k] for k in ("loss", "clip_low", "clip_high", "ratio", "kl", "entropy", "tokens")],
+                                  dtype=torch.float64, device=dev)
+        s = D.all_reduce_sum(loss_stats, d).cpu().tolist()
+        tok = max(s[6], 1.0)
+        m = {
+            "reward": rewards_all.mean().item(),
+            "reward_std": rewards_all.std().item() if rewards_all.numel() > 1 else 0.0,
+            "frac_reward_zero_std": (rewards_all.std(dim=1) == 0).float().mean().item(),
+        }
+        for name, v in ro.per_fn.items():
+            v = D.gather_cat(v.to(dev), d).cpu()
+            m[f"rewards/{name}/mean"], m[f"rewards/{name}/std"] = v.mean().item(), v.std().item() if v.numel() > 1 else 0.0
+        m.update({
+            "completions/mean_length": lengths.mean().item(), "completions/min_length": lengths.min().item(),
+            "completions/max_length": lengths.max().item(), "completions/clipped_ratio": truncated.mean().item(),
+            "loss": s[0] / self.cfg.mu, "clip_ratio/low_mean": s[1] / tok, "clip_ratio/high_mean": s[2] / tok,
+            "ratio_mean": s[3] / tok, "kl": s[4] / tok, "entropy": s[5] / tok, "grad_norm": grad_norm,
+            "learning_rate": self.lr_used,
+        })
+        dt = time.perf_counter() - t0
+        m.update({"step_time": dt, "time/rollout": t_rollout, "tokens_per_sec": lengths.sum().item() / dt})
+        if self.cfg.log_samples:
+            G = ro.group_size
+            rows = [{"prompt": ro.problems[r // G].question, "completion": ro.texts[r], "gold": ro.problems[r // G].answer,
+                     "reward": ro.rewards.flatten()[r].item(), "advantage": ro.advantages.flatten()[r].item(),
+                     "rewards": {k: v.flatten()[r].item() for k, v in ro.per_fn.items()}}
+                    for r in range(min(self.cfg.log_samples, len(ro.texts)))]
+            self.log.log_samples(self.step, rows)
+        return m
+
+    # ------------------------------------------------------------------ evaluation, checkpoints, the loop
+    def evaluate(self) -> dict[str, float]:
+        cfg = self.cfg
+        ecfg = EvalConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size, stop=cfg.stop, limit=cfg.eval_limit)
+        self.model.eval()
+        summary, _ = evaluate(self.model, self.tok, self.test_set[: cfg.eval_limit], ecfg, self.shots, progress=False)
+        return {f"eval/{k}": summary[k] for k in ("accuracy_strict", "accuracy_lenient", "format_soft_rate", "generated_tokens_per_answer")}
+
+    def save(self) -> None:
+        if self.dist.main:
+            save_checkpoint(self.run_dir, self.step, self.model, self.tok, self.opt, self.sched,
+                            {"bad_steps": self.bad_steps}, self.cfg.keep_checkpoints)
+        D.barrier(self.dist)
+
+    def resume(self) -> bool:
+        found = checkpoint_dirs(self.run_dir)
+        if not found:
+            return False
+        self.step, extra = load_checkpoint(found[-1], self.model, self.opt, self.sched)
+        self.bad_steps = int(extra.get("bad_steps", 0))
+        if self.dist.main:
+            for name in ("metrics.jsonl", "samples.jsonl"):
+                truncate_log(self.run_dir / name, self.step)
+        return True
+
+    def train(self, until_step: int | None = None) -> dict[str, float]:
+        """Run to cfg.steps (or stop after `until_step`, as a kill would); returns the last metrics."""
+        cfg, last = self.cfg, {}
+        end = min(cfg.steps, until_step or cfg.steps)
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not (self.progress and self.dist.main))
+        try:
+            while self.step < end:
+                last = self.train_step()
+                if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps) and self.dist.main:
+                    last.update(self.evaluate())
+                self.log.log(self.step, last)
+                if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+                    self.save()
+                bar.update(1)
+                bar.set_postfix(reward=f"{last['reward']:.3f}", kl=f"{last['kl']:.4f}",
+                                **({"acc": f"{last['eval/accuracy_strict']:.3f}"} if "eval/accuracy_strict" in last else {}))
+            if self.step == cfg.steps and self.dist.main:
+                export_hf(self.model, self.tok, self.run_dir / "final_hf")
+        finally:
+            bar.close()
+            self.log.close()
+        return last
+
+    def estimate_step_seconds(self) -> float:
+        """A rough upper estimate of one step, from a probe: 8 decode steps of one micro-batch of rows and one
+        forward+backward of a micro-batch at full length, scaled as if every row ran to max_new_tokens."""
+        from model_io import generate, token_logprobs
+
+        cfg, model = self.cfg, self.model
+        rows = cfg.micro_batch
+        prompt = self.prompts(self.step_indices(0)[:1])[0]
+        t = time.perf_counter()
+        generate(model, [prompt], SamplingConfig(max_new_tokens=8, temperature=1.0), torch.Generator(device=model.device).manual_seed(0), n=rows)
+        per_token = (time.perf_counter() - t) / 8
+        x = torch.randint(0, model.cfg.vocab_size, (rows, len(prompt) + cfg.max_new_tokens), device=model.device)
+        t = time.perf_counter()
+        token_logprobs(model, x, chunk=cfg.logprob_chunk).sum().backward()
+        fwd_bwd = time.perf_counter() - t
+        self.opt.zero_grad(set_to_none=True)
+        n_micro = math.ceil(len(self.step_indices(0)) * cfg.group_size / rows)
+        extra_forwards = (self.ref is not None) + (cfg.old_logprobs == "recompute")
+        return n_micro * (per_token * cfg.max_new_tokens + fwd_bwd * (cfg.mu + extra_forwards / 3))  # forward ~ 1/3 of fwd+bwd
+

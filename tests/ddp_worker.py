@@ -1,0 +1,22 @@
+"""Run under torchrun by test_distributed.py: two steps of the synthetic GRPO task, then rank 0 saves the weights."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+from helpers import make_trainer  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from grpo import distributed as D  # noqa: E402
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1])
+    d, device = D.init_from_env("cpu")
+    tr = make_trainer(out / f"run{d.rank}", dtype=torch.float64, dist=d, beta=0.04, steps=2)
+    last = tr.train()
+    if d.main:
+        save_file({n: p.detach().contiguous() for n, p in tr.model.named_parameters()}, str(out / "ddp.safetensors"))
+        (out / "reward.txt").write_text(str(last["reward"]))
+    D.shutdown(d)

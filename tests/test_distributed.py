@@ -1,0 +1,26 @@
+"""Two gloo processes under torchrun take the same steps as one process with the same global batch."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from helpers import make_trainer
+from safetensors.torch import load_file
+
+
+def test_two_processes_match_one(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    worker = Path(__file__).with_name("ddp_worker.py")
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                        str(worker), str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    ddp = load_file(str(tmp_path / "ddp.safetensors"))
+    single = make_trainer(tmp_path / "single", dtype=torch.float64, beta=0.04, steps=2)
+    last = single.train()
+    init = make_trainer(tmp_path / "init", dtype=torch.float64).model
+    for (n, p1), (_, p0) in zip(single.model.named_parameters(), init.named_parameters()):
+        assert torch.allclose(ddp[n], p1, atol=1e-9, rtol=1e-7), n
+        assert not torch.allclose(p1, p0), n  # the steps did move the weights
+    assert abs(float((tmp_path / "reward.txt").read_text()) - last["reward"]) < 1e-9  # metrics reduced over ranks
