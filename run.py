@@ -107,7 +107,7 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
         torch.manual_seed(cfg.seed)
         train = load_gsm8k("train", cfg.gsm8k)
         test = load_gsm8k("test", cfg.gsm8k) if cfg.eval_every else []
-        model, tok = load(cfg.model, device=device)
+        model, tok = load(cfg.model, device=device, dtype=torch.float32)  # float32 master weights; bf16 autocast on GPU
         trainer = Trainer(cfg, model, tok, train, test, run_dir, dist=d, progress=until_step is None)
         if cfg.resume:
             if not trainer.resume():

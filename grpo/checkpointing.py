@@ -1,12 +1,14 @@
 """Training checkpoints: model + optimizer + scheduler + RNG states + step, written atomically, the newest K kept.
 
-Layout: RUN_DIR/checkpoints/step-000050/{model/ (a model spec: config, safetensors, tokenizer), trainer_state.pt}.
+Layout: RUN_DIR/checkpoints/step-000050/{model/ (a model spec: config, safetensors, tokenizer), trainer_state.pt,
+train_config.json}.
 A checkpoint is written into a temporary directory and renamed into place, so a crash mid-write leaves the
 previous checkpoints intact and no half-written one. trainer_state.pt holds only tensors, numbers and
 containers, and is read with torch.load(weights_only=True): nothing is unpickled.
 """
 from __future__ import annotations
 
+import json
 import random
 import re
 import shutil
@@ -29,7 +31,8 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, extra: dict, keep: int) -> Path:
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, extra: dict, keep: int,
+                    config: dict | None = None) -> Path:
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
@@ -45,6 +48,8 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, sched
             "extra": extra,
         }
         torch.save(state, tmp / "trainer_state.pt")
+        if config is not None:
+            (tmp / "train_config.json").write_text(json.dumps(config, indent=2) + "\n")
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)

@@ -29,7 +29,7 @@ class TrainConfig:
     eps_high: float = field(default=0.2, metadata={"help": "upper clip range of the ratio (DAPO's clip-higher: 0.28)"})
     mu: int = field(default=1, metadata={"help": "optimisation passes over each batch of rollouts"})
     micro_batch: int = field(default=8, metadata={"help": "completions per forward/backward (independent of group_size)"})
-    old_logprobs: str = field(default="sampler", metadata={"help": "old log-probs: 'sampler' (free, from sampling) or 'recompute' (one more forward pass)"})
+    old_logprobs: str = field(default="auto", metadata={"help": "old log-probs: 'sampler' (free, from sampling), 'recompute' (one more forward pass) or 'auto' (sampler on CPU, recompute on GPU where bf16 sampling and training kernels differ)"})
     lr: float = field(default=1e-6, metadata={"help": "peak learning rate (AdamW)"})
     warmup_steps: int = field(default=10, metadata={"help": "linear warm-up steps, then cosine decay to 0"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
@@ -52,8 +52,8 @@ class TrainConfig:
             raise ValueError(f"unknown --adv-scale {self.adv_scale!r}: use one of {', '.join(ADV_SCALES)}")
         if self.loss_agg not in AGGREGATIONS:
             raise ValueError(f"unknown --loss-agg {self.loss_agg!r}: use one of {', '.join(AGGREGATIONS)}")
-        if self.old_logprobs not in ("sampler", "recompute"):
-            raise ValueError(f"unknown --old-logprobs {self.old_logprobs!r}: use sampler or recompute")
+        if self.old_logprobs not in ("auto", "sampler", "recompute"):
+            raise ValueError(f"unknown --old-logprobs {self.old_logprobs!r}: use auto, sampler or recompute")
         if self.preset and self.preset not in PRESETS:
             raise ValueError(f"unknown --preset {self.preset!r}: use one of {', '.join(PRESETS)}")
         for name in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "mu", "micro_batch", "save_every", "keep_checkpoints", "max_bad_steps"):

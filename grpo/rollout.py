@@ -14,6 +14,7 @@ import torch
 from data import Problem, StopOnText
 from model_io import SamplingConfig, Transformer, generate
 from model_io.logprobs import logprobs_from_hidden
+from model_io.model import SharedPrefix
 
 from .loss import group_advantages
 from .rewards import RewardSet
@@ -89,24 +90,40 @@ def completion_logprobs(
     T: int,  # completion positions to score (the longest completion among `rows`)
     pad_id: int,
     chunk: int = 128,
+    share_prompt: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """log pi(completion tokens) [n, T] (with grad when enabled) and the per-token entropy [n, T] (detached).
 
-    Each row is its prompt (left-padded to the micro-batch's longest) followed by its completion."""
+    share_prompt: each distinct prompt among `rows` goes through the model once and its rows attend to its
+    keys/values ("Prefix Grouper", 2025): with 150-token prompts, 64-token completions and 4 rows per prompt
+    that is about 2x fewer tokens through forward and backward. Off: every row is prompt + completion."""
     G = rollout.group_size
     dev = model.device
-    prompts = [rollout.prompts[int(r) // G] for r in rows]
-    P = max(map(len, prompts))
-    n = len(prompts)
+    of_row = rows // G  # [n] prompt of each row
+    uniq, inv = torch.unique(of_row, return_inverse=True) if share_prompt else (of_row, torch.arange(len(rows)))
+    prompts = [rollout.prompts[int(b)] for b in uniq]
+    U, P, n = len(prompts), max(map(len, prompts)), len(rows)
+    ptok = torch.full((U, P), pad_id, dtype=torch.long)
+    pmask = torch.zeros(U, P, dtype=torch.bool)
+    for u, p in enumerate(prompts):  # left padding: every prompt ends at slot P-1
+        ptok[u, P - len(p):] = torch.as_tensor(p)
+        pmask[u, P - len(p):] = True
+    ptok, pmask, inv = ptok.to(dev), pmask.to(dev), inv.to(dev)
     comp = rollout.completions[rows, :T].to(dev)  # [n, T]
-    tokens = torch.full((n, P + T), pad_id, dtype=torch.long, device=dev)
-    key_mask = torch.zeros(n, P + T, dtype=torch.bool, device=dev)
-    for i, p in enumerate(prompts):
-        tokens[i, P - len(p) : P] = torch.as_tensor(p, device=dev)
-        key_mask[i, P - len(p) : P] = True
-    tokens[:, P:] = comp
-    key_mask[:, P:] = rollout.mask[rows, :T].to(dev)
-    positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)  # [n, P+T]
-    hidden = model.hidden(tokens, positions=positions, key_mask=key_mask)  # [n, P+T, C]
-    # the token at P+t is predicted from position P+t-1
-    return logprobs_from_hidden(hidden[:, P - 1 : P + T - 1], model.lm_head.weight, comp, chunk, with_entropy=True)
+    cmask = rollout.mask[rows, :T].to(dev)  # [n, T]
+    plen = pmask.sum(-1)  # [U]
+    ppos = (pmask.long().cumsum(-1) - 1).clamp(min=0)  # [U, P]
+    cpos = plen[inv][:, None] + torch.arange(T, device=dev)  # [n, T]
+    if share_prompt:
+        shared = SharedPrefix(key_mask=pmask)
+        hp = model.hidden(ptok, positions=ppos, key_mask=pmask, shared=shared)  # [U, P, C], keys/values collected
+        shared.rows = inv
+        hc = model.hidden(comp, positions=cpos, key_mask=cmask, shared=shared)  # [n, T, C]
+        # completion token 0 is predicted at the prompt's last slot, token t at the row's slot t-1
+        hidden = torch.cat([hp[inv, -1:], hc[:, :-1]], dim=1)  # [n, T, C]
+    else:
+        tokens = torch.cat([ptok, comp], dim=1)  # [n, P + T]
+        key_mask = torch.cat([pmask, cmask], dim=1)
+        positions = torch.cat([ppos, cpos], dim=1)
+        hidden = model.hidden(tokens, positions=positions, key_mask=key_mask)[:, P - 1 : P + T - 1]  # [n, T, C]
+    return logprobs_from_hidden(hidden, model.lm_head.weight, comp, chunk, with_entropy=True)

@@ -5,11 +5,13 @@ prompt, G completions are sampled; each one's advantage is its reward relative t
 maximises the clipped surrogate of PPO with those advantages, minus beta times a KL estimate to a frozen
 reference. Departures from the paper's eq. 3, all deliberate:
 
- 1. Old log-probs come from the sampler (`--old-logprobs sampler`, the default): they are the log-probs of the
-    policy that sampled, computed while sampling at temperature 1, so they cost no extra forward pass. With
-    mu = 1 the ratio is then 1 up to float rounding between the sampling and training kernels (the paper's
-    pi_theta_old is the same weights). `--old-logprobs recompute` runs a teacher-forced pass instead: use it
-    where those kernels differ by more than float32 rounding (bf16 on GPU).
+ 1. Old log-probs come from the sampler on CPU (`--old-logprobs auto`): they are the log-probs of the policy
+    that sampled, computed while sampling at temperature 1, so they cost no extra forward pass. With mu = 1 the
+    ratio is then 1 up to float32 rounding between the sampling and training kernels (the paper's pi_theta_old
+    is the same weights). On GPU, where sampling and training run in bf16 autocast with different kernels,
+    `auto` recomputes them with one teacher-forced pass, so that the ratio is not bf16 noise.
+10. Precision: float32 weights and optimizer state everywhere; on GPU the forward passes run under bf16
+    autocast; log-probs, the loss and the KL are computed in float32.
  2. Sampling temperature is a knob (default 1.0); log-probs in the loss are always at temperature 1.
  3. The clip range can be asymmetric (eps_low, eps_high: DAPO's clip-higher, Yu et al. 2025).
  4. Aggregation over tokens is selectable (`--loss-agg`): the paper's per-sequence mean then mean over
@@ -27,7 +29,9 @@ reference. Departures from the paper's eq. 3, all deliberate:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -38,6 +42,7 @@ from tqdm import tqdm
 
 from data import Problem, StopOnText, encode_prompts, stop_token_ids
 from model_io import SamplingConfig, Transformer, export_hf
+from model_io.linear import drop_packed, set_packed
 
 from . import distributed as D
 from .checkpointing import checkpoint_dirs, load_checkpoint, save_checkpoint
@@ -72,6 +77,8 @@ class Trainer:
         self.rewards = rewards or RewardSet.parse(cfg.rewards)
         self.shots = train[: cfg.shots]
         self.ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.beta > 0 else None
+        if self.ref is not None:
+            set_packed(self.ref, False)  # teacher-forced passes only: not worth a second copy of its weights
         self.params = [p for p in model.parameters() if p.requires_grad]  # tied weights appear once
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                      weight_decay=cfg.weight_decay, eps=1e-8)
@@ -79,6 +86,9 @@ class Trainer:
         self.sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                        eos_ids=stop_token_ids(tokenizer, model.cfg.eos_token_ids))
         self.stop = StopOnText(tokenizer, [cfg.stop]) if cfg.stop else None
+        self.recompute_old = cfg.old_logprobs == "recompute" or (cfg.old_logprobs == "auto" and model.device.type == "cuda")
+        # bf16 autocast on GPU (float32 master weights); plain float32 on CPU
+        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if model.device.type == "cuda" else contextlib.nullcontext
         self.step = 0
         self.bad_steps = 0
         self._prompt_cache: dict[int, list[int]] = {}
@@ -118,11 +128,13 @@ class Trainer:
 
         # rollout -> reward -> advantage
         model.eval()
-        ro = collect(model, self.tok, problems, self.prompts(idx), G, self.sampling, self.rewards,
-                     row_generators(cfg.seed, self.step, idx, G, model.device), self.stop, cfg.adv_scale)
+        with self.autocast():
+            ro = collect(model, self.tok, problems, self.prompts(idx), G, self.sampling, self.rewards,
+                         row_generators(cfg.seed, self.step, idx, G, model.device), self.stop, cfg.adv_scale)
         rewards_all = D.gather_cat(ro.rewards.to(model.device), d).cpu()  # [B, G] over all ranks
         if cfg.adv_scale == "batch" and d.on:  # the batch std is over the global batch
             ro.advantages = group_advantages(rewards_all, "batch")[d.rank * len(idx) : (d.rank + 1) * len(idx)]
+        drop_packed(model)  # sampling is over: free the packed weight copies before the backward's activations
         t_rollout = time.perf_counter() - t0
 
         # whole-batch normalisers, divided by the world size because gradients are averaged over ranks
@@ -135,7 +147,7 @@ class Trainer:
         micro = [rows_run[i : i + cfg.micro_batch] for i in range(0, len(rows_run), cfg.micro_batch)]
 
         ref_logp = self._teacher_forced(self.ref, ro, micro) if self.ref is not None else None
-        old_logp = self._teacher_forced(model, ro, micro) if cfg.old_logprobs == "recompute" else ro.old_logp
+        old_logp = self._teacher_forced(model, ro, micro) if self.recompute_old else ro.old_logp
 
         # loss -> step (mu passes over the same rollouts)
         model.train()
@@ -144,7 +156,8 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             for rows in micro:
                 T = int(ro.mask[rows].sum(-1).max())
-                logp, ent = completion_logprobs(model, ro, rows, T, self.tok.pad_token_id, cfg.logprob_chunk)
+                with self.autocast():
+                    logp, ent = completion_logprobs(model, ro, rows, T, self.tok.pad_token_id, cfg.logprob_chunk)
                 dev = logp.device
                 loss, st = policy_loss(
                     logp, old_logp[rows, :T].to(dev), ref_logp[rows, :T].to(dev) if ref_logp is not None else None,
@@ -169,7 +182,9 @@ class Trainer:
         out = torch.zeros_like(ro.old_logp)
         for rows in micro:
             T = int(ro.mask[rows].sum(-1).max())
-            out[rows, :T] = completion_logprobs(model, ro, rows, T, self.tok.pad_token_id, self.cfg.logprob_chunk)[0].to(out.device)
+            with self.autocast():
+                lp = completion_logprobs(model, ro, rows, T, self.tok.pad_token_id, self.cfg.logprob_chunk)[0]
+            out[rows, :T] = lp.to(out.device)
         return out
 
     def _clip_and_step(self, loss: float) -> float:
@@ -229,13 +244,14 @@ class Trainer:
         cfg = self.cfg
         ecfg = EvalConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size, stop=cfg.stop, limit=cfg.eval_limit)
         self.model.eval()
-        summary, _ = evaluate(self.model, self.tok, self.test_set[: cfg.eval_limit], ecfg, self.shots, progress=False)
+        with self.autocast():
+            summary, _ = evaluate(self.model, self.tok, self.test_set[: cfg.eval_limit], ecfg, self.shots, progress=False)
         return {f"eval/{k}": summary[k] for k in ("accuracy_strict", "accuracy_lenient", "format_soft_rate", "generated_tokens_per_answer")}
 
     def save(self) -> None:
         if self.dist.main:
             save_checkpoint(self.run_dir, self.step, self.model, self.tok, self.opt, self.sched,
-                            {"bad_steps": self.bad_steps}, self.cfg.keep_checkpoints)
+                            {"bad_steps": self.bad_steps}, self.cfg.keep_checkpoints, dataclasses.asdict(self.cfg))
         D.barrier(self.dist)
 
     def resume(self) -> bool:
@@ -289,6 +305,6 @@ class Trainer:
         fwd_bwd = time.perf_counter() - t
         self.opt.zero_grad(set_to_none=True)
         n_micro = math.ceil(len(self.step_indices(0)) * cfg.group_size / rows)
-        extra_forwards = (self.ref is not None) + (cfg.old_logprobs == "recompute")
+        extra_forwards = (self.ref is not None) + self.recompute_old
         return n_micro * (per_token * cfg.max_new_tokens + fwd_bwd * (cfg.mu + extra_forwards / 3))  # forward ~ 1/3 of fwd+bwd
 

@@ -9,6 +9,8 @@ only where the caller asks (`logits_at`), since on a 49k-token vocabulary it is 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -37,6 +39,22 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+@dataclass
+class SharedPrefix:
+    """Keys/values of U prompts, run once, that many rows continue from (GRPO's G completions of one prompt:
+    "Prefix Grouper", 2025). First pass the prompts with `collect=True`; then pass the rows with `rows` [B] naming
+    each row's prompt and `key_mask` [U, P] marking the prompts' real tokens. The prompt tokens go through the
+    linear layers once per prompt instead of once per row, and gradients flow back into the shared pass."""
+
+    key_mask: torch.Tensor  # [U, P] bool
+    rows: torch.Tensor | None = None  # [B] prompt index of each row; None while collecting
+    kv: list = field(default_factory=list)  # per layer: (k, v) [U, H_kv, P, D]
+
+    @property
+    def collect(self) -> bool:
+        return self.rows is None
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -44,7 +62,7 @@ class Attention(nn.Module):
         self.qkv = Linear(cfg.dim, (self.h + 2 * self.hkv) * self.d, bias=cfg.qkv_bias)
         self.o = Linear(self.h * self.d, cfg.dim, bias=False)
 
-    def forward(self, x, cos, sin, mask, layer: int, cache: KVCache | None) -> torch.Tensor:
+    def forward(self, x, cos, sin, mask, layer: int, cache: KVCache | None, shared: "SharedPrefix | None" = None) -> torch.Tensor:
         B, T, _ = x.shape
         q, k, v = self.qkv(x).split([self.h * self.d, self.hkv * self.d, self.hkv * self.d], dim=-1)
         q = q.view(B, T, self.h, self.d).transpose(1, 2)  # [B, H, T, D]
@@ -52,6 +70,12 @@ class Attention(nn.Module):
         v = v.view(B, T, self.hkv, self.d).transpose(1, 2)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
+        if shared is not None and shared.collect:  # this pass is the prompt: keep its keys/values for the rows
+            shared.kv.append((k, v))
+        elif shared is not None:  # rows attend to their prompt's keys/values, then their own (autograd-friendly)
+            pk, pv = shared.kv[layer]
+            k = torch.cat([pk[shared.rows], k], dim=2)  # [B, H_kv, P + T, D]
+            v = torch.cat([pv[shared.rows], v], dim=2)
         if cache is not None:
             s0 = cache.length
             cache.k[layer, :, :, s0 : s0 + T] = k
@@ -81,8 +105,8 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.dim, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, mask, layer, cache):
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask, layer, cache)
+    def forward(self, x, cos, sin, mask, layer, cache, shared=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, layer, cache, shared)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -128,11 +152,17 @@ class Transformer(nn.Module):
         positions: torch.Tensor | None = None,  # [B, T]
         cache: KVCache | None = None,
         key_mask: torch.Tensor | None = None,  # [B, T] bool: False marks padding among the new tokens
+        shared: SharedPrefix | None = None,
     ) -> torch.Tensor:
         """Final-normed hidden states [B, T, C]. With a cache, the new tokens go to slots [length, length+T)."""
         B, T = tokens.shape
         dev = tokens.device
         s0 = cache.length if cache is not None else 0
+        if shared is not None and not shared.collect:
+            assert cache is None, "a shared prefix and a KV cache do not mix"
+            s0 = shared.key_mask.shape[1]  # the rows' tokens sit after their prompt's P slots
+            own = key_mask if key_mask is not None else torch.ones(B, T, dtype=torch.bool, device=dev)
+            key_mask = torch.cat([shared.key_mask[shared.rows], own], dim=1)  # [B, P + T]
         if cache is not None:
             if s0 + T > cache.capacity:
                 raise ValueError(f"KV cache full: {s0} + {T} tokens > capacity {cache.capacity}")
@@ -140,6 +170,8 @@ class Transformer(nn.Module):
             keys_valid = cache.key_mask[:, : s0 + T]  # [B, S]
         else:
             keys_valid = key_mask
+        if positions is None and shared is not None and not shared.collect:
+            raise ValueError("rows after a shared prefix need explicit positions")
         if positions is None:
             positions = torch.arange(s0, s0 + T, device=dev).expand(B, T)
         mask = None
@@ -155,7 +187,7 @@ class Transformer(nn.Module):
         x = self.embed(tokens)
         cos, sin = self.rope(positions, x.dtype)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, i, cache)
+            x = layer(x, cos, sin, mask, i, cache, shared)
         if cache is not None:
             cache.length = s0 + T
         return self.norm(x)
@@ -167,9 +199,10 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         key_mask: torch.Tensor | None = None,  # [B, T]
         last_only: bool = False,
+        shared: SharedPrefix | None = None,
     ) -> torch.Tensor:
         """Logits [B, T, V], or [B, V] for the last position only (what decoding needs)."""
-        h = self.hidden(tokens, positions, cache, key_mask)
+        h = self.hidden(tokens, positions, cache, key_mask, shared)
         if last_only:
             h = h[:, -1]
         return self.lm_head(h)

@@ -93,3 +93,25 @@ def test_cli_runs_as_a_script(tiny_ckpt, tmp_path):
 def test_eval_config_validation():
     with pytest.raises(ValueError):
         EvalConfig(limit=-1)
+
+
+def test_train_cli_writes_a_complete_run_and_refuses_to_overwrite_it(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    out = tmp_path / "run"
+    argv = ["train", "--model", tiny_ckpt, "--preset", "smoke", "--max-new-tokens", "8", "--eval-limit", "2",
+            "--out-dir", str(out), "--device", "cpu"]
+    assert run.main(argv) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["steps"], cfg["group_size"], cfg["max_new_tokens"]) == (3, 4, 8)  # preset, and the flag over it
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == [1, 2, 3] and "eval/accuracy_strict" in lines[-1]
+    assert (out / "samples.jsonl").read_text().count("\n") == 3
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    assert (out / "checkpoints" / "step-000003" / "trainer_state.pt").is_file()
+    assert json.loads((out / "checkpoints" / "step-000003" / "train_config.json").read_text())["steps"] == 3
+    assert (out / "final_hf" / "model.safetensors").is_file()
+    capsys.readouterr()
+    assert run.main(argv) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert run.main(["train", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "not a run directory" in capsys.readouterr().err

@@ -21,6 +21,8 @@ def test_two_processes_match_one(tmp_path):
     last = single.train()
     init = make_trainer(tmp_path / "init", dtype=torch.float64).model
     for (n, p1), (_, p0) in zip(single.model.named_parameters(), init.named_parameters()):
-        assert torch.allclose(ddp[n], p1, atol=1e-9, rtol=1e-7), n
+        # log-probs are float32 (even for this float64 model), and micro-batches split differently: updates of
+        # ~3e-3 per step agree to float32 rounding
+        assert torch.allclose(ddp[n], p1, atol=1e-6), (n, (ddp[n] - p1).abs().max().item())
         assert not torch.allclose(p1, p0), n  # the steps did move the weights
-    assert abs(float((tmp_path / "reward.txt").read_text()) - last["reward"]) < 1e-9  # metrics reduced over ranks
+    assert abs(float((tmp_path / "reward.txt").read_text()) - last["reward"]) < 1e-6  # metrics reduced over ranks

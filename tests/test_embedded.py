@@ -60,3 +60,13 @@ def test_eval_cli_on_the_embedded_model(tmp_path, monkeypatch):
     assert run.main(["eval", "--limit", "2", "--max-new-tokens", "24", "--out-dir", str(tmp_path), "--device", "cpu"]) == 0
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["questions"] == 2 and s["model"].startswith("embedded") and 1 <= s["generated_tokens_per_answer"] <= 24
+
+
+def test_smoke_preset_trains_the_embedded_model(tmp_path, monkeypatch):
+    """What a newcomer runs first: `python run.py train --preset smoke` (under 2 minutes on a 2-core CPU)."""
+    import run
+
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    last = run.cmd_train(run.TrainConfig(preset="smoke", out_dir=str(tmp_path / "smoke"), device="cpu"), until_step=None)
+    assert last["completions/max_length"] <= 48 and "eval/accuracy_strict" in last
+    assert (tmp_path / "smoke" / "final_hf" / "config.json").is_file()
