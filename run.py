@@ -6,6 +6,8 @@
     torchrun --nproc_per_node 2 run.py train      # one process per GPU (or CPU processes with gloo)
     python run.py eval --limit 50                 # greedy GSM8K accuracy of the embedded default model
     python run.py eval --search sample --n 4      # mean accuracy, pass@4 and majority@4
+    python run.py eval --search mcts --limit 20   # tree search over reasoning steps
+    python run.py inspect-tree runs/eval/trees.jsonl
     python run.py sample --questions 3            # print a few answers
 
 Every command's flags are generated from its config dataclass (defaults shown by --help); the resolved config is
@@ -30,6 +32,7 @@ from grpo import distributed as D
 from grpo.config import TrainConfig, apply_preset
 from grpo.evaluate import EvalConfig, evaluate
 from grpo.trainer import Trainer, TrainingError
+from mcts.inspect import load_trees, render, tree_stats
 from model_io import ModelSpecError, SamplingConfig, generate, load
 
 
@@ -47,7 +50,9 @@ def add_config_args(parser: argparse.ArgumentParser, cls) -> None:
         t = _field_type(f)
         flag = "--" + f.name.replace("_", "-")
         help_ = f.metadata.get("help", "") + " (default: %(default)s)"
-        if t is bool:
+        if f.metadata.get("positional"):
+            parser.add_argument(f.name, type=t, metavar=f.name.upper(), help=f.metadata.get("help", ""))
+        elif t is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
         else:
             parser.add_argument(flag, dest=f.name, type=t, default=f.default, metavar=t.__name__.upper(), help=help_)
@@ -82,8 +87,17 @@ def cmd_eval(cfg: EvalConfig) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", dataclasses.asdict(cfg))
     partial = out / "predictions.jsonl.partial"
-    summary, _ = evaluate(model, tok, problems, cfg, shots, out_path=partial)
+    trees = out / "trees.jsonl.partial" if cfg.search == "mcts" else None
+    summary, _ = evaluate(model, tok, problems, cfg, shots, out_path=partial, tree_path=trees)
     partial.replace(out / "predictions.jsonl")
+    if trees:
+        trees.replace(out / "trees.jsonl")
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(str(out / "tb")) as tb:  # tree statistics, one point per question
+            for i, tree in enumerate(load_trees(out / "trees.jsonl")):
+                for k, v in tree_stats(tree).items():
+                    tb.add_scalar(k, v, i)
     summary = {"model": cfg.model or "embedded:SmolLM2-135M-Instruct", "search": cfg.search, "device": str(device), **summary}
     write_json(out / "summary.json", summary)
     print(json.dumps(summary, indent=2))
@@ -158,10 +172,26 @@ def cmd_sample(cfg: SampleConfig) -> None:
               f"--- parsed {parse_strict(text)!r}, gold {p.answer!r}\n")
 
 
+@dataclass
+class InspectConfig:
+    file: str = field(default="", metadata={"positional": True, "help": "a trees.jsonl written by `run.py eval --search mcts`"})
+    index: int = field(default=0, metadata={"help": "which tree of the file (its line, from 0)"})
+    max_depth: int = field(default=0, metadata={"help": "print nodes down to this depth only (0: all)"})
+
+
+def cmd_inspect(cfg: InspectConfig) -> None:
+    trees = load_trees(cfg.file)
+    if not 0 <= cfg.index < len(trees):
+        raise ValueError(f"--index {cfg.index} out of range: {cfg.file} holds {len(trees)} trees (0..{len(trees) - 1})")
+    print(render(trees[cfg.index], cfg.max_depth))
+    print(json.dumps(tree_stats(trees[cfg.index])))
+
+
 COMMANDS = {
     "train": (TrainConfig, cmd_train, "GRPO training on GSM8K (the main job)"),
     "eval": (EvalConfig, cmd_eval, "GSM8K accuracy of a model (greedy or sampled)"),
     "sample": (SampleConfig, cmd_sample, "print a model's answers to a few GSM8K questions"),
+    "inspect-tree": (InspectConfig, cmd_inspect, "print a search tree dumped by `eval --search mcts` as an indented text tree"),
 }
 
 

@@ -1,8 +1,12 @@
-"""GSM8K evaluation: greedy or sampled answers, scored strictly and leniently, written as JSONL + summary.
+"""GSM8K evaluation under a decoding strategy, scored strictly and leniently, written as JSONL + summary.
 
-Strategies (`search`):
-  greedy   one answer per question, argmax decoding
-  sample   n answers per question at `temperature`; reports mean accuracy, pass@n and majority@n
+Strategies (`search`), all comparable at their generated-token cost per question:
+  greedy      one answer, argmax decoding
+  sample      n sampled answers; reports their mean accuracy, pass@n and majority@n
+  majority    n sampled answers; the answer is the majority vote (self-consistency, Wang et al. 2023)
+  best-of-n   n sampled answers; the answer is the one with the highest value, the same gold-free value
+              as tree search uses (format + agreement with the other answers)
+  mcts        tree search over reasoning steps (mcts/search.py)
 The trainer calls `evaluate` too, so the accuracy it logs is the number `run.py eval` prints.
 """
 from __future__ import annotations
@@ -18,11 +22,12 @@ import torch
 from tqdm import tqdm
 
 from data import Problem, StopOnText, encode_prompts, parse_lenient, parse_strict, stop_token_ids
+from mcts.search import ANSWER_MODES, SearchConfig, parse_answer, search, self_consistency_value
 from model_io import SamplingConfig, Transformer, generate
 
 from .rewards import soft_format_reward_func, strict_format_reward_func
 
-SEARCHES = ("greedy", "sample")
+SEARCHES = ("greedy", "sample", "majority", "best-of-n", "mcts")
 
 
 @dataclass
@@ -31,17 +36,25 @@ class EvalConfig:
     split: str = field(default="test", metadata={"help": "GSM8K split: test or train"})
     limit: int = field(default=0, metadata={"help": "evaluate the first N questions only (0: all)"})
     search: str = field(default="greedy", metadata={"help": f"decoding strategy: {' | '.join(SEARCHES)}"})
-    n: int = field(default=1, metadata={"help": "answers per question (search=sample)"})
-    temperature: float = field(default=0.7, metadata={"help": "sampling temperature (search=sample)"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass (search=sample)"})
-    top_k: int = field(default=0, metadata={"help": "sample among the k most likely tokens, 0: off (search=sample)"})
+    n: int = field(default=1, metadata={"help": "answers sampled per question (sample, majority, best-of-n)"})
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature (all but greedy)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass (all but greedy)"})
+    top_k: int = field(default=0, metadata={"help": "sample among the k most likely tokens, 0: off (sample, majority, best-of-n)"})
     max_new_tokens: int = field(default=256, metadata={"help": "generated tokens per answer at most"})
     stop: str = field(default="</answer>", metadata={"help": "stop an answer once its text contains this string ('' for EOS only)"})
-    batch_size: int = field(default=32, metadata={"help": "questions per batch (rows = batch_size * n)"})
+    n_simulations: int = field(default=8, metadata={"help": "mcts: simulations per question"})
+    children: int = field(default=4, metadata={"help": "mcts: K, continuations sampled per expansion"})
+    c_puct: float = field(default=1.0, metadata={"help": "mcts: exploration weight of PUCT"})
+    step: str = field(default="newline", metadata={"help": "mcts: a node is a line ('newline', capped at --step-tokens) or exactly N tokens ('tokens:N')"})
+    step_tokens: int = field(default=48, metadata={"help": "mcts: cap on a newline step"})
+    rollout_depth: int = field(default=4, metadata={"help": "mcts: steps a rollout runs after its new node (or to the answer's end)"})
+    mcts_answer: str = field(default="vote", metadata={"help": f"mcts: final answer by {' | '.join(ANSWER_MODES)}"})
+    format_weight: float = field(default=0.3, metadata={"help": "mcts, best-of-n: value = w * format + (1 - w) * agreement"})
+    batch_size: int = field(default=32, metadata={"help": "questions per batch"})
     shots: int = field(default=0, metadata={"help": "k-shot examples from the train split in each prompt"})
     seed: int = field(default=0, metadata={"help": "random seed of the sampler"})
     gsm8k: str | None = field(default=None, metadata={"help": "GSM8K jsonl file or directory; default: $GSM8K_DIR, else the hub"})
-    out_dir: str = field(default="runs/eval", metadata={"help": "where predictions.jsonl, summary.json and config.json go"})
+    out_dir: str = field(default="runs/eval", metadata={"help": "where predictions.jsonl, summary.json, config.json (and trees.jsonl for mcts) go"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto (cuda when available)"})
 
     def __post_init__(self):
@@ -49,8 +62,16 @@ class EvalConfig:
             raise ValueError(f"unknown --search {self.search!r}: use one of {', '.join(SEARCHES)}")
         if self.n < 1 or self.batch_size < 1 or self.max_new_tokens < 1 or self.limit < 0 or self.shots < 0:
             raise ValueError("--n, --batch-size and --max-new-tokens must be >= 1; --limit and --shots >= 0")
-        if self.search == "greedy" and self.n != 1:
-            raise ValueError("--search greedy gives one answer per question: use --search sample for --n > 1")
+        if self.search in ("greedy", "mcts") and self.n != 1:
+            raise ValueError(f"--search {self.search} gives one answer per question: --n is for sample, majority, best-of-n")
+        if self.search == "mcts":
+            self.search_config()  # validates the tree-search flags
+
+    def search_config(self) -> SearchConfig:
+        return SearchConfig(n_simulations=self.n_simulations, children=self.children, c_puct=self.c_puct, step=self.step,
+                            step_tokens=self.step_tokens, rollout_depth=self.rollout_depth, temperature=self.temperature,
+                            top_p=self.top_p, max_new_tokens=self.max_new_tokens, answer=self.mcts_answer,
+                            format_weight=self.format_weight, stop=self.stop)
 
 
 @dataclass
@@ -58,11 +79,14 @@ class QuestionResult:
     index: int
     question: str
     gold: str
-    completions: list[str]
+    completions: list[str]  # [n] (one for greedy and mcts)
     strict: list[str | None]  # [n] parsed answers
     lenient: list[str | None]
-    tokens: list[int]  # [n] generated tokens per answer
+    tokens: list[int]  # [n] tokens per completion
     finish: list[str]
+    final: int = 0  # the strategy's answer: index into completions (-1: sample, where every completion counts)
+    generated_tokens: int = 0  # all tokens sampled for this question (for tree search: every rollout)
+    forward_tokens: int = 0  # tokens run through the model for it
 
 
 def majority(answers: Sequence[str | None]) -> str | None:
@@ -71,31 +95,47 @@ def majority(answers: Sequence[str | None]) -> str | None:
     return max(votes, key=lambda a: (votes[a], -answers.index(a))) if votes else None
 
 
-def summarize(results: Sequence[QuestionResult], seconds: float, forward_tokens: int) -> dict:
-    n_q = len(results)
-    n_a = sum(len(r.completions) for r in results)
-    gen = sum(sum(r.tokens) for r in results)
-    texts = [c for r in results for c in r.completions]
-    acc = lambda key: sum(sum(p == r.gold for p in getattr(r, key)) for r in results) / max(n_a, 1)  # noqa: E731
+def summarize(results: Sequence[QuestionResult], seconds: float) -> dict:
+    n_q = max(len(results), 1)
+    chosen = [(r, i) for r in results for i in (range(len(r.completions)) if r.final < 0 else [r.final])]
+    n_c = max(len(chosen), 1)
+    texts = [r.completions[i] for r, i in chosen]
+    gen = sum(r.generated_tokens for r in results)
     out = {
-        "questions": n_q,
-        "answers": n_a,
-        "accuracy_strict": acc("strict"),
-        "accuracy_lenient": acc("lenient"),
-        "format_strict_rate": sum(strict_format_reward_func(texts)) / 0.5 / max(n_a, 1),
-        "format_soft_rate": sum(soft_format_reward_func(texts)) / 0.5 / max(n_a, 1),
-        "truncated_rate": sum(f == "length" for r in results for f in r.finish) / max(n_a, 1),
-        "generated_tokens_per_answer": gen / max(n_a, 1),
-        "forward_tokens_per_answer": forward_tokens / max(n_a, 1),
+        "questions": len(results),
+        "answers_per_question": sum(len(r.completions) for r in results) / n_q,
+        "accuracy_strict": sum(r.strict[i] == r.gold for r, i in chosen) / n_c,
+        "accuracy_lenient": sum(r.lenient[i] == r.gold for r, i in chosen) / n_c,
+        "format_strict_rate": sum(strict_format_reward_func(texts)) / 0.5 / n_c,
+        "format_soft_rate": sum(soft_format_reward_func(texts)) / 0.5 / n_c,
+        "truncated_rate": sum(r.finish[i] == "length" for r, i in chosen) / n_c,
+        "generated_tokens_per_question": gen / n_q,
+        "generated_tokens_per_answer": sum(r.tokens[i] for r, i in chosen) / n_c,
+        "forward_tokens_per_answer": sum(r.forward_tokens for r in results) / n_q,  # model tokens per final answer
         "seconds": seconds,
-        "seconds_per_answer": seconds / max(n_a, 1),
-        "seconds_per_token": seconds / max(gen, 1),
+        "seconds_per_answer": seconds / n_q,  # one final answer per question
+        "seconds_per_generated_token": seconds / max(gen, 1),
     }
     if any(len(r.completions) > 1 for r in results):
         for key in ("strict", "lenient"):
-            out[f"pass_at_n_{key}"] = sum(any(p == r.gold for p in getattr(r, key)) for r in results) / max(n_q, 1)
-            out[f"majority_at_n_{key}"] = sum(majority(getattr(r, key)) == r.gold for r in results) / max(n_q, 1)
+            out[f"pass_at_n_{key}"] = sum(any(p == r.gold for p in getattr(r, key)) for r in results) / n_q
+            out[f"majority_at_n_{key}"] = sum(majority(getattr(r, key)) == r.gold for r in results) / n_q
     return out
+
+
+def choose(strategy: str, texts: list[str], lenient: list[str | None], format_weight: float) -> int:
+    """Index of the strategy's answer among n sampled ones."""
+    if strategy == "sample":
+        return -1
+    if strategy == "majority":
+        m = majority(lenient)
+        return lenient.index(m) if m is not None else 0
+    if strategy == "best-of-n":
+        answers = [parse_answer(t) for t in texts]
+        pool = [a for a in answers if a is not None]
+        values = self_consistency_value(format_weight)(texts, answers, [True] * len(texts), [pool] * len(texts))
+        return max(range(len(texts)), key=lambda i: (values[i], -i))
+    return 0
 
 
 @torch.no_grad()
@@ -106,48 +146,54 @@ def evaluate(
     cfg: EvalConfig,
     shots: Sequence[Problem] = (),
     out_path: Path | None = None,
+    tree_path: Path | None = None,
     progress: bool = True,
 ) -> tuple[dict, list[QuestionResult]]:
-    """Answer `problems`; returns the summary and per-question results (streamed to `out_path` as JSONL)."""
-    n = cfg.n if cfg.search == "sample" else 1
-    scfg = SamplingConfig(
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature if cfg.search == "sample" else 0.0,
-        top_k=cfg.top_k,
-        top_p=cfg.top_p,
-        eos_ids=stop_token_ids(tokenizer, model.cfg.eos_token_ids),
-    )
+    """Answer `problems`; returns the summary and per-question results (streamed to `out_path` as JSONL;
+    for mcts, each tree to `tree_path`)."""
+    n = cfg.n if cfg.search in ("sample", "majority", "best-of-n") else 1
+    scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=0.0 if cfg.search == "greedy" else cfg.temperature,
+                          top_k=cfg.top_k, top_p=cfg.top_p, eos_ids=stop_token_ids(tokenizer, model.cfg.eos_token_ids))
     stop = StopOnText(tokenizer, [cfg.stop]) if cfg.stop else None
     gen = torch.Generator(device=model.device).manual_seed(cfg.seed)
     results: list[QuestionResult] = []
-    forward_tokens = 0
     sink = out_path.open("w") if out_path else None
+    trees = tree_path.open("w") if tree_path else None
     bar = tqdm(total=len(problems), desc=f"eval {cfg.search}", unit="q", disable=not progress)
     t0 = time.perf_counter()
     try:
         for s in range(0, len(problems), cfg.batch_size):
             batch = problems[s : s + cfg.batch_size]
             prompts = encode_prompts(tokenizer, [p.question for p in batch], shots)
-            res = generate(model, prompts, scfg, gen, n=n, stop=stop, pad_id=tokenizer.pad_token_id)
-            forward_tokens += res.forward_tokens
-            for b, p in enumerate(batch):
-                rows = range(b * n, (b + 1) * n)
-                texts = [tokenizer.decode(res.row(r), skip_special_tokens=True) for r in rows]
-                qr = QuestionResult(
-                    index=p.index, question=p.question, gold=p.answer, completions=texts,
-                    strict=[parse_strict(t) for t in texts], lenient=[parse_lenient(t) for t in texts],
-                    tokens=[int(res.lengths[r]) for r in rows], finish=[res.finish[r] for r in rows],
-                )
-                results.append(qr)
-                if sink:
-                    sink.write(json.dumps(asdict(qr)) + "\n")
+            if cfg.search == "mcts":
+                found = search(model, tokenizer, prompts, cfg.search_config(), [p.index for p in batch], cfg.seed,
+                               keep_trees=trees is not None)
+                new = [QuestionResult(p.index, p.question, p.answer, [f.text], [parse_strict(f.text)], [parse_lenient(f.text)],
+                                      [f.answer_tokens], [f.finish], 0, f.generated_tokens, f.forward_tokens)
+                       for p, f in zip(batch, found)]
+                if trees:
+                    for p, f in zip(batch, found):
+                        trees.write(json.dumps({"index": p.index, "question": p.question, "gold": p.answer, "answer": f.answer, **f.tree}) + "\n")
+            else:
+                res = generate(model, prompts, scfg, gen, n=n, stop=stop, pad_id=tokenizer.pad_token_id)
+                new = []
+                for b, p in enumerate(batch):
+                    rows = range(b * n, (b + 1) * n)
+                    texts = [tokenizer.decode(res.row(r), skip_special_tokens=True) for r in rows]
+                    lenient = [parse_lenient(t) for t in texts]
+                    toks = [int(res.lengths[r]) for r in rows]
+                    new.append(QuestionResult(p.index, p.question, p.answer, texts, [parse_strict(t) for t in texts], lenient,
+                                              toks, [res.finish[r] for r in rows], choose(cfg.search, texts, lenient, cfg.format_weight),
+                                              sum(toks), len(prompts[b]) + sum(toks)))
+            results += new
             if sink:
+                sink.writelines(json.dumps(asdict(q)) + "\n" for q in new)
                 sink.flush()
             bar.update(len(batch))
-            done = sum(sum(p == r.gold for p in r.strict) for r in results) / sum(len(r.strict) for r in results)
-            bar.set_postfix(acc=f"{done:.3f}")
+            bar.set_postfix(acc=f"{summarize(results, 1.0)['accuracy_strict']:.3f}")
     finally:
         bar.close()
-        if sink:
-            sink.close()
-    return summarize(results, time.perf_counter() - t0, forward_tokens), results
+        for f in (sink, trees):
+            if f:
+                f.close()
+    return summarize(results, time.perf_counter() - t0), results

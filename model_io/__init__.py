@@ -5,9 +5,9 @@ from .kv_cache import KVCache
 from .loading import load
 from .logprobs import token_logprobs
 from .model import Transformer
-from .sampler import Prefix, SampleResult, SamplingConfig, generate, prefill
+from .sampler import Prefix, SampleResult, SamplingConfig, decode, extend, generate, prefill
 
 __all__ = [
     "ModelConfig", "ModelSpecError", "KVCache", "Transformer", "load", "save_model", "load_model", "export_hf",
-    "token_logprobs", "SamplingConfig", "SampleResult", "Prefix", "prefill", "generate",
+    "token_logprobs", "SamplingConfig", "SampleResult", "Prefix", "prefill", "extend", "decode", "generate",
 ]

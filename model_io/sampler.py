@@ -122,6 +122,27 @@ def prefill(model: Transformer, prompts: Sequence[Sequence[int]], room: int, pad
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
+@torch.no_grad()
+def extend(model: Transformer, prefix: Prefix, tokens: torch.Tensor, mask: torch.Tensor) -> Prefix:
+    """Read more tokens into each row of `prefix` (which is consumed: fork it first to keep it).
+
+    tokens [R, L] are right-aligned: row r's new tokens are its last mask[r].sum() slots, the slots before them
+    padding (masked out of attention), so every row's next token still lands in one shared slot. Rows with no
+    new tokens keep their next-token logits. Tree search uses this to continue a node: the prompt's cache is
+    forked and only the node's path is read, never the prompt again."""
+    R, L = tokens.shape
+    assert mask.shape == (R, L) and R == prefix.rows, "tokens and mask must be [R, L] for the prefix's R rows"
+    if L == 0:
+        return prefix
+    if prefix.cache.capacity - prefix.cache.length < L:
+        raise ValueError(f"prefix has room for {prefix.cache.capacity - prefix.cache.length} tokens, extend needs {L}")
+    tokens, mask = tokens.to(prefix.logits.device), mask.to(prefix.logits.device)
+    positions = prefix.next_pos[:, None] + (mask.long().cumsum(-1) - 1).clamp(min=0)  # [R, L]
+    logits = model(tokens, positions=positions, cache=prefix.cache, key_mask=mask, last_only=True).float()
+    logits = torch.where(mask.any(-1)[:, None], logits, prefix.logits)
+    return Prefix(prefix.cache, logits, prefix.next_pos + mask.sum(-1), forward_tokens=int(mask.sum()))
+
+
 def _pick(logits: torch.Tensor, cfg: SamplingConfig, generator: Generators, rows: torch.Tensor):
     """Next token [R] and its temperature-1 log-prob [R] from float32 logits [R, V].
 

@@ -29,6 +29,9 @@ def test_help_documents_every_field_with_its_default(command, capsys):
     out = " ".join(capsys.readouterr().out.split())
     cls = run.COMMANDS[command][0]
     for f in dataclasses.fields(cls):
+        if f.metadata.get("positional"):
+            assert f.name.upper() in out
+            continue
         assert "--" + f.name.replace("_", "-") in out
         assert f"(default: {f.default})" in out
 
@@ -42,8 +45,8 @@ def test_eval_greedy_writes_predictions_and_summary(tiny_ckpt, tmp_path, monkeyp
     assert [r["index"] for r in rows] == [0, 1, 2] and all(len(r["completions"]) == 1 for r in rows)
     assert all(1 <= r["tokens"][0] <= 6 for r in rows)
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("accuracy_strict", "accuracy_lenient", "format_strict_rate", "format_soft_rate",
-                "generated_tokens_per_answer", "forward_tokens_per_answer", "seconds_per_answer", "seconds_per_token"):
+    for key in ("accuracy_strict", "accuracy_lenient", "format_strict_rate", "format_soft_rate", "generated_tokens_per_answer",
+                "generated_tokens_per_question", "forward_tokens_per_answer", "seconds_per_answer", "seconds_per_generated_token"):
         assert key in summary
     assert summary["questions"] == 3 and json.loads((out / "config.json").read_text())["limit"] == 3
     assert not (out / "predictions.jsonl.partial").exists()
@@ -55,7 +58,7 @@ def test_eval_sample_reports_pass_and_majority(tiny_ckpt, tmp_path, monkeypatch)
     assert run.main(["eval", "--model", tiny_ckpt, "--search", "sample", "--n", "3", "--limit", "2",
                      "--max-new-tokens", "4", "--out-dir", str(out), "--device", "cpu"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["answers"] == 6 and "pass_at_n_strict" in summary and "majority_at_n_lenient" in summary
+    assert summary["answers_per_question"] == 3 and "pass_at_n_strict" in summary and "majority_at_n_lenient" in summary
 
 
 def test_majority_vote():
@@ -65,7 +68,8 @@ def test_majority_vote():
 
 @pytest.mark.parametrize("argv,why", [
     (["eval", "--search", "beam"], "unknown --search"),
-    (["eval", "--search", "greedy", "--n", "4"], "use --search sample"),
+    (["eval", "--search", "greedy", "--n", "4"], "--n is for sample"),
+    (["eval", "--search", "mcts", "--step", "words:3"], "unknown step"),
     (["eval", "--model", "./nowhere", "--limit", "1"], "does not exist"),
     (["eval", "--device", "cuda:0"], None),
 ])
@@ -115,3 +119,36 @@ def test_train_cli_writes_a_complete_run_and_refuses_to_overwrite_it(tiny_ckpt, 
     assert "already holds a run" in capsys.readouterr().err
     assert run.main(["train", "--resume", str(tmp_path / "nothing")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("search,extra", [("majority", ["--n", "3"]), ("best-of-n", ["--n", "3"]),
+                                          ("mcts", ["--n-simulations", "2", "--children", "2", "--step", "tokens:3", "--rollout-depth", "1"])])
+def test_eval_strategies_and_tree_dumps(search, extra, tiny_ckpt, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    out = tmp_path / search
+    assert run.main(["eval", "--model", tiny_ckpt, "--search", search, "--limit", "2", "--max-new-tokens", "6",
+                     "--out-dir", str(out), "--device", "cpu", *extra]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(l) for l in (out / "predictions.jsonl").read_text().splitlines()]
+    assert summary["questions"] == 2 and all(0 <= r["final"] < len(r["completions"]) for r in rows)
+    assert summary["generated_tokens_per_question"] >= summary["generated_tokens_per_answer"]
+    if search == "mcts":
+        assert summary["generated_tokens_per_question"] <= 2 * 2 * 3 * 2  # sims x K x step x (1 + depth)
+        capsys.readouterr()
+        assert run.main(["inspect-tree", str(out / "trees.jsonl"), "--index", "1"]) == 0
+        text = capsys.readouterr().out
+        assert text.startswith("Q1: ") and "[0] N=" in text and "tree/nodes" in text
+        assert list((out / "tb").glob("events.out.tfevents.*"))
+        assert run.main(["inspect-tree", str(out / "trees.jsonl"), "--index", "5"]) == 2
+    else:
+        assert summary["answers_per_question"] == 3 and summary["generated_tokens_per_question"] > summary["generated_tokens_per_answer"]
+
+
+def test_best_of_n_and_majority_choices():
+    from grpo.evaluate import choose
+
+    texts = ["<reasoning>a</reasoning><answer>4</answer>", "so 5", "<answer>4</answer>", "7"]
+    lenient = ["4", "5", "4", "7"]
+    assert choose("majority", texts, lenient, 0.3) == 0
+    assert choose("best-of-n", texts, lenient, 0.3) == 0  # formatted and agreeing with another answer
+    assert choose("sample", texts, lenient, 0.3) == -1 and choose("greedy", texts[:1], lenient[:1], 0.3) == 0

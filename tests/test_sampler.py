@@ -154,3 +154,23 @@ def test_per_row_generators_make_rows_independent_of_their_batch():
         alone = generate(ours, [prompts[i] for i in part], cfg, gens(part))
         for j, i in enumerate(part):
             assert alone.row(j) == together.row(i)
+
+
+def test_extend_continues_like_a_longer_prompt():
+    from model_io import extend
+
+    ours = from_hf_model(tiny_hf_model(dtype=torch.float64))
+    prompts = random_prompts([5, 8, 3])
+    paths = [[7, 8, 9], [], [10]]  # right-aligned, row 1 reads nothing new
+    L = 3
+    toks = torch.zeros(3, L, dtype=torch.long)
+    mask = torch.zeros(3, L, dtype=torch.bool)
+    for i, p in enumerate(paths):
+        if p:
+            toks[i, L - len(p):], mask[i, L - len(p):] = torch.tensor(p), True
+    cfg = SamplingConfig(max_new_tokens=6, **GREEDY)
+    pre = extend(ours, prefill(ours, prompts, room=L + 6), toks, mask)
+    assert pre.forward_tokens == 4
+    got = decode(ours, pre, cfg)
+    want = generate(ours, [p + q for p, q in zip(prompts, paths)], cfg)
+    assert torch.equal(got.tokens, want.tokens)

@@ -1,0 +1,60 @@
+"""Text rendering and statistics of dumped search trees (the lines of trees.jsonl that `run.py eval --search mcts` writes)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def load_trees(path: str | Path) -> list[dict]:
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"tree file {p} not found: run `run.py eval --search mcts` first (it writes OUT_DIR/trees.jsonl)")
+    out = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise ValueError(f"{p}:{n}: not a JSON tree line") from None
+    return out
+
+
+def render(tree: dict, max_depth: int = 0, width: int = 70) -> str:
+    """An indented text tree: one line per node with visits N, mean value Q, prior P, its step text and the
+    answer of the rollout that created it."""
+    nodes = {n["id"]: n for n in tree["nodes"]}
+    kids: dict[int, list[int]] = {}
+    for n in tree["nodes"]:
+        kids.setdefault(n["parent"], []).append(n["id"])
+    lines = [f"Q{tree['index']}: {tree['question'][:width]}", f"gold {tree['gold']}, search answer {tree['answer']}"]
+
+    def walk(i: int, prefix: str, last: bool, depth: int):
+        n = nodes[i]
+        text = n["text"].replace("\n", "\\n")
+        text = text if len(text) <= width else text[: width - 3] + "..."
+        head = "" if i == 0 else prefix + ("`- " if last else "|- ")
+        tail = "root" if i == 0 else f'P={n["prior"]:.2f} "{text}"' + (f" -> {n['answer']}" if n["answer"] else "") + (" [end]" if n["terminal"] else "")
+        lines.append(f"{head}[{i}] N={n['visits']:.0f} Q={n['value']:.3f} {tail}")
+        if max_depth and depth >= max_depth:
+            return
+        children = kids.get(i, [])
+        for j, c in enumerate(children):
+            walk(c, prefix + ("" if i == 0 else ("   " if last else "|  ")), j == len(children) - 1, depth + 1)
+
+    walk(0, "", True, 0)
+    return "\n".join(lines)
+
+
+def tree_stats(tree: dict) -> dict[str, float]:
+    nodes = tree["nodes"]
+    depth = {0: 0}
+    for n in nodes[1:]:
+        depth[n["id"]] = depth[n["parent"]] + 1
+    root_kids = [n for n in nodes if n["parent"] == 0]
+    return {
+        "tree/nodes": len(nodes),
+        "tree/max_depth": max(depth.values()),
+        "tree/terminal_nodes": sum(n["terminal"] for n in nodes),
+        "tree/root_children_visited": sum(n["visits"] > 0 for n in root_kids),
+        "tree/root_value": nodes[0]["value"],
+        "tree/answered_nodes": sum(n["answer"] is not None for n in nodes),
+    }

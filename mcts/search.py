@@ -1,0 +1,300 @@
+"""Monte Carlo Tree Search over reasoning steps, for B questions in lockstep.
+
+A node is one reasoning step: the tokens up to and including the first newline, at most `step_tokens`
+(`step="tokens:N"`: exactly N tokens, the seed plan's "a few tokens ahead"). One simulation, for all B trees:
+
+  1. select    PUCT descent to a leaf (mcts/tree.py)
+  2. expand    the prompt's KV cache is forked, the leaf's path is read (never the prompt again), then K
+               continuations are sampled in one batched decode (B x K rows); each continuation's first step is
+               a new child, its prior the softmax over siblings of the step's mean token log-prob
+  3. evaluate  the rest of each continuation is the rollout (up to `rollout_depth` further steps, or to the
+               end of the answer); a value function scores the whole answer
+  4. backup    every new child's value goes up to the root, all K children of all B trees at once
+
+At evaluation time the value never sees the gold answer: it is format plus agreement of the rollout's answer
+with the answers found so far in the same tree (self-consistency as a value, Wang et al. 2023). Training may
+pass a value function that uses correctness.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from data import StopOnText, parse_lenient, parse_strict, stop_token_ids
+from grpo.rewards import soft_format_reward_func
+from model_io import SamplingConfig, Transformer, decode, extend, prefill
+
+from .tree import ROOT, UNEXPANDED, Tree, backup, expand, select
+
+ANSWER_MODES = ("vote", "value", "visits")
+
+
+@dataclass
+class SearchConfig:
+    n_simulations: int = 8  # simulations per question
+    children: int = 4  # K: continuations sampled per expansion
+    c_puct: float = 1.0
+    step: str = "newline"  # "newline" or "tokens:N"
+    step_tokens: int = 48  # cap on a newline step
+    rollout_depth: int = 4  # steps a rollout may run after its new node; the answer's end stops it sooner
+    temperature: float = 0.8
+    top_p: float = 1.0
+    max_new_tokens: int = 256  # cap on a whole answer (path + rollout)
+    answer: str = "vote"  # final answer: vote (value-weighted over finished rollouts) | value (best) | visits (path)
+    format_weight: float = 0.3  # value = w * format + (1 - w) * agreement
+    stop: str = "</answer>"
+
+    def __post_init__(self):
+        if self.answer not in ANSWER_MODES:
+            raise ValueError(f"unknown answer selection {self.answer!r}: use one of {', '.join(ANSWER_MODES)}")
+        if not (self.step == "newline" or (self.step.startswith("tokens:") and self.step[7:].isdigit() and int(self.step[7:]) > 0)):
+            raise ValueError(f"unknown step {self.step!r}: use newline or tokens:N (N >= 1)")
+        if self.n_simulations < 1 or self.children < 1 or self.rollout_depth < 0 or self.step_tokens < 1:
+            raise ValueError("n_simulations, children and step_tokens must be >= 1, rollout_depth >= 0")
+
+    @property
+    def step_len(self) -> int:
+        return int(self.step[7:]) if self.step.startswith("tokens:") else self.step_tokens
+
+
+@dataclass
+class RolloutRecord:
+    node: int  # the child its first step became
+    text: str  # the whole answer: path + continuation
+    answer: str | None  # parsed (strict, else lenient)
+    value: float
+    finished: bool  # ended by EOS or the stop string (not cut by a token limit)
+    tokens: int  # answer length in tokens
+
+
+@dataclass
+class SearchResult:
+    text: str  # the chosen answer
+    answer: str | None
+    answer_tokens: int  # its length in tokens
+    finish: str  # "eos" | "stop" (finished) or "length" (cut by a token limit)
+    generated_tokens: int  # all tokens sampled for this question (every child's continuation)
+    forward_tokens: int  # tokens run through the model for it (prompt once + paths + continuations)
+    nodes: int
+    tree: dict = field(default_factory=dict)  # node texts and statistics, for dumps
+
+
+# value(texts, answers, finished, pools): pools[i] = answers found so far in row i's tree (this simulation included)
+ValueFn = Callable[[list[str], list[str | None], list[bool], list[list[str]]], list[float]]
+
+
+def self_consistency_value(format_weight: float) -> ValueFn:
+    def value(texts, answers, finished, pools):
+        out = []
+        for t, a, pool in zip(texts, answers, pools):
+            fmt = soft_format_reward_func([t])[0] / 0.5
+            agree = (sum(p == a for p in pool) / len(pool)) if a is not None and pool else 0.0
+            out.append(format_weight * fmt + (1 - format_weight) * agree)
+        return out
+
+    return value
+
+
+_NEWLINE_TABLES: dict[int, torch.Tensor] = {}
+
+
+def newline_table(tokenizer) -> torch.Tensor:
+    """[V] bool: the token's text contains a newline (computed once per tokenizer)."""
+    key = id(tokenizer)
+    if key not in _NEWLINE_TABLES:
+        V = len(tokenizer)
+        _NEWLINE_TABLES[key] = torch.tensor(["\n" in s for s in tokenizer.batch_decode([[i] for i in range(V)])])
+    return _NEWLINE_TABLES[key]
+
+
+def step_ends(tokens: torch.Tensor, lengths: torch.Tensor, cfg: SearchConfig, nl: torch.Tensor | None) -> torch.Tensor:
+    """Tokens in the first step of each continuation [R]: through the first newline token, capped."""
+    R, T = tokens.shape
+    cap = torch.full((R,), cfg.step_len, dtype=torch.long, device=tokens.device)
+    if nl is not None and cfg.step == "newline":
+        pos = torch.arange(1, T + 1, device=tokens.device)[None].expand(R, T)
+        is_nl = nl.to(tokens.device)[tokens.clamp(max=nl.numel() - 1)]
+        cap = torch.minimum(cap, torch.where(is_nl, pos, torch.full_like(pos, T + 1)).min(-1).values)
+    return torch.minimum(cap, lengths)
+
+
+def path_tokens(tree: Tree, steps: torch.Tensor, step_len: torch.Tensor, rows: torch.Tensor, leaf: torch.Tensor):
+    """The tokens from the root to node `leaf` [A] of trees `rows` [A], right-aligned: ([A, L] ids, [A, L] mask).
+    steps [B, N, S] and step_len [B, N] hold each node's own tokens. Loops over depth only."""
+    A, S = leaf.shape[0], steps.shape[2]
+    b = rows
+    depth = int(tree.depth[b, leaf].max()) if A else 0
+    if depth == 0:
+        return torch.zeros(A, 0, dtype=torch.long), torch.zeros(A, 0, dtype=torch.bool)
+    chunks, masks, node = [], [], leaf.clone()
+    for _ in range(depth):  # from the leaf upwards; the root holds no tokens
+        real = node != ROOT
+        n = node.clamp(min=0)
+        chunks.append(steps[b, n])  # [A, S]
+        masks.append((torch.arange(S)[None] < step_len[b, n][:, None]) & real[:, None])
+        node = torch.where(real, tree.parent[b, n], node)
+    toks = torch.cat(chunks[::-1], 1)  # [A, depth * S], root side first
+    mask = torch.cat(masks[::-1], 1)
+    order = torch.argsort(mask.int(), dim=1, stable=True)  # padding first, tokens after, in order: right-aligned
+    return toks.gather(1, order), mask.gather(1, order)
+
+
+def row_generators(seed: int, question_ids: Sequence[int], sim: int, K: int) -> list[torch.Generator]:
+    gens = []
+    for q in question_ids:
+        for k in range(K):
+            h = hashlib.blake2b(f"mcts/{seed}/{q}/{sim}/{k}".encode(), digest_size=8).digest()
+            gens.append(torch.Generator().manual_seed(int.from_bytes(h, "little") & (2**63 - 1)))
+    return gens
+
+
+def parse_answer(text: str) -> str | None:
+    a = parse_strict(text)
+    return a if a is not None else parse_lenient(text)
+
+
+@torch.no_grad()
+def search(
+    model: Transformer,
+    tokenizer,
+    prompts: Sequence[Sequence[int]],
+    cfg: SearchConfig,
+    question_ids: Sequence[int] | None = None,
+    seed: int = 0,
+    value_fn: ValueFn | None = None,
+    keep_trees: bool = False,
+) -> list[SearchResult]:
+    """Search B trees at once, one per prompt; returns one answer per prompt."""
+    B, K, S = len(prompts), cfg.children, cfg.step_len
+    qids = list(question_ids) if question_ids is not None else list(range(B))
+    value_fn = value_fn or self_consistency_value(cfg.format_weight)
+    pad = tokenizer.pad_token_id
+    eos = stop_token_ids(tokenizer, model.cfg.eos_token_ids)
+    stop = StopOnText(tokenizer, [cfg.stop]) if cfg.stop else None
+    nl = newline_table(tokenizer) if cfg.step == "newline" else None
+    roll_cap = S * (1 + cfg.rollout_depth)  # tokens one expansion samples at most: the step and its rollout
+
+    tree = Tree.empty(B, 1 + cfg.n_simulations * K, K)
+    N = tree.max_nodes
+    steps = torch.full((B, N, S), pad, dtype=torch.long)  # [B, N, S] each node's own tokens
+    step_len = torch.zeros(B, N, dtype=torch.long)  # [B, N]
+    node_value = torch.zeros(B, N)  # [B, N] value of the rollout that created the node
+    records: list[list[RolloutRecord]] = [[] for _ in range(B)]
+    node_record: list[dict[int, int]] = [{} for _ in range(B)]
+    pools: list[list[str]] = [[] for _ in range(B)]
+    gen_tokens = [0] * B
+    fwd_tokens = [len(p) for p in prompts]
+
+    root = prefill(model, prompts, room=cfg.max_new_tokens + roll_cap, pad_id=pad)  # each prompt read once
+    b_all = torch.arange(B)
+    for sim in range(cfg.n_simulations):
+        leaf = select(tree, cfg.c_puct)  # [B]
+        done = tree.terminal[b_all, leaf]
+        path, pmask = path_tokens(tree, steps, step_len, b_all, leaf)
+        done |= pmask.sum(-1) >= cfg.max_new_tokens  # no room left under this leaf: it stays a leaf
+        tree.terminal[b_all, leaf] |= done
+        if bool(done.any()):  # a finished leaf is revisited: its value counts again (standard MCTS)
+            backup(tree, torch.where(done, leaf, torch.full_like(leaf, UNEXPANDED)), node_value[b_all, leaf])
+        act = (~done).nonzero().flatten()  # [A] trees that expand this simulation
+        if act.numel() == 0:
+            continue
+        A = act.numel()
+        path, pmask = path[act], pmask[act]
+        keep = pmask.any(0)  # drop columns that are padding in every active row
+        path, pmask = path[:, keep], pmask[:, keep]
+        room = cfg.max_new_tokens - pmask.sum(-1)  # [A]
+        T = int(min(roll_cap, int(room.max())))
+        pre = extend(model, root.fork(act, room=path.shape[1] + T), path, pmask)  # the path only, not the prompt
+        pre = pre.fork(torch.arange(A).repeat_interleave(K))  # K continuations per leaf
+        gens = row_generators(seed, [qids[int(a)] for a in act], sim, K)
+        res = decode(model, pre, SamplingConfig(max_new_tokens=T, temperature=cfg.temperature, top_p=cfg.top_p, eos_ids=eos),
+                     gens, stop=stop, pad_id=pad)
+        lengths = torch.minimum(res.lengths.cpu(), room.repeat_interleave(K))  # [A*K] a row never exceeds its room
+        toks, lps = res.tokens.cpu(), res.logprobs.cpu()
+        finished = torch.tensor([f != "length" for f in res.finish]) & (lengths == res.lengths.cpu())
+        ends = step_ends(toks, lengths, cfg, nl)  # [A*K] tokens in each child's step
+        pos = torch.arange(toks.shape[1])[None]
+        in_step = pos < ends[:, None]
+        prior = ((lps * in_step).sum(-1) / ends.clamp(min=1)).view(A, K).softmax(-1)  # length-normalised, over siblings
+        child_terminal = (finished & (lengths <= ends)).view(A, K)
+
+        # value of every continuation: the whole answer from the root
+        texts, answers = [], []
+        for r in range(A * K):
+            b = int(act[r // K])
+            full = path[r // K][pmask[r // K]].tolist() + toks[r, : int(lengths[r])].tolist()
+            texts.append(tokenizer.decode(full, skip_special_tokens=True))
+            answers.append(parse_answer(texts[-1]) if bool(finished[r]) else None)
+            gen_tokens[b] += int(lengths[r])
+        for r in range(A * K):  # the pool grows with this simulation's finished answers before scoring
+            if answers[r] is not None:
+                pools[int(act[r // K])].append(answers[r])
+        values = value_fn(texts, answers, finished.tolist(), [pools[int(act[r // K])] for r in range(A * K)])
+        for i, a in enumerate(act.tolist()):
+            fwd_tokens[a] += int(pmask[i].sum()) + int(lengths[i * K : (i + 1) * K].sum())
+
+        # expand and back up, all active trees and all K children at once
+        prior_b = torch.zeros(B, K)
+        valid_b = torch.zeros(B, K, dtype=torch.bool)
+        term_b = torch.zeros(B, K, dtype=torch.bool)
+        prior_b[act], valid_b[act], term_b[act] = prior, ends.view(A, K) > 0, child_terminal
+        kids = expand(tree, leaf, prior_b, valid_b, term_b)  # [B, K]
+        val_b = torch.zeros(B, K)
+        val_b[act] = torch.tensor(values, dtype=torch.float32).view(A, K)
+        ka = kids[act]  # [A, K]
+        ok = ka != UNEXPANDED
+        rows_k = act[:, None].expand(A, K)[ok]
+        first = torch.nn.functional.pad(toks, (0, max(0, S - toks.shape[1])), value=pad)[:, :S]  # [A*K, S]
+        steps[rows_k, ka[ok]] = first.view(A, K, S)[ok]
+        step_len[rows_k, ka[ok]] = ends.view(A, K)[ok]
+        node_value[rows_k, ka[ok]] = val_b[act][ok]
+        backup(tree, kids, val_b)
+        for r in range(A * K):
+            b, node = int(act[r // K]), int(ka.view(-1)[r])
+            if node == UNEXPANDED:
+                continue
+            node_record[b][node] = len(records[b])
+            records[b].append(RolloutRecord(node, texts[r], answers[r], values[r], bool(finished[r]),
+                                            int(pmask[r // K].sum()) + int(lengths[r])))
+
+    return [_result(tree, b, records[b], node_record[b], cfg, gen_tokens[b], fwd_tokens[b], steps, step_len, tokenizer, keep_trees)
+            for b in range(B)]
+
+
+def _result(tree: Tree, b: int, records: list[RolloutRecord], node_record: dict[int, int], cfg: SearchConfig,
+            gen: int, fwd: int, steps, step_len, tokenizer, keep_tree: bool) -> SearchResult:
+    chosen = None
+    finished = [r for r in records if r.finished and r.answer is not None]
+    if cfg.answer == "vote" and finished:
+        score = Counter()
+        for r in finished:
+            score[r.answer] += r.value
+        best = max(score, key=lambda a: (score[a], -[r.answer for r in finished].index(a)))
+        chosen = max((r for r in finished if r.answer == best), key=lambda r: r.value)
+    elif cfg.answer == "value" and finished:
+        chosen = max(finished, key=lambda r: r.value)
+    else:  # visits, or nothing finished: follow the most visited path
+        node = ROOT
+        while True:
+            kids = [k for k in tree.children[b, node].tolist() if k != UNEXPANDED]
+            if not kids:
+                break
+            node = max(kids, key=lambda k: (float(tree.visits[b, k]), -k))
+        chosen = records[node_record[node]] if node in node_record else (records[0] if records else None)
+    text = chosen.text if chosen else ""
+    dump = {}
+    if keep_tree:
+        n = int(tree.num_nodes[b])
+        dump = {"nodes": [{"id": i, "parent": int(tree.parent[b, i]), "tokens": int(step_len[b, i]),
+                           "text": tokenizer.decode(steps[b, i, : int(step_len[b, i])].tolist(), skip_special_tokens=True),
+                           "visits": float(tree.visits[b, i]), "value": float(tree.q()[b, i]), "prior": float(tree.prior[b, i]),
+                           "terminal": bool(tree.terminal[b, i]),
+                           "answer": records[node_record[i]].answer if i in node_record else None} for i in range(n)]}
+    return SearchResult(text=text, answer=parse_answer(text) if text else None,
+                        answer_tokens=chosen.tokens if chosen else 0, finish="stop" if chosen and chosen.finished else "length",
+                        generated_tokens=gen, forward_tokens=fwd,
+                        nodes=int(tree.num_nodes[b]), tree=dump)

@@ -1,0 +1,101 @@
+"""Tree search over reasoning steps on a tiny random model: budgets, the prompt read once, batch independence."""
+import pytest
+import torch
+from helpers import tiny_hf_model, tiny_tokenizer
+
+from data import encode_prompts
+from mcts.search import SearchConfig, path_tokens, search, step_ends
+from mcts.tree import Tree, expand
+from model_io.convert import from_hf_model
+from model_io.model import Transformer
+
+
+@pytest.fixture(scope="module")
+def setup():
+    tok = tiny_tokenizer()
+    model = from_hf_model(tiny_hf_model("llama", dtype=torch.float64))
+    prompts = encode_prompts(tok, ["What is 2+2?", "How many legs have 3 cats?", "Add 5 and 7."])
+    return model, tok, prompts
+
+
+def cfg(**kw):
+    base = dict(n_simulations=4, children=3, step="tokens:4", rollout_depth=2, max_new_tokens=20, temperature=1.0)
+    return SearchConfig(**{**base, **kw})
+
+
+def test_budgets_are_respected(setup):
+    model, tok, prompts = setup
+    c = cfg()
+    res = search(model, tok, prompts, c, keep_trees=True)
+    for r in res:
+        assert r.nodes <= 1 + c.n_simulations * c.children
+        assert r.generated_tokens <= c.n_simulations * c.children * c.step_len * (1 + c.rollout_depth)
+        assert r.answer_tokens <= c.max_new_tokens
+        steps = r.tree["nodes"][1:]
+        assert all(n["tokens"] == 4 or (n["terminal"] and 1 <= n["tokens"] < 4) for n in steps)  # tokens:4 steps
+
+
+def test_the_prompt_is_read_once_per_question(setup, monkeypatch):
+    model, tok, prompts = setup
+    seen = []
+    real = Transformer.hidden
+
+    def counting(self, tokens, *a, **k):
+        seen.append(tokens.shape)
+        return real(self, tokens, *a, **k)
+
+    monkeypatch.setattr(Transformer, "hidden", counting)
+    c = cfg()
+    res = search(model, tok, prompts, c)
+    prompt_reads = [s for s in seen if s[1] == max(map(len, prompts))]
+    assert len(prompt_reads) == 1  # one prefill of the three prompts, never again
+    P = sum(map(len, prompts))
+    assert sum(r.forward_tokens for r in res) < P + c.n_simulations * c.children * P  # not re-read per child
+    assert [r.forward_tokens for r in res][0] >= len(prompts[0]) + res[0].generated_tokens
+
+
+def test_searching_together_equals_searching_alone(setup):
+    model, tok, prompts = setup
+    c = cfg(step="newline", step_tokens=5)
+    together = search(model, tok, prompts, c, question_ids=[10, 11, 12], keep_trees=True)
+    for i, p in enumerate(prompts):
+        alone = search(model, tok, [p], c, question_ids=[10 + i], keep_trees=True)[0]
+        assert alone.tree == together[i].tree and alone.text == together[i].text
+
+
+@pytest.mark.parametrize("mode", ["vote", "value", "visits"])
+def test_answer_modes(setup, mode):
+    model, tok, prompts = setup
+    res = search(model, tok, prompts[:1], cfg(answer=mode, max_new_tokens=12))
+    assert isinstance(res[0].text, str) and res[0].nodes > 1
+
+
+def test_step_ends_at_first_newline_or_cap():
+    nl = torch.zeros(10, dtype=torch.bool)
+    nl[7] = True
+    toks = torch.tensor([[1, 2, 7, 3, 4, 5], [1, 2, 3, 4, 5, 6], [7, 1, 1, 1, 1, 1]])
+    lengths = torch.tensor([6, 6, 6])
+    c = SearchConfig(step="newline", step_tokens=4)
+    assert step_ends(toks, lengths, c, nl).tolist() == [3, 4, 1]
+    assert step_ends(toks, torch.tensor([2, 6, 6]), c, nl).tolist() == [2, 4, 1]
+    assert step_ends(toks, lengths, SearchConfig(step="tokens:2"), nl).tolist() == [2, 2, 2]
+
+
+def test_path_tokens_are_right_aligned_root_first():
+    t = Tree.empty(2, 10, 2)
+    kids = expand(t, torch.tensor([0, 0]), torch.full((2, 2), 0.5))
+    grand = expand(t, kids[:, 0], torch.full((2, 2), 0.5))
+    steps = torch.zeros(2, 10, 3, dtype=torch.long)
+    lens = torch.zeros(2, 10, dtype=torch.long)
+    steps[0, 1], lens[0, 1] = torch.tensor([11, 12, 0]), 2
+    steps[0, 3], lens[0, 3] = torch.tensor([13, 14, 15]), 3
+    steps[1, 1], lens[1, 1] = torch.tensor([21, 0, 0]), 1
+    ids, mask = path_tokens(t, steps, lens, torch.tensor([0, 1]), torch.tensor([int(grand[0, 0]), 1]))
+    assert [r[m].tolist() for r, m in zip(ids, mask)] == [[11, 12, 13, 14, 15], [21]]
+    assert mask[1].tolist() == [False] * 5 + [True]  # left padding
+
+
+def test_bad_search_settings():
+    for bad in (dict(answer="best"), dict(step="words:3"), dict(step="tokens:0"), dict(n_simulations=0)):
+        with pytest.raises(ValueError):
+            SearchConfig(**bad)
