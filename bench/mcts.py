@@ -1,0 +1,78 @@
+"""Where tree search spends its time: inside the model's forward passes, or outside (tree bookkeeping, selection,
+backup, sampling, text handling, Python). Also checks that the prompt is read once per question.
+
+    GSM8K_DIR=../shared/data/gsm8k python3 bench/mcts.py --batch 8
+
+Target (issue 4): outside-forward time under 10% of the search's wall time at B=8 on the embedded model.
+Prints the forward tokens of the search against what re-reading the prompt for every child would cost.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from data import encode_prompts, load_gsm8k  # noqa: E402
+from mcts.search import SearchConfig, search  # noqa: E402
+from model_io import load  # noqa: E402
+from model_io.model import Transformer  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2-135M-Instruct)")
+    ap.add_argument("--batch", type=int, default=8, help="B: questions searched together (default: 8)")
+    ap.add_argument("--simulations", type=int, default=4, help="default: 4")
+    ap.add_argument("--children", type=int, default=4, help="K (default: 4)")
+    ap.add_argument("--max-new-tokens", type=int, default=192, help="default: 192")
+    ap.add_argument("--gsm8k", default=None, help="GSM8K file or directory (default: $GSM8K_DIR, else the hub)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: cuda if available")
+    a = ap.parse_args()
+
+    model, tok = load(a.model, device=a.device)
+    problems = load_gsm8k("test", a.gsm8k)[: a.batch]
+    prompts = encode_prompts(tok, [p.question for p in problems])
+    cfg = SearchConfig(n_simulations=a.simulations, children=a.children, max_new_tokens=a.max_new_tokens)
+    sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
+
+    inside = [0.0]
+    real_forward = Transformer.forward
+
+    def timed_forward(self, *args, **kw):  # every model call of the search goes through forward
+        sync()
+        t = time.perf_counter()
+        out = real_forward(self, *args, **kw)
+        sync()
+        inside[0] += time.perf_counter() - t
+        return out
+
+    search(model, tok, prompts[:1], SearchConfig(n_simulations=1, children=2, max_new_tokens=16))  # warm-up
+    Transformer.forward = timed_forward
+    try:
+        sync()
+        t0 = time.perf_counter()
+        res = search(model, tok, prompts, cfg)
+        sync()
+        wall = time.perf_counter() - t0
+    finally:
+        Transformer.forward = real_forward
+
+    fwd = sum(r.forward_tokens for r in res)
+    gen = sum(r.generated_tokens for r in res)
+    P = sum(map(len, prompts))
+    children = sum(r.nodes - 1 for r in res)
+    reread = sum((r.nodes - 1) * len(p) for r, p in zip(res, prompts))  # the prompt again for every child
+    print(f"device={a.device} B={a.batch} simulations={a.simulations} K={a.children} max_new_tokens={a.max_new_tokens}")
+    print(f"forward tokens: {fwd} (prompts {P} read once, {gen} generated, {fwd - P - gen} path tokens re-read);"
+          f" re-reading its prompt for each of the {children} children would add {reread} ({(fwd + reread) / fwd:.2f}x)")
+    print(f"wall {wall:.2f}s, inside model forward {inside[0]:.2f}s, outside {wall - inside[0]:.2f}s")
+    print(f"fraction of search time outside the model's forward passes: {(wall - inside[0]) / wall:.3f}")
+
+
+if __name__ == "__main__":
+    main()
