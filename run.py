@@ -87,7 +87,7 @@ def cmd_eval(cfg: EvalConfig) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", dataclasses.asdict(cfg))
     partial = out / "predictions.jsonl.partial"
-    trees = out / "trees.jsonl.partial" if cfg.search == "mcts" else None
+    trees = out / "trees.jsonl.partial" if cfg.search == "mcts" and cfg.mcts_when == "tree" else None
     summary, _ = evaluate(model, tok, problems, cfg, shots, out_path=partial, tree_path=trees)
     partial.replace(out / "predictions.jsonl")
     if trees:

@@ -6,7 +6,8 @@ Strategies (`search`), all comparable at their generated-token cost per question
   majority    n sampled answers; the answer is the majority vote (self-consistency, Wang et al. 2023)
   best-of-n   n sampled answers; the answer is the one with the highest value, the same gold-free value
               as tree search uses (format + agreement with the other answers)
-  mcts        tree search over reasoning steps (mcts/search.py)
+  mcts        tree search over reasoning steps (mcts/search.py); with --mcts-when always | every:K | entropy:H,
+              plain decoding that searches only at decision points (mcts/lookahead.py)
 The trainer calls `evaluate` too, so the accuracy it logs is the number `run.py eval` prints.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from data import Problem, StopOnText, encode_prompts, parse_lenient, parse_strict, stop_token_ids
+from mcts.lookahead import When, lookahead_decode
 from mcts.search import ANSWER_MODES, SearchConfig, parse_answer, search, self_consistency_value
 from model_io import SamplingConfig, Transformer, generate
 
@@ -49,6 +51,8 @@ class EvalConfig:
     step_tokens: int = field(default=48, metadata={"help": "mcts: cap on a newline step"})
     rollout_depth: int = field(default=4, metadata={"help": "mcts: steps a rollout runs after its new node (or to the answer's end)"})
     mcts_answer: str = field(default="vote", metadata={"help": f"mcts: final answer by {' | '.join(ANSWER_MODES)}"})
+    mcts_when: str = field(default="tree", metadata={"help": "mcts: 'tree' (one search builds the whole answer), or lookahead decoding that searches only at decision points: always | every:K | entropy:H"})
+    fallback_p: float = field(default=0.0, metadata={"help": "mcts lookahead: probability of decoding a decision step plainly instead of searching"})
     format_weight: float = field(default=0.3, metadata={"help": "mcts, best-of-n: value = w * format + (1 - w) * agreement"})
     batch_size: int = field(default=32, metadata={"help": "questions per batch"})
     shots: int = field(default=0, metadata={"help": "k-shot examples from the train split in each prompt"})
@@ -66,6 +70,10 @@ class EvalConfig:
             raise ValueError(f"--search {self.search} gives one answer per question: --n is for sample, majority, best-of-n")
         if self.search == "mcts":
             self.search_config()  # validates the tree-search flags
+            if self.mcts_when != "tree":
+                When.parse(self.mcts_when)
+            if not 0 <= self.fallback_p <= 1:
+                raise ValueError(f"--fallback-p must be in [0, 1], got {self.fallback_p}")
 
     def search_config(self) -> SearchConfig:
         return SearchConfig(n_simulations=self.n_simulations, children=self.children, c_puct=self.c_puct, step=self.step,
@@ -165,7 +173,13 @@ def evaluate(
         for s in range(0, len(problems), cfg.batch_size):
             batch = problems[s : s + cfg.batch_size]
             prompts = encode_prompts(tokenizer, [p.question for p in batch], shots)
-            if cfg.search == "mcts":
+            if cfg.search == "mcts" and cfg.mcts_when != "tree":
+                found = lookahead_decode(model, tokenizer, prompts, cfg.search_config(), When.parse(cfg.mcts_when),
+                                         cfg.fallback_p, [p.index for p in batch], cfg.seed)
+                new = [QuestionResult(p.index, p.question, p.answer, [f.text], [parse_strict(f.text)], [parse_lenient(f.text)],
+                                      [len(f.tokens)], [f.finish], 0, f.generated_tokens, f.forward_tokens)
+                       for p, f in zip(batch, found)]
+            elif cfg.search == "mcts":
                 found = search(model, tokenizer, prompts, cfg.search_config(), [p.index for p in batch], cfg.seed,
                                keep_trees=trees is not None)
                 new = [QuestionResult(p.index, p.question, p.answer, [f.text], [parse_strict(f.text)], [parse_lenient(f.text)],

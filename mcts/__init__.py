@@ -1,4 +1,17 @@
 """mcts: batched tree search over reasoning steps. The tree is tensors; select / expand / backup work on all trees at once."""
 from .tree import NO_PARENT, ROOT, UNEXPANDED, Tree, backup, expand, puct_scores, select
 
-__all__ = ["Tree", "select", "expand", "backup", "puct_scores", "ROOT", "NO_PARENT", "UNEXPANDED"]
+__all__ = ["Tree", "select", "expand", "backup", "puct_scores", "ROOT", "NO_PARENT", "UNEXPANDED",
+           "SearchConfig", "search", "mcts_rollout", "lookahead_decode"]
+
+
+def __getattr__(name):  # the LLM layer imports model_io and data: load it only when asked for
+    if name in ("SearchConfig", "search"):
+        from . import search as s
+
+        return getattr(s, name)
+    if name in ("mcts_rollout", "lookahead_decode"):
+        from . import lookahead
+
+        return getattr(lookahead, name)
+    raise AttributeError(name)

@@ -81,6 +81,7 @@ class SearchResult:
     forward_tokens: int  # tokens run through the model for it (prompt once + paths + continuations)
     nodes: int
     tree: dict = field(default_factory=dict)  # node texts and statistics, for dumps
+    first_steps: list[dict] = field(default_factory=list)  # root's children: tokens, text, visits, value, prior
 
 
 # value(texts, answers, finished, pools): pools[i] = answers found so far in row i's tree (this simulation included)
@@ -294,7 +295,14 @@ def _result(tree: Tree, b: int, records: list[RolloutRecord], node_record: dict[
                            "visits": float(tree.visits[b, i]), "value": float(tree.q()[b, i]), "prior": float(tree.prior[b, i]),
                            "terminal": bool(tree.terminal[b, i]),
                            "answer": records[node_record[i]].answer if i in node_record else None} for i in range(n)]}
-    return SearchResult(text=text, answer=parse_answer(text) if text else None,
+    first = []
+    for k in tree.children[b, ROOT].tolist():
+        if k != UNEXPANDED:
+            ids = steps[b, k, : int(step_len[b, k])].tolist()
+            first.append({"node": k, "tokens": ids, "text": tokenizer.decode(ids, skip_special_tokens=True),
+                          "visits": float(tree.visits[b, k]), "value": float(tree.q()[b, k]), "prior": float(tree.prior[b, k]),
+                          "terminal": bool(tree.terminal[b, k])})
+    return SearchResult(text=text, answer=parse_answer(text) if text else None, first_steps=first,
                         answer_tokens=chosen.tokens if chosen else 0, finish="stop" if chosen and chosen.finished else "length",
                         generated_tokens=gen, forward_tokens=fwd,
                         nodes=int(tree.num_nodes[b]), tree=dump)

@@ -19,8 +19,8 @@ import torch
 from .kv_cache import KVCache
 from .model import Transformer
 
-# finish reasons, as stored in SampleResult.finish
-EOS, STOP, LENGTH = "eos", "stop", "length"
+# finish reasons, as stored in SampleResult.finish ("unsure": the next token's entropy passed max_entropy)
+EOS, STOP, LENGTH, UNSURE = "eos", "stop", "length", "unsure"
 
 
 
@@ -40,6 +40,7 @@ class SamplingConfig:
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1.0: off
     eos_ids: tuple[int, ...] = ()  # tokens that end a row (kept as its last token)
+    max_entropy: float = 0.0  # > 0: a row ends, before sampling, where the next token's entropy (nats) exceeds it
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -55,7 +56,7 @@ class SampleResult:
     tokens: torch.Tensor  # [R, T] completion ids, pad_id after each row's length
     logprobs: torch.Tensor  # [R, T] float32 log p(token) at temperature 1 (GRPO's old log-probs); 0 past length
     lengths: torch.Tensor  # [R] tokens generated per row, its EOS/stop token included
-    finish: list[str] = field(default_factory=list)  # [R] "eos" | "stop" | "length"
+    finish: list[str] = field(default_factory=list)  # [R] "eos" | "stop" | "length" | "unsure"
     forward_tokens: int = 0  # tokens that went through the model in this call (prefill counted by `prefill`)
 
     def row(self, r: int) -> list[int]:
@@ -201,6 +202,14 @@ def decode(
     alive = torch.ones(R, dtype=torch.bool, device=dev)  # [r] cached row still generating
     forward_tokens = 0
     for t in range(T):
+        if cfg.max_entropy > 0:  # lookahead decoding hands uncertain positions to tree search
+            lsm = logits.log_softmax(-1)
+            unsure = alive & (-(lsm.exp() * lsm).sum(-1) > cfg.max_entropy)
+            for r in unsure.nonzero().flatten().tolist():
+                lengths[int(rows[r])], finish[int(rows[r])] = t, UNSURE
+            alive &= ~unsure
+            if not bool(alive.any()):
+                break
         tok, lp = _pick(logits, cfg, generator, rows)  # [r]
         live = rows[alive]
         tokens[live, t] = tok[alive]

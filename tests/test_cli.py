@@ -70,6 +70,7 @@ def test_majority_vote():
     (["eval", "--search", "beam"], "unknown --search"),
     (["eval", "--search", "greedy", "--n", "4"], "--n is for sample"),
     (["eval", "--search", "mcts", "--step", "words:3"], "unknown step"),
+    (["eval", "--search", "mcts", "--mcts-when", "often"], "--mcts-when"),
     (["eval", "--model", "./nowhere", "--limit", "1"], "does not exist"),
     (["eval", "--device", "cuda:0"], None),
 ])
@@ -122,17 +123,22 @@ def test_train_cli_writes_a_complete_run_and_refuses_to_overwrite_it(tiny_ckpt, 
 
 
 @pytest.mark.parametrize("search,extra", [("majority", ["--n", "3"]), ("best-of-n", ["--n", "3"]),
-                                          ("mcts", ["--n-simulations", "2", "--children", "2", "--step", "tokens:3", "--rollout-depth", "1"])])
+                                          ("mcts", ["--n-simulations", "2", "--children", "2", "--step", "tokens:3", "--rollout-depth", "1"]),
+                                          ("mcts-lookahead", ["--n-simulations", "2", "--children", "2", "--step", "tokens:3",
+                                                              "--mcts-when", "every:2", "--fallback-p", "0.5"])])
 def test_eval_strategies_and_tree_dumps(search, extra, tiny_ckpt, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
     out = tmp_path / search
+    search = search.split("-lookahead")[0]
     assert run.main(["eval", "--model", tiny_ckpt, "--search", search, "--limit", "2", "--max-new-tokens", "6",
                      "--out-dir", str(out), "--device", "cpu", *extra]) == 0
     summary = json.loads((out / "summary.json").read_text())
     rows = [json.loads(l) for l in (out / "predictions.jsonl").read_text().splitlines()]
     assert summary["questions"] == 2 and all(0 <= r["final"] < len(r["completions"]) for r in rows)
     assert summary["generated_tokens_per_question"] >= summary["generated_tokens_per_answer"]
-    if search == "mcts":
+    if search == "mcts" and "--mcts-when" in extra:
+        assert not (out / "trees.jsonl").exists() and summary["generated_tokens_per_answer"] <= 6
+    elif search == "mcts":
         assert summary["generated_tokens_per_question"] <= 2 * 2 * 3 * 2  # sims x K x step x (1 + depth)
         capsys.readouterr()
         assert run.main(["inspect-tree", str(out / "trees.jsonl"), "--index", "1"]) == 0

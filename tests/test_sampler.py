@@ -174,3 +174,22 @@ def test_extend_continues_like_a_longer_prompt():
     got = decode(ours, pre, cfg)
     want = generate(ours, [p + q for p, q in zip(prompts, paths)], cfg)
     assert torch.equal(got.tokens, want.tokens)
+
+
+def test_max_entropy_ends_rows_before_an_uncertain_token():
+    ours = from_hf_model(tiny_hf_model(dtype=torch.float64))
+    prompts = random_prompts([5, 8])
+    free = generate(ours, prompts, SamplingConfig(max_new_tokens=8, **GREEDY))
+    # entropy of each position's next-token distribution, from a full forward
+    ent = []
+    for r, p in enumerate(prompts):
+        with torch.no_grad():
+            logits = ours(torch.tensor([p + free.row(r)]))[0, len(p) - 1 :].double()
+        lsm = logits.log_softmax(-1)
+        ent.append(-(lsm.exp() * lsm).sum(-1)[:8])
+    h = float(torch.stack(ent).median())
+    res = generate(ours, prompts, SamplingConfig(max_new_tokens=8, max_entropy=h, **GREEDY))
+    for r in range(2):
+        cut = next((t for t in range(8) if ent[r][t] > h), 8)
+        assert res.row(r) == free.row(r)[:cut]
+        assert res.finish[r] == ("unsure" if cut < 8 else "length")

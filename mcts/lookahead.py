@@ -1,0 +1,159 @@
+"""Lookahead decoding: decode plainly, and at decision points let a small tree search choose the next step.
+
+  --mcts-when always      every step is chosen by search (a search per reasoning step)
+  --mcts-when every:K     K tokens of plain decoding, then one searched step, and again
+  --mcts-when entropy:H   plain decoding until the next token's entropy exceeds H nats, then one searched step
+  --fallback-p P          at a decision point, decode the step plainly instead with probability P
+
+At a decision point the search starts from the answer so far and commits its root's most visited child
+(ties: higher value, then lower index). `mcts_rollout` is the seed plan's one-step interface on top of it.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
+
+import torch
+
+from data import StopOnText, stop_token_ids
+from model_io import SamplingConfig, Transformer, generate
+
+from .search import SearchConfig, newline_table, parse_answer, search, self_consistency_value, step_ends
+
+
+@dataclass(frozen=True)
+class When:
+    mode: str  # "always" | "every" | "entropy"
+    k: int = 0
+    h: float = 0.0
+
+    @classmethod
+    def parse(cls, spec: str) -> "When":
+        try:
+            if spec == "always":
+                return cls("always")
+            if spec.startswith("every:") and int(spec[6:]) > 0:
+                return cls("every", k=int(spec[6:]))
+            if spec.startswith("entropy:") and float(spec[8:]) > 0:
+                return cls("entropy", h=float(spec[8:]))
+        except ValueError:
+            pass
+        raise ValueError(f"bad --mcts-when {spec!r}: use always, every:K (K >= 1) or entropy:H (H > 0, nats)")
+
+
+@dataclass
+class LookaheadResult:
+    text: str
+    answer: str | None
+    tokens: list[int]  # the committed answer
+    finish: str
+    generated_tokens: int  # plain tokens + every token sampled by the searches
+    forward_tokens: int
+    searches: int  # decision points that ran a search
+
+
+def _coin(seed: int, qid: int, decision: int) -> float:
+    h = hashlib.blake2b(f"fallback/{seed}/{qid}/{decision}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") / 2**64
+
+
+@torch.no_grad()
+def lookahead_decode(model: Transformer, tokenizer, prompts: Sequence[Sequence[int]], cfg: SearchConfig, when: When,
+                     fallback_p: float = 0.0, question_ids: Sequence[int] | None = None, seed: int = 0,
+                     value_fn=None) -> list[LookaheadResult]:
+    B = len(prompts)
+    qids = list(question_ids) if question_ids is not None else list(range(B))
+    eos = stop_token_ids(tokenizer, model.cfg.eos_token_ids)
+    stop = StopOnText(tokenizer, [cfg.stop]) if cfg.stop else None
+    nl = newline_table(tokenizer) if cfg.step == "newline" else None
+    committed: list[list[int]] = [[] for _ in range(B)]
+    finish = ["length"] * B
+    gen, fwd, searches, decisions = [0] * B, [0] * B, [0] * B, [0] * B
+    g = torch.Generator().manual_seed(seed)
+
+    def ended(ids: list[int]) -> str:
+        """How an answer so far stands: "eos" or "stop" once it is complete, else "length" (still open)."""
+        if ids and ids[-1] in eos:
+            return "eos"
+        if cfg.stop and cfg.stop in tokenizer.decode(ids[-(len(cfg.stop) + 8):], skip_special_tokens=False):
+            return "stop"
+        return "length"
+
+    def plain(rows: list[int], max_new: int, **kw):
+        """Plain sampling of up to max_new tokens for `rows`; appends them; marks finished rows."""
+        res = generate(model, [list(prompts[r]) + committed[r] for r in rows],
+                       SamplingConfig(max_new_tokens=max_new, temperature=cfg.temperature, top_p=cfg.top_p, eos_ids=eos, **kw),
+                       g, stop=stop, pad_id=tokenizer.pad_token_id)
+        return res
+
+    stuck: set[int] = set()  # rows whose search could expand nothing (no room): their answer is as long as it gets
+    while True:
+        rows = [r for r in range(B) if finish[r] == "length" and len(committed[r]) < cfg.max_new_tokens and r not in stuck]
+        if not rows:
+            break
+        if when.mode != "always":  # the plain stretch
+            kw = {"max_entropy": when.h} if when.mode == "entropy" else {}
+            n = when.k if when.mode == "every" else cfg.max_new_tokens
+            res = plain(rows, max(1, min(n, min(cfg.max_new_tokens - len(committed[r]) for r in rows))), **kw)
+            for i, r in enumerate(rows):
+                committed[r] += res.row(i)
+                gen[r] += int(res.lengths[i])
+                fwd[r] += len(prompts[r]) + len(committed[r])
+                if res.finish[i] in ("eos", "stop"):
+                    finish[r] = res.finish[i]
+            rows = [r for r in rows if finish[r] == "length" and len(committed[r]) < cfg.max_new_tokens]
+            if not rows:
+                break
+        # the decision point: a searched step, or (with probability fallback_p) a plain one
+        coin = {r: _coin(seed, qids[r], decisions[r]) for r in rows}
+        for r in rows:
+            decisions[r] += 1
+        fall = [r for r in rows if coin[r] < fallback_p]
+        srch = [r for r in rows if coin[r] >= fallback_p]
+        if fall:
+            res = plain(fall, max(1, min(cfg.step_len, min(cfg.max_new_tokens - len(committed[r]) for r in fall))))
+            ends = step_ends(res.tokens.cpu(), res.lengths.cpu(), cfg, nl)
+            for i, r in enumerate(fall):
+                step = res.row(i)[: int(ends[i])]
+                committed[r] += step
+                gen[r] += int(res.lengths[i])
+                fwd[r] += len(prompts[r]) + len(committed[r])
+                finish[r] = ended(committed[r])
+        if srch:
+            room = min(cfg.max_new_tokens - len(committed[r]) for r in srch)
+            found = search(model, tokenizer, [list(prompts[r]) + committed[r] for r in srch], replace(cfg, max_new_tokens=room),
+                           [qids[r] * 100003 + decisions[r] for r in srch], seed, value_fn)
+            for r, f in zip(srch, found):
+                searches[r] += 1
+                gen[r] += f.generated_tokens
+                fwd[r] += f.forward_tokens
+                if not f.first_steps:
+                    stuck.add(r)
+                    continue
+                best = max(f.first_steps, key=lambda s: (s["visits"], s["value"], -s["node"]))
+                committed[r] += best["tokens"]
+                finish[r] = ended(committed[r])
+    out = []
+    for r in range(B):
+        text = tokenizer.decode(committed[r], skip_special_tokens=True)
+        out.append(LookaheadResult(text, parse_answer(text), committed[r], finish[r], gen[r], fwd[r], searches[r]))
+    return out
+
+
+def mcts_rollout(prompt: str, model: Transformer, tokenizer, n_simulations: int = 3, rollout_depth: int = 3,
+                 reward_func: Callable[[list[str]], list[float]] | None = None, **search_kw) -> tuple[str, list[float]]:
+    """The seed plan's one-step lookahead: from `prompt` (text, the chat template already applied and any answer
+    so far appended), search `n_simulations` x K continuations and return the best next step's text and the
+    values of the candidate next steps (the root's children, in order). `reward_func(texts) -> values`, if given,
+    scores whole continuations (prompt excluded) instead of the default gold-free value."""
+    cfg = SearchConfig(n_simulations=n_simulations, rollout_depth=rollout_depth, **search_kw)
+    value_fn = None
+    if reward_func is not None:
+        value_fn = lambda texts, answers, finished, pools: [float(v) for v in reward_func(texts)]  # noqa: E731
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    found = search(model, tokenizer, [ids], cfg, value_fn=value_fn or self_consistency_value(cfg.format_weight))[0]
+    if not found.first_steps:
+        return "", []
+    best = max(found.first_steps, key=lambda s: (s["visits"], s["value"], -s["node"]))
+    return best["text"], [s["value"] for s in found.first_steps]

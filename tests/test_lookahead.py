@@ -1,0 +1,67 @@
+"""Lookahead decoding (search only at decision points) and the seed plan's mcts_rollout interface."""
+import pytest
+import torch
+from helpers import tiny_hf_model, tiny_tokenizer
+
+from data import encode_prompts, render_prompt
+from mcts.lookahead import When, lookahead_decode, mcts_rollout
+from mcts.search import SearchConfig
+from model_io.convert import from_hf_model
+
+
+@pytest.fixture(scope="module")
+def setup():
+    tok = tiny_tokenizer()
+    model = from_hf_model(tiny_hf_model("llama", dtype=torch.float64))
+    return model, tok, encode_prompts(tok, ["What is 2+2?", "How many legs have 3 cats?"])
+
+
+CFG = SearchConfig(n_simulations=2, children=2, step="tokens:3", rollout_depth=1, max_new_tokens=12)
+
+
+def test_always_searches_every_step(setup):
+    model, tok, prompts = setup
+    res = lookahead_decode(model, tok, prompts, CFG, When.parse("always"))
+    for r in res:
+        assert len(r.tokens) <= 12 and r.searches == 4  # 12 tokens in steps of 3, each one searched
+        assert r.generated_tokens > len(r.tokens)
+
+
+def test_every_k_alternates_plain_tokens_and_searched_steps(setup):
+    model, tok, prompts = setup
+    res = lookahead_decode(model, tok, prompts, CFG, When.parse("every:3"))
+    for r in res:
+        assert r.searches == 2 and len(r.tokens) == 12  # 3 plain + 3 searched, twice
+
+
+def test_fallback_one_never_searches(setup):
+    model, tok, prompts = setup
+    res = lookahead_decode(model, tok, prompts, CFG, When.parse("always"), fallback_p=1.0)
+    assert all(r.searches == 0 and len(r.tokens) == 12 for r in res)
+
+
+def test_entropy_threshold_controls_how_often_search_runs(setup):
+    model, tok, prompts = setup
+    never = lookahead_decode(model, tok, prompts, CFG, When.parse("entropy:100"))
+    always = lookahead_decode(model, tok, prompts, CFG, When.parse("entropy:0.001"))
+    assert all(r.searches == 0 for r in never) and all(r.searches >= 3 for r in always)
+
+
+def test_when_parsing():
+    assert When.parse("every:4") == When("every", k=4) and When.parse("entropy:1.5").h == 1.5
+    for bad in ("sometimes", "every:0", "entropy:-1", "every:x"):
+        with pytest.raises(ValueError, match="--mcts-when"):
+            When.parse(bad)
+
+
+def test_mcts_rollout_seed_interface(setup):
+    model, tok, _ = setup
+    calls = []
+
+    def reward(texts):
+        calls.append(len(texts))
+        return [float(len(t)) for t in texts]
+
+    text, rewards = mcts_rollout(render_prompt(tok, "What is 2+2?"), model, tok, n_simulations=3, rollout_depth=1,
+                                 reward_func=reward, step="tokens:2", children=2, max_new_tokens=8)
+    assert isinstance(text, str) and len(rewards) == 2 and sum(calls) == 3 * 2
