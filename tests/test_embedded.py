@@ -70,3 +70,17 @@ def test_smoke_preset_trains_the_embedded_model(tmp_path, monkeypatch):
     last = run.cmd_train(run.TrainConfig(preset="smoke", out_dir=str(tmp_path / "smoke"), device="cpu"), until_step=None)
     assert last["completions/max_length"] <= 48 and "eval/accuracy_strict" in last
     assert (tmp_path / "smoke" / "final_hf" / "config.json").is_file()
+
+
+def test_tree_search_on_the_embedded_model(embedded):
+    from mcts.search import SearchConfig, search
+
+    model, tok, _ = embedded
+    problems = load_gsm8k("test", gsm8k_dir())[:2]
+    cfg = SearchConfig(n_simulations=2, children=2, max_new_tokens=64, rollout_depth=1)
+    res = search(model, tok, encode_prompts(tok, [p.question for p in problems]), cfg, keep_trees=True)
+    for r in res:
+        assert 1 < r.nodes <= 5 and r.generated_tokens > 0 and r.answer_tokens <= 64
+        steps = [n for n in r.tree["nodes"][1:] if not n["terminal"]]
+        assert all(n["text"].endswith("\n") or n["tokens"] == cfg.step_tokens or n["tokens"] < cfg.step_tokens for n in steps)
+        assert r.tree["nodes"][0]["visits"] == sum(n["visits"] for n in r.tree["nodes"] if n["parent"] == 0)

@@ -1,0 +1,136 @@
+"""The test-time compute curve: GSM8K accuracy against generated tokens per question, for greedy decoding,
+sampling (mean accuracy), majority vote, best-of-n and tree search at several budgets, on the same questions.
+
+    pip install -r bench/requirements.txt        # matplotlib, for the PNG
+    GSM8K_DIR=../shared/data/gsm8k python3 bench/compare.py --limit 16 --n 1,4,8 --sims 2,4,8
+
+Sampling-based strategies at budget n use the first n of the same max(n) samples per question (one sampling
+run), so budgets differ only in how many samples they read. Tree search runs once per simulation budget.
+Writes OUT/compare.md (a markdown table), OUT/compare.json and OUT/compare.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from data import load_gsm8k  # noqa: E402
+from grpo.evaluate import EvalConfig, QuestionResult, choose, evaluate, summarize  # noqa: E402
+from model_io import load  # noqa: E402
+
+
+def prefix_results(results: list[QuestionResult], n: int, strategy: str, format_weight: float) -> list[QuestionResult]:
+    """The same questions answered from only the first n samples of each."""
+    out = []
+    for r in results:
+        texts, lenient = r.completions[:n], r.lenient[:n]
+        out.append(replace(r, completions=texts, strict=r.strict[:n], lenient=lenient, tokens=r.tokens[:n], finish=r.finish[:n],
+                           final=choose(strategy, texts, lenient, format_weight), generated_tokens=sum(r.tokens[:n]),
+                           forward_tokens=r.forward_tokens - r.generated_tokens + sum(r.tokens[:n])))
+    return out
+
+
+def plot(rows: list[dict], limit: int, device: str, out: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+    except ImportError:
+        print("matplotlib not installed: no PNG (pip install -r bench/requirements.txt)")
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for strategy, marker in (("greedy", "s"), ("sample", "o"), ("majority", "^"), ("best-of-n", "v"), ("mcts", "D")):
+        pts = [(r["generated_tokens_per_question"], r["accuracy_lenient"]) for r in rows if r["strategy"] == strategy]
+        if pts:
+            ax.plot(*zip(*pts), marker=marker, label=strategy)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("generated tokens per question")
+    ax.set_ylabel("GSM8K accuracy (lenient: last number)")
+    ax.set_title(f"Test-time compute, {limit} questions, {device}")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "compare.png", dpi=120)
+    print(f"wrote {out / 'compare.md'}, {out / 'compare.json'}, {out / 'compare.png'}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2-135M-Instruct)")
+    ap.add_argument("--limit", type=int, default=16, help="test questions (default: 16)")
+    ap.add_argument("--n", default="1,4,8", help="sample budgets for sample / majority / best-of-n (default: 1,4,8)")
+    ap.add_argument("--sims", default="2,4,8", help="simulation budgets of tree search (default: 2,4,8)")
+    ap.add_argument("--children", type=int, default=4, help="K of tree search (default: 4)")
+    ap.add_argument("--rollout-depth", type=int, default=3, help="default: 3")
+    ap.add_argument("--max-new-tokens", type=int, default=192, help="per answer, every strategy (default: 192)")
+    ap.add_argument("--temperature", type=float, default=0.7, help="default: 0.7")
+    ap.add_argument("--batch-size", type=int, default=16, help="default: 16")
+    ap.add_argument("--shots", type=int, default=0, help="k-shot examples from the train split in each prompt (default: 0)")
+    ap.add_argument("--gsm8k", default=None, help="GSM8K file or directory (default: $GSM8K_DIR, else the hub)")
+    ap.add_argument("--out", default="docs/compare", help="output directory (default: docs/compare)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: cuda if available")
+    ap.add_argument("--replot", action="store_true", help="only redraw OUT/compare.png from OUT/compare.json")
+    a = ap.parse_args()
+    if a.replot:
+        saved = json.loads((Path(a.out) / "compare.json").read_text())
+        plot(saved["rows"], saved["settings"]["limit"], saved["settings"]["device"], Path(a.out))
+        return
+    ns, sims = [int(x) for x in a.n.split(",")], [int(x) for x in a.sims.split(",")]
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    model, tok = load(a.model, device=a.device)
+    problems = load_gsm8k("test", a.gsm8k)[: a.limit]
+    shots = load_gsm8k("train", a.gsm8k)[: a.shots]
+    base = EvalConfig(limit=a.limit, max_new_tokens=a.max_new_tokens, temperature=a.temperature, batch_size=a.batch_size,
+                      children=a.children, rollout_depth=a.rollout_depth, shots=a.shots)
+    rows = []
+
+    def add(strategy: str, budget: str, summary: dict) -> None:
+        rows.append({"strategy": strategy, "budget": budget, **{k: summary[k] for k in (
+            "accuracy_strict", "accuracy_lenient", "format_soft_rate", "generated_tokens_per_question",
+            "forward_tokens_per_answer", "seconds_per_answer", "seconds_per_generated_token")}})
+        print(json.dumps(rows[-1]), flush=True)
+
+    s, _ = evaluate(model, tok, problems, replace(base, search="greedy"), shots, progress=False)
+    add("greedy", "1", s)
+    t = time.perf_counter()
+    s, sampled = evaluate(model, tok, problems, replace(base, search="sample", n=max(ns)), shots, progress=False)
+    per_sample = (time.perf_counter() - t) / max(sum(r.generated_tokens for r in sampled), 1)
+    for n in ns:
+        for strategy in ("sample", "majority", "best-of-n"):
+            part = prefix_results(sampled, n, strategy, base.format_weight)
+            summ = summarize(part, per_sample * sum(r.generated_tokens for r in part))  # time pro rata of tokens
+            add(strategy, f"n={n}", summ)
+    for k in sims:
+        s, _ = evaluate(model, tok, problems, replace(base, search="mcts", n_simulations=k), shots, progress=False)
+        add("mcts", f"sims={k}, K={a.children}", s)
+
+    (out / "compare.json").write_text(json.dumps({"settings": vars(a), "rows": rows}, indent=2) + "\n")
+    lines = [f"GSM8K test, first {a.limit} questions, {a.shots}-shot, {a.device}, max {a.max_new_tokens} new tokens per answer, "
+             f"temperature {a.temperature}; tree search K={a.children}, rollout depth {a.rollout_depth}.", "",
+             "| strategy | budget | accuracy (strict) | accuracy (lenient) | soft format | generated tokens / question | forward tokens / question | s / question |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['strategy']} | {r['budget']} | {r['accuracy_strict']:.3f} | {r['accuracy_lenient']:.3f} | "
+                     f"{r['format_soft_rate']:.2f} | {r['generated_tokens_per_question']:.0f} | {r['forward_tokens_per_answer']:.0f} | "
+                     f"{r['seconds_per_answer']:.1f} |")
+    (out / "compare.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    plot(rows, a.limit, a.device, out)
+
+
+if __name__ == "__main__":
+    main()
