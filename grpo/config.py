@@ -27,6 +27,15 @@ class TrainConfig:
     beta: float = field(default=0.04, metadata={"help": "KL penalty weight; 0 skips the reference model entirely"})
     eps_low: float = field(default=0.2, metadata={"help": "lower clip range of the ratio"})
     eps_high: float = field(default=0.2, metadata={"help": "upper clip range of the ratio (DAPO's clip-higher: 0.28)"})
+    rollouts: str = field(default="plain", metadata={"help": "where groups come from: plain (G samples per prompt) or mcts (G finished rollouts of a tree search per prompt)"})
+    mcts_prob: float = field(default=1.0, metadata={"help": "with --rollouts mcts: per prompt, the tree with this probability, plain sampling otherwise (0: exactly the plain trainer)"})
+    tree_advantage: str = field(default="outcome", metadata={"help": "tree rollouts' advantages: outcome (GRPO's per trajectory) | step (V(node) - V(parent) per token) | mix"})
+    tree_advantage_weight: float = field(default=1.0, metadata={"help": "mix: outcome + weight * step"})
+    mcts_simulations: int = field(default=0, metadata={"help": "simulations per tree (0: 2 * ceil(G / K), enough for G rollouts)"})
+    mcts_children: int = field(default=4, metadata={"help": "K: continuations per expansion"})
+    mcts_c_puct: float = field(default=1.0, metadata={"help": "PUCT exploration weight"})
+    mcts_step: str = field(default="newline", metadata={"help": "a tree node: 'newline' (a line, capped at --mcts-step-tokens) or 'tokens:N'"})
+    mcts_step_tokens: int = field(default=48, metadata={"help": "cap on a newline step"})
     mu: int = field(default=1, metadata={"help": "optimisation passes over each batch of rollouts"})
     micro_batch: int = field(default=8, metadata={"help": "completions per forward/backward (independent of group_size)"})
     old_logprobs: str = field(default="auto", metadata={"help": "old log-probs: 'sampler' (free, from sampling), 'recompute' (one more forward pass) or 'auto' (sampler on CPU, recompute on GPU where bf16 sampling and training kernels differ)"})
@@ -45,6 +54,7 @@ class TrainConfig:
     save_every: int = field(default=50, metadata={"help": "checkpoint every N steps and at the end"})
     keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept (the newest)"})
     seed: int = field(default=0, metadata={"help": "seed of data order and sampling"})
+    deterministic: bool = field(default=True, metadata={"help": "on CPU, deterministic kernels (torch.use_deterministic_algorithms): without them, multi-threaded gradient accumulation (embedding backward) varies in the last bits from run to run, and a resumed run is no longer bitwise the same"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto (under torchrun: the local GPU)"})
 
     def __post_init__(self):
@@ -54,6 +64,12 @@ class TrainConfig:
             raise ValueError(f"unknown --loss-agg {self.loss_agg!r}: use one of {', '.join(AGGREGATIONS)}")
         if self.old_logprobs not in ("auto", "sampler", "recompute"):
             raise ValueError(f"unknown --old-logprobs {self.old_logprobs!r}: use auto, sampler or recompute")
+        if self.rollouts not in ("plain", "mcts"):
+            raise ValueError(f"unknown --rollouts {self.rollouts!r}: use plain or mcts")
+        if not 0 <= self.mcts_prob <= 1:
+            raise ValueError(f"--mcts-prob must be in [0, 1], got {self.mcts_prob}")
+        if self.tree_advantage not in ("outcome", "step", "mix"):
+            raise ValueError(f"unknown --tree-advantage {self.tree_advantage!r}: use outcome, step or mix")
         if self.preset and self.preset not in PRESETS:
             raise ValueError(f"unknown --preset {self.preset!r}: use one of {', '.join(PRESETS)}")
         for name in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "mu", "micro_batch", "save_every", "keep_checkpoints", "max_bad_steps"):

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from data import Problem, StopOnText, encode_prompts, parse_lenient, parse_strict, stop_token_ids
 from mcts.lookahead import When, lookahead_decode
-from mcts.search import ANSWER_MODES, SearchConfig, parse_answer, search, self_consistency_value
+from mcts.search import ANSWER_MODES, Candidates, SearchConfig, parse_answer, search, self_consistency_value
 from model_io import SamplingConfig, Transformer, generate
 
 from .rewards import soft_format_reward_func, strict_format_reward_func
@@ -141,7 +141,8 @@ def choose(strategy: str, texts: list[str], lenient: list[str | None], format_we
     if strategy == "best-of-n":
         answers = [parse_answer(t) for t in texts]
         pool = [a for a in answers if a is not None]
-        values = self_consistency_value(format_weight)(texts, answers, [True] * len(texts), [pool] * len(texts))
+        values = self_consistency_value(format_weight)(Candidates(texts, answers, [True] * len(texts), [pool] * len(texts),
+                                                                  [0] * len(texts), [[] for _ in texts]))
         return max(range(len(texts)), key=lambda i: (values[i], -i))
     return 0
 

@@ -73,7 +73,7 @@ def policy_loss(
     logp: torch.Tensor,  # [N, T] log pi of the sampled tokens, with grad
     old_logp: torch.Tensor,  # [N, T] log pi_old (the sampling policy)
     ref_logp: torch.Tensor | None,  # [N, T] log pi_ref, None when beta = 0
-    advantages: torch.Tensor,  # [N]
+    advantages: torch.Tensor,  # [N] per sequence, or [N, T] per token (tree-structured credit)
     mask: torch.Tensor,  # [N, T] bool: completion tokens
     *,
     eps_low: float = 0.2,
@@ -85,10 +85,10 @@ def policy_loss(
     max_len: int | None = None,  # the constant of seq-mean-token-sum-norm (default: T)
 ) -> tuple[torch.Tensor, LossStats]:
     N, T = logp.shape
-    assert old_logp.shape == (N, T) and mask.shape == (N, T) and advantages.shape == (N,), "shape mismatch"
+    assert old_logp.shape == (N, T) and mask.shape == (N, T) and advantages.shape in ((N,), (N, T)), "shape mismatch"
     if beta > 0 and ref_logp is None:
         raise ValueError("beta > 0 needs the reference log-probs")
-    A = advantages[:, None].to(logp.dtype)  # [N, 1]
+    A = (advantages[:, None] if advantages.dim() == 1 else advantages).to(logp.dtype)  # [N, 1] or [N, T]
     ratio = torch.exp(logp - old_logp)  # [N, T]
     clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
     per_token = -torch.min(ratio * A, clipped * A)  # PPO's pessimistic bound (Schulman et al. 2017, eq. 7)

@@ -33,6 +33,7 @@ class Rollout:
     per_fn: dict[str, torch.Tensor]  # reward name -> [B, G] unweighted
     advantages: torch.Tensor  # [B, G]
     forward_tokens: int  # tokens the sampler ran through the model
+    token_advantages: torch.Tensor | None = None  # [B*G, T] per-token advantages (tree rollouts); None: per sequence
 
     @property
     def group_size(self) -> int:

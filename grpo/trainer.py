@@ -10,8 +10,6 @@ reference. Departures from the paper's eq. 3, all deliberate:
     ratio is then 1 up to float32 rounding between the sampling and training kernels (the paper's pi_theta_old
     is the same weights). On GPU, where sampling and training run in bf16 autocast with different kernels,
     `auto` recomputes them with one teacher-forced pass, so that the ratio is not bf16 noise.
-10. Precision: float32 weights and optimizer state everywhere; on GPU the forward passes run under bf16
-    autocast; log-probs, the loss and the KL are computed in float32.
  2. Sampling temperature is a knob (default 1.0); log-probs in the loss are always at temperature 1.
  3. The clip range can be asymmetric (eps_low, eps_high: DAPO's clip-higher, Yu et al. 2025).
  4. Aggregation over tokens is selectable (`--loss-agg`): the paper's per-sequence mean then mean over
@@ -20,12 +18,17 @@ reference. Departures from the paper's eq. 3, all deliberate:
     std is the unbiased sample std plus eps = 1e-4; groups of equal rewards get exactly zero advantage.
  6. With beta = 0 the reference model is not built, and completions with zero advantage are not run through
     forward/backward: their loss and gradient are exactly zero (they still count in the normalisers).
- 7. Outcome supervision only: the reward is given per completion (the paper's sec. 4.1.2), from the five
+ 7. Outcome supervision (unless 11): the reward is given per completion (the paper's sec. 4.1.2), from the five
     rule-based GSM8K rewards of the well-known recipe (grpo/rewards.py), not from a reward model.
  8. The KL term is in the loss (as in the paper), estimated per token with k3 (its eq. 4).
  9. Multi-process: each rank samples its own prompts; gradients are summed over micro-batches with whole-batch
     normalisers, then averaged over ranks with one all-reduce (what DDP does, without overlapping the
     communication with backward), so N processes take the same step as one process with the same global batch.
+10. Precision: float32 weights and optimizer state everywhere; on GPU the forward passes run under bf16
+    autocast; log-probs, the loss and the KL are computed in float32.
+11. With `--rollouts mcts` a prompt's group is G finished rollouts of a tree search instead of G independent
+    samples (grpo/tree_rollout.py), and `--tree-advantage step|mix` gives per-token advantages from the tree
+    (TreeRL-style V(node) - V(parent)) in place of eq. 3's one advantage per completion.
 """
 from __future__ import annotations
 
@@ -52,6 +55,8 @@ from .loss import group_advantages, policy_loss
 from .metrics import RunLog, truncate_log
 from .rewards import RewardSet
 from .rollout import Rollout, collect, completion_logprobs, row_generators
+from .tree_rollout import collect_tree, merge, use_tree
+from .tree_rollout import search_config as tree_search_config
 
 
 class TrainingError(RuntimeError):
@@ -75,6 +80,8 @@ class Trainer:
         self.train_set, self.test_set = train, test
         self.run_dir, self.dist, self.progress = run_dir, dist, progress
         self.rewards = rewards or RewardSet.parse(cfg.rewards)
+        if cfg.deterministic and model.device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)  # process-wide: exact resume needs it
         self.shots = train[: cfg.shots]
         self.ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.beta > 0 else None
         if self.ref is not None:
@@ -86,6 +93,8 @@ class Trainer:
         self.sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                        eos_ids=stop_token_ids(tokenizer, model.cfg.eos_token_ids))
         self.stop = StopOnText(tokenizer, [cfg.stop]) if cfg.stop else None
+        self.search_cfg = tree_search_config(cfg.group_size, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.stop,
+                                             cfg.mcts_simulations, cfg.mcts_children, cfg.mcts_c_puct, cfg.mcts_step, cfg.mcts_step_tokens)
         self.recompute_old = cfg.old_logprobs == "recompute" or (cfg.old_logprobs == "auto" and model.device.type == "cuda")
         # bf16 autocast on GPU (float32 master weights); plain float32 on CPU
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if model.device.type == "cuda" else contextlib.nullcontext
@@ -126,11 +135,24 @@ class Trainer:
         idx = self.step_indices(self.step)
         problems = [self.train_set[i] for i in idx]
 
-        # rollout -> reward -> advantage
+        # rollout -> reward -> advantage (plain samples, or a tree search per prompt: grpo/tree_rollout.py)
         model.eval()
+        on_tree = [cfg.rollouts == "mcts" and use_tree(cfg.seed, self.step, i, cfg.mcts_prob) for i in idx]
+        plain_idx = [i for i, t in zip(idx, on_tree) if not t]
+        tree_idx = [i for i, t in zip(idx, on_tree) if t]
+        parts, tree_stats = [], None
         with self.autocast():
-            ro = collect(model, self.tok, problems, self.prompts(idx), G, self.sampling, self.rewards,
-                         row_generators(cfg.seed, self.step, idx, G, model.device), self.stop, cfg.adv_scale)
+            if plain_idx:
+                parts.append(collect(model, self.tok, [self.train_set[i] for i in plain_idx], self.prompts(plain_idx), G,
+                                     self.sampling, self.rewards, row_generators(cfg.seed, self.step, plain_idx, G, model.device),
+                                     self.stop, cfg.adv_scale))
+            if tree_idx:
+                ro_t, tree_stats = collect_tree(model, self.tok, [self.train_set[i] for i in tree_idx], self.prompts(tree_idx),
+                                                tree_idx, G, self.search_cfg, self.rewards, cfg.seed, self.step,
+                                                cfg.tree_advantage, cfg.tree_advantage_weight, cfg.adv_scale)
+                parts.append(ro_t)
+        ro = merge(parts, self.tok.pad_token_id)
+        idx = plain_idx + tree_idx  # the rollout's prompt order
         rewards_all = D.gather_cat(ro.rewards.to(model.device), d).cpu()  # [B, G] over all ranks
         if cfg.adv_scale == "batch" and d.on:  # the batch std is over the global batch
             ro.advantages = group_advantages(rewards_all, "batch")[d.rank * len(idx) : (d.rank + 1) * len(idx)]
@@ -141,9 +163,11 @@ class Trainer:
         n_tokens = float(D.all_reduce_sum(ro.mask.sum().to(model.device, torch.float64), d)) / d.world
         n_seqs = float(cfg.prompts_per_step * G) / d.world
         adv = ro.advantages.flatten()  # [B*G]
+        tok_adv = ro.token_advantages  # [B*G, T] with tree rollouts, else None
         rows_all = torch.arange(adv.numel())
         # departure 6: with beta = 0, zero-advantage rows have exactly zero loss and gradient: skip them
-        rows_run = rows_all if cfg.beta > 0 else rows_all[adv != 0]
+        nonzero = (adv != 0) if tok_adv is None else (tok_adv != 0).any(-1)
+        rows_run = rows_all if cfg.beta > 0 else rows_all[nonzero]
         micro = [rows_run[i : i + cfg.micro_batch] for i in range(0, len(rows_run), cfg.micro_batch)]
 
         ref_logp = self._teacher_forced(self.ref, ro, micro) if self.ref is not None else None
@@ -161,7 +185,7 @@ class Trainer:
                 dev = logp.device
                 loss, st = policy_loss(
                     logp, old_logp[rows, :T].to(dev), ref_logp[rows, :T].to(dev) if ref_logp is not None else None,
-                    adv[rows].to(dev), ro.mask[rows, :T].to(dev), eps_low=cfg.eps_low, eps_high=cfg.eps_high,
+                    (tok_adv[rows, :T] if tok_adv is not None else adv[rows]).to(dev), ro.mask[rows, :T].to(dev), eps_low=cfg.eps_low, eps_high=cfg.eps_high,
                     beta=cfg.beta, agg=cfg.loss_agg, n_seqs=n_seqs, n_tokens=n_tokens, max_len=cfg.max_new_tokens)
                 loss.backward()
                 m = ro.mask[rows, :T].to(dev)
@@ -175,7 +199,16 @@ class Trainer:
         self.lr_used = self.opt.param_groups[0]["lr"]
         self.sched.step()
         self.step += 1
-        return self._metrics(ro, rewards_all, agg, grad_norm, t0, t_rollout)
+        m = self._metrics(ro, rewards_all, agg, grad_norm, t0, t_rollout)
+        if cfg.rollouts == "mcts":
+            st = D.all_reduce_sum(torch.tensor([tree_stats.groups, tree_stats.generated_tokens, tree_stats.trajectory_tokens]
+                                               if tree_stats else [0, 0, 0], dtype=torch.float64, device=model.device), d).tolist()
+            m["rollout/tree_groups"] = st[0]
+            if st[0]:
+                # sampled by the searches vs what G independent samples of the chosen trajectories' lengths would cost
+                m["rollout/tree_generated_tokens_per_group"] = st[1] / st[0]
+                m["rollout/tree_tokens_saved_per_group"] = (st[2] - st[1]) / st[0]
+        return m
 
     @torch.no_grad()
     def _teacher_forced(self, model: Transformer, ro: Rollout, micro: list[torch.Tensor]) -> torch.Tensor:

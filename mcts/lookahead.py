@@ -150,7 +150,7 @@ def mcts_rollout(prompt: str, model: Transformer, tokenizer, n_simulations: int 
     cfg = SearchConfig(n_simulations=n_simulations, rollout_depth=rollout_depth, **search_kw)
     value_fn = None
     if reward_func is not None:
-        value_fn = lambda texts, answers, finished, pools: [float(v) for v in reward_func(texts)]  # noqa: E731
+        value_fn = lambda c: [float(v) for v in reward_func(c.texts)]  # noqa: E731
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     found = search(model, tokenizer, [ids], cfg, value_fn=value_fn or self_consistency_value(cfg.format_weight))[0]
     if not found.first_steps:

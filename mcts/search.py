@@ -69,10 +69,15 @@ class RolloutRecord:
     value: float
     finished: bool  # ended by EOS or the stop string (not cut by a token limit)
     tokens: int  # answer length in tokens
+    ids: list[int] = field(default_factory=list)  # the whole answer's token ids (path + continuation)
+    logprobs: list[float] = field(default_factory=list)  # their log-probs under the sampling policy (temperature 1)
+    path: list[int] = field(default_factory=list)  # node ids from the root's child down to `node`
 
 
 @dataclass
 class SearchResult:
+    """One question's search. `records`, `step_len` and `parent` are kept for training on the tree (issue 6)."""
+
     text: str  # the chosen answer
     answer: str | None
     answer_tokens: int  # its length in tokens
@@ -82,16 +87,30 @@ class SearchResult:
     nodes: int
     tree: dict = field(default_factory=dict)  # node texts and statistics, for dumps
     first_steps: list[dict] = field(default_factory=list)  # root's children: tokens, text, visits, value, prior
+    records: list[RolloutRecord] = field(default_factory=list)  # every rollout, in creation order
+    step_len: list[int] = field(default_factory=list)  # [nodes] tokens of each node's own step
+    parent: list[int] = field(default_factory=list)  # [nodes] parent of each node (-1 for the root)
 
 
-# value(texts, answers, finished, pools): pools[i] = answers found so far in row i's tree (this simulation included)
-ValueFn = Callable[[list[str], list[str | None], list[bool], list[list[str]]], list[float]]
+@dataclass
+class Candidates:
+    """What a value function sees: whole answers (path + continuation), one per new child."""
+
+    texts: list[str]
+    answers: list[str | None]  # parsed, None where unfinished or unparsable
+    finished: list[bool]
+    pools: list[list[str]]  # answers found so far in each row's tree (this simulation included)
+    trees: list[int]  # index of each row's tree among the B searched (e.g. to find its gold answer in training)
+    ids: list[list[int]]  # token ids of each answer
+
+
+ValueFn = Callable[[Candidates], list[float]]
 
 
 def self_consistency_value(format_weight: float) -> ValueFn:
-    def value(texts, answers, finished, pools):
+    def value(c: Candidates) -> list[float]:
         out = []
-        for t, a, pool in zip(texts, answers, pools):
+        for t, a, pool in zip(c.texts, c.answers, c.pools):
             fmt = soft_format_reward_func([t])[0] / 0.5
             agree = (sum(p == a for p in pool) / len(pool)) if a is not None and pool else 0.0
             out.append(format_weight * fmt + (1 - format_weight) * agree)
@@ -182,6 +201,7 @@ def search(
     tree = Tree.empty(B, 1 + cfg.n_simulations * K, K)
     N = tree.max_nodes
     steps = torch.full((B, N, S), pad, dtype=torch.long)  # [B, N, S] each node's own tokens
+    step_lp = torch.zeros(B, N, S)  # [B, N, S] their log-probs when sampled
     step_len = torch.zeros(B, N, dtype=torch.long)  # [B, N]
     node_value = torch.zeros(B, N)  # [B, N] value of the rollout that created the node
     records: list[list[RolloutRecord]] = [[] for _ in range(B)]
@@ -224,17 +244,19 @@ def search(
         child_terminal = (finished & (lengths <= ends)).view(A, K)
 
         # value of every continuation: the whole answer from the root
-        texts, answers = [], []
+        texts, answers, full_ids = [], [], []
         for r in range(A * K):
             b = int(act[r // K])
             full = path[r // K][pmask[r // K]].tolist() + toks[r, : int(lengths[r])].tolist()
+            full_ids.append(full)
             texts.append(tokenizer.decode(full, skip_special_tokens=True))
             answers.append(parse_answer(texts[-1]) if bool(finished[r]) else None)
             gen_tokens[b] += int(lengths[r])
         for r in range(A * K):  # the pool grows with this simulation's finished answers before scoring
             if answers[r] is not None:
                 pools[int(act[r // K])].append(answers[r])
-        values = value_fn(texts, answers, finished.tolist(), [pools[int(act[r // K])] for r in range(A * K)])
+        values = value_fn(Candidates(texts, answers, finished.tolist(), [pools[int(act[r // K])] for r in range(A * K)],
+                                     [int(act[r // K]) for r in range(A * K)], full_ids))
         for i, a in enumerate(act.tolist()):
             fwd_tokens[a] += int(pmask[i].sum()) + int(lengths[i * K : (i + 1) * K].sum())
 
@@ -251,16 +273,26 @@ def search(
         rows_k = act[:, None].expand(A, K)[ok]
         first = torch.nn.functional.pad(toks, (0, max(0, S - toks.shape[1])), value=pad)[:, :S]  # [A*K, S]
         steps[rows_k, ka[ok]] = first.view(A, K, S)[ok]
+        step_lp[rows_k, ka[ok]] = torch.nn.functional.pad(lps, (0, max(0, S - lps.shape[1])))[:, :S].view(A, K, S)[ok]
         step_len[rows_k, ka[ok]] = ends.view(A, K)[ok]
         node_value[rows_k, ka[ok]] = val_b[act][ok]
         backup(tree, kids, val_b)
+        leaf_paths = {}
         for r in range(A * K):
             b, node = int(act[r // K]), int(ka.view(-1)[r])
             if node == UNEXPANDED:
                 continue
+            if b not in leaf_paths:  # the nodes from the root's child to the leaf, and their log-probs
+                chain, n = [], int(leaf[b])
+                while n != ROOT:
+                    chain.append(n)
+                    n = int(tree.parent[b, n])
+                leaf_paths[b] = (chain[::-1], [x for c in chain[::-1] for x in step_lp[b, c, : int(step_len[b, c])].tolist()])
+            chain, path_lp = leaf_paths[b]
+            ids = full_ids[r]
             node_record[b][node] = len(records[b])
-            records[b].append(RolloutRecord(node, texts[r], answers[r], values[r], bool(finished[r]),
-                                            int(pmask[r // K].sum()) + int(lengths[r])))
+            records[b].append(RolloutRecord(node, texts[r], answers[r], values[r], bool(finished[r]), len(ids), ids,
+                                            path_lp + lps[r, : int(lengths[r])].tolist(), chain + [node]))
 
     return [_result(tree, b, records[b], node_record[b], cfg, gen_tokens[b], fwd_tokens[b], steps, step_len, tokenizer, keep_trees)
             for b in range(B)]
@@ -302,7 +334,9 @@ def _result(tree: Tree, b: int, records: list[RolloutRecord], node_record: dict[
             first.append({"node": k, "tokens": ids, "text": tokenizer.decode(ids, skip_special_tokens=True),
                           "visits": float(tree.visits[b, k]), "value": float(tree.q()[b, k]), "prior": float(tree.prior[b, k]),
                           "terminal": bool(tree.terminal[b, k])})
-    return SearchResult(text=text, answer=parse_answer(text) if text else None, first_steps=first,
+    n = int(tree.num_nodes[b])
+    return SearchResult(text=text, answer=parse_answer(text) if text else None, first_steps=first, records=records,
+                        step_len=step_len[b, :n].tolist(), parent=tree.parent[b, :n].tolist(),
                         answer_tokens=chosen.tokens if chosen else 0, finish="stop" if chosen and chosen.finished else "length",
                         generated_tokens=gen, forward_tokens=fwd,
                         nodes=int(tree.num_nodes[b]), tree=dump)

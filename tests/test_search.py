@@ -99,3 +99,19 @@ def test_bad_search_settings():
     for bad in (dict(answer="best"), dict(step="words:3"), dict(step="tokens:0"), dict(n_simulations=0)):
         with pytest.raises(ValueError):
             SearchConfig(**bad)
+
+
+def test_records_carry_ids_logprobs_and_node_paths(setup):
+    from model_io import token_logprobs
+
+    model, tok, prompts = setup
+    c = cfg(step="tokens:3", rollout_depth=1, max_new_tokens=12)
+    res = search(model, tok, prompts[:1], c)[0]
+    for rec in res.records:
+        assert len(rec.ids) == len(rec.logprobs) == rec.tokens
+        assert rec.path[-1] == rec.node and all(res.parent[a] == b for a, b in zip(rec.path[1:], rec.path))
+        assert res.parent[rec.path[0]] == 0
+        own = sum(res.step_len[n] for n in rec.path)
+        assert own <= rec.tokens  # the nodes' steps, then the rollout's tail
+        lp = token_logprobs(model, torch.tensor([prompts[0] + rec.ids]))[0, len(prompts[0]) - 1 :]
+        assert torch.allclose(lp, torch.tensor(rec.logprobs), atol=1e-5)  # the sampler's log-probs, path included

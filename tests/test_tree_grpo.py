@@ -1,0 +1,84 @@
+"""MCTS-augmented GRPO: step advantages by hand, tree groups, P=0 is the plain trainer bitwise, tree rollouts learn."""
+import pytest
+import torch
+from helpers import make_trainer
+
+from grpo.tree_rollout import collect_tree, merge, node_values, step_advantages, use_tree
+
+
+def test_step_advantages_on_a_fixed_tree_by_hand():
+    # root 0 -> a 1, b 2; a -> c 3, d 4.  Finished trajectories end at c (reward 1), c (reward 0), d (1), b (0)
+    parent = torch.tensor([-1, 0, 0, 1, 1])
+    leaf = torch.tensor([3, 3, 4, 2])
+    reward = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    V = node_values(parent, leaf, reward)
+    # V(root) = 2/4 = 0.5; V(a) = (1 + 0 + 1)/3 = 2/3; V(b) = 0; V(c) = 1/2; V(d) = 1
+    assert V.tolist() == pytest.approx([0.5, 2 / 3, 0.0, 0.5, 1.0])
+    A = step_advantages(parent, V)
+    # A(a) = 2/3 - 1/2 = 1/6; A(b) = -1/2; A(c) = 1/2 - 2/3 = -1/6; A(d) = 1 - 2/3 = 1/3; root 0
+    assert A.tolist() == pytest.approx([0.0, 1 / 6, -0.5, -1 / 6, 1 / 3])
+    # along a path the step advantages telescope to the trajectory's node value minus the root's: d: 1/6 + 1/3
+    assert float(A[1] + A[4]) == pytest.approx(float(V[4] - V[0]))
+
+
+def test_use_tree_probability():
+    assert not any(use_tree(0, s, i, 0.0) for s in range(10) for i in range(10))
+    assert all(use_tree(0, s, i, 1.0) for s in range(10) for i in range(10))
+    frac = sum(use_tree(0, s, i, 0.3) for s in range(20) for i in range(50)) / 1000
+    assert 0.25 < frac < 0.35
+
+
+@pytest.mark.parametrize("advantage", ["outcome", "step", "mix"])
+def test_tree_groups_and_their_token_advantages(tmp_path, advantage):
+    tr = make_trainer(tmp_path, dtype=torch.float64, rollouts="mcts", tree_advantage=advantage, max_new_tokens=8,
+                      mcts_step="tokens:2", mcts_children=4)
+    idx = tr.step_indices(0)
+    ro, stats = collect_tree(tr.model, tr.tok, [tr.train_set[i] for i in idx], tr.prompts(idx), idx, 8, tr.search_cfg,
+                             tr.rewards, 0, 0, advantage, 0.5)
+    B, G = 4, 8
+    assert ro.rewards.shape == (B, G) and ro.completions.shape[0] == B * G and ro.token_advantages.shape == ro.mask.shape
+    assert stats.groups == B and stats.generated_tokens > 0
+    for b in range(B):  # distinct trajectories in each group
+        rows = [tuple(ro.completions[b * G + g][ro.mask[b * G + g]].tolist()) for g in range(G)]
+        assert len(set(rows)) == G
+    if advantage == "outcome":
+        assert torch.allclose(ro.token_advantages, ro.advantages.flatten()[:, None] * ro.mask)
+    assert (ro.token_advantages[~ro.mask] == 0).all()
+    # the sampler's log-probs of every trajectory token are the policy's (path tokens included)
+    from grpo.rollout import completion_logprobs
+
+    T = int(ro.mask.sum(-1).max())
+    lp, _ = completion_logprobs(tr.model, ro, torch.arange(B * G), T, tr.tok.pad_token_id)
+    assert torch.allclose(lp[ro.mask[:, :T]], ro.old_logp[:, :T][ro.mask[:, :T]], atol=1e-5)
+    both = merge([ro, ro], tr.tok.pad_token_id)
+    assert both.completions.shape[0] == 2 * B * G and both.rewards.shape == (2 * B, G)
+
+
+def test_mcts_prob_zero_is_the_plain_trainer_bitwise(tmp_path):
+    plain = make_trainer(tmp_path / "plain", beta=0.04)
+    tree0 = make_trainer(tmp_path / "tree0", beta=0.04, rollouts="mcts", mcts_prob=0.0)
+    for _ in range(3):
+        a, b = plain.train_step(), tree0.train_step()
+        assert a["reward"] == b["reward"]
+    for (n, p), (_, q) in zip(plain.model.named_parameters(), tree0.model.named_parameters()):
+        assert torch.equal(p, q), n
+
+
+@pytest.mark.parametrize("advantage", ["outcome", "mix"])
+def test_tree_rollouts_learn_the_synthetic_task(tmp_path, advantage):
+    tr = make_trainer(tmp_path, steps=60, lr=1e-2, rollouts="mcts", tree_advantage=advantage, tree_advantage_weight=0.5,
+                      mcts_step="tokens:2", mcts_children=4)
+    rewards = [tr.train_step()["reward"]]
+    while tr.step < 60 and rewards[-1] < 0.85:
+        m = tr.train_step()
+        rewards.append(m["reward"])
+    assert rewards[0] < 0.4, rewards[0]
+    assert max(rewards[-3:]) > 0.8, rewards
+    assert m["rollout/tree_groups"] == 4 and "rollout/tree_tokens_saved_per_group" in m
+
+
+def test_mixed_batches_train(tmp_path):
+    tr = make_trainer(tmp_path, rollouts="mcts", mcts_prob=0.5, mcts_step="tokens:2", beta=0.04)
+    m = tr.train_step()
+    assert 0 < m["rollout/tree_groups"] < 4 or m["rollout/tree_groups"] in (0, 4)
+    assert torch.isfinite(torch.tensor(m["loss"]))
