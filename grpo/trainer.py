@@ -100,6 +100,7 @@ class Trainer:
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if model.device.type == "cuda" else contextlib.nullcontext
         self.step = 0
         self.bad_steps = 0
+        self.generated_total = 0  # tokens sampled for rollouts so far, all processes
         self._prompt_cache: dict[int, list[int]] = {}
         self._perm: tuple[int, torch.Tensor | None] = (-1, None)
         self.log = RunLog(run_dir, enabled=dist.main)
@@ -200,6 +201,11 @@ class Trainer:
         self.sched.step()
         self.step += 1
         m = self._metrics(ro, rewards_all, agg, grad_norm, t0, t_rollout)
+        plain_tokens = int(ro.lengths[: len(plain_idx) * G].sum())
+        generated = D.all_reduce_sum(torch.tensor(plain_tokens + (tree_stats.generated_tokens if tree_stats else 0),
+                                                  dtype=torch.float64, device=model.device), d).item()
+        self.generated_total += int(generated)
+        m["rollout/generated_tokens"], m["rollout/generated_tokens_total"] = generated, float(self.generated_total)
         if cfg.rollouts == "mcts":
             st = D.all_reduce_sum(torch.tensor([tree_stats.groups, tree_stats.generated_tokens, tree_stats.trajectory_tokens]
                                                if tree_stats else [0, 0, 0], dtype=torch.float64, device=model.device), d).tolist()
@@ -284,7 +290,8 @@ class Trainer:
     def save(self) -> None:
         if self.dist.main:
             save_checkpoint(self.run_dir, self.step, self.model, self.tok, self.opt, self.sched,
-                            {"bad_steps": self.bad_steps}, self.cfg.keep_checkpoints, dataclasses.asdict(self.cfg))
+                            {"bad_steps": self.bad_steps, "generated_total": self.generated_total}, self.cfg.keep_checkpoints,
+                            dataclasses.asdict(self.cfg))
         D.barrier(self.dist)
 
     def resume(self) -> bool:
@@ -293,6 +300,7 @@ class Trainer:
             return False
         self.step, extra = load_checkpoint(found[-1], self.model, self.opt, self.sched)
         self.bad_steps = int(extra.get("bad_steps", 0))
+        self.generated_total = int(extra.get("generated_total", 0))
         if self.dist.main:
             for name in ("metrics.jsonl", "samples.jsonl"):
                 truncate_log(self.run_dir / name, self.step)
@@ -304,22 +312,26 @@ class Trainer:
         end = min(cfg.steps, until_step or cfg.steps)
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not (self.progress and self.dist.main))
         try:
-            while self.step < end:
+            while self.step < end and not self.budget_spent():
                 last = self.train_step()
-                if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps) and self.dist.main:
+                final = self.step == cfg.steps or self.budget_spent()
+                if cfg.eval_every and (self.step % cfg.eval_every == 0 or final) and self.dist.main:
                     last.update(self.evaluate())
                 self.log.log(self.step, last)
-                if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+                if self.step % cfg.save_every == 0 or final:
                     self.save()
                 bar.update(1)
                 bar.set_postfix(reward=f"{last['reward']:.3f}", kl=f"{last['kl']:.4f}",
                                 **({"acc": f"{last['eval/accuracy_strict']:.3f}"} if "eval/accuracy_strict" in last else {}))
-            if self.step == cfg.steps and self.dist.main:
+            if (self.step == cfg.steps or self.budget_spent()) and self.dist.main:
                 export_hf(self.model, self.tok, self.run_dir / "final_hf")
         finally:
             bar.close()
             self.log.close()
         return last
+
+    def budget_spent(self) -> bool:
+        return bool(self.cfg.token_budget) and self.generated_total >= self.cfg.token_budget
 
     def estimate_step_seconds(self) -> float:
         """A rough upper estimate of one step, from a probe: 8 decode steps of one micro-batch of rows and one

@@ -158,3 +158,13 @@ def test_best_of_n_and_majority_choices():
     assert choose("majority", texts, lenient, 0.3) == 0
     assert choose("best-of-n", texts, lenient, 0.3) == 0  # formatted and agreeing with another answer
     assert choose("sample", texts, lenient, 0.3) == -1 and choose("greedy", texts[:1], lenient[:1], 0.3) == 0
+
+
+def test_train_cli_with_tree_rollouts(tiny_ckpt, tmp_path, monkeypatch):
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    out = tmp_path / "tree"
+    assert run.main(["train", "--model", tiny_ckpt, "--rollouts", "mcts", "--tree-advantage", "mix", "--steps", "2",
+                     "--prompts-per-step", "1", "--group-size", "2", "--max-new-tokens", "4", "--mcts-step", "tokens:2",
+                     "--eval-every", "0", "--token-budget", "10000", "--out-dir", str(out), "--device", "cpu"]) == 0
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [l["rollout/tree_groups"] for l in lines] == [1, 1] and lines[-1]["rollout/generated_tokens_total"] > 0

@@ -82,3 +82,13 @@ def test_mixed_batches_train(tmp_path):
     m = tr.train_step()
     assert 0 < m["rollout/tree_groups"] < 4 or m["rollout/tree_groups"] in (0, 4)
     assert torch.isfinite(torch.tensor(m["loss"]))
+
+
+def test_token_budget_stops_training_and_survives_resume(tmp_path):
+    tr = make_trainer(tmp_path, steps=50, token_budget=300, save_every=1)
+    last = tr.train()
+    assert tr.step < 50 and 300 <= tr.generated_total < 300 + 4 * 8 * 8  # stops after the step that crosses it
+    assert last["rollout/generated_tokens_total"] == tr.generated_total
+    again = make_trainer(tmp_path, steps=50, token_budget=300, save_every=1)
+    assert again.resume() and again.generated_total == tr.generated_total and again.budget_spent()
+    assert (tmp_path / "final_hf" / "config.json").is_file()
