@@ -81,7 +81,35 @@ def main(argv=None) -> None:
           f"{sum(f == 'eos' for f in ours.finish)}/{len(prompts)}")
     print(f"transformers generate: {n_hf} tokens in {t_hf:.2f}s = {n_hf / t_hf:.1f} tokens/s")
     print(f"ours                 : {n_ours} tokens in {t_ours:.2f}s = {n_ours / t_ours:.1f} tokens/s")
+    step_s, floor_s = decode_step_floor(model, prompts, pad, dev, sync)
+    print(f"decode step (batch {len(prompts)}): {step_s * 1e3:.2f} ms; floor from reading the weights once: "
+          f"{floor_s * 1e3:.3f} ms; step / floor = {step_s / floor_s:.1f}")
     print(f"ratio ours/transformers tokens/s: {(n_ours / t_ours) / (n_hf / t_hf):.2f}")
+
+
+def decode_step_floor(model, prompts, pad, dev, sync, steps: int = 32):
+    """Time of one decode step on the static path (a CUDA graph on GPU), and the floor set by reading every weight
+    once per step: weight bytes / measured device-to-device copy bandwidth."""
+    from model_io import prefill
+    from model_io.static_decode import StaticStep
+
+    pre = prefill(model, prompts, room=steps + 8, pad_id=pad)
+    step = StaticStep(model, pre.cache, pre.next_pos, graph=dev.type == "cuda")
+    tok = pre.logits.argmax(-1)
+    step(tok)  # warm-up
+    sync(); t0 = time.perf_counter()
+    for _ in range(steps):
+        step(tok)
+    sync(); step_s = (time.perf_counter() - t0) / steps
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    buf = torch.empty(256 * 2**20, dtype=torch.uint8, device=dev)  # 256 MiB
+    out = torch.empty_like(buf)
+    out.copy_(buf)
+    sync(); t0 = time.perf_counter()
+    for _ in range(5):
+        out.copy_(buf)
+    sync(); bw = 2 * buf.numel() * 5 / (time.perf_counter() - t0)  # bytes read + written per second
+    return step_s, nbytes / (bw / 2)  # a step must at least read the weights: bytes / read bandwidth
 
 
 if __name__ == "__main__":

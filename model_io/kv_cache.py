@@ -19,6 +19,9 @@ class KVCache:
     v: torch.Tensor  # [L, B, H_kv, S, D]
     key_mask: torch.Tensor  # [B, S] bool: slot holds a real token
     length: int = 0  # slots filled so far, the same for every row
+    # static decoding (model_io/static_decode.py): the write slot as a device tensor [1], so that a step has fixed
+    # shapes and needs no host value; attention then reads all `capacity` slots under key_mask
+    slot: torch.Tensor | None = None
 
     @classmethod
     def empty(cls, cfg: ModelConfig, batch: int, capacity: int, device, dtype) -> "KVCache":

@@ -76,7 +76,11 @@ class Attention(nn.Module):
             pk, pv = shared.kv[layer]
             k = torch.cat([pk[shared.rows], k], dim=2)  # [B, H_kv, P + T, D]
             v = torch.cat([pv[shared.rows], v], dim=2)
-        if cache is not None:
+        if cache is not None and cache.slot is not None:  # static shapes: write at a device-side slot, read all
+            cache.k[layer].index_copy_(2, cache.slot, k)
+            cache.v[layer].index_copy_(2, cache.slot, v)
+            k, v = cache.k[layer], cache.v[layer]  # [B, H_kv, capacity, D]
+        elif cache is not None:
             s0 = cache.length
             cache.k[layer, :, :, s0 : s0 + T] = k
             cache.v[layer, :, :, s0 : s0 + T] = v
@@ -157,6 +161,8 @@ class Transformer(nn.Module):
         """Final-normed hidden states [B, T, C]. With a cache, the new tokens go to slots [length, length+T)."""
         B, T = tokens.shape
         dev = tokens.device
+        if cache is not None and cache.slot is not None:
+            return self._static_step(tokens, positions, cache)
         s0 = cache.length if cache is not None else 0
         if shared is not None and not shared.collect:
             assert cache is None, "a shared prefix and a KV cache do not mix"
@@ -190,6 +196,18 @@ class Transformer(nn.Module):
             x = layer(x, cos, sin, mask, i, cache, shared)
         if cache is not None:
             cache.length = s0 + T
+        return self.norm(x)
+
+    def _static_step(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One decode token per row at slot `cache.slot`: fixed shapes, no host synchronisation (capturable in a
+        CUDA graph). Every slot is attended under key_mask; slots not yet written must hold zeros, not garbage."""
+        assert tokens.shape[1] == 1 and positions is not None, "static decoding reads one token per row, with positions"
+        cache.key_mask.index_fill_(1, cache.slot, True)
+        mask = cache.key_mask[:, None, None, :]  # [B, 1, 1, capacity]
+        x = self.embed(tokens)
+        cos, sin = self.rope(positions, x.dtype)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask, i, cache)
         return self.norm(x)
 
     def forward(

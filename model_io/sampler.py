@@ -186,8 +186,18 @@ def decode(
     generator: Generators = None,
     stop: StopFn | None = None,
     pad_id: int = 0,
+    static: bool | None = None,
 ) -> SampleResult:
-    """Sample up to cfg.max_new_tokens per row after `prefix` (which is consumed: fork it first to keep it)."""
+    """Sample up to cfg.max_new_tokens per row after `prefix` (which is consumed: fork it first to keep it).
+
+    static (default: on CUDA, with one generator or none): fixed shapes and a CUDA graph per step
+    (model_io/static_decode.py) instead of dropping finished rows, which suits a compute-bound CPU."""
+    if static is None:
+        static = prefix.logits.device.type == "cuda" and (generator is None or isinstance(generator, torch.Generator))
+    if static and cfg.max_entropy <= 0:
+        from .static_decode import decode_static
+
+        return decode_static(model, prefix, cfg, generator, stop, pad_id)
     R, T = prefix.rows, cfg.max_new_tokens
     if prefix.cache.capacity - prefix.cache.length < T - 1:
         raise ValueError(f"prefix has room for {prefix.cache.capacity - prefix.cache.length} tokens, needs {T - 1}")
@@ -244,12 +254,13 @@ def generate(
     n: int = 1,
     stop: StopFn | None = None,
     pad_id: int = 0,
+    static: bool | None = None,
 ) -> SampleResult:
     """`n` completions per prompt, rows grouped by prompt: row b*n + g is completion g of prompt b.
     Each prompt is run through the model once; its n rows continue from copies of its cache."""
     prefix = prefill(model, prompts, room=cfg.max_new_tokens, pad_id=pad_id)
     if n > 1:
         prefix = prefix.fork(torch.arange(len(prompts)).repeat_interleave(n))
-    res = decode(model, prefix, cfg, generator, stop, pad_id)
+    res = decode(model, prefix, cfg, generator, stop, pad_id, static)
     res.forward_tokens += sum(len(p) for p in prompts)
     return res

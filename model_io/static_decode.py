@@ -1,0 +1,134 @@
+"""Static-shape decoding: fixed batch slots, the whole preallocated cache attended under a mask, finished rows
+masked rather than removed, and no host synchronisation per token, so that one decode step can be captured in a
+CUDA graph and replayed (gpt-fast's shape; on a GPU, launch overhead rather than FLOPs bounds a small model).
+
+The dynamic path (sampler.decode) suits a compute-bound CPU: it drops finished rows and attends only to the
+filled slots. This path suits a GPU: every step has the same shapes. `decode(..., static=None)` picks this one
+on CUDA. The host looks at the rows only every `check_every` tokens (all finished? a stop string?).
+"""
+from __future__ import annotations
+
+import torch
+
+from .kv_cache import KVCache
+from .model import Transformer
+
+
+class StaticStep:
+    """One decode step on fixed buffers: tok [R], pos [R], cache.slot [1] in; logits [R, V] out.
+    With `graph=True` (CUDA) the step is captured once in a CUDA graph and replayed; a failed capture falls back
+    to eager steps with a warning, so a driver or kernel that cannot be captured costs speed, not the run."""
+
+    def __init__(self, model: Transformer, cache: KVCache, next_pos: torch.Tensor, graph: bool = False):
+        self.model, self.cache = model, cache
+        dev = next_pos.device
+        R = next_pos.shape[0]
+        cache.k[:, :, :, cache.length :].zero_()  # attended under the mask: must be zeros (0 * NaN would poison)
+        cache.v[:, :, :, cache.length :].zero_()
+        cache.slot = torch.tensor([cache.length], device=dev)
+        self.tok = torch.zeros(R, 1, dtype=torch.long, device=dev)  # [R, 1]
+        self.pos = next_pos.clone()[:, None]  # [R, 1]
+        self.logits = torch.zeros(R, model.cfg.vocab_size, device=dev)  # [R, V] float32
+        self.graph = None
+        if graph and dev.type == "cuda":
+            self._capture()
+
+    def _eager(self) -> None:
+        self.logits.copy_(self.model(self.tok, positions=self.pos, cache=self.cache, last_only=True).float())
+
+    def _capture(self) -> None:
+        import warnings
+
+        key_mask = self.cache.key_mask.clone()
+        try:
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):  # warm-up on a side stream, as torch.cuda.graphs asks
+                for _ in range(2):
+                    self._eager()
+            torch.cuda.current_stream().wait_stream(s)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                self._eager()
+            self.graph = g
+        except Exception as e:  # noqa: BLE001 (any capture failure: run eagerly)
+            warnings.warn(f"CUDA graph capture failed ({type(e).__name__}: {e}); decoding eagerly", stacklevel=2)
+            self.graph = None
+        # the warm-up and capture wrote this slot's key mask and cache entries: restore the mask (the entries
+        # are overwritten by the real step before anything reads them)
+        self.cache.key_mask.copy_(key_mask)
+
+    def __call__(self, tok: torch.Tensor) -> torch.Tensor:
+        """Read tok [R]; returns the next logits [R, V] (a buffer, overwritten by the next call)."""
+        self.tok.copy_(tok[:, None])
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._eager()
+        self.pos += 1
+        self.cache.slot += 1
+        return self.logits
+
+
+@torch.no_grad()
+def decode_static(model: Transformer, prefix, cfg, generator=None, stop=None, pad_id: int = 0, check_every: int = 16,
+                  graph: bool = True):
+    """Same contract as sampler.decode (returns a SampleResult), with static shapes: every row runs every step
+    until the host, every `check_every` tokens, sees all rows finished. Finished rows keep their slot (masked)."""
+    from .sampler import EOS, LENGTH, STOP, SampleResult, _pick
+
+    R, T = prefix.rows, cfg.max_new_tokens
+    dev = prefix.logits.device
+    if prefix.cache.capacity - prefix.cache.length < T - 1:
+        raise ValueError(f"prefix has room for {prefix.cache.capacity - prefix.cache.length} tokens, needs {T - 1}")
+    tokens = torch.full((R, T), pad_id, dtype=torch.long, device=dev)
+    logprobs = torch.zeros(R, T, dtype=torch.float32, device=dev)
+    lengths = torch.full((R,), T, dtype=torch.long, device=dev)
+    reason = torch.zeros(R, dtype=torch.long, device=dev)  # 0 length, 1 eos, 2 stop
+    done = torch.zeros(R, dtype=torch.bool, device=dev)
+    eos = torch.tensor(cfg.eos_ids, dtype=torch.long, device=dev)
+    rows = torch.arange(R, device=dev)
+    step = StaticStep(model, prefix.cache, prefix.next_pos, graph=graph) if T > 1 else None
+    logits, checked, t_end = prefix.logits, 0, T
+    for t in range(T):
+        tok, lp = _pick(logits, cfg, generator, rows)  # device ops only
+        tokens[:, t] = torch.where(done, torch.full_like(tok, pad_id), tok)
+        logprobs[:, t] = torch.where(done, torch.zeros_like(lp), lp)
+        ended = ~done & torch.isin(tok, eos)
+        lengths = torch.where(ended, torch.full_like(lengths, t + 1), lengths)
+        reason = torch.where(ended, torch.ones_like(reason), reason)
+        done |= ended
+        if (t + 1) % check_every == 0 or t == T - 1:  # the only host synchronisation: every check_every tokens
+            if stop is not None:
+                _stop_strings(tokens, lengths, reason, done, stop, checked, t + 1)
+            checked = t + 1
+            if bool(done.all()):
+                t_end = t + 1
+                break
+        if t < T - 1:
+            logits = step(tok)
+    keep = torch.arange(T, device=dev)[None] < lengths[:, None]
+    tokens = torch.where(keep, tokens, torch.full_like(tokens, pad_id))
+    logprobs = torch.where(keep, logprobs, torch.zeros_like(logprobs))
+    names = {0: LENGTH, 1: EOS, 2: STOP}
+    forward_tokens = R * (t_end - 1)
+    return SampleResult(tokens, logprobs, lengths, [names[int(x)] for x in reason.tolist()], forward_tokens)
+
+
+def _stop_strings(tokens, lengths, reason, done, stop, t0: int, t1: int) -> None:
+    """Rows that completed a stop string at a position in [t0, t1): end them there (in place)."""
+    toks, L, fin = tokens[:, :t1].tolist(), lengths.tolist(), done.tolist()
+    pairs, tails = [], []
+    for r in range(len(toks)):
+        end = L[r] if fin[r] else t1
+        for t in range(t0, min(t1, end)):
+            pairs.append((r, t))
+            tails.append(toks[r][max(0, t + 1 - stop.window) : t + 1])
+    if not tails:
+        return
+    hit = stop(tails)
+    seen = set()
+    for (r, t), h in zip(pairs, hit):
+        if h and r not in seen:  # the first position in the chunk that completes a stop string
+            seen.add(r)
+            lengths[r], reason[r], done[r] = t + 1, 2, True
