@@ -17,6 +17,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    group: bool = False  # a process group is initialised (under torchrun, even with one process)
 
     @property
     def main(self) -> bool:
@@ -24,11 +25,12 @@ class Dist:
 
     @property
     def on(self) -> bool:
-        return self.world > 1
+        return self.group
 
 
 def init_from_env(device_pref: str = "auto") -> tuple[Dist, torch.device]:
-    """Under torchrun (RANK/WORLD_SIZE set): join the process group, NCCL on CUDA, gloo on CPU."""
+    """Under torchrun (RANK/WORLD_SIZE set): join the process group, NCCL on CUDA, gloo on CPU. One process under
+    torchrun still forms a group, so `torchrun --nproc_per_node 1` checks that NCCL initialises and trains."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -40,11 +42,12 @@ def init_from_env(device_pref: str = "auto") -> tuple[Dist, torch.device]:
             raise ValueError(f"--device {device_pref} asked for but CUDA is not available here: use --device cpu")
         if device.type == "cuda" and world > 1:
             device = torch.device(f"cuda:{local}")
-    if world > 1 and not dist.is_initialized():
+    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    if launched and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank, world, local), device
+    return Dist(rank, world, local, group=dist.is_initialized()), device
 
 
 def shard(items: list, d: Dist) -> list:

@@ -101,6 +101,7 @@ class Trainer:
         self.step = 0
         self.bad_steps = 0
         self.generated_total = 0  # tokens sampled for rollouts so far, all processes
+        self._t_start = time.perf_counter()
         self._prompt_cache: dict[int, list[int]] = {}
         self._perm: tuple[int, torch.Tensor | None] = (-1, None)
         self.log = RunLog(run_dir, enabled=dist.main)
@@ -310,11 +311,14 @@ class Trainer:
         """Run to cfg.steps (or stop after `until_step`, as a kill would); returns the last metrics."""
         cfg, last = self.cfg, {}
         end = min(cfg.steps, until_step or cfg.steps)
+        self._t_start = time.perf_counter()
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not (self.progress and self.dist.main))
         try:
-            while self.step < end and not self.budget_spent():
+            spent = False
+            while self.step < end and not spent:
                 last = self.train_step()
-                final = self.step == cfg.steps or self.budget_spent()
+                spent = self._budget_spent_everywhere()
+                final = self.step == cfg.steps or spent
                 if cfg.eval_every and (self.step % cfg.eval_every == 0 or final) and self.dist.main:
                     last.update(self.evaluate())
                 self.log.log(self.step, last)
@@ -323,15 +327,21 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(reward=f"{last['reward']:.3f}", kl=f"{last['kl']:.4f}",
                                 **({"acc": f"{last['eval/accuracy_strict']:.3f}"} if "eval/accuracy_strict" in last else {}))
-            if (self.step == cfg.steps or self.budget_spent()) and self.dist.main:
+            if (self.step == cfg.steps or spent) and self.dist.main:
                 export_hf(self.model, self.tok, self.run_dir / "final_hf")
         finally:
             bar.close()
             self.log.close()
         return last
 
+    def _budget_spent_everywhere(self) -> bool:
+        """One decision for all ranks (clocks differ), so that no rank waits forever on the others."""
+        flag = torch.tensor([float(self.budget_spent())], device=self.model.device)
+        return bool(D.all_reduce_sum(flag, self.dist).item() > 0)
+
     def budget_spent(self) -> bool:
-        return bool(self.cfg.token_budget) and self.generated_total >= self.cfg.token_budget
+        over_time = bool(self.cfg.max_minutes) and time.perf_counter() - self._t_start > 60 * self.cfg.max_minutes
+        return over_time or (bool(self.cfg.token_budget) and self.generated_total >= self.cfg.token_budget)
 
     def estimate_step_seconds(self) -> float:
         """A rough upper estimate of one step, from a probe: 8 decode steps of one micro-batch of rows and one

@@ -92,3 +92,9 @@ def test_token_budget_stops_training_and_survives_resume(tmp_path):
     again = make_trainer(tmp_path, steps=50, token_budget=300, save_every=1)
     assert again.resume() and again.generated_total == tr.generated_total and again.budget_spent()
     assert (tmp_path / "final_hf" / "config.json").is_file()
+
+
+def test_max_minutes_stops_training(tmp_path):
+    tr = make_trainer(tmp_path, steps=1000, max_minutes=1e-9)
+    tr.train()
+    assert tr.step == 1 and (tmp_path / "final_hf" / "config.json").is_file()  # one step, then final eval/export

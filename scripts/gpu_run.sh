@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# One command for a GPU run: every figure the project claims on a GPU, each step timed and written as soon as
+# it finishes (a run cut off still leaves numbers), then OUT_DIR/summary.md with the card's name and the date.
+#
+#   GSM8K_DIR=/path/to/gsm8k bash scripts/gpu_run.sh MODEL OUT_DIR [MINUTES]
+#
+# MODEL: any model spec (e.g. the staged GGUF /root/m/SmolLM2-135M-Instruct.Q4_1.gguf). MINUTES (default 8) bounds
+# the whole run: the GRPO step gets what the other steps leave. Needs torch, transformers, accelerate,
+# safetensors, tqdm, tensorboard (+ gguf for a .gguf model); no datasets, no network. SMALL=1 shrinks every size
+# (a CPU rehearsal of the script).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+MODEL=${1:?usage: scripts/gpu_run.sh MODEL OUT_DIR [MINUTES]}
+OUT=${2:?usage: scripts/gpu_run.sh MODEL OUT_DIR [MINUTES]}
+MINUTES=${3:-8}
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+mkdir -p "$OUT"
+START=$(date +%s)
+if [ "${SMALL:-0}" = 1 ]; then B1=4; B2=8; NEW=16; Q=4; QM=2; SIMS=1; else B1=64; B2=256; NEW=256; Q=500; QM=128; SIMS=8; fi
+left() { echo $(( MINUTES * 60 - ($(date +%s) - START) )); }
+step() {  # step NAME CMD...: run, time, keep the log; a failed step is recorded and the run goes on
+  local name=$1; shift
+  local t0=$(date +%s)
+  echo "== $name"
+  "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "$name rc=$rc seconds=$(( $(date +%s) - t0 ))" | tee -a "$OUT/steps.txt"
+  tail -n 5 "$OUT/$name.log"
+}
+step 1-env "$PY" scripts/gpu_env.py "$OUT/env.json"
+step 2-sampler-b$B1 "$PY" bench/sampler.py --model "$MODEL" --batch $B1 --max-new-tokens $NEW
+step 2-sampler-b$B2 "$PY" bench/sampler.py --model "$MODEL" --batch $B2 --max-new-tokens $NEW
+step 3-eval-start "$PY" run.py eval --model "$MODEL" --limit $Q --max-new-tokens $NEW --batch-size 128 --out-dir "$OUT/eval-start"
+TRAIN_MIN=$(( ($(left) - 150) / 60 ))  # leave ~2.5 minutes for the evaluations after it
+if [ "$TRAIN_MIN" -ge 1 ]; then
+  step 4-train "$PY" run.py train --model "$MODEL" --max-minutes $TRAIN_MIN --steps 100000 --eval-every 0 --save-every 100000 \
+       --out-dir "$OUT/train" $( [ "${SMALL:-0}" = 1 ] && echo --prompts-per-step 1 --group-size 2 --max-new-tokens $NEW )
+  step 4-eval-trained "$PY" run.py eval --model "$OUT/train/final_hf" --limit $Q --max-new-tokens $NEW --batch-size 128 --out-dir "$OUT/eval-trained"
+else
+  echo "4-train skipped: no time left" | tee -a "$OUT/steps.txt"
+fi
+# one GPU: a 1-process NCCL group must initialise and take training steps (the multi-GPU path, issue 5 sec. 3)
+step 4-nccl "$PY" -m torch.distributed.run --nproc_per_node 1 run.py train --model "$MODEL" --steps 2 --prompts-per-step 1 \
+     --group-size 2 --max-new-tokens 16 --eval-every 0 --out-dir "$OUT/nccl"
+step 5-compare "$PY" bench/compare.py --model "$MODEL" --limit $QM --n 1,4,8 --sims $SIMS --max-new-tokens $NEW --batch-size 64 --out "$OUT/compare"
+# 6. summary
+"$PY" - "$OUT" <<'PYEOF'
+import json, sys, datetime
+from pathlib import Path
+out = Path(sys.argv[1])
+def load(p):
+    try:
+        return json.loads((out / p).read_text())
+    except (OSError, ValueError):
+        return None
+env = load("env.json") or {}
+lines = [f"# GPU run: {env.get('device', '?')}, {datetime.date.today()}", "", "| figure | value |", "|---|---|"]
+for k, v in env.items():
+    lines.append(f"| {k} | {v} |")
+for f in sorted(out.glob("2-sampler-*.log")):
+    for l in f.read_text().splitlines():
+        if l.startswith(("transformers generate:", "ours", "decode step", "ratio")):
+            lines.append(f"| {f.stem}: {l.split(':')[0]} | {l.split(':', 1)[1].strip()} |")
+for name in ("eval-start", "eval-trained"):
+    s = load(f"{name}/summary.json")
+    if s:
+        lines.append(f"| {name} accuracy strict / lenient ({s['questions']} questions) | {s['accuracy_strict']:.3f} / {s['accuracy_lenient']:.3f} |")
+m = (out / "train/metrics.jsonl")
+if m.is_file():
+    ms = [json.loads(l) for l in m.read_text().splitlines() if l.strip()]
+    if ms:
+        lines.append(f"| GRPO steps / first reward / last reward | {ms[-1]['step']} / {ms[0]['reward']:.3f} / {ms[-1]['reward']:.3f} |")
+        lines.append(f"| GRPO mean step time (s) | {sum(x['step_time'] for x in ms) / len(ms):.2f} |")
+c = load("compare/compare.json")
+if c:
+    for r in c["rows"]:
+        lines.append(f"| compare {r['strategy']} {r['budget']}: accuracy lenient, tokens/question | {r['accuracy_lenient']:.3f}, {r['generated_tokens_per_question']:.0f} |")
+steps = (out / "steps.txt")
+if steps.is_file():
+    lines += ["", "Steps:", "", "```", steps.read_text().strip(), "```"]
+(out / "summary.md").write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
+PYEOF
