@@ -97,6 +97,12 @@ class QuestionResult:
     forward_tokens: int = 0  # tokens run through the model for it
 
 
+def one_answer(p: Problem, text: str, n_tokens: int, finish: str, generated: int, forward: int) -> QuestionResult:
+    """The result of a strategy that gives one answer per question (tree search, lookahead decoding)."""
+    return QuestionResult(p.index, p.question, p.answer, [text], [parse_strict(text)], [parse_lenient(text)], [n_tokens],
+                          [finish], 0, generated, forward)
+
+
 def majority(answers: Sequence[str | None]) -> str | None:
     """Most frequent parsed answer (ties: the one seen first); None if nothing parsed."""
     votes = Counter(a for a in answers if a is not None)
@@ -177,15 +183,11 @@ def evaluate(
             if cfg.search == "mcts" and cfg.mcts_when != "tree":
                 found = lookahead_decode(model, tokenizer, prompts, cfg.search_config(), When.parse(cfg.mcts_when),
                                          cfg.fallback_p, [p.index for p in batch], cfg.seed)
-                new = [QuestionResult(p.index, p.question, p.answer, [f.text], [parse_strict(f.text)], [parse_lenient(f.text)],
-                                      [len(f.tokens)], [f.finish], 0, f.generated_tokens, f.forward_tokens)
-                       for p, f in zip(batch, found)]
+                new = [one_answer(p, f.text, len(f.tokens), f.finish, f.generated_tokens, f.forward_tokens) for p, f in zip(batch, found)]
             elif cfg.search == "mcts":
                 found = search(model, tokenizer, prompts, cfg.search_config(), [p.index for p in batch], cfg.seed,
                                keep_trees=trees is not None)
-                new = [QuestionResult(p.index, p.question, p.answer, [f.text], [parse_strict(f.text)], [parse_lenient(f.text)],
-                                      [f.answer_tokens], [f.finish], 0, f.generated_tokens, f.forward_tokens)
-                       for p, f in zip(batch, found)]
+                new = [one_answer(p, f.text, f.answer_tokens, f.finish, f.generated_tokens, f.forward_tokens) for p, f in zip(batch, found)]
                 if trees:
                     for p, f in zip(batch, found):
                         trees.write(json.dumps({"index": p.index, "question": p.question, "gold": p.answer, "answer": f.answer, **f.tree}) + "\n")

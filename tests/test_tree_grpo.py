@@ -79,9 +79,12 @@ def test_tree_rollouts_learn_the_synthetic_task(tmp_path, advantage):
 
 def test_mixed_batches_train(tmp_path):
     tr = make_trainer(tmp_path, rollouts="mcts", mcts_prob=0.5, mcts_step="tokens:2", beta=0.04)
-    m = tr.train_step()
-    assert 0 < m["rollout/tree_groups"] < 4 or m["rollout/tree_groups"] in (0, 4)
-    assert torch.isfinite(torch.tensor(m["loss"]))
+    counts = []
+    for step in range(3):
+        counts.append(sum(use_tree(0, step, i, 0.5) for i in tr.step_indices(step)))
+        m = tr.train_step()
+        assert m["rollout/tree_groups"] == counts[-1] and torch.isfinite(torch.tensor(m["loss"]))
+    assert any(0 < c < 4 for c in counts)  # some step really mixed tree groups and sampled groups
 
 
 def test_token_budget_stops_training_and_survives_resume(tmp_path):
