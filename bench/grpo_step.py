@@ -56,7 +56,7 @@ def run_ours(a) -> dict:
     model, tok = load(a.hf_dir)
     cfg = TrainConfig(steps=a.warmup + a.steps, prompts_per_step=a.prompts, group_size=a.group, max_new_tokens=a.max_new_tokens,
                       micro_batch=a.micro_batch, beta=a.beta, lr=a.lr, warmup_steps=0, stop="", eval_every=0,
-                      save_every=10**6, log_samples=0, seed=a.seed, device="cpu")
+                      save_every=10**6, log_samples=0, seed=a.seed, device="cpu", deterministic=not a.nondeterministic)
     with tempfile.TemporaryDirectory() as d:
         tr = Trainer(cfg, model, tok, load_gsm8k("train", a.gsm8k), [], Path(d), progress=False)
         times, lengths = [], []
@@ -135,6 +135,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="timed steps (default: 3)")
     ap.add_argument("--seed", type=int, default=0, help="default: 0")
     ap.add_argument("--gsm8k", default=None, help="GSM8K file or directory (default: $GSM8K_DIR, else the hub)")
+    ap.add_argument("--nondeterministic", action="store_true", help="ours without deterministic kernels (default: off, as training runs)")
     ap.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--hf-dir", help=argparse.SUPPRESS)
     a = ap.parse_args()

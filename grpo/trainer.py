@@ -87,8 +87,10 @@ class Trainer:
         if self.ref is not None:
             set_packed(self.ref, False)  # teacher-forced passes only: not worth a second copy of its weights
         self.params = [p for p in model.parameters() if p.requires_grad]  # tied weights appear once
+        # fused: one kernel per step instead of a dozen passes over every weight (on this CPU the unfused step of a
+        # 135M model took ~1 s of a 12 s GRPO step); the same update, elementwise
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                     weight_decay=cfg.weight_decay, eps=1e-8)
+                                     weight_decay=cfg.weight_decay, eps=1e-8, fused=True)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, warmup_cosine(cfg.warmup_steps, cfg.steps))
         self.sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                        eos_ids=stop_token_ids(tokenizer, model.cfg.eos_token_ids))
