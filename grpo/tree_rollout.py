@@ -114,7 +114,7 @@ def collect_tree(
         parent = torch.tensor(f.parent)
         A_node = torch.zeros(len(f.parent))
         if advantage != "outcome" and fin:
-            r_fin = torch.tensor(rewards([r.text for r in fin], answers=[golds[b]] * len(fin), completion_ids=[r.ids for r in fin]).total)
+            r_fin = torch.tensor([r.value * scale for r in fin])  # the search's value is the reward / scale
             A_node = step_advantages(parent, node_values(parent, torch.tensor([r.node for r in fin]), r_fin))
         for rec in pick:
             per_tok, pos = [], 0
