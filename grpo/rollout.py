@@ -5,7 +5,6 @@ completions, a micro-batch at a time.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -14,6 +13,7 @@ import torch
 from data import Problem, StopOnText
 from model_io import SamplingConfig, Transformer, generate
 from model_io.logprobs import logprobs_from_hidden
+from model_io.sampler import key_generator
 from model_io.model import SharedPrefix
 
 from .loss import group_advantages
@@ -47,12 +47,7 @@ class Rollout:
 def row_generators(seed: int, step: int, prompt_ids: Sequence[int], G: int, device) -> list[torch.Generator]:
     """One generator per completion, seeded from (seed, step, prompt's dataset index, g): a completion's
     randomness does not depend on which process or batch samples it, so resuming and sharding reproduce it."""
-    gens = []
-    for pid in prompt_ids:
-        for g in range(G):
-            h = hashlib.blake2b(f"{seed}/{step}/{pid}/{g}".encode(), digest_size=8).digest()
-            gens.append(torch.Generator(device=device).manual_seed(int.from_bytes(h, "little") & (2**63 - 1)))
-    return gens
+    return [key_generator(f"{seed}/{step}/{pid}/{g}", device) for pid in prompt_ids for g in range(G)]
 
 
 @torch.no_grad()
@@ -103,7 +98,7 @@ def completion_logprobs(
     of_row = rows // G  # [n] prompt of each row
     uniq, inv = torch.unique(of_row, return_inverse=True) if share_prompt else (of_row, torch.arange(len(rows)))
     prompts = [rollout.prompts[int(b)] for b in uniq]
-    U, P, n = len(prompts), max(map(len, prompts)), len(rows)
+    U, P = len(prompts), max(map(len, prompts))
     ptok = torch.full((U, P), pad_id, dtype=torch.long)
     pmask = torch.zeros(U, P, dtype=torch.bool)
     for u, p in enumerate(prompts):  # left padding: every prompt ends at slot P-1

@@ -137,7 +137,6 @@ class Trainer:
         t0 = time.perf_counter()
         G = cfg.group_size
         idx = self.step_indices(self.step)
-        problems = [self.train_set[i] for i in idx]
 
         # rollout -> reward -> advantage (plain samples, or a tree search per prompt: grpo/tree_rollout.py)
         model.eval()

@@ -14,7 +14,6 @@ Sibling trajectories share their path's tokens, which were generated once (count
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, replace
 from typing import Sequence
@@ -24,6 +23,7 @@ import torch
 from data import Problem
 from mcts.search import Candidates, SearchConfig, search
 from model_io import Transformer
+from model_io.sampler import key_uniform
 
 from .loss import group_advantages
 from .rewards import RewardSet
@@ -57,8 +57,7 @@ def use_tree(seed: int, step: int, prompt_id: int, p: float) -> bool:
     """Per prompt, the tree with probability p (a hash, not the global RNG: p = 0 leaves every other draw alone)."""
     if p <= 0:
         return False
-    h = hashlib.blake2b(f"tree/{seed}/{step}/{prompt_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") / 2**64 < p
+    return key_uniform(f"tree/{seed}/{step}/{prompt_id}") < p
 
 
 @dataclass

@@ -10,7 +10,6 @@ At a decision point the search starts from the answer so far and commits its roo
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
@@ -18,6 +17,7 @@ import torch
 
 from data import StopOnText, stop_token_ids
 from model_io import SamplingConfig, Transformer, generate
+from model_io.sampler import key_uniform
 
 from .search import SearchConfig, newline_table, parse_answer, search, self_consistency_value, step_ends
 
@@ -54,8 +54,7 @@ class LookaheadResult:
 
 
 def _coin(seed: int, qid: int, decision: int) -> float:
-    h = hashlib.blake2b(f"fallback/{seed}/{qid}/{decision}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") / 2**64
+    return key_uniform(f"fallback/{seed}/{qid}/{decision}")
 
 
 @torch.no_grad()

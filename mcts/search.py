@@ -17,7 +17,6 @@ pass a value function that uses correctness.
 """
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -27,6 +26,7 @@ import torch
 from data import StopOnText, parse_lenient, parse_strict, stop_token_ids
 from grpo.rewards import soft_format_reward_func
 from model_io import SamplingConfig, Transformer, decode, extend, prefill
+from model_io.sampler import key_generator
 
 from .tree import ROOT, UNEXPANDED, Tree, backup, expand, select
 
@@ -164,12 +164,7 @@ def path_tokens(tree: Tree, steps: torch.Tensor, step_len: torch.Tensor, rows: t
 
 
 def row_generators(seed: int, question_ids: Sequence[int], sim: int, K: int) -> list[torch.Generator]:
-    gens = []
-    for q in question_ids:
-        for k in range(K):
-            h = hashlib.blake2b(f"mcts/{seed}/{q}/{sim}/{k}".encode(), digest_size=8).digest()
-            gens.append(torch.Generator().manual_seed(int.from_bytes(h, "little") & (2**63 - 1)))
-    return gens
+    return [key_generator(f"mcts/{seed}/{q}/{sim}/{k}") for q in question_ids for k in range(K)]
 
 
 def parse_answer(text: str) -> str | None:

@@ -11,6 +11,7 @@ Sampling takes an explicit torch.Generator: the same seed and inputs give the sa
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
@@ -123,6 +124,21 @@ def prefill(model: Transformer, prompts: Sequence[Sequence[int]], room: int, pad
 
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def key_hash(key: str) -> int:
+    """64 bits from a string key, so that randomness is tied to what is sampled (seed, step, prompt, row) rather
+    than to batch order or process: GRPO shards, resumed runs and tree searches reproduce their draws."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+
+
+def key_generator(key: str, device="cpu") -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(key_hash(key) & (2**63 - 1))
+
+
+def key_uniform(key: str) -> float:
+    """A number in [0, 1) from a string key (a coin that consumes no generator's state)."""
+    return key_hash(key) / 2**64
 
 
 @torch.no_grad()
