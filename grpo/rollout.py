@@ -87,8 +87,10 @@ def completion_logprobs(
     pad_id: int,
     chunk: int = 128,
     share_prompt: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """log pi(completion tokens) [n, T] (with grad when enabled) and the per-token entropy [n, T] (detached).
+    with_entropy: bool = True,
+):
+    """log pi(completion tokens) [n, T] (with grad when enabled) and the per-token entropy [n, T] (detached);
+    with_entropy=False: the log-probs alone.
 
     share_prompt: each distinct prompt among `rows` goes through the model once and its rows attend to its
     keys/values ("Prefix Grouper", 2025): with 150-token prompts, 64-token completions and 4 rows per prompt
@@ -122,4 +124,4 @@ def completion_logprobs(
         key_mask = torch.cat([pmask, cmask], dim=1)
         positions = torch.cat([ppos, cpos], dim=1)
         hidden = model.hidden(tokens, positions=positions, key_mask=key_mask)[:, P - 1 : P + T - 1]  # [n, T, C]
-    return logprobs_from_hidden(hidden, model.lm_head.weight, comp, chunk, with_entropy=True)
+    return logprobs_from_hidden(hidden, model.lm_head.weight, comp, chunk, with_entropy=with_entropy)

@@ -82,6 +82,9 @@ class Trainer:
         self.rewards = rewards or RewardSet.parse(cfg.rewards)
         if cfg.deterministic and model.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)  # process-wide: exact resume needs it
+            # ...but not its NaN-filling of every torch.empty (47k fills, ~0.25 s a step): our KV caches are
+            # allocated uninitialised on purpose and every slot read is written first (tests/test_sampler.py)
+            torch.utils.deterministic.fill_uninitialized_memory = False
         self.shots = train[: cfg.shots]
         self.ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.beta > 0 else None
         if self.ref is not None:
@@ -224,7 +227,7 @@ class Trainer:
         for rows in micro:
             T = int(ro.mask[rows].sum(-1).max())
             with self.autocast():
-                lp = completion_logprobs(model, ro, rows, T, self.tok.pad_token_id, self.cfg.logprob_chunk)[0]
+                lp = completion_logprobs(model, ro, rows, T, self.tok.pad_token_id, self.cfg.logprob_chunk, with_entropy=False)
             out[rows, :T] = lp.to(out.device)
         return out
 

@@ -1,27 +1,57 @@
 """Log-probabilities of given tokens, computed a chunk of positions at a time.
 
 A full [B, T, V] float32 logits tensor is the memory wall of RL fine-tuning (B=64, T=512, V=152k is 20 GB).
-Here the LM head and log-softmax run on `chunk` positions at a time, and under autograd each chunk is
-checkpointed: backward recomputes its logits instead of keeping them, so only the [B, T, C] hidden states and
-[B, chunk, V] for one chunk are ever alive.
+Here the LM head and log-softmax run on `chunk` positions at a time, and under autograd a chunk keeps nothing
+of size V for backward: `_ChunkLogProb` saves the hidden states, the targets and the log-normaliser, and its
+backward recomputes the logits once. (torch.utils.checkpoint would do the same with less code, but it reruns
+the whole forward: the logsumexp and the logging entropy again, ~25% more time on the LM head here.)
 """
 from __future__ import annotations
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from .model import Transformer
 
 
-def _chunk_logprobs(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, with_entropy: bool = False):
-    logits = (h @ weight.T).float()  # [B, c, V], float32 so that log-probs of rare tokens keep their precision
-    lse = torch.logsumexp(logits, dim=-1)  # [B, c]
-    lp = logits.gather(-1, targets[..., None]).squeeze(-1) - lse  # [B, c]
-    if not with_entropy:
-        return lp
-    with torch.no_grad():  # for logging only: H = logsumexp - sum p * logits
-        ent = lse - (logits.softmax(-1) * logits).sum(-1)
-    return lp, ent
+def _compute_dtype(h: torch.Tensor) -> torch.dtype:
+    """The dtype the LM head matmul runs in: autocast's (bf16 on GPU training) if on, else the hidden states'."""
+    dev = h.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
+
+
+class _ChunkLogProb(torch.autograd.Function):
+    """lp[b, t] = logits[b, t, y] - logsumexp(logits[b, t]) with logits = h W^T, as float32 [B, c].
+
+    d lp / d logits = onehot(y) - softmax(logits), so backward needs only the softmax, rebuilt from the saved
+    log-normaliser as exp(logits - lse) after one recomputed matmul."""
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, dtype, want_entropy):
+        with torch.autocast(h.device.type, enabled=False):
+            logits = (h.to(dtype) @ weight.to(dtype).T).float()  # [B, c, V], float32: rare tokens keep precision
+            lse = torch.logsumexp(logits, dim=-1)  # [B, c]
+            lp = logits.gather(-1, targets[..., None]).squeeze(-1) - lse  # [B, c]
+            ent = None
+            if want_entropy:  # for logging only: H = -sum p log p, with log p = logits - lse
+                logp = logits.sub_(lse[..., None])  # in place: logits are not needed any more
+                ent = -(logp.exp() * logp).sum(-1)  # [B, c]
+        ctx.save_for_backward(h, weight, targets, lse)
+        ctx.dtype = dtype
+        ctx.mark_non_differentiable(*([ent] if ent is not None else []))
+        return lp, ent
+
+    @staticmethod
+    def backward(ctx, g_lp, _g_ent):
+        h, weight, targets, lse = ctx.saved_tensors
+        dt = ctx.dtype
+        w = weight.to(dt)
+        with torch.autocast(h.device.type, enabled=False):
+            dlogits = (h.to(dt) @ w.T).float().sub_(lse[..., None]).exp_().mul_(-g_lp[..., None])  # -g * softmax
+            dlogits.scatter_add_(-1, targets[..., None], g_lp[..., None])  # + g * onehot(y)
+            dlogits = dlogits.to(dt)  # [B, c, V]
+            grad_h = (dlogits @ w).to(h.dtype) if ctx.needs_input_grad[0] else None
+            grad_w = (dlogits.flatten(0, -2).T @ h.to(dt).flatten(0, -2)).to(weight.dtype) if ctx.needs_input_grad[1] else None
+        return grad_h, grad_w, None, None, None
 
 
 def logprobs_from_hidden(
@@ -34,16 +64,11 @@ def logprobs_from_hidden(
     """log p(targets[b, t] | hidden[b, t]) as float32 [B, T]; with_entropy: also the entropy [B, T] (detached)."""
     B, T, _ = hidden.shape
     assert targets.shape == (B, T), f"targets {tuple(targets.shape)} != {(B, T)}"
-    parts = []
-    for s in range(0, T, chunk):
-        h, y = hidden[:, s : s + chunk], targets[:, s : s + chunk]
-        if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-            parts.append(checkpoint(_chunk_logprobs, h, weight, y, with_entropy, use_reentrant=False))
-        else:
-            parts.append(_chunk_logprobs(h, weight, y, with_entropy))
-    if not with_entropy:
-        return torch.cat(parts, dim=1)
-    return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
+    dtype = _compute_dtype(hidden)
+    parts = [_ChunkLogProb.apply(hidden[:, s : s + chunk], weight, targets[:, s : s + chunk], dtype, with_entropy)
+             for s in range(0, T, chunk)]
+    lp = torch.cat([p[0] for p in parts], dim=1)
+    return (lp, torch.cat([p[1] for p in parts], dim=1)) if with_entropy else lp
 
 
 def token_logprobs(

@@ -39,7 +39,7 @@ def test_left_padding_does_not_change_log_probs():
 
 
 def test_no_full_vocab_tensor_is_kept_for_backward():
-    """With checkpointing, autograd keeps no [B, chunk, V] logits: the saved tensors are only inputs."""
+    """Autograd keeps no [B, chunk, V] logits: the saved tensors are the inputs and the log-normaliser."""
     B, T, C, V = 2, 64, 8, 1000
     h = torch.randn(B, T, C, requires_grad=True)
     w = torch.randn(V, C, requires_grad=True)
@@ -50,3 +50,23 @@ def test_no_full_vocab_tensor_is_kept_for_backward():
     lp.sum().backward()
     assert max(saved) < B * 16 * V  # nothing as large as one chunk's logits survives to backward
     assert h.grad is not None and w.grad is not None
+
+
+def test_entropy_and_gradients_match_autograd_of_log_softmax():
+    """The hand-written backward (softmax from the saved log-normaliser) equals autograd's, for both inputs,
+    across ragged chunks; the entropy equals -sum p log p."""
+    torch.manual_seed(0)
+    B, T, C, V = 3, 11, 6, 50
+    h = torch.randn(B, T, C, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(V, C, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, V, (B, T))
+    g = torch.randn(B, T, dtype=torch.float64)
+    logp_all = (h @ w.T).log_softmax(-1)
+    ref = logp_all.gather(-1, y[..., None]).squeeze(-1)
+    gh, gw = torch.autograd.grad((ref * g).sum(), (h, w))
+    lp, ent = logprobs_from_hidden(h, w, y, chunk=4, with_entropy=True)
+    assert lp.dtype == torch.float32 and not ent.requires_grad
+    assert torch.allclose(ent.double(), -(logp_all.exp() * logp_all).sum(-1).detach(), atol=1e-5)
+    h2, w2 = torch.autograd.grad((lp.double() * g).sum(), (h, w))
+    assert torch.allclose(lp.double(), ref.detach(), atol=1e-5)
+    assert torch.allclose(h2, gh, atol=1e-5) and torch.allclose(w2, gw, atol=1e-5)
