@@ -36,6 +36,7 @@ class TrainConfig:
     mcts_simulations: int = field(default=0, metadata={"help": "simulations per tree (0: 2 * ceil(G / K), enough for G rollouts)"})
     mcts_children: int = field(default=4, metadata={"help": "K: continuations per expansion"})
     mcts_c_puct: float = field(default=1.0, metadata={"help": "PUCT exploration weight"})
+    mcts_root: str = field(default="puct", metadata={"help": "root selection: puct | gumbel (Gumbel scores with Sequential Halving; PUCT below the root)"})
     mcts_step: str = field(default="newline", metadata={"help": "a tree node: 'newline' (a line, capped at --mcts-step-tokens) or 'tokens:N'"})
     mcts_step_tokens: int = field(default=48, metadata={"help": "cap on a newline step"})
     mu: int = field(default=1, metadata={"help": "optimisation passes over each batch of rollouts"})
@@ -70,6 +71,8 @@ class TrainConfig:
             raise ValueError(f"unknown --rollouts {self.rollouts!r}: use plain or mcts")
         if not 0 <= self.mcts_prob <= 1:
             raise ValueError(f"--mcts-prob must be in [0, 1], got {self.mcts_prob}")
+        if self.mcts_root not in ("puct", "gumbel"):
+            raise ValueError(f"unknown --mcts-root {self.mcts_root!r}: use puct or gumbel")
         if self.tree_advantage not in ("outcome", "step", "mix"):
             raise ValueError(f"unknown --tree-advantage {self.tree_advantage!r}: use outcome, step or mix")
         if self.preset and self.preset not in PRESETS:

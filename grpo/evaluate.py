@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from data import Problem, StopOnText, encode_prompts, parse_lenient, parse_strict, stop_token_ids
 from mcts.lookahead import When, lookahead_decode
-from mcts.search import ANSWER_MODES, Candidates, SearchConfig, parse_answer, search, self_consistency_value
+from mcts.search import ANSWER_MODES, ROOT_RULES, Candidates, SearchConfig, parse_answer, search, self_consistency_value
 from model_io import SamplingConfig, Transformer, generate
 
 from .rewards import soft_format_reward_func, strict_format_reward_func
@@ -47,6 +47,7 @@ class EvalConfig:
     n_simulations: int = field(default=8, metadata={"help": "mcts: simulations per question"})
     children: int = field(default=4, metadata={"help": "mcts: K, continuations sampled per expansion"})
     c_puct: float = field(default=1.0, metadata={"help": "mcts: exploration weight of PUCT"})
+    mcts_root: str = field(default="puct", metadata={"help": f"mcts: root selection, {' | '.join(ROOT_RULES)} (Gumbel scores with Sequential Halving, Danihelka et al. 2022; PUCT below the root)"})
     step: str = field(default="newline", metadata={"help": "mcts: a node is a line ('newline', capped at --step-tokens) or exactly N tokens ('tokens:N')"})
     step_tokens: int = field(default=48, metadata={"help": "mcts: cap on a newline step"})
     rollout_depth: int = field(default=4, metadata={"help": "mcts: steps a rollout runs after its new node (or to the answer's end)"})
@@ -76,7 +77,7 @@ class EvalConfig:
                 raise ValueError(f"--fallback-p must be in [0, 1], got {self.fallback_p}")
 
     def search_config(self) -> SearchConfig:
-        return SearchConfig(n_simulations=self.n_simulations, children=self.children, c_puct=self.c_puct, step=self.step,
+        return SearchConfig(n_simulations=self.n_simulations, children=self.children, c_puct=self.c_puct, root=self.mcts_root, step=self.step,
                             step_tokens=self.step_tokens, rollout_depth=self.rollout_depth, temperature=self.temperature,
                             top_p=self.top_p, max_new_tokens=self.max_new_tokens, answer=self.mcts_answer,
                             format_weight=self.format_weight, stop=self.stop)

@@ -99,7 +99,8 @@ class Trainer:
                                        eos_ids=stop_token_ids(tokenizer, model.cfg.eos_token_ids))
         self.stop = StopOnText(tokenizer, [cfg.stop]) if cfg.stop else None
         self.search_cfg = tree_search_config(cfg.group_size, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.stop,
-                                             cfg.mcts_simulations, cfg.mcts_children, cfg.mcts_c_puct, cfg.mcts_step, cfg.mcts_step_tokens)
+                                             cfg.mcts_simulations, cfg.mcts_children, cfg.mcts_c_puct, cfg.mcts_step, cfg.mcts_step_tokens,
+                                             cfg.mcts_root)
         self.recompute_old = cfg.old_logprobs == "recompute" or (cfg.old_logprobs == "auto" and model.device.type == "cuda")
         # bf16 autocast on GPU (float32 master weights); plain float32 on CPU
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if model.device.type == "cuda" else contextlib.nullcontext

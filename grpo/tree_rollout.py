@@ -168,9 +168,9 @@ def merge(parts: list[Rollout], pad_id: int) -> Rollout:
 
 
 def search_config(G: int, max_new_tokens: int, temperature: float, top_p: float, stop: str, sims: int, K: int,
-                  c_puct: float, step: str, step_tokens: int) -> SearchConfig:
+                  c_puct: float, step: str, step_tokens: int, root: str = "puct") -> SearchConfig:
     """Enough simulations for G rollouts (two per needed expansion by default), and rollouts that run to the end."""
-    cfg = SearchConfig(n_simulations=max(1, sims), children=K, c_puct=c_puct, step=step, step_tokens=step_tokens,
+    cfg = SearchConfig(n_simulations=max(1, sims), children=K, c_puct=c_puct, root=root, step=step, step_tokens=step_tokens,
                        temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, stop=stop)
     if sims <= 0:
         cfg = replace(cfg, n_simulations=2 * math.ceil(G / K))

@@ -3,7 +3,8 @@
 A node is one reasoning step: the tokens up to and including the first newline, at most `step_tokens`
 (`step="tokens:N"`: exactly N tokens, the seed plan's "a few tokens ahead"). One simulation, for all B trees:
 
-  1. select    PUCT descent to a leaf (mcts/tree.py)
+  1. select    PUCT descent to a leaf (mcts/tree.py); with root="gumbel" the root's child is chosen by
+               Gumbel scores and Sequential Halving instead (mcts/gumbel.py), PUCT below it
   2. expand    the prompt's KV cache is forked, the leaf's path is read (never the prompt again), then K
                continuations are sampled in one batched decode (B x K rows); each continuation's first step is
                a new child, its prior the softmax over siblings of the step's mean token log-prob
@@ -26,11 +27,13 @@ import torch
 from data import StopOnText, parse_lenient, parse_strict, stop_token_ids
 from grpo.rewards import soft_format_reward_func
 from model_io import SamplingConfig, Transformer, decode, extend, prefill
-from model_io.sampler import key_generator
+from model_io.sampler import key_generator, key_uniform
 
+from .gumbel import choose_root_child, considered_table, final_root_child, root_scores
 from .tree import ROOT, UNEXPANDED, Tree, backup, expand, select
 
 ANSWER_MODES = ("vote", "value", "visits")
+ROOT_RULES = ("puct", "gumbel")
 
 
 @dataclass
@@ -38,6 +41,9 @@ class SearchConfig:
     n_simulations: int = 8  # simulations per question
     children: int = 4  # K: continuations sampled per expansion
     c_puct: float = 1.0
+    root: str = "puct"  # root selection: puct, or gumbel (Gumbel scores + Sequential Halving, mcts/gumbel.py)
+    gumbel_c_visit: float = 50.0  # sigma(q) = (c_visit + max n) * c_scale * q (Danihelka et al. 2022, eq. 8)
+    gumbel_c_scale: float = 1.0
     step: str = "newline"  # "newline" or "tokens:N"
     step_tokens: int = 48  # cap on a newline step
     rollout_depth: int = 4  # steps a rollout may run after its new node; the answer's end stops it sooner
@@ -51,6 +57,8 @@ class SearchConfig:
     def __post_init__(self):
         if self.answer not in ANSWER_MODES:
             raise ValueError(f"unknown answer selection {self.answer!r}: use one of {', '.join(ANSWER_MODES)}")
+        if self.root not in ROOT_RULES:
+            raise ValueError(f"unknown root selection {self.root!r}: use one of {', '.join(ROOT_RULES)}")
         if not (self.step == "newline" or (self.step.startswith("tokens:") and self.step[7:].isdigit() and int(self.step[7:]) > 0)):
             raise ValueError(f"unknown step {self.step!r}: use newline or tokens:N (N >= 1)")
         if self.n_simulations < 1 or self.children < 1 or self.rollout_depth < 0 or self.step_tokens < 1:
@@ -167,6 +175,12 @@ def row_generators(seed: int, question_ids: Sequence[int], sim: int, K: int) -> 
     return [key_generator(f"mcts/{seed}/{q}/{sim}/{k}") for q in question_ids for k in range(K)]
 
 
+def gumbel_noise(seed: int, question_ids: Sequence[int], K: int) -> torch.Tensor:
+    """g ~ Gumbel(0, 1) [B, K], one per root child slot, drawn once per tree and tied to (seed, question)."""
+    u = torch.tensor([[key_uniform(f"gumbel/{seed}/{q}/{k}") for k in range(K)] for q in question_ids], dtype=torch.float64)
+    return -torch.log(-torch.log(u.clamp(1e-12, 1 - 1e-12))).float()
+
+
 def parse_answer(text: str) -> str | None:
     a = parse_strict(text)
     return a if a is not None else parse_lenient(text)
@@ -207,8 +221,24 @@ def search(
 
     root = prefill(model, prompts, room=cfg.max_new_tokens + roll_cap, pad_id=pad)  # each prompt read once
     b_all = torch.arange(B)
+    gumbel = cfg.root == "gumbel"
+    if gumbel:  # simulation 0 creates the root's children; Sequential Halving schedules the n - 1 after it
+        g = gumbel_noise(seed, qids, K)  # [B, K]
+        schedule = considered_table(K, cfg.n_simulations - 1)  # [K + 1, K + n - 1]
+        root_sims = torch.zeros(B, K, dtype=torch.long)  # [B, K] simulations through each root child
     for sim in range(cfg.n_simulations):
-        leaf = select(tree, cfg.c_puct)  # [B]
+        start = None
+        if gumbel and sim > 0:
+            kids = tree.children[:, ROOT]  # [B, K]
+            valid = kids != UNEXPANDED
+            if sim == 1:
+                root_sims = valid.long()  # each child's creating rollout counts as its first simulation
+            scores = _gumbel_scores(tree, g, valid, root_sims, cfg)
+            slot = choose_root_child(scores, valid, root_sims, schedule[valid.sum(-1), valid.sum(-1) + sim - 1])  # [B]
+            has = valid.any(-1)
+            start = torch.where(has, kids[b_all, slot], torch.full_like(slot, ROOT))
+            root_sims[b_all, slot] += has.long()
+        leaf = select(tree, cfg.c_puct, start)  # [B]
         done = tree.terminal[b_all, leaf]
         path, pmask = path_tokens(tree, steps, step_len, b_all, leaf)
         done |= pmask.sum(-1) >= cfg.max_new_tokens  # no room left under this leaf: it stays a leaf
@@ -289,12 +319,28 @@ def search(
             records[b].append(RolloutRecord(node, texts[r], answers[r], values[r], bool(finished[r]), len(ids), ids,
                                             path_lp + lps[r, : int(lengths[r])].tolist(), chain + [node]))
 
-    return [_result(tree, b, records[b], node_record[b], cfg, gen_tokens[b], fwd_tokens[b], steps, step_len, tokenizer, keep_trees)
+    first = None  # the root's child that the answer's path starts with, for answer="visits"
+    if gumbel:
+        kids = tree.children[:, ROOT]
+        valid = kids != UNEXPANDED
+        if cfg.n_simulations == 1:
+            root_sims = valid.long()
+        first = kids[b_all, final_root_child(_gumbel_scores(tree, g, valid, root_sims, cfg), valid, root_sims)].tolist()
+    return [_result(tree, b, records[b], node_record[b], cfg, gen_tokens[b], fwd_tokens[b], steps, step_len, tokenizer, keep_trees,
+                    first[b] if first else None)
             for b in range(B)]
 
 
+def _gumbel_scores(tree: Tree, g: torch.Tensor, valid: torch.Tensor, root_sims: torch.Tensor, cfg: SearchConfig) -> torch.Tensor:
+    """g + log prior + sigma(q) of the root's children [B, K] (mcts/gumbel.py)."""
+    b = torch.arange(tree.batch_size)[:, None]
+    k = tree.children[:, ROOT].clamp(min=0)  # [B, K]
+    log_prior = torch.log(tree.prior[b, k].clamp(min=1e-30))
+    return root_scores(g, log_prior, tree.q()[b, k], valid, root_sims, cfg.gumbel_c_visit, cfg.gumbel_c_scale)
+
+
 def _result(tree: Tree, b: int, records: list[RolloutRecord], node_record: dict[int, int], cfg: SearchConfig,
-            gen: int, fwd: int, steps, step_len, tokenizer, keep_tree: bool) -> SearchResult:
+            gen: int, fwd: int, steps, step_len, tokenizer, keep_tree: bool, first: int | None = None) -> SearchResult:
     chosen = None
     finished = [r for r in records if r.finished and r.answer is not None]
     if cfg.answer == "vote" and finished:
@@ -305,8 +351,8 @@ def _result(tree: Tree, b: int, records: list[RolloutRecord], node_record: dict[
         chosen = max((r for r in finished if r.answer == best), key=lambda r: r.value)
     elif cfg.answer == "value" and finished:
         chosen = max(finished, key=lambda r: r.value)
-    else:  # visits, or nothing finished: follow the most visited path
-        node = ROOT
+    else:  # visits, or nothing finished: follow the most visited path (from Gumbel's pick at the root, if used)
+        node = first if first is not None and first != UNEXPANDED else ROOT
         while True:
             kids = [k for k in tree.children[b, node].tolist() if k != UNEXPANDED]
             if not kids:

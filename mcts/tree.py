@@ -86,12 +86,13 @@ def puct_scores(tree: Tree, node: torch.Tensor, c_puct: float) -> torch.Tensor:
     return torch.where(valid, q_child + u, torch.full_like(q_child, float("-inf")))
 
 
-def select(tree: Tree, c_puct: float) -> torch.Tensor:
-    """Descend from the root by PUCT, all B trees in lockstep, to a node without children or a terminal node.
-    Returns the leaf ids [B]. One loop iteration per depth level."""
+def select(tree: Tree, c_puct: float, start: torch.Tensor | None = None) -> torch.Tensor:
+    """Descend from the root (or from `start` [B], e.g. a root child picked by Gumbel selection) by PUCT, all
+    B trees in lockstep, to a node without children or a terminal node. Returns the leaf ids [B].
+    One loop iteration per depth level."""
     B = tree.batch_size
     b = torch.arange(B, device=tree.visits.device)
-    node = torch.full((B,), ROOT, dtype=torch.long, device=b.device)
+    node = torch.full((B,), ROOT, dtype=torch.long, device=b.device) if start is None else start.clone()
     active = ~tree.is_leaf(node) & ~tree.terminal[b, node]
     while bool(active.any()):
         best = puct_scores(tree, node, c_puct).argmax(-1)  # [B]

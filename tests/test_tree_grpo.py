@@ -101,3 +101,11 @@ def test_max_minutes_stops_training(tmp_path):
     tr = make_trainer(tmp_path, steps=1000, max_minutes=1e-9)
     tr.train()
     assert tr.step == 1 and (tmp_path / "final_hf" / "config.json").is_file()  # one step, then final eval/export
+
+
+def test_gumbel_root_trees_train(tmp_path):
+    tr = make_trainer(tmp_path, rollouts="mcts", mcts_root="gumbel", mcts_step="tokens:2", mcts_children=4)
+    assert tr.search_cfg.root == "gumbel"
+    for _ in range(2):
+        m = tr.train_step()
+        assert m["rollout/tree_groups"] == 4 and torch.isfinite(torch.tensor(m["loss"]))
