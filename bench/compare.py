@@ -49,7 +49,7 @@ def plot(rows: list[dict], limit: int, device: str, out: Path) -> None:
         print("matplotlib not installed: no PNG (pip install -r bench/requirements.txt)")
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for strategy, marker in (("greedy", "s"), ("sample", "o"), ("majority", "^"), ("best-of-n", "v"), ("mcts", "D")):
+    for strategy, marker in (("greedy", "s"), ("sample", "o"), ("majority", "^"), ("best-of-n", "v"), ("mcts", "D"), ("mcts-gumbel", "P")):
         pts = [(r["generated_tokens_per_question"], r["accuracy_lenient"]) for r in rows if r["strategy"] == strategy]
         if pts:
             ax.plot(*zip(*pts), marker=marker, label=strategy)
@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=16, help="test questions (default: 16)")
     ap.add_argument("--n", default="1,4,8", help="sample budgets for sample / majority / best-of-n (default: 1,4,8)")
     ap.add_argument("--sims", default="2,4,8", help="simulation budgets of tree search (default: 2,4,8)")
+    ap.add_argument("--roots", default="puct,gumbel", help="tree search root selections to run, puct and/or gumbel (default: puct,gumbel)")
     ap.add_argument("--children", type=int, default=4, help="K of tree search (default: 4)")
     ap.add_argument("--rollout-depth", type=int, default=3, help="default: 3")
     ap.add_argument("--max-new-tokens", type=int, default=192, help="per answer, every strategy (default: 192)")
@@ -88,6 +89,9 @@ def main() -> None:
         plot(saved["rows"], saved["settings"]["limit"], saved["settings"]["device"], Path(a.out))
         return
     ns, sims = [int(x) for x in a.n.split(",")], [int(x) for x in a.sims.split(",")]
+    roots = [r for r in a.roots.split(",") if r]
+    if not roots or any(r not in ("puct", "gumbel") for r in roots):
+        ap.error(f"--roots takes puct and/or gumbel, comma-separated; got {a.roots!r}")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -114,13 +118,15 @@ def main() -> None:
             part = prefix_results(sampled, n, strategy, base.format_weight)
             summ = summarize(part, per_sample * sum(r.generated_tokens for r in part))  # time pro rata of tokens
             add(strategy, f"n={n}", summ)
-    for k in sims:
-        s, _ = evaluate(model, tok, problems, replace(base, search="mcts", n_simulations=k), shots, progress=False)
-        add("mcts", f"sims={k}, K={a.children}", s)
+    for root in roots:
+        for k in sims:
+            s, _ = evaluate(model, tok, problems, replace(base, search="mcts", n_simulations=k, mcts_root=root), shots, progress=False)
+            add("mcts" if root == "puct" else "mcts-gumbel", f"sims={k}, K={a.children}", s)
 
     (out / "compare.json").write_text(json.dumps({"settings": vars(a), "rows": rows}, indent=2) + "\n")
     lines = [f"GSM8K test, first {a.limit} questions, {a.shots}-shot, {a.device}, max {a.max_new_tokens} new tokens per answer, "
-             f"temperature {a.temperature}; tree search K={a.children}, rollout depth {a.rollout_depth}.", "",
+             f"temperature {a.temperature}; tree search K={a.children}, rollout depth {a.rollout_depth} (mcts: PUCT at the root; "
+             f"mcts-gumbel: Gumbel + Sequential Halving at the root).", "",
              "| strategy | budget | accuracy (strict) | accuracy (lenient) | soft format | generated tokens / question | forward tokens / question | s / question |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:

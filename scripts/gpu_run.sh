@@ -43,7 +43,7 @@ fi
 # one GPU: a 1-process NCCL group must initialise and take training steps (the multi-GPU path, issue 5 sec. 3)
 step 4-nccl "$PY" -m torch.distributed.run --nproc_per_node 1 run.py train --model "$MODEL" --steps 2 --prompts-per-step 1 \
      --group-size 2 --max-new-tokens 16 --eval-every 0 --out-dir "$OUT/nccl"
-step 5-compare "$PY" bench/compare.py --model "$MODEL" --limit $QM --n 1,4,8 --sims $SIMS --max-new-tokens $NEW --batch-size 64 --out "$OUT/compare"
+step 5-compare "$PY" bench/compare.py --model "$MODEL" --limit $QM --n 1,4,8 --sims $SIMS --roots puct --max-new-tokens $NEW --batch-size 64 --out "$OUT/compare"
 # 6. summary
 "$PY" - "$OUT" <<'PYEOF'
 import json, sys, datetime
