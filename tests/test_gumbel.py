@@ -1,13 +1,8 @@
-"""Gumbel root selection with Sequential Halving (mcts/gumbel.py): hand-worked schedules and scores, a bandit,
-and the search with it on a tiny random model."""
-import pytest
+"""Gumbel root selection with Sequential Halving (mcts/gumbel.py): hand-worked schedules and scores, a bandit.
+The search with it on a tiny model: tests/test_search.py."""
 import torch
-from helpers import tiny_hf_model, tiny_tokenizer
 
-from data import encode_prompts
 from mcts.gumbel import choose_root_child, considered_table, considered_visits, final_root_child, root_scores, sigma_q
-from mcts.search import SearchConfig, search
-from model_io.convert import from_hf_model
 
 
 def test_schedule_hand_worked():
@@ -71,57 +66,3 @@ def test_bandit_halving_finds_the_best_arm():
     pick = final_root_child(root_scores(g, logp, total / sims, valid, sims, 50.0, 1.0), valid, sims)
     assert (pick == 3).float().mean() > 0.6  # uniform guessing: 0.25
     assert sims[:, 3].float().mean() > sims[:, 0].float().mean() + 2
-
-
-@pytest.fixture(scope="module")
-def setup():
-    tok = tiny_tokenizer()
-    model = from_hf_model(tiny_hf_model("llama", dtype=torch.float64))
-    prompts = encode_prompts(tok, ["What is 2+2?", "How many legs have 3 cats?", "Add 5 and 7."])
-    return model, tok, prompts
-
-
-def cfg(**kw):
-    base = dict(n_simulations=6, children=3, step="tokens:4", rollout_depth=2, max_new_tokens=20, temperature=1.0, root="gumbel")
-    return SearchConfig(**{**base, **kw})
-
-
-def test_gumbel_search_spreads_root_simulations_by_the_schedule(setup):
-    model, tok, prompts = setup
-    res = search(model, tok, prompts, cfg(), question_ids=[0, 1, 2], keep_trees=True)
-    for r in res:
-        nodes = r.tree["nodes"]
-        root_kids = [n for n in nodes if n["parent"] == 0]
-        deeper = [n for n in nodes if n["parent"] > 0]
-        assert len(root_kids) == 3 and deeper  # later simulations went below the root's children
-        # 5 simulations after the creating one, 3 children: schedule considered_visits(3, 8) =
-        # [0, 0, 0, 1, 1, 2, 2, 3]; columns 3..7 say the best child, then the better of the other two, then
-        # those two in turn: exactly two root children get simulations (visits above their creating rollout's 1)
-        assert sum(k["visits"] > 1 for k in root_kids) == 2, nodes
-
-
-def test_gumbel_search_is_batch_independent(setup):
-    model, tok, prompts = setup
-    c = cfg(step="newline", step_tokens=5)
-    together = search(model, tok, prompts, c, question_ids=[10, 11, 12], keep_trees=True)
-    for i, p in enumerate(prompts):
-        alone = search(model, tok, [p], c, question_ids=[10 + i], keep_trees=True)[0]
-        assert alone.text == together[i].text
-        # same nodes, texts, visits and decisions; priors agree to float32 rounding (batched matmuls of other
-        # sizes round the log-probs differently in the last bits)
-        for x, y in zip(alone.tree["nodes"], together[i].tree["nodes"], strict=True):
-            assert {k: v for k, v in x.items() if k != "prior"} == {k: v for k, v in y.items() if k != "prior"}
-            assert x["prior"] == pytest.approx(y["prior"], rel=1e-5, abs=1e-7)
-
-
-@pytest.mark.parametrize("mode", ["vote", "visits"])
-def test_gumbel_answer_modes_and_one_simulation(setup, mode):
-    model, tok, prompts = setup
-    for n in (1, 4):
-        res = search(model, tok, prompts[:2], cfg(answer=mode, n_simulations=n, max_new_tokens=12))
-        assert all(isinstance(r.text, str) and r.nodes > 1 for r in res)
-
-
-def test_bad_root_rule():
-    with pytest.raises(ValueError, match="root selection"):
-        SearchConfig(root="ucb")

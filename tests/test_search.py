@@ -115,3 +115,44 @@ def test_records_carry_ids_logprobs_and_node_paths(setup):
         assert own <= rec.tokens  # the nodes' steps, then the rollout's tail
         lp = token_logprobs(model, torch.tensor([prompts[0] + rec.ids]))[0, len(prompts[0]) - 1 :]
         assert torch.allclose(lp, torch.tensor(rec.logprobs), atol=1e-5)  # the sampler's log-probs, path included
+
+
+def test_gumbel_search_spreads_root_simulations_by_the_schedule(setup):
+    model, tok, prompts = setup
+    res = search(model, tok, prompts, cfg(root="gumbel", n_simulations=6), question_ids=[0, 1, 2], keep_trees=True)
+    for r in res:
+        nodes = r.tree["nodes"]
+        root_kids = [n for n in nodes if n["parent"] == 0]
+        deeper = [n for n in nodes if n["parent"] > 0]
+        assert len(root_kids) == 3 and deeper  # later simulations went below the root's children
+        # 5 simulations after the creating one, 3 children: schedule considered_visits(3, 8) =
+        # [0, 0, 0, 1, 1, 2, 2, 3]; columns 3..7 say the best child, then the better of the other two, then
+        # those two in turn: exactly two root children get simulations (visits above their creating rollout's 1)
+        assert sum(k["visits"] > 1 for k in root_kids) == 2, nodes
+
+
+def test_gumbel_search_is_batch_independent(setup):
+    model, tok, prompts = setup
+    c = cfg(root="gumbel", n_simulations=6, step="newline", step_tokens=5)
+    together = search(model, tok, prompts, c, question_ids=[10, 11, 12], keep_trees=True)
+    for i, p in enumerate(prompts):
+        alone = search(model, tok, [p], c, question_ids=[10 + i], keep_trees=True)[0]
+        assert alone.text == together[i].text
+        # same nodes, texts, visits and decisions; priors agree to float32 rounding (batched matmuls of other
+        # sizes round the log-probs differently in the last bits)
+        for x, y in zip(alone.tree["nodes"], together[i].tree["nodes"], strict=True):
+            assert {k: v for k, v in x.items() if k != "prior"} == {k: v for k, v in y.items() if k != "prior"}
+            assert x["prior"] == pytest.approx(y["prior"], rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["vote", "visits"])
+def test_gumbel_answer_modes_and_one_simulation(setup, mode):
+    model, tok, prompts = setup
+    for n in (1, 4):
+        res = search(model, tok, prompts[:2], cfg(root="gumbel", answer=mode, n_simulations=n, max_new_tokens=12))
+        assert all(isinstance(r.text, str) and r.nodes > 1 for r in res)
+
+
+def test_bad_root_rule():
+    with pytest.raises(ValueError, match="root selection"):
+        SearchConfig(root="ucb")
