@@ -1,5 +1,5 @@
-"""Learning curves of several `run.py train` runs against generated tokens: reward (every step) and GSM8K test
-accuracy (at each evaluation), one PNG, and a markdown table of each run's last numbers.
+"""Learning curves of several `run.py train` runs against generated tokens: reward (every step), GSM8K test
+accuracy and answer-format rate (at each evaluation), one PNG, and a markdown table of each run's numbers.
 
     python3 scripts/plot_runs.py OUT/curves.png runs/plain runs/mcts
 """
@@ -17,16 +17,31 @@ def read(run: Path) -> list[dict]:
     return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
 
 
+def mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def table(data: dict[str, list[dict]], k: int = 3) -> list[str]:
+    """One row per run: rewards averaged over its first and last k steps (single steps are noisy), and its first
+    and last evaluation (test accuracy and the rate of answers in the <reasoning>/<answer> format)."""
+    rows = [f"| run | steps | generated tokens | reward, first {k} steps | reward, last {k} steps | eval accuracy strict / lenient, "
+            "first -> last | eval format rate, first -> last |", "|---|---|---|---|---|---|---|"]
+    for name, ms in data.items():
+        ev = [m for m in ms if "eval/accuracy_strict" in m]
+        acc = (f"{ev[0]['eval/accuracy_strict']:.3f} / {ev[0]['eval/accuracy_lenient']:.3f} -> "
+               f"{ev[-1]['eval/accuracy_strict']:.3f} / {ev[-1]['eval/accuracy_lenient']:.3f}") if ev else "-"
+        fmt = f"{ev[0].get('eval/format_soft_rate', float('nan')):.2f} -> {ev[-1].get('eval/format_soft_rate', float('nan')):.2f}" if ev else "-"
+        rows.append(f"| {name} | {ms[-1]['step']} | {ms[-1].get('rollout/generated_tokens_total', 0):.0f} | "
+                    f"{mean([m['reward'] for m in ms[:k]]):.3f} | {mean([m['reward'] for m in ms[-k:]]):.3f} | {acc} | {fmt} |")
+    return rows
+
+
 def main(argv: list[str]) -> None:
     if len(argv) < 2:
         sys.exit(__doc__)
     out, runs = Path(argv[0]), [Path(a) for a in argv[1:]]
     data = {r.name: read(r) for r in runs}
-    rows = ["| run | steps | generated tokens | last reward | last eval accuracy (strict) | (lenient) |", "|---|---|---|---|---|---|"]
-    for name, ms in data.items():
-        ev = [m for m in ms if "eval/accuracy_strict" in m]
-        rows.append(f"| {name} | {ms[-1]['step']} | {ms[-1].get('rollout/generated_tokens_total', 0):.0f} | {ms[-1]['reward']:.3f} | "
-                    f"{ev[-1]['eval/accuracy_strict'] if ev else float('nan'):.3f} | {ev[-1]['eval/accuracy_lenient'] if ev else float('nan'):.3f} |")
+    rows = table(data)
     out.with_suffix(".md").write_text("\n".join(rows) + "\n")
     print("\n".join(rows))
     try:
@@ -37,17 +52,20 @@ def main(argv: list[str]) -> None:
     except ImportError:
         print("matplotlib not installed: no PNG (pip install -r bench/requirements.txt)")
         return
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(15, 4))
     for name, ms in data.items():
         x = [m.get("rollout/generated_tokens_total", m["step"]) for m in ms]
         a1.plot(x, [m["reward"] for m in ms], marker=".", label=name)
-        ev = [(m.get("rollout/generated_tokens_total", m["step"]), m["eval/accuracy_lenient"], m["eval/accuracy_strict"]) for m in ms if "eval/accuracy_strict" in m]
+        ev = [(m.get("rollout/generated_tokens_total", m["step"]), m["eval/accuracy_lenient"], m["eval/accuracy_strict"],
+               m.get("eval/format_soft_rate", float("nan"))) for m in ms if "eval/accuracy_strict" in m]
         if ev:
             a2.plot([e[0] for e in ev], [e[1] for e in ev], marker="o", label=f"{name} (lenient)")
             a2.plot([e[0] for e in ev], [e[2] for e in ev], marker="x", linestyle="--", label=f"{name} (strict)")
+            a3.plot([e[0] for e in ev], [e[3] for e in ev], marker="o", label=name)
     a1.set(xlabel="generated tokens (rollouts)", ylabel="mean reward per completion", title="training reward")
-    a2.set(xlabel="generated tokens (rollouts)", ylabel="GSM8K test accuracy", title="evaluation")
-    for a in (a1, a2):
+    a2.set(xlabel="generated tokens (rollouts)", ylabel="GSM8K test accuracy", title="evaluation: accuracy")
+    a3.set(xlabel="generated tokens (rollouts)", ylabel="answers in the <reasoning>/<answer> format", title="evaluation: format")
+    for a in (a1, a2, a3):
         a.grid(True, alpha=0.3)
         a.legend()
     fig.tight_layout()
