@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="B: questions searched together (default: 8)")
     ap.add_argument("--simulations", type=int, default=4, help="default: 4")
     ap.add_argument("--children", type=int, default=4, help="K (default: 4)")
+    ap.add_argument("--root", default="puct", choices=["puct", "gumbel"], help="root selection (default: puct)")
     ap.add_argument("--max-new-tokens", type=int, default=192, help="default: 192")
     ap.add_argument("--gsm8k", default=None, help="GSM8K file or directory (default: $GSM8K_DIR, else the hub)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: cuda if available")
@@ -37,7 +38,7 @@ def main() -> None:
     model, tok = load(a.model, device=a.device)
     problems = load_gsm8k("test", a.gsm8k)[: a.batch]
     prompts = encode_prompts(tok, [p.question for p in problems])
-    cfg = SearchConfig(n_simulations=a.simulations, children=a.children, max_new_tokens=a.max_new_tokens)
+    cfg = SearchConfig(n_simulations=a.simulations, children=a.children, max_new_tokens=a.max_new_tokens, root=a.root)
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
 
     inside = [0.0]
@@ -67,7 +68,7 @@ def main() -> None:
     P = sum(map(len, prompts))
     children = sum(r.nodes - 1 for r in res)
     reread = sum((r.nodes - 1) * len(p) for r, p in zip(res, prompts))  # the prompt again for every child
-    print(f"device={a.device} B={a.batch} simulations={a.simulations} K={a.children} max_new_tokens={a.max_new_tokens}")
+    print(f"device={a.device} B={a.batch} simulations={a.simulations} K={a.children} root={a.root} max_new_tokens={a.max_new_tokens}")
     print(f"forward tokens: {fwd} (prompts {P} read once, {gen} generated, {fwd - P - gen} path tokens re-read);"
           f" re-reading its prompt for each of the {children} children would add {reread} ({(fwd + reread) / fwd:.2f}x)")
     print(f"wall {wall:.2f}s, inside model forward {inside[0]:.2f}s, outside {wall - inside[0]:.2f}s")

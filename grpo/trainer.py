@@ -317,7 +317,10 @@ class Trainer:
         cfg, last = self.cfg, {}
         end = min(cfg.steps, until_step or cfg.steps)
         self._t_start = time.perf_counter()
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not (self.progress and self.dist.main))
+        # with a token budget the run usually ends long before cfg.steps: the bar then counts rollout tokens
+        by_tokens = bool(cfg.token_budget)
+        bar = tqdm(total=cfg.token_budget if by_tokens else cfg.steps, initial=min(self.generated_total, cfg.token_budget) if by_tokens else self.step,
+                   desc="train", unit="tok" if by_tokens else "step", disable=not (self.progress and self.dist.main))
         try:
             spent = False
             while self.step < end and not spent:
@@ -329,8 +332,8 @@ class Trainer:
                 self.log.log(self.step, last)
                 if self.step % cfg.save_every == 0 or final:
                     self.save()
-                bar.update(1)
-                bar.set_postfix(reward=f"{last['reward']:.3f}", kl=f"{last['kl']:.4f}",
+                bar.update(min(int(last["rollout/generated_tokens"]), bar.total - bar.n) if by_tokens else 1)
+                bar.set_postfix(**({"step": self.step} if by_tokens else {}), reward=f"{last['reward']:.3f}", kl=f"{last['kl']:.4f}",
                                 **({"acc": f"{last['eval/accuracy_strict']:.3f}"} if "eval/accuracy_strict" in last else {}))
             if (self.step == cfg.steps or spent) and self.dist.main:
                 export_hf(self.model, self.tok, self.run_dir / "final_hf")

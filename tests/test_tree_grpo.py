@@ -109,3 +109,12 @@ def test_gumbel_root_trees_train(tmp_path):
     for _ in range(2):
         m = tr.train_step()
         assert m["rollout/tree_groups"] == 4 and torch.isfinite(torch.tensor(m["loss"]))
+
+
+def test_token_budget_progress_bar_counts_tokens(tmp_path, capsys):
+    """With --token-budget the run ends long before --steps: the bar counts rollout tokens up to the budget."""
+    tr = make_trainer(tmp_path, steps=50, token_budget=300, save_every=100)
+    tr.progress = True
+    tr.train()
+    err = capsys.readouterr().err
+    assert "300/300" in err and "tok" in err and "/50" not in err
