@@ -52,6 +52,7 @@ class TrainConfig:
     logprob_chunk: int = field(default=128, metadata={"help": "positions per log-prob chunk (memory: chunk x vocab floats per row)"})
     eval_every: int = field(default=50, metadata={"help": "GSM8K test accuracy every N steps and at the end (0: never)"})
     eval_limit: int = field(default=100, metadata={"help": "test questions per evaluation"})
+    eval_at_start: bool = field(default=True, metadata={"help": "with --eval-every: also evaluate the starting model (logged as step 0), the baseline of the curves"})
     eval_batch_size: int = field(default=32, metadata={"help": "questions per evaluation batch"})
     log_samples: int = field(default=2, metadata={"help": "completions per step written to samples.jsonl"})
     save_every: int = field(default=50, metadata={"help": "checkpoint every N steps and at the end"})
@@ -87,7 +88,7 @@ class TrainConfig:
 # A tiny run for newcomers and CI: the embedded model, 3 steps of 2 prompts x 4 completions of 48 tokens.
 PRESETS: dict[str, dict] = {
     "smoke": dict(steps=3, prompts_per_step=2, group_size=4, max_new_tokens=48, micro_batch=8, eval_every=3,
-                  eval_limit=4, eval_batch_size=4, save_every=3, warmup_steps=1, lr=1e-5, log_samples=1),
+                  eval_limit=4, eval_batch_size=4, eval_at_start=False, save_every=3, warmup_steps=1, lr=1e-5, log_samples=1),
 }
 
 

@@ -322,6 +322,8 @@ class Trainer:
         bar = tqdm(total=cfg.token_budget if by_tokens else cfg.steps, initial=min(self.generated_total, cfg.token_budget) if by_tokens else self.step,
                    desc="train", unit="tok" if by_tokens else "step", disable=not (self.progress and self.dist.main))
         try:
+            if cfg.eval_every and cfg.eval_at_start and self.step == 0 and self.dist.main:
+                self.log.log(0, {**self.evaluate(), "rollout/generated_tokens_total": 0.0})  # the baseline
             spent = False
             while self.step < end and not spent:
                 last = self.train_step()

@@ -72,7 +72,7 @@ for name in ("eval-start", "eval-trained"):
                      f"{s['accuracy_strict']:.3f} / {s['accuracy_lenient']:.3f} / {s['format_soft_rate']:.2f} |")
 m = (out / "train/metrics.jsonl")
 if m.is_file():
-    ms = [json.loads(l) for l in m.read_text().splitlines() if l.strip()]
+    ms = [x for x in (json.loads(l) for l in m.read_text().splitlines() if l.strip()) if "reward" in x]
     if ms:
         k = min(5, len(ms))
         mean = lambda xs: sum(xs) / len(xs)  # noqa: E731

@@ -31,8 +31,9 @@ def table(data: dict[str, list[dict]], k: int = 3) -> list[str]:
         acc = (f"{ev[0]['eval/accuracy_strict']:.3f} / {ev[0]['eval/accuracy_lenient']:.3f} -> "
                f"{ev[-1]['eval/accuracy_strict']:.3f} / {ev[-1]['eval/accuracy_lenient']:.3f}") if ev else "-"
         fmt = f"{ev[0].get('eval/format_soft_rate', float('nan')):.2f} -> {ev[-1].get('eval/format_soft_rate', float('nan')):.2f}" if ev else "-"
+        st = [m for m in ms if "reward" in m]  # training steps (an evaluation of the start is logged as step 0)
         rows.append(f"| {name} | {ms[-1]['step']} | {ms[-1].get('rollout/generated_tokens_total', 0):.0f} | "
-                    f"{mean([m['reward'] for m in ms[:k]]):.3f} | {mean([m['reward'] for m in ms[-k:]]):.3f} | {acc} | {fmt} |")
+                    f"{mean([m['reward'] for m in st[:k]]):.3f} | {mean([m['reward'] for m in st[-k:]]):.3f} | {acc} | {fmt} |")
     return rows
 
 
@@ -54,8 +55,8 @@ def main(argv: list[str]) -> None:
         return
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(15, 4))
     for name, ms in data.items():
-        x = [m.get("rollout/generated_tokens_total", m["step"]) for m in ms]
-        a1.plot(x, [m["reward"] for m in ms], marker=".", label=name)
+        st = [m for m in ms if "reward" in m]
+        a1.plot([m.get("rollout/generated_tokens_total", m["step"]) for m in st], [m["reward"] for m in st], marker=".", label=name)
         ev = [(m.get("rollout/generated_tokens_total", m["step"]), m["eval/accuracy_lenient"], m["eval/accuracy_strict"],
                m.get("eval/format_soft_rate", float("nan"))) for m in ms if "eval/accuracy_strict" in m]
         if ev:

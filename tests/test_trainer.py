@@ -73,3 +73,23 @@ def test_step_indices_cover_an_epoch_once(tmp_path):
     tr = make_trainer(tmp_path)
     seen = [i for s in range(4) for i in tr.step_indices(s)]  # 16 problems, 4 per step
     assert sorted(seen) == list(range(16))
+
+
+@pytest.mark.parametrize("at_start", [True, False])
+def test_evaluation_of_the_start_is_logged_as_step_0(tmp_path, at_start):
+    import sys
+    from pathlib import Path
+
+    tr = make_trainer(tmp_path, steps=2, eval_every=2, eval_limit=2, eval_batch_size=2, eval_at_start=at_start)
+    tr.test_set = tr.train_set[:2]
+    tr.train()
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == ([0, 1, 2] if at_start else [1, 2])
+    assert "eval/accuracy_strict" in rows[-1] and "reward" in rows[-1]
+    if at_start:
+        assert "eval/format_soft_rate" in rows[0] and "reward" not in rows[0] and rows[0]["rollout/generated_tokens_total"] == 0
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from plot_runs import table  # the curves' table reads such a log: rewards from steps, evaluations from all rows
+
+    row = table({"run": rows})[-1]
+    assert row.startswith("| run | 2 |") and "nan" not in row
