@@ -107,6 +107,7 @@ class Trainer:
         self.step = 0
         self.bad_steps = 0
         self.generated_total = 0  # tokens sampled for rollouts so far, all processes
+        self.flat_steps = 0  # consecutive steps in which no group had any reward spread (nothing to learn from)
         self._t_start = time.perf_counter()
         self._prompt_cache: dict[int, list[int]] = {}
         self._perm: tuple[int, torch.Tensor | None] = (-1, None)
@@ -327,6 +328,7 @@ class Trainer:
             spent = False
             while self.step < end and not spent:
                 last = self.train_step()
+                self._warn_if_no_signal(last)
                 spent = self._budget_spent_everywhere()
                 final = self.step == cfg.steps or spent
                 if cfg.eval_every and (self.step % cfg.eval_every == 0 or final) and self.dist.main:
@@ -343,6 +345,18 @@ class Trainer:
             bar.close()
             self.log.close()
         return last
+
+    FLAT_STEPS_HINT = 5
+
+    def _warn_if_no_signal(self, m: dict[str, float]) -> None:
+        """Say once, early, when GRPO has nothing to learn from: every group's rewards identical (usually all 0,
+        e.g. a small model that never writes the rewarded format) means zero advantages, and only the KL term
+        moves the weights. Zero-shot, the default 135M model is in exactly this state (docs/RESULTS.md)."""
+        self.flat_steps = self.flat_steps + 1 if m["frac_reward_zero_std"] == 1.0 else 0
+        if self.flat_steps == self.FLAT_STEPS_HINT and self.dist.main:
+            tqdm.write(f"note: for {self.flat_steps} steps every group's completions got the same reward (mean {m['reward']:.3f}): "
+                       f"zero advantages, no learning signal; few-shot prompts (--shots 2) or a stronger --model give the "
+                       f"policy rewards to tell apart")
 
     def _budget_spent_everywhere(self) -> bool:
         """One decision for all ranks (clocks differ), so that no rank waits forever on the others."""

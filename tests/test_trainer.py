@@ -93,3 +93,16 @@ def test_evaluation_of_the_start_is_logged_as_step_0(tmp_path, at_start):
 
     row = table({"run": rows})[-1]
     assert row.startswith("| run | 2 |") and "nan" not in row
+
+
+def test_a_run_without_learning_signal_says_so_once(tmp_path, capsys):
+    """Rewards that never differ inside a group give zero advantages: after 5 such steps the trainer says why
+    and what helps, once."""
+    flat = RewardSet({"zero": 1.0}, {"zero": lambda completions, **_: [0.0] * len(completions)})
+    tr = make_trainer(tmp_path, steps=7, rewards=flat)
+    tr.train()
+    out = capsys.readouterr()
+    assert (out.out + out.err).count("no learning signal") == 1 and "--shots 2" in out.out + out.err
+    learning = make_trainer(tmp_path / "b", steps=6)  # the letters reward differs between completions
+    learning.train()
+    assert "no learning signal" not in "".join(capsys.readouterr())
