@@ -7,7 +7,8 @@ A node is one reasoning step: the tokens up to and including the first newline, 
                Gumbel scores and Sequential Halving instead (mcts/gumbel.py), PUCT below it
   2. expand    the prompt's KV cache is forked, the leaf's path is read (never the prompt again), then K
                continuations are sampled in one batched decode (B x K rows); each continuation's first step is
-               a new child, its prior the softmax over siblings of the step's mean token log-prob
+               a new child, its prior the softmax over siblings of the step's mean token log-prob (identical
+               sibling steps become one child)
   3. evaluate  the rest of each continuation is the rollout (up to `rollout_depth` further steps, or to the
                end of the answer); a value function scores the whole answer
   4. backup    every new child's value goes up to the root, all K children of all B trees at once
@@ -267,6 +268,14 @@ def search(
         in_step = pos < ends[:, None]
         prior = ((lps * in_step).sum(-1) / ends.clamp(min=1)).view(A, K).softmax(-1)  # length-normalised, over siblings
         child_terminal = (finished & (lengths <= ends)).view(A, K)
+        step_tok = torch.nn.functional.pad(toks, (0, max(0, S - toks.shape[1])), value=pad)[:, :S]  # [A*K, S]
+        # Siblings with the same first step are one child: sampling repeats a likely step often ("<reasoning>\n"
+        # opens most answers in this format), and K copies of it would spend the search's width on one node.
+        # The kept twin (the first) takes the summed prior, and every copy's rollout is backed up through it.
+        masked = torch.where(torch.arange(S)[None] < ends[:, None], step_tok, torch.full_like(step_tok, -1)).view(A, K, S)
+        twin = (masked[:, :, None] == masked[:, None]).all(-1).int().argmax(-1)  # [A, K] first sibling with this step
+        own = twin == torch.arange(K)[None]  # [A, K]
+        prior = torch.zeros_like(prior).scatter_add_(1, twin, prior)
 
         # value of every continuation: the whole answer from the root
         texts, answers, full_ids = [], [], []
@@ -289,22 +298,24 @@ def search(
         prior_b = torch.zeros(B, K)
         valid_b = torch.zeros(B, K, dtype=torch.bool)
         term_b = torch.zeros(B, K, dtype=torch.bool)
-        prior_b[act], valid_b[act], term_b[act] = prior, ends.view(A, K) > 0, child_terminal
-        kids = expand(tree, leaf, prior_b, valid_b, term_b)  # [B, K]
+        prior_b[act], valid_b[act], term_b[act] = prior, own & (ends.view(A, K) > 0), child_terminal
+        kids = expand(tree, leaf, prior_b, valid_b, term_b)  # [B, K] new nodes, UNEXPANDED for copies
         val_b = torch.zeros(B, K)
         val_b[act] = torch.tensor(values, dtype=torch.float32).view(A, K)
         ka = kids[act]  # [A, K]
         ok = ka != UNEXPANDED
+        through = kids.clone()  # [B, K] the node each continuation's value goes up from: its own, or its twin's
+        through[act] = ka.gather(1, twin)
         rows_k = act[:, None].expand(A, K)[ok]
-        first = torch.nn.functional.pad(toks, (0, max(0, S - toks.shape[1])), value=pad)[:, :S]  # [A*K, S]
-        steps[rows_k, ka[ok]] = first.view(A, K, S)[ok]
+        steps[rows_k, ka[ok]] = step_tok.view(A, K, S)[ok]
         step_lp[rows_k, ka[ok]] = torch.nn.functional.pad(lps, (0, max(0, S - lps.shape[1])))[:, :S].view(A, K, S)[ok]
         step_len[rows_k, ka[ok]] = ends.view(A, K)[ok]
         node_value[rows_k, ka[ok]] = val_b[act][ok]
-        backup(tree, kids, val_b)
+        backup(tree, through, val_b)
         leaf_paths = {}
+        through_rows = through[act].view(-1).tolist()  # [A*K]
         for r in range(A * K):
-            b, node = int(act[r // K]), int(ka.view(-1)[r])
+            b, node = int(act[r // K]), through_rows[r]
             if node == UNEXPANDED:
                 continue
             if b not in leaf_paths:  # the nodes from the root's child to the leaf, and their log-probs
@@ -315,7 +326,7 @@ def search(
                 leaf_paths[b] = (chain[::-1], [x for c in chain[::-1] for x in step_lp[b, c, : int(step_len[b, c])].tolist()])
             chain, path_lp = leaf_paths[b]
             ids = full_ids[r]
-            node_record[b][node] = len(records[b])
+            node_record[b].setdefault(node, len(records[b]))  # a node's own rollout: the first through it
             records[b].append(RolloutRecord(node, texts[r], answers[r], values[r], bool(finished[r]), len(ids), ids,
                                             path_lp + lps[r, : int(lengths[r])].tolist(), chain + [node]))
 

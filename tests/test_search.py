@@ -156,3 +156,19 @@ def test_gumbel_answer_modes_and_one_simulation(setup, mode):
 def test_bad_root_rule():
     with pytest.raises(ValueError, match="root selection"):
         SearchConfig(root="ucb")
+
+
+def test_identical_sibling_steps_are_one_child(setup):
+    """Greedy continuations are all the same: the K copies of a step become one child holding the whole prior,
+    and all K rollouts are backed up through it (visits K), each still recorded."""
+    model, tok, prompts = setup
+    res = search(model, tok, prompts[:2], cfg(temperature=0.0, n_simulations=1, children=3), keep_trees=True)
+    for r in res:
+        nodes = r.tree["nodes"]
+        assert len(nodes) == 2 and r.nodes == 2
+        assert nodes[1]["visits"] == 3 and nodes[1]["prior"] == pytest.approx(1.0)
+        assert len(r.records) == 3 and {rec.node for rec in r.records} == {1}
+    sampled = search(model, tok, prompts, cfg(n_simulations=3, children=4), keep_trees=True)
+    for r in sampled:  # no two siblings hold the same step (same text and length)
+        kids = [(n["parent"], n["text"], n["tokens"]) for n in r.tree["nodes"][1:]]
+        assert len(set(kids)) == len(kids)
