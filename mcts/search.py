@@ -232,8 +232,6 @@ def search(
         if gumbel and sim > 0:
             kids = tree.children[:, ROOT]  # [B, K]
             valid = kids != UNEXPANDED
-            if sim == 1:
-                root_sims = valid.long()  # each child's creating rollout counts as its first simulation
             scores = _gumbel_scores(tree, g, valid, root_sims, cfg)
             slot = choose_root_child(scores, valid, root_sims, schedule[valid.sum(-1), valid.sum(-1) + sim - 1])  # [B]
             has = valid.any(-1)
@@ -312,6 +310,8 @@ def search(
         step_len[rows_k, ka[ok]] = ends.view(A, K)[ok]
         node_value[rows_k, ka[ok]] = val_b[act][ok]
         backup(tree, through, val_b)
+        if gumbel and sim == 0:  # each root child's creating rollout counts as its first simulation
+            root_sims = (tree.children[:, ROOT] != UNEXPANDED).long()
         leaf_paths = {}
         through_rows = through[act].view(-1).tolist()  # [A*K]
         for r in range(A * K):
@@ -334,8 +334,6 @@ def search(
     if gumbel:
         kids = tree.children[:, ROOT]
         valid = kids != UNEXPANDED
-        if cfg.n_simulations == 1:
-            root_sims = valid.long()
         first = kids[b_all, final_root_child(_gumbel_scores(tree, g, valid, root_sims, cfg), valid, root_sims)].tolist()
     return [_result(tree, b, records[b], node_record[b], cfg, gen_tokens[b], fwd_tokens[b], steps, step_len, tokenizer, keep_trees,
                     first[b] if first else None)
