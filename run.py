@@ -58,6 +58,18 @@ def add_config_args(parser: argparse.ArgumentParser, cls) -> None:
             parser.add_argument(flag, dest=f.name, type=t, default=f.default, metavar=t.__name__.upper(), help=help_)
 
 
+def given_fields(argv: list[str], cls) -> set[str]:
+    """Names of the fields the user set on the command line (--x-y and --no-x-y both set x_y), which a preset
+    must leave alone."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    given = set()
+    for a in argv:
+        if a.startswith("--"):
+            n = a[2:].split("=")[0].replace("-", "_")
+            given.add(n[3:] if n.startswith("no_") and n[3:] in names else n)
+    return given & names
+
+
 def config_from_args(cls, args: argparse.Namespace):
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
@@ -196,14 +208,15 @@ COMMANDS = {
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # no abbreviations: a preset must know exactly which flags the user gave (--max-new would hide --max-new-tokens)
+    parser = argparse.ArgumentParser(prog="run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (cls, _, help_) in COMMANDS.items():
-        add_config_args(sub.add_parser(name, help=help_, description=help_), cls)
+        add_config_args(sub.add_parser(name, help=help_, description=help_, allow_abbrev=False), cls)
     args = parser.parse_args(argv)
     cls, fn, _ = COMMANDS[args.command]
-    argv = sys.argv[1:] if argv is None else argv
-    given = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+    given = given_fields(sys.argv[1:] if argv is None else argv, cls)
     try:
         cfg = config_from_args(cls, args)
         fn(cfg, given) if fn is cmd_train else fn(cfg)

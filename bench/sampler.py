@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -17,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from data import encode_prompts, load_gsm8k, stop_token_ids  # noqa: E402
-from model_io import SamplingConfig, generate, load  # noqa: E402
+from model_io import SamplingConfig, export_hf, generate, load  # noqa: E402
 from model_io.loading import embedded_gguf  # noqa: E402
 
 
@@ -49,6 +50,9 @@ def main(argv=None) -> None:
 
     spec = args.model or str(embedded_gguf())
     kw = {"gguf_file": os.path.basename(spec)} if spec.endswith(".gguf") else {}
+    if not kw and os.path.isdir(spec) and not os.path.isfile(os.path.join(spec, "config.json")):
+        spec = os.path.join(tempfile.mkdtemp(), "hf")  # one of our checkpoints: transformers reads an HF export of it
+        export_hf(model, tok, spec)
     hf = AutoModelForCausalLM.from_pretrained(os.path.dirname(spec) if kw else spec, dtype=model.embed.weight.dtype, **kw)
     hf = hf.to(dev).eval()
     P = max(map(len, prompts))

@@ -12,8 +12,12 @@ import re
 from decimal import Decimal, InvalidOperation
 
 ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-# a number as people write it: optional sign, optional $, digits with optional thousands commas, optional decimals
-NUMBER = re.compile(r"-?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\$?\.\d+")
+# a number as people write it: optional sign, optional $ (and a space after it), digits with optional thousands
+# commas, optional decimals. A minus is a sign only where it cannot be subtraction or a list dash: not after a
+# word character or a closing bracket ("20-5", "f(x)-3"), and never with a space before the digits ("20 - 5",
+# "- 12 apples" read as 5 and 12, not -5 and -12).
+SIGN = r"(?:(?<![\w)\]])-)?"
+NUMBER = re.compile(SIGN + r"(?:\$\s?)?(?:\d{1,3}(?:,\d{3})+(?![\d,])|\d+)(?:\.\d+)?|" + SIGN + r"\$?\.\d+")
 GOLD_MARK = "####"
 
 

@@ -50,7 +50,7 @@ class EvalConfig:
     mcts_root: str = field(default="puct", metadata={"help": f"mcts: root selection, {' | '.join(ROOT_RULES)} (Gumbel scores with Sequential Halving, Danihelka et al. 2022; PUCT below the root)"})
     step: str = field(default="newline", metadata={"help": "mcts: a node is a line ('newline', capped at --step-tokens) or exactly N tokens ('tokens:N')"})
     step_tokens: int = field(default=48, metadata={"help": "mcts: cap on a newline step"})
-    rollout_depth: int = field(default=4, metadata={"help": "mcts: steps a rollout runs after its new node (or to the answer's end)"})
+    rollout_depth: int = field(default=4, metadata={"help": "mcts: a rollout runs at most this many steps' worth of tokens (a step's cap each) after its new node, or to the answer's end"})
     mcts_answer: str = field(default="vote", metadata={"help": f"mcts: final answer by {' | '.join(ANSWER_MODES)}"})
     mcts_when: str = field(default="tree", metadata={"help": "mcts: 'tree' (one search builds the whole answer), or lookahead decoding that searches only at decision points: always | every:K | entropy:H"})
     fallback_p: float = field(default=0.0, metadata={"help": "mcts lookahead: probability of decoding a decision step plainly instead of searching"})

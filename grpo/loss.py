@@ -24,16 +24,23 @@ def group_advantages(rewards: torch.Tensor, scale: str = "group", eps: float = 1
 
     group: (r - group mean) / (group std + eps), the GRPO paper; batch: the std over the whole batch
     (Hu et al. 2025, REINFORCE++ style); none: r - group mean only (Dr. GRPO, Liu et al. 2025, sec. 3.1).
-    std is the unbiased sample std, as TRL computes it. A group whose rewards are all equal gets zero advantage."""
+    std is the unbiased sample std, as TRL computes it. A group whose rewards are all equal gets exactly zero
+    advantage (tested by equality: a float32 mean of equal values can be one ulp off them, and that ulp divided by
+    std + eps = 1e-4 would give the whole group one same-signed advantage of up to 1e-3)."""
     assert rewards.dim() == 2, f"rewards must be [B, G], got {tuple(rewards.shape)}"
     if scale not in ADV_SCALES:
         raise ValueError(f"unknown advantage scale {scale!r}: use one of {', '.join(ADV_SCALES)}")
-    centered = rewards - rewards.mean(dim=1, keepdim=True)
+    flat = flat_groups(rewards)[:, None]  # [B, 1]
+    centered = torch.where(flat, 0.0, rewards - rewards.mean(dim=1, keepdim=True))
     if scale == "none" or rewards.shape[1] < 2:
         return centered
     std = rewards.std(dim=1, keepdim=True) if scale == "group" else rewards.std().expand(rewards.shape[0], 1)
-    # a group of equal rewards is centred to exact zeros: keep them zero even with eps = 0 (no 0/0)
-    return torch.where(centered == 0, torch.zeros_like(centered), centered / (std + eps))
+    return torch.where(flat, 0.0, centered / (std + eps))  # flat groups stay 0 even with eps = 0 (no 0/0)
+
+
+def flat_groups(rewards: torch.Tensor) -> torch.Tensor:
+    """[B, G] -> [B] bool: every reward of the group equal to its first (no learning signal in that group)."""
+    return (rewards == rewards[:, :1]).all(dim=1)
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:

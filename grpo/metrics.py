@@ -35,6 +35,15 @@ class RunLog:
         if self.enabled:
             self.tb.add_text(tag, text, step)
 
+    def purge_after(self, step: int) -> None:
+        """On resume: TensorBoard drops the events of steps > `step` (they are about to be run again)."""
+        if self.enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            log_dir = self.tb.log_dir
+            self.tb.close()
+            self.tb = SummaryWriter(log_dir, purge_step=step + 1)
+
     def close(self) -> None:
         if self.enabled:
             self.tb.close()  # a later add_scalar reopens it

@@ -17,7 +17,9 @@ reference. Departures from the paper's eq. 3, all deliberate:
  5. Advantage scaling is selectable (`--adv-scale`): group std (paper), batch std, or none (Dr. GRPO).
     std is the unbiased sample std plus eps = 1e-4; groups of equal rewards get exactly zero advantage.
  6. With beta = 0 the reference model is not built, and completions with zero advantage are not run through
-    forward/backward: their loss and gradient are exactly zero (they still count in the normalisers).
+    forward/backward: their loss and gradient are exactly zero (they still count in the normalisers, and AdamW
+    steps on zero gradients as it would have). Token statistics (entropy, KL, clip fractions) are then over the
+    rows that ran.
  7. Outcome supervision (unless 11): the reward is given per completion (the paper's sec. 4.1.2), from the five
     rule-based GSM8K rewards of the well-known recipe (grpo/rewards.py), not from a reward model.
  8. The KL term is in the loss (as in the paper), estimated per token with k3 (its eq. 4).
@@ -25,7 +27,8 @@ reference. Departures from the paper's eq. 3, all deliberate:
     normalisers, then averaged over ranks with one all-reduce (what DDP does, without overlapping the
     communication with backward), so N processes take the same step as one process with the same global batch.
 10. Precision: float32 weights and optimizer state everywhere; on GPU the forward passes run under bf16
-    autocast; log-probs, the loss and the KL are computed in float32.
+    autocast except the LM head, which runs in float32 (MiniMax-M1, arXiv 2506.13585, sec. 3.2: bf16 logits
+    put the sampler's and the trainer's token probabilities apart); log-probs, the loss and the KL are float32.
 11. With `--rollouts mcts` a prompt's group is G finished rollouts of a tree search instead of G independent
     samples (grpo/tree_rollout.py), and `--tree-advantage step|mix` gives per-token advantages from the tree
     (TreeRL-style V(node) - V(parent)) in place of eq. 3's one advantage per completion.
@@ -51,7 +54,7 @@ from . import distributed as D
 from .checkpointing import checkpoint_dirs, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .evaluate import EvalConfig, evaluate
-from .loss import group_advantages, policy_loss
+from .loss import flat_groups, group_advantages, policy_loss
 from .metrics import RunLog, truncate_log
 from .rewards import RewardSet
 from .rollout import Rollout, collect, completion_logprobs, row_generators
@@ -162,8 +165,14 @@ class Trainer:
         ro = merge(parts, self.tok.pad_token_id)
         idx = plain_idx + tree_idx  # the rollout's prompt order
         rewards_all = D.gather_cat(ro.rewards.to(model.device), d).cpu()  # [B, G] over all ranks
-        if cfg.adv_scale == "batch" and d.on:  # the batch std is over the global batch
-            ro.advantages = group_advantages(rewards_all, "batch")[d.rank * len(idx) : (d.rank + 1) * len(idx)]
+        if cfg.adv_scale == "batch" and (d.on or len(parts) > 1):  # the batch std is over the whole global batch
+            new = group_advantages(rewards_all, "batch")[d.rank * len(idx) : (d.rank + 1) * len(idx)]  # [B, G]
+            if ro.token_advantages is not None:  # tree rows carry their outcome advantage inside the per-token ones
+                outcome_in_tokens = torch.ones(len(idx) * G)  # [B*G] plain rows first, then tree rows
+                outcome_in_tokens[len(plain_idx) * G :] = float(cfg.tree_advantage != "step")
+                shift = (new - ro.advantages).flatten() * outcome_in_tokens  # [B*G]
+                ro.token_advantages = ro.token_advantages + shift[:, None] * ro.mask
+            ro.advantages = new
         drop_packed(model)  # sampling is over: free the packed weight copies before the backward's activations
         t_rollout = time.perf_counter() - t0
 
@@ -202,6 +211,9 @@ class Trainer:
                     agg[k] += getattr(st, k) * st.tokens
                 agg["entropy"] += float((ent * m).sum())
                 agg["tokens"] += st.tokens
+            for p in self.params:  # rows skipped (departure 6) or a rank with none to run: their gradient is 0,
+                if p.grad is None:  # and AdamW must still take its step (momentum, decay, step count) as it would
+                    p.grad = torch.zeros_like(p)
             D.average_gradients(self.params, d)
             grad_norm = self._clip_and_step(agg["loss"])
         self.lr_used = self.opt.param_groups[0]["lr"]
@@ -262,7 +274,7 @@ class Trainer:
         m = {
             "reward": rewards_all.mean().item(),
             "reward_std": rewards_all.std().item() if rewards_all.numel() > 1 else 0.0,
-            "frac_reward_zero_std": (rewards_all.std(dim=1) == 0).float().mean().item(),
+            "frac_reward_zero_std": flat_groups(rewards_all).float().mean().item(),
         }
         for name, v in ro.per_fn.items():
             v = D.gather_cat(v.to(dev), d).cpu()
@@ -270,10 +282,13 @@ class Trainer:
         m.update({
             "completions/mean_length": lengths.mean().item(), "completions/min_length": lengths.min().item(),
             "completions/max_length": lengths.max().item(), "completions/clipped_ratio": truncated.mean().item(),
-            "loss": s[0] / self.cfg.mu, "clip_ratio/low_mean": s[1] / tok, "clip_ratio/high_mean": s[2] / tok,
-            "ratio_mean": s[3] / tok, "kl": s[4] / tok, "entropy": s[5] / tok, "grad_norm": grad_norm,
-            "learning_rate": self.lr_used,
+            # a rank's loss has normalisers divided by the world size (its gradient is averaged over ranks): the
+            # sum over ranks is world x the batch's loss
+            "loss": s[0] / (self.cfg.mu * self.dist.world), "grad_norm": grad_norm, "learning_rate": self.lr_used,
         })
+        if s[6]:  # token statistics of the rows that ran forward/backward (with beta = 0, maybe none: then absent)
+            m.update({"clip_ratio/low_mean": s[1] / tok, "clip_ratio/high_mean": s[2] / tok, "ratio_mean": s[3] / tok,
+                      "kl": s[4] / tok, "entropy": s[5] / tok})
         dt = time.perf_counter() - t0
         m.update({"step_time": dt, "time/rollout": t_rollout, "tokens_per_sec": lengths.sum().item() / dt})
         if self.cfg.log_samples:
@@ -311,6 +326,7 @@ class Trainer:
         if self.dist.main:
             for name in ("metrics.jsonl", "samples.jsonl"):
                 truncate_log(self.run_dir / name, self.step)
+            self.log.purge_after(self.step)  # TensorBoard too: the steps after the checkpoint will be logged again
         return True
 
     def train(self, until_step: int | None = None) -> dict[str, float]:
@@ -325,7 +341,8 @@ class Trainer:
         try:
             if cfg.eval_every and cfg.eval_at_start and self.step == 0 and self.dist.main:
                 self.log.log(0, {**self.evaluate(), "rollout/generated_tokens_total": 0.0})  # the baseline
-            spent = False
+            # a resumed run may have spent its token budget already (generated_total is the same on every rank)
+            spent = bool(cfg.token_budget) and self.generated_total >= cfg.token_budget
             while self.step < end and not spent:
                 last = self.train_step()
                 self._warn_if_no_signal(last)
@@ -337,7 +354,7 @@ class Trainer:
                 if self.step % cfg.save_every == 0 or final:
                     self.save()
                 bar.update(min(int(last["rollout/generated_tokens"]), bar.total - bar.n) if by_tokens else 1)
-                bar.set_postfix(**({"step": self.step} if by_tokens else {}), reward=f"{last['reward']:.3f}", kl=f"{last['kl']:.4f}",
+                bar.set_postfix(**({"step": self.step} if by_tokens else {}), reward=f"{last['reward']:.3f}", kl=f"{last.get('kl', 0.0):.4f}",
                                 **({"acc": f"{last['eval/accuracy_strict']:.3f}"} if "eval/accuracy_strict" in last else {}))
             if (self.step == cfg.steps or spent) and self.dist.main:
                 export_hf(self.model, self.tok, self.run_dir / "final_hf")

@@ -53,6 +53,12 @@ def step_advantages(parent: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
     return torch.where(parent >= 0, V - V[parent.clamp(min=0)], torch.zeros_like(V))
 
 
+def cycle_to(items: list, G: int) -> list:
+    """G items: `items` repeated in turn ([a, b, c] -> a b c a b c a b for G = 8); a repeated sample is still a
+    sample, and cycling keeps each distinct one's weight in the group as even as G allows."""
+    return [items[i % len(items)] for i in range(G)] if len(items) < G else items
+
+
 def use_tree(seed: int, step: int, prompt_id: int, p: float) -> bool:
     """Per prompt, the tree with probability p (a hash, not the global RNG: p = 0 leaves every other draw alone)."""
     if p <= 0:
@@ -103,8 +109,7 @@ def collect_tree(
                 pick.append(rec)
             if len(pick) == G:
                 break
-        while len(pick) < G:  # too few distinct rollouts: repeat (a repeated sample is still a sample)
-            pick.append(pick[len(pick) % max(len(pick), 1)] if pick else f.records[0])
+        pick = cycle_to(pick or f.records[:1], G)  # too few distinct rollouts: repeat them in turn
         groups.append(pick)
         gen += f.generated_tokens
         traj += sum(len(r.ids) for r in pick)

@@ -3,7 +3,11 @@ Gumbel", ICLR; sections 3-4), as an alternative to PUCT at the root.
 
 Why: with a handful of simulations PUCT at the root spends them by a prior-weighted bonus that has not yet
 settled; Sequential Halving spends them evenly over the root's candidates, then on the better half, and so
-on, and the final choice provably improves on the policy (their Theorem 1) even with 2 simulations per child.
+on; in the paper the final choice provably improves on the policy (their Theorem 1) even with 2 simulations
+per child. The guarantee does not carry over here: it needs the candidates to be the Gumbel-top-m actions under
+the same noise g, while our candidates are K first steps sampled from the model (with replacement, identical
+ones merged) and g is drawn afterwards over them (departure: an action space of all possible steps cannot be
+enumerated). What carries over is the schedule and the scoring.
 
 The root's K children here are sampled first steps, all created (and each scored once by its rollout) by the
 first simulation. Each later simulation descends through one root child chosen as

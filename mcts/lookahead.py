@@ -6,7 +6,9 @@
   --fallback-p P          at a decision point, decode the step plainly instead with probability P
 
 At a decision point the search starts from the answer so far and commits its root's most visited child
-(ties: higher value, then lower index). `mcts_rollout` is the seed plan's one-step interface on top of it.
+(ties: higher value, then lower index), or with `root="gumbel"` the child Sequential Halving chose. Every row
+keeps its own token budget: rows decoded or searched together never cut each other short. `mcts_rollout` is
+the seed plan's one-step interface on top of it.
 """
 from __future__ import annotations
 
@@ -79,31 +81,41 @@ def lookahead_decode(model: Transformer, tokenizer, prompts: Sequence[Sequence[i
             return "stop"
         return "length"
 
-    def plain(rows: list[int], max_new: int, **kw):
-        """Plain sampling of up to max_new tokens for `rows`; appends them; marks finished rows."""
+    def room(r: int) -> int:
+        return cfg.max_new_tokens - len(committed[r])
+
+    def plain(rows: list[int], caps: list[int], **kw) -> tuple[list[list[int]], list[str], list[int]]:
+        """Plain sampling for `rows`, row i at most caps[i] tokens: one batch decoded to the largest cap, each
+        row then cut to its own (a cut row's finish is "length"). Returns tokens, finish reasons and the
+        tokens sampled per row (the cut ones included: they were paid for)."""
         res = generate(model, [list(prompts[r]) + committed[r] for r in rows],
-                       SamplingConfig(max_new_tokens=max_new, temperature=cfg.temperature, top_p=cfg.top_p, eos_ids=eos, **kw),
+                       SamplingConfig(max_new_tokens=max(caps), temperature=cfg.temperature, top_p=cfg.top_p, eos_ids=eos, **kw),
                        g, stop=stop, pad_id=tokenizer.pad_token_id)
-        return res
+        toks = [res.row(i)[:c] for i, c in enumerate(caps)]
+        fin = [f if int(res.lengths[i]) <= c else "length" for i, (f, c) in enumerate(zip(res.finish, caps))]
+        return toks, fin, [int(n) for n in res.lengths]
 
     stuck: set[int] = set()  # rows whose search could expand nothing (no room): their answer is as long as it gets
     while True:
         rows = [r for r in range(B) if finish[r] == "length" and len(committed[r]) < cfg.max_new_tokens and r not in stuck]
         if not rows:
             break
-        if when.mode != "always":  # the plain stretch
+        if when.mode != "always":  # the plain stretch: every:K decodes K tokens, entropy:H until a row is unsure
             kw = {"max_entropy": when.h} if when.mode == "entropy" else {}
             n = when.k if when.mode == "every" else cfg.max_new_tokens
-            res = plain(rows, max(1, min(n, min(cfg.max_new_tokens - len(committed[r]) for r in rows))), **kw)
+            toks, fin, paid = plain(rows, [min(n, room(r)) for r in rows], **kw)
             for i, r in enumerate(rows):
-                committed[r] += res.row(i)
-                gen[r] += int(res.lengths[i])
+                committed[r] += toks[i]
+                gen[r] += paid[i]
                 fwd[r] += len(prompts[r]) + len(committed[r])
-                if res.finish[i] in ("eos", "stop"):
-                    finish[r] = res.finish[i]
-            rows = [r for r in rows if finish[r] == "length" and len(committed[r]) < cfg.max_new_tokens]
+                if fin[i] in ("eos", "stop"):
+                    finish[r] = fin[i]
+            # entropy:H: only a row that stopped unsure has reached a decision point (a row that ran out of
+            # room is done; every:K rows have had their K tokens)
+            rows = [r for i, r in enumerate(rows) if finish[r] == "length" and room(r) > 0
+                    and (when.mode != "entropy" or fin[i] == "unsure")]
             if not rows:
-                break
+                continue
         # the decision point: a searched step, or (with probability fallback_p) a plain one
         coin = {r: _coin(seed, qids[r], decisions[r]) for r in rows}
         for r in rows:
@@ -111,18 +123,19 @@ def lookahead_decode(model: Transformer, tokenizer, prompts: Sequence[Sequence[i
         fall = [r for r in rows if coin[r] < fallback_p]
         srch = [r for r in rows if coin[r] >= fallback_p]
         if fall:
-            res = plain(fall, max(1, min(cfg.step_len, min(cfg.max_new_tokens - len(committed[r]) for r in fall))))
-            ends = step_ends(res.tokens.cpu(), res.lengths.cpu(), cfg, nl)
+            toks, _, paid = plain(fall, [min(cfg.step_len, room(r)) for r in fall])
+            lengths = torch.tensor([len(t) for t in toks])
+            padded = torch.tensor([t + [0] * (int(lengths.max()) - len(t)) for t in toks]).view(len(toks), -1)
+            ends = step_ends(padded, lengths, cfg, nl)
             for i, r in enumerate(fall):
-                step = res.row(i)[: int(ends[i])]
-                committed[r] += step
-                gen[r] += int(res.lengths[i])
+                committed[r] += toks[i][: int(ends[i])]
+                gen[r] += paid[i]
                 fwd[r] += len(prompts[r]) + len(committed[r])
                 finish[r] = ended(committed[r])
         if srch:
-            room = min(cfg.max_new_tokens - len(committed[r]) for r in srch)
-            found = search(model, tokenizer, [list(prompts[r]) + committed[r] for r in srch], replace(cfg, max_new_tokens=room),
-                           [qids[r] * 100003 + decisions[r] for r in srch], seed, value_fn)
+            caps = [room(r) for r in srch]
+            found = search(model, tokenizer, [list(prompts[r]) + committed[r] for r in srch], replace(cfg, max_new_tokens=max(caps)),
+                           [qids[r] * 100003 + decisions[r] for r in srch], seed, value_fn, max_new_tokens=caps)
             for r, f in zip(srch, found):
                 searches[r] += 1
                 gen[r] += f.generated_tokens
@@ -130,8 +143,7 @@ def lookahead_decode(model: Transformer, tokenizer, prompts: Sequence[Sequence[i
                 if not f.first_steps:
                     stuck.add(r)
                     continue
-                best = max(f.first_steps, key=lambda s: (s["visits"], s["value"], -s["node"]))
-                committed[r] += best["tokens"]
+                committed[r] += f.best_first_step()["tokens"]
                 finish[r] = ended(committed[r])
     out = []
     for r in range(B):
@@ -154,5 +166,4 @@ def mcts_rollout(prompt: str, model: Transformer, tokenizer, n_simulations: int 
     found = search(model, tokenizer, [ids], cfg, value_fn=value_fn or self_consistency_value(cfg.format_weight))[0]
     if not found.first_steps:
         return "", []
-    best = max(found.first_steps, key=lambda s: (s["visits"], s["value"], -s["node"]))
-    return best["text"], [s["value"] for s in found.first_steps]
+    return found.best_first_step()["text"], [s["value"] for s in found.first_steps]

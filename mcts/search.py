@@ -9,8 +9,9 @@ A node is one reasoning step: the tokens up to and including the first newline, 
                continuations are sampled in one batched decode (B x K rows); each continuation's first step is
                a new child, its prior the softmax over siblings of the step's mean token log-prob (identical
                sibling steps become one child)
-  3. evaluate  the rest of each continuation is the rollout (up to `rollout_depth` further steps, or to the
-               end of the answer); a value function scores the whole answer
+  3. evaluate  the rest of each continuation is the rollout, up to the end of the answer or a token cap of
+               `rollout_depth` more steps' worth (step_tokens each: tokens are capped, newlines not counted);
+               a value function scores the whole answer
   4. backup    every new child's value goes up to the root, all K children of all B trees at once
 
 At evaluation time the value never sees the gold answer: it is format plus agreement of the rollout's answer
@@ -19,6 +20,7 @@ pass a value function that uses correctness.
 """
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -47,7 +49,7 @@ class SearchConfig:
     gumbel_c_scale: float = 1.0
     step: str = "newline"  # "newline" or "tokens:N"
     step_tokens: int = 48  # cap on a newline step
-    rollout_depth: int = 4  # steps a rollout may run after its new node; the answer's end stops it sooner
+    rollout_depth: int = 4  # a rollout may run rollout_depth * step_tokens tokens after its new node's step
     temperature: float = 0.8
     top_p: float = 1.0
     max_new_tokens: int = 256  # cap on a whole answer (path + rollout)
@@ -99,6 +101,16 @@ class SearchResult:
     records: list[RolloutRecord] = field(default_factory=list)  # every rollout, in creation order
     step_len: list[int] = field(default_factory=list)  # [nodes] tokens of each node's own step
     parent: list[int] = field(default_factory=list)  # [nodes] parent of each node (-1 for the root)
+    root_choice: int | None = None  # with root="gumbel": the root child Sequential Halving chose (its node id)
+
+    def best_first_step(self) -> dict | None:
+        """The root child to commit to: Gumbel's final choice if it made one, else the most visited child
+        (ties: higher value, then lower node id)."""
+        if self.root_choice is not None:
+            chosen = [s for s in self.first_steps if s["node"] == self.root_choice]
+            if chosen:
+                return chosen[0]
+        return max(self.first_steps, key=lambda s: (s["visits"], s["value"], -s["node"])) if self.first_steps else None
 
 
 @dataclass
@@ -128,16 +140,16 @@ def self_consistency_value(format_weight: float) -> ValueFn:
     return value
 
 
-_NEWLINE_TABLES: dict[int, torch.Tensor] = {}
+_NEWLINE_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> [V] bool
 
 
 def newline_table(tokenizer) -> torch.Tensor:
     """[V] bool: the token's text contains a newline (computed once per tokenizer)."""
-    key = id(tokenizer)
-    if key not in _NEWLINE_TABLES:
+    table = _NEWLINE_TABLES.get(tokenizer)  # weak keys: a freed tokenizer's entry goes with it (id() could be reused)
+    if table is None:
         V = len(tokenizer)
-        _NEWLINE_TABLES[key] = torch.tensor(["\n" in s for s in tokenizer.batch_decode([[i] for i in range(V)])])
-    return _NEWLINE_TABLES[key]
+        table = _NEWLINE_TABLES[tokenizer] = torch.tensor(["\n" in s for s in tokenizer.batch_decode([[i] for i in range(V)])])
+    return table
 
 
 def step_ends(tokens: torch.Tensor, lengths: torch.Tensor, cfg: SearchConfig, nl: torch.Tensor | None) -> torch.Tensor:
@@ -197,9 +209,13 @@ def search(
     seed: int = 0,
     value_fn: ValueFn | None = None,
     keep_trees: bool = False,
+    max_new_tokens: Sequence[int] | None = None,
 ) -> list[SearchResult]:
-    """Search B trees at once, one per prompt; returns one answer per prompt."""
+    """Search B trees at once, one per prompt; returns one answer per prompt. `max_new_tokens` [B]: each
+    answer's own token cap (lookahead decoding searches answers of different lengths); default cfg's for all."""
     B, K, S = len(prompts), cfg.children, cfg.step_len
+    caps = torch.tensor(list(max_new_tokens) if max_new_tokens is not None else [cfg.max_new_tokens] * B)  # [B]
+    assert caps.shape == (B,), f"max_new_tokens needs one cap per prompt, got {tuple(caps.shape)} for {B}"
     qids = list(question_ids) if question_ids is not None else list(range(B))
     value_fn = value_fn or self_consistency_value(cfg.format_weight)
     pad = tokenizer.pad_token_id
@@ -220,7 +236,7 @@ def search(
     gen_tokens = [0] * B
     fwd_tokens = [len(p) for p in prompts]
 
-    root = prefill(model, prompts, room=cfg.max_new_tokens + roll_cap, pad_id=pad)  # each prompt read once
+    root = prefill(model, prompts, room=int(caps.max()) + roll_cap, pad_id=pad)  # each prompt read once
     b_all = torch.arange(B)
     gumbel = cfg.root == "gumbel"
     if gumbel:  # simulation 0 creates the root's children; Sequential Halving schedules the n - 1 after it
@@ -240,10 +256,13 @@ def search(
         leaf = select(tree, cfg.c_puct, start)  # [B]
         done = tree.terminal[b_all, leaf]
         path, pmask = path_tokens(tree, steps, step_len, b_all, leaf)
-        done |= pmask.sum(-1) >= cfg.max_new_tokens  # no room left under this leaf: it stays a leaf
+        done |= pmask.sum(-1) >= caps  # no room left under this leaf: it stays a leaf
         tree.terminal[b_all, leaf] |= done
-        if bool(done.any()):  # a finished leaf is revisited: its value counts again (standard MCTS)
-            backup(tree, torch.where(done, leaf, torch.full_like(leaf, UNEXPANDED)), node_value[b_all, leaf])
+        if bool(done.any()):  # a finished leaf is revisited: its value counts again (standard MCTS), K times,
+            # as an expansion backs up K values: counted once, a finished child's visits would grow K times
+            # slower than an open sibling's, and PUCT's exploration bonus would keep sending simulations to it
+            again = torch.where(done, leaf, torch.full_like(leaf, UNEXPANDED))[:, None].expand(B, K)  # [B, K]
+            backup(tree, again, node_value[b_all, leaf][:, None].expand(B, K))
         act = (~done).nonzero().flatten()  # [A] trees that expand this simulation
         if act.numel() == 0:
             continue
@@ -251,7 +270,7 @@ def search(
         path, pmask = path[act], pmask[act]
         keep = pmask.any(0)  # drop columns that are padding in every active row
         path, pmask = path[:, keep], pmask[:, keep]
-        room = cfg.max_new_tokens - pmask.sum(-1)  # [A]
+        room = caps[act] - pmask.sum(-1)  # [A]
         T = int(min(roll_cap, int(room.max())))
         pre = extend(model, root.fork(act, room=path.shape[1] + T), path, pmask)  # the path only, not the prompt
         pre = pre.fork(torch.arange(A).repeat_interleave(K))  # K continuations per leaf
@@ -351,6 +370,7 @@ def _gumbel_scores(tree: Tree, g: torch.Tensor, valid: torch.Tensor, root_sims: 
 def _result(tree: Tree, b: int, records: list[RolloutRecord], node_record: dict[int, int], cfg: SearchConfig,
             gen: int, fwd: int, steps, step_len, tokenizer, keep_tree: bool, first: int | None = None) -> SearchResult:
     chosen = None
+    first_node = first if first is not None and first != UNEXPANDED else None
     finished = [r for r in records if r.finished and r.answer is not None]
     if cfg.answer == "vote" and finished:
         score = Counter()
@@ -389,4 +409,4 @@ def _result(tree: Tree, b: int, records: list[RolloutRecord], node_record: dict[
                         step_len=step_len[b, :n].tolist(), parent=tree.parent[b, :n].tolist(),
                         answer_tokens=chosen.tokens if chosen else 0, finish="stop" if chosen and chosen.finished else "length",
                         generated_tokens=gen, forward_tokens=fwd,
-                        nodes=int(tree.num_nodes[b]), tree=dump)
+                        nodes=int(tree.num_nodes[b]), tree=dump, root_choice=first_node)

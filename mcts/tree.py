@@ -26,7 +26,7 @@ UNEXPANDED = -1
 
 @dataclass
 class Tree:
-    visits: torch.Tensor  # [B, N] float: simulations that passed through the node
+    visits: torch.Tensor  # [B, N] float: values backed up through the node (mcts/search.py backs up K per simulation)
     value_sum: torch.Tensor  # [B, N] float: sum of the values backed up through the node
     prior: torch.Tensor  # [B, N] float: P(node) given its parent
     parent: torch.Tensor  # [B, N] long: NO_PARENT for the root and for unused slots

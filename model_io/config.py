@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,7 +38,6 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...] = ()
     bos_token_id: int | None = None
     pad_token_id: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # HF fields we keep only for export
 
     def __post_init__(self):
         if self.arch not in SUPPORTED_ARCHS:
@@ -55,6 +54,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         names = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k != "extra"}  # an unused field of earlier checkpoints (always {})
         unknown = set(d) - names
         if unknown:
             raise ModelSpecError(f"checkpoint config has unknown fields {sorted(unknown)}: it was written by another version")
@@ -132,8 +132,7 @@ class ModelConfig:
             bos_token_id=self.bos_token_id,
             pad_token_id=self.pad_token_id,
         )
-        if self.arch == "llama":
-            kw["head_dim"] = self.head_dim
+        kw["head_dim"] = self.head_dim  # both families read it (Qwen2 too), and it need not be hidden / heads
         return cls(**kw)
 
 

@@ -13,10 +13,6 @@ import torch
 from .model import Transformer
 
 
-def _compute_dtype(h: torch.Tensor) -> torch.dtype:
-    """The dtype the LM head matmul runs in: autocast's (bf16 on GPU training) if on, else the hidden states'."""
-    dev = h.device.type
-    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
 
 
 class _ChunkLogProb(torch.autograd.Function):
@@ -64,7 +60,8 @@ def logprobs_from_hidden(
     """log p(targets[b, t] | hidden[b, t]) as float32 [B, T]; with_entropy: also the entropy [B, T] (detached)."""
     B, T, _ = hidden.shape
     assert targets.shape == (B, T), f"targets {tuple(targets.shape)} != {(B, T)}"
-    dtype = _compute_dtype(hidden)
+    # float32 at least, under bf16 autocast too: see Transformer.logits (an FP32 head, MiniMax-M1 sec. 3.2)
+    dtype = torch.promote_types(weight.dtype, torch.float32)
     parts = [_ChunkLogProb.apply(hidden[:, s : s + chunk], weight, targets[:, s : s + chunk], dtype, with_entropy)
              for s in range(0, T, chunk)]
     lp = torch.cat([p[0] for p in parts], dim=1)

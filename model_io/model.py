@@ -223,4 +223,26 @@ class Transformer(nn.Module):
         h = self.hidden(tokens, positions, cache, key_mask, shared)
         if last_only:
             h = h[:, -1]
-        return self.lm_head(h)
+        return self.logits(h)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The LM head, in float32 at least whatever the weights' or autocast's dtype: logits of a few tens
+        rounded to bf16 are off by up to 0.06 each, so bf16 sampling and training disagree on token
+        probabilities by that much (MiniMax-M1, arXiv 2506.13585, sec. 3.2: the fix is an FP32 head). [..., V]"""
+        w = self.lm_head.weight
+        dt = torch.promote_types(w.dtype, torch.float32)
+        if h.dtype == dt and w.dtype == dt and not torch.is_autocast_enabled(h.device.type):
+            return self.lm_head(h)  # the plain path (packed weights on CPU)
+        with torch.autocast(h.device.type, enabled=False):
+            return F.linear(h.to(dt), self.head_weight(dt))
+
+    def head_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """The LM head weight in `dtype`. Low-precision weights (bf16 inference) are upcast once and the copy is
+        kept until the weights change (their version counter moves), not re-made every decode step."""
+        w = self.lm_head.weight
+        if w.dtype == dtype or (torch.is_grad_enabled() and w.requires_grad):
+            return w.to(dtype)  # no copy, or a copy autograd must see
+        key = (w.data_ptr(), w._version, w.device, dtype)
+        if getattr(self, "_head_key", None) != key:
+            self._head_key, self._head_copy = key, w.detach().to(dtype)
+        return self._head_copy

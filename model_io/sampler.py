@@ -109,7 +109,7 @@ def prefill(model: Transformer, prompts: Sequence[Sequence[int]], room: int, pad
     if not per_row:
         logits = model(tokens, positions=positions, cache=cache, key_mask=key_mask, last_only=True)  # [B, V]
     else:
-        logits = torch.empty(B, model.cfg.vocab_size, device=dev, dtype=model.embed.weight.dtype)
+        logits = torch.empty(B, model.cfg.vocab_size, device=dev, dtype=torch.promote_types(model.embed.weight.dtype, torch.float32))
         cache.k[:, :, :, :P].zero_()  # the padding slots no row writes: masked, but they must not hold NaN garbage
         cache.v[:, :, :, :P].zero_()
         for b, p in enumerate(prompts):

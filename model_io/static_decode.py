@@ -117,10 +117,11 @@ def decode_static(model: Transformer, prefix, cfg, generator=None, stop=None, pa
 
 def _stop_strings(tokens, lengths, reason, done, stop, t0: int, t1: int) -> None:
     """Rows that completed a stop string at a position in [t0, t1): end them there (in place)."""
-    toks, L, fin = tokens[:, :t1].tolist(), lengths.tolist(), done.tolist()
+    toks, L, fin, why = tokens[:, :t1].tolist(), lengths.tolist(), done.tolist(), reason.tolist()
     pairs, tails = [], []
     for r in range(len(toks)):
-        end = L[r] if fin[r] else t1
+        # a row ended by EOS is not checked at its EOS token: EOS wins, as on the dynamic path
+        end = (L[r] - 1 if why[r] == 1 else L[r]) if fin[r] else t1
         for t in range(t0, min(t1, end)):
             pairs.append((r, t))
             tails.append(toks[r][max(0, t + 1 - stop.window) : t + 1])

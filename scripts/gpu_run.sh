@@ -20,7 +20,7 @@ PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT"
 START=$(date +%s)
-if [ "${SMALL:-0}" = 1 ]; then B1=4; B2=8; NEW=16; Q=4; QM=2; SIMS=1; else B1=64; B2=256; NEW=256; Q=500; QM=128; SIMS=8; fi
+if [ "${SMALL:-0}" = 1 ]; then B1=4; B2=8; NEW=16; Q=4; QM=2; SIMS=1; BA=2; TA=8; else B1=64; B2=256; NEW=256; Q=500; QM=128; SIMS=8; BA=16; TA=32; fi
 left() { echo $(( MINUTES * 60 - ($(date +%s) - START) )); }
 step() {  # step NAME CMD...: run, time, keep the log; a failed step is recorded and the run goes on
   local name=$1; shift
@@ -34,6 +34,8 @@ step() {  # step NAME CMD...: run, time, keep the log; a failed step is recorded
 step 1-env "$PY" scripts/gpu_env.py "$OUT/env.json"
 step 2-sampler-b$B1 "$PY" bench/sampler.py --model "$MODEL" --batch $B1 --max-new-tokens $NEW
 step 2-sampler-b$B2 "$PY" bench/sampler.py --model "$MODEL" --batch $B2 --max-new-tokens $NEW
+# the fast path's greedy tokens against the CPU float32 path: first TA tokens, log-probs within bf16 tolerance
+step 2-agreement "$PY" bench/agreement.py --model "$MODEL" --batch $BA --tokens $TA --max-new-tokens $(( 2 * TA ))
 step 3-eval-start "$PY" run.py eval --model "$MODEL" --shots $SHOTS --limit $Q --max-new-tokens $NEW --batch-size 128 --out-dir "$OUT/eval-start"
 TRAIN_MIN=$(( ($(left) - 150) / 60 ))  # leave ~2.5 minutes for the evaluations after it
 if [ "$TRAIN_MIN" -ge 1 ]; then
@@ -65,6 +67,12 @@ for f in sorted(out.glob("2-sampler-*.log")):
     for l in f.read_text().splitlines():
         if l.startswith(("transformers generate:", "ours", "decode step", "ratio")):
             lines.append(f"| {f.stem}: {l.split(':')[0]} | {l.split(':', 1)[1].strip()} |")
+ag = out / "2-agreement.log"
+if ag.is_file():
+    for l in ag.read_text().splitlines():
+        if l.startswith(("reference:", "rows whose first", "log-prob |difference|", "reference model's margin", "agreement:")):
+            k, v = l.split(":", 1)
+            lines.append(f"| agreement with CPU float32: {k} | {v.strip()} |")
 for name in ("eval-start", "eval-trained"):
     s = load(f"{name}/summary.json")
     if s:

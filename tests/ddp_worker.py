@@ -1,4 +1,6 @@
-"""Run under torchrun by test_distributed.py: two steps of the synthetic GRPO task, then rank 0 saves the weights."""
+"""Run under torchrun by test_distributed.py: steps of the synthetic GRPO task with the trainer overrides given
+as JSON, then rank 0 saves the weights and the last metrics."""
+import json
 import sys
 from pathlib import Path
 
@@ -12,11 +14,11 @@ from safetensors.torch import save_file  # noqa: E402
 from grpo import distributed as D  # noqa: E402
 
 if __name__ == "__main__":
-    out = Path(sys.argv[1])
+    out, overrides = Path(sys.argv[1]), json.loads(sys.argv[2])
     d, device = D.init_from_env("cpu")
-    tr = make_trainer(out / f"run{d.rank}", dtype=torch.float64, dist=d, beta=0.04, steps=2)
+    tr = make_trainer(out / f"run{d.rank}", dtype=torch.float64, dist=d, **overrides)
     last = tr.train()
     if d.main:
         save_file({n: p.detach().contiguous() for n, p in tr.model.named_parameters()}, str(out / "ddp.safetensors"))
-        (out / "reward.txt").write_text(str(last["reward"]))
+        (out / "metrics.json").write_text(json.dumps(last))
     D.shutdown(d)

@@ -22,11 +22,12 @@ def test_checkpoint_round_trip(tmp_path, arch):
     assert not list(tmp_path.glob(".ckpt.tmp-*"))  # written atomically: no temp dir left behind
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_export_loads_in_transformers_with_same_logits(tmp_path, arch):
+@pytest.mark.parametrize("arch,kw", [("llama", {}), ("qwen2", {}), ("llama", {"head_dim": 32}), ("qwen2", {"head_dim": 32})])
+def test_export_loads_in_transformers_with_same_logits(tmp_path, arch, kw):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = from_hf_model(tiny_hf_model(arch))
+    model = from_hf_model(tiny_hf_model(arch, **kw))  # head_dim 32 != hidden 64 / 4 heads: it must be exported
+    assert model.cfg.head_dim == kw.get("head_dim", 16)
     export_hf(model, tiny_tokenizer(), tmp_path / "hf")
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     assert AutoTokenizer.from_pretrained(tmp_path / "hf").eos_token == "<|im_end|>"
@@ -53,7 +54,8 @@ def test_load_accepts_checkpoint_and_hf_directories(tmp_path):
 def test_load_casts_dtype(tmp_path):
     save_model(from_hf_model(tiny_hf_model()), tiny_tokenizer(), tmp_path / "c")
     m, _ = load(tmp_path / "c", dtype=torch.bfloat16)
-    assert m.embed.weight.dtype == torch.bfloat16 and m(torch.tensor([[1, 2]])).dtype == torch.bfloat16
+    # bf16 weights, but the LM head runs in float32 (Transformer.logits): float32 logits
+    assert m.embed.weight.dtype == torch.bfloat16 and m(torch.tensor([[1, 2]])).dtype == torch.float32
 
 
 def test_bad_specs_fail_in_one_line(tmp_path):

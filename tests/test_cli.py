@@ -168,3 +168,15 @@ def test_train_cli_with_tree_rollouts(tiny_ckpt, tmp_path, monkeypatch):
                      "--eval-every", "0", "--token-budget", "10000", "--out-dir", str(out), "--device", "cpu"]) == 0
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [l["rollout/tree_groups"] for l in lines] == [1, 1] and lines[-1]["rollout/generated_tokens_total"] > 0
+
+
+def test_flags_are_never_abbreviated_and_presets_see_every_given_flag(capsys):
+    """argparse would take --max-new for --max-new-tokens, and the smoke preset would then override the user's
+    value without a word: abbreviations are refused, and --no-x counts as giving x."""
+    from grpo.config import TrainConfig
+
+    with pytest.raises(SystemExit):
+        run.main(["train", "--preset", "smoke", "--max-new", "64"])
+    assert "unrecognized arguments: --max-new" in capsys.readouterr().err
+    assert run.given_fields(["--max-new-tokens=64", "--no-eval-at-start", "--shots", "2", "x"], TrainConfig) == \
+        {"max_new_tokens", "eval_at_start", "shots"}

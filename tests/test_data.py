@@ -74,6 +74,11 @@ def test_gold_strict_and_lenient_parsing():
     assert parse_lenient("I had 3 apples, then 1,200 more, total $1,203.") == "1203"
     assert parse_lenient("it costs -4.50 now") == "-4.5"
     assert parse_lenient("no digits") is None
+    # a minus is a sign only when it cannot be subtraction or a list dash
+    assert parse_lenient("x = 20 - 5") == "5" and parse_lenient("x = 20-5") == "5"
+    assert parse_lenient("Total:\n- 12 apples") == "12" and parse_lenient("it fell to -3") == "-3"
+    assert parse_lenient("costs $ 12 or -$4") == "-4" and parse_lenient("(-7)") == "-7"
+    assert parse_lenient("1,2345") == "2345" and parse_lenient("paid 1,234,567.5") == "1234567.5"
 
 
 def test_prompts_render_through_the_chat_template():

@@ -1,23 +1,33 @@
 """Two gloo processes under torchrun take the same steps as one process with the same global batch."""
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+import pytest
 from helpers import make_trainer
 from safetensors.torch import load_file
 
+CASES = {
+    "plain": dict(beta=0.04, steps=2),
+    # half the prompts on the tree, batch-std advantages: the std must be over both kinds of rows on both ranks
+    "tree-batch-std": dict(beta=0.04, steps=1, rollouts="mcts", mcts_prob=0.5, adv_scale="batch", mcts_step="tokens:2",
+                           mcts_children=4),
+}
 
-def test_two_processes_match_one(tmp_path):
+
+@pytest.mark.parametrize("case", CASES)
+def test_two_processes_match_one(tmp_path, case):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
     worker = Path(__file__).with_name("ddp_worker.py")
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-                        str(worker), str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+                        str(worker), str(tmp_path), json.dumps(CASES[case])], capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     ddp = load_file(str(tmp_path / "ddp.safetensors"))
-    single = make_trainer(tmp_path / "single", dtype=torch.float64, beta=0.04, steps=2)
+    single = make_trainer(tmp_path / "single", dtype=torch.float64, **CASES[case])
     last = single.train()
     init = make_trainer(tmp_path / "init", dtype=torch.float64).model
     for (n, p1), (_, p0) in zip(single.model.named_parameters(), init.named_parameters()):
@@ -25,4 +35,6 @@ def test_two_processes_match_one(tmp_path):
         # ~3e-3 per step agree to float32 rounding
         assert torch.allclose(ddp[n], p1, atol=1e-6), (n, (ddp[n] - p1).abs().max().item())
         assert not torch.allclose(p1, p0), n  # the steps did move the weights
-    assert abs(float((tmp_path / "reward.txt").read_text()) - last["reward"]) < 1e-6  # metrics reduced over ranks
+    got = json.loads((tmp_path / "metrics.json").read_text())
+    for k in ("reward", "loss", "kl", "entropy"):  # metrics reduced over ranks
+        assert abs(got[k] - last[k]) < 1e-6 * max(1.0, abs(last[k])), (k, got[k], last[k])

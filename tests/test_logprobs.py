@@ -70,3 +70,29 @@ def test_entropy_and_gradients_match_autograd_of_log_softmax():
     h2, w2 = torch.autograd.grad((lp.double() * g).sum(), (h, w))
     assert torch.allclose(lp.double(), ref.detach(), atol=1e-5)
     assert torch.allclose(h2, gh, atol=1e-5) and torch.allclose(w2, gw, atol=1e-5)
+
+
+def test_the_lm_head_runs_in_float32_under_bf16():
+    """bf16 logits of a few tens are rounded to steps of 0.125: the head runs in float32 instead (an FP32 head,
+    MiniMax-M1 sec. 3.2), both for a bf16 model's logits and for log-probs under bf16 autocast."""
+    torch.manual_seed(0)
+    h = torch.randn(2, 5, 64).bfloat16()
+    W = torch.randn(300, 64) * 3  # logits of magnitude ~25
+    y = torch.randint(0, 300, (2, 5))
+    exact = torch.log_softmax(h.float() @ W.T, -1).gather(-1, y[..., None]).squeeze(-1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lp = logprobs_from_hidden(h, W, y)
+    assert lp.dtype == torch.float32 and torch.allclose(lp, exact, atol=1e-4)
+    rounded = torch.log_softmax((h @ W.bfloat16().T).float(), -1).gather(-1, y[..., None]).squeeze(-1)
+    assert (rounded - exact).abs().max() > 1e-2  # what a bf16 head would have given
+
+    model = from_hf_model(tiny_hf_model()).to(torch.bfloat16)
+    x = torch.randint(0, 259, (1, 6))
+    logits = model(x)
+    assert logits.dtype == torch.float32 and not torch.equal(logits, logits.bfloat16().float())
+    with torch.no_grad():  # decoding: the upcast copy is kept (under autograd it is made per call, tracked)
+        w32 = model.head_weight(torch.float32)
+        assert model.head_weight(torch.float32) is w32  # upcast once, not every decode step
+        model.lm_head.weight.mul_(2)  # weights change (an optimizer step): the copy is made again
+        assert torch.equal(model.head_weight(torch.float32), model.lm_head.weight.float())
+    assert model.head_weight(torch.float32).requires_grad

@@ -65,3 +65,29 @@ def test_mcts_rollout_seed_interface(setup):
     text, rewards = mcts_rollout(render_prompt(tok, "What is 2+2?"), model, tok, n_simulations=3, rollout_depth=1,
                                  reward_func=reward, step="tokens:2", children=2, max_new_tokens=8)
     assert isinstance(text, str) and len(rewards) == 2 and sum(calls) == 3 * 2
+
+
+@pytest.mark.parametrize("when", ["always", "every:2"])
+def test_each_row_is_searched_with_its_own_room(setup, monkeypatch, when):
+    """Rows searched together keep their own budgets (a row near its end must not cut the others' searches)."""
+    import mcts.lookahead as la
+
+    model, tok, prompts = setup
+    seen = []
+    real = la.search
+
+    def spy(model_, tok_, rows, cfg, qids, *a, max_new_tokens=None, **k):
+        # which rows: lookahead names a decision's search question_id * 100003 + decision
+        seen.append((max_new_tokens, [len(r) - len(prompts[(q // 100003) % 2]) for r, q in zip(rows, qids)]))
+        return real(model_, tok_, rows, cfg, qids, *a, max_new_tokens=max_new_tokens, **k)
+
+    monkeypatch.setattr(la, "search", spy)
+    # a quarter of the tiny vocabulary ends a step, so that steps (and the rows' room) differ in length
+    every_fourth = torch.arange(len(tok)) % 4 == 0
+    monkeypatch.setattr(la, "newline_table", lambda _: every_fourth)
+    monkeypatch.setattr("mcts.search.newline_table", lambda _: every_fourth)
+    cfg = SearchConfig(n_simulations=2, children=2, step="newline", step_tokens=4, rollout_depth=1, max_new_tokens=12, stop="")
+    lookahead_decode(model, tok, prompts * 2, cfg, When.parse(when), question_ids=[0, 1, 2, 3])
+    for caps, done in seen:  # each row's cap is what its answer so far leaves of the 12 tokens
+        assert caps == [12 - n for n in done]
+    assert any(len(set(caps)) > 1 for caps, _ in seen), "steps of different lengths leave rows with different room"

@@ -22,6 +22,19 @@ def test_group_advantages_hand_worked():
         group_advantages(r, "rank")
 
 
+@pytest.mark.parametrize("value", [0.3, 0.1, 0.7, 2.874])
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_equal_rewards_give_exactly_zero_advantage(value, scale):
+    """float32 means of equal values can be one ulp off them (4 x 8 copies of 0.3: mean - 0.3 = 3e-8); divided
+    by std + eps = 1e-4 that ulp would give a whole flat group one same-signed advantage."""
+    r = torch.full((4, 8), value)
+    assert (r - r.mean(1, keepdim=True)).abs().max() > 0 or value != 0.3  # the rounding this test is about
+    assert torch.equal(group_advantages(r, scale), torch.zeros(4, 8))
+    mixed = torch.cat([r[:1], torch.tensor([[1.0, 0, 0, 0, 0, 0, 0, 0]])])  # a flat group beside a live one
+    a = group_advantages(mixed, scale)
+    assert torch.equal(a[0], torch.zeros(8)) and a[1].abs().sum() > 0
+
+
 def test_kl_k3_hand_worked():
     logp = torch.tensor([0.0, -1.0, -2.0])
     ref = torch.tensor([0.0, -2.0, -1.0])

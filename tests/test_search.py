@@ -172,3 +172,35 @@ def test_identical_sibling_steps_are_one_child(setup):
     for r in sampled:  # no two siblings hold the same step (same text and length)
         kids = [(n["parent"], n["text"], n["tokens"]) for n in r.tree["nodes"][1:]]
         assert len(set(kids)) == len(kids)
+
+
+@pytest.mark.parametrize("root", ["puct", "gumbel"])
+def test_every_simulation_backs_up_k_values(setup, root):
+    """An expansion backs up K values (one per continuation); a simulation that ends on a finished leaf (here: no
+    room left after 2 steps of 2 tokens) backs its value up K times too, so the root's visits are exactly
+    simulations x K. Counted once, finished children would keep PUCT's exploration bonus K times longer."""
+    model, tok, prompts = setup
+    c = cfg(n_simulations=12, children=3, step="tokens:2", max_new_tokens=4, rollout_depth=1, root=root)
+    res = search(model, tok, prompts, c, keep_trees=True)
+    for r in res:
+        assert any(n["terminal"] for n in r.tree["nodes"][1:])  # revisits did happen
+        assert r.tree["nodes"][0]["visits"] == 12 * 3
+
+
+def test_each_prompt_keeps_its_own_answer_budget(setup):
+    model, tok, prompts = setup
+    c = cfg(n_simulations=6, step="tokens:2", max_new_tokens=12, stop="")
+    res = search(model, tok, prompts, c, max_new_tokens=[2, 12, 6])
+    assert [all(len(rec.ids) <= cap for rec in r.records) for r, cap in zip(res, [2, 12, 6])] == [True] * 3
+    assert max(len(rec.ids) for rec in res[1].records) > 6  # the short row did not cut the long one
+
+
+def test_gumbel_root_choice_is_committed(setup):
+    model, tok, prompts = setup
+    res = search(model, tok, prompts, cfg(root="gumbel", n_simulations=6))
+    for r in res:
+        kids = [s["node"] for s in r.first_steps]
+        assert r.root_choice in kids and r.best_first_step()["node"] == r.root_choice
+    puct = search(model, tok, prompts, cfg(n_simulations=6))
+    for r in puct:  # PUCT: the most visited root child
+        assert r.root_choice is None and r.best_first_step()["visits"] == max(s["visits"] for s in r.first_steps)

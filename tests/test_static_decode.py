@@ -23,7 +23,7 @@ def test_static_equals_dynamic_greedy_with_eos_and_stop(arch):
     prompts = random_prompts([5, 9, 2, 7], vocab=40)
     free = generate(model, prompts, SamplingConfig(max_new_tokens=20, temperature=0.0))
     stop = StopAt(free.row(2)[6])
-    for kw in (dict(), dict(stop=stop)):
+    for kw in (dict(), dict(stop=stop), dict(stop=StopAt(3))):  # the last one fires on EOS itself: EOS wins
         cfg = SamplingConfig(max_new_tokens=20, temperature=0.0, eos_ids=(3,))
         dyn = generate(model, prompts, cfg, static=False, **kw)
         sta = generate(model, prompts, cfg, static=True, **kw)

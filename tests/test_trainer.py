@@ -106,3 +106,25 @@ def test_a_run_without_learning_signal_says_so_once(tmp_path, capsys):
     learning = make_trainer(tmp_path / "b", steps=6)  # the letters reward differs between completions
     learning.train()
     assert "no learning signal" not in "".join(capsys.readouterr())
+
+
+@pytest.mark.parametrize("max_grad_norm", [1.0, 0.0])
+def test_a_step_with_nothing_to_run_still_steps_adamw(tmp_path, max_grad_norm):
+    """beta = 0 skips zero-advantage rows (departure 6). When a step skips every row, the update must still be the
+    one the full computation gives: AdamW on zero gradients, moving the weights by its momentum (no crash on
+    gradients that were never created, with or without clipping)."""
+    calls = []
+
+    def first_step_only(completions, completion_ids, **_):  # step 1: a learning signal; step 2: every reward 0
+        calls.append(1)
+        return [float(len(calls) == 1 and i % 2) for i in range(len(completions))]
+
+    rs = RewardSet({"r": 1.0}, {"r": first_step_only})
+    tr = make_trainer(tmp_path, steps=2, rewards=rs, max_grad_norm=max_grad_norm)
+    tr.train_step()
+    before = [p.detach().clone() for p in tr.model.parameters()]
+    m = tr.train_step()
+    assert m["frac_reward_zero_std"] == 1.0 and "entropy" not in m  # no row ran: no token statistics
+    moved = max((p - b).abs().max().item() for p, b in zip(tr.model.parameters(), before))
+    assert moved > 1e-4  # Adam's momentum from step 1 (lr 3e-3)
+    assert all(int(st["step"]) == 2 for st in tr.opt.state.values())

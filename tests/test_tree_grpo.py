@@ -94,6 +94,8 @@ def test_token_budget_stops_training_and_survives_resume(tmp_path):
     assert last["rollout/generated_tokens_total"] == tr.generated_total
     again = make_trainer(tmp_path, steps=50, token_budget=300, save_every=1)
     assert again.resume() and again.generated_total == tr.generated_total and again.budget_spent()
+    again.train()
+    assert again.step == tr.step  # a spent budget stays spent: no extra step after resuming
     assert (tmp_path / "final_hf" / "config.json").is_file()
 
 
@@ -118,3 +120,10 @@ def test_token_budget_progress_bar_counts_tokens(tmp_path, capsys):
     tr.train()
     err = capsys.readouterr().err
     assert "300/300" in err and "tok" in err and "/50" not in err
+
+
+def test_short_groups_cycle_through_their_distinct_rollouts():
+    from grpo.tree_rollout import cycle_to
+
+    assert cycle_to(list("abc"), 8) == list("abcabcab") and cycle_to(list("ab"), 2) == list("ab")
+    assert cycle_to(["x"], 3) == ["x"] * 3
