@@ -101,8 +101,8 @@ def main(argv=None) -> int:
           f"{'static' if (args.static or (args.static is None and args.device.startswith('cuda'))) else 'dynamic'}")
     print(f"rows whose first {args.tokens} greedy tokens agree: {r['agree']}/{r['rows']}")
     print(f"first difference per row (tokens): {r['first_difference']}")
-    print(f"log-prob |difference| over {r['compared_logprobs']} agreeing positions: max {r['max_logprob_diff']:.4f}, "
-          f"median {r['median_logprob_diff']:.4f}; outside {ATOL} + {RTOL}|logp|: {r['logprobs_outside_tolerance']}")
+    print(f"log-prob abs difference over {r['compared_logprobs']} agreeing positions: max {r['max_logprob_diff']:.4f}, "
+          f"median {r['median_logprob_diff']:.4f}; outside {ATOL} + {RTOL} abs(logp): {r['logprobs_outside_tolerance']}")
     margins = reference_margins(ref_model, prompts, ref, test, r["first_difference"], args.tokens)
     if margins:
         print(f"reference model's margin (nats) for its own token at each such difference: "

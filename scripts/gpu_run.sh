@@ -32,6 +32,12 @@ step() {  # step NAME CMD...: run, time, keep the log; a failed step is recorded
   tail -n 5 "$OUT/$name.log"
 }
 step 1-env "$PY" scripts/gpu_env.py "$OUT/env.json"
+# the CUDA-only tests (CUDA graphs against eager decoding), where pytest is installed
+if "$PY" -c "import pytest" 2>/dev/null; then
+  step 1-cuda-tests "$PY" -m pytest -q tests/test_static_decode.py tests/test_logprobs.py
+else
+  echo "1-cuda-tests skipped: no pytest here" | tee -a "$OUT/steps.txt"
+fi
 step 2-sampler-b$B1 "$PY" bench/sampler.py --model "$MODEL" --batch $B1 --max-new-tokens $NEW
 step 2-sampler-b$B2 "$PY" bench/sampler.py --model "$MODEL" --batch $B2 --max-new-tokens $NEW
 # the fast path's greedy tokens against the CPU float32 path: first TA tokens, log-probs within bf16 tolerance
@@ -70,7 +76,7 @@ for f in sorted(out.glob("2-sampler-*.log")):
 ag = out / "2-agreement.log"
 if ag.is_file():
     for l in ag.read_text().splitlines():
-        if l.startswith(("reference:", "rows whose first", "log-prob |difference|", "reference model's margin", "agreement:")):
+        if l.startswith(("reference:", "rows whose first", "log-prob abs difference", "reference model's margin", "agreement:")):
             k, v = l.split(":", 1)
             lines.append(f"| agreement with CPU float32: {k} | {v.strip()} |")
 for name in ("eval-start", "eval-trained"):
