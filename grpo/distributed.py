@@ -5,6 +5,7 @@ One process per GPU (NCCL), or processes on a CPU (gloo). Without torchrun every
 """
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -46,7 +47,9 @@ def init_from_env(device_pref: str = "auto") -> tuple[Dist, torch.device]:
     if launched and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # rank 0 alone evaluates and writes checkpoints while the others wait at a barrier: a 500-question
+        # evaluation can outlast NCCL's default 10-minute collective timeout, so allow an hour
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=60))
     return Dist(rank, world, local, group=dist.is_initialized()), device
 
 
