@@ -96,6 +96,11 @@ def policy_loss(
     if beta > 0 and ref_logp is None:
         raise ValueError("beta > 0 needs the reference log-probs")
     A = (advantages[:, None] if advantages.dim() == 1 else advantages).to(logp.dtype)  # [N, 1] or [N, T]
+    # padding positions hold log-probs of pad tokens that may be anything: zero them first, so that no exp()
+    # overflow there can reach the loss or its gradient as inf * 0 = NaN
+    logp = torch.where(mask, logp, 0.0)
+    old_logp = torch.where(mask, old_logp, 0.0)
+    ref_logp = torch.where(mask, ref_logp, 0.0) if ref_logp is not None else None
     ratio = torch.exp(logp - old_logp)  # [N, T]
     clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
     per_token = -torch.min(ratio * A, clipped * A)  # PPO's pessimistic bound (Schulman et al. 2017, eq. 7)

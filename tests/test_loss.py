@@ -117,3 +117,15 @@ def test_gradient_matches_naive_loop_and_micro_batches_sum_to_full_batch(agg):
         loss.backward()
     assert torch.allclose(full, logp_m.grad, atol=1e-6)
     assert (full[~mask] == 0).all()  # padding gets no gradient
+
+
+def test_padding_cannot_poison_the_loss():
+    """Log-probs at padding positions are arbitrary: a value there whose exp() overflows must not turn the loss
+    or the gradient into NaN (inf * 0)."""
+    logp = torch.tensor([[-1.0, -2.0, 0.0]], requires_grad=True)
+    old = torch.tensor([[-1.0, -2.0, -200.0]])
+    ref = torch.tensor([[-1.0, -2.0, 300.0]])  # exp(ref - logp) = inf at the padding
+    mask = torch.tensor([[True, True, False]])
+    loss, st = policy_loss(logp, old, ref, torch.tensor([1.0]), mask, beta=0.04)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logp.grad).all() and logp.grad[0, 2] == 0
