@@ -105,9 +105,9 @@ def lookahead_decode(model: Transformer, tokenizer, prompts: Sequence[Sequence[i
             n = when.k if when.mode == "every" else cfg.max_new_tokens
             toks, fin, paid = plain(rows, [min(n, room(r)) for r in rows], **kw)
             for i, r in enumerate(rows):
+                fwd[r] += len(prompts[r]) + len(committed[r]) + paid[i]  # the prefill, then every sampled token
                 committed[r] += toks[i]
                 gen[r] += paid[i]
-                fwd[r] += len(prompts[r]) + len(committed[r])
                 if fin[i] in ("eos", "stop"):
                     finish[r] = fin[i]
             # entropy:H: only a row that stopped unsure has reached a decision point (a row that ran out of
@@ -128,9 +128,9 @@ def lookahead_decode(model: Transformer, tokenizer, prompts: Sequence[Sequence[i
             padded = torch.tensor([t + [0] * (int(lengths.max()) - len(t)) for t in toks]).view(len(toks), -1)
             ends = step_ends(padded, lengths, cfg, nl)
             for i, r in enumerate(fall):
+                fwd[r] += len(prompts[r]) + len(committed[r]) + paid[i]
                 committed[r] += toks[i][: int(ends[i])]
                 gen[r] += paid[i]
-                fwd[r] += len(prompts[r]) + len(committed[r])
                 finish[r] = ended(committed[r])
         if srch:
             caps = [room(r) for r in srch]
