@@ -27,8 +27,10 @@ def normalize_number(text: str | None) -> str | None:
     "$1,234.50" -> "1234.5", "18.00" -> "18", "-3." -> "-3", "0.0" -> "0", "abc" -> None."""
     if text is None:
         return None
-    s = text.strip().replace(",", "").replace("$", "").replace(" ", "")
-    s = s.rstrip(".")
+    s = text.strip().replace("$", "").replace(" ", "")
+    if "," in s and not re.fullmatch(r"[-+]?\d{1,3}(,\d{3})+(\.\d*)?\.?", s):
+        return None  # commas only as thousands separators: "1,5" is not 15
+    s = s.replace(",", "").rstrip(".")
     if not re.fullmatch(r"[-+]?(\d+(\.\d*)?|\.\d+)", s):
         return None
     try:

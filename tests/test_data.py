@@ -71,6 +71,9 @@ def test_gold_strict_and_lenient_parsing():
     assert parse_strict("<answer>3</answer> then <answer> 12 </answer>") == "12"  # the last closed tag
     assert parse_strict("<answer>\n12") is None  # never closed
     assert parse_strict("<answer>twelve</answer>") is None
+    # commas only as thousands separators: a decimal comma or a stray one is not a number
+    assert parse_strict("<answer>1,5</answer>") is None and parse_strict("<answer>1,23</answer>") is None
+    assert parse_strict("<answer>-1,000.</answer>") == "-1000"
     assert parse_lenient("I had 3 apples, then 1,200 more, total $1,203.") == "1203"
     assert parse_lenient("it costs -4.50 now") == "-4.5"
     assert parse_lenient("no digits") is None
