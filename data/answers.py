@@ -17,7 +17,7 @@ ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 # word character or a closing bracket ("20-5", "f(x)-3"), and never with a space before the digits ("20 - 5",
 # "- 12 apples" read as 5 and 12, not -5 and -12).
 SIGN = r"(?:(?<![\w)\]])-)?"
-NUMBER = re.compile(SIGN + r"(?:\$\s?)?(?:\d{1,3}(?:,\d{3})+(?![\d,])|\d+)(?:\.\d+)?|" + SIGN + r"\$?\.\d+")
+NUMBER = re.compile(SIGN + r"(?:\$\s?)?(?:\d{1,3}(?:,\d{3})+(?!\d|,\d)|\d+)(?:\.\d+)?|" + SIGN + r"\$?\.\d+")
 GOLD_MARK = "####"
 
 

@@ -242,7 +242,7 @@ class Transformer(nn.Module):
         w = self.lm_head.weight
         if w.dtype == dtype or (torch.is_grad_enabled() and w.requires_grad):
             return w.to(dtype)  # no copy, or a copy autograd must see
-        key = (w.data_ptr(), w._version, w.device, dtype)
+        key = (id(w), w.data_ptr(), w._version, w.device, dtype)
         if getattr(self, "_head_key", None) != key:
             self._head_key, self._head_copy = key, w.detach().to(dtype)
         return self._head_copy

@@ -82,6 +82,7 @@ def test_gold_strict_and_lenient_parsing():
     assert parse_lenient("Total:\n- 12 apples") == "12" and parse_lenient("it fell to -3") == "-3"
     assert parse_lenient("costs $ 12 or -$4") == "-4" and parse_lenient("(-7)") == "-7"
     assert parse_lenient("1,2345") == "2345" and parse_lenient("paid 1,234,567.5") == "1234567.5"
+    assert parse_lenient("The answer is 1,200, which is final") == "1200"  # a sentence comma after the number
 
 
 def test_prompts_render_through_the_chat_template():
