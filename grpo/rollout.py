@@ -13,7 +13,7 @@ import torch
 from data import Problem, StopOnText
 from model_io import SamplingConfig, Transformer, generate
 from model_io.logprobs import logprobs_from_hidden
-from model_io.sampler import key_generator
+from model_io.sampler import row_rng
 from model_io.model import SharedPrefix
 
 from .loss import group_advantages
@@ -44,10 +44,11 @@ class Rollout:
         return self.mask.sum(-1)
 
 
-def row_generators(seed: int, step: int, prompt_ids: Sequence[int], G: int, device) -> list[torch.Generator]:
-    """One generator per completion, seeded from (seed, step, prompt's dataset index, g): a completion's
-    randomness does not depend on which process or batch samples it, so resuming and sharding reproduce it."""
-    return [key_generator(f"{seed}/{step}/{pid}/{g}", device) for pid in prompt_ids for g in range(G)]
+def row_generators(seed: int, step: int, prompt_ids: Sequence[int], G: int, device):
+    """One random stream per completion, keyed by (seed, step, prompt's dataset index, g): a completion's
+    randomness does not depend on which process or batch samples it, so resuming and sharding reproduce it.
+    (Generators on a CPU, counter-based RowKeys on a GPU: model_io.sampler.row_rng.)"""
+    return row_rng([f"{seed}/{step}/{pid}/{g}" for pid in prompt_ids for g in range(G)], device)
 
 
 @torch.no_grad()

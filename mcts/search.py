@@ -30,7 +30,7 @@ import torch
 from data import StopOnText, parse_lenient, parse_strict, stop_token_ids
 from grpo.rewards import soft_format_reward_func
 from model_io import SamplingConfig, Transformer, decode, extend, prefill
-from model_io.sampler import key_generator, key_uniform
+from model_io.sampler import key_uniform, row_rng
 
 from .gumbel import choose_root_child, considered_table, final_root_child, root_scores
 from .tree import ROOT, UNEXPANDED, Tree, backup, expand, select
@@ -184,8 +184,9 @@ def path_tokens(tree: Tree, steps: torch.Tensor, step_len: torch.Tensor, rows: t
     return toks.gather(1, order), mask.gather(1, order)
 
 
-def row_generators(seed: int, question_ids: Sequence[int], sim: int, K: int) -> list[torch.Generator]:
-    return [key_generator(f"mcts/{seed}/{q}/{sim}/{k}") for q in question_ids for k in range(K)]
+def row_generators(seed: int, question_ids: Sequence[int], sim: int, K: int, device="cpu"):
+    """One random stream per continuation (model_io.sampler.row_rng: generators on a CPU, RowKeys on a GPU)."""
+    return row_rng([f"mcts/{seed}/{q}/{sim}/{k}" for q in question_ids for k in range(K)], device)
 
 
 def gumbel_noise(seed: int, question_ids: Sequence[int], K: int) -> torch.Tensor:
@@ -274,7 +275,7 @@ def search(
         T = int(min(roll_cap, int(room.max())))
         pre = extend(model, root.fork(act, room=path.shape[1] + T), path, pmask)  # the path only, not the prompt
         pre = pre.fork(torch.arange(A).repeat_interleave(K))  # K continuations per leaf
-        gens = row_generators(seed, [qids[int(a)] for a in act], sim, K)
+        gens = row_generators(seed, [qids[int(a)] for a in act], sim, K, model.device)
         res = decode(model, pre, SamplingConfig(max_new_tokens=T, temperature=cfg.temperature, top_p=cfg.top_p, eos_ids=eos),
                      gens, stop=stop, pad_id=pad)
         lengths = torch.minimum(res.lengths.cpu(), room.repeat_interleave(K))  # [A*K] a row never exceeds its room

@@ -19,6 +19,7 @@ import torch
 
 from .kv_cache import KVCache
 from .model import Transformer
+from .row_keys import RowKeys
 
 # finish reasons, as stored in SampleResult.finish ("unsure": the next token's entropy passed max_entropy)
 EOS, STOP, LENGTH, UNSURE = "eos", "stop", "length", "unsure"
@@ -123,7 +124,9 @@ def prefill(model: Transformer, prompts: Sequence[Sequence[int]], room: int, pad
     return Prefix(cache, logits.float(), positions[:, -1] + 1, forward_tokens=int(key_mask.sum()))
 
 
-Generators = torch.Generator | Sequence[torch.Generator] | None
+# one generator for the batch, one per row, or counter-based per-row keys (model_io/row_keys.py: no state, the
+# same draws on the static and the dynamic path; what GRPO and tree search use on a GPU)
+Generators = torch.Generator | Sequence[torch.Generator] | RowKeys | None
 
 
 def key_hash(key: str) -> int:
@@ -134,6 +137,16 @@ def key_hash(key: str) -> int:
 
 def key_generator(key: str, device="cpu") -> torch.Generator:
     return torch.Generator(device=device).manual_seed(key_hash(key) & (2**63 - 1))
+
+
+def row_rng(names: Sequence[str], device="cpu") -> list[torch.Generator] | RowKeys:
+    """Per-row randomness keyed by `names`: counter-based RowKeys on a GPU (no launch per row per token, and
+    static-shape decoding stays on), one torch.Generator per row on a CPU (where the dynamic path is the fast
+    one; kept there so that CPU runs reproduce the figures recorded before RowKeys). Either way a row's draws
+    depend on its name only."""
+    if torch.device(device).type == "cuda":
+        return RowKeys.from_names(names, device)
+    return [key_generator(n, device) for n in names]
 
 
 def key_uniform(key: str) -> float:
@@ -162,12 +175,12 @@ def extend(model: Transformer, prefix: Prefix, tokens: torch.Tensor, mask: torch
     return Prefix(prefix.cache, logits, prefix.next_pos + mask.sum(-1), forward_tokens=int(mask.sum()))
 
 
-def _pick(logits: torch.Tensor, cfg: SamplingConfig, generator: Generators, rows: torch.Tensor):
-    """Next token [R] and its temperature-1 log-prob [R] from float32 logits [R, V].
+def _pick(logits: torch.Tensor, cfg: SamplingConfig, generator: Generators, rows: torch.Tensor, t: int = 0):
+    """Next token [R] and its temperature-1 log-prob [R] from float32 logits [R, V]; t: the token's index.
 
-    `generator` is one torch.Generator for the batch, or one per result row (indexed by `rows`): then each row's
-    draws depend on its own seed only, not on which other rows share the batch (GRPO shards across processes
-    give the same samples as one process)."""
+    `generator` is one torch.Generator for the batch, or one per result row (indexed by `rows`), or RowKeys
+    (draw t of each row's key): then each row's draws depend on its own seed only, not on which other rows
+    share the batch (GRPO shards across processes give the same samples as one process)."""
     if cfg.temperature == 0:
         tok = logits.argmax(-1)
     else:
@@ -186,6 +199,8 @@ def _pick(logits: torch.Tensor, cfg: SamplingConfig, generator: Generators, rows
         cdf = x.softmax(-1).cumsum(-1)  # [R, V]
         if generator is None or isinstance(generator, torch.Generator):
             u = torch.rand(cdf.shape[0], generator=generator, device=cdf.device)
+        elif isinstance(generator, RowKeys):
+            u = generator.uniform(rows, t).to(cdf.dtype)
         else:
             u = torch.cat([torch.rand(1, generator=generator[r], device=generator[r].device) for r in rows.tolist()]).to(cdf.device)
         # side="right": the first token whose cumulative mass exceeds u * total, so zero-mass tokens are never drawn
@@ -206,10 +221,10 @@ def decode(
 ) -> SampleResult:
     """Sample up to cfg.max_new_tokens per row after `prefix` (which is consumed: fork it first to keep it).
 
-    static (default: on CUDA, with one generator or none): fixed shapes and a CUDA graph per step
+    static (default: on CUDA, with one generator, RowKeys or none): fixed shapes and a CUDA graph per step
     (model_io/static_decode.py) instead of dropping finished rows, which suits a compute-bound CPU."""
     if static is None:
-        static = prefix.logits.device.type == "cuda" and (generator is None or isinstance(generator, torch.Generator))
+        static = prefix.logits.device.type == "cuda" and (generator is None or isinstance(generator, (torch.Generator, RowKeys)))
     if static and cfg.max_entropy <= 0:
         from .static_decode import decode_static
 
@@ -236,7 +251,7 @@ def decode(
             alive &= ~unsure
             if not bool(alive.any()):
                 break
-        tok, lp = _pick(logits, cfg, generator, rows)  # [r]
+        tok, lp = _pick(logits, cfg, generator, rows, t)  # [r]
         live = rows[alive]
         tokens[live, t] = tok[alive]
         logprobs[live, t] = lp[alive]

@@ -91,7 +91,7 @@ def decode_static(model: Transformer, prefix, cfg, generator=None, stop=None, pa
     step = StaticStep(model, prefix.cache, prefix.next_pos, graph=graph) if T > 1 else None
     logits, checked, t_end = prefix.logits, 0, T
     for t in range(T):
-        tok, lp = _pick(logits, cfg, generator, rows)  # device ops only
+        tok, lp = _pick(logits, cfg, generator, rows, t)  # device ops only
         tokens[:, t] = torch.where(done, torch.full_like(tok, pad_id), tok)
         logprobs[:, t] = torch.where(done, torch.zeros_like(lp), lp)
         ended = ~done & torch.isin(tok, eos)
