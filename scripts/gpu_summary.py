@@ -1,0 +1,79 @@
+"""summary.md of a scripts/gpu_run.sh run: one table of every figure so far, with the card's name and the date.
+scripts/gpu_run.sh runs it after every step, so that a run cut off by a time limit still leaves its summary.
+
+    python3 scripts/gpu_summary.py OUT_DIR [--print]
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+from pathlib import Path
+
+SAMPLER_LINES = ("transformers generate:", "ours", "decode step", "ratio")
+AGREEMENT_LINES = ("reference:", "rows whose first", "log-prob abs difference", "reference model's margin", "agreement:")
+
+
+def load(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def summary(out: Path) -> list[str]:
+    env = load(out / "env.json") or {}
+    lines = [f"# GPU run: {env.get('device', '?')}, {datetime.date.today()}", "", "| figure | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in env.items()]
+    for f in sorted(out.glob("2-sampler-*.log")):
+        for line in f.read_text().splitlines():
+            if line.startswith(SAMPLER_LINES):
+                k, v = line.split(":", 1)
+                lines.append(f"| {f.stem}: {k.strip()} | {v.strip()} |")
+    ag = out / "2-agreement.log"
+    if ag.is_file():
+        for line in ag.read_text().splitlines():
+            if line.startswith(AGREEMENT_LINES):
+                k, v = line.split(":", 1)
+                lines.append(f"| agreement with CPU float32: {k} | {v.strip()} |")
+    shots = os.environ.get("SHOTS", "2")
+    for name in ("eval-start", "eval-trained"):
+        s = load(out / name / "summary.json")
+        if s:
+            lines.append(f"| {name} accuracy strict / lenient / format rate ({s['questions']} questions, {shots}-shot) | "
+                         f"{s['accuracy_strict']:.3f} / {s['accuracy_lenient']:.3f} / {s['format_soft_rate']:.2f} |")
+    metrics = out / "train" / "metrics.jsonl"
+    if metrics.is_file():
+        ms = [x for x in (json.loads(l) for l in metrics.read_text().splitlines() if l.strip()) if "reward" in x]
+        if ms:
+            k = min(5, len(ms))
+            lines.append(f"| GRPO steps / reward, mean of first {k} / of last {k} | {ms[-1]['step']} / "
+                         f"{mean([x['reward'] for x in ms[:k]]):.3f} / {mean([x['reward'] for x in ms[-k:]]):.3f} |")
+            lines.append(f"| GRPO mean step time (s) | {mean([x['step_time'] for x in ms]):.2f} |")
+    c = load(out / "compare" / "compare.json")
+    for r in (c or {}).get("rows", []):
+        lines.append(f"| compare {r['strategy']} {r['budget']}: accuracy lenient, tokens/question | "
+                     f"{r['accuracy_lenient']:.3f}, {r['generated_tokens_per_question']:.0f} |")
+    steps = out / "steps.txt"
+    if steps.is_file():
+        lines += ["", "Steps:", "", "```", steps.read_text().strip(), "```"]
+    return lines
+
+
+def main(argv: list[str]) -> None:
+    if not argv or argv[0].startswith("-"):
+        sys.exit("usage: python3 scripts/gpu_summary.py OUT_DIR [--print]")
+    out = Path(argv[0])
+    lines = summary(out)
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    if "--print" in argv:
+        print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,44 @@
+"""scripts/gpu_summary.py: the GPU run's summary table, from whatever steps have finished."""
+import importlib.util
+import json
+
+from conftest import ROOT
+
+spec = importlib.util.spec_from_file_location("gpu_summary", ROOT / "scripts" / "gpu_summary.py")
+gpu_summary = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gpu_summary)
+
+
+def test_summary_of_a_run_cut_off_after_two_steps(tmp_path):
+    (tmp_path / "env.json").write_text(json.dumps({"device": "NVIDIA H100 80GB HBM3", "copy_gb_per_s": 1800.0}))
+    (tmp_path / "2-sampler-b64.log").write_text("device=cuda\ntransformers generate: 100 tokens in 1.00s = 100.0 tokens/s\n"
+                                                "ours                 : 100 tokens in 0.10s = 1000.0 tokens/s\n"
+                                                "ratio ours/transformers tokens/s: 10.00\n")
+    (tmp_path / "steps.txt").write_text("1-env rc=0 seconds=3\n2-sampler-b64 rc=0 seconds=30\n")
+    gpu_summary.main([str(tmp_path)])
+    text = (tmp_path / "summary.md").read_text()
+    assert text.startswith("# GPU run: NVIDIA H100 80GB HBM3, ")
+    assert "| 2-sampler-b64: ours | 100 tokens in 0.10s = 1000.0 tokens/s |" in text
+    assert "| 2-sampler-b64: ratio ours/transformers tokens/s | 10.00 |" in text
+    assert "2-sampler-b64 rc=0" in text and "GRPO" not in text  # no training yet: no training rows
+
+
+def test_summary_with_every_step(tmp_path):
+    (tmp_path / "env.json").write_text(json.dumps({"device": "gpu"}))
+    (tmp_path / "2-agreement.log").write_text("rows whose first 32 greedy tokens agree: 15/16\nagreement: PASS\n")
+    for name, acc in (("eval-start", 0.1), ("eval-trained", 0.2)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(
+            {"questions": 500, "accuracy_strict": acc, "accuracy_lenient": acc + 0.05, "format_soft_rate": 0.5}))
+    (tmp_path / "train").mkdir()
+    rows = [{"step": 0, "eval/accuracy_strict": 0.0}] + [{"step": i, "reward": i / 10, "step_time": 2.0} for i in range(1, 11)]
+    (tmp_path / "train" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "compare").mkdir()
+    (tmp_path / "compare" / "compare.json").write_text(json.dumps({"rows": [
+        {"strategy": "mcts", "budget": "sims=8, K=4", "accuracy_lenient": 0.25, "generated_tokens_per_question": 900.4}]}))
+    text = "\n".join(gpu_summary.summary(tmp_path))
+    assert "| agreement with CPU float32: rows whose first 32 greedy tokens agree | 15/16 |" in text
+    assert "| eval-trained accuracy strict / lenient / format rate (500 questions, 2-shot) | 0.200 / 0.250 / 0.50 |" in text
+    # steps 1-5 average 0.3, steps 6-10 average 0.8; the step-0 row (no reward) is left out
+    assert "| GRPO steps / reward, mean of first 5 / of last 5 | 10 / 0.300 / 0.800 |" in text
+    assert "| compare mcts sims=8, K=4: accuracy lenient, tokens/question | 0.250, 900 |" in text
