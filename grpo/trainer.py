@@ -340,7 +340,12 @@ class Trainer:
                    desc="train", unit="tok" if by_tokens else "step", disable=not (self.progress and self.dist.main))
         try:
             if cfg.eval_every and cfg.eval_at_start and self.step == 0 and self.dist.main:
-                self.log.log(0, {**self.evaluate(), "rollout/generated_tokens_total": 0.0})  # the baseline
+                start = self.evaluate()
+                self.log.log(0, {**start, "rollout/generated_tokens_total": 0.0})  # the baseline
+                if start.get("eval/format_soft_rate", 1.0) == 0 and cfg.shots == 0:  # say it now, not 5 steps later
+                    tqdm.write("note: the starting model wrote no answer in the <reasoning>/<answer> format on the "
+                               f"{cfg.eval_limit} evaluation questions; most rewards may be 0 and leave GRPO nothing to "
+                               "learn from: few-shot prompts (--shots 2) or a stronger --model help")
             # a resumed run may have spent its token budget already (generated_total is the same on every rank)
             spent = bool(cfg.token_budget) and self.generated_total >= cfg.token_budget
             while self.step < end and not spent:

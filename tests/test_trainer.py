@@ -128,3 +128,15 @@ def test_a_step_with_nothing_to_run_still_steps_adamw(tmp_path, max_grad_norm):
     moved = max((p - b).abs().max().item() for p, b in zip(tr.model.parameters(), before))
     assert moved > 1e-4  # Adam's momentum from step 1 (lr 3e-3)
     assert all(int(st["step"]) == 2 for st in tr.opt.state.values())
+
+
+def test_a_start_that_never_writes_the_format_is_reported_before_training(tmp_path, capsys):
+    tr = make_trainer(tmp_path, steps=1, eval_every=1, eval_limit=2, eval_batch_size=2)
+    tr.test_set = tr.train_set[:2]  # a random tiny model: it never writes <reasoning>/<answer>
+    tr.train()
+    out = capsys.readouterr()
+    assert "wrote no answer in the <reasoning>/<answer> format" in out.out + out.err
+    shots = make_trainer(tmp_path / "b", steps=1, eval_every=1, eval_limit=2, eval_batch_size=2, shots=1)
+    shots.test_set = shots.train_set[:2]
+    shots.train()
+    assert "wrote no answer" not in "".join(capsys.readouterr())  # with examples in the prompt: not this advice
