@@ -382,7 +382,7 @@ def _result(tree: Tree, b: int, records: list[RolloutRecord], node_record: dict[
     elif cfg.answer == "value" and finished:
         chosen = max(finished, key=lambda r: r.value)
     else:  # visits, or nothing finished: follow the most visited path (from Gumbel's pick at the root, if used)
-        node = first if first is not None and first != UNEXPANDED else ROOT
+        node = first_node if first_node is not None else ROOT
         while True:
             kids = [k for k in tree.children[b, node].tolist() if k != UNEXPANDED]
             if not kids:

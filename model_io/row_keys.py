@@ -43,6 +43,12 @@ def hash32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def key_hash(key: str) -> int:
+    """64 bits from a string key, so that randomness is tied to what is sampled (seed, step, prompt, row) rather
+    than to batch order or process: GRPO shards, resumed runs and tree searches reproduce their draws."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+
+
 @dataclass(frozen=True)
 class RowKeys:
     """Per-row random streams: row r's t-th draw is a pure function of (words[r], t)."""
@@ -51,8 +57,8 @@ class RowKeys:
 
     @classmethod
     def from_names(cls, names: Sequence[str], device="cpu") -> "RowKeys":
-        """Keys from strings (blake2b, as model_io.sampler.key_hash), e.g. f"{seed}/{step}/{prompt}/{g}"."""
-        k = [int.from_bytes(hashlib.blake2b(n.encode(), digest_size=8).digest(), "little") for n in names]
+        """Keys from strings (key_hash), e.g. f"{seed}/{step}/{prompt}/{g}"."""
+        k = [key_hash(n) for n in names]
         return cls(torch.tensor([[v & MASK32, v >> 32] for v in k], dtype=torch.long, device=device).view(len(k), 2))
 
     def __len__(self) -> int:

@@ -11,7 +11,6 @@ Sampling takes an explicit torch.Generator: the same seed and inputs give the sa
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
@@ -19,7 +18,7 @@ import torch
 
 from .kv_cache import KVCache
 from .model import Transformer
-from .row_keys import RowKeys
+from .row_keys import RowKeys, key_hash
 
 # finish reasons, as stored in SampleResult.finish ("unsure": the next token's entropy passed max_entropy)
 EOS, STOP, LENGTH, UNSURE = "eos", "stop", "length", "unsure"
@@ -127,12 +126,6 @@ def prefill(model: Transformer, prompts: Sequence[Sequence[int]], room: int, pad
 # one generator for the batch, one per row, or counter-based per-row keys (model_io/row_keys.py: no state, the
 # same draws on the static and the dynamic path; what GRPO and tree search use on a GPU)
 Generators = torch.Generator | Sequence[torch.Generator] | RowKeys | None
-
-
-def key_hash(key: str) -> int:
-    """64 bits from a string key, so that randomness is tied to what is sampled (seed, step, prompt, row) rather
-    than to batch order or process: GRPO shards, resumed runs and tree searches reproduce their draws."""
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
 
 
 def key_generator(key: str, device="cpu") -> torch.Generator:
