@@ -25,7 +25,7 @@ case "${1:-}" in
     OUT=${2:?usage: scripts/device.sh run OUT [MINUTES]}
     cat /root/m/part_aa .dev_model/b/part_ab > "$GGUF"
     echo "$(cat .dev_model/b/SHA256)  $GGUF" | sha256sum -c -
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .dev_model/b/*.whl
+    mkdir -p /tmp/site && python3 -m zipfile -e .dev_model/b/gguf-*.whl /tmp/site  # a pure-Python wheel: no pip needed
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} GSM8K_DIR=$PWD/.dev_model/b/gsm8k
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
     bash scripts/gpu_run.sh "$GGUF" "$OUT" "${3:-8}" ;;
