@@ -140,3 +140,20 @@ def test_a_start_that_never_writes_the_format_is_reported_before_training(tmp_pa
     shots.test_set = shots.train_set[:2]
     shots.train()
     assert "wrote no answer" not in "".join(capsys.readouterr())  # with examples in the prompt: not this advice
+
+
+def test_resume_drops_the_steps_after_the_checkpoint_from_every_log(tmp_path):
+    """Steps logged after the last checkpoint are run again on resume: metrics.jsonl and TensorBoard must hold
+    each step once, with the values of the run that continued."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    killed = make_trainer(tmp_path, save_every=2)
+    killed.train(until_step=3)  # checkpoint at step 2, step 3 logged after it
+    resumed = make_trainer(tmp_path, save_every=2)
+    assert resumed.resume() and resumed.step == 2
+    resumed.train()
+    steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    ea = EventAccumulator(str(tmp_path / "tb"))
+    ea.Reload()
+    assert [e.step for e in ea.Scalars("reward")] == [1, 2, 3, 4, 5, 6]
