@@ -1,4 +1,4 @@
-"""bench/agreement.py, the fast-path-vs-CPU check of issue 5: its comparison, and a whole run on a tiny model."""
+"""bench/agreement.py (the fast-path-vs-CPU check of issue 5) and bench/sampler.py on a tiny model."""
 import importlib.util
 
 import torch
@@ -38,3 +38,14 @@ def test_a_whole_run_passes_against_itself_on_cpu(tmp_path, capsys):
                            "--max-new-tokens", "12", "--gsm8k", gsm8k_dir(), "--static"])
     out = capsys.readouterr().out
     assert code == 0 and "rows whose first 8 greedy tokens agree: 3/3" in out and "agreement: PASS" in out
+
+
+def test_sampler_bench_takes_one_of_our_checkpoints(tmp_path, capsys):
+    """bench/sampler.py compares with transformers: for a checkpoint of ours it reads an HF export of it."""
+    spec_s = importlib.util.spec_from_file_location("bench_sampler", ROOT / "bench" / "sampler.py")
+    bench = importlib.util.module_from_spec(spec_s)
+    spec_s.loader.exec_module(bench)
+    save_model(from_hf_model(tiny_hf_model()), tiny_tokenizer(), tmp_path / "m")
+    bench.main(["--model", str(tmp_path / "m"), "--batch", "2", "--max-new-tokens", "6", "--device", "cpu", "--gsm8k", gsm8k_dir()])
+    out = capsys.readouterr().out
+    assert "rows with identical greedy tokens: 2/2" in out and "ratio ours/transformers tokens/s" in out
