@@ -34,6 +34,7 @@ from grpo.evaluate import EvalConfig, evaluate
 from grpo.trainer import Trainer, TrainingError
 from mcts.inspect import load_trees, render, tree_stats
 from model_io import ModelSpecError, SamplingConfig, generate, load
+from model_io.sampler import set_decode_mode
 
 
 # ---------------------------------------------------------------- config dataclass <-> argparse
@@ -91,6 +92,7 @@ def write_json(path: Path, obj) -> None:
 # ---------------------------------------------------------------- commands
 def cmd_eval(cfg: EvalConfig) -> None:
     device = resolve_device(cfg.device)
+    set_decode_mode(cfg.decode)
     problems = load_gsm8k(cfg.split, cfg.gsm8k)
     problems = problems[: cfg.limit] if cfg.limit else problems
     shots = load_gsm8k("train", cfg.gsm8k)[: cfg.shots] if cfg.shots else []
@@ -129,6 +131,7 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
         if (run_dir / "checkpoints").exists() or (run_dir / "metrics.jsonl").exists():
             raise ValueError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pass another --out-dir")
     d, device = D.init_from_env(cfg.device)
+    set_decode_mode(cfg.decode)
     try:
         torch.manual_seed(cfg.seed)
         train = load_gsm8k("train", cfg.gsm8k)

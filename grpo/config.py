@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from model_io.sampler import DECODE_MODES
+
 from .loss import ADV_SCALES, AGGREGATIONS
 
 
@@ -60,8 +62,12 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "seed of data order and sampling"})
     deterministic: bool = field(default=True, metadata={"help": "on CPU, deterministic kernels (torch.use_deterministic_algorithms): without them, multi-threaded gradient accumulation (embedding backward) varies in the last bits from run to run, and a resumed run is no longer bitwise the same"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto (under torchrun: the local GPU)"})
+    decode: str = field(default="auto", metadata={"help": "sampling path: auto (static shapes and CUDA graphs on a GPU, "
+                                                          "dynamic on a CPU), static or dynamic"})
 
     def __post_init__(self):
+        if self.decode not in DECODE_MODES:
+            raise ValueError(f"unknown --decode {self.decode!r}: use one of {', '.join(DECODE_MODES)}")
         if self.adv_scale not in ADV_SCALES:
             raise ValueError(f"unknown --adv-scale {self.adv_scale!r}: use one of {', '.join(ADV_SCALES)}")
         if self.loss_agg not in AGGREGATIONS:

@@ -26,6 +26,7 @@ from data import Problem, StopOnText, encode_prompts, parse_lenient, parse_stric
 from mcts.lookahead import When, lookahead_decode
 from mcts.search import ANSWER_MODES, ROOT_RULES, Candidates, SearchConfig, parse_answer, search, self_consistency_value
 from model_io import SamplingConfig, Transformer, generate
+from model_io.sampler import DECODE_MODES
 
 from .rewards import soft_format_reward_func, strict_format_reward_func
 
@@ -61,8 +62,12 @@ class EvalConfig:
     gsm8k: str | None = field(default=None, metadata={"help": "GSM8K jsonl file or directory; default: $GSM8K_DIR, else the hub"})
     out_dir: str = field(default="runs/eval", metadata={"help": "where predictions.jsonl, summary.json, config.json (and trees.jsonl for mcts) go"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto (cuda when available)"})
+    decode: str = field(default="auto", metadata={"help": "sampling path: auto (static shapes and CUDA graphs on a GPU, "
+                                                          "dynamic on a CPU), static or dynamic"})
 
     def __post_init__(self):
+        if self.decode not in DECODE_MODES:
+            raise ValueError(f"unknown --decode {self.decode!r}: use one of {', '.join(DECODE_MODES)}")
         if self.search not in SEARCHES:
             raise ValueError(f"unknown --search {self.search!r}: use one of {', '.join(SEARCHES)}")
         if self.n < 1 or self.batch_size < 1 or self.max_new_tokens < 1 or self.limit < 0 or self.shots < 0:

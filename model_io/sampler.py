@@ -20,6 +20,19 @@ from .kv_cache import KVCache
 from .model import Transformer
 from .row_keys import RowKeys, key_hash
 
+# which decode path `decode(static=None)` takes: auto (static shapes + CUDA graphs on a GPU, the dynamic path that
+# drops finished rows on a CPU), static or dynamic everywhere; run.py sets it from --decode
+DECODE_MODES = ("auto", "static", "dynamic")
+_decode_mode = "auto"
+
+
+def set_decode_mode(mode: str) -> None:
+    global _decode_mode
+    if mode not in DECODE_MODES:
+        raise ValueError(f"unknown --decode {mode!r}: use one of {', '.join(DECODE_MODES)}")
+    _decode_mode = mode
+
+
 # finish reasons, as stored in SampleResult.finish ("unsure": the next token's entropy passed max_entropy)
 EOS, STOP, LENGTH, UNSURE = "eos", "stop", "length", "unsure"
 
@@ -214,10 +227,12 @@ def decode(
 ) -> SampleResult:
     """Sample up to cfg.max_new_tokens per row after `prefix` (which is consumed: fork it first to keep it).
 
-    static (default: on CUDA, with one generator, RowKeys or none): fixed shapes and a CUDA graph per step
-    (model_io/static_decode.py) instead of dropping finished rows, which suits a compute-bound CPU."""
+    static: fixed shapes and a CUDA graph per step (model_io/static_decode.py) instead of dropping finished rows,
+    which suits a compute-bound CPU. Default (None): as set_decode_mode says; "auto" is static on CUDA with one
+    generator, RowKeys or none (per-row torch.Generators cost a launch per row per token there)."""
     if static is None:
-        static = prefix.logits.device.type == "cuda" and (generator is None or isinstance(generator, (torch.Generator, RowKeys)))
+        auto = prefix.logits.device.type == "cuda" and (generator is None or isinstance(generator, (torch.Generator, RowKeys)))
+        static = _decode_mode == "static" or (_decode_mode == "auto" and auto)
     if static and cfg.max_entropy <= 0:
         from .static_decode import decode_static
 

@@ -180,3 +180,25 @@ def test_flags_are_never_abbreviated_and_presets_see_every_given_flag(capsys):
     assert "unrecognized arguments: --max-new" in capsys.readouterr().err
     assert run.given_fields(["--max-new-tokens=64", "--no-eval-at-start", "--shots", "2", "x"], TrainConfig) == \
         {"max_new_tokens", "eval_at_start", "shots"}
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_decode_flag_picks_the_sampling_path(tiny_ckpt, tmp_path, monkeypatch, mode):
+    """--decode static runs the GPU's static-shape path (eagerly, on this CPU); both give the same greedy answers."""
+    import model_io.sampler as sampler
+    import model_io.static_decode as sd
+
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    monkeypatch.setattr(sampler, "_decode_mode", "auto")  # restored after the test: the flag sets a process default
+    calls = []
+    real = sd.decode_static
+    monkeypatch.setattr(sd, "decode_static", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out = tmp_path / mode
+    assert run.main(["eval", "--model", tiny_ckpt, "--limit", "3", "--max-new-tokens", "6", "--batch-size", "3",
+                     "--out-dir", str(out), "--device", "cpu", "--decode", mode]) == 0
+    assert bool(calls) == (mode == "static")
+    got = [json.loads(l)["completions"] for l in (out / "predictions.jsonl").read_text().splitlines()]
+    monkeypatch.setattr(sampler, "_decode_mode", "auto")
+    assert run.main(["eval", "--model", tiny_ckpt, "--limit", "3", "--max-new-tokens", "6", "--batch-size", "3",
+                     "--out-dir", str(tmp_path / "auto"), "--device", "cpu"]) == 0
+    assert got == [json.loads(l)["completions"] for l in (tmp_path / "auto" / "predictions.jsonl").read_text().splitlines()]
