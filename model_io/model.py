@@ -27,16 +27,17 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Zhang & Sennrich 2019; computed in float32 as in transformers' LlamaRMSNorm.
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        # Zhang & Sennrich 2019; computed in float32 as in transformers' LlamaRMSNorm (F.rms_norm: the same
+        # arithmetic, bitwise on CPU, in fewer kernels where the backend fuses it)
+        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
+def swap_halves(x: torch.Tensor) -> torch.Tensor:
+    """[x1, x2] -> [x2, x1] on the last dim: transformers' rotate_half without its negation, which lives in the
+    sign of `sin` instead (Transformer.rope), so RoPE is 4 kernels, not 5 (on a GPU decode step, launches
+    are the cost)."""
     x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+    return torch.cat((x2, x1), dim=-1)
 
 
 @dataclass
@@ -64,12 +65,12 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask, layer: int, cache: KVCache | None, shared: "SharedPrefix | None" = None) -> torch.Tensor:
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split([self.h * self.d, self.hkv * self.d, self.hkv * self.d], dim=-1)
-        q = q.view(B, T, self.h, self.d).transpose(1, 2)  # [B, H, T, D]
-        k = k.view(B, T, self.hkv, self.d).transpose(1, 2)  # [B, H_kv, T, D]
-        v = v.view(B, T, self.hkv, self.d).transpose(1, 2)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        qkv = self.qkv(x)
+        n_qk = (self.h + self.hkv) * self.d
+        qk = qkv[..., :n_qk].view(B, T, self.h + self.hkv, self.d).transpose(1, 2)  # [B, H + H_kv, T, D]
+        v = qkv[..., n_qk:].view(B, T, self.hkv, self.d).transpose(1, 2)  # [B, H_kv, T, D]
+        # RoPE (Su et al. 2021) on queries and keys in one pass; sin carries rotate_half's sign
+        q, k = (qk * cos + swap_halves(qk) * sin).split([self.h, self.hkv], dim=1)  # [B, H, T, D], [B, H_kv, T, D]
         if shared is not None and shared.collect:  # this pass is the prompt: keep its keys/values for the rows
             shared.kv.append((k, v))
         elif shared is not None:  # rows attend to their prompt's keys/values, then their own (autograd-friendly)
@@ -148,7 +149,9 @@ class Transformer(nn.Module):
             inv_freq = self._inv_freq[positions.device] = rope_inv_freq(self.cfg).to(positions.device)
         freqs = positions[..., None].float() * inv_freq  # [B, T, D/2]
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, T, D]
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        half = freqs.shape[-1]
+        sign = torch.cat([-torch.ones(half, device=freqs.device), torch.ones(half, device=freqs.device)])  # [D]
+        return emb.cos().to(dtype), (emb.sin() * sign).to(dtype)  # sin signed: x*cos + swap_halves(x)*sin is RoPE
 
     def hidden(
         self,
