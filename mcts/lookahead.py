@@ -71,7 +71,7 @@ def lookahead_decode(model: Transformer, tokenizer, prompts: Sequence[Sequence[i
     committed: list[list[int]] = [[] for _ in range(B)]
     finish = ["length"] * B
     gen, fwd, searches, decisions = [0] * B, [0] * B, [0] * B, [0] * B
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=model.device).manual_seed(seed)  # a CPU generator cannot draw CUDA numbers
 
     def ended(ids: list[int]) -> str:
         """How an answer so far stands: "eos" or "stop" once it is complete, else "length" (still open)."""

@@ -65,8 +65,9 @@ class RowKeys:
         return self.words.shape[0]
 
     def uniform(self, rows: torch.Tensor, t: int) -> torch.Tensor:
-        """u in (0, 1), float64 [r]: draw number t of rows `rows` [r] (indices into the keys)."""
+        """u in [0, 1), float64 [r]: draw number t of rows `rows` [r] (indices into the keys). Both key words
+        enter the first hash (rows sharing one word must not draw alike); 53 bits, at most 1 - 2^-53."""
         w = self.words.to(rows.device)[rows]  # [r, 2]
-        h1 = hash32(w[:, 0] ^ hash32(torch.full_like(w[:, 0], t)))
+        h1 = hash32(w[:, 0] ^ hash32(w[:, 1] ^ hash32(torch.full_like(w[:, 0], t))))
         h2 = hash32(w[:, 1] ^ h1)
-        return ((h1 << 21) + (h2 >> 11)).double().add_(0.5).div_(2.0**53)  # 53 bits, never exactly 0 or 1
+        return ((h1 << 21) + (h2 >> 11)).double().div_(2.0**53)

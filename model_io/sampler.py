@@ -206,7 +206,8 @@ def _pick(logits: torch.Tensor, cfg: SamplingConfig, generator: Generators, rows
         if generator is None or isinstance(generator, torch.Generator):
             u = torch.rand(cdf.shape[0], generator=generator, device=cdf.device)
         elif isinstance(generator, RowKeys):
-            u = generator.uniform(rows, t).to(cdf.dtype)
+            # float64 -> float32 can round up to 1.0, which would draw the last token whatever its mass
+            u = generator.uniform(rows, t).to(cdf.dtype).clamp_(max=1 - torch.finfo(cdf.dtype).eps / 2)
         else:
             u = torch.cat([torch.rand(1, generator=generator[r], device=generator[r].device) for r in rows.tolist()]).to(cdf.device)
         # side="right": the first token whose cumulative mass exceeds u * total, so zero-mass tokens are never drawn

@@ -95,3 +95,23 @@ def test_a_grpo_step_with_row_keys_is_the_same_on_the_static_path(tmp_path, monk
         weights[static] = [p.detach().clone() for p in tr.model.parameters()]
     assert (True, "RowKeys") in calls and (False, "RowKeys") in calls
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(weights[False], weights[True]))
+
+
+def test_a_draw_next_to_one_never_picks_a_token_without_mass():
+    """float64 uniforms just below 1 round to 1.0 in float32; the pick must still stay inside top-p's tokens."""
+    from model_io.sampler import _pick
+
+    class Edge(RowKeys):
+        def uniform(self, rows, t):
+            return torch.full((rows.numel(),), 1 - 2.0**-53, dtype=torch.float64)  # the largest draw there is
+
+    logits = torch.tensor([[5.0, 4.0, 0.0, -1.0, -2.0]])
+    tok, _ = _pick(logits, SamplingConfig(temperature=1.0, top_p=0.9), Edge(torch.zeros(1, 2, dtype=torch.long)), torch.tensor([0]))
+    assert int(tok) in (0, 1)  # top-p 0.9 keeps tokens 0 and 1 only
+    assert (RowKeys.from_names(["x"]).uniform(torch.zeros(1, dtype=torch.long), 0) < 1).all()
+
+
+def test_rows_sharing_one_key_word_draw_differently():
+    k = RowKeys(torch.tensor([[7, 1], [7, 2]]))
+    u = torch.stack([k.uniform(torch.arange(2), t) for t in range(50)])  # [T, 2]
+    assert (u[:, 0] - u[:, 1]).abs().mean() > 0.1
