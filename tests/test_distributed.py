@@ -23,7 +23,7 @@ def test_two_processes_match_one(tmp_path, case):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
     worker = Path(__file__).with_name("ddp_worker.py")
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
                         str(worker), str(tmp_path), json.dumps(CASES[case])], capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     ddp = load_file(str(tmp_path / "ddp.safetensors"))
