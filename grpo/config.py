@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from model_io.sampler import DECODE_MODES
+from model_io.sampler import check_decode_mode
 
 from .loss import ADV_SCALES, AGGREGATIONS
 
@@ -66,8 +66,7 @@ class TrainConfig:
                                                           "dynamic on a CPU), static or dynamic"})
 
     def __post_init__(self):
-        if self.decode not in DECODE_MODES:
-            raise ValueError(f"unknown --decode {self.decode!r}: use one of {', '.join(DECODE_MODES)}")
+        check_decode_mode(self.decode)
         if self.adv_scale not in ADV_SCALES:
             raise ValueError(f"unknown --adv-scale {self.adv_scale!r}: use one of {', '.join(ADV_SCALES)}")
         if self.loss_agg not in AGGREGATIONS:

@@ -26,7 +26,7 @@ from data import Problem, StopOnText, encode_prompts, parse_lenient, parse_stric
 from mcts.lookahead import When, lookahead_decode
 from mcts.search import ANSWER_MODES, ROOT_RULES, Candidates, SearchConfig, parse_answer, search, self_consistency_value
 from model_io import SamplingConfig, Transformer, generate
-from model_io.sampler import DECODE_MODES
+from model_io.sampler import check_decode_mode
 
 from .rewards import soft_format_reward_func, strict_format_reward_func
 
@@ -66,8 +66,7 @@ class EvalConfig:
                                                           "dynamic on a CPU), static or dynamic"})
 
     def __post_init__(self):
-        if self.decode not in DECODE_MODES:
-            raise ValueError(f"unknown --decode {self.decode!r}: use one of {', '.join(DECODE_MODES)}")
+        check_decode_mode(self.decode)
         if self.search not in SEARCHES:
             raise ValueError(f"unknown --search {self.search!r}: use one of {', '.join(SEARCHES)}")
         if self.n < 1 or self.batch_size < 1 or self.max_new_tokens < 1 or self.limit < 0 or self.shots < 0:

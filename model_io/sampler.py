@@ -26,11 +26,15 @@ DECODE_MODES = ("auto", "static", "dynamic")
 _decode_mode = "auto"
 
 
-def set_decode_mode(mode: str) -> None:
-    global _decode_mode
+def check_decode_mode(mode: str) -> str:
     if mode not in DECODE_MODES:
         raise ValueError(f"unknown --decode {mode!r}: use one of {', '.join(DECODE_MODES)}")
-    _decode_mode = mode
+    return mode
+
+
+def set_decode_mode(mode: str) -> None:
+    global _decode_mode
+    _decode_mode = check_decode_mode(mode)
 
 
 # finish reasons, as stored in SampleResult.finish ("unsure": the next token's entropy passed max_entropy)
