@@ -4,6 +4,11 @@
 
 Both stop a row at EOS. Tokens/s counts each row's tokens up to and including its EOS (the useful output), the
 same way for both, so the ratio is wall time to produce the same answers. Prints both and the ratio last.
+
+Also times one decode step on the static path (a CUDA graph on a GPU) at the run's cache size, against the floor
+of reading every weight once per step: weight bytes / measured device-to-device copy bandwidth (bytes copied per
+second). With --compiled, the same two figures again with the decode step through torch.compile
+(--decode compiled), side by side; the compile time is printed apart and left out of both.
 """
 from __future__ import annotations
 
@@ -33,6 +38,8 @@ def main(argv=None) -> None:
     ap.add_argument("--max-new-tokens", type=int, default=256, help="default: 256")
     ap.add_argument("--gsm8k", default=None, help="GSM8K file or directory (default: $GSM8K_DIR, else the hub)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: cuda if available, else cpu")
+    ap.add_argument("--compiled", action="store_true", help="also time our sampler with the decode step through "
+                    "torch.compile (default: off)")
     args = ap.parse_args(argv)
 
     model, tok = load(args.model, device=args.device)
@@ -85,26 +92,57 @@ def main(argv=None) -> None:
           f"{sum(f == 'eos' for f in ours.finish)}/{len(prompts)}")
     print(f"transformers generate: {n_hf} tokens in {t_hf:.2f}s = {n_hf / t_hf:.1f} tokens/s")
     print(f"ours                 : {n_ours} tokens in {t_ours:.2f}s = {n_ours / t_ours:.1f} tokens/s")
-    step_s, floor_s = decode_step_floor(model, prompts, pad, dev, sync)
+    floor_s, bw = weight_read_floor(model, dev, sync)
+    step_s = decode_step_time(model, prompts, pad, dev, sync, args.max_new_tokens)
     print(f"decode step (batch {len(prompts)}): {step_s * 1e3:.2f} ms; floor from reading the weights once: "
-          f"{floor_s * 1e3:.3f} ms; step / floor = {step_s / floor_s:.1f}")
+          f"{floor_s * 1e3:.3f} ms (copy bandwidth {bw / 1e9:.0f} GB/s); step / floor = {step_s / floor_s:.1f}")
+    if args.compiled:
+        from model_io.sampler import set_decode_mode
+
+        try:  # a failed compile costs this figure, not the ones above and below
+            set_decode_mode("compiled")
+            sync(); t0 = time.perf_counter()
+            generate(model, prompts, cfg, pad_id=pad)  # compiles for this batch and cache size
+            sync(); t_compile = time.perf_counter() - t0
+            sync(); t0 = time.perf_counter()
+            comp = generate(model, prompts, cfg, pad_id=pad)
+            sync(); t_comp = time.perf_counter() - t0
+            comp_rows = [comp.row(i) for i in range(len(prompts))]
+            n_comp = sum(map(len, comp_rows))
+            print(f"ours, compiled step  : {n_comp} tokens in {t_comp:.2f}s = {n_comp / t_comp:.1f} tokens/s "
+                  f"(compile and first run {t_compile:.1f}s apart; rows identical to uncompiled: "
+                  f"{sum(a == b for a, b in zip(comp_rows, ours_rows))}/{len(prompts)})")
+            cstep_s = decode_step_time(model, prompts, pad, dev, sync, args.max_new_tokens, compiled=True)
+            print(f"decode step compiled (batch {len(prompts)}): {cstep_s * 1e3:.2f} ms; step / floor = "
+                  f"{cstep_s / floor_s:.1f}; uncompiled / compiled = {step_s / cstep_s:.2f}")
+            print(f"ratio ours compiled/transformers tokens/s: {(n_comp / t_comp) / (n_hf / t_hf):.2f}")
+        except Exception as e:  # noqa: BLE001
+            print(f"compiled decode step failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        finally:
+            set_decode_mode("auto")
     print(f"ratio ours/transformers tokens/s: {(n_ours / t_ours) / (n_hf / t_hf):.2f}")
 
 
-def decode_step_floor(model, prompts, pad, dev, sync, steps: int = 32):
-    """Time of one decode step on the static path (a CUDA graph on GPU), and the floor set by reading every weight
-    once per step: weight bytes / measured device-to-device copy bandwidth."""
+def decode_step_time(model, prompts, pad, dev, sync, room: int, compiled: bool = False, steps: int = 32) -> float:
+    """Seconds per decode step on the static path (a CUDA graph on GPU) with `room` free cache slots (the real
+    decode's cache size: every static step attends to all of it)."""
     from model_io import prefill
     from model_io.static_decode import StaticStep
 
-    pre = prefill(model, prompts, room=steps + 8, pad_id=pad)
-    step = StaticStep(model, pre.cache, pre.next_pos, graph=dev.type == "cuda")
+    pre = prefill(model, prompts, room=max(room, steps + 2), pad_id=pad)
+    step = StaticStep(model, pre.cache, pre.next_pos, graph=dev.type == "cuda", compiled=compiled)
     tok = pre.logits.argmax(-1)
     step(tok)  # warm-up
     sync(); t0 = time.perf_counter()
     for _ in range(steps):
         step(tok)
-    sync(); step_s = (time.perf_counter() - t0) / steps
+    sync()
+    return (time.perf_counter() - t0) / steps
+
+
+def weight_read_floor(model, dev, sync) -> tuple[float, float]:
+    """The floor of a decode step set by reading every weight once: weight bytes / device-to-device copy bandwidth
+    (bytes copied per second, measured on a 256 MiB buffer). Returns (floor seconds, bandwidth bytes/s)."""
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     buf = torch.empty(256 * 2**20, dtype=torch.uint8, device=dev)  # 256 MiB
     out = torch.empty_like(buf)
@@ -112,8 +150,8 @@ def decode_step_floor(model, prompts, pad, dev, sync, steps: int = 32):
     sync(); t0 = time.perf_counter()
     for _ in range(5):
         out.copy_(buf)
-    sync(); bw = 2 * buf.numel() * 5 / (time.perf_counter() - t0)  # bytes read + written per second
-    return step_s, nbytes / (bw / 2)  # a step must at least read the weights: bytes / read bandwidth
+    sync(); bw = buf.numel() * 5 / (time.perf_counter() - t0)  # bytes copied per second (each read and written)
+    return nbytes / bw, bw
 
 
 if __name__ == "__main__":

@@ -63,7 +63,8 @@ class TrainConfig:
     deterministic: bool = field(default=True, metadata={"help": "on CPU, deterministic kernels (torch.use_deterministic_algorithms): without them, multi-threaded gradient accumulation (embedding backward) varies in the last bits from run to run, and a resumed run is no longer bitwise the same"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto (under torchrun: the local GPU)"})
     decode: str = field(default="auto", metadata={"help": "sampling path: auto (static shapes and CUDA graphs on a GPU, "
-                                                          "dynamic on a CPU), static or dynamic"})
+                                                          "dynamic on a CPU), static, dynamic, or compiled (static with the decode step "
+                                                          "through torch.compile: fewer kernels per step on a GPU, tens of seconds to compile)"})
 
     def __post_init__(self):
         check_decode_mode(self.decode)

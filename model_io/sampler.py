@@ -21,8 +21,9 @@ from .model import Transformer
 from .row_keys import RowKeys, key_hash
 
 # which decode path `decode(static=None)` takes: auto (static shapes + CUDA graphs on a GPU, the dynamic path that
-# drops finished rows on a CPU), static or dynamic everywhere; run.py sets it from --decode
-DECODE_MODES = ("auto", "static", "dynamic")
+# drops finished rows on a CPU), static or dynamic everywhere, or compiled (static with the step through
+# torch.compile: model_io/static_decode.py); run.py sets it from --decode
+DECODE_MODES = ("auto", "static", "dynamic", "compiled")
 _decode_mode = "auto"
 
 
@@ -237,11 +238,11 @@ def decode(
     generator, RowKeys or none (per-row torch.Generators cost a launch per row per token there)."""
     if static is None:
         auto = prefix.logits.device.type == "cuda" and (generator is None or isinstance(generator, (torch.Generator, RowKeys)))
-        static = _decode_mode == "static" or (_decode_mode == "auto" and auto)
+        static = _decode_mode in ("static", "compiled") or (_decode_mode == "auto" and auto)
     if static and cfg.max_entropy <= 0:
         from .static_decode import decode_static
 
-        return decode_static(model, prefix, cfg, generator, stop, pad_id)
+        return decode_static(model, prefix, cfg, generator, stop, pad_id, compiled=_decode_mode == "compiled")
     R, T = prefix.rows, cfg.max_new_tokens
     if prefix.cache.capacity - prefix.cache.length < T - 1:
         raise ValueError(f"prefix has room for {prefix.cache.capacity - prefix.cache.length} tokens, needs {T - 1}")

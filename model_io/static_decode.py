@@ -5,6 +5,12 @@ CUDA graph and replayed (gpt-fast's shape; on a GPU, launch overhead rather than
 The dynamic path (sampler.decode) suits a compute-bound CPU: it drops finished rows and attends only to the
 filled slots. This path suits a GPU: every step has the same shapes. `decode(..., static=None)` picks this one
 on CUDA. The host looks at the rows only every `check_every` tokens (all finished? a stop string?).
+
+`compiled=True` (--decode compiled) runs the step through torch.compile (inductor) before the CUDA graph captures
+it: a graph removes the launch overhead of the step's ~860 kernels but not the kernels themselves, and on a GPU
+each small kernel still costs a few microseconds; inductor fuses the elementwise work (RMSNorm, RoPE, SwiGLU,
+residuals) into fewer kernels. Opt-in: it compiles once per model (tens of seconds; once more when a shape first
+changes, after which the batch and cache sizes are symbolic), which pays off only over long runs.
 """
 from __future__ import annotations
 
@@ -19,7 +25,8 @@ class StaticStep:
     With `graph=True` (CUDA) the step is captured once in a CUDA graph and replayed; a failed capture falls back
     to eager steps with a warning, so a driver or kernel that cannot be captured costs speed, not the run."""
 
-    def __init__(self, model: Transformer, cache: KVCache, next_pos: torch.Tensor, graph: bool = False):
+    def __init__(self, model: Transformer, cache: KVCache, next_pos: torch.Tensor, graph: bool = False,
+                 compiled: bool = False):
         self.model, self.cache = model, cache
         dev = next_pos.device
         R = next_pos.shape[0]
@@ -29,12 +36,20 @@ class StaticStep:
         self.tok = torch.zeros(R, 1, dtype=torch.long, device=dev)  # [R, 1]
         self.pos = next_pos.clone()[:, None]  # [R, 1]
         self.logits = torch.zeros(R, model.cfg.vocab_size, device=dev)  # [R, V] float32
+        self.fn = compiled_step(model) if compiled else None
+        self.layers_k, self.layers_v = list(cache.k.unbind(0)), list(cache.v.unbind(0))  # L x [R, H_kv, S, D] views
         self.graph = None
         if graph and dev.type == "cuda":
             self._capture()
 
+    @torch.no_grad()  # a decode step never needs gradients (and compiling one under grad mode fails on its writes)
     def _eager(self) -> None:
-        self.logits.copy_(self.model(self.tok, positions=self.pos, cache=self.cache, last_only=True).float())
+        if self.fn is not None:
+            c = self.cache
+            head = self.model.head_weight(torch.promote_types(self.model.lm_head.weight.dtype, torch.float32))
+            self.logits.copy_(self.fn(self.tok, self.pos, self.layers_k, self.layers_v, c.key_mask, c.slot, head))
+        else:
+            self.logits.copy_(self.model(self.tok, positions=self.pos, cache=self.cache, last_only=True).float())
 
     def _capture(self) -> None:
         import warnings
@@ -70,9 +85,30 @@ class StaticStep:
         return self.logits
 
 
+def compiled_step(model: Transformer):
+    """`model`'s static decode step through torch.compile, made once per model and kept on it:
+    (tok [R, 1], pos [R, 1], k, v: L x [R, H_kv, S, D], key_mask [R, S], slot [1], head [V, C]) -> logits [R, V]
+    float32, writing the step's keys/values and key mask in place. Keys and values come one tensor per layer
+    (views of the cache): a write into a slice of one [L, ...] input is traced as a copy of the whole layer
+    (functionalisation's view-scatter, seen in inductor's output code), which on every step would read and write
+    the entire KV cache twice; a write into a whole input is done in place, as gpt-fast's per-layer buffers are.
+    The float32 LM head weight comes in as an argument: Transformer.head_weight keeps its copy by the weight's
+    version counter, which tracing cannot read."""
+    fn = getattr(model, "_compiled_step", None)
+    if fn is None:
+        model.rope(torch.zeros(1, 1, dtype=torch.long, device=model.device), torch.float32)  # RoPE table made eagerly
+
+        def step(tok, pos, k, v, key_mask, slot, head):
+            h = model._static_step(tok, pos, KVCache(k, v, key_mask, 0, slot))  # [R, 1, C]; cache.k[layer] reads the lists
+            return torch.nn.functional.linear(h[:, -1].float(), head)  # [R, V]
+
+        fn = model._compiled_step = torch.compile(step, fullgraph=True)
+    return fn
+
+
 @torch.no_grad()
 def decode_static(model: Transformer, prefix, cfg, generator=None, stop=None, pad_id: int = 0, check_every: int = 16,
-                  graph: bool = True):
+                  graph: bool = True, compiled: bool = False):
     """Same contract as sampler.decode (returns a SampleResult), with static shapes: every row runs every step
     until the host, every `check_every` tokens, sees all rows finished. Finished rows keep their slot (masked)."""
     from .sampler import EOS, LENGTH, STOP, SampleResult, _pick
@@ -88,7 +124,7 @@ def decode_static(model: Transformer, prefix, cfg, generator=None, stop=None, pa
     done = torch.zeros(R, dtype=torch.bool, device=dev)
     eos = torch.tensor(cfg.eos_ids, dtype=torch.long, device=dev)
     rows = torch.arange(R, device=dev)
-    step = StaticStep(model, prefix.cache, prefix.next_pos, graph=graph) if T > 1 else None
+    step = StaticStep(model, prefix.cache, prefix.next_pos, graph=graph, compiled=compiled) if T > 1 else None
     logits, checked, t_end = prefix.logits, 0, T
     for t in range(T):
         tok, lp = _pick(logits, cfg, generator, rows, t)  # device ops only

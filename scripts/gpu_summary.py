@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-SAMPLER_LINES = ("transformers generate:", "ours", "decode step", "ratio")
+SAMPLER_LINES = ("transformers generate:", "ours", "decode step", "compiled decode step", "ratio")
 AGREEMENT_LINES = ("reference:", "rows whose first", "log-prob abs difference", "reference model's margin", "agreement:")
 
 

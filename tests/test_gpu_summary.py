@@ -13,6 +13,8 @@ def test_summary_of_a_run_cut_off_after_two_steps(tmp_path):
     (tmp_path / "env.json").write_text(json.dumps({"device": "NVIDIA H100 80GB HBM3", "copy_gb_per_s": 1800.0}))
     (tmp_path / "2-sampler-b64.log").write_text("device=cuda\ntransformers generate: 100 tokens in 1.00s = 100.0 tokens/s\n"
                                                 "ours                 : 100 tokens in 0.10s = 1000.0 tokens/s\n"
+                                                "decode step compiled (batch 64): 1.50 ms; step / floor = 9.0\n"
+                                                "compiled decode step failed: never printed with the line above\n"
                                                 "ratio ours/transformers tokens/s: 10.00\n")
     (tmp_path / "steps.txt").write_text("1-env rc=0 seconds=3\n2-sampler-b64 rc=0 seconds=30\n")
     gpu_summary.main([str(tmp_path)])
@@ -20,6 +22,8 @@ def test_summary_of_a_run_cut_off_after_two_steps(tmp_path):
     assert text.startswith("# GPU run: NVIDIA H100 80GB HBM3, ")
     assert "| 2-sampler-b64: ours | 100 tokens in 0.10s = 1000.0 tokens/s |" in text
     assert "| 2-sampler-b64: ratio ours/transformers tokens/s | 10.00 |" in text
+    assert "| 2-sampler-b64: decode step compiled (batch 64) | 1.50 ms; step / floor = 9.0 |" in text
+    assert "| 2-sampler-b64: compiled decode step failed | never printed with the line above |" in text
     assert "2-sampler-b64 rc=0" in text and "GRPO" not in text  # no training yet: no training rows
 
 

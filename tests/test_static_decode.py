@@ -49,3 +49,41 @@ def test_cuda_graph_decoding_matches_eager_on_gpu():
     a = generate(model, prompts, cfg, static=False)
     b = generate(model, prompts, cfg, static=True)
     assert torch.equal(a.tokens.cpu(), b.tokens.cpu())
+
+
+def test_compiled_decode_step_matches_the_eager_static_step_across_shapes():
+    """--decode compiled: the step through torch.compile (inductor; on CPU here, before any CUDA graph) gives the
+    eager static step's tokens and log-probs, also after a batch/cache size change forces a (dynamic) recompile."""
+    from model_io import sampler
+
+    model = from_hf_model(tiny_hf_model("qwen2", vocab=40, eos_token_id=3, pad_token_id=0)).eval()
+    runs = [(random_prompts([5, 9, 2, 7], vocab=40, seed=1), 16), (random_prompts([6, 3], vocab=40, seed=2), 24)]
+    try:
+        for prompts, n in runs:
+            cfg = SamplingConfig(max_new_tokens=n, temperature=0.0, eos_ids=(3,))
+            sampler.set_decode_mode("static")
+            eager = generate(model, prompts, cfg)
+            sampler.set_decode_mode("compiled")
+            comp = generate(model, prompts, cfg)
+            assert torch.equal(eager.tokens, comp.tokens) and eager.finish == comp.finish
+            assert torch.allclose(eager.logprobs, comp.logprobs, atol=1e-4)
+            assert (comp.lengths > 1).all()  # the compiled step ran: rows went past their first (prefill) token
+    finally:
+        sampler.set_decode_mode("auto")
+    assert getattr(model, "_compiled_step", None) is not None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_cuda_graph_decoding_matches_eager_on_gpu():
+    model = from_hf_model(tiny_hf_model(dtype=torch.float32)).cuda()
+    prompts = random_prompts([5, 9, 3])
+    cfg = SamplingConfig(max_new_tokens=24, temperature=0.0)
+    a = generate(model, prompts, cfg, static=False)
+    from model_io import sampler
+
+    sampler.set_decode_mode("compiled")
+    try:
+        b = generate(model, prompts, cfg)
+    finally:
+        sampler.set_decode_mode("auto")
+    assert torch.equal(a.tokens.cpu(), b.tokens.cpu())
