@@ -15,19 +15,25 @@ ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 # a number as people write it: optional sign, optional $ (and a space after it), digits with optional thousands
 # commas, optional decimals. A minus is a sign only where it cannot be subtraction or a list dash: not after a
 # word character or a closing bracket ("20-5", "f(x)-3"), and never with a space before the digits ("20 - 5",
-# "- 12 apples" read as 5 and 12, not -5 and -12).
+# "- 12 apples" read as 5 and 12, not -5 and -12). Thousands may also be grouped by single spaces ("1 000", as SI
+# style writes them), the same in strict and lenient parsing.
 SIGN = r"(?:(?<![\w)\]])-)?"
-NUMBER = re.compile(SIGN + r"(?:\$\s?)?(?:\d{1,3}(?:,\d{3})+(?!\d|,\d)|\d+)(?:\.\d+)?|" + SIGN + r"\$?\.\d+")
+NUMBER = re.compile(SIGN + r"(?:\$\s?)?(?:\d{1,3}(?:,\d{3})+(?!\d|,\d)|\d{1,3}(?: \d{3})+(?!\d| \d)|\d+)(?:\.\d+)?|"
+                    + SIGN + r"\$?\.\d+")
 GOLD_MARK = "####"
 
 
 def normalize_number(text: str | None) -> str | None:
     """Canonical string of a number written in `text`, or None if `text` is not a bare number.
 
-    "$1,234.50" -> "1234.5", "18.00" -> "18", "-3." -> "-3", "0.0" -> "0", "abc" -> None."""
+    "$1,234.50" -> "1234.5", "18.00" -> "18", "-3." -> "-3", "0.0" -> "0", "1 000" -> "1000", "3 4" -> None,
+    "abc" -> None."""
     if text is None:
         return None
-    s = text.strip().replace("$", "").replace(" ", "")
+    s = re.sub(r"\$\s+", "$", text.strip()).replace("$", "")
+    if " " in s and not re.fullmatch(r"[-+]?\d{1,3}( \d{3})+(\.\d*)?", s):
+        return None  # spaces only as thousands separators: "3 4" is not 34
+    s = s.replace(" ", "")
     if "," in s and not re.fullmatch(r"[-+]?\d{1,3}(,\d{3})+(\.\d*)?\.?", s):
         return None  # commas only as thousands separators: "1,5" is not 15
     s = s.replace(",", "").rstrip(".")

@@ -59,7 +59,8 @@ def test_no_source_names_all_three_ways(monkeypatch, tmp_path):
 @pytest.mark.parametrize("text,expected", [
     ("18", "18"), ("18.00", "18"), ("$18", "18"), ("1,234", "1234"), ("-7", "-7"), ("18.", "18"),
     (" $1,234.50 ", "1234.5"), ("0.0", "0"), ("+3", "3"), (".5", "0.5"), ("abc", None), ("18 dollars", None),
-    ("", None), (None, None), ("1e5", None), ("--3", None),
+    ("", None), (None, None), ("1e5", None), ("--3", None), ("1 000", "1000"), ("$ 12 500.5", "12500.5"),
+    ("3 4", None), ("1 00", None), ("12 000 5", None),
 ])
 def test_normalize_number(text, expected):
     assert normalize_number(text) == expected
@@ -83,6 +84,10 @@ def test_gold_strict_and_lenient_parsing():
     assert parse_lenient("costs $ 12 or -$4") == "-4" and parse_lenient("(-7)") == "-7"
     assert parse_lenient("1,2345") == "2345" and parse_lenient("paid 1,234,567.5") == "1234567.5"
     assert parse_lenient("The answer is 1,200, which is final") == "1200"  # a sentence comma after the number
+    # thousands grouped by spaces read the same both ways; other spaced digits are separate numbers
+    assert parse_lenient("so it is 1 000") == "1000" == parse_strict("<answer>1 000</answer>")
+    assert parse_lenient("rows 3 4") == "4" and parse_strict("<answer>3 4</answer>") is None
+    assert parse_lenient("12 0000") == "0"  # not a thousands group: the last number is 0000
 
 
 def test_prompts_render_through_the_chat_template():
