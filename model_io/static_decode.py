@@ -100,7 +100,8 @@ def compiled_step(model: Transformer):
 
         def step(tok, pos, k, v, key_mask, slot, head):
             h = model._static_step(tok, pos, KVCache(k, v, key_mask, 0, slot))  # [R, 1, C]; cache.k[layer] reads the lists
-            return torch.nn.functional.linear(h[:, -1].float(), head)  # [R, V]
+            with torch.autocast(h.device.type, enabled=False):  # the float32 head, also under bf16 autocast (GRPO rollouts)
+                return torch.nn.functional.linear(h[:, -1].float(), head)  # [R, V]
 
         fn = model._compiled_step = torch.compile(step, fullgraph=True)
     return fn

@@ -68,6 +68,14 @@ def test_compiled_decode_step_matches_the_eager_static_step_across_shapes():
             assert torch.equal(eager.tokens, comp.tokens) and eager.finish == comp.finish
             assert torch.allclose(eager.logprobs, comp.logprobs, atol=1e-4)
             assert (comp.lengths > 1).all()  # the compiled step ran: rows went past their first (prefill) token
+        # under bf16 autocast (GRPO rollouts on a GPU) the LM head stays float32: logits not rounded to bf16
+        from model_io import prefill
+        from model_io.static_decode import StaticStep
+
+        pre = prefill(model, runs[0][0], room=4)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = StaticStep(model, pre.cache, pre.next_pos, compiled=True)(pre.logits.argmax(-1))
+        assert logits.dtype == torch.float32 and not torch.equal(logits, logits.bfloat16().float())
     finally:
         sampler.set_decode_mode("auto")
     assert getattr(model, "_compiled_step", None) is not None
