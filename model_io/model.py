@@ -78,8 +78,8 @@ class Attention(nn.Module):
             k = torch.cat([pk[shared.rows], k], dim=2)  # [B, H_kv, P + T, D]
             v = torch.cat([pv[shared.rows], v], dim=2)
         if cache is not None and cache.slot is not None:  # static shapes: write at a device-side slot, read all
-            cache.k[layer].index_copy_(2, cache.slot, k)
-            cache.v[layer].index_copy_(2, cache.slot, v)
+            cache.k[layer].index_copy_(2, cache.slot, k.to(cache.k[layer].dtype))  # index_copy_ does not cast (a slice
+            cache.v[layer].index_copy_(2, cache.slot, v.to(cache.v[layer].dtype))  # assignment would): a no-op if equal
             k, v = cache.k[layer], cache.v[layer]  # [B, H_kv, capacity, D]
         elif cache is not None:
             s0 = cache.length

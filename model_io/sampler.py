@@ -123,7 +123,10 @@ def prefill(model: Transformer, prompts: Sequence[Sequence[int]], room: int, pad
         key_mask[b, P - len(p) :] = True
     tokens, key_mask = tokens.to(dev), key_mask.to(dev)
     positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, P]
-    cache = KVCache.empty(model.cfg, B, P + room, dev, model.embed.weight.dtype)
+    # keys/values as the layers make them: in the autocast dtype under autocast (bf16 rollouts of float32 master
+    # weights on a GPU: half the cache memory and traffic), else the weights' dtype
+    kv_dtype = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else model.embed.weight.dtype
+    cache = KVCache.empty(model.cfg, B, P + room, dev, kv_dtype)
     if not per_row:
         logits = model(tokens, positions=positions, cache=cache, key_mask=key_mask, last_only=True)  # [B, V]
     else:

@@ -95,3 +95,21 @@ def test_compiled_cuda_graph_decoding_matches_eager_on_gpu():
     finally:
         sampler.set_decode_mode("auto")
     assert torch.equal(a.tokens.cpu(), b.tokens.cpu())
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_decoding_under_bf16_autocast_keeps_a_bf16_cache(static):
+    """GRPO samples under bf16 autocast with float32 master weights on a GPU; the same on CPU autocast here. The
+    cache holds bf16 keys/values as the layers make them (the static path's index_copy_ does not cast: a float32
+    cache failed there), and greedy tokens match the float32 path's for the first steps."""
+    from model_io import prefill
+
+    model = from_hf_model(tiny_hf_model(vocab=40, eos_token_id=3, pad_token_id=0))
+    prompts = random_prompts([5, 9, 2], vocab=40)
+    cfg = SamplingConfig(max_new_tokens=12, temperature=0.0)
+    ref = generate(model, prompts, cfg, static=static)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert prefill(model, prompts, room=4).cache.k.dtype == torch.bfloat16
+        out = generate(model, prompts, cfg, static=static)
+    assert torch.equal(out.tokens[:, :4], ref.tokens[:, :4])
+    assert (out.logprobs - ref.logprobs).abs()[:, :4].max() < 0.05
