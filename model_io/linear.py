@@ -5,7 +5,8 @@ float32 GEMM on a row-major [N, K] weight runs such shapes at a third to a half 
 pre-reordered into its blocked layout (measured on this project's 2-core machine: the 576 x 49152 LM head at
 M=32 takes 25 ms plain and 12 ms packed; see docs/RESULTS.md). The packed copy is made on first use and rebuilt
 whenever the weight changes (its autograd version counter moves on every in-place optimizer update), so a
-trained weight is never stale. Autograd, GPUs, non-float32 dtypes and torch.compile take the plain path.
+trained weight is never stale. Autograd, GPUs, non-float32 dtypes, CPU autocast and torch.compile take the
+plain path.
 
 Set MCTS_GRPO_PACKED_LINEAR=0 to turn it off (the results then differ only by float rounding).
 """
@@ -34,6 +35,7 @@ class Linear(nn.Linear):
             and self.weight.dtype == torch.float32
             and not (torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad))
             and not torch.compiler.is_compiling()  # torch.compile traces the plain matmul (and may pack it itself)
+            and not torch.is_autocast_enabled("cpu")  # autocast casts F.linear, not the packed op: keep its dtype
         )
 
     def packed_weight(self) -> torch.Tensor:

@@ -157,3 +157,36 @@ def test_resume_drops_the_steps_after_the_checkpoint_from_every_log(tmp_path):
     ea = EventAccumulator(str(tmp_path / "tb"))
     ea.Reload()
     assert [e.step for e in ea.Scalars("reward")] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("rollouts", ["plain", "mcts"])
+def test_the_gpu_recipe_rehearsed_on_cpu(tmp_path, monkeypatch, rollouts):
+    """What a CUDA run does differently, here on a CPU: bf16 autocast over float32 master weights (rollouts,
+    reference and policy passes), the static decode path, counter-based RowKeys for per-row randomness, old
+    log-probs recomputed. Until a
+    GPU runs the suite this is the only place that combination runs (a float32 cache under autocast broke the
+    static path's cache write once)."""
+    import grpo.rollout
+    import mcts.search
+    from model_io import sampler
+    from model_io.row_keys import RowKeys
+
+    keys = lambda names, device="cpu": RowKeys.from_names(names, device)  # noqa: E731
+    monkeypatch.setattr(grpo.rollout, "row_rng", keys)
+    monkeypatch.setattr(mcts.search, "row_rng", keys)
+    sampler.set_decode_mode("static")
+    try:
+        extra = dict(rollouts="mcts", mcts_prob=0.5, mcts_step="tokens:2", mcts_children=2) if rollouts == "mcts" else {}
+        tr = make_trainer(tmp_path, beta=0.04, old_logprobs="recompute", **extra)
+        tr.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+        before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
+        ms = [tr.train_step() for _ in range(2)]
+    finally:
+        sampler.set_decode_mode("auto")
+    for m in ms:
+        assert all(v == v and abs(v) != float("inf") for v in m.values() if isinstance(v, float)), m
+    assert ms[0]["frac_reward_zero_std"] < 1.0
+    if rollouts == "mcts":
+        assert sum(m["rollout/tree_groups"] for m in ms) > 0  # tree search ran under autocast too
+    assert all(p.dtype == torch.float32 for p in tr.model.parameters())  # master weights stay float32
+    assert any(not torch.equal(before[n], p) for n, p in tr.model.named_parameters())
