@@ -20,7 +20,9 @@ def main(out: str) -> None:
     for _ in range(10):
         dst.copy_(buf)
     sync()
-    info["copy_gb_per_s"] = round(2 * buf.numel() * 10 / (time.perf_counter() - t) / 1e9, 1)  # read + write
+    copied = buf.numel() * 10 / (time.perf_counter() - t)
+    info["copy_gb_per_s"] = round(copied / 1e9, 1)  # bytes copied per second: bench/sampler.py's floor divides by it
+    info["memory_traffic_gb_per_s"] = round(2 * copied / 1e9, 1)  # each copied byte is read and written
     n = 8192 if dev.type == "cuda" else 1024
     dt = torch.bfloat16 if dev.type == "cuda" else torch.float32
     a, b = torch.randn(n, n, device=dev, dtype=dt), torch.randn(n, n, device=dev, dtype=dt)
