@@ -206,8 +206,13 @@ class Transformer(nn.Module):
         CUDA graph). Every slot is attended under key_mask; slots not yet written must hold zeros, not garbage."""
         assert tokens.shape[1] == 1 and positions is not None, "static decoding reads one token per row, with positions"
         cache.key_mask.index_fill_(1, cache.slot, True)
-        mask = cache.key_mask[:, None, None, :]  # [B, 1, 1, capacity]
         x = self.embed(tokens)
+        # an additive mask made once per step in the dtype attention runs in: given a bool mask, attention converts
+        # it in every layer (a where, two scalar tensors and a cast per call in the profile of one step: 120
+        # operations a step, launches on a GPU, where launches are the cost of a decode step)
+        dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        mask = torch.zeros(cache.key_mask.shape, dtype=dt, device=x.device).masked_fill_(~cache.key_mask, float("-inf"))
+        mask = mask[:, None, None, :]  # [B, 1, 1, capacity]
         cos, sin = self.rope(positions, x.dtype)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, mask, i, cache)
