@@ -3,12 +3,13 @@
     python bench/sampler.py --batch 32 --max-new-tokens 256
 
 Both stop a row at EOS. Tokens/s counts each row's tokens up to and including its EOS (the useful output), the
-same way for both, so the ratio is wall time to produce the same answers. Prints both and the ratio last.
+same way for both, so the ratio is wall time to produce the same answers. Prints both, then the ratio.
 
 Also times one decode step on the static path (a CUDA graph on a GPU) at the run's cache size, against the floor
 of reading every weight once per step: weight bytes / measured device-to-device copy bandwidth (bytes copied per
 second). With --compiled, the same two figures again with the decode step through torch.compile
-(--decode compiled), side by side; the compile time is printed apart and left out of both.
+(--decode compiled), side by side, after the figures above (a compile cut short by a time limit leaves them);
+the compile time is printed apart and left out of both.
 """
 from __future__ import annotations
 
@@ -96,6 +97,7 @@ def main(argv=None) -> None:
     step_s = decode_step_time(model, prompts, pad, dev, sync, args.max_new_tokens)
     print(f"decode step (batch {len(prompts)}): {step_s * 1e3:.2f} ms; floor from reading the weights once: "
           f"{floor_s * 1e3:.3f} ms (copy bandwidth {bw / 1e9:.0f} GB/s); step / floor = {step_s / floor_s:.1f}")
+    print(f"ratio ours/transformers tokens/s: {(n_ours / t_ours) / (n_hf / t_hf):.2f}")
     if args.compiled:
         from model_io.sampler import set_decode_mode
 
@@ -120,7 +122,6 @@ def main(argv=None) -> None:
             print(f"compiled decode step failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         finally:
             set_decode_mode("auto")
-    print(f"ratio ours/transformers tokens/s: {(n_ours / t_ours) / (n_hf / t_hf):.2f}")
 
 
 def decode_step_time(model, prompts, pad, dev, sync, room: int, compiled: bool = False, steps: int = 32) -> float:

@@ -40,7 +40,8 @@ else
   echo "1-cuda-tests skipped: no pytest here" | tee -a "$OUT/steps.txt"
 fi
 # --compiled: the decode step through torch.compile too, side by side (the lever for the step / floor target)
-step 2-sampler-b$B1 "$PY" bench/sampler.py --model "$MODEL" --batch $B1 --max-new-tokens $NEW --compiled
+# (a time limit: a compile that runs long costs the compiled figures, not the run; the others print before it)
+step 2-sampler-b$B1 timeout 300 "$PY" bench/sampler.py --model "$MODEL" --batch $B1 --max-new-tokens $NEW --compiled
 step 2-sampler-b$B2 "$PY" bench/sampler.py --model "$MODEL" --batch $B2 --max-new-tokens $NEW
 # the fast path's greedy tokens against the CPU float32 path: first TA tokens, log-probs within bf16 tolerance
 step 2-agreement "$PY" bench/agreement.py --model "$MODEL" --batch $BA --tokens $TA --max-new-tokens $(( 2 * TA ))
