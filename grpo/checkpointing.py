@@ -12,12 +12,12 @@ import json
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from model_io import load_model, save_model
+from model_io.checkpoint import atomic_dir
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -36,8 +36,7 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, sched
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-    try:
+    with atomic_dir(final) as tmp:
         save_model(model, tokenizer, tmp / "model")
         state = {
             "step": step,
@@ -50,12 +49,6 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, sched
         torch.save(state, tmp / "trainer_state.pt")
         if config is not None:
             (tmp / "train_config.json").write_text(json.dumps(config, indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in checkpoint_dirs(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

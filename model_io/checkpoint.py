@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -37,13 +38,18 @@ def model_state(model: Transformer) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _atomic_dir(final: Path):
-    """A temporary sibling directory; `_commit` renames it over `final`, so a crash never leaves half a model."""
+@contextmanager
+def atomic_dir(path: str | os.PathLike):
+    """Yields a temporary sibling directory to fill; on success it is renamed over `path`, on any error removed,
+    so a crash never leaves half a model (nor replaces a good one)."""
+    final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-
-
-def _commit(tmp: Path, final: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         final.rename(old)
@@ -55,18 +61,12 @@ def _commit(tmp: Path, final: Path) -> None:
 
 def save_model(model: Transformer, tokenizer, path: str | os.PathLike) -> Path:
     """Write our checkpoint format (a complete model spec for `model_io.load`), atomically."""
-    final = Path(path)
-    tmp = _atomic_dir(final)
-    try:
+    with atomic_dir(path) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(model.cfg.to_dict(), indent=2))
         save_file({k: v.cpu() for k, v in model_state(model).items()}, str(tmp / WEIGHTS_FILE))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-        _commit(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+    return Path(path)
 
 
 def load_model(path: str | os.PathLike, device="cpu", dtype: torch.dtype | None = None) -> Transformer:
@@ -87,9 +87,7 @@ def load_model(path: str | os.PathLike, device="cpu", dtype: torch.dtype | None 
 
 def export_hf(model: Transformer, tokenizer, path: str | os.PathLike) -> Path:
     """Write a directory that `transformers.AutoModelForCausalLM.from_pretrained(path)` loads directly."""
-    final = Path(path)
-    tmp = _atomic_dir(final)
-    try:
+    with atomic_dir(path) as tmp:
         hf_cfg = model.cfg.to_hf()
         hf_cfg.architectures = ["LlamaForCausalLM" if model.cfg.arch == "llama" else "Qwen2ForCausalLM"]
         hf_cfg.dtype = str(model.embed.weight.dtype).removeprefix("torch.")
@@ -98,8 +96,4 @@ def export_hf(model: Transformer, tokenizer, path: str | os.PathLike) -> Path:
         save_file(sd, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-        _commit(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+    return Path(path)

@@ -22,6 +22,22 @@ def test_checkpoint_round_trip(tmp_path, arch):
     assert not list(tmp_path.glob(".ckpt.tmp-*"))  # written atomically: no temp dir left behind
 
 
+def test_a_failed_save_keeps_the_previous_model_and_leaves_no_temp_dir(tmp_path):
+    class Broken:
+        def save_pretrained(self, path):
+            raise OSError("disk full")
+
+    old = from_hf_model(tiny_hf_model(seed=0))
+    save_model(old, tiny_tokenizer(), tmp_path / "ckpt")
+    export_hf(old, None, tmp_path / "hf")
+    new = from_hf_model(tiny_hf_model(seed=1))
+    for write in (lambda: save_model(new, Broken(), tmp_path / "ckpt"), lambda: export_hf(new, Broken(), tmp_path / "hf")):
+        with pytest.raises(OSError, match="disk full"):
+            write()
+    assert torch.equal(load_model(tmp_path / "ckpt").embed.weight, old.embed.weight)  # the old one, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "hf"]  # no temp or half-written directory
+
+
 @pytest.mark.parametrize("arch,kw", [("llama", {}), ("qwen2", {}), ("llama", {"head_dim": 32}), ("qwen2", {"head_dim": 32})])
 def test_export_loads_in_transformers_with_same_logits(tmp_path, arch, kw):
     from transformers import AutoModelForCausalLM, AutoTokenizer

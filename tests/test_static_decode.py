@@ -42,12 +42,19 @@ def test_static_sampling_with_one_generator_matches_dynamic_before_any_row_ends(
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_graph_decoding_matches_eager_on_gpu():
+@pytest.mark.parametrize("mode", ["static", "compiled"])
+def test_cuda_graph_decoding_matches_eager_on_gpu(mode):
+    from model_io import sampler
+
     model = from_hf_model(tiny_hf_model(dtype=torch.float32)).cuda()
     prompts = random_prompts([5, 9, 3])
     cfg = SamplingConfig(max_new_tokens=24, temperature=0.0)
     a = generate(model, prompts, cfg, static=False)
-    b = generate(model, prompts, cfg, static=True)
+    sampler.set_decode_mode(mode)  # static: the eager step in a CUDA graph; compiled: the compiled step in one
+    try:
+        b = generate(model, prompts, cfg)
+    finally:
+        sampler.set_decode_mode("auto")
     assert torch.equal(a.tokens.cpu(), b.tokens.cpu())
 
 
@@ -80,21 +87,6 @@ def test_compiled_decode_step_matches_the_eager_static_step_across_shapes():
         sampler.set_decode_mode("auto")
     assert getattr(model, "_compiled_step", None) is not None
 
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_compiled_cuda_graph_decoding_matches_eager_on_gpu():
-    model = from_hf_model(tiny_hf_model(dtype=torch.float32)).cuda()
-    prompts = random_prompts([5, 9, 3])
-    cfg = SamplingConfig(max_new_tokens=24, temperature=0.0)
-    a = generate(model, prompts, cfg, static=False)
-    from model_io import sampler
-
-    sampler.set_decode_mode("compiled")
-    try:
-        b = generate(model, prompts, cfg)
-    finally:
-        sampler.set_decode_mode("auto")
-    assert torch.equal(a.tokens.cpu(), b.tokens.cpu())
 
 
 @pytest.mark.parametrize("static", [False, True])
