@@ -1,0 +1,89 @@
+"""Operations in one static decode step, eager and compiled (`--decode compiled`), side by side in one run.
+
+    python bench/decode_ops.py --batch 4 --dtype bfloat16
+
+On a GPU each operation is a kernel launch (inside the CUDA graph too, where each still costs a few
+microseconds), which is what bounds a small model's decode step there; this counts them on any device.
+Eager: top-level compute operations in torch.profiler's trace of one step (views and casts to the same dtype
+launch nothing and are not counted). Compiled: kernel calls in the code inductor generates for the step (fused
+kernels, matmuls, attention), read from its output code. Prints both and the ratio last.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from model_io import load, prefill  # noqa: E402
+from model_io.static_decode import StaticStep  # noqa: E402
+
+# operations that only make a new view of a tensor: no kernel
+VIEWS = {"select", "transpose", "slice", "view", "chunk", "split", "split_with_sizes", "reshape", "unsqueeze",
+         "expand", "as_strided", "t", "permute", "alias", "detach", "_unsafe_view", "unbind", "squeeze",
+         "promote_types", "result_type"}
+# a kernel call in inductor's generated `call` function (C++ kernels on CPU, Triton on GPU, library calls)
+KERNEL_CALL = re.compile(r"^\s+(?:\w+ = )?(cpp_fused_\w+\(|triton_\w+\.run\(|extern_kernels\.\w+\(|torch\.ops\.\w+\.\w+(?:\.\w+)?\()")
+
+
+def eager_ops(step: StaticStep, tok: torch.Tensor) -> collections.Counter:
+    from torch.profiler import ProfilerActivity, profile
+
+    step(tok)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step(tok)
+    out = collections.Counter()
+    for e in prof.events():
+        if not e.name.startswith("aten::") or (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::")):
+            continue  # not an operation, or one called inside another
+        name = e.name.removeprefix("aten::")
+        if name in VIEWS or (name == "to" and not any(c.name == "aten::_to_copy" for c in e.cpu_children)):
+            continue
+        out[name] += 1
+    return out
+
+
+def compiled_ops(step: StaticStep, tok: torch.Tensor) -> collections.Counter:
+    from torch._inductor.utils import run_and_get_code
+
+    _, codes = run_and_get_code(step, tok)  # the first call compiles: its generated code comes back
+    out = collections.Counter()
+    for code in codes:
+        body = code[code.index("def call(") :] if "def call(" in code else ""
+        for line in body.splitlines():
+            m = KERNEL_CALL.match(line)
+            if m:
+                kind = m.group(1)
+                out["fused kernel" if kind.startswith(("cpp_fused", "triton")) else kind.rstrip("(")] += 1
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2-135M-Instruct)")
+    ap.add_argument("--batch", type=int, default=4, help="rows decoded together (default: 4)")
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="weights' dtype (default: bfloat16)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: cuda if available, else cpu")
+    args = ap.parse_args(argv)
+
+    model, tok = load(args.model, device=args.device, dtype=getattr(torch, args.dtype))
+    prompts = [tok("What is 2 + 3?", add_special_tokens=False)["input_ids"]] * args.batch
+    counts = {}
+    for name, compiled in (("eager", False), ("compiled", True)):
+        pre = prefill(model, prompts, room=8, pad_id=tok.pad_token_id or 0)
+        step = StaticStep(model, pre.cache, pre.next_pos, graph=False, compiled=compiled)
+        first = pre.logits.argmax(-1)
+        counts[name] = compiled_ops(step, first) if compiled else eager_ops(step, first)
+        c = counts[name]
+        print(f"{name:8s} operations per decode step: {sum(c.values())} ({', '.join(f'{k} {v}' for k, v in c.most_common())})")
+    print(f"device={args.device} dtype={args.dtype} batch={args.batch} layers={model.cfg.n_layers}")
+    print(f"ratio eager/compiled operations: {sum(counts['eager'].values()) / max(sum(counts['compiled'].values()), 1):.2f}")
+
+
+if __name__ == "__main__":
+    main()
