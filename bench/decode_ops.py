@@ -80,7 +80,7 @@ def main(argv=None) -> None:
         first = pre.logits.argmax(-1)
         counts[name] = compiled_ops(step, first) if compiled else eager_ops(step, first)
         c = counts[name]
-        print(f"{name:8s} operations per decode step: {sum(c.values())} ({', '.join(f'{k} {v}' for k, v in c.most_common())})")
+        print(f"{name} operations per decode step: {sum(c.values())} ({', '.join(f'{k} {v}' for k, v in c.most_common())})")
     print(f"device={args.device} dtype={args.dtype} batch={args.batch} layers={model.cfg.n_layers}")
     print(f"ratio eager/compiled operations: {sum(counts['eager'].values()) / max(sum(counts['compiled'].values()), 1):.2f}")
 

@@ -43,6 +43,8 @@ fi
 # (a time limit: a compile that runs long costs the compiled figures, not the run; the others print before it)
 step 2-sampler-b$B1 timeout 300 "$PY" bench/sampler.py --model "$MODEL" --batch $B1 --max-new-tokens $NEW --compiled
 step 2-sampler-b$B2 "$PY" bench/sampler.py --model "$MODEL" --batch $B2 --max-new-tokens $NEW
+# kernels per decode step, eager and compiled (what the step time above is made of; a diagnostic, time-bounded)
+step 2-decode-ops timeout 180 "$PY" bench/decode_ops.py --model "$MODEL" --batch $B1
 # the fast path's greedy tokens against the CPU float32 path: first TA tokens, log-probs within bf16 tolerance
 step 2-agreement "$PY" bench/agreement.py --model "$MODEL" --batch $BA --tokens $TA --max-new-tokens $(( 2 * TA ))
 step 3-eval-start "$PY" run.py eval --model "$MODEL" --shots $SHOTS --limit $Q --max-new-tokens $NEW --batch-size 128 --out-dir "$OUT/eval-start"

@@ -35,6 +35,12 @@ def summary(out: Path) -> list[str]:
             if line.startswith(SAMPLER_LINES):
                 k, v = line.split(":", 1)
                 lines.append(f"| {f.stem}: {k.strip()} | {v.strip()} |")
+    ops = out / "2-decode-ops.log"
+    if ops.is_file():
+        for line in ops.read_text().splitlines():
+            if line.startswith(("eager", "compiled", "ratio eager")):
+                k, v = line.split(":", 1)
+                lines.append(f"| {k.strip()} | {v.strip()} |")
     ag = out / "2-agreement.log"
     if ag.is_file():
         for line in ag.read_text().splitlines():

@@ -29,6 +29,8 @@ def test_summary_of_a_run_cut_off_after_two_steps(tmp_path):
 
 def test_summary_with_every_step(tmp_path):
     (tmp_path / "env.json").write_text(json.dumps({"device": "gpu"}))
+    (tmp_path / "2-decode-ops.log").write_text("eager operations per decode step: 717 (mul 153)\n"
+                                               "ratio eager/compiled operations: 2.64\n")
     (tmp_path / "2-agreement.log").write_text("rows whose first 32 greedy tokens agree: 15/16\nagreement: PASS\n")
     for name, acc in (("eval-start", 0.1), ("eval-trained", 0.2)):
         (tmp_path / name).mkdir()
@@ -42,6 +44,8 @@ def test_summary_with_every_step(tmp_path):
         {"strategy": "mcts", "budget": "sims=8, K=4", "accuracy_lenient": 0.25, "generated_tokens_per_question": 900.4}]}))
     text = "\n".join(gpu_summary.summary(tmp_path))
     assert "| agreement with CPU float32: rows whose first 32 greedy tokens agree | 15/16 |" in text
+    assert "| eager operations per decode step | 717 (mul 153) |" in text
+    assert "| ratio eager/compiled operations | 2.64 |" in text
     assert "| eval-trained accuracy strict / lenient / format rate (500 questions, 2-shot) | 0.200 / 0.250 / 0.50 |" in text
     # steps 1-5 average 0.3, steps 6-10 average 0.8; the step-0 row (no reward) is left out
     assert "| GRPO steps / reward, mean of first 5 / of last 5 | 10 / 0.300 / 0.800 |" in text
