@@ -163,6 +163,7 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
 class SampleConfig:
     model: str | None = field(default=None, metadata={"help": "model spec; default: the embedded SmolLM2-135M-Instruct"})
     questions: int = field(default=3, metadata={"help": "how many GSM8K questions to answer"})
+    shots: int = field(default=2, metadata={"help": "k-shot examples from the train split in each prompt (as train and eval)"})
     split: str = field(default="test", metadata={"help": "GSM8K split"})
     temperature: float = field(default=0.7, metadata={"help": "0 for greedy"})
     max_new_tokens: int = field(default=256, metadata={"help": "generated tokens per answer at most"})
@@ -179,7 +180,8 @@ def cmd_sample(cfg: SampleConfig) -> None:
     scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                           eos_ids=stop_token_ids(tok, model.cfg.eos_token_ids))
     gen = torch.Generator(device=model.device).manual_seed(cfg.seed)
-    res = generate(model, encode_prompts(tok, [p.question for p in problems]), scfg, gen,
+    shots = load_gsm8k("train", cfg.gsm8k)[: cfg.shots] if cfg.shots else []
+    res = generate(model, encode_prompts(tok, [p.question for p in problems], shots), scfg, gen,
                    stop=StopOnText(tok, ["</answer>"]), pad_id=tok.pad_token_id)
     for i, p in enumerate(problems):
         text = tok.decode(res.row(i), skip_special_tokens=True)

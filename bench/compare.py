@@ -78,7 +78,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=192, help="per answer, every strategy (default: 192)")
     ap.add_argument("--temperature", type=float, default=0.7, help="default: 0.7")
     ap.add_argument("--batch-size", type=int, default=16, help="default: 16")
-    ap.add_argument("--shots", type=int, default=0, help="k-shot examples from the train split in each prompt (default: 0)")
+    ap.add_argument("--shots", type=int, default=2, help="k-shot examples from the train split in each prompt (default: 2, as eval)")
     ap.add_argument("--gsm8k", default=None, help="GSM8K file or directory (default: $GSM8K_DIR, else the hub)")
     ap.add_argument("--out", default="docs/compare", help="output directory (default: docs/compare)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: cuda if available")

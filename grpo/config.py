@@ -24,7 +24,9 @@ class TrainConfig:
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature of rollouts"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass of rollouts"})
     stop: str = field(default="</answer>", metadata={"help": "a completion ends once its text contains this ('' for EOS only)"})
-    shots: int = field(default=0, metadata={"help": "k-shot examples (from the start of the train split) in every prompt"})
+    shots: int = field(default=2, metadata={"help": "k-shot examples (from the start of the train split) in every prompt; "
+                                            "zero-shot the default 135M model never writes the rewarded format, every reward is 0 "
+                                            "and GRPO learns nothing (docs/RESULTS.md); 0 gives the recipe's zero-shot prompt"})
     rewards: str = field(default="", metadata={"help": "reward weights, e.g. 'correctness=1,xmlcount=0.5'; '' = all five at weight 1"})
     adv_scale: str = field(default="group", metadata={"help": f"advantage normalisation: {' | '.join(ADV_SCALES)}"})
     loss_agg: str = field(default="seq-mean-token-mean", metadata={"help": f"loss aggregation: {' | '.join(AGGREGATIONS)}"})

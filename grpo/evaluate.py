@@ -57,7 +57,8 @@ class EvalConfig:
     fallback_p: float = field(default=0.0, metadata={"help": "mcts lookahead: probability of decoding a decision step plainly instead of searching"})
     format_weight: float = field(default=0.3, metadata={"help": "mcts, best-of-n: value = w * format + (1 - w) * agreement"})
     batch_size: int = field(default=32, metadata={"help": "questions per batch"})
-    shots: int = field(default=0, metadata={"help": "k-shot examples from the train split in each prompt"})
+    shots: int = field(default=2, metadata={"help": "k-shot examples from the train split in each prompt (train's default too, "
+                                            "so a trained policy is evaluated on the prompts it learned on; 0: zero-shot)"})
     seed: int = field(default=0, metadata={"help": "random seed of the sampler"})
     gsm8k: str | None = field(default=None, metadata={"help": "GSM8K jsonl file or directory; default: $GSM8K_DIR, else the hub"})
     out_dir: str = field(default="runs/eval", metadata={"help": "where predictions.jsonl, summary.json, config.json (and trees.jsonl for mcts) go"})

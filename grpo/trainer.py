@@ -377,8 +377,9 @@ class Trainer:
         self.flat_steps = self.flat_steps + 1 if m["frac_reward_zero_std"] == 1.0 else 0
         if self.flat_steps == self.FLAT_STEPS_HINT and self.dist.main:
             tqdm.write(f"note: for {self.flat_steps} steps every group's completions got the same reward (mean {m['reward']:.3f}): "
-                       f"zero advantages, no learning signal; few-shot prompts (--shots 2) or a stronger --model give the "
-                       f"policy rewards to tell apart")
+                       f"zero advantages, no learning signal; "
+                       + ("few-shot prompts (--shots 2) or a stronger --model give" if self.cfg.shots == 0 else "a stronger --model gives")
+                       + " the policy rewards to tell apart")
 
     def _budget_spent_everywhere(self) -> bool:
         """One decision for all ranks (clocks differ), so that no rank waits forever on the others."""

@@ -103,6 +103,10 @@ def test_a_run_without_learning_signal_says_so_once(tmp_path, capsys):
     tr.train()
     out = capsys.readouterr()
     assert (out.out + out.err).count("no learning signal") == 1 and "--shots 2" in out.out + out.err
+    few_shot = make_trainer(tmp_path / "c", steps=5, rewards=flat, shots=2)  # already few-shot: no --shots advice
+    few_shot.train()
+    out = "".join(capsys.readouterr())
+    assert "no learning signal" in out and "--shots" not in out and "stronger --model" in out
     learning = make_trainer(tmp_path / "b", steps=6)  # the letters reward differs between completions
     learning.train()
     assert "no learning signal" not in "".join(capsys.readouterr())
