@@ -20,6 +20,12 @@ from .kv_cache import KVCache
 from .linear import Linear
 
 
+def run_dtype(device_type: str, default: torch.dtype) -> torch.dtype:
+    """The dtype the layers' matmuls produce: autocast's where it is on (bf16 over float32 weights on a GPU), else
+    `default`. Keys/values and the attention mask are made in it."""
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else default
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -210,8 +216,8 @@ class Transformer(nn.Module):
         # an additive mask made once per step in the dtype attention runs in: given a bool mask, attention converts
         # it in every layer (a where, two scalar tensors and a cast per call in the profile of one step: 120
         # operations a step, launches on a GPU, where launches are the cost of a decode step)
-        dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        mask = torch.zeros(cache.key_mask.shape, dtype=dt, device=x.device).masked_fill_(~cache.key_mask, float("-inf"))
+        mask = torch.zeros(cache.key_mask.shape, dtype=run_dtype(x.device.type, x.dtype), device=x.device)
+        mask = mask.masked_fill_(~cache.key_mask, float("-inf"))
         mask = mask[:, None, None, :]  # [B, 1, 1, capacity]
         cos, sin = self.rope(positions, x.dtype)
         for i, layer in enumerate(self.layers):

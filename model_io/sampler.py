@@ -17,7 +17,7 @@ from typing import Protocol, Sequence
 import torch
 
 from .kv_cache import KVCache
-from .model import Transformer
+from .model import Transformer, run_dtype
 from .row_keys import RowKeys, key_hash
 
 # which decode path `decode(static=None)` takes: auto (static shapes + CUDA graphs on a GPU, the dynamic path that
@@ -125,8 +125,7 @@ def prefill(model: Transformer, prompts: Sequence[Sequence[int]], room: int, pad
     positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, P]
     # keys/values as the layers make them: in the autocast dtype under autocast (bf16 rollouts of float32 master
     # weights on a GPU: half the cache memory and traffic), else the weights' dtype
-    kv_dtype = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else model.embed.weight.dtype
-    cache = KVCache.empty(model.cfg, B, P + room, dev, kv_dtype)
+    cache = KVCache.empty(model.cfg, B, P + room, dev, run_dtype(dev.type, model.embed.weight.dtype))
     if not per_row:
         logits = model(tokens, positions=positions, cache=cache, key_mask=key_mask, last_only=True)  # [B, V]
     else:
