@@ -101,7 +101,7 @@ def main(argv=None) -> None:
     if args.compiled:
         from model_io.sampler import set_decode_mode
 
-        try:  # a failed compile costs this figure, not the ones above and below
+        try:  # a failed compile costs these figures, not the ones above
             set_decode_mode("compiled")
             sync(); t0 = time.perf_counter()
             generate(model, prompts, cfg, pad_id=pad)  # compiles for this batch and cache size
