@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 SAMPLER_LINES = ("transformers generate:", "ours", "decode step", "compiled decode step", "ratio")
+OPS_LINES = ("eager", "compiled", "ratio eager")
 AGREEMENT_LINES = ("reference:", "rows whose first", "log-prob abs difference", "reference model's margin", "agreement:")
 
 
@@ -26,27 +27,27 @@ def mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
 
+def log_rows(path: Path, prefixes: tuple[str, ...], label: str = "") -> list[str]:
+    """Table rows from a step's log (none if the step has not run): each line that starts with one of `prefixes`,
+    split at its first colon into figure and value."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.startswith(prefixes):
+            k, v = line.split(":", 1)
+            rows.append(f"| {label}{k.strip()} | {v.strip()} |")
+    return rows
+
+
 def summary(out: Path) -> list[str]:
     env = load(out / "env.json") or {}
     lines = [f"# GPU run: {env.get('device', '?')}, {datetime.date.today()}", "", "| figure | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in env.items()]
     for f in sorted(out.glob("2-sampler-*.log")):
-        for line in f.read_text().splitlines():
-            if line.startswith(SAMPLER_LINES):
-                k, v = line.split(":", 1)
-                lines.append(f"| {f.stem}: {k.strip()} | {v.strip()} |")
-    ops = out / "2-decode-ops.log"
-    if ops.is_file():
-        for line in ops.read_text().splitlines():
-            if line.startswith(("eager", "compiled", "ratio eager")):
-                k, v = line.split(":", 1)
-                lines.append(f"| {k.strip()} | {v.strip()} |")
-    ag = out / "2-agreement.log"
-    if ag.is_file():
-        for line in ag.read_text().splitlines():
-            if line.startswith(AGREEMENT_LINES):
-                k, v = line.split(":", 1)
-                lines.append(f"| agreement with CPU float32: {k} | {v.strip()} |")
+        lines += log_rows(f, SAMPLER_LINES, f"{f.stem}: ")
+    lines += log_rows(out / "2-decode-ops.log", OPS_LINES)
+    lines += log_rows(out / "2-agreement.log", AGREEMENT_LINES, "agreement with CPU float32: ")
     shots = os.environ.get("SHOTS", "2")
     for name in ("eval-start", "eval-trained"):
         s = load(out / name / "summary.json")
