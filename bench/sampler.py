@@ -99,16 +99,16 @@ def main(argv=None) -> None:
           f"{floor_s * 1e3:.3f} ms (copy bandwidth {bw / 1e9:.0f} GB/s); step / floor = {step_s / floor_s:.1f}")
     print(f"ratio ours/transformers tokens/s: {(n_ours / t_ours) / (n_hf / t_hf):.2f}")
     if args.compiled:
-        from model_io.sampler import set_decode_mode
+        from model_io.sampler import decode_mode
 
         try:  # a failed compile costs these figures, not the ones above
-            set_decode_mode("compiled")
-            sync(); t0 = time.perf_counter()
-            generate(model, prompts, cfg, pad_id=pad)  # compiles for this batch and cache size
-            sync(); t_compile = time.perf_counter() - t0
-            sync(); t0 = time.perf_counter()
-            comp = generate(model, prompts, cfg, pad_id=pad)
-            sync(); t_comp = time.perf_counter() - t0
+            with decode_mode("compiled"):
+                sync(); t0 = time.perf_counter()
+                generate(model, prompts, cfg, pad_id=pad)  # compiles for this batch and cache size
+                sync(); t_compile = time.perf_counter() - t0
+                sync(); t0 = time.perf_counter()
+                comp = generate(model, prompts, cfg, pad_id=pad)
+                sync(); t_comp = time.perf_counter() - t0
             comp_rows = [comp.row(i) for i in range(len(prompts))]
             n_comp = sum(map(len, comp_rows))
             print(f"ours, compiled step  : {n_comp} tokens in {t_comp:.2f}s = {n_comp / t_comp:.1f} tokens/s "
@@ -120,8 +120,6 @@ def main(argv=None) -> None:
             print(f"ratio ours compiled/transformers tokens/s: {(n_comp / t_comp) / (n_hf / t_hf):.2f}")
         except Exception as e:  # noqa: BLE001
             print(f"compiled decode step failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-        finally:
-            set_decode_mode("auto")
 
 
 def decode_step_time(model, prompts, pad, dev, sync, room: int, compiled: bool = False, steps: int = 32) -> float:

@@ -11,6 +11,7 @@ Sampling takes an explicit torch.Generator: the same seed and inputs give the sa
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
@@ -36,6 +37,17 @@ def check_decode_mode(mode: str) -> str:
 def set_decode_mode(mode: str) -> None:
     global _decode_mode
     _decode_mode = check_decode_mode(mode)
+
+
+@contextmanager
+def decode_mode(mode: str):
+    """`set_decode_mode(mode)` for a block, the previous mode restored after it (benchmarks and tests)."""
+    before = _decode_mode
+    set_decode_mode(mode)
+    try:
+        yield
+    finally:
+        set_decode_mode(before)
 
 
 # finish reasons, as stored in SampleResult.finish ("unsure": the next token's entropy passed max_entropy)

@@ -81,6 +81,18 @@ def letter_fraction(tok):
     return reward
 
 
+def use_row_keys(monkeypatch) -> None:
+    """Per-row randomness as on a GPU (counter-based RowKeys, model_io.sampler.row_rng) for GRPO rollouts and tree
+    search, here on a CPU, where row_rng would give torch.Generators."""
+    import grpo.rollout
+    import mcts.search
+    from model_io.row_keys import RowKeys
+
+    keys = lambda names, device="cpu": RowKeys.from_names(names, device)  # noqa: E731
+    monkeypatch.setattr(grpo.rollout, "row_rng", keys)
+    monkeypatch.setattr(mcts.search, "row_rng", keys)
+
+
 def make_trainer(run_dir, dtype=torch.float32, rewards=None, seed=0, dist=None, **overrides):
     from data import Problem
     from grpo.config import TrainConfig

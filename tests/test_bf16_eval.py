@@ -3,11 +3,12 @@
 combination runs; the float32 CPU path is tested everywhere else."""
 import pytest
 import torch
-from helpers import tiny_hf_model, tiny_tokenizer
+from helpers import tiny_hf_model, tiny_tokenizer, use_row_keys
 
 from data import Problem
 from grpo.evaluate import EvalConfig, evaluate
 from model_io.convert import from_hf_model
+from model_io.sampler import decode_mode
 
 STRATEGIES = {
     "greedy": dict(search="greedy"),
@@ -22,21 +23,14 @@ STRATEGIES = {
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
 def test_bf16_static_rowkeys_evaluation(name, monkeypatch):
-    import mcts.search
-    from model_io import sampler
-    from model_io.row_keys import RowKeys
-
-    monkeypatch.setattr(mcts.search, "row_rng", lambda names, device="cpu": RowKeys.from_names(names, device))
+    use_row_keys(monkeypatch)
     tok = tiny_tokenizer()
     model = from_hf_model(tiny_hf_model(dtype=torch.bfloat16))
     problems = [Problem(f"What is {i} + {i}?", str(2 * i), "", i) for i in range(3)]
     cfg = EvalConfig(max_new_tokens=12, batch_size=2, stop="", **STRATEGIES[name])
-    sampler.set_decode_mode("static")
-    try:
+    with decode_mode("static"):
         summary, results = evaluate(model, tok, problems, cfg, progress=False)
         _, again = evaluate(model, tok, problems, cfg, progress=False)
-    finally:
-        sampler.set_decode_mode("auto")
     assert len(results) == 3 and summary["questions"] == 3
     assert all(q.generated_tokens > 0 and all(q.completions) for q in results)
     assert [q.completions for q in results] == [q.completions for q in again]  # keyed randomness: reproducible

@@ -193,3 +193,18 @@ def test_max_entropy_ends_rows_before_an_uncertain_token():
         cut = next((t for t in range(8) if ent[r][t] > h), 8)
         assert res.row(r) == free.row(r)[:cut]
         assert res.finish[r] == ("unsure" if cut < 8 else "length")
+
+
+def test_decode_mode_block_restores_the_previous_mode_even_on_error():
+    from model_io import sampler
+
+    with sampler.decode_mode("dynamic"):
+        with pytest.raises(RuntimeError):
+            with sampler.decode_mode("compiled"):
+                assert sampler._decode_mode == "compiled"
+                raise RuntimeError("boom")
+        assert sampler._decode_mode == "dynamic"
+    assert sampler._decode_mode == "auto"
+    with pytest.raises(ValueError, match="unknown --decode"):
+        with sampler.decode_mode("fast"):
+            pass

@@ -5,6 +5,7 @@ from helpers import random_prompts, tiny_hf_model
 
 from model_io import SamplingConfig, generate
 from model_io.convert import from_hf_model
+from model_io.sampler import decode_mode
 
 
 class StopAt:
@@ -44,47 +45,37 @@ def test_static_sampling_with_one_generator_matches_dynamic_before_any_row_ends(
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("mode", ["static", "compiled"])
 def test_cuda_graph_decoding_matches_eager_on_gpu(mode):
-    from model_io import sampler
-
     model = from_hf_model(tiny_hf_model(dtype=torch.float32)).cuda()
     prompts = random_prompts([5, 9, 3])
     cfg = SamplingConfig(max_new_tokens=24, temperature=0.0)
     a = generate(model, prompts, cfg, static=False)
-    sampler.set_decode_mode(mode)  # static: the eager step in a CUDA graph; compiled: the compiled step in one
-    try:
+    with decode_mode(mode):  # static: the eager step in a CUDA graph; compiled: the compiled step in one
         b = generate(model, prompts, cfg)
-    finally:
-        sampler.set_decode_mode("auto")
     assert torch.equal(a.tokens.cpu(), b.tokens.cpu())
 
 
 def test_compiled_decode_step_matches_the_eager_static_step_across_shapes():
     """--decode compiled: the step through torch.compile (inductor; on CPU here, before any CUDA graph) gives the
     eager static step's tokens and log-probs, also after a batch/cache size change forces a (dynamic) recompile."""
-    from model_io import sampler
+    from model_io import prefill
+    from model_io.static_decode import StaticStep
 
     model = from_hf_model(tiny_hf_model("qwen2", vocab=40, eos_token_id=3, pad_token_id=0)).eval()
     runs = [(random_prompts([5, 9, 2, 7], vocab=40, seed=1), 16), (random_prompts([6, 3], vocab=40, seed=2), 24)]
-    try:
-        for prompts, n in runs:
-            cfg = SamplingConfig(max_new_tokens=n, temperature=0.0, eos_ids=(3,))
-            sampler.set_decode_mode("static")
+    for prompts, n in runs:
+        cfg = SamplingConfig(max_new_tokens=n, temperature=0.0, eos_ids=(3,))
+        with decode_mode("static"):
             eager = generate(model, prompts, cfg)
-            sampler.set_decode_mode("compiled")
+        with decode_mode("compiled"):
             comp = generate(model, prompts, cfg)
-            assert torch.equal(eager.tokens, comp.tokens) and eager.finish == comp.finish
-            assert torch.allclose(eager.logprobs, comp.logprobs, atol=1e-4)
-            assert (comp.lengths > 1).all()  # the compiled step ran: rows went past their first (prefill) token
-        # under bf16 autocast (GRPO rollouts on a GPU) the LM head stays float32: logits not rounded to bf16
-        from model_io import prefill
-        from model_io.static_decode import StaticStep
-
-        pre = prefill(model, runs[0][0], room=4)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = StaticStep(model, pre.cache, pre.next_pos, compiled=True)(pre.logits.argmax(-1))
-        assert logits.dtype == torch.float32 and not torch.equal(logits, logits.bfloat16().float())
-    finally:
-        sampler.set_decode_mode("auto")
+        assert torch.equal(eager.tokens, comp.tokens) and eager.finish == comp.finish
+        assert torch.allclose(eager.logprobs, comp.logprobs, atol=1e-4)
+        assert (comp.lengths > 1).all()  # the compiled step ran: rows went past their first (prefill) token
+    # under bf16 autocast (GRPO rollouts on a GPU) the LM head stays float32: logits not rounded to bf16
+    pre = prefill(model, runs[0][0], room=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = StaticStep(model, pre.cache, pre.next_pos, compiled=True)(pre.logits.argmax(-1))
+    assert logits.dtype == torch.float32 and not torch.equal(logits, logits.bfloat16().float())
     assert getattr(model, "_compiled_step", None) is not None
 
 

@@ -3,12 +3,13 @@ import json
 
 import pytest
 import torch
-from helpers import make_trainer, tiny_hf_model
+from helpers import make_trainer, tiny_hf_model, use_row_keys
 
 from grpo.checkpointing import checkpoint_dirs
 from grpo.rewards import RewardSet
 from grpo.trainer import TrainingError
 from model_io.convert import from_hf_model
+from model_io.sampler import decode_mode
 
 def test_loop_learns_a_synthetic_reward(tmp_path):
     """Reward = fraction of completion tokens that are lowercase letters: chance is ~26/259 = 0.1."""
@@ -167,26 +168,15 @@ def test_resume_drops_the_steps_after_the_checkpoint_from_every_log(tmp_path):
 def test_the_gpu_recipe_rehearsed_on_cpu(tmp_path, monkeypatch, rollouts):
     """What a CUDA run does differently, here on a CPU: bf16 autocast over float32 master weights (rollouts,
     reference and policy passes), the static decode path, counter-based RowKeys for per-row randomness, old
-    log-probs recomputed. Until a
-    GPU runs the suite this is the only place that combination runs (a float32 cache under autocast broke the
-    static path's cache write once)."""
-    import grpo.rollout
-    import mcts.search
-    from model_io import sampler
-    from model_io.row_keys import RowKeys
-
-    keys = lambda names, device="cpu": RowKeys.from_names(names, device)  # noqa: E731
-    monkeypatch.setattr(grpo.rollout, "row_rng", keys)
-    monkeypatch.setattr(mcts.search, "row_rng", keys)
-    sampler.set_decode_mode("static")
-    try:
+    log-probs recomputed. Until a GPU runs the suite this is the only place that combination runs (a float32
+    cache under autocast broke the static path's cache write once)."""
+    use_row_keys(monkeypatch)
+    with decode_mode("static"):
         extra = dict(rollouts="mcts", mcts_prob=0.5, mcts_step="tokens:2", mcts_children=2) if rollouts == "mcts" else {}
         tr = make_trainer(tmp_path, beta=0.04, old_logprobs="recompute", **extra)
         tr.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
         before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
         ms = [tr.train_step() for _ in range(2)]
-    finally:
-        sampler.set_decode_mode("auto")
     for m in ms:
         assert all(v == v and abs(v) != float("inf") for v in m.values() if isinstance(v, float)), m
     assert ms[0]["frac_reward_zero_std"] < 1.0
@@ -199,16 +189,11 @@ def test_the_gpu_recipe_rehearsed_on_cpu(tmp_path, monkeypatch, rollouts):
 def test_compiled_decoding_trains_like_the_eager_static_step(tmp_path):
     """--decode compiled in training: the compiled step reads the weights each optimizer step leaves (they are
     inputs of the compiled graph, not constants baked in), so rollouts and updates match the eager static path."""
-    from model_io import sampler
-
     runs = {}
-    try:
-        for mode in ("static", "compiled"):
-            sampler.set_decode_mode(mode)
+    for mode in ("static", "compiled"):
+        with decode_mode(mode):
             tr = make_trainer(tmp_path / mode, beta=0.04, steps=3)
             runs[mode] = ([tr.train_step()["reward"] for _ in range(3)], tr.model)
-    finally:
-        sampler.set_decode_mode("auto")
     assert runs["static"][0] == runs["compiled"][0]  # the same completions' rewards, step after step
     assert getattr(runs["compiled"][1], "_compiled_step", None) is not None
     init = from_hf_model(tiny_hf_model("llama", seed=0))
