@@ -34,6 +34,7 @@ from grpo.evaluate import EvalConfig, evaluate
 from grpo.trainer import Trainer, TrainingError
 from mcts.inspect import load_trees, render, tree_stats
 from model_io import ModelSpecError, SamplingConfig, generate, load
+from model_io.precision import check_precision, precision_field, resolve_precision, weights_dtype
 from model_io.sampler import set_decode_mode
 
 
@@ -96,7 +97,8 @@ def cmd_eval(cfg: EvalConfig) -> None:
     problems = load_gsm8k(cfg.split, cfg.gsm8k)
     problems = problems[: cfg.limit] if cfg.limit else problems
     shots = load_gsm8k("train", cfg.gsm8k)[: cfg.shots] if cfg.shots else []
-    model, tok = load(cfg.model, device=device)
+    precision = resolve_precision(cfg.precision, device)
+    model, tok = load(cfg.model, device=device, dtype=weights_dtype(precision))
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", dataclasses.asdict(cfg))
@@ -112,7 +114,8 @@ def cmd_eval(cfg: EvalConfig) -> None:
             for i, tree in enumerate(load_trees(out / "trees.jsonl")):
                 for k, v in tree_stats(tree).items():
                     tb.add_scalar(k, v, i)
-    summary = {"model": cfg.model or "embedded:SmolLM2-135M-Instruct", "search": cfg.search, "device": str(device), **summary}
+    summary = {"model": cfg.model or "embedded:SmolLM2-135M-Instruct", "search": cfg.search, "device": str(device),
+               "precision": precision, **summary}
     write_json(out / "summary.json", summary)
     print(json.dumps(summary, indent=2))
     print(f"wrote {out / 'predictions.jsonl'} and {out / 'summary.json'}")
@@ -125,18 +128,24 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
         run_dir = Path(cfg.resume)
         if not (run_dir / "config.json").is_file():
             raise ValueError(f"--resume {run_dir}: no config.json there, so it is not a run directory of `run.py train`")
-        cfg = TrainConfig(**{**json.loads((run_dir / "config.json").read_text()), "resume": str(run_dir)})
+        saved = json.loads((run_dir / "config.json").read_text())
+        legacy = "precision" not in saved  # a run from before --precision: bf16 autocast on a GPU, float32 on a CPU
+        cfg = TrainConfig(**{**saved, "resume": str(run_dir)})
     else:
-        run_dir = Path(cfg.out_dir)
+        run_dir, legacy = Path(cfg.out_dir), False
         if (run_dir / "checkpoints").exists() or (run_dir / "metrics.jsonl").exists():
             raise ValueError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pass another --out-dir")
     d, device = D.init_from_env(cfg.device)
     set_decode_mode(cfg.decode)
     try:
+        # the run's config records the precision 'auto' resolved to here, so a resume on another machine keeps it
+        if legacy:
+            cfg = dataclasses.replace(cfg, precision="bf16" if device.type == "cuda" else "fp32")
+        cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
         torch.manual_seed(cfg.seed)
         train = load_gsm8k("train", cfg.gsm8k)
         test = load_gsm8k("test", cfg.gsm8k) if cfg.eval_every else []
-        model, tok = load(cfg.model, device=device, dtype=torch.float32)  # float32 master weights; bf16 autocast on GPU
+        model, tok = load(cfg.model, device=device, dtype=torch.float32)  # float32 master weights (+ bf16 autocast)
         trainer = Trainer(cfg, model, tok, train, test, run_dir, dist=d, progress=until_step is None)
         if cfg.resume:
             if not trainer.resume():
@@ -170,13 +179,18 @@ class SampleConfig:
     seed: int = field(default=0, metadata={"help": "random seed of the sampler"})
     gsm8k: str | None = field(default=None, metadata={"help": "GSM8K jsonl file or directory; default: $GSM8K_DIR, else the hub"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto"})
+    precision: str = precision_field()
+
+    def __post_init__(self):
+        check_precision(self.precision)
 
 
 def cmd_sample(cfg: SampleConfig) -> None:
     from data import StopOnText, stop_token_ids
 
     problems = load_gsm8k(cfg.split, cfg.gsm8k)[: cfg.questions]
-    model, tok = load(cfg.model, device=resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    model, tok = load(cfg.model, device=device, dtype=weights_dtype(resolve_precision(cfg.precision, device)))
     scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                           eos_ids=stop_token_ids(tok, model.cfg.eos_token_ids))
     gen = torch.Generator(device=model.device).manual_seed(cfg.seed)

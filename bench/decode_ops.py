@@ -27,6 +27,7 @@ from model_io.static_decode import StaticStep  # noqa: E402
 VIEWS = {"select", "transpose", "slice", "view", "chunk", "split", "split_with_sizes", "reshape", "unsqueeze",
          "expand", "as_strided", "t", "permute", "alias", "detach", "_unsafe_view", "unbind", "squeeze",
          "promote_types", "result_type"}
+OPS = ("aten::", "mkldnn::")  # operator namespaces (mkldnn: the packed CPU linear, model_io/linear.py)
 # a kernel call in inductor's generated `call` function (C++ kernels on CPU, Triton on GPU, library calls)
 KERNEL_CALL = re.compile(r"^\s+(?:\w+ = )?(cpp_fused_\w+\(|triton_\w+\.run\(|extern_kernels\.\w+\(|torch\.ops\.\w+\.\w+(?:\.\w+)?\()")
 
@@ -39,9 +40,10 @@ def eager_ops(step: StaticStep, tok: torch.Tensor) -> collections.Counter:
         step(tok)
     out = collections.Counter()
     for e in prof.events():
-        if not e.name.startswith("aten::") or (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::")):
+        if not e.name.startswith(OPS) or (e.cpu_parent is not None and e.cpu_parent.name.startswith(OPS)):
             continue  # not an operation, or one called inside another
-        name = e.name.removeprefix("aten::")
+        name = e.name.split("::", 1)[1]
+        name = "linear" if name == "_linear_pointwise" else name  # model_io.linear's packed CPU matmul
         if name in VIEWS or (name == "to" and not any(c.name == "aten::_to_copy" for c in e.cpu_children)):
             continue
         out[name] += 1

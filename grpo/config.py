@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from model_io.precision import check_precision, precision_field
 from model_io.sampler import check_decode_mode
 
 from .loss import ADV_SCALES, AGGREGATIONS
@@ -45,7 +46,7 @@ class TrainConfig:
     mcts_step_tokens: int = field(default=48, metadata={"help": "cap on a newline step"})
     mu: int = field(default=1, metadata={"help": "optimisation passes over each batch of rollouts"})
     micro_batch: int = field(default=8, metadata={"help": "completions per forward/backward (independent of group_size)"})
-    old_logprobs: str = field(default="auto", metadata={"help": "old log-probs: 'sampler' (free, from sampling), 'recompute' (one more forward pass) or 'auto' (sampler on CPU, recompute on GPU where bf16 sampling and training kernels differ)"})
+    old_logprobs: str = field(default="auto", metadata={"help": "old log-probs: 'sampler' (free, from sampling), 'recompute' (one more forward pass) or 'auto' (sampler in float32, recompute in bf16, where sampling and training kernels round differently)"})
     lr: float = field(default=1e-6, metadata={"help": "peak learning rate (AdamW)"})
     warmup_steps: int = field(default=10, metadata={"help": "linear warm-up steps, then cosine decay to 0"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
@@ -64,12 +65,14 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "seed of data order and sampling"})
     deterministic: bool = field(default=True, metadata={"help": "on CPU, deterministic kernels (torch.use_deterministic_algorithms): without them, multi-threaded gradient accumulation (embedding backward) varies in the last bits from run to run, and a resumed run is no longer bitwise the same"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto (under torchrun: the local GPU)"})
+    precision: str = precision_field()
     decode: str = field(default="auto", metadata={"help": "sampling path: auto (static shapes and CUDA graphs on a GPU, "
                                                           "dynamic on a CPU), static, dynamic, or compiled (static with the decode step "
                                                           "through torch.compile: fewer kernels per step on a GPU, tens of seconds to compile)"})
 
     def __post_init__(self):
         check_decode_mode(self.decode)
+        check_precision(self.precision)
         if self.adv_scale not in ADV_SCALES:
             raise ValueError(f"unknown --adv-scale {self.adv_scale!r}: use one of {', '.join(ADV_SCALES)}")
         if self.loss_agg not in AGGREGATIONS:

@@ -26,6 +26,7 @@ from data import Problem, StopOnText, encode_prompts, parse_lenient, parse_stric
 from mcts.lookahead import When, lookahead_decode
 from mcts.search import ANSWER_MODES, ROOT_RULES, Candidates, SearchConfig, parse_answer, search, self_consistency_value
 from model_io import SamplingConfig, Transformer, generate
+from model_io.precision import check_precision, precision_field
 from model_io.sampler import check_decode_mode
 
 from .rewards import soft_format_reward_func, strict_format_reward_func
@@ -66,9 +67,11 @@ class EvalConfig:
     decode: str = field(default="auto", metadata={"help": "sampling path: auto (static shapes and CUDA graphs on a GPU, "
                                                           "dynamic on a CPU), static, dynamic, or compiled (static with the decode step "
                                                           "through torch.compile: fewer kernels per step on a GPU, tens of seconds to compile)"})
+    precision: str = precision_field()
 
     def __post_init__(self):
         check_decode_mode(self.decode)
+        check_precision(self.precision)
         if self.search not in SEARCHES:
             raise ValueError(f"unknown --search {self.search!r}: use one of {', '.join(SEARCHES)}")
         if self.n < 1 or self.batch_size < 1 or self.max_new_tokens < 1 or self.limit < 0 or self.shots < 0:

@@ -5,11 +5,12 @@ prompt, G completions are sampled; each one's advantage is its reward relative t
 maximises the clipped surrogate of PPO with those advantages, minus beta times a KL estimate to a frozen
 reference. Departures from the paper's eq. 3, all deliberate:
 
- 1. Old log-probs come from the sampler on CPU (`--old-logprobs auto`): they are the log-probs of the policy
-    that sampled, computed while sampling at temperature 1, so they cost no extra forward pass. With mu = 1 the
-    ratio is then 1 up to float32 rounding between the sampling and training kernels (the paper's pi_theta_old
-    is the same weights). On GPU, where sampling and training run in bf16 autocast with different kernels,
-    `auto` recomputes them with one teacher-forced pass, so that the ratio is not bf16 noise.
+ 1. Old log-probs come from the sampler in float32 (`--old-logprobs auto`): they are the log-probs of the
+    policy that sampled, computed while sampling at temperature 1, so they cost no extra forward pass. With
+    mu = 1 the ratio is then 1 up to float32 rounding between the sampling and training kernels (the paper's
+    pi_theta_old is the same weights). In bf16 (`--precision`: a GPU, an AMX CPU), where sampling and training
+    kernels round differently, `auto` recomputes them with one teacher-forced pass, so that the ratio is not
+    bf16 noise.
  2. Sampling temperature is a knob (default 1.0); log-probs in the loss are always at temperature 1.
  3. The clip range can be asymmetric (eps_low, eps_high: DAPO's clip-higher, Yu et al. 2025).
  4. Aggregation over tokens is selectable (`--loss-agg`): the paper's per-sequence mean then mean over
@@ -26,8 +27,8 @@ reference. Departures from the paper's eq. 3, all deliberate:
  9. Multi-process: each rank samples its own prompts; gradients are summed over micro-batches with whole-batch
     normalisers, then averaged over ranks with one all-reduce (what DDP does, without overlapping the
     communication with backward), so N processes take the same step as one process with the same global batch.
-10. Precision: float32 weights and optimizer state everywhere; on GPU the forward passes run under bf16
-    autocast except the LM head, which runs in float32 (MiniMax-M1, arXiv 2506.13585, sec. 3.2: bf16 logits
+10. Precision: float32 weights and optimizer state everywhere; with `--precision bf16` (auto: on a GPU or a
+    CPU with AMX-BF16) the forward passes run under bf16 autocast except the LM head, which runs in float32 (MiniMax-M1, arXiv 2506.13585, sec. 3.2: bf16 logits
     put the sampler's and the trainer's token probabilities apart); log-probs, the loss and the KL are float32.
 11. With `--rollouts mcts` a prompt's group is G finished rollouts of a tree search instead of G independent
     samples (grpo/tree_rollout.py), and `--tree-advantage step|mix` gives per-token advantages from the tree
@@ -35,7 +36,6 @@ reference. Departures from the paper's eq. 3, all deliberate:
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import math
@@ -49,6 +49,7 @@ from tqdm import tqdm
 from data import Problem, StopOnText, encode_prompts, stop_token_ids
 from model_io import SamplingConfig, Transformer, export_hf
 from model_io.linear import drop_packed, set_packed
+from model_io.precision import mixed_precision, resolve_precision
 
 from . import distributed as D
 from .checkpointing import checkpoint_dirs, load_checkpoint, save_checkpoint
@@ -104,9 +105,10 @@ class Trainer:
         self.search_cfg = tree_search_config(cfg.group_size, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.stop,
                                              cfg.mcts_simulations, cfg.mcts_children, cfg.mcts_c_puct, cfg.mcts_step, cfg.mcts_step_tokens,
                                              cfg.mcts_root)
-        self.recompute_old = cfg.old_logprobs == "recompute" or (cfg.old_logprobs == "auto" and model.device.type == "cuda")
-        # bf16 autocast on GPU (float32 master weights); plain float32 on CPU
-        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if model.device.type == "cuda" else contextlib.nullcontext
+        # bf16 autocast over float32 master weights where bf16 matmuls are fast (GPU, AMX CPU), else float32
+        self.precision = resolve_precision(cfg.precision, model.device)
+        self.autocast = mixed_precision(self.precision, model.device)
+        self.recompute_old = cfg.old_logprobs == "recompute" or (cfg.old_logprobs == "auto" and self.precision == "bf16")
         self.step = 0
         self.bad_steps = 0
         self.generated_total = 0  # tokens sampled for rollouts so far, all processes
@@ -253,6 +255,9 @@ class Trainer:
             norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.params if p.grad is not None])))
         if math.isfinite(loss) and math.isfinite(norm):
             self.opt.step()
+            # packed copies made since sampling (the recomputed old log-probs) are stale now, and the fused AdamW
+            # kernel updates in place without moving the weights' version counters, by which they would be caught
+            drop_packed(self.model)
             self.bad_steps = 0
             return norm
         self.opt.zero_grad(set_to_none=True)  # skip: the weights stay as they were
@@ -398,13 +403,16 @@ class Trainer:
         cfg, model = self.cfg, self.model
         rows = cfg.micro_batch
         prompt = self.prompts(self.step_indices(0)[:1])[0]
-        t = time.perf_counter()
-        generate(model, [prompt], SamplingConfig(max_new_tokens=8, temperature=1.0), torch.Generator(device=model.device).manual_seed(0), n=rows)
-        per_token = (time.perf_counter() - t) / 8
-        x = torch.randint(0, model.cfg.vocab_size, (rows, len(prompt) + cfg.max_new_tokens), device=model.device)
-        t = time.perf_counter()
-        token_logprobs(model, x, chunk=cfg.logprob_chunk).sum().backward()
+        with self.autocast():
+            t = time.perf_counter()
+            generate(model, [prompt], SamplingConfig(max_new_tokens=8, temperature=1.0), torch.Generator(device=model.device).manual_seed(0), n=rows)
+            per_token = (time.perf_counter() - t) / 8
+            x = torch.randint(0, model.cfg.vocab_size, (rows, len(prompt) + cfg.max_new_tokens), device=model.device)
+            t = time.perf_counter()
+            lp = token_logprobs(model, x, chunk=cfg.logprob_chunk)
+        lp.sum().backward()
         fwd_bwd = time.perf_counter() - t
+        drop_packed(model)
         self.opt.zero_grad(set_to_none=True)
         n_micro = math.ceil(len(self.step_indices(0)) * cfg.group_size / rows)
         extra_forwards = (self.ref is not None) + self.recompute_old

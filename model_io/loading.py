@@ -49,7 +49,8 @@ def cache_dir() -> Path:
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
-    # bf16 on GPU (tensor cores); float32 on CPU, where bf16 matmuls are slower and log-probs need the precision.
+    # bf16 on GPU (tensor cores); float32 on CPU. The commands choose by --precision (model_io/precision.py),
+    # which also takes bf16 on a CPU with AMX.
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 

@@ -248,6 +248,8 @@ class Transformer(nn.Module):
         if h.dtype == dt and w.dtype == dt and not torch.is_autocast_enabled(h.device.type):
             return self.lm_head(h)  # the plain path (packed weights on CPU)
         with torch.autocast(h.device.type, enabled=False):
+            if w.dtype == dt:  # float32 weights under autocast: the float32 head (packed on a CPU)
+                return self.lm_head(h.to(dt))
             return F.linear(h.to(dt), self.head_weight(dt))
 
     def head_weight(self, dtype: torch.dtype) -> torch.Tensor:

@@ -34,13 +34,18 @@ def test_every_parameter_changes_after_one_step(tmp_path):
                       "rewards/letters/mean", "frac_reward_zero_std"}
 
 
-def test_resume_is_bitwise_identical(tmp_path):
-    straight = make_trainer(tmp_path / "a", beta=0.04, mu=2, micro_batch=5)
+@pytest.mark.parametrize("precision,old", [("fp32", "auto"), ("fp32", "recompute"), ("bf16", "auto")])
+def test_resume_is_bitwise_identical(tmp_path, precision, old):
+    """Also with packed weight copies made after sampling (recomputed old log-probs): the fused AdamW step does
+    not move the weights' version counters, so those copies went stale and the straight run sampled from the
+    weights of the step before, where the resumed one did not."""
+    kw = dict(beta=0.04, mu=2, micro_batch=5, precision=precision, old_logprobs=old)
+    straight = make_trainer(tmp_path / "a", **kw)
     straight.train()
-    killed = make_trainer(tmp_path / "b", beta=0.04, mu=2, micro_batch=5, save_every=1, keep_checkpoints=2)
+    killed = make_trainer(tmp_path / "b", save_every=1, keep_checkpoints=2, **kw)
     killed.train(until_step=3)
     assert [p.name for p in checkpoint_dirs(tmp_path / "b")] == ["step-000002", "step-000003"]  # the newest 2 kept
-    resumed = make_trainer(tmp_path / "b", beta=0.04, mu=2, micro_batch=5, save_every=1, keep_checkpoints=2)
+    resumed = make_trainer(tmp_path / "b", save_every=1, keep_checkpoints=2, **kw)
     assert resumed.resume() and resumed.step == 3
     resumed.train()
     init = from_hf_model(tiny_hf_model("llama", seed=0))
@@ -173,8 +178,8 @@ def test_the_gpu_recipe_rehearsed_on_cpu(tmp_path, monkeypatch, rollouts):
     use_row_keys(monkeypatch)
     with decode_mode("static"):
         extra = dict(rollouts="mcts", mcts_prob=0.5, mcts_step="tokens:2", mcts_children=2) if rollouts == "mcts" else {}
-        tr = make_trainer(tmp_path, beta=0.04, old_logprobs="recompute", **extra)
-        tr.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+        tr = make_trainer(tmp_path, beta=0.04, precision="bf16", **extra)  # (on a CPU: autocast "cpu")
+        assert tr.recompute_old  # --old-logprobs auto recomputes them in bf16
         before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
         ms = [tr.train_step() for _ in range(2)]
     for m in ms:

@@ -1,0 +1,66 @@
+"""Precision: whether the matmuls run in bf16 or float32 (`--precision` of train, eval and sample).
+
+bf16 pays where the hardware multiplies bf16 much faster than float32: a CUDA GPU's tensor cores, or a CPU with
+AMX-BF16 (Intel Xeon 4th generation, Sapphire Rapids, and later). On this project's 2-core AMX machine a bf16
+matmul of training's shapes runs at ~2,000 GFLOP/s against float32's 120-330, and GRPO's teacher-forced
+forward+backward is 2-4x faster under bf16 autocast (docs/RESULTS.md). On a CPU without AMX, bf16 is emulated
+and slower than float32, so `auto` picks float32 there.
+
+What bf16 means per command:
+- train: bf16 autocast over float32 master weights and optimizer state (mixed precision, Micikevicius et al.
+  2018), the LM head and log-probs in float32 (Transformer.logits);
+- eval, sample: bf16 weights (half the memory; nothing to update, so no float32 copy is needed), the LM head
+  upcast to float32.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import field
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def check_precision(name: str) -> str:
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown --precision {name!r}: use one of {', '.join(PRECISIONS)}")
+    return name
+
+
+def precision_field():
+    """The `precision` field of a command's config (one help text for train, eval and sample)."""
+    return field(default="auto", metadata={"help": "matmul precision: auto (bf16 on a CUDA GPU or on a CPU with AMX-BF16, "
+                                                   "float32 elsewhere), fp32 or bf16; train keeps float32 master weights "
+                                                   "under bf16 autocast, eval and sample load bf16 weights"})
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Does this CPU multiply bf16 matrices in hardware (AMX-BF16)? AVX512-BF16 alone only converts and dots
+    vectors: not enough for bf16 to beat float32's GEMM."""
+    caps = getattr(getattr(torch, "cpu", None), "get_capabilities", None)
+    try:
+        return bool(caps is not None and caps().get("amx_bf16", False))
+    except Exception:  # noqa: BLE001 (an older torch or an unusual platform: assume not)
+        return False
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """'fp32' or 'bf16' for `name` on `device` ('auto': bf16 where bf16 matmuls are fast)."""
+    check_precision(name)
+    if name != "auto":
+        return name
+    fast = device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())
+    return "bf16" if fast else "fp32"
+
+
+def weights_dtype(precision: str) -> torch.dtype:
+    """The weights' dtype of an inference command (eval, sample) at a resolved precision."""
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+
+
+def mixed_precision(precision: str, device: torch.device):
+    """A context manager factory for training's passes: bf16 autocast at 'bf16', nothing at 'fp32'."""
+    if precision == "bf16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext

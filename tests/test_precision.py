@@ -1,0 +1,124 @@
+"""--precision: how 'auto' resolves, the packed bf16 CPU linear, and what each command does with it."""
+import json
+
+import pytest
+import torch
+from conftest import gsm8k_dir
+from helpers import tiny_hf_model, tiny_tokenizer
+
+import model_io.linear as linear
+import model_io.precision as precision
+import run
+from model_io import save_model
+from model_io.convert import from_hf_model
+from model_io.linear import Linear
+
+
+def test_auto_is_bf16_where_bf16_matmuls_are_fast(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
+    assert precision.resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
+    assert precision.resolve_precision("auto", cpu) == "fp32"
+    assert precision.resolve_precision("auto", gpu) == "bf16"  # (a device object only: no GPU needed)
+    assert precision.resolve_precision("fp32", gpu) == "fp32" and precision.resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(ValueError, match="unknown --precision 'fp16': use one of auto, fp32, bf16"):
+        precision.resolve_precision("fp16", cpu)
+
+
+def test_amx_detection_reads_torch_cpu_capabilities(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True, "avx512_bf16": True}, raising=False)
+    assert precision.cpu_has_fast_bf16()
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": False, "avx512_bf16": True}, raising=False)
+    assert not precision.cpu_has_fast_bf16()  # AVX512-BF16 alone does not make bf16 GEMMs beat float32's
+
+    def broken():
+        raise RuntimeError("no cpuinfo")
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", broken, raising=False)
+    assert not precision.cpu_has_fast_bf16()
+
+
+def _linear(bias: bool) -> Linear:
+    torch.manual_seed(0)
+    m = Linear(24, 40, bias=bias)
+    m.requires_grad_(True)  # as the policy's weights are, outside no_grad
+    return m
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_bf16_linear_under_autocast_is_autocasts_linear(bias):
+    """Under CPU bf16 autocast a packed bf16 copy replaces autocast's cast-and-multiply: same dtype, same values."""
+    m, x = _linear(bias), torch.randn(5, 24)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert m._packed_dtype(x) == torch.bfloat16
+        got = m(x)
+        want = torch.nn.functional.linear(x, m.weight, m.bias)
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)
+    with torch.no_grad():  # an in-place update (version counter moves) remakes the copy, bias included
+        m.weight.mul_(-1.0)
+        if bias:
+            m.bias.add_(1.0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            after = m(x)
+            want = torch.nn.functional.linear(x, m.weight, m.bias)
+    torch.testing.assert_close(after.float(), want.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_packed_linear_dtypes_and_where_it_steps_aside():
+    m, x = _linear(True), torch.randn(3, 24)
+    with torch.no_grad():
+        assert m._packed_dtype(x) == torch.float32
+        mb = _linear(True).to(torch.bfloat16)
+        assert mb._packed_dtype(x.bfloat16()) == torch.bfloat16  # bf16 weights (eval --precision bf16)
+        torch.testing.assert_close(mb(x.bfloat16()).float(), torch.nn.functional.linear(x.bfloat16(), mb.weight, mb.bias).float(),
+                                   atol=2e-2, rtol=2e-2)
+        with torch.autocast("cpu", dtype=torch.float16):
+            assert m._packed_dtype(x) is None  # float16 autocast: the plain path
+    assert m._packed_dtype(x) is None  # autograd needs the plain op
+    with torch.no_grad():
+        m(x)
+        assert m._packed is not None
+        linear.drop_packed(m)
+        assert m._packed is None
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("m") / "tiny"
+    save_model(from_hf_model(tiny_hf_model("llama")), tiny_tokenizer(), path)
+    return str(path)
+
+
+def test_eval_loads_the_weights_in_the_precision_and_says_so(tiny_ckpt, tmp_path, monkeypatch):
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    seen = []
+    real = run.load
+    monkeypatch.setattr(run, "load", lambda *a, **k: seen.append(k["dtype"]) or real(*a, **k))
+    for p in ("bf16", "fp32"):
+        out = tmp_path / p
+        assert run.main(["eval", "--model", tiny_ckpt, "--limit", "2", "--max-new-tokens", "4", "--batch-size", "2",
+                         "--out-dir", str(out), "--device", "cpu", "--precision", p]) == 0
+        assert json.loads((out / "summary.json").read_text())["precision"] == p
+    assert seen == [torch.bfloat16, torch.float32]
+
+
+def test_train_records_the_resolved_precision_and_old_runs_resume_in_float32(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    """The run's config.json holds what 'auto' resolved to here (a resume on another machine keeps it); a run
+    directory from before --precision resumes as it ran then (float32 on a CPU)."""
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
+    out = tmp_path / "run"
+    argv = ["train", "--model", tiny_ckpt, "--steps", "2", "--prompts-per-step", "1", "--group-size", "2",
+            "--max-new-tokens", "4", "--eval-every", "0", "--save-every", "1", "--out-dir", str(out), "--device", "cpu"]
+    assert run.main(argv) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["precision"] == "bf16"
+    del cfg["precision"]
+    cfg["steps"] = 3
+    (out / "config.json").write_text(json.dumps(cfg))
+    capsys.readouterr()
+    assert run.main(["train", "--resume", str(out)]) == 0
+    printed = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("config: "))
+    assert json.loads(printed[len("config: "):])["precision"] == "fp32"
