@@ -56,7 +56,8 @@ def run_ours(a) -> dict:
     model, tok = load(a.hf_dir)
     cfg = TrainConfig(steps=a.warmup + a.steps, prompts_per_step=a.prompts, group_size=a.group, max_new_tokens=a.max_new_tokens,
                       micro_batch=a.micro_batch, beta=a.beta, lr=a.lr, warmup_steps=0, stop="", eval_every=0,
-                      save_every=10**6, log_samples=0, seed=a.seed, device="cpu", deterministic=not a.nondeterministic)
+                      save_every=10**6, log_samples=0, seed=a.seed, device="cpu", deterministic=not a.nondeterministic,
+                      precision=a.precision)
     with tempfile.TemporaryDirectory() as d:
         tr = Trainer(cfg, model, tok, load_gsm8k("train", a.gsm8k), [], Path(d), progress=False)
         times, lengths = [], []
@@ -112,7 +113,7 @@ def run_trl(a) -> dict:
             num_generations=a.group, max_completion_length=a.max_new_tokens, beta=a.beta, learning_rate=a.lr,
             loss_type="grpo", scale_rewards="group", num_iterations=1, temperature=1.0, top_p=1.0, top_k=0,
             max_steps=a.warmup + a.steps, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
-            bf16=False, seed=a.seed, lr_scheduler_type="constant", max_grad_norm=1.0, adam_beta2=0.99,
+            bf16=a.precision == "bf16", seed=a.seed, lr_scheduler_type="constant", max_grad_norm=1.0, adam_beta2=0.99,
             shuffle_dataset=False, log_completions=False, disable_dropout=True,
         )
         model = AutoModelForCausalLM.from_pretrained(a.hf_dir, dtype=torch.float32)
@@ -135,6 +136,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="timed steps (default: 3)")
     ap.add_argument("--seed", type=int, default=0, help="default: 0")
     ap.add_argument("--gsm8k", default=None, help="GSM8K file or directory (default: $GSM8K_DIR, else the hub)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="both sides: float32, or bf16 autocast over float32 weights (ours: --precision; TRL: bf16=True) (default: fp32)")
     ap.add_argument("--nondeterministic", action="store_true", help="ours without deterministic kernels (default: off, as training runs)")
     ap.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--hf-dir", help=argparse.SUPPRESS)
@@ -162,7 +165,7 @@ def main() -> None:
                 sys.exit(f"{side} failed:\n{p.stderr[-4000:]}")
             res[side] = json.loads(line[7:])
     print(f"settings: B={a.prompts} G={a.group} max_new_tokens={a.max_new_tokens} micro_batch={a.micro_batch} "
-          f"beta={a.beta} lr={a.lr}; {a.steps} timed steps after {a.warmup} warm-up")
+          f"beta={a.beta} lr={a.lr} precision={a.precision}; {a.steps} timed steps after {a.warmup} warm-up")
     mean = {}
     for side, r in res.items():
         mean[side] = sum(r["step_seconds"]) / len(r["step_seconds"])

@@ -2,9 +2,9 @@
 
 bf16 pays where the hardware multiplies bf16 much faster than float32: a CUDA GPU's tensor cores, or a CPU with
 AMX-BF16 (Intel Xeon 4th generation, Sapphire Rapids, and later). On this project's 2-core AMX machine a bf16
-matmul of training's shapes runs at ~2,000 GFLOP/s against float32's 120-330, and GRPO's teacher-forced
-forward+backward is 2-4x faster under bf16 autocast (docs/RESULTS.md). On a CPU without AMX, bf16 is emulated
-and slower than float32, so `auto` picks float32 there.
+matmul of training's shapes runs at ~2,000 GFLOP/s against float32's 120-330, and the default GRPO step took
+115-145 s in bf16 against 284 s in float32 (docs/RESULTS.md). On a CPU without AMX, bf16 is emulated and slower
+than float32, so `auto` picks float32 there.
 
 What bf16 means per command:
 - train: bf16 autocast over float32 master weights and optimizer state (mixed precision, Micikevicius et al.
