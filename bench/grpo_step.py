@@ -44,6 +44,20 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def run_sides(script: str, sides, args: list[str]) -> dict:
+    """Run `script --side S args...` for each side, each in its own process (its peak memory is its own);
+    -> {side: the dict it printed on its `RESULT ` line}. A failed side ends the benchmark with its stderr."""
+    res = {}
+    for side in sides:
+        p = subprocess.run([sys.executable, script, "--side", side] + args, capture_output=True, text=True,
+                           env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+        line = next((l for l in p.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if p.returncode or line is None:
+            sys.exit(f"{side} failed:\n{p.stderr[-4000:]}")
+        res[side] = json.loads(line[7:])
+    return res
+
+
 def run_ours(a) -> dict:
     import torch
 
@@ -55,7 +69,7 @@ def run_ours(a) -> dict:
     torch.manual_seed(a.seed)
     model, tok = load(a.hf_dir)
     cfg = TrainConfig(steps=a.warmup + a.steps, prompts_per_step=a.prompts, group_size=a.group, max_new_tokens=a.max_new_tokens,
-                      micro_batch=a.micro_batch, beta=a.beta, lr=a.lr, warmup_steps=0, stop="", eval_every=0,
+                      micro_batch=a.micro_batch, beta=a.beta, lr=a.lr, warmup_steps=0, stop="", eval_every=0, shots=0,
                       save_every=10**6, log_samples=0, seed=a.seed, device="cpu", deterministic=not a.nondeterministic,
                       precision=a.precision)
     with tempfile.TemporaryDirectory() as d:
@@ -156,14 +170,7 @@ def main() -> None:
         model, tok = load()
         export_hf(model, tok, Path(d) / "hf")  # float32 HF copy of the embedded model (trainable by TRL)
         del model
-        res = {}
-        for side in ("ours", "trl"):
-            cmd = [sys.executable, __file__, "--side", side, "--hf-dir", str(Path(d) / "hf")] + sys.argv[1:]
-            p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-            line = next((l for l in p.stdout.splitlines() if l.startswith("RESULT ")), None)
-            if p.returncode or line is None:
-                sys.exit(f"{side} failed:\n{p.stderr[-4000:]}")
-            res[side] = json.loads(line[7:])
+        res = run_sides(__file__, ("ours", "trl"), ["--hf-dir", str(Path(d) / "hf")] + sys.argv[1:])
     print(f"settings: B={a.prompts} G={a.group} max_new_tokens={a.max_new_tokens} micro_batch={a.micro_batch} "
           f"beta={a.beta} lr={a.lr} precision={a.precision}; {a.steps} timed steps after {a.warmup} warm-up")
     mean = {}

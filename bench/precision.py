@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from grpo_step import peak_rss_mb, reset_peak  # noqa: E402
+from grpo_step import peak_rss_mb, reset_peak, run_sides  # noqa: E402
 
 
 def run_side(a) -> dict:
@@ -76,14 +74,7 @@ def main() -> None:
 
     from model_io.precision import cpu_has_fast_bf16
 
-    res = {}
-    for side in ("fp32", "bf16"):
-        p = subprocess.run([sys.executable, __file__, "--side", side] + sys.argv[1:], capture_output=True, text=True,
-                           env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-        line = next((l for l in p.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if p.returncode or line is None:
-            sys.exit(f"{side} failed:\n{p.stderr[-4000:]}")
-        res[side] = json.loads(line[7:])
+    res = run_sides(__file__, ("fp32", "bf16"), sys.argv[1:])
     print(f"settings: B={a.prompts} G={a.group} max_new_tokens={a.max_new_tokens}, {a.steps} timed steps after {a.warmup} "
           f"warm-up; greedy decode of {a.decode_rows} prompts; CPU with AMX-BF16: {cpu_has_fast_bf16()}")
     per_tok = {}

@@ -122,3 +122,20 @@ def test_train_records_the_resolved_precision_and_old_runs_resume_in_float32(tin
     assert run.main(["train", "--resume", str(out)]) == 0
     printed = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("config: "))
     assert json.loads(printed[len("config: "):])["precision"] == "fp32"
+
+
+def test_precision_benchmark_side_runs_and_reports(tiny_ckpt, monkeypatch):
+    """bench/precision.py's per-precision process, on a tiny model: GRPO steps and a greedy decode, timed."""
+    import argparse
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("bench_precision", ROOT / "bench" / "precision.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    a = argparse.Namespace(model=tiny_ckpt, prompts=1, group=2, max_new_tokens=4, shots=0, decode_rows=2, warmup=0,
+                           steps=2, seed=0, gsm8k=gsm8k_dir(), side="bf16")
+    out = bench.run_side(a)
+    assert len(out["steps"]) == 2 and all(s["seconds"] > 0 and 0 < s["tokens"] <= 2 * 4 for s in out["steps"])
+    assert out["decode_tokens_per_s"] > 0 and out["peak_rss_mb"] > 0
