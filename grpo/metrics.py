@@ -1,8 +1,59 @@
-"""Run logs: metrics.jsonl (one line per step), TensorBoard event files, samples.jsonl. Rank 0 writes; others no-op."""
+"""A step's metrics (reduced over ranks) and the run logs: metrics.jsonl (one line per step), TensorBoard event
+files, samples.jsonl. Rank 0 writes; others no-op."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from . import distributed as D
+from .loss import flat_groups
+
+if TYPE_CHECKING:
+    from .rollout import Rollout
+
+
+def step_metrics(ro: Rollout, rewards_all: torch.Tensor, agg: dict, d: D.Dist, dev: torch.device, mu: int) -> dict[str, float]:
+    """Rewards, completion lengths and the loss's token statistics of one step, over all ranks (TRL's names).
+    `rewards_all` [B, G] is already gathered; `agg` holds this rank's loss sums. Also 'completions/tokens', the
+    completion tokens of the step over all ranks (the caller turns it into a rate)."""
+    lengths = D.gather_cat(ro.lengths.to(dev), d).float().cpu()
+    truncated = D.gather_cat(torch.tensor([f == "length" for f in ro.finish], device=dev), d).float().cpu()
+    loss_stats = torch.tensor([agg[k] for k in ("loss", "clip_low", "clip_high", "ratio", "kl", "entropy", "tokens")],
+                              dtype=torch.float64, device=dev)
+    s = D.all_reduce_sum(loss_stats, d).cpu().tolist()
+    tok = max(s[6], 1.0)
+    m = {
+        "reward": rewards_all.mean().item(),
+        "reward_std": rewards_all.std().item() if rewards_all.numel() > 1 else 0.0,
+        "frac_reward_zero_std": flat_groups(rewards_all).float().mean().item(),
+    }
+    for name, v in ro.per_fn.items():
+        v = D.gather_cat(v.to(dev), d).cpu()
+        m[f"rewards/{name}/mean"], m[f"rewards/{name}/std"] = v.mean().item(), v.std().item() if v.numel() > 1 else 0.0
+    m.update({
+        "completions/mean_length": lengths.mean().item(), "completions/min_length": lengths.min().item(),
+        "completions/max_length": lengths.max().item(), "completions/clipped_ratio": truncated.mean().item(),
+        "completions/tokens": lengths.sum().item(),
+        # a rank's loss has normalisers divided by the world size (its gradient is averaged over ranks): the
+        # sum over ranks is world x the batch's loss
+        "loss": s[0] / (mu * d.world),
+    })
+    if s[6]:  # token statistics of the rows that ran forward/backward (with beta = 0, maybe none: then absent)
+        m.update({"clip_ratio/low_mean": s[1] / tok, "clip_ratio/high_mean": s[2] / tok, "ratio_mean": s[3] / tok,
+                  "kl": s[4] / tok, "entropy": s[5] / tok})
+    return m
+
+
+def sample_rows(ro: Rollout, n: int) -> list[dict]:
+    """The first `n` completions of a step with their prompt, gold answer, rewards and advantage (samples.jsonl)."""
+    G = ro.group_size
+    return [{"prompt": ro.problems[r // G].question, "completion": ro.texts[r], "gold": ro.problems[r // G].answer,
+             "reward": ro.rewards.flatten()[r].item(), "advantage": ro.advantages.flatten()[r].item(),
+             "rewards": {k: v.flatten()[r].item() for k, v in ro.per_fn.items()}}
+            for r in range(min(n, len(ro.texts)))]
 
 
 class RunLog:

@@ -55,8 +55,8 @@ from . import distributed as D
 from .checkpointing import checkpoint_dirs, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .evaluate import EvalConfig, evaluate
-from .loss import flat_groups, group_advantages, policy_loss
-from .metrics import RunLog, truncate_log
+from .loss import group_advantages, policy_loss
+from .metrics import RunLog, sample_rows, step_metrics, truncate_log
 from .rewards import RewardSet
 from .rollout import Rollout, collect, completion_logprobs, row_generators
 from .tree_rollout import collect_tree, merge, use_tree
@@ -269,40 +269,12 @@ class Trainer:
         return norm
 
     def _metrics(self, ro: Rollout, rewards_all, agg, grad_norm, t0, t_rollout) -> dict[str, float]:
-        d, dev = self.dist, self.model.device
-        lengths = D.gather_cat(ro.lengths.to(dev), d).float().cpu()
-        truncated = D.gather_cat(torch.tensor([f == "length" for f in ro.finish], device=dev), d).float().cpu()
-        loss_stats = torch.tensor([agg[k] for k in ("loss", "clip_low", "clip_high", "ratio", "kl", "entropy", "tokens")],
-                                  dtype=torch.float64, device=dev)
-        s = D.all_reduce_sum(loss_stats, d).cpu().tolist()
-        tok = max(s[6], 1.0)
-        m = {
-            "reward": rewards_all.mean().item(),
-            "reward_std": rewards_all.std().item() if rewards_all.numel() > 1 else 0.0,
-            "frac_reward_zero_std": flat_groups(rewards_all).float().mean().item(),
-        }
-        for name, v in ro.per_fn.items():
-            v = D.gather_cat(v.to(dev), d).cpu()
-            m[f"rewards/{name}/mean"], m[f"rewards/{name}/std"] = v.mean().item(), v.std().item() if v.numel() > 1 else 0.0
-        m.update({
-            "completions/mean_length": lengths.mean().item(), "completions/min_length": lengths.min().item(),
-            "completions/max_length": lengths.max().item(), "completions/clipped_ratio": truncated.mean().item(),
-            # a rank's loss has normalisers divided by the world size (its gradient is averaged over ranks): the
-            # sum over ranks is world x the batch's loss
-            "loss": s[0] / (self.cfg.mu * self.dist.world), "grad_norm": grad_norm, "learning_rate": self.lr_used,
-        })
-        if s[6]:  # token statistics of the rows that ran forward/backward (with beta = 0, maybe none: then absent)
-            m.update({"clip_ratio/low_mean": s[1] / tok, "clip_ratio/high_mean": s[2] / tok, "ratio_mean": s[3] / tok,
-                      "kl": s[4] / tok, "entropy": s[5] / tok})
+        m = step_metrics(ro, rewards_all, agg, self.dist, self.model.device, self.cfg.mu)
         dt = time.perf_counter() - t0
-        m.update({"step_time": dt, "time/rollout": t_rollout, "tokens_per_sec": lengths.sum().item() / dt})
+        m.update({"grad_norm": grad_norm, "learning_rate": self.lr_used, "step_time": dt, "time/rollout": t_rollout,
+                  "tokens_per_sec": m.pop("completions/tokens") / dt})
         if self.cfg.log_samples:
-            G = ro.group_size
-            rows = [{"prompt": ro.problems[r // G].question, "completion": ro.texts[r], "gold": ro.problems[r // G].answer,
-                     "reward": ro.rewards.flatten()[r].item(), "advantage": ro.advantages.flatten()[r].item(),
-                     "rewards": {k: v.flatten()[r].item() for k, v in ro.per_fn.items()}}
-                    for r in range(min(self.cfg.log_samples, len(ro.texts)))]
-            self.log.log_samples(self.step, rows)
+            self.log.log_samples(self.step, sample_rows(ro, self.cfg.log_samples))
         return m
 
     # ------------------------------------------------------------------ evaluation, checkpoints, the loop
