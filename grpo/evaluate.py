@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from data import Problem, StopOnText, encode_prompts, parse_lenient, parse_strict, stop_token_ids
 from mcts.lookahead import When, lookahead_decode
-from mcts.search import ANSWER_MODES, ROOT_RULES, Candidates, SearchConfig, parse_answer, search, self_consistency_value
+from mcts.interface import ANSWER_MODES, ROOT_RULES, Candidates, SearchConfig, self_consistency_value
+from mcts.search import parse_answer, search
 from model_io import SamplingConfig, Transformer, generate
 from model_io.precision import check_precision, precision_field
 from model_io.sampler import check_decode_mode

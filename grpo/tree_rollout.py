@@ -21,7 +21,8 @@ from typing import Sequence
 import torch
 
 from data import Problem
-from mcts.search import Candidates, SearchConfig, search
+from mcts.interface import Candidates, SearchConfig
+from mcts.search import search
 from model_io import Transformer
 from model_io.sampler import key_uniform
 

@@ -6,10 +6,14 @@ __all__ = ["Tree", "select", "expand", "backup", "puct_scores", "ROOT", "NO_PARE
 
 
 def __getattr__(name):  # the LLM layer imports model_io and data: load it only when asked for
-    if name in ("SearchConfig", "search"):
-        from . import search as s
+    if name == "SearchConfig":
+        from .interface import SearchConfig
 
-        return getattr(s, name)
+        return SearchConfig
+    if name == "search":
+        from .search import search
+
+        return search
     if name in ("mcts_rollout", "lookahead_decode"):
         from . import lookahead
 

@@ -21,7 +21,8 @@ from data import StopOnText, stop_token_ids
 from model_io import SamplingConfig, Transformer, generate
 from model_io.sampler import key_uniform
 
-from .search import SearchConfig, newline_table, parse_answer, search, self_consistency_value, step_ends
+from .interface import SearchConfig, self_consistency_value
+from .search import newline_table, parse_answer, search, step_ends
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,112 @@
+"""What a tree search is told and what it gives back: its config, one record per rollout, one result per question,
+and what a value function sees (mcts/search.py runs the search itself)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from grpo.rewards import soft_format_reward_func
+
+ANSWER_MODES = ("vote", "value", "visits")
+ROOT_RULES = ("puct", "gumbel")
+
+
+@dataclass
+class SearchConfig:
+    n_simulations: int = 8  # simulations per question
+    children: int = 4  # K: continuations sampled per expansion
+    c_puct: float = 1.0
+    root: str = "puct"  # root selection: puct, or gumbel (Gumbel scores + Sequential Halving, mcts/gumbel.py)
+    gumbel_c_visit: float = 50.0  # sigma(q) = (c_visit + max n) * c_scale * q (Danihelka et al. 2022, eq. 8)
+    gumbel_c_scale: float = 1.0
+    step: str = "newline"  # "newline" or "tokens:N"
+    step_tokens: int = 48  # cap on a newline step
+    rollout_depth: int = 4  # a rollout may run rollout_depth * step_tokens tokens after its new node's step
+    temperature: float = 0.8
+    top_p: float = 1.0
+    max_new_tokens: int = 256  # cap on a whole answer (path + rollout)
+    answer: str = "vote"  # final answer: vote (value-weighted over finished rollouts) | value (best) | visits (path)
+    format_weight: float = 0.3  # value = w * format + (1 - w) * agreement
+    stop: str = "</answer>"
+
+    def __post_init__(self):
+        if self.answer not in ANSWER_MODES:
+            raise ValueError(f"unknown answer selection {self.answer!r}: use one of {', '.join(ANSWER_MODES)}")
+        if self.root not in ROOT_RULES:
+            raise ValueError(f"unknown root selection {self.root!r}: use one of {', '.join(ROOT_RULES)}")
+        if not (self.step == "newline" or (self.step.startswith("tokens:") and self.step[7:].isdigit() and int(self.step[7:]) > 0)):
+            raise ValueError(f"unknown step {self.step!r}: use newline or tokens:N (N >= 1)")
+        if self.n_simulations < 1 or self.children < 1 or self.rollout_depth < 0 or self.step_tokens < 1:
+            raise ValueError("n_simulations, children and step_tokens must be >= 1, rollout_depth >= 0")
+
+    @property
+    def step_len(self) -> int:
+        return int(self.step[7:]) if self.step.startswith("tokens:") else self.step_tokens
+
+
+@dataclass
+class RolloutRecord:
+    node: int  # the child its first step became
+    text: str  # the whole answer: path + continuation
+    answer: str | None  # parsed (strict, else lenient)
+    value: float
+    finished: bool  # ended by EOS or the stop string (not cut by a token limit)
+    tokens: int  # answer length in tokens
+    ids: list[int] = field(default_factory=list)  # the whole answer's token ids (path + continuation)
+    logprobs: list[float] = field(default_factory=list)  # their log-probs under the sampling policy (temperature 1)
+    path: list[int] = field(default_factory=list)  # node ids from the root's child down to `node`
+
+
+@dataclass
+class SearchResult:
+    """One question's search. `records`, `step_len` and `parent` are kept for training on the tree (issue 6)."""
+
+    text: str  # the chosen answer
+    answer: str | None
+    answer_tokens: int  # its length in tokens
+    finish: str  # "eos" | "stop" (finished) or "length" (cut by a token limit)
+    generated_tokens: int  # all tokens sampled for this question (every child's continuation)
+    forward_tokens: int  # tokens run through the model for it (prompt once + paths + continuations)
+    nodes: int
+    tree: dict = field(default_factory=dict)  # node texts and statistics, for dumps
+    first_steps: list[dict] = field(default_factory=list)  # root's children: tokens, text, visits, value, prior
+    records: list[RolloutRecord] = field(default_factory=list)  # every rollout, in creation order
+    step_len: list[int] = field(default_factory=list)  # [nodes] tokens of each node's own step
+    parent: list[int] = field(default_factory=list)  # [nodes] parent of each node (-1 for the root)
+    root_choice: int | None = None  # with root="gumbel": the root child Sequential Halving chose (its node id)
+
+    def best_first_step(self) -> dict | None:
+        """The root child to commit to: Gumbel's final choice if it made one, else the most visited child
+        (ties: higher value, then lower node id)."""
+        if self.root_choice is not None:
+            chosen = [s for s in self.first_steps if s["node"] == self.root_choice]
+            if chosen:
+                return chosen[0]
+        return max(self.first_steps, key=lambda s: (s["visits"], s["value"], -s["node"])) if self.first_steps else None
+
+
+@dataclass
+class Candidates:
+    """What a value function sees: whole answers (path + continuation), one per new child."""
+
+    texts: list[str]
+    answers: list[str | None]  # parsed, None where unfinished or unparsable
+    finished: list[bool]
+    pools: list[list[str]]  # answers found so far in each row's tree (this simulation included)
+    trees: list[int]  # index of each row's tree among the B searched (e.g. to find its gold answer in training)
+    ids: list[list[int]]  # token ids of each answer
+
+
+ValueFn = Callable[[Candidates], list[float]]
+
+
+def self_consistency_value(format_weight: float) -> ValueFn:
+    def value(c: Candidates) -> list[float]:
+        out = []
+        for t, a, pool in zip(c.texts, c.answers, c.pools):
+            fmt = soft_format_reward_func([t])[0] / 0.5
+            agree = (sum(p == a for p in pool) / len(pool)) if a is not None and pool else 0.0
+            out.append(format_weight * fmt + (1 - format_weight) * agree)
+        return out
+
+    return value
