@@ -50,7 +50,7 @@ from tqdm import tqdm
 from data import Problem, StopOnText, encode_prompts, stop_token_ids
 from model_io import SamplingConfig, Transformer, export_hf
 from model_io.linear import drop_packed, set_packed
-from model_io.precision import mixed_precision, resolve_precision
+from model_io.precision import mixed_precision, resolve_precision, store_frozen_linears_in
 
 from . import distributed as D
 from .checkpointing import checkpoint_dirs, load_checkpoint, save_checkpoint
@@ -91,9 +91,13 @@ class Trainer:
             # allocated uninitialised on purpose and every slot read is written first (tests/test_sampler.py)
             torch.utils.deterministic.fill_uninitialized_memory = False
         self.shots = train[: cfg.shots]
+        # bf16 autocast over float32 master weights where bf16 matmuls are fast (GPU, AMX CPU), else float32
+        self.precision = resolve_precision(cfg.precision, model.device)
+        self.autocast = mixed_precision(self.precision, model.device)
         self.ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.beta > 0 else None
         if self.ref is not None:
             set_packed(self.ref, False)  # teacher-forced passes only: not worth a second copy of its weights
+            store_frozen_linears_in(self.ref, self.precision)  # bf16: what autocast would cast them to, once
         self.params = [p for p in model.parameters() if p.requires_grad]  # tied weights appear once
         # fused: one kernel per step instead of a dozen passes over every weight (on this CPU the unfused step of a
         # 135M model took ~1 s of a 12 s GRPO step); the same update, elementwise
@@ -106,9 +110,6 @@ class Trainer:
         self.search_cfg = tree_search_config(cfg.group_size, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.stop,
                                              cfg.mcts_simulations, cfg.mcts_children, cfg.mcts_c_puct, cfg.mcts_step, cfg.mcts_step_tokens,
                                              cfg.mcts_root)
-        # bf16 autocast over float32 master weights where bf16 matmuls are fast (GPU, AMX CPU), else float32
-        self.precision = resolve_precision(cfg.precision, model.device)
-        self.autocast = mixed_precision(self.precision, model.device)
         self.recompute_old = cfg.old_logprobs == "recompute" or (cfg.old_logprobs == "auto" and self.precision == "bf16")
         self.step = 0
         self.bad_steps = 0

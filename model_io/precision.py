@@ -64,3 +64,20 @@ def mixed_precision(precision: str, device: torch.device):
     if precision == "bf16":
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
+
+
+def store_frozen_linears_in(model: torch.nn.Module, precision: str) -> None:
+    """A frozen model that runs only under training's autocast (GRPO's reference) keeps its linear layers'
+    weights in bf16 at precision 'bf16'. Autocast casts them to bf16 at every call anyway (its cast cache keeps
+    only leaves that require grad), so the passes are bitwise the same, with half the memory for those weights and
+    none of the casts (a pass over ~430 MB of float32 weights per forward for the default model). The LM head, the
+    embedding and the norms stay float32, as autocast leaves them (Transformer.logits keeps the head float32)."""
+    if precision != "bf16":
+        return
+    head = getattr(model, "lm_head", None)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear) and m is not head:
+            assert not m.weight.requires_grad, "only a frozen model's weights may be stored in bf16"
+            m.weight.data = m.weight.data.to(torch.bfloat16)
+            if m.bias is not None:
+                m.bias.data = m.bias.data.to(torch.bfloat16)

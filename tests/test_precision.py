@@ -1,4 +1,5 @@
 """--precision: how 'auto' resolves, the packed bf16 CPU linear, and what each command does with it."""
+import copy
 import json
 
 import pytest
@@ -139,3 +140,30 @@ def test_precision_benchmark_side_runs_and_reports(tiny_ckpt, monkeypatch):
     out = bench.run_side(a)
     assert len(out["steps"]) == 2 and all(s["seconds"] > 0 and 0 < s["tokens"] <= 2 * 4 for s in out["steps"])
     assert out["decode_tokens_per_s"] > 0 and out["peak_rss_mb"] > 0
+
+
+def test_bf16_reference_model_stores_its_linears_in_bf16_with_the_same_log_probs(tmp_path):
+    """GRPO's frozen reference at precision bf16: linear weights stored as autocast would cast them (bf16), head,
+    embedding and norms float32; its teacher-forced log-probs under autocast equal those of the float32-stored
+    model bitwise. At fp32 and for weights that require grad nothing is cast."""
+    from helpers import make_trainer
+
+    from model_io import token_logprobs
+
+    tr = make_trainer(tmp_path, beta=0.04, precision="bf16")
+    ref, policy = tr.ref, tr.model
+    assert ref.layers[0].attn.qkv.weight.dtype == ref.layers[-1].mlp.down.weight.dtype == torch.bfloat16
+    assert ref.lm_head.weight.dtype == ref.embed.weight.dtype == ref.norm.weight.dtype == torch.float32
+    assert ref.layers[0].attn_norm.weight.dtype == torch.float32
+    assert policy.layers[0].attn.qkv.weight.dtype == torch.float32  # the policy's master weights are untouched
+    x = torch.randint(0, policy.cfg.vocab_size, (3, 12))
+    plain = copy.deepcopy(policy).requires_grad_(False)  # still the reference's starting weights, float32
+    linear.set_packed(plain, False)  # the plain F.linear under autocast, as the reference runs (no packed copies)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = token_logprobs(plain, x)
+        got = token_logprobs(ref, x)
+    assert want.dtype == got.dtype == torch.float32
+    assert torch.equal(got, want)
+    assert make_trainer(tmp_path / "fp32", beta=0.04).ref.layers[0].attn.qkv.weight.dtype == torch.float32
+    with pytest.raises(AssertionError, match="frozen"):
+        precision.store_frozen_linears_in(policy, "bf16")
