@@ -29,7 +29,7 @@ import torch
 
 from data import DataError, encode_prompts, load_gsm8k, parse_strict
 from grpo import distributed as D
-from grpo.config import TrainConfig, apply_preset
+from grpo.config import TrainConfig, apply_preset, resumed_config
 from grpo.evaluate import EvalConfig, evaluate
 from grpo.trainer import Trainer, TrainingError
 from mcts.inspect import load_trees, render, tree_stats
@@ -130,9 +130,9 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
             raise ValueError(f"--resume {run_dir}: no config.json there, so it is not a run directory of `run.py train`")
         saved = json.loads((run_dir / "config.json").read_text())
         legacy = "precision" not in saved  # a run from before --precision: bf16 autocast on a GPU, float32 on a CPU
-        cfg = TrainConfig(**{**saved, "resume": str(run_dir)})
+        cfg, changed = resumed_config(saved, cfg, set(given), str(run_dir))
     else:
-        run_dir, legacy = Path(cfg.out_dir), False
+        run_dir, legacy, changed = Path(cfg.out_dir), False, {}
         if (run_dir / "checkpoints").exists() or (run_dir / "metrics.jsonl").exists():
             raise ValueError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pass another --out-dir")
     d, device = D.init_from_env(cfg.device)
@@ -150,8 +150,9 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
         if cfg.resume:
             if not trainer.resume():
                 raise ValueError(f"--resume {run_dir}: no finished checkpoint in {run_dir / 'checkpoints'}")
-            print(f"resumed {run_dir} at step {trainer.step}")
-        elif d.main:
+            print(f"resumed {run_dir} at step {trainer.step}"
+                  + "".join(f"; --{k.replace('_', '-')} {new} (was {old})" for k, (old, new) in changed.items()))
+        if d.main and (changed or not cfg.resume):  # what the run is now, for the next resume
             write_json(run_dir / "config.json", dataclasses.asdict(cfg))
         if d.main:
             print("config: " + json.dumps(dataclasses.asdict(cfg)))

@@ -14,7 +14,7 @@ class TrainConfig:
     model: str | None = field(default=None, metadata={"help": "policy to start from: hub id, HF dir, .gguf file or checkpoint dir; default: the embedded SmolLM2-135M-Instruct"})
     gsm8k: str | None = field(default=None, metadata={"help": "GSM8K jsonl file or directory; default: $GSM8K_DIR, else the hub"})
     out_dir: str = field(default="runs/train", metadata={"help": "run directory: config, logs, TensorBoard events, checkpoints, final export"})
-    resume: str | None = field(default=None, metadata={"help": "continue the run in this directory from its last checkpoint (its saved config is used)"})
+    resume: str | None = field(default=None, metadata={"help": "continue the run in this directory from its last checkpoint, with its saved config; only flags that do not change the training itself may be given beside it (RESUME_MAY_CHANGE: time and token limits, evaluation, checkpointing, logging, device)"})
     preset: str = field(default="", metadata={"help": "'smoke': a tiny run (< 2 min on a 2-core CPU) for a first look and CI; flags you give override it"})
     steps: int = field(default=500, metadata={"help": "optimizer steps (each on prompts_per_step x group_size completions)"})
     max_minutes: float = field(default=0.0, metadata={"help": "also stop after this many minutes of training (0: no limit); the final evaluation and export still run"})
@@ -95,6 +95,32 @@ class TrainConfig:
         if self.group_size < 2:
             raise ValueError("--group-size must be >= 2: GRPO's advantage compares completions of one prompt")
 
+
+
+# What may differ from a run's config.json when it is resumed: when it stops, how it is evaluated, saved and
+# logged, and where it runs; none of them changes a training step. Everything else (learning rate and its schedule
+# over --steps, batch, group, loss, sampling, seed, ...) is the run itself: changing it mid-run would make the run
+# neither the one its config.json describes nor one that could be reproduced.
+RESUME_MAY_CHANGE = ("max_minutes", "token_budget", "eval_every", "eval_limit", "eval_at_start", "eval_batch_size",
+                     "log_samples", "save_every", "keep_checkpoints", "device")
+
+
+def resumed_config(saved: dict, cfg: "TrainConfig", given: set[str], run_dir: str) -> tuple["TrainConfig", dict]:
+    """The config to continue a run with: its saved config, plus the flags given beside --resume that may change
+    (RESUME_MAY_CHANGE). -> (config, {field: (old, new)} of what changed). A flag that would change the training
+    itself is an error naming it, and the way to train on with new settings: a new run from a checkpoint's weights."""
+    fields = TrainConfig.__dataclass_fields__
+    was = {k: saved.get(k, fields[k].default) for k in fields}  # (a config.json older than a field: its default)
+    changed = {k: (was[k], getattr(cfg, k)) for k in sorted(given & set(fields) - {"resume"}) if was[k] != getattr(cfg, k)}
+    fixed = [k for k in changed if k not in RESUME_MAY_CHANGE]
+    if fixed:
+        flags = ", ".join(f"--{k.replace('_', '-')} (the run has {changed[k][0]!r})" for k in fixed)
+        may = ", ".join("--" + k.replace("_", "-") for k in RESUME_MAY_CHANGE)
+        raise ValueError(f"--resume {run_dir}: {flags} would change the training itself mid-run; only {may} may change "
+                         f"on resume. To train on from its weights with new settings: --model {run_dir}/checkpoints/"
+                         f"step-NNNNNN/model --out-dir NEW_DIR")
+    saved_fields = {k: v for k, v in saved.items() if k in fields}  # (a field since removed: dropped)
+    return TrainConfig(**{**saved_fields, **{k: new for k, (_, new) in changed.items()}, "resume": run_dir}), changed
 
 # A tiny run for newcomers and CI: the embedded model, 3 steps of 2 prompts x 4 completions of 48 tokens.
 PRESETS: dict[str, dict] = {

@@ -122,6 +122,32 @@ def test_train_cli_writes_a_complete_run_and_refuses_to_overwrite_it(tiny_ckpt, 
     assert "not a run directory" in capsys.readouterr().err
 
 
+def test_resume_takes_limits_and_logging_flags_and_refuses_the_rest(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    """Beside --resume, a flag that does not change a training step (here: the token budget that stopped the run)
+    is taken and written to config.json; one that would (the learning rate) is a one-line error that names it and
+    leaves the run untouched; repeating a saved value is no change."""
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    out = tmp_path / "run"
+    assert run.main(["train", "--model", tiny_ckpt, "--preset", "smoke", "--max-new-tokens", "8", "--eval-every", "0",
+                     "--token-budget", "1", "--out-dir", str(out), "--device", "cpu"]) == 0
+    steps = lambda: [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert steps() == [1]  # the budget stopped it after one step
+    before = (out / "config.json").read_text()
+    capsys.readouterr()
+    assert run.main(["train", "--resume", str(out), "--lr", "0.1", "--token-budget", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--lr (the run has 1e-05) would change the training itself" in err
+    assert "--model" in err and "--token-budget" in err  # the way out, and what may change
+    assert (out / "config.json").read_text() == before and steps() == [1]
+    assert run.main(["train", "--resume", str(out), "--token-budget", "0", "--lr", "1e-05", "--seed", "0"]) == 0
+    assert "resumed" in capsys.readouterr().out and steps() == [1, 2, 3]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["token_budget"] == 0 and cfg["resume"] == str(out) and cfg["steps"] == 3
+    # the error's way out: a checkpoint's model/ is a model spec (a new run would start from it)
+    assert run.main(["train", "--model", str(out / "checkpoints" / "step-000003" / "model"), "--preset", "smoke",
+                     "--lr", "0.1", "--steps", "1", "--max-new-tokens", "4", "--eval-every", "0",
+                     "--out-dir", str(tmp_path / "new"), "--device", "cpu"]) == 0
+
 @pytest.mark.parametrize("search,extra", [("majority", ["--n", "3"]), ("best-of-n", ["--n", "3"]),
                                           ("mcts", ["--n-simulations", "2", "--children", "2", "--step", "tokens:3", "--rollout-depth", "1"]),
                                           ("mcts-lookahead", ["--n-simulations", "2", "--children", "2", "--step", "tokens:3",
