@@ -22,6 +22,9 @@ mkdir -p "$OUT"
 START=$(date +%s)
 if [ "${SMALL:-0}" = 1 ]; then B1=4; B2=8; NEW=16; Q=4; QM=2; SIMS=1; BA=2; TA=8; else B1=64; B2=256; NEW=256; Q=500; QM=128; SIMS=8; BA=16; TA=32; fi
 left() { echo $(( MINUTES * 60 - ($(date +%s) - START) )); }
+cap() {  # cap LIMIT RESERVE: seconds a step may take, LIMIT at most, so that RESERVE seconds stay for what follows
+  local c=$(( $(left) - $2 )); [ "$c" -gt "$1" ] && c=$1; [ "$c" -lt 30 ] && c=30; echo "$c"
+}
 step() {  # step NAME CMD...: run, time, keep the log; a failed step is recorded and the run goes on
   local name=$1; shift
   local t0=$(date +%s)
@@ -32,33 +35,36 @@ step() {  # step NAME CMD...: run, time, keep the log; a failed step is recorded
   tail -n 5 "$OUT/$name.log"
   "$PY" scripts/gpu_summary.py "$OUT" > /dev/null 2>&1 || true  # a run cut off later still has its summary
 }
+# Order: the issue's figures first (environment, sampler, accuracy, GRPO, search), each step time-limited so that
+# a slow one (a long compile) cannot starve GRPO of its minutes; diagnostics last, in whatever time is left.
 step 1-env "$PY" scripts/gpu_env.py "$OUT/env.json"
-# the CUDA-only tests (CUDA graphs against eager decoding), where pytest is installed
-if "$PY" -c "import pytest" 2>/dev/null; then
-  step 1-cuda-tests "$PY" -m pytest -q tests/test_static_decode.py tests/test_logprobs.py
-else
-  echo "1-cuda-tests skipped: no pytest here" | tee -a "$OUT/steps.txt"
-fi
-# --compiled: the decode step through torch.compile too, side by side (the lever for the step / floor target)
-# (a time limit: a compile that runs long costs the compiled figures, not the run; the others print before it)
-step 2-sampler-b$B1 timeout 300 "$PY" bench/sampler.py --model "$MODEL" --batch $B1 --max-new-tokens $NEW --compiled
-step 2-sampler-b$B2 "$PY" bench/sampler.py --model "$MODEL" --batch $B2 --max-new-tokens $NEW
-# kernels per decode step, eager and compiled (what the step time above is made of; a diagnostic, time-bounded)
-step 2-decode-ops timeout 180 "$PY" bench/decode_ops.py --model "$MODEL" --batch $B1
+# --compiled: the decode step through torch.compile too, side by side (the lever for the step / floor target);
+# its figures print after the eager ones, so a compile cut off by the limit costs only the compiled figures
+step 2-sampler-b$B1 timeout $(cap 240 300) "$PY" bench/sampler.py --model "$MODEL" --batch $B1 --max-new-tokens $NEW --compiled
+step 2-sampler-b$B2 timeout $(cap 120 270) "$PY" bench/sampler.py --model "$MODEL" --batch $B2 --max-new-tokens $NEW
 # the fast path's greedy tokens against the CPU float32 path: first TA tokens, log-probs within bf16 tolerance
-step 2-agreement "$PY" bench/agreement.py --model "$MODEL" --batch $BA --tokens $TA --max-new-tokens $(( 2 * TA ))
-step 3-eval-start "$PY" run.py eval --model "$MODEL" --shots $SHOTS --limit $Q --max-new-tokens $NEW --batch-size 128 --out-dir "$OUT/eval-start"
-TRAIN_MIN=$(( ($(left) - 210) / 60 ))  # leave 3.5 minutes for the evaluation, NCCL check and grid after it
+step 2-agreement timeout $(cap 90 240) "$PY" bench/agreement.py --model "$MODEL" --batch $BA --tokens $TA --max-new-tokens $(( 2 * TA ))
+step 3-eval-start timeout $(cap 150 200) "$PY" run.py eval --model "$MODEL" --shots $SHOTS --limit $Q --max-new-tokens $NEW --batch-size 128 --out-dir "$OUT/eval-start"
+TRAIN_MIN=$(( ($(left) - 180) / 60 ))  # leave 3 minutes for the evaluation, NCCL check and grid after it
 if [ "$TRAIN_MIN" -ge 1 ]; then
-  step 4-train "$PY" run.py train --model "$MODEL" --shots $SHOTS --max-minutes $TRAIN_MIN --steps 100000 --eval-every 0 --save-every 100000 \
+  # (--max-minutes ends the loop between steps; the timeout bounds a first step that would run far longer)
+  step 4-train timeout $(( TRAIN_MIN * 60 + 90 )) "$PY" run.py train --model "$MODEL" --shots $SHOTS --max-minutes $TRAIN_MIN --steps 100000 --eval-every 0 --save-every 100000 \
        --out-dir "$OUT/train" $( [ "${SMALL:-0}" = 1 ] && echo --prompts-per-step 1 --group-size 2 --max-new-tokens $NEW )
-  step 4-eval-trained "$PY" run.py eval --model "$OUT/train/final_hf" --shots $SHOTS --limit $Q --max-new-tokens $NEW --batch-size 128 --out-dir "$OUT/eval-trained"
+  step 4-eval-trained timeout $(cap 150 90) "$PY" run.py eval --model "$OUT/train/final_hf" --shots $SHOTS --limit $Q --max-new-tokens $NEW --batch-size 128 --out-dir "$OUT/eval-trained"
 else
   echo "4-train skipped: no time left" | tee -a "$OUT/steps.txt"
 fi
 # one GPU: a 1-process NCCL group must initialise and take training steps (the multi-GPU path, issue 5 sec. 3)
-step 4-nccl "$PY" -m torch.distributed.run --nproc_per_node 1 run.py train --model "$MODEL" --steps 2 --prompts-per-step 1 \
+step 4-nccl timeout $(cap 90 60) "$PY" -m torch.distributed.run --nproc_per_node 1 run.py train --model "$MODEL" --steps 2 --prompts-per-step 1 \
      --group-size 2 --max-new-tokens 16 --eval-every 0 --out-dir "$OUT/nccl"
-step 5-compare "$PY" bench/compare.py --model "$MODEL" --shots $SHOTS --limit $QM --n 1,4,8 --sims $SIMS --roots puct --max-new-tokens $NEW --batch-size 64 --out "$OUT/compare"
+step 5-compare timeout $(cap 240 0) "$PY" bench/compare.py --model "$MODEL" --shots $SHOTS --limit $QM --n 1,4,8 --sims $SIMS --roots puct --max-new-tokens $NEW --batch-size 64 --out "$OUT/compare"
+# diagnostics (logs named by the issue's section they belong to): kernels per decode step, eager and compiled (what the step time is made of), and the CUDA-only
+# tests (CUDA graphs against eager decoding), where pytest is installed
+step 2-decode-ops timeout $(cap 180 0) "$PY" bench/decode_ops.py --model "$MODEL" --batch $B1
+if "$PY" -c "import pytest" 2>/dev/null; then
+  step 1-cuda-tests timeout $(cap 120 0) "$PY" -m pytest -q tests/test_static_decode.py tests/test_logprobs.py
+else
+  echo "1-cuda-tests skipped: no pytest here" | tee -a "$OUT/steps.txt"
+fi
 # 6. summary (also rewritten after every step above)
 "$PY" scripts/gpu_summary.py "$OUT" --print
