@@ -177,7 +177,6 @@ class Trainer:
                 shift = (new - ro.advantages).flatten() * outcome_in_tokens  # [B*G]
                 ro.token_advantages = ro.token_advantages + shift[:, None] * ro.mask
             ro.advantages = new
-        drop_packed(model)  # sampling is over: free the packed weight copies before the backward's activations
         t_rollout = time.perf_counter() - t0
 
         # whole-batch normalisers, divided by the world size because gradients are averaged over ranks
@@ -191,8 +190,11 @@ class Trainer:
         rows_run = rows_all if cfg.beta > 0 else rows_all[nonzero]
         micro = [rows_run[i : i + cfg.micro_batch] for i in range(0, len(rows_run), cfg.micro_batch)]
 
-        ref_logp = self._teacher_forced(self.ref, ro, micro) if self.ref is not None else None
+        # (the recomputed old log-probs reuse the sampler's packed weight copies; then they are freed, so that they do
+        # not sit beside the backward's activations)
         old_logp = self._teacher_forced(model, ro, micro) if self.recompute_old else ro.old_logp
+        drop_packed(model)
+        ref_logp = self._teacher_forced(self.ref, ro, micro) if self.ref is not None else None
 
         # loss -> step (mu passes over the same rollouts)
         model.train()

@@ -57,6 +57,39 @@ def test_resume_is_bitwise_identical(tmp_path, precision, old):
     assert (tmp_path / "a" / "final_hf" / "config.json").is_file()
 
 
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_packed_weights_are_made_once_a_step_and_gone_before_the_loss(tmp_path, monkeypatch, precision):
+    """CPU packed weight copies (model_io/linear.py): the sampler packs each policy weight once, the recomputed old
+    log-probs reuse those copies, and none is left when the loss and its backward run (a copy per weight would sit
+    beside the activations). The reference model packs nothing."""
+    import grpo.trainer
+    from model_io.linear import Linear
+
+    tr = make_trainer(tmp_path, beta=0.04, old_logprobs="recompute", precision=precision)
+    linears = [m for m in tr.model.modules() if isinstance(m, Linear)]
+    packs, left_at_loss = [], []
+    real_pack, real_loss = Linear.packed_weight, grpo.trainer.policy_loss
+
+    def counting_pack(self, dtype=torch.float32):
+        before = self._packed
+        out = real_pack(self, dtype)
+        if self._packed is not before:
+            packs.append(self)
+        return out
+
+    def watching_loss(*a, **kw):
+        left_at_loss.append(sum(m._packed is not None for m in linears))
+        return real_loss(*a, **kw)
+
+    monkeypatch.setattr(Linear, "packed_weight", counting_pack)
+    monkeypatch.setattr(grpo.trainer, "policy_loss", watching_loss)
+    for _ in range(2):
+        packs.clear()
+        tr.train_step()
+        assert len(packs) == len(linears) and set(map(id, packs)) == set(map(id, linears))
+    assert left_at_loss and set(left_at_loss) == {0}
+
 def test_non_finite_updates_are_skipped_then_stop(tmp_path):
     calls = {"n": 0}
 
