@@ -11,7 +11,7 @@ from .loss import ADV_SCALES, AGGREGATIONS
 
 @dataclass
 class TrainConfig:
-    model: str | None = field(default=None, metadata={"help": "policy to start from: hub id, HF dir, .gguf file or checkpoint dir; default: the embedded SmolLM2-135M-Instruct"})
+    model: str | None = field(default=None, metadata={"help": "policy to start from: hub id, HF dir, .gguf file, checkpoint dir or training run dir; default: the embedded SmolLM2-135M-Instruct"})
     gsm8k: str | None = field(default=None, metadata={"help": "GSM8K jsonl file or directory; default: $GSM8K_DIR, else the hub"})
     out_dir: str = field(default="runs/train", metadata={"help": "run directory: config, logs, TensorBoard events, checkpoints, final export"})
     resume: str | None = field(default=None, metadata={"help": "continue the run in this directory from its last checkpoint, with its saved config; only flags that do not change the training itself may be given beside it (RESUME_MAY_CHANGE: time and token limits, evaluation, checkpointing, logging, device)"})
