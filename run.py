@@ -29,6 +29,7 @@ import torch
 
 from data import DataError, encode_prompts, load_gsm8k, parse_strict
 from grpo import distributed as D
+from grpo.checkpointing import model_of_run
 from grpo.config import TrainConfig, apply_preset, resumed_config
 from grpo.evaluate import EvalConfig, evaluate
 from grpo.trainer import Trainer, TrainingError
@@ -76,6 +77,15 @@ def config_from_args(cls, args: argparse.Namespace):
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
+def load_spec(spec: str | None, device: torch.device, dtype: torch.dtype):
+    """model_io.load, where a training run directory (`--model runs/train`) also stands for the model it holds."""
+    held = model_of_run(Path(spec)) if spec else None
+    if held is not None:
+        print(f"{spec} is a training run: loading {held}", file=sys.stderr)
+        spec = str(held)
+    return load(spec, device=device, dtype=dtype)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -98,7 +108,7 @@ def cmd_eval(cfg: EvalConfig) -> None:
     problems = problems[: cfg.limit] if cfg.limit else problems
     shots = load_gsm8k("train", cfg.gsm8k)[: cfg.shots] if cfg.shots else []
     precision = resolve_precision(cfg.precision, device)
-    model, tok = load(cfg.model, device=device, dtype=weights_dtype(precision))
+    model, tok = load_spec(cfg.model, device, weights_dtype(precision))
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", dataclasses.asdict(cfg))
@@ -145,7 +155,7 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
         torch.manual_seed(cfg.seed)
         train = load_gsm8k("train", cfg.gsm8k)
         test = load_gsm8k("test", cfg.gsm8k) if cfg.eval_every else []
-        model, tok = load(cfg.model, device=device, dtype=torch.float32)  # float32 master weights (+ bf16 autocast)
+        model, tok = load_spec(cfg.model, device, torch.float32)  # float32 master weights (+ bf16 autocast)
         trainer = Trainer(cfg, model, tok, train, test, run_dir, dist=d, progress=until_step is None)
         if cfg.resume:
             if not trainer.resume():
@@ -191,7 +201,7 @@ def cmd_sample(cfg: SampleConfig) -> None:
 
     problems = load_gsm8k(cfg.split, cfg.gsm8k)[: cfg.questions]
     device = resolve_device(cfg.device)
-    model, tok = load(cfg.model, device=device, dtype=weights_dtype(resolve_precision(cfg.precision, device)))
+    model, tok = load_spec(cfg.model, device, weights_dtype(resolve_precision(cfg.precision, device)))
     scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                           eos_ids=stop_token_ids(tok, model.cfg.eos_token_ids))
     gen = torch.Generator(device=model.device).manual_seed(cfg.seed)

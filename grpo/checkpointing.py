@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from model_io import load_model, save_model
+from model_io import ModelSpecError, load_model, save_model
 from model_io.checkpoint import atomic_dir
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -29,6 +29,21 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and (p / "trainer_state.pt").is_file()]
     return [p for _, p in sorted(found)]
+
+
+def model_of_run(run_dir: Path) -> Path | None:
+    """The model spec a `run.py train` run directory stands for (`--model runs/train`): its newest finished
+    checkpoint's model (the final weights once the run has ended, as the last checkpoint is written at the end),
+    else `final_hf` (checkpoints deleted); None if `run_dir` is not a run directory."""
+    if not ((run_dir / "checkpoints").is_dir() or (run_dir / "final_hf").is_dir()):
+        return None
+    found = checkpoint_dirs(run_dir)
+    if found:
+        return found[-1] / "model"
+    if (run_dir / "final_hf" / "config.json").is_file():
+        return run_dir / "final_hf"
+    raise ModelSpecError(f"{run_dir} is a training run with no finished checkpoint or final_hf yet: pass it once its first "
+                         "checkpoint is written (--save-every), or pass a model spec")
 
 
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, extra: dict, keep: int,

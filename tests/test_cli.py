@@ -5,12 +5,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import ROOT, gsm8k_dir
 from helpers import tiny_hf_model, tiny_tokenizer
 
 import run
 from grpo.evaluate import EvalConfig, majority
-from model_io import save_model
+from model_io import ModelSpecError, export_hf, save_model
 from model_io.convert import from_hf_model
 
 
@@ -147,6 +148,35 @@ def test_resume_takes_limits_and_logging_flags_and_refuses_the_rest(tiny_ckpt, t
     assert run.main(["train", "--model", str(out / "checkpoints" / "step-000003" / "model"), "--preset", "smoke",
                      "--lr", "0.1", "--steps", "1", "--max-new-tokens", "4", "--eval-every", "0",
                      "--out-dir", str(tmp_path / "new"), "--device", "cpu"]) == 0
+
+def test_a_training_run_directory_loads_its_newest_checkpoint_else_its_final_export(tmp_path, capsys):
+    """`--model runs/train` (run.py's load_spec; what a user tries first after training): the newest finished
+    checkpoint's model, said on stderr; with the checkpoints deleted, final_hf; with neither yet, a one-line error."""
+    old, new = from_hf_model(tiny_hf_model("llama", seed=1)), from_hf_model(tiny_hf_model("llama", seed=2))
+    tok, rd = tiny_tokenizer(), tmp_path / "run"
+    (rd / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ModelSpecError, match="training run with no finished checkpoint or final_hf yet") as e:
+        run.load_spec(str(rd), torch.device("cpu"), torch.float32)
+    assert "\n" not in str(e.value)
+    for step, m in ((50, old), (100, new)):  # finished checkpoints: the model and the trainer state
+        save_model(m, tok, rd / "checkpoints" / f"step-{step:06d}" / "model")
+        (rd / "checkpoints" / f"step-{step:06d}" / "trainer_state.pt").touch()
+    save_model(old, tok, rd / "checkpoints" / "step-000150" / "model")  # (unfinished: no trainer state yet)
+    export_hf(old, tok, rd / "final_hf")
+    x = torch.randint(0, 259, (1, 6))
+    m, _ = run.load_spec(str(rd), torch.device("cpu"), torch.float32)
+    assert f"loading {rd / 'checkpoints' / 'step-000100' / 'model'}" in capsys.readouterr().err
+    with torch.no_grad():
+        assert torch.equal(m(x), new(x))
+    for d in (rd / "checkpoints").iterdir():
+        for f in d.rglob("*"):
+            if f.is_file():
+                f.unlink()
+    m, _ = run.load_spec(str(rd), torch.device("cpu"), torch.float32)
+    assert f"loading {rd / 'final_hf'}" in capsys.readouterr().err
+    with torch.no_grad():
+        assert torch.allclose(m(x), old(x), atol=1e-5)
+
 
 @pytest.mark.parametrize("search,extra", [("majority", ["--n", "3"]), ("best-of-n", ["--n", "3"]),
                                           ("mcts", ["--n-simulations", "2", "--children", "2", "--step", "tokens:3", "--rollout-depth", "1"]),
