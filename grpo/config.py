@@ -96,7 +96,6 @@ class TrainConfig:
             raise ValueError("--group-size must be >= 2: GRPO's advantage compares completions of one prompt")
 
 
-
 # What may differ from a run's config.json when it is resumed: when it stops, how it is evaluated, saved and
 # logged, and where it runs; none of them changes a training step. Everything else (learning rate and its schedule
 # over --steps, batch, group, loss, sampling, seed, ...) is the run itself: changing it mid-run would make the run
@@ -117,10 +116,11 @@ def resumed_config(saved: dict, cfg: "TrainConfig", given: set[str], run_dir: st
         flags = ", ".join(f"--{k.replace('_', '-')} (the run has {changed[k][0]!r})" for k in fixed)
         may = ", ".join("--" + k.replace("_", "-") for k in RESUME_MAY_CHANGE)
         raise ValueError(f"--resume {run_dir}: {flags} would change the training itself mid-run; only {may} may change "
-                         f"on resume. To train on from its weights with new settings: --model {run_dir}/checkpoints/"
-                         f"step-NNNNNN/model --out-dir NEW_DIR")
+                         f"on resume. To train on from its newest checkpoint with new settings: a new run with --model "
+                         f"{run_dir} --out-dir NEW_DIR")
     saved_fields = {k: v for k, v in saved.items() if k in fields}  # (a field since removed: dropped)
     return TrainConfig(**{**saved_fields, **{k: new for k, (_, new) in changed.items()}, "resume": run_dir}), changed
+
 
 # A tiny run for newcomers and CI: the embedded model, 3 steps of 2 prompts x 4 completions of 48 tokens.
 PRESETS: dict[str, dict] = {

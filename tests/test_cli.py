@@ -144,8 +144,9 @@ def test_resume_takes_limits_and_logging_flags_and_refuses_the_rest(tiny_ckpt, t
     assert "resumed" in capsys.readouterr().out and steps() == [1, 2, 3]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["token_budget"] == 0 and cfg["resume"] == str(out) and cfg["steps"] == 3
-    # the error's way out: a checkpoint's model/ is a model spec (a new run would start from it)
-    assert run.main(["train", "--model", str(out / "checkpoints" / "step-000003" / "model"), "--preset", "smoke",
+    # the error's way out: the run directory is a model spec (its newest checkpoint), a new run starts from it
+    assert f"--model {out} --out-dir NEW_DIR" in err
+    assert run.main(["train", "--model", str(out), "--preset", "smoke",
                      "--lr", "0.1", "--steps", "1", "--max-new-tokens", "4", "--eval-every", "0",
                      "--out-dir", str(tmp_path / "new"), "--device", "cpu"]) == 0
 
