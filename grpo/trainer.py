@@ -27,10 +27,11 @@ reference. Departures from the paper's eq. 3, all deliberate:
  9. Multi-process: each rank samples its own prompts; gradients are summed over micro-batches with whole-batch
     normalisers, then averaged over ranks with one all-reduce (what DDP does, without overlapping the
     communication with backward), so N processes take the same step as one process with the same global batch.
-10. Precision: float32 weights and optimizer state everywhere; with `--precision bf16` (auto: on a GPU or a
+10. Precision: the policy's weights and optimizer state are float32; with `--precision bf16` (auto: on a GPU or a
     CPU with AMX-BF16) the forward passes run under bf16 autocast except the LM head, which runs in float32
     (MiniMax-M1, arXiv 2506.13585, sec. 3.2: bf16 logits put the sampler's and the trainer's token
-    probabilities apart); log-probs, the loss and the KL are float32.
+    probabilities apart); log-probs, the loss and the KL are float32. The frozen reference stores its linear
+    weights in bf16, the values autocast would cast them to at every call.
 11. With `--rollouts mcts` a prompt's group is G finished rollouts of a tree search instead of G independent
     samples (grpo/tree_rollout.py), and `--tree-advantage step|mix` gives per-token advantages from the tree
     (TreeRL-style V(node) - V(parent)) in place of eq. 3's one advantage per completion.
