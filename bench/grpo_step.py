@@ -23,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT / "bench"))  # last: bench/mcts.py must not hide the mcts package
 
 
 def reset_peak() -> None:
@@ -164,13 +165,21 @@ def main() -> None:
         print("RESULT " + json.dumps(out))
         return
 
+    import torch
+    from machine import copy_bandwidth
+
     from model_io import export_hf, load
+
+    bw_before = copy_bandwidth(torch.device("cpu"))
 
     with tempfile.TemporaryDirectory() as d:
         model, tok = load()
         export_hf(model, tok, Path(d) / "hf")  # float32 HF copy of the embedded model (trainable by TRL)
         del model
         res = run_sides(__file__, ("ours", "trl"), ["--hf-dir", str(Path(d) / "hf")] + sys.argv[1:])
+    # a shared machine's speed varies by the hour, and a memory-bound side (decoding a few rows) slows most
+    print(f"machine: cpu, {torch.get_num_threads()} threads; copy bandwidth {bw_before / 1e9:.1f} GB/s before the "
+          f"two sides ran, {copy_bandwidth(torch.device('cpu')) / 1e9:.1f} GB/s after")
     print(f"settings: B={a.prompts} G={a.group} max_new_tokens={a.max_new_tokens} micro_batch={a.micro_batch} "
           f"beta={a.beta} lr={a.lr} precision={a.precision}; {a.steps} timed steps after {a.warmup} warm-up")
     mean = {}

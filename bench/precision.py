@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.append(str(ROOT / "bench"))  # last: bench/mcts.py must not hide the mcts package
 from grpo_step import peak_rss_mb, reset_peak, run_sides  # noqa: E402
 
 

@@ -20,12 +20,14 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # bench/, last (bench/mcts.py must not hide mcts)
 
 import torch  # noqa: E402
 
 from data import encode_prompts, load_gsm8k, stop_token_ids  # noqa: E402
 from model_io import SamplingConfig, export_hf, generate, load  # noqa: E402
 from model_io.loading import embedded_gguf  # noqa: E402
+from machine import copy_bandwidth  # noqa: E402
 
 
 def useful_length(row: list[int], eos: tuple[int, ...]) -> int:
@@ -93,7 +95,7 @@ def main(argv=None) -> None:
           f"{sum(f == 'eos' for f in ours.finish)}/{len(prompts)}")
     print(f"transformers generate: {n_hf} tokens in {t_hf:.2f}s = {n_hf / t_hf:.1f} tokens/s")
     print(f"ours                 : {n_ours} tokens in {t_ours:.2f}s = {n_ours / t_ours:.1f} tokens/s")
-    floor_s, bw = weight_read_floor(model, dev, sync)
+    floor_s, bw = weight_read_floor(model, dev)
     step_s = decode_step_time(model, prompts, pad, dev, sync, args.max_new_tokens)
     print(f"decode step (batch {len(prompts)}): {step_s * 1e3:.2f} ms; floor from reading the weights once: "
           f"{floor_s * 1e3:.3f} ms (copy bandwidth {bw / 1e9:.0f} GB/s); step / floor = {step_s / floor_s:.1f}")
@@ -139,19 +141,12 @@ def decode_step_time(model, prompts, pad, dev, sync, room: int, compiled: bool =
     return (time.perf_counter() - t0) / steps
 
 
-def weight_read_floor(model, dev, sync) -> tuple[float, float]:
+def weight_read_floor(model, dev) -> tuple[float, float]:
     """The floor of a decode step set by reading every weight once: weight bytes / device-to-device copy bandwidth
-    (bytes copied per second, measured on a 256 MiB buffer). Returns (floor seconds, bandwidth bytes/s)."""
+    (bench/machine.py). Returns (floor seconds, bandwidth bytes/s)."""
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    buf = torch.empty(256 * 2**20, dtype=torch.uint8, device=dev)  # 256 MiB
-    out = torch.empty_like(buf)
-    out.copy_(buf)
-    sync(); t0 = time.perf_counter()
-    for _ in range(5):
-        out.copy_(buf)
-    sync(); bw = buf.numel() * 5 / (time.perf_counter() - t0)  # bytes copied per second (each read and written)
+    bw = copy_bandwidth(dev)
     return nbytes / bw, bw
-
 
 if __name__ == "__main__":
     main()

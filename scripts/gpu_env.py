@@ -2,9 +2,13 @@
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 import transformers
+
+sys.path.append(str(Path(__file__).resolve().parent.parent / "bench"))
+from machine import copy_bandwidth  # noqa: E402
 
 
 def main(out: str) -> None:
@@ -13,14 +17,7 @@ def main(out: str) -> None:
     info = {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
             "memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if dev.type == "cuda" else None,
             "torch": torch.__version__, "transformers": transformers.__version__}
-    buf = torch.empty(512 * 2**20 if dev.type == "cuda" else 64 * 2**20, dtype=torch.uint8, device=dev)
-    dst = torch.empty_like(buf)
-    dst.copy_(buf)
-    sync(); t = time.perf_counter()
-    for _ in range(10):
-        dst.copy_(buf)
-    sync()
-    copied = buf.numel() * 10 / (time.perf_counter() - t)
+    copied = copy_bandwidth(dev, reps=10)
     info["copy_gb_per_s"] = round(copied / 1e9, 1)  # bytes copied per second: bench/sampler.py's floor divides by it
     info["memory_traffic_gb_per_s"] = round(2 * copied / 1e9, 1)  # each copied byte is read and written
     n = 8192 if dev.type == "cuda" else 1024

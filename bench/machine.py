@@ -1,0 +1,35 @@
+"""The machine's measured copy bandwidth, for the floors and the context of the benchmarks.
+
+A shared machine's speed varies from hour to hour: this project's 2-core CPU has measured 31 GB/s of copy
+bandwidth on one day and 10-12 GB/s on another, and a memory-bound side of a benchmark (decoding a few rows)
+slows more than a compute-bound one. A ratio measured side by side holds for the conditions of its run, so the
+benchmarks print the bandwidth they ran at beside it.
+
+    python3 bench/machine.py          # prints the copy bandwidth of the default device
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+def copy_bandwidth(dev: torch.device, reps: int = 5) -> float:
+    """Bytes copied per second from one device buffer to another (each byte read once and written once), on a
+    buffer larger than the caches: 512 MiB on a GPU, 256 MiB on a CPU."""
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    buf = torch.empty((512 if dev.type == "cuda" else 256) * 2**20, dtype=torch.uint8, device=dev)
+    out = torch.empty_like(buf)
+    out.copy_(buf)  # warm-up: first touch of the pages
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        out.copy_(buf)
+    sync()
+    return buf.numel() * reps / (time.perf_counter() - t0)
+
+
+if __name__ == "__main__":
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"machine: {name}; copy bandwidth {copy_bandwidth(dev) / 1e9:.1f} GB/s")
