@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import types
 import typing
@@ -89,6 +90,8 @@ def load_spec(spec: str | None, device: torch.device, dtype: torch.dtype):
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not (name == "cpu" or name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise ValueError(f"unknown --device {name!r}: use cpu, cuda, cuda:N or auto")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {name} asked for but CUDA is not available here: use --device cpu")
     return torch.device(name)
@@ -101,16 +104,41 @@ def write_json(path: Path, obj) -> None:
 
 
 # ---------------------------------------------------------------- commands
+EVAL_OUTPUTS = ("predictions.jsonl", "summary.json", "trees.jsonl", "tb", "predictions.jsonl.partial", "trees.jsonl.partial")
+
+
+def make_out_dir(out: Path) -> None:
+    """--out-dir as a directory (made if missing), checked before any slow work."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out-dir {out} is a file: pass a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out-dir {out} cannot be made ({e.strerror}): pass a writable directory") from None
+
+
+def clear_outputs(out: Path, outputs: tuple[str, ...]) -> None:
+    """Remove what an earlier run of the command left in `out` (once this run's inputs have loaded), so that no
+    old file sits beside the new ones and is taken for theirs."""
+    for name in outputs:
+        old = out / name
+        if old.is_dir():
+            shutil.rmtree(old)
+        elif old.exists():
+            old.unlink()
+
+
 def cmd_eval(cfg: EvalConfig) -> None:
     device = resolve_device(cfg.device)
     set_decode_mode(cfg.decode)
+    out = Path(cfg.out_dir)
+    make_out_dir(out)
     problems = load_gsm8k(cfg.split, cfg.gsm8k)
     problems = problems[: cfg.limit] if cfg.limit else problems
     shots = load_gsm8k("train", cfg.gsm8k)[: cfg.shots] if cfg.shots else []
     precision = resolve_precision(cfg.precision, device)
     model, tok = load_spec(cfg.model, device, weights_dtype(precision))
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    clear_outputs(out, EVAL_OUTPUTS)
     write_json(out / "config.json", dataclasses.asdict(cfg))
     partial = out / "predictions.jsonl.partial"
     trees = out / "trees.jsonl.partial" if cfg.search == "mcts" and cfg.mcts_when == "tree" else None

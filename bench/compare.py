@@ -105,7 +105,7 @@ def main() -> None:
     def add(strategy: str, budget: str, summary: dict) -> None:
         rows.append({"strategy": strategy, "budget": budget, **{k: summary[k] for k in (
             "accuracy_strict", "accuracy_lenient", "format_soft_rate", "generated_tokens_per_question",
-            "forward_tokens_per_answer", "seconds_per_answer", "seconds_per_generated_token")}})
+            "forward_tokens_per_question", "seconds_per_question", "seconds_per_generated_token")}})
         print(json.dumps(rows[-1]), flush=True)
 
     s, _ = evaluate(model, tok, problems, replace(base, search="greedy"), shots, progress=False)
@@ -131,8 +131,8 @@ def main() -> None:
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['strategy']} | {r['budget']} | {r['accuracy_strict']:.3f} | {r['accuracy_lenient']:.3f} | "
-                     f"{r['format_soft_rate']:.2f} | {r['generated_tokens_per_question']:.0f} | {r['forward_tokens_per_answer']:.0f} | "
-                     f"{r['seconds_per_answer']:.1f} |")
+                     f"{r['format_soft_rate']:.2f} | {r['generated_tokens_per_question']:.0f} | {r['forward_tokens_per_question']:.0f} | "
+                     f"{r['seconds_per_question']:.1f} |")
     (out / "compare.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(rows, a.limit, a.device, out)

@@ -63,7 +63,7 @@ class EvalConfig:
                                             "so a trained policy is evaluated on the prompts it learned on; 0: zero-shot)"})
     seed: int = field(default=0, metadata={"help": "random seed of the sampler"})
     gsm8k: str | None = field(default=None, metadata={"help": "GSM8K jsonl file or directory; default: $GSM8K_DIR, else the hub"})
-    out_dir: str = field(default="runs/eval", metadata={"help": "where predictions.jsonl, summary.json, config.json (and trees.jsonl for mcts) go"})
+    out_dir: str = field(default="runs/eval", metadata={"help": "where predictions.jsonl, summary.json, config.json (and trees.jsonl for mcts with --mcts-when tree) go; an earlier eval's outputs there are replaced"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto (cuda when available)"})
     decode: str = field(default="auto", metadata={"help": "sampling path: auto (static shapes and CUDA graphs on a GPU, "
                                                           "dynamic on a CPU), static, dynamic, or compiled (static with the decode step "
@@ -75,16 +75,23 @@ class EvalConfig:
         check_precision(self.precision)
         if self.search not in SEARCHES:
             raise ValueError(f"unknown --search {self.search!r}: use one of {', '.join(SEARCHES)}")
-        if self.n < 1 or self.batch_size < 1 or self.max_new_tokens < 1 or self.limit < 0 or self.shots < 0:
-            raise ValueError("--n, --batch-size and --max-new-tokens must be >= 1; --limit and --shots >= 0")
+        for name in ("n", "batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("limit", "shots", "top_k", "temperature", "c_puct"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
+        for name in ("format_weight", "fallback_p"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
         if self.search in ("greedy", "mcts") and self.n != 1:
             raise ValueError(f"--search {self.search} gives one answer per question: --n is for sample, majority, best-of-n")
-        if self.search == "mcts":
-            self.search_config()  # validates the tree-search flags
-            if self.mcts_when != "tree":
-                When.parse(self.mcts_when)
-            if not 0 <= self.fallback_p <= 1:
-                raise ValueError(f"--fallback-p must be in [0, 1], got {self.fallback_p}")
+        # the tree-search flags are checked whatever the search: a wrong value is a mistake even where unused
+        self.search_config()
+        if self.mcts_when != "tree":
+            When.parse(self.mcts_when)
 
     def search_config(self) -> SearchConfig:
         return SearchConfig(n_simulations=self.n_simulations, children=self.children, c_puct=self.c_puct, root=self.mcts_root, step=self.step,
@@ -136,9 +143,9 @@ def summarize(results: Sequence[QuestionResult], seconds: float) -> dict:
         "truncated_rate": sum(r.finish[i] == "length" for r, i in chosen) / n_c,
         "generated_tokens_per_question": gen / n_q,
         "generated_tokens_per_answer": sum(r.tokens[i] for r, i in chosen) / n_c,
-        "forward_tokens_per_answer": sum(r.forward_tokens for r in results) / n_q,  # model tokens per final answer
+        "forward_tokens_per_question": sum(r.forward_tokens for r in results) / n_q,  # tokens through the model
         "seconds": seconds,
-        "seconds_per_answer": seconds / n_q,  # one final answer per question
+        "seconds_per_question": seconds / n_q,
         "seconds_per_generated_token": seconds / max(gen, 1),
     }
     if any(len(r.completions) > 1 for r in results):

@@ -6,15 +6,21 @@ from pathlib import Path
 
 
 def load_trees(path: str | Path) -> list[dict]:
+    """The trees of a trees.jsonl (or of the one in an eval output directory)."""
     p = Path(path)
+    if p.is_dir() and (p / "trees.jsonl").is_file():
+        p = p / "trees.jsonl"
     if not p.is_file():
         raise ValueError(f"tree file {p} not found: run `run.py eval --search mcts` first (it writes OUT_DIR/trees.jsonl)")
     out = []
     for n, line in enumerate(p.read_text().splitlines(), 1):
         try:
-            out.append(json.loads(line))
+            tree = json.loads(line)
         except json.JSONDecodeError:
             raise ValueError(f"{p}:{n}: not a JSON tree line") from None
+        if not (isinstance(tree, dict) and {"nodes", "question", "answer"} <= tree.keys()):
+            raise ValueError(f"{p}:{n}: not a search tree (no nodes): pass the trees.jsonl that `run.py eval --search mcts` writes")
+        out.append(tree)
     return out
 
 

@@ -38,6 +38,8 @@ class SearchConfig:
             raise ValueError(f"unknown step {self.step!r}: use newline or tokens:N (N >= 1)")
         if self.n_simulations < 1 or self.children < 1 or self.rollout_depth < 0 or self.step_tokens < 1:
             raise ValueError("n_simulations, children and step_tokens must be >= 1, rollout_depth >= 0")
+        if self.c_puct < 0 or not 0 <= self.format_weight <= 1:
+            raise ValueError(f"c_puct must be >= 0 (got {self.c_puct}) and format_weight in [0, 1] (got {self.format_weight})")
 
     @property
     def step_len(self) -> int:

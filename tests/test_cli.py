@@ -47,7 +47,7 @@ def test_eval_greedy_writes_predictions_and_summary(tiny_ckpt, tmp_path, monkeyp
     assert all(1 <= r["tokens"][0] <= 6 for r in rows)
     summary = json.loads((out / "summary.json").read_text())
     for key in ("accuracy_strict", "accuracy_lenient", "format_strict_rate", "format_soft_rate", "generated_tokens_per_answer",
-                "generated_tokens_per_question", "forward_tokens_per_answer", "seconds_per_answer", "seconds_per_generated_token"):
+                "generated_tokens_per_question", "forward_tokens_per_question", "seconds_per_question", "seconds_per_generated_token"):
         assert key in summary
     assert summary["questions"] == 3 and json.loads((out / "config.json").read_text())["limit"] == 3
     assert not (out / "predictions.jsonl.partial").exists()
@@ -74,6 +74,14 @@ def test_majority_vote():
     (["eval", "--search", "mcts", "--mcts-when", "often"], "--mcts-when"),
     (["eval", "--model", "./nowhere", "--limit", "1"], "does not exist"),
     (["eval", "--device", "cuda:0"], None),
+    (["eval", "--device", "tpu"], "unknown --device 'tpu': use cpu, cuda, cuda:N or auto"),
+    (["eval", "--search", "mcts", "--format-weight", "2"], "--format-weight must be in [0, 1], got 2.0"),
+    (["eval", "--search", "mcts", "--c-puct", "-1"], "--c-puct must be >= 0"),
+    (["eval", "--search", "sample", "--n", "2", "--top-k", "-1"], "--top-k must be >= 0"),
+    (["eval", "--temperature", "-1"], "--temperature must be >= 0"),
+    (["eval", "--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["eval", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["eval", "--step", "tokens:0"], "unknown step"),  # an mcts flag, wrong even where greedy does not use it
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, why, monkeypatch, capsys):
     import torch
@@ -87,6 +95,38 @@ def test_bad_input_is_one_line_and_exit_2(argv, why, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and why in err and "\n" not in err
 
+
+
+def test_eval_out_dir_is_checked_before_loading_and_old_outputs_are_replaced(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    """An --out-dir that is a file fails in one line before the model loads; an earlier eval's outputs in the
+    directory (trees and TensorBoard events of an mcts run) do not survive a greedy run beside its new files."""
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    (tmp_path / "afile").write_text("x")
+    real_load = run.load_spec
+    monkeypatch.setattr(run, "load_spec", lambda *a: pytest.fail("the model loaded before --out-dir was checked"))
+    assert run.main(["eval", "--out-dir", str(tmp_path / "afile"), "--limit", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a file: pass a directory" in err
+    monkeypatch.setattr(run, "load_spec", real_load)
+    out = tmp_path / "ev"
+    common = ["--model", tiny_ckpt, "--limit", "1", "--max-new-tokens", "4", "--device", "cpu", "--out-dir", str(out)]
+    assert run.main(["eval", "--search", "mcts", "--n-simulations", "1", "--children", "2", "--step", "tokens:2"] + common) == 0
+    assert (out / "trees.jsonl").is_file() and (out / "tb").is_dir()
+    assert run.main(["eval"] + common) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "predictions.jsonl", "summary.json"]
+    assert json.loads((out / "config.json").read_text())["search"] == "greedy"
+
+
+def test_inspect_tree_refuses_a_file_that_holds_no_trees_and_reads_an_eval_directory(tmp_path, capsys):
+    (tmp_path / "predictions.jsonl").write_text(json.dumps({"index": 0, "completions": ["x"]}) + "\n")
+    assert run.main(["inspect-tree", str(tmp_path / "predictions.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a search tree" in err
+    tree = {"index": 3, "question": "q?", "gold": "1", "answer": "1",
+            "nodes": [{"id": 0, "parent": -1, "visits": 1, "value": 0.5, "prior": 1.0, "text": "", "answer": None, "terminal": False}]}
+    (tmp_path / "trees.jsonl").write_text(json.dumps(tree) + "\n")
+    assert run.main(["inspect-tree", str(tmp_path)]) == 0
+    assert "Q3: q?" in capsys.readouterr().out
 
 def test_cli_runs_as_a_script(tiny_ckpt, tmp_path):
     env = {"GSM8K_DIR": gsm8k_dir(), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
