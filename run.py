@@ -30,7 +30,7 @@ import torch
 
 from data import DataError, encode_prompts, load_gsm8k, parse_strict
 from grpo import distributed as D
-from grpo.checkpointing import model_of_run
+from grpo.checkpointing import checkpoint_dirs, model_of_run
 from grpo.config import TrainConfig, apply_preset, resumed_config
 from grpo.evaluate import EvalConfig, evaluate
 from grpo.trainer import Trainer, TrainingError
@@ -88,10 +88,8 @@ def load_spec(spec: str | None, device: torch.device, dtype: torch.dtype):
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
+    if D.check_device(name) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not (name == "cpu" or name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
-        raise ValueError(f"unknown --device {name!r}: use cpu, cuda, cuda:N or auto")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {name} asked for but CUDA is not available here: use --device cpu")
     return torch.device(name)
@@ -166,13 +164,21 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
         run_dir = Path(cfg.resume)
         if not (run_dir / "config.json").is_file():
             raise ValueError(f"--resume {run_dir}: no config.json there, so it is not a run directory of `run.py train`")
+        if not checkpoint_dirs(run_dir):
+            raise ValueError(f"--resume {run_dir}: the run stopped before its first checkpoint, so there is nothing to "
+                             f"resume: start it again in another --out-dir (or delete {run_dir})")
         saved = json.loads((run_dir / "config.json").read_text())
         legacy = "precision" not in saved  # a run from before --precision: bf16 autocast on a GPU, float32 on a CPU
+        if "precision" in given:  # 'auto' is recorded as what it resolved to: compare like with like
+            cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, resolve_device(cfg.device)))
         cfg, changed = resumed_config(saved, cfg, set(given), str(run_dir))
     else:
         run_dir, legacy, changed = Path(cfg.out_dir), False, {}
-        if (run_dir / "checkpoints").exists() or (run_dir / "metrics.jsonl").exists():
+        if checkpoint_dirs(run_dir):
             raise ValueError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pass another --out-dir")
+        if (run_dir / "checkpoints").exists() or (run_dir / "metrics.jsonl").exists():
+            raise ValueError(f"{run_dir} holds a run that stopped before its first checkpoint (nothing to resume): pass "
+                             f"another --out-dir, or delete {run_dir} to use it again")
     d, device = D.init_from_env(cfg.device)
     set_decode_mode(cfg.decode)
     try:
@@ -192,6 +198,12 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
                   + "".join(f"; --{k.replace('_', '-')} {new} (was {old})" for k, (old, new) in changed.items()))
         if d.main and (changed or not cfg.resume):  # what the run is now, for the next resume
             write_json(run_dir / "config.json", dataclasses.asdict(cfg))
+        if cfg.resume and (trainer.step >= cfg.steps or (cfg.token_budget and trainer.generated_total >= cfg.token_budget)):
+            if d.main:
+                print(f"{run_dir} has finished (step {trainer.step} of {cfg.steps}"
+                      + (f", token budget {cfg.token_budget} spent" if trainer.step < cfg.steps else "")
+                      + f"): nothing to train; its model is {run_dir / 'final_hf'}")
+            return {}
         if d.main:
             print("config: " + json.dumps(dataclasses.asdict(cfg)))
             trainer.log.text("config", "```\n" + json.dumps(dataclasses.asdict(cfg), indent=2) + "\n```", trainer.step)
@@ -281,6 +293,11 @@ def main(argv=None) -> int:
     except (ModelSpecError, DataError, ValueError, FileNotFoundError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: checkpoints and outputs are written atomically, so nothing is half-written
+        run_dir = getattr(args, "resume", None) or getattr(args, "out_dir", None)
+        hint = f": `run.py train --resume {run_dir}` continues from its last checkpoint" if fn is cmd_train else ""
+        print(f"interrupted{hint}", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -14,7 +14,7 @@ class TrainConfig:
     model: str | None = field(default=None, metadata={"help": "policy to start from: hub id, HF dir, .gguf file, checkpoint dir or training run dir; default: the embedded SmolLM2-135M-Instruct"})
     gsm8k: str | None = field(default=None, metadata={"help": "GSM8K jsonl file or directory; default: $GSM8K_DIR, else the hub"})
     out_dir: str = field(default="runs/train", metadata={"help": "run directory: config, logs, TensorBoard events, checkpoints, final export"})
-    resume: str | None = field(default=None, metadata={"help": "continue the run in this directory from its last checkpoint, with its saved config; only flags that do not change the training itself may be given beside it (RESUME_MAY_CHANGE: time and token limits, evaluation, checkpointing, logging, device)"})
+    resume: str | None = field(default=None, metadata={"help": "continue the run in this directory from its last checkpoint, with its saved config; only flags that do not change the training itself may be given beside it (RESUME_MAY_CHANGE: time and token limits, evaluation, checkpointing, logging, device, where GSM8K is read from)"})
     preset: str = field(default="", metadata={"help": "'smoke': a tiny run (< 2 min on a 2-core CPU) for a first look and CI; flags you give override it"})
     steps: int = field(default=500, metadata={"help": "optimizer steps (each on prompts_per_step x group_size completions)"})
     max_minutes: float = field(default=0.0, metadata={"help": "also stop after this many minutes of training (0: no limit); the final evaluation and export still run"})
@@ -48,7 +48,7 @@ class TrainConfig:
     micro_batch: int = field(default=8, metadata={"help": "completions per forward/backward (independent of group_size)"})
     old_logprobs: str = field(default="auto", metadata={"help": "old log-probs: 'sampler' (free, from sampling), 'recompute' (one more forward pass) or 'auto' (sampler in float32, recompute in bf16, where sampling and training kernels round differently)"})
     lr: float = field(default=1e-6, metadata={"help": "peak learning rate (AdamW)"})
-    warmup_steps: int = field(default=10, metadata={"help": "linear warm-up steps, then cosine decay to 0"})
+    warmup_steps: int = field(default=10, metadata={"help": "linear warm-up steps, then cosine decay, reaching 0 after the last step"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
     adam_beta2: float = field(default=0.99, metadata={"help": "AdamW beta2"})
@@ -89,19 +89,28 @@ class TrainConfig:
             raise ValueError(f"unknown --tree-advantage {self.tree_advantage!r}: use outcome, step or mix")
         if self.preset and self.preset not in PRESETS:
             raise ValueError(f"unknown --preset {self.preset!r}: use one of {', '.join(PRESETS)}")
-        for name in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "mu", "micro_batch", "save_every", "keep_checkpoints", "max_bad_steps"):
+        if self.group_size < 2:
+            raise ValueError(f"--group-size must be >= 2, got {self.group_size}: GRPO's advantage compares completions of one prompt")
+        for name in ("steps", "prompts_per_step", "max_new_tokens", "mu", "micro_batch", "save_every", "keep_checkpoints",
+                     "max_bad_steps", "logprob_chunk", "eval_limit", "eval_batch_size", "mcts_children", "mcts_step_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.group_size < 2:
-            raise ValueError("--group-size must be >= 2: GRPO's advantage compares completions of one prompt")
+        for name in ("max_minutes", "token_budget", "shots", "beta", "eps_low", "eps_high", "mcts_simulations", "mcts_c_puct",
+                     "warmup_steps", "log_samples", "eval_every", "weight_decay", "max_grad_norm", "lr", "tree_advantage_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ValueError(f"--temperature must be > 0, got {self.temperature}: GRPO compares different samples of a prompt")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
 
 
 # What may differ from a run's config.json when it is resumed: when it stops, how it is evaluated, saved and
-# logged, and where it runs; none of them changes a training step. Everything else (learning rate and its schedule
+# logged, where it runs and where it reads GSM8K from; none of them changes a training step. Everything else (learning rate and its schedule
 # over --steps, batch, group, loss, sampling, seed, ...) is the run itself: changing it mid-run would make the run
 # neither the one its config.json describes nor one that could be reproduced.
 RESUME_MAY_CHANGE = ("max_minutes", "token_budget", "eval_every", "eval_limit", "eval_at_start", "eval_batch_size",
-                     "log_samples", "save_every", "keep_checkpoints", "device")
+                     "log_samples", "save_every", "keep_checkpoints", "device", "gsm8k")
 
 
 def resumed_config(saved: dict, cfg: "TrainConfig", given: set[str], run_dir: str) -> tuple["TrainConfig", dict]:

@@ -29,13 +29,20 @@ class Dist:
         return self.group
 
 
+def check_device(name: str) -> str:
+    """A --device value: cpu, cuda, cuda:N or auto (a one-line error otherwise, before anything loads)."""
+    if not (name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise ValueError(f"unknown --device {name!r}: use cpu, cuda, cuda:N or auto")
+    return name
+
+
 def init_from_env(device_pref: str = "auto") -> tuple[Dist, torch.device]:
     """Under torchrun (RANK/WORLD_SIZE set): join the process group, NCCL on CUDA, gloo on CPU. One process under
     torchrun still forms a group, so `torchrun --nproc_per_node 1` checks that NCCL initialises and trains."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_pref == "auto":
+    if check_device(device_pref) == "auto":
         device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(device_pref)

@@ -82,6 +82,15 @@ def test_majority_vote():
     (["eval", "--top-p", "0"], "--top-p must be in (0, 1]"),
     (["eval", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
     (["eval", "--step", "tokens:0"], "unknown step"),  # an mcts flag, wrong even where greedy does not use it
+    (["train", "--device", "gpu"], "unknown --device 'gpu'"),
+    (["train", "--shots", "-1"], "--shots must be >= 0, got -1"),
+    (["train", "--token-budget", "-3"], "--token-budget must be >= 0, got -3"),
+    (["train", "--logprob-chunk", "0"], "--logprob-chunk must be >= 1, got 0"),
+    (["train", "--eval-limit", "0"], "--eval-limit must be >= 1, got 0"),
+    (["train", "--beta", "-1"], "--beta must be >= 0"),
+    (["train", "--temperature", "0"], "--temperature must be > 0"),
+    (["train", "--group-size", "0"], "--group-size must be >= 2, got 0"),
+    (["train", "--mcts-children", "0"], "--mcts-children must be >= 1, got 0"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, why, monkeypatch, capsys):
     import torch
@@ -127,6 +136,38 @@ def test_inspect_tree_refuses_a_file_that_holds_no_trees_and_reads_an_eval_direc
     (tmp_path / "trees.jsonl").write_text(json.dumps(tree) + "\n")
     assert run.main(["inspect-tree", str(tmp_path)]) == 0
     assert "Q3: q?" in capsys.readouterr().out
+
+
+def test_train_run_dirs_that_cannot_go_on_say_so_and_a_finished_one_is_left_alone(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    """A run stopped before its first checkpoint is not offered --resume (which could not take it); resuming a
+    finished run trains nothing and says where its model is; 'auto' and the data path beside --resume are no
+    change; Ctrl-C is one line that says how to continue."""
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    early = tmp_path / "early"
+    early.mkdir()
+    (early / "config.json").write_text("{}")
+    (early / "metrics.jsonl").write_text('{"step": 1}\n')
+    capsys.readouterr()
+    assert run.main(["train", "--out-dir", str(early)]) == 2
+    assert "stopped before its first checkpoint (nothing to resume)" in capsys.readouterr().err
+    assert run.main(["train", "--resume", str(early)]) == 2
+    assert "stopped before its first checkpoint, so there is nothing to resume" in capsys.readouterr().err
+    out = tmp_path / "run"
+    assert run.main(["train", "--model", tiny_ckpt, "--preset", "smoke", "--steps", "1", "--max-new-tokens", "4",
+                     "--eval-every", "0", "--out-dir", str(out), "--device", "cpu"]) == 0
+    final = (out / "final_hf" / "model.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert run.main(["train", "--resume", str(out), "--precision", "auto", "--gsm8k", gsm8k_dir()]) == 0
+    assert f"has finished (step 1 of 1): nothing to train; its model is {out / 'final_hf'}" in capsys.readouterr().out
+    assert (out / "final_hf" / "model.safetensors").stat().st_mtime_ns == final
+    assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+
+    def ctrl_c(*a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "load_spec", ctrl_c)
+    assert run.main(["train", "--out-dir", str(tmp_path / "new"), "--device", "cpu"]) == 130
+    assert capsys.readouterr().err == f"interrupted: `run.py train --resume {tmp_path / 'new'}` continues from its last checkpoint\n"
 
 def test_cli_runs_as_a_script(tiny_ckpt, tmp_path):
     env = {"GSM8K_DIR": gsm8k_dir(), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
