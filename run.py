@@ -132,6 +132,8 @@ def cmd_eval(cfg: EvalConfig) -> None:
     out = Path(cfg.out_dir)
     make_out_dir(out)
     problems = load_gsm8k(cfg.split, cfg.gsm8k)
+    if cfg.split == "train":  # the first `shots` train questions are every prompt's worked examples: not scored
+        problems = problems[cfg.shots :]
     problems = problems[: cfg.limit] if cfg.limit else problems
     shots = load_gsm8k("train", cfg.gsm8k)[: cfg.shots] if cfg.shots else []
     precision = resolve_precision(cfg.precision, device)

@@ -38,7 +38,7 @@ SEARCHES = ("greedy", "sample", "majority", "best-of-n", "mcts")
 @dataclass
 class EvalConfig:
     model: str | None = field(default=None, metadata={"help": "model spec: hub id, HF dir, .gguf file, checkpoint dir or training run dir; default: the embedded SmolLM2-135M-Instruct"})
-    split: str = field(default="test", metadata={"help": "GSM8K split: test or train"})
+    split: str = field(default="test", metadata={"help": "GSM8K split: test or train (train: after the --shots questions that serve as the prompt's examples)"})
     limit: int = field(default=0, metadata={"help": "evaluate the first N questions only (0: all)"})
     search: str = field(default="greedy", metadata={"help": f"decoding strategy: {' | '.join(SEARCHES)}"})
     n: int = field(default=1, metadata={"help": "answers sampled per question (sample, majority, best-of-n)"})

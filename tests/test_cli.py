@@ -51,6 +51,10 @@ def test_eval_greedy_writes_predictions_and_summary(tiny_ckpt, tmp_path, monkeyp
         assert key in summary
     assert summary["questions"] == 3 and json.loads((out / "config.json").read_text())["limit"] == 3
     assert not (out / "predictions.jsonl.partial").exists()
+    # on the train split the prompt's worked examples (its first --shots questions) are not scored
+    assert run.main(["eval", "--model", tiny_ckpt, "--split", "train", "--shots", "2", "--limit", "1", "--max-new-tokens", "2",
+                     "--out-dir", str(out), "--device", "cpu"]) == 0
+    assert [json.loads(l)["index"] for l in (out / "predictions.jsonl").read_text().splitlines()] == [2]
 
 
 def test_eval_sample_reports_pass_and_majority(tiny_ckpt, tmp_path, monkeypatch):
