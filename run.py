@@ -296,8 +296,11 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: checkpoints and outputs are written atomically, so nothing is half-written
-        run_dir = getattr(args, "resume", None) or getattr(args, "out_dir", None)
-        hint = f": `run.py train --resume {run_dir}` continues from its last checkpoint" if fn is cmd_train else ""
+        hint = ""
+        if fn is cmd_train:
+            run_dir = Path(args.resume or args.out_dir)
+            hint = (f": `run.py train --resume {run_dir}` continues from its last checkpoint" if checkpoint_dirs(run_dir)
+                    else ": no checkpoint was written yet, so there is nothing to resume")
         print(f"interrupted{hint}", file=sys.stderr)
         return 130
     return 0

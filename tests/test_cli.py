@@ -170,8 +170,10 @@ def test_train_run_dirs_that_cannot_go_on_say_so_and_a_finished_one_is_left_alon
         raise KeyboardInterrupt
 
     monkeypatch.setattr(run, "load_spec", ctrl_c)
+    assert run.main(["train", "--resume", str(out), "--token-budget", "0"]) == 130
+    assert capsys.readouterr().err == f"interrupted: `run.py train --resume {out}` continues from its last checkpoint\n"
     assert run.main(["train", "--out-dir", str(tmp_path / "new"), "--device", "cpu"]) == 130
-    assert capsys.readouterr().err == f"interrupted: `run.py train --resume {tmp_path / 'new'}` continues from its last checkpoint\n"
+    assert capsys.readouterr().err == "interrupted: no checkpoint was written yet, so there is nothing to resume\n"
 
 def test_cli_runs_as_a_script(tiny_ckpt, tmp_path):
     env = {"GSM8K_DIR": gsm8k_dir(), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
