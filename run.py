@@ -228,7 +228,9 @@ class SampleConfig:
     shots: int = field(default=2, metadata={"help": "k-shot examples from the train split in each prompt (as train and eval)"})
     split: str = field(default="test", metadata={"help": "GSM8K split"})
     temperature: float = field(default=0.7, metadata={"help": "0 for greedy"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass"})
     max_new_tokens: int = field(default=256, metadata={"help": "generated tokens per answer at most"})
+    stop: str = field(default="</answer>", metadata={"help": "stop an answer once its text contains this string ('' for EOS only)"})
     seed: int = field(default=0, metadata={"help": "random seed of the sampler"})
     gsm8k: str | None = field(default=None, metadata={"help": "GSM8K jsonl file or directory; default: $GSM8K_DIR, else the hub"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto"})
@@ -236,20 +238,30 @@ class SampleConfig:
 
     def __post_init__(self):
         check_precision(self.precision)
+        D.check_device(self.device)
+        for name in ("questions", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("shots", "temperature"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
 
 
 def cmd_sample(cfg: SampleConfig) -> None:
     from data import StopOnText, stop_token_ids
 
-    problems = load_gsm8k(cfg.split, cfg.gsm8k)[: cfg.questions]
+    problems = load_gsm8k(cfg.split, cfg.gsm8k)
+    problems = problems[cfg.shots if cfg.split == "train" else 0 :][: cfg.questions]  # (train: not the prompt's examples)
     device = resolve_device(cfg.device)
     model, tok = load_spec(cfg.model, device, weights_dtype(resolve_precision(cfg.precision, device)))
-    scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+    scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                           eos_ids=stop_token_ids(tok, model.cfg.eos_token_ids))
     gen = torch.Generator(device=model.device).manual_seed(cfg.seed)
     shots = load_gsm8k("train", cfg.gsm8k)[: cfg.shots] if cfg.shots else []
     res = generate(model, encode_prompts(tok, [p.question for p in problems], shots), scfg, gen,
-                   stop=StopOnText(tok, ["</answer>"]), pad_id=tok.pad_token_id)
+                   stop=StopOnText(tok, [cfg.stop]) if cfg.stop else None, pad_id=tok.pad_token_id)
     for i, p in enumerate(problems):
         text = tok.decode(res.row(i), skip_special_tokens=True)
         print(f"=== Q{p.index}: {p.question}\n--- completion ({int(res.lengths[i])} tokens, {res.finish[i]}):\n{text}\n"
