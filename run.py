@@ -31,7 +31,7 @@ import torch
 from data import DataError, encode_prompts, load_gsm8k, parse_strict
 from grpo import distributed as D
 from grpo.checkpointing import checkpoint_dirs, model_of_run
-from grpo.config import TrainConfig, apply_preset, resumed_config
+from grpo.config import TrainConfig, apply_preset, check_ranges, check_top_p, resumed_config
 from grpo.evaluate import EvalConfig, evaluate
 from grpo.trainer import Trainer, TrainingError
 from mcts.inspect import load_trees, render, tree_stats
@@ -239,14 +239,8 @@ class SampleConfig:
     def __post_init__(self):
         check_precision(self.precision)
         D.check_device(self.device)
-        for name in ("questions", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("shots", "temperature"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
+        check_ranges(self, at_least_1=("questions", "max_new_tokens"), at_least_0=("shots", "temperature"))
+        check_top_p(self.top_p)
 
 
 def cmd_sample(cfg: SampleConfig) -> None:

@@ -81,8 +81,6 @@ class TrainConfig:
             raise ValueError(f"unknown --old-logprobs {self.old_logprobs!r}: use auto, sampler or recompute")
         if self.rollouts not in ("plain", "mcts"):
             raise ValueError(f"unknown --rollouts {self.rollouts!r}: use plain or mcts")
-        if not 0 <= self.mcts_prob <= 1:
-            raise ValueError(f"--mcts-prob must be in [0, 1], got {self.mcts_prob}")
         if self.mcts_root not in ("puct", "gumbel"):
             raise ValueError(f"unknown --mcts-root {self.mcts_root!r}: use puct or gumbel")
         if self.tree_advantage not in ("outcome", "step", "mix"):
@@ -91,18 +89,35 @@ class TrainConfig:
             raise ValueError(f"unknown --preset {self.preset!r}: use one of {', '.join(PRESETS)}")
         if self.group_size < 2:
             raise ValueError(f"--group-size must be >= 2, got {self.group_size}: GRPO's advantage compares completions of one prompt")
-        for name in ("steps", "prompts_per_step", "max_new_tokens", "mu", "micro_batch", "save_every", "keep_checkpoints",
-                     "max_bad_steps", "logprob_chunk", "eval_limit", "eval_batch_size", "mcts_children", "mcts_step_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_minutes", "token_budget", "shots", "beta", "eps_low", "eps_high", "mcts_simulations", "mcts_c_puct",
-                     "warmup_steps", "log_samples", "eval_every", "weight_decay", "max_grad_norm", "lr", "tree_advantage_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        check_ranges(self, at_least_1=("steps", "prompts_per_step", "max_new_tokens", "mu", "micro_batch", "save_every",
+                                        "keep_checkpoints", "max_bad_steps", "logprob_chunk", "eval_limit",
+                                        "eval_batch_size", "mcts_children", "mcts_step_tokens"),
+                     at_least_0=("max_minutes", "token_budget", "shots", "beta", "eps_low", "eps_high", "mcts_simulations",
+                                 "mcts_c_puct", "warmup_steps", "log_samples", "eval_every", "weight_decay",
+                                 "max_grad_norm", "lr", "tree_advantage_weight"),
+                     in_0_1=("mcts_prob",))
         if self.temperature <= 0:
             raise ValueError(f"--temperature must be > 0, got {self.temperature}: GRPO compares different samples of a prompt")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
+        check_top_p(self.top_p)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_ranges(cfg, at_least_1=(), at_least_0=(), in_0_1=()) -> None:
+    """Range checks of a command's config fields, each failing with one line that names the flag (train, eval and
+    sample share them so that one mistake reads the same in every command)."""
+    for names, ok, rule in ((at_least_1, lambda v: v >= 1, "be >= 1"), (at_least_0, lambda v: v >= 0, "be >= 0"),
+                            (in_0_1, lambda v: 0 <= v <= 1, "be in [0, 1]")):
+        for name in names:
+            if not ok(getattr(cfg, name)):
+                raise ValueError(f"{_flag(name)} must {rule}, got {getattr(cfg, name)}")
+
+
+def check_top_p(top_p: float) -> None:
+    if not 0 < top_p <= 1:
+        raise ValueError(f"--top-p must be in (0, 1], got {top_p}")
 
 
 # What may differ from a run's config.json when it is resumed: when it stops, how it is evaluated, saved and

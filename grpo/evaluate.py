@@ -30,6 +30,7 @@ from model_io import SamplingConfig, Transformer, generate
 from model_io.precision import check_precision, precision_field
 from model_io.sampler import check_decode_mode
 
+from .config import check_ranges, check_top_p
 from .rewards import soft_format_reward_func, strict_format_reward_func
 
 SEARCHES = ("greedy", "sample", "majority", "best-of-n", "mcts")
@@ -75,17 +76,9 @@ class EvalConfig:
         check_precision(self.precision)
         if self.search not in SEARCHES:
             raise ValueError(f"unknown --search {self.search!r}: use one of {', '.join(SEARCHES)}")
-        for name in ("n", "batch_size", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("limit", "shots", "top_k", "temperature", "c_puct"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
-        for name in ("format_weight", "fallback_p"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
+        check_ranges(self, at_least_1=("n", "batch_size", "max_new_tokens"),
+                     at_least_0=("limit", "shots", "top_k", "temperature", "c_puct"), in_0_1=("format_weight", "fallback_p"))
+        check_top_p(self.top_p)
         if self.search in ("greedy", "mcts") and self.n != 1:
             raise ValueError(f"--search {self.search} gives one answer per question: --n is for sample, majority, best-of-n")
         # the tree-search flags are checked whatever the search: a wrong value is a mistake even where unused
