@@ -48,7 +48,7 @@ class TrainConfig:
     micro_batch: int = field(default=8, metadata={"help": "completions per forward/backward (independent of group_size)"})
     old_logprobs: str = field(default="auto", metadata={"help": "old log-probs: 'sampler' (free, from sampling), 'recompute' (one more forward pass) or 'auto' (sampler in float32, recompute in bf16, where sampling and training kernels round differently)"})
     lr: float = field(default=1e-6, metadata={"help": "peak learning rate (AdamW)"})
-    warmup_steps: int = field(default=10, metadata={"help": "linear warm-up steps, then cosine decay, reaching 0 after the last step"})
+    warmup_steps: int = field(default=10, metadata={"help": "linear warm-up steps (step i < W runs at (i+1)/(W+1) of --lr, so no step is wasted at 0), then cosine decay from --lr, reaching 0 after the last step"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
     adam_beta2: float = field(default=0.99, metadata={"help": "AdamW beta2"})

@@ -7,7 +7,7 @@ from helpers import make_trainer, tiny_hf_model, use_row_keys
 
 from grpo.checkpointing import checkpoint_dirs
 from grpo.rewards import RewardSet
-from grpo.trainer import TrainingError
+from grpo.trainer import TrainingError, warmup_cosine
 from model_io.convert import from_hf_model
 from model_io.sampler import decode_mode
 
@@ -240,3 +240,12 @@ def test_compiled_decoding_trains_like_the_eager_static_step(tmp_path):
     # float rounding of the sampler's log-probs (old log-probs), amplified by Adam, not a different trajectory:
     # measured 5.7e-5 apart after updates of 6e-3
     assert apart < 0.05 * moved, (apart, moved)
+
+
+def test_learning_rate_schedule_by_hand():
+    # warm-up 2 of 6 steps: steps 0, 1 at 1/3, 2/3 of the peak (none at 0), then cosine over the 4 steps left,
+    # 0.5 * (1 + cos(pi * progress)) with progress 0, 1/4, 1/2, 3/4; 0 once all 6 are done
+    f = warmup_cosine(2, 6)
+    expected = [1 / 3, 2 / 3, 1.0, 0.8535534, 0.5, 0.1464466, 0.0]
+    assert [f(s) for s in range(7)] == pytest.approx(expected, abs=1e-7)
+    assert warmup_cosine(0, 4)(0) == 1.0  # no warm-up: the first step at the peak
