@@ -20,9 +20,11 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # bench/, last (bench/mcts.py must not hide mcts)
 
 import torch  # noqa: E402
 
+from cli import check_args, check_device, user_errors  # noqa: E402
 from data import encode_prompts, load_gsm8k, stop_token_ids  # noqa: E402
 from model_io import SamplingConfig, generate, load  # noqa: E402
 
@@ -87,12 +89,15 @@ def main(argv=None) -> int:
     ap.add_argument("--static", action="store_true", default=None,
                     help="force the static decode path (default: static on CUDA, dynamic on CPU)")
     args = ap.parse_args(argv)
+    check_args(ap, args, at_least_1=("batch", "tokens", "max_new_tokens"))
+    args.device = check_device(ap, args.device)
     if args.tokens > args.max_new_tokens:
         ap.error(f"--tokens {args.tokens} exceeds --max-new-tokens {args.max_new_tokens}; raise --max-new-tokens")
 
-    ref_model, tok = load(args.model, device="cpu", dtype=torch.float32)
-    test_model, _ = load(args.model, device=args.device, dtype=getattr(torch, args.dtype) if args.dtype else None)
-    problems = load_gsm8k("test", args.gsm8k)[: args.batch]
+    with user_errors(ap):
+        problems = load_gsm8k("test", args.gsm8k)[: args.batch]  # first: a wrong --gsm8k costs no model load
+        ref_model, tok = load(args.model, device="cpu", dtype=torch.float32)
+        test_model, _ = load(args.model, device=args.device, dtype=getattr(torch, args.dtype) if args.dtype else None)
     prompts = encode_prompts(tok, [p.question for p in problems])
     cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=0.0,
                          eos_ids=stop_token_ids(tok, ref_model.cfg.eos_token_ids))

@@ -17,9 +17,11 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # bench/, last (bench/mcts.py must not hide mcts)
 
 import torch  # noqa: E402
 
+from cli import check_args, check_device, user_errors  # noqa: E402
 from model_io import load, prefill  # noqa: E402
 from model_io.static_decode import StaticStep  # noqa: E402
 
@@ -72,8 +74,11 @@ def main(argv=None) -> None:
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="weights' dtype (default: bfloat16)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: cuda if available, else cpu")
     args = ap.parse_args(argv)
+    check_args(ap, args, at_least_1=("batch",))
+    args.device = check_device(ap, args.device)
 
-    model, tok = load(args.model, device=args.device, dtype=getattr(torch, args.dtype))
+    with user_errors(ap):
+        model, tok = load(args.model, device=args.device, dtype=getattr(torch, args.dtype))
     prompts = [tok("What is 2 + 3?", add_special_tokens=False)["input_ids"]] * args.batch
     counts = {}
     for name, compiled in (("eager", False), ("compiled", True)):

@@ -53,6 +53,8 @@ def run_sides(script: str, sides, args: list[str]) -> dict:
         p = subprocess.run([sys.executable, script, "--side", side] + args, capture_output=True, text=True,
                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
         line = next((l for l in p.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if p.returncode == 2 and p.stderr.strip():  # the side refused its input (argparse): its one line is the news
+            sys.exit(f"{side}: {p.stderr.strip().splitlines()[-1]}")
         if p.returncode or line is None:
             sys.exit(f"{side} failed:\n{p.stderr[-4000:]}")
         res[side] = json.loads(line[7:])
@@ -139,7 +141,7 @@ def run_trl(a) -> dict:
     return {"step_seconds": times[a.warmup:], "mean_completion_length": lengths[a.warmup:]}
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=2, help="B: prompts per step (default: 2)")
     ap.add_argument("--group", type=int, default=4, help="G: completions per prompt (default: 4)")
@@ -156,19 +158,31 @@ def main() -> None:
     ap.add_argument("--nondeterministic", action="store_true", help="ours without deterministic kernels (default: off, as training runs)")
     ap.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--hf-dir", help=argparse.SUPPRESS)
-    a = ap.parse_args()
-    if (a.prompts * a.group) % a.micro_batch:
-        ap.error("prompts x group must be a multiple of --micro-batch (TRL's gradient accumulation needs it)")
-    if a.side:
+    a = ap.parse_args(argv)
+    if a.side:  # (flags checked by the parent; the TRL side imports nothing of ours it does not need)
         out = run_ours(a) if a.side == "ours" else run_trl(a)
         out["peak_rss_mb"] = peak_rss_mb()
         print("RESULT " + json.dumps(out))
         return
+    from cli import check_args, user_errors
+
+    check_args(ap, a, at_least_1=("prompts", "group", "max_new_tokens", "micro_batch", "steps"),
+               at_least_0=("beta", "lr", "warmup"))
+    if (a.prompts * a.group) % a.micro_batch:
+        ap.error("prompts x group must be a multiple of --micro-batch (TRL's gradient accumulation needs it)")
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        ap.error("TRL is not installed: pip install -r bench/requirements.txt")
 
     import torch
     from machine import copy_bandwidth
 
+    from data import load_gsm8k
     from model_io import export_hf, load
+
+    with user_errors(ap):  # a wrong --gsm8k is found before the export and the two sides' model loads
+        load_gsm8k("train", a.gsm8k)
 
     bw_before = copy_bandwidth(torch.device("cpu"))
 
@@ -176,7 +190,7 @@ def main() -> None:
         model, tok = load()
         export_hf(model, tok, Path(d) / "hf")  # float32 HF copy of the embedded model (trainable by TRL)
         del model
-        res = run_sides(__file__, ("ours", "trl"), ["--hf-dir", str(Path(d) / "hf")] + sys.argv[1:])
+        res = run_sides(__file__, ("ours", "trl"), ["--hf-dir", str(Path(d) / "hf")] + (sys.argv[1:] if argv is None else argv))
     # a shared machine's speed varies by the hour, and a memory-bound side (decoding a few rows) slows most
     print(f"machine: cpu, {torch.get_num_threads()} threads; copy bandwidth {bw_before / 1e9:.1f} GB/s before the "
           f"two sides ran, {copy_bandwidth(torch.device('cpu')) / 1e9:.1f} GB/s after")

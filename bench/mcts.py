@@ -14,16 +14,18 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # bench/, last (this file must not hide the mcts package)
 
 import torch  # noqa: E402
 
 from data import encode_prompts, load_gsm8k  # noqa: E402
 from mcts.search import SearchConfig, search  # noqa: E402
+from cli import check_args, check_device, user_errors  # noqa: E402
 from model_io import load  # noqa: E402
 from model_io.model import Transformer  # noqa: E402
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2-135M-Instruct)")
     ap.add_argument("--batch", type=int, default=8, help="B: questions searched together (default: 8)")
@@ -33,10 +35,13 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=192, help="default: 192")
     ap.add_argument("--gsm8k", default=None, help="GSM8K file or directory (default: $GSM8K_DIR, else the hub)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: cuda if available")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
+    check_args(ap, a, at_least_1=("batch", "simulations", "children", "max_new_tokens"))
+    a.device = check_device(ap, a.device)
 
-    model, tok = load(a.model, device=a.device)
-    problems = load_gsm8k("test", a.gsm8k)[: a.batch]
+    with user_errors(ap):
+        problems = load_gsm8k("test", a.gsm8k)[: a.batch]  # first: a wrong --gsm8k costs no model load
+        model, tok = load(a.model, device=a.device)
     prompts = encode_prompts(tok, [p.question for p in problems])
     cfg = SearchConfig(n_simulations=a.simulations, children=a.children, max_new_tokens=a.max_new_tokens, root=a.root)
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)

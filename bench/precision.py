@@ -54,7 +54,7 @@ def run_side(a) -> dict:
     return {"steps": steps[a.warmup:], "decode_tokens_per_s": float(res.lengths.sum()) / decode_s, "peak_rss_mb": peak_rss_mb()}
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2-135M-Instruct)")
     ap.add_argument("--prompts", type=int, default=2, help="B: prompts per step (default: 2)")
@@ -67,14 +67,23 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="default: 0")
     ap.add_argument("--gsm8k", default=None, help="GSM8K file or directory (default: $GSM8K_DIR, else the hub)")
     ap.add_argument("--side", choices=["fp32", "bf16"], help=argparse.SUPPRESS)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
+    from cli import check_args, user_errors
+
+    check_args(ap, a, at_least_1=("prompts", "group", "max_new_tokens", "decode_rows", "steps"), at_least_0=("shots", "warmup"))
     if a.side:
-        print("RESULT " + json.dumps(run_side(a)))
+        with user_errors(ap):  # a bad --model, found in the side's process: run_sides reports this one line
+            res = run_side(a)
+        print("RESULT " + json.dumps(res))
         return
+    from data import load_gsm8k
+
+    with user_errors(ap):  # before two processes start
+        load_gsm8k("train", a.gsm8k)
 
     from model_io.precision import cpu_has_fast_bf16
 
-    res = run_sides(__file__, ("fp32", "bf16"), sys.argv[1:])
+    res = run_sides(__file__, ("fp32", "bf16"), sys.argv[1:] if argv is None else argv)
     print(f"settings: B={a.prompts} G={a.group} max_new_tokens={a.max_new_tokens}, {a.steps} timed steps after {a.warmup} "
           f"warm-up; greedy decode of {a.decode_rows} prompts; CPU with AMX-BF16: {cpu_has_fast_bf16()}")
     per_tok = {}

@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from data import encode_prompts, load_gsm8k, stop_token_ids  # noqa: E402
 from model_io import SamplingConfig, export_hf, generate, load  # noqa: E402
 from model_io.loading import embedded_gguf  # noqa: E402
+from cli import check_args, check_device, user_errors  # noqa: E402
 from machine import copy_bandwidth  # noqa: E402
 
 
@@ -44,9 +45,12 @@ def main(argv=None) -> None:
     ap.add_argument("--compiled", action="store_true", help="also time our sampler with the decode step through "
                     "torch.compile (default: off)")
     args = ap.parse_args(argv)
+    check_args(ap, args, at_least_1=("batch", "max_new_tokens"))
+    args.device = check_device(ap, args.device)
 
-    model, tok = load(args.model, device=args.device)
-    problems = load_gsm8k("test", args.gsm8k)[: args.batch]
+    with user_errors(ap):
+        problems = load_gsm8k("test", args.gsm8k)[: args.batch]  # first: a wrong --gsm8k costs no model load
+        model, tok = load(args.model, device=args.device)
     prompts = encode_prompts(tok, [p.question for p in problems])
     eos = stop_token_ids(tok, model.cfg.eos_token_ids)
     pad = tok.pad_token_id
