@@ -2,11 +2,12 @@
 sampling (mean accuracy), majority vote, best-of-n and tree search at several budgets, on the same questions.
 
     pip install -r bench/requirements.txt        # matplotlib, for the PNG
-    GSM8K_DIR=../shared/data/gsm8k python3 bench/compare.py --limit 16 --n 1,4,8 --sims 2,4,8
+    GSM8K_DIR=../shared/data/gsm8k python3 bench/compare.py --limit 16 --n 1,4,8 --sims 2,4,8 --out runs/compare
 
 Sampling-based strategies at budget n use the first n of the same max(n) samples per question (one sampling
 run), so budgets differ only in how many samples they read. Tree search runs once per simulation budget.
-Writes OUT/compare.md (a markdown table), OUT/compare.json and OUT/compare.png.
+Writes OUT/compare.md (a markdown table), OUT/compare.json and OUT/compare.png (default OUT: runs/compare; the
+committed results in docs/compare/ and docs/compare-2shot/ are rewritten only by naming them with --out).
 """
 from __future__ import annotations
 
@@ -80,7 +81,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16, help="default: 16")
     ap.add_argument("--shots", type=int, default=2, help="k-shot examples from the train split in each prompt (default: 2, as eval)")
     ap.add_argument("--gsm8k", default=None, help="GSM8K file or directory (default: $GSM8K_DIR, else the hub)")
-    ap.add_argument("--out", default="docs/compare", help="output directory (default: docs/compare)")
+    # runs/, not docs/: a run with other settings must not overwrite the committed results in docs/compare*/
+    ap.add_argument("--out", default="runs/compare", help="output directory (default: runs/compare)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: cuda if available")
     ap.add_argument("--replot", action="store_true", help="only redraw OUT/compare.png from OUT/compare.json")
     a = ap.parse_args()
