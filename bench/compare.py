@@ -22,9 +22,11 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # bench/, last (bench/mcts.py must not hide mcts)
 
 import torch  # noqa: E402
 
+from cli import check_args, check_device, user_errors  # noqa: E402
 from data import load_gsm8k  # noqa: E402
 from grpo.evaluate import EvalConfig, QuestionResult, choose, evaluate, summarize  # noqa: E402
 from model_io import load  # noqa: E402
@@ -39,6 +41,17 @@ def prefix_results(results: list[QuestionResult], n: int, strategy: str, format_
                            final=choose(strategy, texts, lenient, format_weight), generated_tokens=sum(r.tokens[:n]),
                            forward_tokens=r.forward_tokens - r.generated_tokens + sum(r.tokens[:n])))
     return out
+
+
+def budgets(ap: argparse.ArgumentParser, flag: str, text: str) -> list[int]:
+    """A comma-separated list of budgets (--n 1,4,8), each >= 1; anything else is one line naming the flag."""
+    try:
+        vals = [int(x) for x in text.split(",")]
+    except ValueError:
+        vals = []
+    if not vals or min(vals) < 1:
+        ap.error(f"{flag} takes whole numbers >= 1, comma-separated (e.g. 1,4,8); got {text!r}")
+    return vals
 
 
 def plot(rows: list[dict], limit: int, device: str, out: Path) -> None:
@@ -66,10 +79,10 @@ def plot(rows: list[dict], limit: int, device: str, out: Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "compare.png", dpi=120)
-    print(f"wrote {out / 'compare.md'}, {out / 'compare.json'}, {out / 'compare.png'}")
+    print(f"wrote {out / 'compare.png'}")
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2-135M-Instruct)")
     ap.add_argument("--limit", type=int, default=16, help="test questions (default: 16)")
@@ -87,23 +100,39 @@ def main() -> None:
     ap.add_argument("--out", default="runs/compare", help="output directory (default: runs/compare)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: cuda if available")
     ap.add_argument("--replot", action="store_true", help="only redraw OUT/compare.png from OUT/compare.json")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
+    out = Path(a.out)
     if a.replot:
-        saved = json.loads((Path(a.out) / "compare.json").read_text())
-        plot(saved["rows"], saved["settings"]["limit"], saved["settings"]["device"], Path(a.out))
+        src = out / "compare.json"
+        if not src.is_file():
+            ap.error(f"--replot: no {src}: pass the --out of an earlier run of this script")
+        try:
+            saved = json.loads(src.read_text())
+            rows, limit, device = saved["rows"], saved["settings"]["limit"], saved["settings"]["device"]
+        except (ValueError, KeyError, TypeError) as e:
+            ap.error(f"--replot: {src} is not a compare.json written by this script ({type(e).__name__}: {e})")
+        plot(rows, limit, device, out)
         return
-    ns, sims = [int(x) for x in a.n.split(",")], [int(x) for x in a.sims.split(",")]
+    ns, sims = budgets(ap, "--n", a.n), budgets(ap, "--sims", a.sims)
     roots = [r for r in a.roots.split(",") if r]
     if not roots or any(r not in ("puct", "gumbel") for r in roots):
         ap.error(f"--roots takes puct and/or gumbel, comma-separated; got {a.roots!r}")
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_args(ap, a, at_least_1=("limit",))
+    a.device = check_device(ap, a.device)
+    try:  # the remaining flags are EvalConfig's, checked (and named) there, before anything loads
+        base = EvalConfig(limit=a.limit, max_new_tokens=a.max_new_tokens, temperature=a.temperature, batch_size=a.batch_size,
+                          children=a.children, rollout_depth=a.rollout_depth, shots=a.shots)
+    except ValueError as e:
+        ap.error(str(e))
+    try:  # before the model loads: a wrong --out must not cost a run
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        ap.error(f"--out {out} cannot be made ({e.strerror}): pass a writable directory")
 
-    model, tok = load(a.model, device=a.device)
-    problems = load_gsm8k("test", a.gsm8k)[: a.limit]
-    shots = load_gsm8k("train", a.gsm8k)[: a.shots]
-    base = EvalConfig(limit=a.limit, max_new_tokens=a.max_new_tokens, temperature=a.temperature, batch_size=a.batch_size,
-                      children=a.children, rollout_depth=a.rollout_depth, shots=a.shots)
+    with user_errors(ap):
+        problems = load_gsm8k("test", a.gsm8k)[: a.limit]  # first: a wrong --gsm8k costs no model load
+        shots = load_gsm8k("train", a.gsm8k)[: a.shots]
+        model, tok = load(a.model, device=a.device)
     # untimed: the first call pays one-off costs (CUDA context, kernel choice, allocator growth) that were counted
     # in the greedy row's seconds, the first timed, making greedy look several times slower per token than sampling
     evaluate(model, tok, problems[:2], replace(base, search="greedy", max_new_tokens=8), shots, progress=False)
@@ -142,6 +171,7 @@ def main() -> None:
                      f"{r['seconds_per_question']:.1f} |")
     (out / "compare.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    print(f"wrote {out / 'compare.md'}, {out / 'compare.json'}")
     plot(rows, a.limit, a.device, out)
 
 

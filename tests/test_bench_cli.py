@@ -1,9 +1,15 @@
-"""The bench scripts' command lines: bad input is one line naming the flag, before any model loads."""
+"""The bench scripts' command lines: bad input is one line naming the flag, before any model loads; and
+bench/compare.py's outputs (where they go, what --replot rewrites, an untimed warm-up before the first row)."""
 import importlib.util
+import json
 
 import pytest
 import torch
 from conftest import ROOT, gsm8k_dir
+from helpers import tiny_hf_model, tiny_tokenizer
+
+from model_io import save_model
+from model_io.convert import from_hf_model
 
 
 def bench(name: str):
@@ -36,6 +42,10 @@ def refused(name: str, argv: list[str], capsys) -> str:
     ("grpo_step", ["--micro-batch", "0"], "--micro-batch must be >= 1, got 0"),
     ("grpo_step", ["--gsm8k", "/nonexistent"], "GSM8K file /nonexistent not found"),
     ("precision", ["--decode-rows", "0"], "--decode-rows must be >= 1, got 0"),
+    ("compare", ["--n", "1,x"], "--n takes whole numbers >= 1, comma-separated (e.g. 1,4,8); got '1,x'"),
+    ("compare", ["--sims", "0"], "--sims takes whole numbers >= 1"),
+    ("compare", ["--temperature", "-1"], "--temperature must be >= 0, got -1.0"),
+    ("compare", ["--model", "/nonexistent", "--device", "cpu", "--out", "OUT"], "model path /nonexistent does not exist"),
 ])
 def test_bad_input_is_one_line_naming_it(name, argv, says, capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
@@ -47,3 +57,32 @@ def test_cuda_asked_for_where_there_is_none(capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     line = refused("sampler", ["--device", "cuda"], capsys)
     assert line.endswith("error: --device cuda asked for but CUDA is not available here: use --device cpu")
+
+
+def test_compare_replot_needs_an_earlier_run_and_rewrites_only_the_png(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default --out is runs/compare, not the committed docs/compare
+    assert refused("compare", ["--replot"], capsys).endswith(
+        "error: --replot: no runs/compare/compare.json: pass the --out of an earlier run of this script")
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "runs" / "compare"
+    out.mkdir(parents=True)
+    (out / "compare.json").write_text((ROOT / "docs" / "compare" / "compare.json").read_text())
+    bench("compare").main(["--replot"])
+    assert capsys.readouterr().out.strip() == f"wrote {out.relative_to(tmp_path) / 'compare.png'}"
+    assert sorted(p.name for p in out.iterdir()) == ["compare.json", "compare.png"]
+
+
+def test_compare_runs_the_grid_after_an_untimed_warm_up(tmp_path, capsys, monkeypatch):
+    save_model(from_hf_model(tiny_hf_model()), tiny_tokenizer(), tmp_path / "m")
+    compare = bench("compare")
+    calls = []
+    real = compare.evaluate
+    monkeypatch.setattr(compare, "evaluate", lambda m, t, problems, cfg, *a, **k: calls.append((len(problems), cfg.search,
+                        cfg.max_new_tokens)) or real(m, t, problems, cfg, *a, **k))
+    compare.main(["--model", str(tmp_path / "m"), "--device", "cpu", "--gsm8k", gsm8k_dir(), "--limit", "2", "--n", "1,2",
+                  "--sims", "1", "--roots", "puct", "--shots", "0", "--max-new-tokens", "6", "--batch-size", "2", "--out", str(tmp_path / "o")])
+    assert calls[0] == (2, "greedy", 8) and calls[1] == (2, "greedy", 6)  # the warm-up, then the timed greedy row
+    rows = json.loads((tmp_path / "o" / "compare.json").read_text())["rows"]
+    assert [(r["strategy"], r["budget"]) for r in rows] == [("greedy", "1")] + [
+        (s, f"n={n}") for n in (1, 2) for s in ("sample", "majority", "best-of-n")] + [("mcts", "sims=1, K=4")]
+    assert (tmp_path / "o" / "compare.md").is_file() and "compare.md" in capsys.readouterr().out
