@@ -1,5 +1,8 @@
 """The machine's measured copy bandwidth, for the floors and the context of the benchmarks.
 
+The figure is bytes copied per second: every byte is read once and written once, so the memory traffic is twice
+it, and a read-only stream (the weights of a decode step) may run up to 2x faster than a copy.
+
 A shared machine's speed varies from hour to hour: this project's 2-core CPU has measured 31 GB/s of copy
 bandwidth on one day and 10-12 GB/s on another, and a memory-bound side of a benchmark (decoding a few rows)
 slows more than a compute-bound one. A ratio measured side by side holds for the conditions of its run, so the
