@@ -12,6 +12,7 @@ benchmarks print the bandwidth they ran at beside it.
 """
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
@@ -33,6 +34,7 @@ def copy_bandwidth(dev: torch.device, reps: int = 5) -> float:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"machine: {name}; copy bandwidth {copy_bandwidth(dev) / 1e9:.1f} GB/s")

@@ -1,5 +1,11 @@
-"""Step 1 of scripts/gpu_run.sh: the machine, and two measured rates: device copy bandwidth and bf16 matmul."""
+"""Step 1 of scripts/gpu_run.sh: the machine, and two measured rates: device copy bandwidth and bf16 matmul
+(float32 on a CPU). Prints them as JSON and writes them to OUT.
+
+    python3 scripts/gpu_env.py OUT_DIR/env.json
+"""
+import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -11,7 +17,12 @@ sys.path.append(str(Path(__file__).resolve().parent.parent / "bench"))
 from machine import copy_bandwidth  # noqa: E402
 
 
-def main(out: str) -> None:
+def significant(x: float, digits: int = 3) -> float:
+    """x rounded to `digits` significant figures: a fixed number of decimals printed a CPU's 0.04 TFLOP/s as 0.0."""
+    return round(x, digits - 1 - math.floor(math.log10(abs(x)))) if x else 0.0
+
+
+def measure(out: str) -> None:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     info = {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
@@ -28,11 +39,20 @@ def main(out: str) -> None:
     for _ in range(10):
         a @ b
     sync()
-    info[f"matmul_tflops_{str(dt).removeprefix('torch.')}"] = round(2 * n**3 * 10 / (time.perf_counter() - t) / 1e12, 1)
+    info[f"matmul_tflops_{str(dt).removeprefix('torch.')}"] = significant(2 * n**3 * 10 / (time.perf_counter() - t) / 1e12)
     print(json.dumps(info))
     with open(out, "w") as f:
         json.dump(info, f, indent=2)
 
 
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out", metavar="OUT", help="JSON file to write (its directory must exist)")
+    a = ap.parse_args(argv)
+    if not Path(a.out).resolve().parent.is_dir():
+        ap.error(f"no directory {Path(a.out).parent} for {a.out}: create it first")
+    measure(a.out)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()

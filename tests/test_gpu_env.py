@@ -1,0 +1,28 @@
+"""scripts/gpu_env.py's command line (argparse: no file named after a flag) and its rounding; nothing measured."""
+import importlib.util
+
+import pytest
+from conftest import ROOT
+
+spec = importlib.util.spec_from_file_location("gpu_env", ROOT / "scripts" / "gpu_env.py")
+gpu_env = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gpu_env)
+
+
+def test_help_and_missing_or_unwritable_out_measure_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(gpu_env, "measure", lambda out: pytest.fail(f"measured into {out}"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        gpu_env.main(["--help"])
+    assert e.value.code == 0 and "usage: " in capsys.readouterr().out and not list(tmp_path.iterdir())
+    for argv, says in (([], "the following arguments are required: OUT"),
+                       ([str(tmp_path / "no" / "env.json")], f"no directory {tmp_path / 'no'} for")):
+        with pytest.raises(SystemExit) as e:
+            gpu_env.main(argv)
+        assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_rates_keep_three_significant_figures():
+    assert gpu_env.significant(0.0386412) == 0.0386  # a CPU's float32 matmul, once printed as 0.0
+    assert gpu_env.significant(712.46) == 712.0 and gpu_env.significant(1234.5) == 1230.0
+    assert gpu_env.significant(0.0) == 0.0
