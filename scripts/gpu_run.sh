@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 MODEL=${1:?usage: scripts/gpu_run.sh MODEL OUT_DIR [MINUTES]}
 OUT=${2:?usage: scripts/gpu_run.sh MODEL OUT_DIR [MINUTES]}
 MINUTES=${3:-8}
-export SHOTS=${SHOTS:-2}
+SHOTS=${SHOTS:-2}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -48,11 +47,14 @@ def summary(out: Path) -> list[str]:
         lines += log_rows(f, SAMPLER_LINES, f"{f.stem}: ")
     lines += log_rows(out / "2-decode-ops.log", OPS_LINES)
     lines += log_rows(out / "2-agreement.log", AGREEMENT_LINES, "agreement with CPU float32: ")
-    shots = os.environ.get("SHOTS", "2")
     for name in ("eval-start", "eval-trained"):
         s = load(out / name / "summary.json")
+        # the shots the evaluation ran with, from its own config.json (not this process's environment, which a
+        # rerun of the summary by hand does not share)
+        cfg = load(out / name / "config.json") or {}
+        shots = f", {cfg['shots']}-shot" if "shots" in cfg else ""
         if s:
-            lines.append(f"| {name} accuracy strict / lenient / format rate ({s['questions']} questions, {shots}-shot) | "
+            lines.append(f"| {name} accuracy strict / lenient / format rate ({s['questions']} questions{shots}) | "
                          f"{s['accuracy_strict']:.3f} / {s['accuracy_lenient']:.3f} / {s['format_soft_rate']:.2f} |")
     metrics = out / "train" / "metrics.jsonl"
     if metrics.is_file():
@@ -76,6 +78,8 @@ def main(argv: list[str]) -> None:
     if not argv or argv[0].startswith("-"):
         sys.exit("usage: python3 scripts/gpu_summary.py OUT_DIR [--print]")
     out = Path(argv[0])
+    if not out.is_dir():
+        sys.exit(f"error: no directory {out}: pass the OUT_DIR of a scripts/gpu_run.sh run")
     lines = summary(out)
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     if "--print" in argv:

@@ -2,6 +2,7 @@
 import importlib.util
 import json
 
+import pytest
 from conftest import ROOT
 
 spec = importlib.util.spec_from_file_location("gpu_summary", ROOT / "scripts" / "gpu_summary.py")
@@ -27,13 +28,15 @@ def test_summary_of_a_run_cut_off_after_two_steps(tmp_path):
     assert "2-sampler-b64 rc=0" in text and "GRPO" not in text  # no training yet: no training rows
 
 
-def test_summary_with_every_step(tmp_path):
+def test_summary_with_every_step(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHOTS", "5")  # not read: each evaluation's shots come from its own config.json
     (tmp_path / "env.json").write_text(json.dumps({"device": "gpu"}))
     (tmp_path / "2-decode-ops.log").write_text("eager operations per decode step: 717 (mul 153)\n"
                                                "ratio eager/compiled operations: 2.64\n")
     (tmp_path / "2-agreement.log").write_text("rows whose first 32 greedy tokens agree: 15/16\nagreement: PASS\n")
-    for name, acc in (("eval-start", 0.1), ("eval-trained", 0.2)):
+    for name, acc, shots in (("eval-start", 0.1, 0), ("eval-trained", 0.2, 2)):
         (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"search": "greedy", "shots": shots}))
         (tmp_path / name / "summary.json").write_text(json.dumps(
             {"questions": 500, "accuracy_strict": acc, "accuracy_lenient": acc + 0.05, "format_soft_rate": 0.5}))
     (tmp_path / "train").mkdir()
@@ -46,7 +49,22 @@ def test_summary_with_every_step(tmp_path):
     assert "| agreement with CPU float32: rows whose first 32 greedy tokens agree | 15/16 |" in text
     assert "| eager operations per decode step | 717 (mul 153) |" in text
     assert "| ratio eager/compiled operations | 2.64 |" in text
+    assert "| eval-start accuracy strict / lenient / format rate (500 questions, 0-shot) | 0.100 / 0.150 / 0.50 |" in text
     assert "| eval-trained accuracy strict / lenient / format rate (500 questions, 2-shot) | 0.200 / 0.250 / 0.50 |" in text
     # steps 1-5 average 0.3, steps 6-10 average 0.8; the step-0 row (no reward) is left out
     assert "| GRPO steps / reward, mean of first 5 / of last 5 | 10 / 0.300 / 0.800 |" in text
     assert "| compare mcts sims=8, K=4: accuracy lenient, tokens/question | 0.250, 900 |" in text
+
+
+def test_an_evaluation_without_its_config_gets_no_shots_label(tmp_path):
+    (tmp_path / "eval-start").mkdir()
+    (tmp_path / "eval-start" / "summary.json").write_text(json.dumps(
+        {"questions": 4, "accuracy_strict": 0.0, "accuracy_lenient": 0.25, "format_soft_rate": 1.0}))
+    text = "\n".join(gpu_summary.summary(tmp_path))
+    assert "| eval-start accuracy strict / lenient / format rate (4 questions) | 0.000 / 0.250 / 1.00 |" in text
+
+
+def test_a_missing_out_dir_is_one_line(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        gpu_summary.main([str(tmp_path / "nope")])
+    assert e.value.code == f"error: no directory {tmp_path / 'nope'}: pass the OUT_DIR of a scripts/gpu_run.sh run"
