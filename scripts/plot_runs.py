@@ -17,6 +17,20 @@ def read(run: Path) -> list[dict]:
     return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
 
 
+def labels(runs: list[Path]) -> list[str]:
+    """Each run's name in the table and legend: the fewest trailing parts of its path that no other run shares
+    (runs/a/plain and runs/b/plain are a/plain and b/plain; keyed by basename alone, one hid the other)."""
+    def tail(r: Path, k: int) -> str:
+        return str(Path(*r.parts[-k:]))
+
+    names = []
+    for i, r in enumerate(runs):
+        others = [o for j, o in enumerate(runs) if j != i]
+        k = next((k for k in range(1, len(r.parts)) if all(tail(o, k) != tail(r, k) for o in others)), len(r.parts))
+        names.append(tail(r, k))
+    return names if len(set(names)) == len(names) else [str(r) for r in runs]
+
+
 def mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
@@ -41,8 +55,15 @@ def main(argv: list[str]) -> None:
     if len(argv) < 2:
         sys.exit(__doc__)
     out, runs = Path(argv[0]), [Path(a) for a in argv[1:]]
-    data = {r.name: read(r) for r in runs}
+    same = {r.resolve() for r in runs}
+    if len(same) < len(runs):
+        sys.exit("error: a run directory is given twice: pass each run once")
+    data = {name: read(r) for name, r in zip(labels(runs), runs)}
     rows = table(data)
+    try:  # an OUT in a new directory is made, as run.py makes its --out-dir
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        sys.exit(f"error: cannot make {out.parent} for {out} ({e.strerror}): pass a writable path")
     out.with_suffix(".md").write_text("\n".join(rows) + "\n")
     print("\n".join(rows))
     try:
@@ -68,7 +89,8 @@ def main(argv: list[str]) -> None:
     a3.set(xlabel="generated tokens (rollouts)", ylabel="answers in the <reasoning>/<answer> format", title="evaluation: format")
     for a in (a1, a2, a3):
         a.grid(True, alpha=0.3)
-        a.legend()
+        if a.get_legend_handles_labels()[0]:  # runs without evaluations leave the evaluation plots empty
+            a.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     print(f"wrote {out} and {out.with_suffix('.md')}")
