@@ -6,14 +6,30 @@
 #   bash scripts/experiment.sh [OUT_DIR]          CPU-small (about 45 minutes on a 2-core CPU)
 #   bash scripts/experiment.sh --gpu [OUT_DIR]    GPU-sized (hours on one H100-class GPU)
 #
-# GSM8K from GSM8K_DIR (or the hub); the embedded model unless MODEL is set. Results: OUT_DIR/summary.md.
+# OUT_DIR defaults to runs/experiment. GSM8K from GSM8K_DIR (or the hub); the embedded model unless MODEL is set.
+# Relative OUT_DIR, GSM8K_DIR and MODEL paths are taken from the directory you run it in. Results:
+# OUT_DIR/summary.md. Run again after an interruption: a training run with a checkpoint resumes from it
+# (`run.py train --resume`; a finished one trains nothing), one stopped before its first checkpoint starts again.
 # CPU-small prompts are 2-shot: zero-shot, the embedded 135M model never writes the <reasoning>/<answer> format,
 # so every reward is 0 and neither run can learn anything (the first run of this script showed exactly that).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 SIZE=cpu
-if [ "${1:-}" = "--gpu" ]; then SIZE=gpu; shift; fi
-OUT=${1:-runs/experiment}
+OUT=
+for arg in "$@"; do
+  case "$arg" in
+    -h|--help) usage; exit 0 ;;
+    --gpu) SIZE=gpu ;;
+    -*) echo "error: unknown option $arg: use --gpu, or -h for help" >&2; exit 2 ;;
+    *) if [ -n "$OUT" ]; then echo "error: one OUT_DIR at most (got $OUT and $arg): see -h" >&2; exit 2; fi; OUT=$arg ;;
+  esac
+done
+# the script runs from the repository root (cd below): paths the caller gave are relative to the caller's directory
+abs() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+if [ -n "$OUT" ]; then OUT=$(abs "$OUT"); else OUT=runs/experiment; fi  # (the default: the repository's runs/)
+if [ -n "${GSM8K_DIR:-}" ]; then export GSM8K_DIR=$(abs "$GSM8K_DIR"); fi
+if [ -n "${MODEL:-}" ] && [ -e "$MODEL" ]; then MODEL=$(abs "$MODEL"); fi  # (else a hub id: left as it is)
+cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 MODEL_FLAG=()
 if [ -n "${MODEL:-}" ]; then MODEL_FLAG=(--model "$MODEL"); fi
@@ -31,14 +47,20 @@ fi
 mkdir -p "$OUT"
 for kind in plain mcts; do
   if [ -f "$OUT/$kind/final_hf/config.json" ]; then echo "$OUT/$kind done already"; continue; fi
+  if compgen -G "$OUT/$kind/checkpoints/step-*/trainer_state.pt" > /dev/null; then
+    # interrupted (or finished before its export): continue it, its saved config unchanged
+    "$PY" run.py train --resume "$OUT/$kind"
+    continue
+  fi
   extra=()
   if [ "$kind" = mcts ]; then extra=(--rollouts mcts --tree-advantage mix --tree-advantage-weight 0.5); fi
-  rm -rf "$OUT/$kind"
+  rm -rf "$OUT/$kind"  # stopped before its first checkpoint: nothing to resume, so it starts again
   "$PY" run.py train "${MODEL_FLAG[@]}" "${TRAIN[@]}" "${extra[@]}" --seed 0 --out-dir "$OUT/$kind"
 done
 "$PY" scripts/plot_runs.py "$OUT/curves.png" "$OUT/plain" "$OUT/mcts"
 for kind in start plain mcts; do
-  spec=(); [ "$kind" != start ] && spec=(--model "$OUT/$kind/final_hf") || spec=("${MODEL_FLAG[@]}")
+  # a run directory stands for its newest checkpoint, the final weights (also where a resumed finished run has no final_hf)
+  spec=(); [ "$kind" != start ] && spec=(--model "$OUT/$kind") || spec=("${MODEL_FLAG[@]}")
   for search in greedy majority mcts; do
     s=(--search "$search"); [ "$search" = majority ] && s+=(--n "$N"); [ "$search" = mcts ] && s+=(--n-simulations "$SIMS")
     "$PY" run.py eval "${spec[@]}" "${EVAL[@]}" "${s[@]}" --out-dir "$OUT/eval-$kind-$search" > /dev/null

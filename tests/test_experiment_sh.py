@@ -1,0 +1,55 @@
+"""scripts/experiment.sh's command line, paths and resume, with a stand-in for python that only records its
+calls (and writes the files the next steps read): nothing is trained."""
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+FAKE = """#!/usr/bin/env bash
+echo "GSM8K_DIR=$GSM8K_DIR $*" >> "$CALLS"
+if [ "$1" = -c ]; then exec "$REAL_PY" "$@"; fi
+if [ "$1" = scripts/plot_runs.py ]; then echo "| curves |" > "${2%.png}.md"; fi
+if [ "$1 $2" = "run.py eval" ]; then
+  while [ $# -gt 0 ]; do if [ "$1" = --out-dir ]; then out=$2; fi; shift; done
+  mkdir -p "$out"
+  echo '{"accuracy_strict": 0, "accuracy_lenient": 0, "format_soft_rate": 1, "generated_tokens_per_question": 9}' > "$out/summary.json"
+fi
+"""
+
+
+def experiment(tmp_path, *args):
+    fake = tmp_path / "fake-python"
+    fake.write_text(FAKE)
+    fake.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(fake), "CALLS": str(tmp_path / "calls"), "REAL_PY": sys.executable, "GSM8K_DIR": "g"}
+    env.pop("MODEL", None)
+    p = subprocess.run(["bash", str(ROOT / "scripts" / "experiment.sh"), *args], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    calls = (tmp_path / "calls").read_text().splitlines() if (tmp_path / "calls").exists() else []
+    return p, [c for c in calls if " run.py train " in f" {c} "]
+
+
+def test_help_and_bad_arguments_print_usage_and_touch_nothing(tmp_path):
+    p, _ = experiment(tmp_path, "--help")
+    assert p.returncode == 0 and "bash scripts/experiment.sh --gpu [OUT_DIR]" in p.stdout and not p.stderr
+    p, _ = experiment(tmp_path, "--bogus")
+    assert p.returncode == 2 and p.stderr.strip() == "error: unknown option --bogus: use --gpu, or -h for help"
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["fake-python"]
+
+
+def test_relative_paths_are_the_callers_and_an_interrupted_run_resumes(tmp_path):
+    out = tmp_path / "rel"
+    (out / "plain" / "checkpoints" / "step-000004").mkdir(parents=True)
+    (out / "plain" / "checkpoints" / "step-000004" / "trainer_state.pt").write_bytes(b"")
+    (out / "mcts").mkdir()
+    (out / "mcts" / "metrics.jsonl").write_text("{}\n")  # stopped before its first checkpoint
+    p, train = experiment(tmp_path, "rel")
+    assert p.returncode == 0, p.stderr
+    assert train[0] == f"GSM8K_DIR={tmp_path}/g run.py train --resume {out}/plain"
+    assert train[1].startswith(f"GSM8K_DIR={tmp_path}/g run.py train --shots 2 ")
+    assert train[1].endswith(f"--seed 0 --out-dir {out}/mcts") and not (out / "mcts" / "metrics.jsonl").exists()
+    assert (out / "summary.md").read_text().count("| 0.000 | 0.000 | 1.00 | 9 |") == 9
+    # the trained policies are evaluated from their run directories (the final checkpoint), final_hf or not
+    evals = [c for c in (tmp_path / "calls").read_text().splitlines() if " run.py eval " in c]
+    assert sum(f"--model {out}/plain " in c for c in evals) == 3 and sum(f"--model {out}/mcts " in c for c in evals) == 3
