@@ -12,6 +12,7 @@ Peak memory is the process's maximum resident set size over the training steps (
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -170,9 +171,7 @@ def main(argv=None) -> None:
                at_least_0=("beta", "lr", "warmup"))
     if (a.prompts * a.group) % a.micro_batch:
         ap.error("prompts x group must be a multiple of --micro-batch (TRL's gradient accumulation needs it)")
-    try:
-        import trl  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("trl") is None:  # found now, not by the TRL side after the export
         ap.error("TRL is not installed: pip install -r bench/requirements.txt")
 
     import torch
