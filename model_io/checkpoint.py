@@ -39,15 +39,37 @@ def model_state(model: Transformer) -> dict[str, torch.Tensor]:
     return sd
 
 
+def current_umask() -> int:
+    """The process umask. It can only be read by setting it: the brief stand-in is 0o077, so a file another thread
+    creates meanwhile comes out more private, never more open."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def open_to_umask(root: Path) -> None:
+    """Give `root` and everything under it the modes a plain mkdir / open would (0o777 / 0o666 less the umask):
+    mkdtemp makes 0700 directories and safetensors 0600 files, which other users (a TensorBoard or eval job, a
+    teammate) could not read."""
+    mask = current_umask()
+    root.chmod(0o777 & ~mask)
+    for d, dirs, files in os.walk(root):
+        for name in dirs:
+            Path(d, name).chmod(0o777 & ~mask)
+        for name in files:
+            Path(d, name).chmod(0o666 & ~mask)
+
+
 @contextmanager
 def atomic_dir(path: str | os.PathLike):
     """Yields a temporary sibling directory to fill; on success it is renamed over `path`, on any error removed,
-    so a crash never leaves half a model (nor replaces a good one)."""
+    so a crash never leaves half a model (nor replaces a good one). What it holds gets the umask's modes."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
+        open_to_umask(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

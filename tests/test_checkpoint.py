@@ -140,3 +140,26 @@ def test_unreadable_checkpoint_config_is_named(tmp_path):
             load(ckpt)
         assert "\n" not in str(e.value) and str(ckpt / "model_config.json") in str(e.value)
 
+
+def test_saved_models_are_readable_by_others_under_the_umask(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        model = from_hf_model(tiny_hf_model())
+        save_model(model, tiny_tokenizer(), tmp_path / "ckpt")
+        export_hf(model, tiny_tokenizer(), tmp_path / "hf")
+    finally:
+        os.umask(old)
+    for root in (tmp_path / "ckpt", tmp_path / "hf"):
+        assert stat.S_IMODE(root.stat().st_mode) == 0o755
+        for f in root.iterdir():
+            assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
+    old = os.umask(0o077)  # a private umask stays private
+    try:
+        save_model(model, None, tmp_path / "private")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "private").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "private" / "model.safetensors").stat().st_mode) == 0o600
