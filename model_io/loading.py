@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
+import logging
 import os
+import shutil
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from .checkpoint import is_checkpoint, load_model, save_model
+from .checkpoint import WEIGHTS_FILE, is_checkpoint, load_model, save_model
 from .config import SUPPORTED_ARCHS, ModelSpecError
 from .convert import from_hf_model
 
@@ -44,8 +49,8 @@ def embedded_gguf() -> Path:
 
 
 def cache_dir() -> Path:
-    """Where converted GGUF models are kept: $MCTS_GRPO_CACHE, else ~/.cache/mcts_grpo."""
-    return Path(os.environ.get("MCTS_GRPO_CACHE", Path.home() / ".cache" / "mcts_grpo"))
+    """Where converted GGUF models are kept: $MCTS_GRPO_CACHE, else ~/.cache/mcts_grpo (also when it is set empty)."""
+    return Path(os.environ.get("MCTS_GRPO_CACHE") or Path.home() / ".cache" / "mcts_grpo").expanduser()
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -61,47 +66,145 @@ def load(spec: str | os.PathLike | None = None, device="cpu", dtype: torch.dtype
     if spec is None:
         spec = embedded_gguf()
     spec_str = str(spec)
+    if not spec_str.strip():
+        raise ModelSpecError("the model spec (--model) is empty: leave it out for the embedded default, or give a hub id, "
+                             "directory or .gguf file")
     path = Path(spec_str).expanduser()
     if spec_str.endswith(".gguf"):
         if not path.is_file():
             raise ModelSpecError(f"GGUF file {path} not found: check the path")
         model, tok = _load_gguf(path)
     elif path.is_dir() and is_checkpoint(path):
+        _check_tokenizer_files(path)
         model, tok = load_model(path), _tokenizer(path)
     elif path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelSpecError(f"{path} is neither a checkpoint of this project nor a transformers model directory (no config.json)")
+        _check_json(path / "config.json")
+        _check_arch(str(path))  # an unsupported model says so first, before a missing tokenizer
+        _check_tokenizer_files(path)
         model, tok = _load_hf(str(path)), _tokenizer(path)
     elif path.exists():
         raise ModelSpecError(f"{path} is a file but not a .gguf: pass a .gguf file, a model directory or a hub id")
     elif spec_str.startswith((".", "/", "~")):
         raise ModelSpecError(f"model path {spec_str} does not exist: check the path, or pass a hub id like HuggingFaceTB/SmolLM2-135M-Instruct")
     else:
-        model, tok = _load_hf(spec_str), _tokenizer(spec_str)
+        model, tok = _load_hub(spec_str)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token  # left padding is masked out, so any id serves; eos is what HF uses too
     return model.to(device=device, dtype=dtype).eval(), tok
 
 
-def _check_arch(spec: str, **kw) -> None:
+# Files one of which a directory needs for AutoTokenizer (fast tokenizer, sentencepiece, BPE/WordPiece vocabularies)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
+def _check_tokenizer_files(path: Path) -> None:
+    """Refuse a model directory without a tokenizer before its weights are read (AutoTokenizer's own error comes
+    after them, in five lines about sentencepiece and tiktoken)."""
+    if not any((path / f).is_file() for f in TOKENIZER_FILES) and not any(path.glob("*.tiktoken")):
+        raise ModelSpecError(f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): copy the tokenizer files "
+                             "from the model it was trained or converted from into it")
+
+
+def _check_json(path: Path) -> None:
+    try:
+        json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelSpecError(f"{path} is not valid JSON ({e}): restore it from the model it came from") from None
+
+
+def _check_arch(spec: str, note: str = "", **kw) -> None:
     from transformers import AutoConfig
 
     try:
         cfg = AutoConfig.from_pretrained(spec, **kw)
     except OSError as e:
-        raise ModelSpecError(f"cannot read a model config for {spec!r} ({str(e).splitlines()[0]}): pass a local directory, a .gguf file, or a hub id reachable from here") from None
+        raise ModelSpecError(f"cannot read a model config for {spec!r} ({str(e).splitlines()[0]}){note}: pass a local directory, a .gguf file, or a hub id reachable from here") from None
     if cfg.model_type not in SUPPORTED_ARCHS:
         raise ModelSpecError(f"{spec}: unsupported architecture {cfg.model_type!r}; supported are {', '.join(SUPPORTED_ARCHS)} (Llama and Qwen2 families)")
 
 
-def _load_hf(spec: str, **kw):
+def _load_hf(spec: str, note: str = "", **kw):
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
-    _check_arch(spec, **kw)
-    hf = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32, **kw)
+    _check_arch(spec, note, **kw)
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32, **kw)
+    except SafetensorError as e:
+        raise ModelSpecError(f"{_bad_safetensors(spec)} is corrupt or truncated ({e}): copy or download it again") from None
     model = from_hf_model(hf)
     del hf
     return model
+
+
+def _bad_safetensors(spec: str) -> str:
+    """The weights file of a local directory that safetensors cannot read (else the spec's weights in general)."""
+    from safetensors import safe_open
+
+    d = Path(spec)
+    for f in sorted(d.glob("*.safetensors")) if d.is_dir() else []:
+        try:
+            with safe_open(str(f), "pt"):
+                pass
+        except Exception:
+            return str(f)
+    return f"a weights file of {spec}" if d.is_dir() else f"{spec}'s cached {WEIGHTS_FILE} (in the HF cache)"
+
+
+@contextmanager
+def _quiet_hub():
+    """huggingface_hub's warnings (a retry per failed request) off; its download progress bars stay."""
+    log = logging.getLogger("huggingface_hub")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _hub_unreachable(spec: str) -> str | None:
+    """Why huggingface.co cannot be reached (one request, no retries), else None. Without this, a first download
+    attempt without network retries for ~25 s (huggingface_hub's backoff) before failing."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+
+    try:
+        get_hf_file_metadata(hf_hub_url(spec, "config.json"))
+    except (HfHubHTTPError, HFValidationError):
+        return None  # the hub answered (or the id is malformed): the real load says what is wrong
+    except Exception as e:  # no connection (no DNS, refused), HF_HUB_OFFLINE; a timeout may be a slow network: try
+        if isinstance(e, TimeoutError) or any("Timeout" in c.__name__ for c in type(e).__mro__):
+            return None
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    return None
+
+
+def _load_hub(spec: str):
+    """A hub id: from the HF cache when it is there (no network), else downloaded."""
+    from transformers import AutoConfig
+
+    note = f" (no local path {spec!r} either)"
+    try:
+        with _quiet_hub():
+            AutoConfig.from_pretrained(spec, local_files_only=True)
+        cached = True
+    except (OSError, ValueError):
+        cached = False
+    if cached:
+        try:
+            with _quiet_hub():
+                return _load_hf(spec, note, local_files_only=True), _tokenizer(spec, local_files_only=True)
+        except OSError:
+            pass  # config cached, other files not: fetch them
+    why = _hub_unreachable(spec)
+    if why is not None:
+        raise ModelSpecError(f"{spec!r} is not in the HF cache and the Hugging Face hub cannot be reached ({why}){note}: "
+                             "check the network or the path, or pass a local directory or .gguf file")
+    with _quiet_hub():
+        return _load_hf(spec, note), _tokenizer(spec)
 
 
 def _tokenizer(spec, **kw):
@@ -136,16 +239,38 @@ def _load_gguf(path: Path):
     key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
     cached = cache_dir() / f"{path.stem}-{key}"
     if is_checkpoint(cached):
-        return load_model(cached), _tokenizer(cached)
+        try:
+            return load_model(cached), _tokenizer(cached)
+        except Exception as e:  # ours to rebuild: a damaged cache entry is no reason to fail
+            print(f"warning: the cached conversion {cached} is damaged ({str(e).splitlines()[0] if str(e) else type(e).__name__}): "
+                  f"removing it and converting {path.name} again", file=sys.stderr)
+            shutil.rmtree(cached, ignore_errors=True)
     kw = dict(gguf_file=path.name)
     try:
         model = _load_hf(str(path.parent), **kw)
+        tok = _tokenizer(path.parent, **kw)
+        gguf_special_tokens(tok, path)
     except ImportError as e:
         raise ModelSpecError(f"reading GGUF needs the gguf package ({e}): pip install gguf") from None
-    tok = _tokenizer(path.parent, **kw)
-    gguf_special_tokens(tok, path)
+    except Exception as e:
+        damage = _gguf_damage(path)
+        if damage is None:
+            raise
+        raise ModelSpecError(f"GGUF file {path} is damaged or truncated ({damage}): download or copy it again") from None
     try:
         save_model(model, tok, cached)
-    except OSError:
-        pass  # a read-only home is no reason to fail: the next load converts again
+    except OSError as e:  # a read-only home is no reason to fail, but each load then converts again: say so
+        print(f"warning: cannot write the converted model to the cache {cached.parent} ({e.strerror or e}): every load "
+              "converts the GGUF again; set $MCTS_GRPO_CACHE to a writable directory", file=sys.stderr)
     return model, tok
+
+
+def _gguf_damage(path: Path) -> str | None:
+    """Why the gguf package cannot read `path` (bad magic, cut header or tensor data), else None."""
+    import gguf
+
+    try:
+        gguf.GGUFReader(str(path))
+    except Exception as e:
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    return None

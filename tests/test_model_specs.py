@@ -1,0 +1,150 @@
+"""Bad model specs and damaged model files end in one ModelSpecError line naming the file and the fix."""
+import os
+
+import pytest
+import torch
+from helpers import tiny_hf_model, tiny_tokenizer
+
+import model_io.loading as loading
+from model_io import ModelSpecError, export_hf, load, save_model
+from model_io.convert import from_hf_model
+
+
+def one_line(e) -> str:
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return from_hf_model(tiny_hf_model("qwen2")), tiny_tokenizer()
+
+
+def test_corrupt_weights_in_a_transformers_directory(tmp_path, tiny):
+    export_hf(*tiny, tmp_path / "hf")
+    weights = tmp_path / "hf" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ModelSpecError, match="is corrupt or truncated") as e:
+        load(tmp_path / "hf")
+    assert str(weights) in one_line(e)
+
+
+def test_unreadable_config_json_is_named(tmp_path, tiny):
+    export_hf(*tiny, tmp_path / "hf")
+    (tmp_path / "hf" / "config.json").write_text("{bad")
+    with pytest.raises(ModelSpecError, match="is not valid JSON") as e:
+        load(tmp_path / "hf")
+    assert str(tmp_path / "hf" / "config.json") in one_line(e)
+
+
+def test_a_directory_without_tokenizer_is_refused_before_its_weights_are_read(tmp_path, tiny):
+    model, _ = tiny
+    save_model(model, None, tmp_path / "ours")
+    export_hf(model, None, tmp_path / "hf")
+    for d in (tmp_path / "ours", tmp_path / "hf"):
+        (d / "model.safetensors").write_bytes(b"not read")  # the tokenizer check comes first
+        with pytest.raises(ModelSpecError, match="has no tokenizer") as e:
+            load(d)
+        assert "copy the tokenizer files" in one_line(e)
+
+
+def test_an_empty_spec_is_refused_by_name():
+    for spec in ("", "  "):
+        with pytest.raises(ModelSpecError, match=r"model spec \(--model\) is empty: leave it out for the embedded default") as e:
+            load(spec)
+        one_line(e)
+
+
+def test_a_truncated_gguf_is_named(tmp_path):
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(str(tmp_path / "whole.gguf"), "llama")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.ones((64, 32), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    data = (tmp_path / "whole.gguf").read_bytes()
+    for name, cut in (("cut.gguf", data[: len(data) - 3000]), ("noise.gguf", os.urandom(2000))):
+        (tmp_path / name).write_bytes(cut)
+        with pytest.raises(ModelSpecError, match="is damaged or truncated") as e:
+            load(tmp_path / name)
+        assert str(tmp_path / name) in one_line(e)
+
+
+def test_unreachable_hub_fails_at_once_and_says_no_such_local_path(monkeypatch):
+    import huggingface_hub
+
+    def offline(*a, **k):
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", offline)
+    with pytest.raises(ModelSpecError, match="hub cannot be reached") as e:
+        load("runs/trian")
+    assert "(no local path 'runs/trian' either)" in one_line(e)
+
+
+def test_a_hub_id_in_the_hf_cache_loads_without_network(tmp_path, monkeypatch, tiny):
+    import huggingface_hub.constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny"
+    export_hf(*tiny, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(loading, "_hub_unreachable", lambda spec: pytest.fail("went online for a cached model"))
+    model, tok = load("someone/tiny")
+    x = torch.randint(0, 259, (1, 5))
+    with torch.no_grad():
+        assert torch.allclose(model(x), tiny[0](x), atol=1e-5)
+    assert tok.eos_token == "<|im_end|>"
+
+
+def test_cache_dir_set_empty_or_with_a_tilde(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("MCTS_GRPO_CACHE", "")
+    assert loading.cache_dir() == tmp_path / ".cache" / "mcts_grpo"
+    monkeypatch.setenv("MCTS_GRPO_CACHE", "~/conv")
+    assert loading.cache_dir() == tmp_path / "conv"
+
+
+@pytest.fixture
+def fake_gguf(tmp_path, monkeypatch, tiny):
+    """A .gguf 'converted' by a stand-in for transformers, counting conversions."""
+    calls = []
+    monkeypatch.setattr(loading, "_load_hf", lambda spec, *a, **kw: calls.append(spec) or from_hf_model(tiny_hf_model("qwen2")))
+    monkeypatch.setattr(loading, "_tokenizer", lambda spec, **kw: tiny_tokenizer())
+    monkeypatch.setattr(loading, "gguf_special_tokens", lambda tok, path: None)
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    return tmp_path / "m.gguf", calls
+
+
+def test_a_damaged_cached_conversion_is_converted_again(fake_gguf, tmp_path, monkeypatch, capsys):
+    gguf_file, calls = fake_gguf
+    monkeypatch.setenv("MCTS_GRPO_CACHE", str(tmp_path / "cache"))
+    load(gguf_file)
+    load(gguf_file)
+    assert len(calls) == 1  # the second load read the cache
+    (entry,) = (tmp_path / "cache").iterdir()
+    (entry / "model.safetensors").write_bytes(b"garbage")
+    load(gguf_file)
+    assert len(calls) == 2
+    err = capsys.readouterr().err
+    assert f"cached conversion {entry} is damaged" in err and "converting m.gguf again" in err
+    load(gguf_file)
+    assert len(calls) == 2  # rewritten whole
+
+
+def test_an_unwritable_cache_is_named_once_per_load(fake_gguf, tmp_path, monkeypatch, capsys):
+    gguf_file, calls = fake_gguf
+    (tmp_path / "afile").write_text("x")  # a cache under a file cannot be created, even as root
+    monkeypatch.setenv("MCTS_GRPO_CACHE", str(tmp_path / "afile" / "cache"))
+    model, _ = load(gguf_file)
+    assert not model.training
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("warning: cannot write the converted model to the cache") and "$MCTS_GRPO_CACHE" in line
+    assert str(tmp_path / "afile" / "cache") in line
