@@ -9,8 +9,8 @@ reference. Departures from the paper's eq. 3, all deliberate:
     policy that sampled, computed while sampling at temperature 1, so they cost no extra forward pass. With
     mu = 1 the ratio is then 1 up to float32 rounding between the sampling and training kernels (the paper's
     pi_theta_old is the same weights). In bf16 (`--precision`: a GPU, an AMX CPU), where sampling and training
-    kernels round differently, `auto` recomputes them with one teacher-forced pass, so that the ratio is not
-    bf16 noise.
+    kernels round differently, `auto` recomputes them with one teacher-forced pass through the training pass's
+    own kernels (on a CPU: not the packed matmuls the sampler uses), so that at mu = 1 the ratio is exactly 1.
  2. Sampling temperature is a knob (default 1.0); log-probs in the loss are always at temperature 1.
  3. The clip range can be asymmetric (eps_low, eps_high: DAPO's clip-higher, Yu et al. 2025).
  4. Aggregation over tokens is selectable (`--loss-agg`): the paper's per-sequence mean then mean over
@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from data import Problem, StopOnText, encode_prompts, stop_token_ids
 from model_io import SamplingConfig, Transformer, export_hf
-from model_io.linear import drop_packed, set_packed
+from model_io.linear import drop_packed, set_packed, unpacked
 from model_io.precision import mixed_precision, resolve_precision, store_frozen_linears_in
 
 from . import distributed as D
@@ -191,10 +191,15 @@ class Trainer:
         rows_run = rows_all if cfg.beta > 0 else rows_all[nonzero]
         micro = [rows_run[i : i + cfg.micro_batch] for i in range(0, len(rows_run), cfg.micro_batch)]
 
-        # (the recomputed old log-probs reuse the sampler's packed weight copies; then they are freed, so that they do
-        # not sit beside the backward's activations)
-        old_logp = self._teacher_forced(model, ro, micro) if self.recompute_old else ro.old_logp
+        # the sampler's packed weight copies are freed, so that they do not sit beside the backward's activations; the
+        # recomputed old log-probs take the plain matmuls of the training pass (departure 1: the packed ones round
+        # differently, and the ratio would be 0.9975-0.9999 instead of 1 at mu = 1)
         drop_packed(model)
+        if self.recompute_old:
+            with unpacked(model):
+                old_logp = self._teacher_forced(model, ro, micro)
+        else:
+            old_logp = ro.old_logp
         ref_logp = self._teacher_forced(self.ref, ro, micro) if self.ref is not None else None
 
         # loss -> step (mu passes over the same rollouts)
@@ -260,8 +265,8 @@ class Trainer:
             norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.params if p.grad is not None])))
         if math.isfinite(loss) and math.isfinite(norm):
             self.opt.step()
-            # packed copies made since sampling (the recomputed old log-probs) are stale now, and the fused AdamW
-            # kernel updates in place without moving the weights' version counters, by which they would be caught
+            # a packed copy made since sampling would be stale now, and the fused AdamW kernel updates in place
+            # without moving the weights' version counters, by which it would be caught
             drop_packed(self.model)
             self.bad_steps = 0
             return norm

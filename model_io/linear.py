@@ -17,6 +17,7 @@ Set MCTS_GRPO_PACKED_LINEAR=0 to turn it off (the results then differ only by fl
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -68,6 +69,22 @@ def set_packed(model: nn.Module, allow: bool) -> None:
         if isinstance(m, Linear):
             m.allow_packed = allow
             m._packed = None
+
+
+@contextmanager
+def unpacked(model: nn.Module):
+    """Within: every Linear of `model` takes the plain matmul, as under autograd. For a no-grad pass whose numbers
+    must equal those of a training pass bit for bit (GRPO's recomputed old log-probs): the packed and the plain
+    kernels round differently."""
+    mods = [m for m in model.modules() if isinstance(m, Linear)]
+    before = [m.allow_packed for m in mods]
+    for m in mods:
+        m.allow_packed = False
+    try:
+        yield
+    finally:
+        for m, allow in zip(mods, before):
+            m.allow_packed = allow
 
 
 def drop_packed(model: nn.Module) -> None:

@@ -93,7 +93,7 @@ def use_row_keys(monkeypatch) -> None:
     monkeypatch.setattr(mcts.search, "row_rng", keys)
 
 
-def make_trainer(run_dir, dtype=torch.float32, rewards=None, seed=0, dist=None, **overrides):
+def make_trainer(run_dir, dtype=torch.float32, rewards=None, seed=0, dist=None, model_kw=None, **overrides):
     from data import Problem
     from grpo.config import TrainConfig
     from grpo.distributed import Dist
@@ -102,7 +102,7 @@ def make_trainer(run_dir, dtype=torch.float32, rewards=None, seed=0, dist=None, 
     from model_io.convert import from_hf_model
 
     tok = tiny_tokenizer()
-    model = from_hf_model(tiny_hf_model("llama", seed=seed, dtype=dtype))
+    model = from_hf_model(tiny_hf_model("llama", seed=seed, dtype=dtype, **(model_kw or {})))
     problems = [Problem(f"question {i}", "0", "", i) for i in range(16)]
     kw = dict(steps=6, prompts_per_step=4, group_size=8, max_new_tokens=8, micro_batch=12, lr=3e-3, warmup_steps=0,
               beta=0.0, stop="", eval_every=0, save_every=100, log_samples=1, seed=seed, device="cpu", shots=0,

@@ -61,8 +61,8 @@ def test_resume_is_bitwise_identical(tmp_path, precision, old):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_packed_weights_are_made_once_a_step_and_gone_before_the_loss(tmp_path, monkeypatch, precision):
     """CPU packed weight copies (model_io/linear.py): the sampler packs each policy weight once, the recomputed old
-    log-probs reuse those copies, and none is left when the loss and its backward run (a copy per weight would sit
-    beside the activations). The reference model packs nothing."""
+    log-probs take the plain matmuls of the training pass, and no copy is left when the loss and its backward run
+    (a copy per weight would sit beside the activations). The reference model packs nothing."""
     import grpo.trainer
     from model_io.linear import Linear
 
@@ -249,3 +249,20 @@ def test_learning_rate_schedule_by_hand():
     expected = [1 / 3, 2 / 3, 1.0, 0.8535534, 0.5, 0.1464466, 0.0]
     assert [f(s) for s in range(7)] == pytest.approx(expected, abs=1e-7)
     assert warmup_cosine(0, 4)(0) == 1.0  # no warm-up: the first step at the peak
+
+
+@pytest.mark.parametrize("fp32_ref", [False, True])
+def test_bf16_recomputed_old_logprobs_give_ratio_exactly_one(tmp_path, fp32_ref):
+    """Departure 1: in bf16 the old log-probs are recomputed so that, with mu = 1, the ratio is exactly 1. They must
+    come from the kernels of the training pass: under no_grad a CPU Linear would take its oneDNN-packed matmul,
+    which rounds differently from the plain one autograd runs (ratio_mean 0.9986 on the embedded model)."""
+    # SmolLM2-135M's width, and 8 rows x 64 tokens in a micro-batch: the packed and plain bf16 kernels round alike
+    # for most shapes, and differ at this one (M = 512 rows into the 576-wide projections)
+    wide = dict(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3, num_hidden_layers=1,
+                initializer_range=0.02)
+    tr = make_trainer(tmp_path, beta=0.04 if fp32_ref else 0.0, precision="bf16", mu=1, steps=2, model_kw=wide,
+                      prompts_per_step=2, group_size=4, max_new_tokens=64, micro_batch=8)
+    assert tr.recompute_old
+    for _ in range(2):
+        m = tr.train_step()
+        assert m["ratio_mean"] == 1.0 and m["clip_ratio/low_mean"] == 0.0 and m["clip_ratio/high_mean"] == 0.0, m
