@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from data import DataError, encode_prompts, load_gsm8k, parse_strict
+from data.gsm8k import check_one_file, questions_and_shots
 from grpo import distributed as D
 from grpo.checkpointing import checkpoint_dirs, model_of_run
 from grpo.config import TrainConfig, apply_preset, check_ranges, check_top_p, resumed_config
@@ -115,6 +116,10 @@ def make_out_dir(out: Path) -> None:
         raise ValueError(f"--out-dir {out} cannot be made ({e.strerror}): pass a writable directory") from None
 
 
+def is_training_run(out: Path) -> bool:
+    return (out / "checkpoints").is_dir() or (out / "metrics.jsonl").is_file()
+
+
 def clear_outputs(out: Path, outputs: tuple[str, ...]) -> None:
     """Remove what an earlier run of the command left in `out` (once this run's inputs have loaded), so that no
     old file sits beside the new ones and is taken for theirs."""
@@ -130,12 +135,11 @@ def cmd_eval(cfg: EvalConfig) -> None:
     device = resolve_device(cfg.device)
     set_decode_mode(cfg.decode)
     out = Path(cfg.out_dir)
+    if is_training_run(out):
+        raise ValueError(f"--out-dir {out} holds a training run, whose config.json and tb/ eval would replace: pass "
+                         f"another --out-dir (e.g. {out / 'eval'})")
     make_out_dir(out)
-    problems = load_gsm8k(cfg.split, cfg.gsm8k)
-    if cfg.split == "train":  # the first `shots` train questions are every prompt's worked examples: not scored
-        problems = problems[cfg.shots :]
-    problems = problems[: cfg.limit] if cfg.limit else problems
-    shots = load_gsm8k("train", cfg.gsm8k)[: cfg.shots] if cfg.shots else []
+    problems, shots = questions_and_shots(cfg.split, cfg.gsm8k, cfg.shots, cfg.limit)
     precision = resolve_precision(cfg.precision, device)
     model, tok = load_spec(cfg.model, device, weights_dtype(precision))
     clear_outputs(out, EVAL_OUTPUTS)
@@ -181,9 +185,14 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
         if (run_dir / "checkpoints").exists() or (run_dir / "metrics.jsonl").exists():
             raise ValueError(f"{run_dir} holds a run that stopped before its first checkpoint (nothing to resume): pass "
                              f"another --out-dir, or delete {run_dir} to use it again")
+    make_out_dir(run_dir)  # a file there fails now, not after loading
+    check_one_file({"train"} | ({"test"} if cfg.eval_every else set()), "training, and evaluating every --eval-every steps",
+                   cfg.gsm8k)
     d, device = D.init_from_env(cfg.device)
     set_decode_mode(cfg.decode)
     try:
+        if cfg.prompts_per_step % d.world:  # (each rank samples its own share of the prompts)
+            raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} must be a multiple of the {d.world} processes")
         # the run's config records the precision 'auto' resolved to here, so a resume on another machine keeps it
         if legacy:
             cfg = dataclasses.replace(cfg, precision="bf16" if device.type == "cuda" else "fp32")
@@ -196,8 +205,9 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
         if cfg.resume:
             if not trainer.resume():
                 raise ValueError(f"--resume {run_dir}: no finished checkpoint in {run_dir / 'checkpoints'}")
-            print(f"resumed {run_dir} at step {trainer.step}"
-                  + "".join(f"; --{k.replace('_', '-')} {new} (was {old})" for k, (old, new) in changed.items()))
+            if d.main:
+                print(f"resumed {run_dir} at step {trainer.step}"
+                      + "".join(f"; --{k.replace('_', '-')} {new} (was {old})" for k, (old, new) in changed.items()))
         if d.main and (changed or not cfg.resume):  # what the run is now, for the next resume
             write_json(run_dir / "config.json", dataclasses.asdict(cfg))
         if cfg.resume and (trainer.step >= cfg.steps or (cfg.token_budget and trainer.generated_total >= cfg.token_budget)):
@@ -232,7 +242,7 @@ class SampleConfig:
     max_new_tokens: int = field(default=256, metadata={"help": "generated tokens per answer at most"})
     stop: str = field(default="</answer>", metadata={"help": "stop an answer once its text contains this string ('' for EOS only)"})
     seed: int = field(default=0, metadata={"help": "random seed of the sampler"})
-    gsm8k: str | None = field(default=None, metadata={"help": "GSM8K jsonl file or directory; default: $GSM8K_DIR, else the hub"})
+    gsm8k: str | None = field(default=None, metadata={"help": "GSM8K directory holding train.jsonl and test.jsonl, or one of those files where one split is enough; default: $GSM8K_DIR, else the hub"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto"})
     precision: str = precision_field()
 
@@ -246,15 +256,13 @@ class SampleConfig:
 def cmd_sample(cfg: SampleConfig) -> None:
     from data import StopOnText, stop_token_ids
 
-    problems = load_gsm8k(cfg.split, cfg.gsm8k)
-    problems = problems[cfg.shots if cfg.split == "train" else 0 :][: cfg.questions]  # (train: not the prompt's examples)
+    problems, examples = questions_and_shots(cfg.split, cfg.gsm8k, cfg.shots, cfg.questions)
     device = resolve_device(cfg.device)
     model, tok = load_spec(cfg.model, device, weights_dtype(resolve_precision(cfg.precision, device)))
     scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                           eos_ids=stop_token_ids(tok, model.cfg.eos_token_ids))
     gen = torch.Generator(device=model.device).manual_seed(cfg.seed)
-    shots = load_gsm8k("train", cfg.gsm8k)[: cfg.shots] if cfg.shots else []
-    res = generate(model, encode_prompts(tok, [p.question for p in problems], shots), scfg, gen,
+    res = generate(model, encode_prompts(tok, [p.question for p in problems], examples), scfg, gen,
                    stop=StopOnText(tok, [cfg.stop]) if cfg.stop else None, pad_id=tok.pad_token_id)
     for i, p in enumerate(problems):
         text = tok.decode(res.row(i), skip_special_tokens=True)
@@ -264,9 +272,12 @@ def cmd_sample(cfg: SampleConfig) -> None:
 
 @dataclass
 class InspectConfig:
-    file: str = field(default="", metadata={"positional": True, "help": "a trees.jsonl written by `run.py eval --search mcts`"})
+    file: str = field(default="", metadata={"positional": True, "help": "a trees.jsonl written by `run.py eval --search mcts`, or the eval's --out-dir holding it"})
     index: int = field(default=0, metadata={"help": "which tree of the file (its line, from 0)"})
     max_depth: int = field(default=0, metadata={"help": "print nodes down to this depth only (0: all)"})
+
+    def __post_init__(self):
+        check_ranges(self, at_least_0=("index", "max_depth"))
 
 
 def cmd_inspect(cfg: InspectConfig) -> None:

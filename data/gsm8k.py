@@ -56,6 +56,9 @@ def _read_jsonl(path: Path) -> list[Problem]:
 def _from_path(path: Path, split: str) -> list[Problem]:
     if path.is_dir():
         path = path / f"{split}.jsonl"
+    elif path.stem in SPLITS and path.stem != split:  # a file is one split: test.jsonl never serves as train
+        raise DataError(f"{path} is the {path.stem} split, but the {split} split is needed: pass {split}.jsonl, "
+                        "or the directory holding train.jsonl and test.jsonl")
     if not path.is_file():
         raise DataError(f"GSM8K file {path} not found: {HOW}")
     return _read_jsonl(path)
@@ -73,6 +76,16 @@ def _from_hub(split: str) -> list[Problem]:
     return [_problem(r["question"], r["answer"], i) for i, r in enumerate(ds)]
 
 
+def check_one_file(splits: set[str], why: str, source: str | os.PathLike | None = None) -> None:
+    """A GSM8K file holds one split: refuse one where a command needs two, before any slow work. (Serving both from
+    one file once put test questions, answers included, into test prompts as their worked examples.)"""
+    src = source if source is not None else os.environ.get("GSM8K_DIR")
+    if src and len(splits) > 1 and Path(src).expanduser().is_file():
+        via = "--gsm8k" if source is not None else "GSM8K_DIR"
+        raise DataError(f"{via} {src} is one file, but the {' and '.join(sorted(splits))} splits are needed ({why}): "
+                        "pass the directory holding train.jsonl and test.jsonl")
+
+
 def load_gsm8k(split: str, source: str | os.PathLike | None = None) -> list[Problem]:
     """All problems of `split` ("train" or "test"), in file order."""
     if split not in SPLITS:
@@ -83,3 +96,20 @@ def load_gsm8k(split: str, source: str | os.PathLike | None = None) -> list[Prob
     if env:
         return _from_path(Path(env).expanduser(), split)
     return _from_hub(split)
+
+
+def questions_and_shots(split: str, source: str | os.PathLike | None, shots: int, limit: int = 0) -> tuple[list[Problem], list[Problem]]:
+    """What `eval` and `sample` answer, and the worked examples of their prompts: the first `shots` train problems,
+    which on the train split are therefore not asked (their answers are in the prompt). `limit` 0: all."""
+    check_one_file({split} | ({"train"} if shots else set()), "the prompt's worked examples are train problems", source)
+    problems = load_gsm8k(split, source)
+    n = len(problems)
+    problems = problems[shots if split == "train" else 0 :]
+    problems = problems[:limit] if limit else problems
+    if not problems:
+        raise DataError(f"no questions to answer: the {split} split holds {n}, all of them the prompt's {shots} worked "
+                        "examples; lower --shots or use the test split")
+    examples = load_gsm8k("train", source)[:shots] if shots else []
+    if len(examples) < shots:
+        raise DataError(f"--shots {shots}: the train split holds only {len(examples)} problems to show")
+    return problems, examples

@@ -12,7 +12,7 @@ from .loss import ADV_SCALES, AGGREGATIONS
 @dataclass
 class TrainConfig:
     model: str | None = field(default=None, metadata={"help": "policy to start from: hub id, HF dir, .gguf file, checkpoint dir or training run dir; default: the embedded SmolLM2-135M-Instruct"})
-    gsm8k: str | None = field(default=None, metadata={"help": "GSM8K jsonl file or directory; default: $GSM8K_DIR, else the hub"})
+    gsm8k: str | None = field(default=None, metadata={"help": "GSM8K directory holding train.jsonl and test.jsonl, or one of those files where one split is enough; default: $GSM8K_DIR, else the hub"})
     out_dir: str = field(default="runs/train", metadata={"help": "run directory: config, logs, TensorBoard events, checkpoints, final export"})
     resume: str | None = field(default=None, metadata={"help": "continue the run in this directory from its last checkpoint, with its saved config; only flags that do not change the training itself may be given beside it (RESUME_MAY_CHANGE: time and token limits, evaluation, checkpointing, logging, device, where GSM8K is read from)"})
     preset: str = field(default="", metadata={"help": "'smoke': a tiny run (< 2 min on a 2-core CPU) for a first look and CI; flags you give override it"})
@@ -133,6 +133,9 @@ def resumed_config(saved: dict, cfg: "TrainConfig", given: set[str], run_dir: st
     (RESUME_MAY_CHANGE). -> (config, {field: (old, new)} of what changed). A flag that would change the training
     itself is an error naming it, and the way to train on with new settings: a new run from a checkpoint's weights."""
     fields = TrainConfig.__dataclass_fields__
+    if not isinstance(saved, dict) or not {"steps", "group_size", "prompts_per_step", "lr"} <= saved.keys():
+        raise ValueError(f"--resume {run_dir}: its config.json is not the config of a `run.py train` run (another "
+                         "command wrote over it?): the run cannot be continued as it was")
     was = {k: saved.get(k, fields[k].default) for k in fields}  # (a config.json older than a field: its default)
     changed = {k: (was[k], getattr(cfg, k)) for k in sorted(given & set(fields) - {"resume"}) if was[k] != getattr(cfg, k)}
     fixed = [k for k in changed if k not in RESUME_MAY_CHANGE]

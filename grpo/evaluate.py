@@ -63,7 +63,7 @@ class EvalConfig:
     shots: int = field(default=2, metadata={"help": "k-shot examples from the train split in each prompt (train's default too, "
                                             "so a trained policy is evaluated on the prompts it learned on; 0: zero-shot)"})
     seed: int = field(default=0, metadata={"help": "random seed of the sampler"})
-    gsm8k: str | None = field(default=None, metadata={"help": "GSM8K jsonl file or directory; default: $GSM8K_DIR, else the hub"})
+    gsm8k: str | None = field(default=None, metadata={"help": "GSM8K directory holding train.jsonl and test.jsonl, or one of those files where one split is enough; default: $GSM8K_DIR, else the hub"})
     out_dir: str = field(default="runs/eval", metadata={"help": "where predictions.jsonl, summary.json, config.json (and trees.jsonl for mcts with --mcts-when tree) go; an earlier eval's outputs there are replaced"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto (cuda when available)"})
     decode: str = field(default="auto", metadata={"help": "sampling path: auto (static shapes and CUDA graphs on a GPU, "

@@ -57,15 +57,25 @@ def sample_rows(ro: Rollout, n: int) -> list[dict]:
 
 
 class RunLog:
+    """metrics.jsonl, samples.jsonl and TensorBoard events of a run (rank 0 only). The TensorBoard writer opens at
+    the first event, so that a command that logs nothing (resuming a finished run) leaves no empty event file."""
+
     def __init__(self, run_dir: Path, enabled: bool = True):
         self.enabled = enabled
-        self.tb = None
+        self._tb, self._purge_step = None, None
+        self.tb_dir = run_dir / "tb"
         if enabled:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path, self.samples_path = run_dir / "metrics.jsonl", run_dir / "samples.jsonl"
+
+    @property
+    def tb(self):
+        if self._tb is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            run_dir.mkdir(parents=True, exist_ok=True)
-            self.tb = SummaryWriter(str(run_dir / "tb"))
-        self.metrics_path, self.samples_path = run_dir / "metrics.jsonl", run_dir / "samples.jsonl"
+            self._tb = SummaryWriter(str(self.tb_dir), purge_step=self._purge_step)
+            self._purge_step = None  # once: a writer reopened after close() must not purge again
+        return self._tb
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -89,15 +99,13 @@ class RunLog:
     def purge_after(self, step: int) -> None:
         """On resume: TensorBoard drops the events of steps > `step` (they are about to be run again)."""
         if self.enabled:
-            from torch.utils.tensorboard import SummaryWriter
-
-            log_dir = self.tb.log_dir
-            self.tb.close()
-            self.tb = SummaryWriter(log_dir, purge_step=step + 1)
+            self.close()
+            self._purge_step = step + 1
 
     def close(self) -> None:
-        if self.enabled:
-            self.tb.close()  # a later add_scalar reopens it
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None  # a later event opens a new writer
 
 
 def truncate_log(path: Path, last_step: int) -> None:

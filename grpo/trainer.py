@@ -350,6 +350,10 @@ class Trainer:
                                 **({"acc": f"{last['eval/accuracy_strict']:.3f}"} if "eval/accuracy_strict" in last else {}))
             if (self.step == cfg.steps or spent) and self.dist.main:
                 export_hf(self.model, self.tok, self.run_dir / "final_hf")
+                if self.step < cfg.steps:
+                    by = "its --token-budget" if cfg.token_budget and self.generated_total >= cfg.token_budget else "--max-minutes"
+                    tqdm.write(f"stopped by {by} at step {self.step} of {cfg.steps}; final_hf holds the model so far"
+                               + ("" if by != "--max-minutes" else f"; `run.py train --resume {self.run_dir}` continues"))
         finally:
             bar.close()
             self.log.close()

@@ -5,22 +5,38 @@ import json
 from pathlib import Path
 
 
+TREE_KEYS = {"index", "question", "gold", "answer", "nodes"}
+NODE_KEYS = {"id", "parent", "text", "visits", "value", "prior", "terminal", "answer"}
+
+
 def load_trees(path: str | Path) -> list[dict]:
     """The trees of a trees.jsonl (or of the one in an eval output directory)."""
     p = Path(path)
-    if p.is_dir() and (p / "trees.jsonl").is_file():
+    if p.is_dir():
+        if not (p / "trees.jsonl").is_file():
+            raise ValueError(f"{p} has no trees.jsonl: `run.py eval --search mcts --mcts-when tree --out-dir {p}` writes one")
         p = p / "trees.jsonl"
     if not p.is_file():
-        raise ValueError(f"tree file {p} not found: run `run.py eval --search mcts` first (it writes OUT_DIR/trees.jsonl)")
+        raise ValueError(f"tree file {p} not found: `run.py eval --search mcts --mcts-when tree` writes OUT_DIR/trees.jsonl")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"{p} is not a text file: pass the trees.jsonl that `run.py eval --search mcts` writes") from None
     out = []
-    for n, line in enumerate(p.read_text().splitlines(), 1):
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
             tree = json.loads(line)
         except json.JSONDecodeError:
             raise ValueError(f"{p}:{n}: not a JSON tree line") from None
-        if not (isinstance(tree, dict) and {"nodes", "question", "answer"} <= tree.keys()):
-            raise ValueError(f"{p}:{n}: not a search tree (no nodes): pass the trees.jsonl that `run.py eval --search mcts` writes")
+        if not (isinstance(tree, dict) and TREE_KEYS <= tree.keys() and isinstance(tree["nodes"], list) and tree["nodes"]
+                and all(isinstance(x, dict) and NODE_KEYS <= x.keys() for x in tree["nodes"])):
+            raise ValueError(f"{p}:{n}: not a search tree (it needs {', '.join(sorted(TREE_KEYS))} and nodes with "
+                             f"{', '.join(sorted(NODE_KEYS))}): pass the trees.jsonl that `run.py eval --search mcts` writes")
         out.append(tree)
+    if not out:
+        raise ValueError(f"{p} holds no trees (an empty file): `run.py eval --search mcts --mcts-when tree` writes them")
     return out
 
 

@@ -98,6 +98,7 @@ def test_majority_vote():
     (["train", "--temperature", "0"], "--temperature must be > 0"),
     (["train", "--group-size", "0"], "--group-size must be >= 2, got 0"),
     (["train", "--mcts-children", "0"], "--mcts-children must be >= 1, got 0"),
+    (["inspect-tree", "x", "--max-depth", "-1"], "--max-depth must be >= 0, got -1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, why, monkeypatch, capsys):
     import torch
@@ -168,6 +169,17 @@ def test_train_run_dirs_that_cannot_go_on_say_so_and_a_finished_one_is_left_alon
     assert f"has finished (step 1 of 1): nothing to train; its model is {out / 'final_hf'}" in capsys.readouterr().out
     assert (out / "final_hf" / "model.safetensors").stat().st_mtime_ns == final
     assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+    events = sorted((out / "tb").iterdir())
+    assert run.main(["train", "--resume", str(out)]) == 0 and sorted((out / "tb").iterdir()) == events  # no empty event file
+    # eval into a training run would replace its config.json and tb/; a config.json another command wrote is refused
+    config = (out / "config.json").read_text()
+    capsys.readouterr()
+    assert run.main(["eval", "--out-dir", str(out), "--limit", "1"]) == 2
+    assert "holds a training run" in capsys.readouterr().err and (out / "config.json").read_text() == config
+    (out / "config.json").write_text(json.dumps({"search": "greedy", "limit": 1}))
+    assert run.main(["train", "--resume", str(out)]) == 2
+    assert "config.json is not the config of a `run.py train` run" in capsys.readouterr().err
+    (out / "config.json").write_text(config)
 
     def ctrl_c(*a):
         raise KeyboardInterrupt
@@ -354,3 +366,49 @@ def test_decode_flag_picks_the_sampling_path(tiny_ckpt, tmp_path, monkeypatch, m
     assert run.main(["eval", "--model", tiny_ckpt, "--limit", "3", "--max-new-tokens", "6", "--batch-size", "3",
                      "--out-dir", str(tmp_path / "auto"), "--device", "cpu"]) == 0
     assert got == [json.loads(l)["completions"] for l in (tmp_path / "auto" / "predictions.jsonl").read_text().splitlines()]
+
+
+def test_train_refuses_bad_out_dirs_data_files_and_batches_before_loading(tmp_path, monkeypatch, capsys):
+    """Checked before the data and the model load: an --out-dir that is a file, one GSM8K file where training and
+    its evaluation need both splits, and (under torchrun) prompts that do not divide among the processes."""
+    from grpo.distributed import Dist
+
+    monkeypatch.setattr(run, "load_spec", lambda *a: pytest.fail("the model loaded before the inputs were checked"))
+    (tmp_path / "afile").write_text("x")
+    assert run.main(["train", "--out-dir", str(tmp_path / "afile"), "--device", "cpu"]) == 2
+    assert "--out-dir" in capsys.readouterr().err
+    test_file = f"{gsm8k_dir()}/test.jsonl"
+    assert run.main(["train", "--gsm8k", test_file, "--out-dir", str(tmp_path / "r1"), "--device", "cpu"]) == 2
+    assert "is one file, but the test and train splits are needed" in capsys.readouterr().err
+    assert run.main(["sample", "--gsm8k", test_file]) == 2
+    assert "is one file" in capsys.readouterr().err
+    monkeypatch.setattr(run.D, "init_from_env", lambda device: (Dist(rank=0, world=2), torch.device("cpu")))
+    assert run.main(["train", "--prompts-per-step", "3", "--gsm8k", gsm8k_dir(), "--out-dir", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --prompts-per-step 3 must be a multiple of the 2 processes\n"
+    assert not (tmp_path / "r2" / "config.json").exists()
+
+
+def test_inspect_tree_skips_blank_lines_and_names_what_is_missing(tmp_path, capsys):
+    node = {"id": 0, "parent": -1, "visits": 1, "value": 0.5, "prior": 1.0, "text": "", "answer": None, "terminal": False}
+    tree = {"index": 0, "question": "q?", "gold": "1", "answer": "1", "nodes": [node]}
+    f = tmp_path / "trees.jsonl"
+    f.write_text(json.dumps(tree) + "\n\n")
+    assert run.main(["inspect-tree", str(f)]) == 0
+    capsys.readouterr()
+    for bad, why in [({k: v for k, v in tree.items() if k != "gold"}, "not a search tree"),
+                     ({**tree, "nodes": []}, "not a search tree"),
+                     ({**tree, "nodes": [{k: v for k, v in node.items() if k != "parent"}]}, "not a search tree")]:
+        f.write_text(json.dumps(bad) + "\n")
+        assert run.main(["inspect-tree", str(f)]) == 2
+        err = capsys.readouterr().err
+        assert why in err and err.count("\n") == 1
+    f.write_text("")
+    assert run.main(["inspect-tree", str(f)]) == 2
+    assert "holds no trees" in capsys.readouterr().err
+    f.write_bytes(b"\x87\xff\x00")
+    assert run.main(["inspect-tree", str(f)]) == 2
+    assert "is not a text file" in capsys.readouterr().err
+    f.unlink()
+    assert run.main(["inspect-tree", str(tmp_path)]) == 2
+    assert "has no trees.jsonl: `run.py eval --search mcts --mcts-when tree" in capsys.readouterr().err

@@ -27,6 +27,33 @@ def test_explicit_file_and_directory(tmp_path):
     assert [p.answer for p in load_gsm8k("test", tmp_path)] == ["1234", "-5"]
 
 
+def test_a_file_is_one_split_and_commands_that_need_two_refuse_it(tmp_path, monkeypatch):
+    """A test.jsonl given where train problems are needed (the prompt's worked examples) once served as both, so
+    test questions were asked with their own answers in the prompt."""
+    from data.gsm8k import check_one_file, questions_and_shots
+
+    monkeypatch.delenv("GSM8K_DIR", raising=False)
+    row = lambda i: json.dumps({"question": f"q{i}", "answer": f"#### {i}"})
+    (tmp_path / "test.jsonl").write_text("\n".join(row(i) for i in range(3)) + "\n")
+    (tmp_path / "train.jsonl").write_text("\n".join(row(i) for i in range(10, 12)) + "\n")
+    with pytest.raises(DataError, match=r"test\.jsonl is the test split, but the train split is needed"):
+        load_gsm8k("train", tmp_path / "test.jsonl")
+    with pytest.raises(DataError, match=r"--gsm8k .*test\.jsonl is one file, but the test and train splits are needed"):
+        questions_and_shots("test", str(tmp_path / "test.jsonl"), shots=2)
+    monkeypatch.setenv("GSM8K_DIR", str(tmp_path / "test.jsonl"))
+    with pytest.raises(DataError, match=r"GSM8K_DIR .* is one file"):
+        check_one_file({"train", "test"}, "training")
+    problems, shots = questions_and_shots("test", str(tmp_path / "test.jsonl"), shots=0, limit=2)  # zero-shot: one split
+    assert [p.answer for p in problems] == ["0", "1"] and shots == []
+    problems, shots = questions_and_shots("test", str(tmp_path), shots=2)
+    assert [p.answer for p in shots] == ["10", "11"] and len(problems) == 3
+    # on the train split the worked examples are not asked: here nothing would be left, and that is said
+    with pytest.raises(DataError, match="no questions to answer: the train split holds 2, all of them the prompt's 2"):
+        questions_and_shots("train", str(tmp_path), shots=2)
+    with pytest.raises(DataError, match="--shots 3: the train split holds only 2"):
+        questions_and_shots("test", str(tmp_path), shots=3)
+
+
 @pytest.mark.parametrize("line,why", [("{not json", "malformed"), ('{"question": "q"}', "answer"),
                                       ('{"question": "q", "answer": "no mark"}', "####")])
 def test_malformed_line_names_file_and_line(tmp_path, line, why):

@@ -266,3 +266,11 @@ def test_bf16_recomputed_old_logprobs_give_ratio_exactly_one(tmp_path, fp32_ref)
     for _ in range(2):
         m = tr.train_step()
         assert m["ratio_mean"] == 1.0 and m["clip_ratio/low_mean"] == 0.0 and m["clip_ratio/high_mean"] == 0.0, m
+
+
+def test_a_run_stopped_by_its_time_limit_says_so(tmp_path, capsys):
+    tr = make_trainer(tmp_path, steps=3, max_minutes=1e-9)
+    tr.train()
+    assert tr.step == 1 and (tmp_path / "final_hf").is_dir()
+    out = capsys.readouterr().out
+    assert f"stopped by --max-minutes at step 1 of 3; final_hf holds the model so far; `run.py train --resume {tmp_path}` continues" in out
