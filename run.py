@@ -117,6 +117,7 @@ def make_out_dir(out: Path) -> None:
 
 
 def is_training_run(out: Path) -> bool:
+    """`out` holds what `run.py train` writes (checkpoints or step logs), finished or not."""
     return (out / "checkpoints").is_dir() or (out / "metrics.jsonl").is_file()
 
 
@@ -182,7 +183,7 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
         run_dir, legacy, changed = Path(cfg.out_dir), False, {}
         if checkpoint_dirs(run_dir):
             raise ValueError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pass another --out-dir")
-        if (run_dir / "checkpoints").exists() or (run_dir / "metrics.jsonl").exists():
+        if is_training_run(run_dir):
             raise ValueError(f"{run_dir} holds a run that stopped before its first checkpoint (nothing to resume): pass "
                              f"another --out-dir, or delete {run_dir} to use it again")
     make_out_dir(run_dir)  # a file there fails now, not after loading
