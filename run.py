@@ -93,6 +93,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {name} asked for but CUDA is not available here: use --device cpu")
+    D.check_cuda_index(torch.device(name), f"--device {name}")
     return torch.device(name)
 
 

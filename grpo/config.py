@@ -1,6 +1,7 @@
 """TrainConfig: every knob of `run.py train`, with the defaults in one place, and the presets."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from model_io.precision import check_precision, precision_field
@@ -25,7 +26,7 @@ class TrainConfig:
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature of rollouts"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass of rollouts"})
     stop: str = field(default="</answer>", metadata={"help": "a completion ends once its text contains this ('' for EOS only)"})
-    shots: int = field(default=2, metadata={"help": "k-shot examples (from the start of the train split) in every prompt; "
+    shots: int = field(default=2, metadata={"help": "k-shot examples (the first train problems, then not trained on) in every prompt; "
                                             "zero-shot the default 135M model never writes the rewarded format, every reward is 0 "
                                             "and GRPO learns nothing (docs/RESULTS.md); 0 gives the recipe's zero-shot prompt"})
     rewards: str = field(default="", metadata={"help": "reward weights, e.g. 'correctness=1,xmlcount=0.5'; '' = all five at weight 1"})
@@ -107,7 +108,11 @@ def _flag(name: str) -> str:
 
 def check_ranges(cfg, at_least_1=(), at_least_0=(), in_0_1=()) -> None:
     """Range checks of a command's config fields, each failing with one line that names the flag (train, eval and
-    sample share them so that one mistake reads the same in every command)."""
+    sample share them so that one mistake reads the same in every command). No number may be inf or nan: each
+    would pass a >= check, then poison a run (an inf temperature samples uniformly; a nan lr trains NaN)."""
+    for name, v in vars(cfg).items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{_flag(name)} must be a finite number, got {v}")
     for names, ok, rule in ((at_least_1, lambda v: v >= 1, "be >= 1"), (at_least_0, lambda v: v >= 0, "be >= 0"),
                             (in_0_1, lambda v: 0 <= v <= 1, "be in [0, 1]")):
         for name in names:

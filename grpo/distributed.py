@@ -36,6 +36,15 @@ def check_device(name: str) -> str:
     return name
 
 
+def check_cuda_index(device: torch.device, who: str, fix: str = "") -> None:
+    """A CUDA device this machine has, or one line saying which it has (torch would fail later, deep inside)."""
+    n = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and device.index is not None and device.index >= n:
+        has = f"cuda:0 to cuda:{n - 1}" if n > 1 else "only cuda:0" if n == 1 else "none"
+        raise ValueError(f"{who} asks for cuda:{device.index}, but this machine has {n} CUDA device{'s' * (n != 1)} "
+                         f"({has}): {fix or 'pick one of them'}")
+
+
 def init_from_env(device_pref: str = "auto") -> tuple[Dist, torch.device]:
     """Under torchrun (RANK/WORLD_SIZE set): join the process group, NCCL on CUDA, gloo on CPU. One process under
     torchrun still forms a group, so `torchrun --nproc_per_node 1` checks that NCCL initialises and trains."""
@@ -50,6 +59,8 @@ def init_from_env(device_pref: str = "auto") -> tuple[Dist, torch.device]:
             raise ValueError(f"--device {device_pref} asked for but CUDA is not available here: use --device cpu")
         if device.type == "cuda" and world > 1:
             device = torch.device(f"cuda:{local}")
+    check_cuda_index(device, f"--device {device_pref}" if device_pref != "auto" and world == 1 else
+                     f"torchrun's process with LOCAL_RANK {local}", "lower --nproc_per_node" if world > 1 else "")
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     if launched and not dist.is_initialized():
         if device.type == "cuda":

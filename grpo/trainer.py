@@ -54,6 +54,7 @@ from model_io.linear import drop_packed, set_packed, unpacked
 from model_io.precision import mixed_precision, resolve_precision, store_frozen_linears_in
 
 from . import distributed as D
+from .batches import EpochOrder
 from .checkpointing import checkpoint_dirs, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .evaluate import EvalConfig, evaluate
@@ -83,6 +84,11 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, model: Transformer, tokenizer, train: list[Problem], test: list[Problem],
                  run_dir: Path, rewards: RewardSet | None = None, dist: D.Dist = D.Dist(), progress: bool = True):
         self.cfg, self.model, self.tok = cfg, model, tokenizer
+        # the prompt's worked examples are not asked (their answers are in every prompt), as eval leaves them out
+        self.shots, train = train[: cfg.shots], train[cfg.shots :]
+        if not train:
+            raise ValueError(f"no training questions left: all {len(self.shots)} train problems are the prompt's "
+                             "worked examples; lower --shots")
         self.train_set, self.test_set = train, test
         self.run_dir, self.dist, self.progress = run_dir, dist, progress
         self.rewards = rewards or RewardSet.parse(cfg.rewards)
@@ -91,7 +97,6 @@ class Trainer:
             # ...but not its NaN-filling of every torch.empty (47k fills, ~0.25 s a step): our KV caches are
             # allocated uninitialised on purpose and every slot read is written first (tests/test_sampler.py)
             torch.utils.deterministic.fill_uninitialized_memory = False
-        self.shots = train[: cfg.shots]
         # bf16 autocast over float32 master weights where bf16 matmuls are fast (GPU, AMX CPU), else float32
         self.precision = resolve_precision(cfg.precision, model.device)
         self.autocast = mixed_precision(self.precision, model.device)
@@ -118,25 +123,14 @@ class Trainer:
         self.flat_steps = 0  # consecutive steps in which no group had any reward spread (nothing to learn from)
         self._t_start = time.perf_counter()
         self._prompt_cache: dict[int, list[int]] = {}
-        self._perm: tuple[int, torch.Tensor | None] = (-1, None)
+        self.order = EpochOrder(len(train), cfg.prompts_per_step, cfg.seed)
         self.log = RunLog(run_dir, enabled=dist.main)
 
     # ------------------------------------------------------------------ data
     def step_indices(self, step: int) -> list[int]:
-        """This rank's prompts for `step`: the global batch is the next B indices of a per-epoch permutation
-        (seeded by seed + epoch, as DistributedSampler does), split contiguously across ranks."""
-        n, B = len(self.train_set), self.cfg.prompts_per_step
-        out = []
-        for k in range(step * B, (step + 1) * B):
-            epoch, i = divmod(k, n)
-            out.append(int(self._permutation(epoch)[i]))
-        return D.shard(out, self.dist)
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        if self._perm[0] != epoch:
-            n = len(self.train_set)
-            self._perm = (epoch, torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed + epoch)))
-        return self._perm[1]
+        """This rank's prompts for `step`: the global batch (grpo.batches: per-epoch permutations, no problem twice
+        in a batch), split contiguously across ranks."""
+        return D.shard(self.order.step(step), self.dist)
 
     def prompts(self, idx: list[int]) -> list[list[int]]:
         missing = [i for i in idx if i not in self._prompt_cache]

@@ -99,6 +99,10 @@ def test_majority_vote():
     (["train", "--group-size", "0"], "--group-size must be >= 2, got 0"),
     (["train", "--mcts-children", "0"], "--mcts-children must be >= 1, got 0"),
     (["inspect-tree", "x", "--max-depth", "-1"], "--max-depth must be >= 0, got -1"),
+    (["eval", "--temperature", "inf"], "--temperature must be a finite number, got inf"),
+    (["sample", "--temperature", "inf"], "--temperature must be a finite number, got inf"),
+    (["train", "--lr", "nan"], "--lr must be a finite number, got nan"),
+    (["train", "--max-minutes", "inf"], "--max-minutes must be a finite number, got inf"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, why, monkeypatch, capsys):
     import torch

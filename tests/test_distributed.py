@@ -38,3 +38,26 @@ def test_two_processes_match_one(tmp_path, case):
     got = json.loads((tmp_path / "metrics.json").read_text())
     for k in ("reward", "loss", "kl", "entropy"):  # metrics reduced over ranks
         assert abs(got[k] - last[k]) < 1e-6 * max(1.0, abs(last[k])), (k, got[k], last[k])
+
+
+def test_a_cuda_device_the_machine_lacks_is_one_line(monkeypatch):
+    """--device cuda:2 on a one-GPU machine, or torchrun with more processes than GPUs: one line naming what the
+    machine has, before anything loads (torch would fail later, inside set_device or the first tensor move)."""
+    import torch
+
+    import run
+    from grpo.distributed import init_from_env
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    with pytest.raises(ValueError, match=r"^--device cuda:2 asks for cuda:2, but this machine has 1 CUDA device "
+                                         r"\(only cuda:0\): pick one of them$"):
+        init_from_env("cuda:2")
+    with pytest.raises(ValueError, match="--device cuda:1 asks for cuda:1"):
+        run.resolve_device("cuda:1")
+    assert run.resolve_device("cuda:0") == torch.device("cuda:0")
+    monkeypatch.setenv("RANK", "3"), monkeypatch.setenv("WORLD_SIZE", "4"), monkeypatch.setenv("LOCAL_RANK", "3")
+    with pytest.raises(ValueError, match="LOCAL_RANK 3 asks for cuda:3, .* has 1 CUDA device .*lower --nproc_per_node"):
+        init_from_env("auto")

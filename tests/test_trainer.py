@@ -114,6 +114,16 @@ def test_step_indices_cover_an_epoch_once(tmp_path):
     assert sorted(seen) == list(range(16))
 
 
+def test_the_prompts_worked_examples_are_not_trained_on(tmp_path):
+    """Their answers are in every prompt: asking them would reward copying (eval leaves them out too)."""
+    tr = make_trainer(tmp_path, shots=2)
+    asked = {tr.train_set[i].question for s in range(7) for i in tr.step_indices(s)}  # 14 problems, 4 per step
+    assert [p.question for p in tr.shots] == ["question 0", "question 1"]
+    assert asked == {f"question {i}" for i in range(2, 16)}
+    with pytest.raises(ValueError, match="no training questions left.*lower --shots"):
+        make_trainer(tmp_path, shots=16)
+
+
 @pytest.mark.parametrize("at_start", [True, False])
 def test_evaluation_of_the_start_is_logged_as_step_0(tmp_path, at_start):
     import sys
