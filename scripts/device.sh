@@ -23,6 +23,7 @@ case "${1:-}" in
     mkdir -p /root/m && cp .dev_model/a/part_aa /root/m/ && ls -l /root/m ;;
   run)
     OUT=${2:?usage: scripts/device.sh run OUT [MINUTES]}
+    [ -f /root/m/part_aa ] || { echo "error: /root/m/part_aa is missing: the machine was handed back since 'part1' (it stays warm 30 s); run 'part1' again, then 'run' at once" >&2; exit 2; }
     cat /root/m/part_aa .dev_model/b/part_ab > "$GGUF"
     echo "$(cat .dev_model/b/SHA256)  $GGUF" | sha256sum -c -
     mkdir -p /tmp/site && python3 -m zipfile -e .dev_model/b/gguf-*.whl /tmp/site  # a pure-Python wheel: no pip needed
