@@ -195,6 +195,27 @@ def test_each_prompt_keeps_its_own_answer_budget(setup):
     assert max(len(rec.ids) for rec in res[1].records) > 6  # the short row did not cut the long one
 
 
+
+def test_generated_tokens_count_every_sampled_token(setup, monkeypatch):
+    """Rows decoded together run to the longest row's room; the tokens a short row samples past its own room are
+    cut from its tree but were paid for, so they count (as lookahead's plain stretches count them). Seen: with
+    caps [2, 12, 6] the results reported 174 generated tokens while the decodes sampled 233."""
+    import mcts.search as ms
+
+    model, tok, prompts = setup
+    sampled, real = [], ms.decode
+
+    def spy(*a, **k):
+        res = real(*a, **k)
+        sampled.append(int(res.lengths.sum()))
+        return res
+
+    monkeypatch.setattr(ms, "decode", spy)
+    c = cfg(n_simulations=6, step="tokens:2", max_new_tokens=12, stop="")
+    res = search(model, tok, prompts, c, max_new_tokens=[2, 12, 6])
+    assert sum(r.generated_tokens for r in res) == sum(sampled)
+    assert max(len(rec.ids) for rec in res[0].records) <= 2  # the trees themselves still keep each row's room
+
 def test_gumbel_root_choice_is_committed(setup):
     model, tok, prompts = setup
     res = search(model, tok, prompts, cfg(root="gumbel", n_simulations=6))
