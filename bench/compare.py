@@ -38,7 +38,7 @@ def prefix_results(results: list[QuestionResult], n: int, strategy: str, format_
     for r in results:
         texts, lenient = r.completions[:n], r.lenient[:n]
         out.append(replace(r, completions=texts, strict=r.strict[:n], lenient=lenient, tokens=r.tokens[:n], finish=r.finish[:n],
-                           final=choose(strategy, texts, lenient, format_weight), generated_tokens=sum(r.tokens[:n]),
+                           final=choose(strategy, texts, lenient, format_weight, r.finish[:n]), generated_tokens=sum(r.tokens[:n]),
                            forward_tokens=r.forward_tokens - r.generated_tokens + sum(r.tokens[:n])))
     return out
 

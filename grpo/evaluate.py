@@ -148,17 +148,19 @@ def summarize(results: Sequence[QuestionResult], seconds: float) -> dict:
     return out
 
 
-def choose(strategy: str, texts: list[str], lenient: list[str | None], format_weight: float) -> int:
-    """Index of the strategy's answer among n sampled ones."""
+def choose(strategy: str, texts: list[str], lenient: list[str | None], format_weight: float, finish: list[str]) -> int:
+    """Index of the strategy's answer among n sampled ones (finish: each one's finish reason)."""
     if strategy == "sample":
         return -1
     if strategy == "majority":
         m = majority(lenient)
         return lenient.index(m) if m is not None else 0
     if strategy == "best-of-n":
-        answers = [parse_answer(t) for t in texts]
+        # tree search's value exactly: an answer cut by the token limit has no answer (no agreement, not in the pool)
+        finished = [f != "length" for f in finish]
+        answers = [parse_answer(t) if f else None for t, f in zip(texts, finished)]
         pool = [a for a in answers if a is not None]
-        values = self_consistency_value(format_weight)(Candidates(texts, answers, [True] * len(texts), [pool] * len(texts),
+        values = self_consistency_value(format_weight)(Candidates(texts, answers, finished, [pool] * len(texts),
                                                                   [0] * len(texts), [[] for _ in texts]))
         return max(range(len(texts)), key=lambda i: (values[i], -i))
     return 0
@@ -211,7 +213,8 @@ def evaluate(
                     lenient = [parse_lenient(t) for t in texts]
                     toks = [int(res.lengths[r]) for r in rows]
                     new.append(QuestionResult(p.index, p.question, p.answer, texts, [parse_strict(t) for t in texts], lenient,
-                                              toks, [res.finish[r] for r in rows], choose(cfg.search, texts, lenient, cfg.format_weight),
+                                              toks, [res.finish[r] for r in rows],
+                                              choose(cfg.search, texts, lenient, cfg.format_weight, [res.finish[r] for r in rows]),
                                               sum(toks), len(prompts[b]) + sum(toks)))
             results += new
             if sink:

@@ -323,9 +323,27 @@ def test_best_of_n_and_majority_choices():
 
     texts = ["<reasoning>a</reasoning><answer>4</answer>", "so 5", "<answer>4</answer>", "7"]
     lenient = ["4", "5", "4", "7"]
-    assert choose("majority", texts, lenient, 0.3) == 0
-    assert choose("best-of-n", texts, lenient, 0.3) == 0  # formatted and agreeing with another answer
-    assert choose("sample", texts, lenient, 0.3) == -1 and choose("greedy", texts[:1], lenient[:1], 0.3) == 0
+    done = ["stop"] * 4
+    assert choose("majority", texts, lenient, 0.3, done) == 0
+    assert choose("best-of-n", texts, lenient, 0.3, done) == 0  # formatted and agreeing with another answer
+    assert choose("sample", texts, lenient, 0.3, done) == -1 and choose("greedy", texts[:1], lenient[:1], 0.3, done[:1]) == 0
+
+
+def test_best_of_n_scores_cut_answers_as_tree_search_does():
+    """An answer cut by the token limit has no answer in tree search's value (mcts/search.py: no agreement, not in
+    the pool); best-of-n, which claims that value, counted the last number of cut texts. Seen: three answers cut
+    at '... so 15' outvoted a finished, formatted '7' (value 0.525 against 0.475) and best-of-n chose a cut one."""
+    from grpo.evaluate import choose
+    from mcts.interface import Candidates, self_consistency_value
+
+    fin, cut = "<reasoning>\n3 + 4 = 7\n</reasoning>\n<answer>\n7\n</answer>", "<reasoning>\n10 + 5 = 15, so 15"
+    texts, finish = [fin, cut, cut, cut], ["stop", "length", "length", "length"]
+    lenient = ["7", "15", "15", "15"]
+    searched = self_consistency_value(0.3)(Candidates(texts, ["7", None, None, None], [True, False, False, False],
+                                                      [["7"]] * 4, [0] * 4, [[]] * 4))
+    assert searched == pytest.approx([1.0, 0.0, 0.0, 0.0])  # 0.3 x format 1 + 0.7 x agreement 1/1; cut: nothing
+    assert choose("best-of-n", texts, lenient, 0.3, finish) == 0
+    assert choose("best-of-n", texts, lenient, 0.3, ["stop"] * 4) == 1  # finished, the three 15s do outvote it
 
 
 def test_train_cli_with_tree_rollouts(tiny_ckpt, tmp_path, monkeypatch):
