@@ -76,8 +76,9 @@ class EvalConfig:
         check_precision(self.precision)
         if self.search not in SEARCHES:
             raise ValueError(f"unknown --search {self.search!r}: use one of {', '.join(SEARCHES)}")
-        check_ranges(self, at_least_1=("n", "batch_size", "max_new_tokens"),
-                     at_least_0=("limit", "shots", "top_k", "temperature", "c_puct"), in_0_1=("format_weight", "fallback_p"))
+        check_ranges(self, at_least_1=("n", "batch_size", "max_new_tokens", "n_simulations", "children", "step_tokens"),
+                     at_least_0=("limit", "shots", "top_k", "temperature", "c_puct", "rollout_depth"),
+                     in_0_1=("format_weight", "fallback_p"))
         check_top_p(self.top_p)
         if self.search in ("greedy", "mcts") and self.n != 1:
             raise ValueError(f"--search {self.search} gives one answer per question: --n is for sample, majority, best-of-n")

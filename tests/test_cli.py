@@ -212,6 +212,15 @@ def test_eval_config_validation():
         EvalConfig(limit=-1)
 
 
+@pytest.mark.parametrize("flag,value,rule", [("--children", "0", ">= 1"), ("--n-simulations", "0", ">= 1"),
+                                             ("--step-tokens", "0", ">= 1"), ("--rollout-depth", "-1", ">= 0")])
+def test_eval_tree_search_ranges_name_the_flag(flag, value, rule, capsys):
+    """Seen: `eval --children 0` said 'n_simulations, children and step_tokens must be >= 1, rollout_depth >= 0',
+    naming four config fields and not the flag or the value that was wrong."""
+    assert run.main(["eval", flag, value]) == 2
+    assert capsys.readouterr().err == f"error: {flag} must be {rule}, got {value}\n"
+
+
 def test_train_cli_writes_a_complete_run_and_refuses_to_overwrite_it(tiny_ckpt, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
     out = tmp_path / "run"
