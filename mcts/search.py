@@ -254,7 +254,7 @@ def search(
         valid = kids != UNEXPANDED
         first = kids[b_all, final_root_child(_gumbel_scores(tree, g, valid, root_sims, cfg), valid, root_sims)].tolist()
     return [_result(tree, b, records[b], node_record[b], cfg, gen_tokens[b], fwd_tokens[b], steps, step_len, tokenizer, keep_trees,
-                    first[b] if first else None)
+                    first[b] if first else None, eos)
             for b in range(B)]
 
 
@@ -267,7 +267,8 @@ def _gumbel_scores(tree: Tree, g: torch.Tensor, valid: torch.Tensor, root_sims: 
 
 
 def _result(tree: Tree, b: int, records: list[RolloutRecord], node_record: dict[int, int], cfg: SearchConfig,
-            gen: int, fwd: int, steps, step_len, tokenizer, keep_tree: bool, first: int | None = None) -> SearchResult:
+            gen: int, fwd: int, steps, step_len, tokenizer, keep_tree: bool, first: int | None = None,
+            eos: Sequence[int] = ()) -> SearchResult:
     chosen = None
     first_node = first if first is not None and first != UNEXPANDED else None
     finished = [r for r in records if r.finished and r.answer is not None]
@@ -306,6 +307,7 @@ def _result(tree: Tree, b: int, records: list[RolloutRecord], node_record: dict[
     n = int(tree.num_nodes[b])
     return SearchResult(text=text, answer=parse_answer(text) if text else None, first_steps=first, records=records,
                         step_len=step_len[b, :n].tolist(), parent=tree.parent[b, :n].tolist(),
-                        answer_tokens=chosen.tokens if chosen else 0, finish="stop" if chosen and chosen.finished else "length",
+                        answer_tokens=chosen.tokens if chosen else 0,
+                        finish=("eos" if chosen.ids[-1] in eos else "stop") if chosen and chosen.finished else "length",
                         generated_tokens=gen, forward_tokens=fwd,
                         nodes=int(tree.num_nodes[b]), tree=dump, root_choice=first_node)

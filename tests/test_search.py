@@ -216,6 +216,15 @@ def test_generated_tokens_count_every_sampled_token(setup, monkeypatch):
     assert sum(r.generated_tokens for r in res) == sum(sampled)
     assert max(len(rec.ids) for rec in res[0].records) <= 2  # the trees themselves still keep each row's room
 
+
+def test_an_answer_ended_by_eos_reports_eos(setup, monkeypatch):
+    """Seen: an eval --search mcts answer that ended at <|im_end|> (no '</answer>' in its text) was written to
+    predictions.jsonl with finish 'stop'. Here half the vocabulary ends an answer and there is no stop string."""
+    model, tok, prompts = setup
+    monkeypatch.setattr("mcts.search.stop_token_ids", lambda *_: list(range(0, len(tok), 2)))
+    res = search(model, tok, prompts, cfg(stop=""))
+    assert {r.finish for r in res} == {"eos"}
+
 def test_gumbel_root_choice_is_committed(setup):
     model, tok, prompts = setup
     res = search(model, tok, prompts, cfg(root="gumbel", n_simulations=6))
