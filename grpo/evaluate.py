@@ -82,6 +82,13 @@ class EvalConfig:
         check_top_p(self.top_p)
         if self.search in ("greedy", "mcts") and self.n != 1:
             raise ValueError(f"--search {self.search} gives one answer per question: --n is for sample, majority, best-of-n")
+        # flags that look as if they applied to tree search but do not (config.json would record them as if they had)
+        if self.search == "mcts" and self.top_k:
+            raise ValueError(f"--top-k {self.top_k} is not used by --search mcts (it samples with --temperature and --top-p): "
+                             f"drop --top-k, or use --search sample, majority or best-of-n")
+        if self.search == "mcts" and self.mcts_when == "tree" and self.fallback_p:
+            raise ValueError(f"--fallback-p {self.fallback_p} applies to lookahead decoding only: add --mcts-when always, "
+                             f"every:K or entropy:H, or drop --fallback-p")
         # the tree-search flags are checked whatever the search: a wrong value is a mistake even where unused
         self.search_config()
         if self.mcts_when != "tree":

@@ -221,6 +221,18 @@ def test_eval_tree_search_ranges_name_the_flag(flag, value, rule, capsys):
     assert capsys.readouterr().err == f"error: {flag} must be {rule}, got {value}\n"
 
 
+@pytest.mark.parametrize("kw,needle", [(dict(search="mcts", top_k=5), "--top-k 5 is not used by --search mcts"),
+                                       (dict(search="mcts", fallback_p=0.5), "--fallback-p 0.5 applies to lookahead")])
+def test_eval_refuses_flags_that_tree_search_would_ignore(kw, needle):
+    """Seen: `eval --search mcts --top-k 5` and `--search mcts --fallback-p 0.5` (tree mode) ran plain tree search
+    and wrote top_k 5 / fallback_p 0.5 into config.json as if they had applied. (EvalConfig, not run.main: without
+    the check, run.main would run a whole eval.)"""
+    with pytest.raises(ValueError, match=needle):
+        EvalConfig(**kw)
+    EvalConfig(search="mcts", mcts_when="every:8", fallback_p=0.5)  # lookahead does use it
+    EvalConfig(search="sample", n=2, top_k=5)
+
+
 def test_train_cli_writes_a_complete_run_and_refuses_to_overwrite_it(tiny_ckpt, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
     out = tmp_path / "run"
