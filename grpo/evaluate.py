@@ -206,8 +206,9 @@ def evaluate(
                                          cfg.fallback_p, [p.index for p in batch], cfg.seed)
                 new = [one_answer(p, f.text, len(f.tokens), f.finish, f.generated_tokens, f.forward_tokens) for p, f in zip(batch, found)]
             elif cfg.search == "mcts":
+                # a batch of trees takes minutes on a CPU: the bar shows which simulation it is on
                 found = search(model, tokenizer, prompts, cfg.search_config(), [p.index for p in batch], cfg.seed,
-                               keep_trees=trees is not None)
+                               keep_trees=trees is not None, on_simulation=lambda s, n_sim: bar.set_postfix_str(f"simulation {s}/{n_sim}"))
                 new = [one_answer(p, f.text, f.answer_tokens, f.finish, f.generated_tokens, f.forward_tokens) for p, f in zip(batch, found)]
                 if trees:
                     for p, f in zip(batch, found):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import weakref
 from collections import Counter
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -106,9 +106,11 @@ def search(
     value_fn: ValueFn | None = None,
     keep_trees: bool = False,
     max_new_tokens: Sequence[int] | None = None,
+    on_simulation: Callable[[int, int], None] | None = None,
 ) -> list[SearchResult]:
     """Search B trees at once, one per prompt; returns one answer per prompt. `max_new_tokens` [B]: each
-    answer's own token cap (lookahead decoding searches answers of different lengths); default cfg's for all."""
+    answer's own token cap (lookahead decoding searches answers of different lengths); default cfg's for all.
+    `on_simulation(s, n)` is called as simulation s of n (from 1) starts, e.g. to show progress."""
     B, K, S = len(prompts), cfg.children, cfg.step_len
     caps = torch.tensor(list(max_new_tokens) if max_new_tokens is not None else [cfg.max_new_tokens] * B)  # [B]
     assert caps.shape == (B,), f"max_new_tokens needs one cap per prompt, got {tuple(caps.shape)} for {B}"
@@ -140,6 +142,8 @@ def search(
         schedule = considered_table(K, cfg.n_simulations - 1)  # [K + 1, K + n - 1]
         root_sims = torch.zeros(B, K, dtype=torch.long)  # [B, K] simulations through each root child
     for sim in range(cfg.n_simulations):
+        if on_simulation is not None:
+            on_simulation(sim + 1, cfg.n_simulations)
         start = None
         if gumbel and sim > 0:
             kids = tree.children[:, ROOT]  # [B, K]
