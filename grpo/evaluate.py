@@ -162,7 +162,12 @@ def choose(strategy: str, texts: list[str], lenient: list[str | None], format_we
         return -1
     if strategy == "majority":
         m = majority(lenient)
-        return lenient.index(m) if m is not None else 0
+        if m is None:
+            return 0
+        # the vote gives a number; of the answers that gave it, one in the format if any (as tree search's vote takes
+        # its best-valued one), so that strict accuracy does not depend on which of them happened to be sampled first
+        same = [i for i, a in enumerate(lenient) if a == m]
+        return next((i for i in same if parse_strict(texts[i]) == m), same[0])
     if strategy == "best-of-n":
         # tree search's value exactly: an answer cut by the token limit has no answer (no agreement, not in the pool)
         finished = [f != "length" for f in finish]

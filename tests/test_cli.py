@@ -351,6 +351,16 @@ def test_best_of_n_and_majority_choices():
     assert choose("sample", texts, lenient, 0.3, done) == -1 and choose("greedy", texts[:1], lenient[:1], 0.3, done[:1]) == 0
 
 
+def test_majority_answers_with_a_formatted_text_of_the_winning_number():
+    """Seen: samples ['so 4', '<answer>4</answer>', '5'] with gold 4: majority chose text 0 (the first '4'), so
+    --search majority scored 0 strict where --search sample's majority_at_n_strict on the same samples scored 1,
+    and the strict score depended on which agreeing sample came first."""
+    from grpo.evaluate import choose
+
+    texts = ["so 4", "<reasoning>r</reasoning>\n<answer>\n4\n</answer>", "5"]
+    assert choose("majority", texts, ["4", "4", "5"], 0.3, ["stop"] * 3) == 1
+    assert choose("majority", ["so 4", "4 again", "5"], ["4", "4", "5"], 0.3, ["stop"] * 3) == 0  # none formatted: first
+
 def test_best_of_n_scores_cut_answers_as_tree_search_does():
     """An answer cut by the token limit has no answer in tree search's value (mcts/search.py: no agreement, not in
     the pool); best-of-n, which claims that value, counted the last number of cut texts. Seen: three answers cut
