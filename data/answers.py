@@ -43,9 +43,12 @@ def normalize_number(text: str | None) -> str | None:
         d = Decimal(s)
     except InvalidOperation:
         return None
-    if d == d.to_integral_value():
-        return str(int(d))
-    return format(d.normalize(), "f")
+    if d == 0:
+        return "0"  # also "-0" and "-0.0"
+    # exact digits: str(int(d)) raises past 4300 digits (Python's int-to-str limit) and d.normalize() rounds to
+    # the context's 28 significant digits, by which 0.999...9 (30 nines) would equal 1
+    out = format(d, "f")
+    return out.rstrip("0").rstrip(".") if "." in out else out
 
 
 def extract_gold(solution: str) -> str:

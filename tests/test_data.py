@@ -87,10 +87,20 @@ def test_no_source_names_all_three_ways(monkeypatch, tmp_path):
     ("18", "18"), ("18.00", "18"), ("$18", "18"), ("1,234", "1234"), ("-7", "-7"), ("18.", "18"),
     (" $1,234.50 ", "1234.5"), ("0.0", "0"), ("+3", "3"), (".5", "0.5"), ("abc", None), ("18 dollars", None),
     ("", None), (None, None), ("1e5", None), ("--3", None), ("1 000", "1000"), ("$ 12 500.5", "12500.5"),
-    ("3 4", None), ("1 00", None), ("12 000 5", None),
+    ("3 4", None), ("1 00", None), ("12 000 5", None), ("-0.0", "0"), ("-.50", "-0.5"), ("1,000.000", "1000"),
 ])
 def test_normalize_number(text, expected):
     assert normalize_number(text) == expected
+
+
+def test_normalize_number_is_exact_at_any_length():
+    """Decimal's normalize() rounded to 28 significant digits (30 nines after the point became "1", a correct
+    answer to a gold of 1), and str(int()) raised ValueError past Python's 4300-digit limit (a runaway answer)."""
+    nines = "0." + "9" * 30
+    assert normalize_number(nines) == nines and normalize_number(nines) != normalize_number("1")
+    assert normalize_number("12345678901234567890123456789.5") == "12345678901234567890123456789.5"
+    assert normalize_number("9" * 5000) == "9" * 5000 and normalize_number("9" * 5000 + ".50") == "9" * 5000 + ".5"
+    assert parse_lenient("so " + "9" * 5000) == "9" * 5000
 
 
 def test_gold_strict_and_lenient_parsing():

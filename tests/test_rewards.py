@@ -68,5 +68,6 @@ def test_no_string_makes_any_reward_raise():
     pieces = ["<reasoning>", "</reasoning>", "<answer>", "</answer>", "\n", " ", "42", "-", ".", ",", "$", "é", "\x00", "<", ">", "####"]
     texts = ["", "\n" * 5] + ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 30))) for _ in range(500)]
     texts += ["".join(chr(rng.randint(0, 0x2FFF)) for _ in range(50)) for _ in range(100)]
+    texts += ["<answer>\n" + "7" * 5000 + "\n</answer>"]  # a runaway answer past Python's 4300-digit int-to-str limit
     out = RewardSet()(texts, answers=["42"] * len(texts))
     assert len(out.total) == len(texts) and all(isinstance(v, float) for v in out.total)
