@@ -15,10 +15,12 @@ if TYPE_CHECKING:
     from .rollout import Rollout
 
 
-def step_metrics(ro: Rollout, rewards_all: torch.Tensor, agg: dict, d: D.Dist, dev: torch.device, mu: int) -> dict[str, float]:
+def step_metrics(ro: Rollout, rewards_all: torch.Tensor, agg: dict, d: D.Dist, dev: torch.device, mu: int,
+                 with_kl: bool = True) -> dict[str, float]:
     """Rewards, completion lengths and the loss's token statistics of one step, over all ranks (TRL's names).
     `rewards_all` [B, G] is already gathered; `agg` holds this rank's loss sums. Also 'completions/tokens', the
-    completion tokens of the step over all ranks (the caller turns it into a rate)."""
+    completion tokens of the step over all ranks (the caller turns it into a rate). with_kl=False (beta = 0: no
+    reference model, the KL is not measured): no 'kl', where a 0 would read as a policy still at the reference."""
     lengths = D.gather_cat(ro.lengths.to(dev), d).float().cpu()
     truncated = D.gather_cat(torch.tensor([f == "length" for f in ro.finish], device=dev), d).float().cpu()
     loss_stats = torch.tensor([agg[k] for k in ("loss", "clip_low", "clip_high", "ratio", "kl", "entropy", "tokens")],
@@ -43,7 +45,7 @@ def step_metrics(ro: Rollout, rewards_all: torch.Tensor, agg: dict, d: D.Dist, d
     })
     if s[6]:  # token statistics of the rows that ran forward/backward (with beta = 0, maybe none: then absent)
         m.update({"clip_ratio/low_mean": s[1] / tok, "clip_ratio/high_mean": s[2] / tok, "ratio_mean": s[3] / tok,
-                  "kl": s[4] / tok, "entropy": s[5] / tok})
+                  "entropy": s[5] / tok, **({"kl": s[4] / tok} if with_kl else {})})
     return m
 
 

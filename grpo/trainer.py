@@ -273,7 +273,7 @@ class Trainer:
         return norm
 
     def _metrics(self, ro: Rollout, rewards_all, agg, grad_norm, t0, t_rollout) -> dict[str, float]:
-        m = step_metrics(ro, rewards_all, agg, self.dist, self.model.device, self.cfg.mu)
+        m = step_metrics(ro, rewards_all, agg, self.dist, self.model.device, self.cfg.mu, with_kl=self.ref is not None)
         dt = time.perf_counter() - t0
         m.update({"grad_norm": grad_norm, "learning_rate": self.lr_used, "step_time": dt, "time/rollout": t_rollout,
                   "tokens_per_sec": m.pop("completions/tokens") / dt})

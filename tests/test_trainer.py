@@ -34,6 +34,17 @@ def test_every_parameter_changes_after_one_step(tmp_path):
                       "rewards/letters/mean", "frac_reward_zero_std"}
 
 
+def test_kl_is_logged_only_where_it_is_measured(tmp_path):
+    """With beta = 0 there is no reference model and no KL: a logged 0 read as a policy that never left the
+    reference (README: `kl` with --beta > 0). With beta > 0 it is logged, and positive once the policy moved."""
+    tr = make_trainer(tmp_path / "b0", beta=0.0, steps=2)
+    tr.train()
+    logged = [json.loads(l) for l in (tmp_path / "b0" / "metrics.jsonl").read_text().splitlines()]
+    assert len(logged) == 2 and all("kl" not in m and "entropy" in m for m in logged), logged
+    tr = make_trainer(tmp_path / "b1", beta=0.04)
+    assert tr.train_step()["kl"] == 0.0 and tr.train_step()["kl"] > 0  # step 1: the policy is the reference
+
+
 @pytest.mark.parametrize("precision,old", [("fp32", "auto"), ("fp32", "recompute"), ("bf16", "auto")])
 def test_resume_is_bitwise_identical(tmp_path, precision, old):
     """Also with packed weight copies made after sampling (recomputed old log-probs): the fused AdamW step does
