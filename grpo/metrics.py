@@ -29,7 +29,8 @@ def step_metrics(ro: Rollout, rewards_all: torch.Tensor, agg: dict, d: D.Dist, d
     tok = max(s[6], 1.0)
     m = {
         "reward": rewards_all.mean().item(),
-        "reward_std": rewards_all.std().item() if rewards_all.numel() > 1 else 0.0,
+        # TRL's reward_std: the mean of the groups' stds (the spread GRPO learns from), not the std of the batch
+        "reward_std": rewards_all.std(dim=1).mean().item(),
         "frac_reward_zero_std": flat_groups(rewards_all).float().mean().item(),
     }
     for name, v in ro.per_fn.items():

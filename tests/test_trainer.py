@@ -34,6 +34,27 @@ def test_every_parameter_changes_after_one_step(tmp_path):
                       "rewards/letters/mean", "frac_reward_zero_std"}
 
 
+def test_reward_metrics_by_hand():
+    """reward_std is TRL's: the mean over groups of each group's (unbiased) std, the spread GRPO learns from; the
+    std of the whole batch called groups of different but equal rewards a spread."""
+    from grpo.distributed import Dist
+    from grpo.metrics import step_metrics
+    from grpo.rollout import Rollout
+
+    def metrics(rewards):  # [B, G]
+        B, G = rewards.shape
+        mask = torch.ones(B * G, 3, dtype=torch.bool)
+        ro = Rollout([], [], torch.zeros(B * G, 3, dtype=torch.long), torch.zeros(B * G, 3), mask, ["eos"] * (B * G), [""] * (B * G),
+                     rewards, {}, torch.zeros(B, G), 0)
+        agg = dict(loss=0.0, clip_low=0.0, clip_high=0.0, ratio=0.0, kl=0.0, entropy=0.0, tokens=0)
+        return step_metrics(ro, rewards, agg, Dist(), torch.device("cpu"), 1)
+
+    m = metrics(torch.tensor([[0.0, 0.0], [2.0, 2.0]]))  # two flat groups: nothing to learn from
+    assert (m["reward"], m["reward_std"], m["frac_reward_zero_std"]) == (1.0, 0.0, 1.0)
+    m = metrics(torch.tensor([[0.0, 1.0], [1.0, 1.0]]))  # group stds sqrt(1/2) and 0
+    assert m["reward"] == 0.75 and m["reward_std"] == pytest.approx(0.5 ** 0.5 / 2) and m["frac_reward_zero_std"] == 0.5
+
+
 def test_kl_is_logged_only_where_it_is_measured(tmp_path):
     """With beta = 0 there is no reference model and no KL: a logged 0 read as a policy that never left the
     reference (README: `kl` with --beta > 0). With beta > 0 it is logged, and positive once the policy moved."""
