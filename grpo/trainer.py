@@ -11,7 +11,9 @@ reference. Departures from the paper's eq. 3, all deliberate:
     pi_theta_old is the same weights). In bf16 (`--precision`: a GPU, an AMX CPU), where sampling and training
     kernels round differently, `auto` recomputes them with one teacher-forced pass through the training pass's
     own kernels (on a CPU: not the packed matmuls the sampler uses), so that at mu = 1 the ratio is exactly 1.
- 2. Sampling temperature is a knob (default 1.0); log-probs in the loss are always at temperature 1.
+ 2. Sampling temperature and nucleus mass (`--top-p`) are knobs (default 1.0 each); log-probs in the loss, the old
+    ones included, are always of the whole distribution at temperature 1, not of the tempered, truncated one
+    that sampled (with either knob off 1.0 the completions are not samples of pi_old, as eq. 3 assumes).
  3. The clip range can be asymmetric (eps_low, eps_high: DAPO's clip-higher, Yu et al. 2025).
  4. Aggregation over tokens is selectable (`--loss-agg`): the paper's per-sequence mean then mean over
     sequences (default), DAPO's token mean, or Dr. GRPO's constant-length normaliser (Liu et al. 2025).
