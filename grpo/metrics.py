@@ -112,8 +112,16 @@ class RunLog:
 
 
 def truncate_log(path: Path, last_step: int) -> None:
-    """On resume: drop lines of steps after the checkpoint (they will be run again), keeping the file consistent."""
+    """On resume: drop lines of steps after the checkpoint (they will be run again), keeping the file consistent.
+    A line that does not parse (the torn last line of a run killed mid-write) is dropped with them."""
     if not path.is_file():
         return
-    keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l).get("step", 0) <= last_step]
+
+    def step_of(line: str) -> float:
+        try:
+            return json.loads(line).get("step", 0)
+        except json.JSONDecodeError:
+            return float("inf")
+
+    keep = [l for l in path.read_text().splitlines() if l.strip() and step_of(l) <= last_step]
     path.write_text("".join(l + "\n" for l in keep))

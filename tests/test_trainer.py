@@ -234,6 +234,8 @@ def test_resume_drops_the_steps_after_the_checkpoint_from_every_log(tmp_path):
 
     killed = make_trainer(tmp_path, save_every=2)
     killed.train(until_step=3)  # checkpoint at step 2, step 3 logged after it
+    with (tmp_path / "metrics.jsonl").open("a") as f:  # killed while writing step 4: a torn last line
+        f.write('{"step": 4, "reward": 0.1')
     resumed = make_trainer(tmp_path, save_every=2)
     assert resumed.resume() and resumed.step == 2
     resumed.train()
