@@ -42,6 +42,11 @@ def test_kl_k3_hand_worked():
     assert torch.allclose(kl_k3(logp, ref), torch.tensor([0.0, math.exp(-1), math.e - 2]))
     x = torch.randn(1000) * 3
     assert (kl_k3(x, torch.randn(1000)) >= 0).all()
+    # small divergences in float32: k3 = d^2/2 + d^3/6 + ...; at d = +-1e-4: 5.0001667e-9 and 4.9998333e-9
+    small = kl_k3(torch.zeros(2), torch.tensor([1e-4, -1e-4]))
+    assert small.tolist() == pytest.approx([5.0001667e-9, 4.9998333e-9], rel=1e-3)
+    d = torch.linspace(-1e-3, 1e-3, 10001)
+    assert (kl_k3(torch.zeros_like(d), d) >= 0).all()  # no negative KL from rounding
 
 
 def test_policy_loss_hand_worked():
