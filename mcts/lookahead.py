@@ -86,15 +86,12 @@ def lookahead_decode(model: Transformer, tokenizer, prompts: Sequence[Sequence[i
         return cfg.max_new_tokens - len(committed[r])
 
     def plain(rows: list[int], caps: list[int], **kw) -> tuple[list[list[int]], list[str], list[int]]:
-        """Plain sampling for `rows`, row i at most caps[i] tokens: one batch decoded to the largest cap, each
-        row then cut to its own (a cut row's finish is "length"). Returns tokens, finish reasons and the
-        tokens sampled per row (the cut ones included: they were paid for)."""
+        """Plain sampling for `rows`, row i at most caps[i] tokens (a row reaching its cap ends with finish
+        "length"). Returns tokens, finish reasons and the tokens sampled per row."""
         res = generate(model, [list(prompts[r]) + committed[r] for r in rows],
                        SamplingConfig(max_new_tokens=max(caps), temperature=cfg.temperature, top_p=cfg.top_p, eos_ids=eos, **kw),
-                       g, stop=stop, pad_id=tokenizer.pad_token_id)
-        toks = [res.row(i)[:c] for i, c in enumerate(caps)]
-        fin = [f if int(res.lengths[i]) <= c else "length" for i, (f, c) in enumerate(zip(res.finish, caps))]
-        return toks, fin, [int(n) for n in res.lengths]
+                       g, stop=stop, pad_id=tokenizer.pad_token_id, max_tokens=torch.tensor(caps))
+        return [res.row(i) for i in range(len(rows))], list(res.finish), [int(n) for n in res.lengths]
 
     stuck: set[int] = set()  # rows whose search could expand nothing (no room): their answer is as long as it gets
     while True:

@@ -175,14 +175,12 @@ def search(
         pre = extend(model, root.fork(act, room=path.shape[1] + T), path, pmask)  # the path only, not the prompt
         pre = pre.fork(torch.arange(A).repeat_interleave(K))  # K continuations per leaf
         gens = row_generators(seed, [qids[int(a)] for a in act], sim, K, model.device)
+        # each row stops at its own leaf's room (a leaf deeper in the tree has less), not at the batch's longest
         res = decode(model, pre, SamplingConfig(max_new_tokens=T, temperature=cfg.temperature, top_p=cfg.top_p, eos_ids=eos),
-                     gens, stop=stop, pad_id=pad)
-        # [A*K] a row never exceeds its room; `sampled` counts what the decode paid for: rows with less room than T
-        # run on to T beside the others, and those tokens are cost (counted as lookahead's plain stretches count them)
-        sampled = res.lengths.cpu()  # [A*K]
-        lengths = torch.minimum(sampled, room.repeat_interleave(K))
+                     gens, stop=stop, pad_id=pad, max_tokens=room.clamp(max=T).repeat_interleave(K))
+        lengths = res.lengths.cpu()  # [A*K] tokens each row sampled (all of them paid for), none past its room
         toks, lps = res.tokens.cpu(), res.logprobs.cpu()
-        finished = torch.tensor([f != "length" for f in res.finish]) & (lengths == res.lengths.cpu())
+        finished = torch.tensor([f != "length" for f in res.finish])
         ends = step_ends(toks, lengths, cfg, nl)  # [A*K] tokens in each child's step
         pos = torch.arange(toks.shape[1])[None]
         in_step = pos < ends[:, None]
@@ -205,14 +203,14 @@ def search(
             full_ids.append(full)
             texts.append(tokenizer.decode(full, skip_special_tokens=True))
             answers.append(parse_answer(texts[-1]) if bool(finished[r]) else None)
-            gen_tokens[b] += int(sampled[r])
+            gen_tokens[b] += int(lengths[r])
         for r in range(A * K):  # the pool grows with this simulation's finished answers before scoring
             if answers[r] is not None:
                 pools[int(act[r // K])].append(answers[r])
         values = value_fn(Candidates(texts, answers, finished.tolist(), [pools[int(act[r // K])] for r in range(A * K)],
                                      [int(act[r // K]) for r in range(A * K)], full_ids))
         for i, a in enumerate(act.tolist()):
-            fwd_tokens[a] += int(pmask[i].sum()) + int(sampled[i * K : (i + 1) * K].sum())
+            fwd_tokens[a] += int(pmask[i].sum()) + int(lengths[i * K : (i + 1) * K].sum())
 
         # expand and back up, all active trees and all K children at once
         prior_b = torch.zeros(B, K)

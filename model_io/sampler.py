@@ -244,8 +244,12 @@ def decode(
     stop: StopFn | None = None,
     pad_id: int = 0,
     static: bool | None = None,
+    max_tokens: torch.Tensor | None = None,
 ) -> SampleResult:
     """Sample up to cfg.max_new_tokens per row after `prefix` (which is consumed: fork it first to keep it).
+    max_tokens (LongTensor [R], each in [1, max_new_tokens]): a row's own cap, where rows of one batch have
+    different room (tree leaves at different depths); a row reaching it ends with finish "length", and on this
+    path leaves the batch like a finished row instead of sampling on to the batch's longest cap.
 
     static: fixed shapes and a CUDA graph per step (model_io/static_decode.py) instead of dropping finished rows,
     which suits a compute-bound CPU. Default (None): as set_decode_mode says; "auto" is static on CUDA with one
@@ -256,8 +260,10 @@ def decode(
     if static and cfg.max_entropy <= 0:
         from .static_decode import decode_static
 
-        return decode_static(model, prefix, cfg, generator, stop, pad_id, compiled=_decode_mode == "compiled")
+        return decode_static(model, prefix, cfg, generator, stop, pad_id, compiled=_decode_mode == "compiled",
+                             max_tokens=max_tokens)
     R, T = prefix.rows, cfg.max_new_tokens
+    caps = row_caps(max_tokens, R, T, prefix.logits.device)  # [R]
     if prefix.cache.capacity - prefix.cache.length < T - 1:
         raise ValueError(f"prefix has room for {prefix.cache.capacity - prefix.cache.length} tokens, needs {T - 1}")
     dev = prefix.logits.device
@@ -292,6 +298,10 @@ def decode(
             lengths[int(rows[r])] = t + 1
             finish[int(rows[r])] = EOS if bool(ended[r]) else STOP
         alive &= ~(ended | stopped)
+        if caps is not None:
+            capped = alive & (caps[rows] <= t + 1)  # [r] reached its own cap: finish "length" at t + 1
+            lengths[rows[capped].cpu()] = t + 1
+            alive &= ~capped
         n_alive = int(alive.sum())
         if n_alive == 0 or t == T - 1:
             break
@@ -305,6 +315,16 @@ def decode(
     return SampleResult(tokens, logprobs, lengths.to(dev), finish, forward_tokens)
 
 
+def row_caps(max_tokens: torch.Tensor | None, R: int, T: int, device) -> torch.Tensor | None:
+    """decode's per-row caps, checked: None, or LongTensor [R] on `device` with every cap in [1, T]."""
+    if max_tokens is None:
+        return None
+    caps = torch.as_tensor(max_tokens, dtype=torch.long).to(device)
+    if caps.shape != (R,) or bool((caps < 1).any()) or bool((caps > T).any()):
+        raise ValueError(f"max_tokens must be {R} caps in [1, {T}], got {caps.tolist()}")
+    return caps
+
+
 def generate(
     model: Transformer,
     prompts: Sequence[Sequence[int]],
@@ -314,12 +334,14 @@ def generate(
     stop: StopFn | None = None,
     pad_id: int = 0,
     static: bool | None = None,
+    max_tokens: torch.Tensor | None = None,
 ) -> SampleResult:
     """`n` completions per prompt, rows grouped by prompt: row b*n + g is completion g of prompt b.
-    Each prompt is run through the model once; its n rows continue from copies of its cache."""
+    Each prompt is run through the model once; its n rows continue from copies of its cache.
+    max_tokens: per-row caps [B * n] (see decode)."""
     prefix = prefill(model, prompts, room=cfg.max_new_tokens, pad_id=pad_id)
     if n > 1:
         prefix = prefix.fork(torch.arange(len(prompts)).repeat_interleave(n))
-    res = decode(model, prefix, cfg, generator, stop, pad_id, static)
+    res = decode(model, prefix, cfg, generator, stop, pad_id, static, max_tokens)
     res.forward_tokens += sum(len(p) for p in prompts)
     return res

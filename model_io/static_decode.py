@@ -110,13 +110,15 @@ def compiled_step(model: Transformer):
 
 @torch.no_grad()
 def decode_static(model: Transformer, prefix, cfg, generator=None, stop=None, pad_id: int = 0, check_every: int = 16,
-                  graph: bool = True, compiled: bool = False):
+                  graph: bool = True, compiled: bool = False, max_tokens: torch.Tensor | None = None):
     """Same contract as sampler.decode (returns a SampleResult), with static shapes: every row runs every step
-    until the host, every `check_every` tokens, sees all rows finished. Finished rows keep their slot (masked)."""
-    from .sampler import EOS, LENGTH, STOP, SampleResult, _pick
+    until the host, every `check_every` tokens, sees all rows finished. Finished rows keep their slot (masked),
+    as do rows that reached their own cap in `max_tokens` [R]."""
+    from .sampler import EOS, LENGTH, STOP, SampleResult, _pick, row_caps
 
     R, T = prefix.rows, cfg.max_new_tokens
     dev = prefix.logits.device
+    caps = row_caps(max_tokens, R, T, dev)  # [R] or None
     if prefix.cache.capacity - prefix.cache.length < T - 1:
         raise ValueError(f"prefix has room for {prefix.cache.capacity - prefix.cache.length} tokens, needs {T - 1}")
     tokens = torch.full((R, T), pad_id, dtype=torch.long, device=dev)
@@ -136,6 +138,10 @@ def decode_static(model: Transformer, prefix, cfg, generator=None, stop=None, pa
         lengths = torch.where(ended, torch.full_like(lengths, t + 1), lengths)
         reason = torch.where(ended, torch.ones_like(reason), reason)
         done |= ended
+        if caps is not None:
+            capped = ~done & (caps <= t + 1)  # [R] reached its own cap: finish "length" at t + 1
+            lengths = torch.where(capped, torch.full_like(lengths, t + 1), lengths)
+            done |= capped
         if (t + 1) % check_every == 0 or t == T - 1:  # the only host synchronisation: every check_every tokens
             if stop is not None:
                 _stop_strings(tokens, lengths, reason, done, stop, checked, t + 1)

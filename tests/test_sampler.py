@@ -208,3 +208,25 @@ def test_decode_mode_block_restores_the_previous_mode_even_on_error():
     with pytest.raises(ValueError, match="unknown --decode"):
         with sampler.decode_mode("fast"):
             pass
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_per_row_caps_end_rows_at_their_own_room(static):
+    """max_tokens: each row stops at its own cap (finish "length") with the uncapped tokens up to there; an EOS
+    on the cap's own token still ends the row as "eos"; capped rows leave the batch, so fewer tokens run."""
+    model = from_hf_model(tiny_hf_model(dtype=torch.float64, vocab=40, eos_token_id=3, pad_token_id=0))
+    prompts = random_prompts([5, 9, 2, 7], vocab=40)
+    cfg = SamplingConfig(max_new_tokens=16, temperature=0.0, eos_ids=(3,))
+    free = generate(model, prompts, cfg, static=static)
+    ends = [int(n) for n in free.lengths]
+    caps = [2, 16, ends[2], max(1, ends[3] - 1)]  # row 2 capped exactly where it ends by itself
+    got = generate(model, prompts, cfg, static=static, max_tokens=torch.tensor(caps))
+    for r, c in enumerate(caps):
+        n = min(c, ends[r])
+        assert got.row(r) == free.row(r)[:n] and int(got.lengths[r]) == n
+        assert got.finish[r] == (free.finish[r] if ends[r] <= c else "length")
+        assert torch.equal(got.logprobs[r, :n], free.logprobs[r, :n]) and not got.logprobs[r, n:].any()
+    if not static:  # the dynamic path drops capped rows from the batch
+        assert got.forward_tokens < free.forward_tokens
+    with pytest.raises(ValueError, match=r"max_tokens must be 4 caps in \[1, 16\]"):
+        generate(model, prompts, cfg, static=static, max_tokens=torch.tensor([0, 1, 1, 1]))
