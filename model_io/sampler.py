@@ -342,6 +342,6 @@ def generate(
     prefix = prefill(model, prompts, room=cfg.max_new_tokens, pad_id=pad_id)
     if n > 1:
         prefix = prefix.fork(torch.arange(len(prompts)).repeat_interleave(n))
-    res = decode(model, prefix, cfg, generator, stop, pad_id, static, max_tokens)
+    res = decode(model, prefix, cfg, generator, stop, pad_id, static=static, max_tokens=max_tokens)
     res.forward_tokens += sum(len(p) for p in prompts)
     return res
