@@ -103,3 +103,43 @@ def test_packed_cpu_linear_matches_plain(monkeypatch):
         monkeypatch.setattr(linear, "ENABLED", False)
         after_plain = ours(x)
     assert torch.allclose(after, after_plain, atol=1e-5) and not torch.allclose(after, packed, atol=1e-3)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shared_prefix_rows_equal_each_row_alone_values_and_gradients(arch):
+    """Prefix Grouper: left-padded prompts of lengths 3, 9, 6 run once; 7 right-padded completions of lengths 1-7
+    attend to their prompt's keys/values. Each row's hidden states equal prompt + completion run alone, and so
+    do the gradients of a weighted sum over the real tokens (float32-level: RMSNorm runs in float32)."""
+    from model_io.model import SharedPrefix
+
+    model = from_hf_model(tiny_hf_model(arch, dtype=torch.float64)).train()
+    prompts = random_prompts([3, 9, 6], seed=2)
+    rows, lens = torch.tensor([0, 0, 1, 2, 2, 2, 1]), [4, 7, 1, 5, 7, 3, 2]
+    T = max(lens)
+    comp = torch.randint(0, 256, (7, T), generator=torch.Generator().manual_seed(5))
+    cmask = torch.arange(T)[None] < torch.tensor(lens)[:, None]  # [7, T]
+    ptok, pmask = left_pad(prompts, pad=256)
+    pmask = pmask.bool()
+    ppos = (pmask.long().cumsum(-1) - 1).clamp(min=0)
+    cpos = pmask.sum(-1)[rows][:, None] + torch.arange(T)  # [7, T]
+    wts = torch.randn(7, T, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    shared = SharedPrefix(key_mask=pmask)
+    hp = model.hidden(ptok, positions=ppos, key_mask=pmask, shared=shared)  # [3, P, C]
+    shared.rows = rows
+    hc = model.hidden(comp, positions=cpos, key_mask=cmask, shared=shared)  # [7, T, C]
+    hidden = torch.cat([hp[rows, -1:], hc], dim=1)  # [7, 1 + T, C]: prompt's last slot, then the completion
+    (hidden[:, 1:] * wts * cmask[..., None]).sum().backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}  # untied head: no grad
+    model.zero_grad()
+    total = 0
+    for r in range(7):
+        p, n = prompts[int(rows[r])], lens[r]
+        alone = model.hidden(torch.tensor([p + comp[r, :n].tolist()]))[0, len(p) - 1:]  # [1 + n, C]
+        assert torch.allclose(hidden[r, : 1 + n], alone, atol=1e-6), r
+        total = total + (alone[1:] * wts[r, :n]).sum()
+    total.backward()
+    assert len(got) >= 14 and got.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
+    for name, p in model.named_parameters():
+        if name in got:
+            assert torch.allclose(got[name], p.grad, rtol=1e-5, atol=1e-5), name

@@ -230,3 +230,27 @@ def test_per_row_caps_end_rows_at_their_own_room(static):
         assert got.forward_tokens < free.forward_tokens
     with pytest.raises(ValueError, match=r"max_tokens must be 4 caps in \[1, 16\]"):
         generate(model, prompts, cfg, static=static, max_tokens=torch.tensor([0, 1, 1, 1]))
+
+
+def test_top_p_keeps_the_token_that_crosses_p_and_log_probs_stay_untruncated():
+    """Nucleus as transformers' TopPLogitsWarper: probs [0.5, 0.3, 0.15, 0.05], top_p 0.6 keeps {0, 1} (0.5 alone
+    is short of 0.6, token 1 crosses it), renormalised to [0.625, 0.375]; top_p 0.85 keeps {0, 1, 2} (mass before
+    token 2 is 0.8 < 0.85). The returned log-prob is log p at temperature 1 of the untruncated distribution."""
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    from model_io.sampler import _pick
+
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    R = 4000
+    logits = probs.log().expand(R, 4).contiguous()
+    for top_p, kept in ((0.6, {0, 1}), (0.85, {0, 1, 2})):
+        hf = TopPLogitsWarper(top_p)(None, probs.log()[None].clone())
+        assert set(torch.isfinite(hf[0]).nonzero().flatten().tolist()) == kept
+        tok, lp = _pick(logits, SamplingConfig(top_p=top_p), torch.Generator().manual_seed(0), torch.arange(R))
+        assert set(tok.tolist()) == kept
+        assert torch.allclose(lp, probs.log()[tok])
+    freq = (tok == 0).double().mean()  # top_p 0.85: 0.5 / 0.95 = 0.526
+    assert abs(freq - 0.5 / 0.95) < 0.03
+    # temperature 2 flattens the sampling distribution, not the returned log-probs
+    tok, lp = _pick(logits, SamplingConfig(temperature=2.0), torch.Generator().manual_seed(0), torch.arange(R))
+    assert torch.allclose(lp, probs.log()[tok]) and set(tok.tolist()) == {0, 1, 2, 3}
