@@ -10,10 +10,10 @@ def __getattr__(name):  # the LLM layer imports model_io and data: load it only 
         from .interface import SearchConfig
 
         return SearchConfig
-    if name == "search":
-        from .search import search
+    if name == "search":  # the module (mcts.search.search is the function): importing it binds this name to it
+        import importlib
 
-        return search
+        return importlib.import_module(".search", __name__)
     if name in ("mcts_rollout", "lookahead_decode"):
         from . import lookahead
 

@@ -234,3 +234,17 @@ def test_gumbel_root_choice_is_committed(setup):
     puct = search(model, tok, prompts, cfg(n_simulations=6))
     for r in puct:  # PUCT: the most visited root child
         assert r.root_choice is None and r.best_first_step()["visits"] == max(s["visits"] for s in r.first_steps)
+
+
+def test_readme_spelling_mcts_search_search_works_in_a_fresh_interpreter():
+    """README: `mcts.search.search(...)` for batched search. `mcts.search` was a lazy attribute giving the function
+    on first access (AttributeError on `.search`) and the module once imported, so it depended on import order."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import mcts, inspect; assert inspect.ismodule(mcts.search), mcts.search; assert callable(mcts.search.search)\n"
+            "from mcts import search as s; assert inspect.ismodule(s)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
