@@ -1,7 +1,7 @@
 """summary.md of a scripts/gpu_run.sh run: one table of every figure so far, with the card's name and the date.
 scripts/gpu_run.sh runs it after every step, so that a run cut off by a time limit still leaves its summary.
 
-    python3 scripts/gpu_summary.py OUT_DIR [--print]
+    python3 scripts/gpu_summary.py OUT_DIR [--print]     # writes OUT_DIR/summary.md; --print also prints it
 """
 from __future__ import annotations
 
@@ -75,6 +75,9 @@ def summary(out: Path) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return
     if not argv or argv[0].startswith("-"):
         sys.exit("usage: python3 scripts/gpu_summary.py OUT_DIR [--print]")
     out = Path(argv[0])

@@ -52,6 +52,9 @@ def table(data: dict[str, list[dict]], k: int = 3) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return
     if len(argv) < 2:
         sys.exit(__doc__)
     out, runs = Path(argv[0]), [Path(a) for a in argv[1:]]

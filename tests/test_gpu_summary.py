@@ -68,3 +68,8 @@ def test_a_missing_out_dir_is_one_line(tmp_path):
     with pytest.raises(SystemExit) as e:
         gpu_summary.main([str(tmp_path / "nope")])
     assert e.value.code == f"error: no directory {tmp_path / 'nope'}: pass the OUT_DIR of a scripts/gpu_run.sh run"
+
+
+def test_help_prints_the_usage_and_exits_0(capsys):
+    gpu_summary.main(["--help"])  # returns: exit 0, nothing written
+    assert "OUT_DIR [--print]" in capsys.readouterr().out

@@ -33,3 +33,8 @@ def test_the_same_run_twice_is_refused(tmp_path):
     with pytest.raises(SystemExit) as e:
         plot_runs.main([str(tmp_path / "c.png"), a, a + "/"])
     assert e.value.code == "error: a run directory is given twice: pass each run once"
+
+
+def test_help_prints_the_usage_and_exits_0(capsys):
+    plot_runs.main(["-h"])  # returns: exit 0, no file named -h written
+    assert "plot_runs.py OUT/curves.png" in capsys.readouterr().out
