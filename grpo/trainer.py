@@ -295,7 +295,7 @@ class Trainer:
     def save(self) -> None:
         if self.dist.main:
             save_checkpoint(self.run_dir, self.step, self.model, self.tok, self.opt, self.sched,
-                            {"bad_steps": self.bad_steps, "generated_total": self.generated_total}, self.cfg.keep_checkpoints,
+                            {"bad_steps": self.bad_steps, "generated_total": self.generated_total, "flat_steps": self.flat_steps}, self.cfg.keep_checkpoints,
                             dataclasses.asdict(self.cfg))
         D.barrier(self.dist)
 
@@ -306,6 +306,7 @@ class Trainer:
         self.step, extra = load_checkpoint(found[-1], self.model, self.opt, self.sched)
         self.bad_steps = int(extra.get("bad_steps", 0))
         self.generated_total = int(extra.get("generated_total", 0))
+        self.flat_steps = int(extra.get("flat_steps", 0))  # so that the no-signal note comes at the same step
         if self.dist.main:
             for name in ("metrics.jsonl", "samples.jsonl"):
                 truncate_log(self.run_dir / name, self.step)

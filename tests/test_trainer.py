@@ -122,6 +122,18 @@ def test_packed_weights_are_made_once_a_step_and_gone_before_the_loss(tmp_path, 
         assert len(packs) == len(linears) and set(map(id, packs)) == set(map(id, linears))
     assert left_at_loss and set(left_at_loss) == {0}
 
+def test_the_count_of_flat_steps_survives_a_resume(tmp_path, capsys):
+    """The 'every group got the same reward' note comes after FLAT_STEPS_HINT flat steps, resumed or not."""
+    flat = RewardSet({"zero": 1.0}, {"zero": lambda completions, **_: [0.0] * len(completions)})
+    tr = make_trainer(tmp_path, rewards=flat, save_every=1, steps=8)
+    tr.train(until_step=2)
+    again = make_trainer(tmp_path, rewards=flat, save_every=1, steps=8)
+    assert again.resume() and again.step == 2 and again.flat_steps == 2
+    capsys.readouterr()
+    again.train(until_step=again.FLAT_STEPS_HINT)
+    assert f"for {again.FLAT_STEPS_HINT} steps every group's completions got the same reward" in capsys.readouterr().out
+
+
 def test_non_finite_updates_are_skipped_then_stop(tmp_path):
     calls = {"n": 0}
 
