@@ -359,18 +359,15 @@ class Trainer:
     FLAT_STEPS_HINT = 5
 
     def _warn_if_no_signal(self, m: dict[str, float]) -> None:
-        """Say once, early, when GRPO has nothing to learn from: every group's rewards identical (usually all 0,
-        e.g. a small model that never writes the rewarded format) means zero advantages, and only the KL term
-        moves the weights. Zero-shot, the default 135M model is in exactly this state (docs/RESULTS.md)."""
+        """Say once, early, when every group's rewards are identical (zero advantages: only the KL term moves the
+        weights), as for the default 135M model zero-shot, which never writes the rewarded format (RESULTS.md)."""
         self.flat_steps = self.flat_steps + 1 if m["frac_reward_zero_std"] == 1.0 else 0
         if self.flat_steps == self.FLAT_STEPS_HINT and self.dist.main:
-            tqdm.write(f"note: for {self.flat_steps} steps every group's completions got the same reward (mean {m['reward']:.3f}): "
-                       f"zero advantages, no learning signal; "
-                       + ("few-shot prompts (--shots 2) or a stronger --model give" if self.cfg.shots == 0 else "a stronger --model gives")
+            tqdm.write(f"note: for {self.flat_steps} steps every group's completions got the same reward (mean "
+                       f"{m['reward']:.3f}): zero advantages, no learning signal; " + ("few-shot prompts (--shots 2) or a stronger --model give" if self.cfg.shots == 0 else "a stronger --model gives")
                        + " the policy rewards to tell apart")
 
-    def _budget_spent_everywhere(self) -> bool:
-        """One decision for all ranks (clocks differ), so that no rank waits forever on the others."""
+    def _budget_spent_everywhere(self) -> bool:  # one decision for all ranks (clocks differ): none waits forever
         flag = torch.tensor([float(self.budget_spent())], device=self.model.device)
         return bool(D.all_reduce_sum(flag, self.dist).item() > 0)
 
