@@ -41,7 +41,7 @@ class TrainConfig:
     tree_advantage_weight: float = field(default=1.0, metadata={"help": "mix: outcome + weight * step"})
     mcts_simulations: int = field(default=0, metadata={"help": "simulations per tree (0: 2 * ceil(G / K), enough for G rollouts)"})
     mcts_children: int = field(default=4, metadata={"help": "K: continuations per expansion"})
-    mcts_c_puct: float = field(default=1.0, metadata={"help": "PUCT exploration weight"})
+    mcts_c_puct: float = field(default=1.0, metadata={"help": "PUCT exploration weight (about c/sqrt(K) in AlphaZero's terms, K = --mcts-children: mcts/tree.py)"})
     mcts_root: str = field(default="puct", metadata={"help": "root selection: puct | gumbel (Gumbel scores with Sequential Halving; PUCT below the root)"})
     mcts_step: str = field(default="newline", metadata={"help": "a tree node: 'newline' (a line, capped at --mcts-step-tokens) or 'tokens:N'"})
     mcts_step_tokens: int = field(default=48, metadata={"help": "cap on a newline step"})

@@ -50,7 +50,7 @@ class EvalConfig:
     stop: str = field(default="</answer>", metadata={"help": "stop an answer once its text contains this string ('' for EOS only)"})
     n_simulations: int = field(default=8, metadata={"help": "mcts: simulations per question"})
     children: int = field(default=4, metadata={"help": "mcts: K, continuations sampled per expansion"})
-    c_puct: float = field(default=1.0, metadata={"help": "mcts: exploration weight of PUCT"})
+    c_puct: float = field(default=1.0, metadata={"help": "mcts: exploration weight of PUCT (visits count K per simulation: about c_puct/sqrt(K) in AlphaZero's terms, mcts/tree.py)"})
     mcts_root: str = field(default="puct", metadata={"help": f"mcts: root selection, {' | '.join(ROOT_RULES)} (Gumbel scores with Sequential Halving, Danihelka et al. 2022; PUCT below the root)"})
     step: str = field(default="newline", metadata={"help": "mcts: a node is a line ('newline', capped at --step-tokens) or exactly N tokens ('tokens:N')"})
     step_tokens: int = field(default=48, metadata={"help": "mcts: cap on a newline step"})

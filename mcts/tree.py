@@ -12,6 +12,9 @@ Q of a visited child is its mean backed-up value, value_sum / visits. An unvisit
 it takes its parent's mean value ("first-play urgency = parent Q", as in Leela Zero without the reduction), so
 that exploring it is neither favoured nor penalised against its visited siblings beyond the prior term; for an
 unvisited parent, 0. Ties go to the lowest child index (torch.argmax returns the first maximum).
+N counts backed-up values, and mcts/search.py backs up K per simulation (one per sampled child), so N(parent)
+and N(child) both grow about K times faster than AlphaZero's one-per-simulation count: the exploration term is
+then about 1/sqrt(K) of AlphaZero's at the same c_puct (c_puct 1 at K=4 explores like 0.5 there).
 """
 from __future__ import annotations
 
