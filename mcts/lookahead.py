@@ -19,6 +19,7 @@ import torch
 
 from data import StopOnText, stop_token_ids
 from model_io import SamplingConfig, Transformer, generate
+from model_io.row_keys import RowKeys
 from model_io.sampler import key_uniform
 
 from .interface import SearchConfig, self_consistency_value
@@ -72,7 +73,6 @@ def lookahead_decode(model: Transformer, tokenizer, prompts: Sequence[Sequence[i
     committed: list[list[int]] = [[] for _ in range(B)]
     finish = ["length"] * B
     gen, fwd, searches, decisions = [0] * B, [0] * B, [0] * B, [0] * B
-    g = torch.Generator(device=model.device).manual_seed(seed)  # a CPU generator cannot draw CUDA numbers
 
     def ended(ids: list[int]) -> str:
         """How an answer so far stands: "eos" or "stop" once it is complete, else "length" (still open)."""
@@ -85,12 +85,16 @@ def lookahead_decode(model: Transformer, tokenizer, prompts: Sequence[Sequence[i
     def room(r: int) -> int:
         return cfg.max_new_tokens - len(committed[r])
 
-    def plain(rows: list[int], caps: list[int], **kw) -> tuple[list[list[int]], list[str], list[int]]:
+    def plain(rows: list[int], caps: list[int], kind: str, **kw) -> tuple[list[list[int]], list[str], list[int]]:
         """Plain sampling for `rows`, row i at most caps[i] tokens (a row reaching its cap ends with finish
-        "length"). Returns tokens, finish reasons and the tokens sampled per row."""
+        "length"). Returns tokens, finish reasons and the tokens sampled per row. Each row draws from its own
+        key (question, decision, position in the answer), as the search's rows do: a row's answer does not
+        depend on which other questions share its batch (--batch-size)."""
+        keys = RowKeys.from_names([f"lookahead/{kind}/{seed}/{qids[r]}/{decisions[r]}/{len(committed[r])}" for r in rows],
+                                  model.device)
         res = generate(model, [list(prompts[r]) + committed[r] for r in rows],
                        SamplingConfig(max_new_tokens=max(caps), temperature=cfg.temperature, top_p=cfg.top_p, eos_ids=eos, **kw),
-                       g, stop=stop, pad_id=tokenizer.pad_token_id, max_tokens=torch.tensor(caps))
+                       keys, stop=stop, pad_id=tokenizer.pad_token_id, max_tokens=torch.tensor(caps))
         return [res.row(i) for i in range(len(rows))], list(res.finish), [int(n) for n in res.lengths]
 
     stuck: set[int] = set()  # rows whose search could expand nothing (no room): their answer is as long as it gets
@@ -101,7 +105,7 @@ def lookahead_decode(model: Transformer, tokenizer, prompts: Sequence[Sequence[i
         if when.mode != "always":  # the plain stretch: every:K decodes K tokens, entropy:H until a row is unsure
             kw = {"max_entropy": when.h} if when.mode == "entropy" else {}
             n = when.k if when.mode == "every" else cfg.max_new_tokens
-            toks, fin, paid = plain(rows, [min(n, room(r)) for r in rows], **kw)
+            toks, fin, paid = plain(rows, [min(n, room(r)) for r in rows], "plain", **kw)
             for i, r in enumerate(rows):
                 fwd[r] += len(prompts[r]) + len(committed[r]) + paid[i]  # the prefill, then every sampled token
                 committed[r] += toks[i]
@@ -121,7 +125,7 @@ def lookahead_decode(model: Transformer, tokenizer, prompts: Sequence[Sequence[i
         fall = [r for r in rows if coin[r] < fallback_p]
         srch = [r for r in rows if coin[r] >= fallback_p]
         if fall:
-            toks, _, paid = plain(fall, [min(cfg.step_len, room(r)) for r in fall])
+            toks, _, paid = plain(fall, [min(cfg.step_len, room(r)) for r in fall], "fallback")
             lengths = torch.tensor([len(t) for t in toks])
             padded = torch.tensor([t + [0] * (int(lengths.max()) - len(t)) for t in toks]).view(len(toks), -1)
             ends = step_ends(padded, lengths, cfg, nl)

@@ -91,3 +91,15 @@ def test_each_row_is_searched_with_its_own_room(setup, monkeypatch, when):
     for caps, done in seen:  # each row's cap is what its answer so far leaves of the 12 tokens
         assert caps == [12 - n for n in done]
     assert any(len(set(caps)) > 1 for caps, _ in seen), "steps of different lengths leave rows with different room"
+
+
+@pytest.mark.parametrize("when,fallback", [("every:3", 0.0), ("always", 0.5)])
+def test_a_rows_answer_does_not_depend_on_its_batch(setup, when, fallback):
+    """Plain stretches and fallback steps draw from per-row keys, as the search does: a question answered beside
+    another gets the answer it gets alone (so --batch-size changes no result)."""
+    model, tok, prompts = setup
+    cfg = SearchConfig(n_simulations=2, children=2, step="tokens:3", rollout_depth=1, max_new_tokens=12, temperature=1.0)
+    both = lookahead_decode(model, tok, prompts, cfg, When.parse(when), fallback_p=fallback, question_ids=[7, 8], seed=1)
+    alone = lookahead_decode(model, tok, prompts[1:], cfg, When.parse(when), fallback_p=fallback, question_ids=[8], seed=1)
+    assert both[1].tokens == alone[0].tokens and both[1].generated_tokens == alone[0].generated_tokens
+    assert both[0].tokens != both[1].tokens
