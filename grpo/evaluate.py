@@ -225,10 +225,9 @@ def evaluate(
                     rows = range(b * n, (b + 1) * n)
                     texts = [tokenizer.decode(res.row(r), skip_special_tokens=True) for r in rows]
                     lenient = [parse_lenient(t) for t in texts]
-                    toks = [int(res.lengths[r]) for r in rows]
+                    toks, fin = [int(res.lengths[r]) for r in rows], [res.finish[r] for r in rows]
                     new.append(QuestionResult(p.index, p.question, p.answer, texts, [parse_strict(t) for t in texts], lenient,
-                                              toks, [res.finish[r] for r in rows],
-                                              choose(cfg.search, texts, lenient, cfg.format_weight, [res.finish[r] for r in rows]),
+                                              toks, fin, choose(cfg.search, texts, lenient, cfg.format_weight, fin),
                                               sum(toks), len(prompts[b]) + sum(toks)))
             results += new
             if sink:
