@@ -51,12 +51,18 @@ def step_metrics(ro: Rollout, rewards_all: torch.Tensor, agg: dict, d: D.Dist, d
 
 
 def sample_rows(ro: Rollout, n: int) -> list[dict]:
-    """The first `n` completions of a step with their prompt, gold answer, rewards and advantage (samples.jsonl)."""
+    """The first `n` completions of a step with their prompt, gold answer, rewards and advantage (samples.jsonl).
+    With per-token advantages (--tree-advantage step or mix) the loss does not use the group advantage alone:
+    the mean of the row's per-token advantages is given beside it."""
     G = ro.group_size
-    return [{"prompt": ro.problems[r // G].question, "completion": ro.texts[r], "gold": ro.problems[r // G].answer,
+    rows = [{"prompt": ro.problems[r // G].question, "completion": ro.texts[r], "gold": ro.problems[r // G].answer,
              "reward": ro.rewards.flatten()[r].item(), "advantage": ro.advantages.flatten()[r].item(),
              "rewards": {k: v.flatten()[r].item() for k, v in ro.per_fn.items()}}
             for r in range(min(n, len(ro.texts)))]
+    if ro.token_advantages is not None:
+        for r, row in enumerate(rows):
+            row["token_advantage_mean"] = ro.token_advantages[r][ro.mask[r]].mean().item() if ro.mask[r].any() else 0.0
+    return rows
 
 
 class RunLog:

@@ -127,3 +127,22 @@ def test_short_groups_cycle_through_their_distinct_rollouts():
 
     assert cycle_to(list("abc"), 8) == list("abcabcab") and cycle_to(list("ab"), 2) == list("ab")
     assert cycle_to(["x"], 3) == ["x"] * 3
+
+
+def test_samples_log_the_mean_token_advantage_of_tree_rows():
+    """samples.jsonl: with per-token advantages, each row's mean over its own tokens (padding excluded) is logged
+    beside the group advantage; plain rollouts have no such field."""
+    import dataclasses
+
+    from data import Problem
+    from grpo.metrics import sample_rows
+    from grpo.rollout import Rollout
+
+    ro = Rollout([Problem("q", "1", "", 0)], [[5]], torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3),
+                 torch.tensor([[True, True, False], [True, False, False]]), ["stop", "stop"], ["a", "b"],
+                 torch.tensor([[1.0, 0.0]]), {}, torch.tensor([[0.7, -0.7]]), 0,
+                 token_advantages=torch.tensor([[1.0, 3.0, 9.0], [-2.0, 5.0, 5.0]]))
+    rows = sample_rows(ro, 2)
+    assert [r["token_advantage_mean"] for r in rows] == [2.0, -2.0]
+    assert [round(r["advantage"], 3) for r in rows] == [0.7, -0.7]
+    assert "token_advantage_mean" not in sample_rows(dataclasses.replace(ro, token_advantages=None), 2)[0]
