@@ -294,9 +294,9 @@ class Trainer:
 
     def save(self) -> None:
         if self.dist.main:
-            save_checkpoint(self.run_dir, self.step, self.model, self.tok, self.opt, self.sched,
-                            {"bad_steps": self.bad_steps, "generated_total": self.generated_total, "flat_steps": self.flat_steps}, self.cfg.keep_checkpoints,
-                            dataclasses.asdict(self.cfg))
+            counters = {"bad_steps": self.bad_steps, "generated_total": self.generated_total, "flat_steps": self.flat_steps}
+            save_checkpoint(self.run_dir, self.step, self.model, self.tok, self.opt, self.sched, counters,
+                            self.cfg.keep_checkpoints, dataclasses.asdict(self.cfg))
         D.barrier(self.dist)
 
     def resume(self) -> bool:
@@ -363,9 +363,9 @@ class Trainer:
         weights), as for the default 135M model zero-shot, which never writes the rewarded format (RESULTS.md)."""
         self.flat_steps = self.flat_steps + 1 if m["frac_reward_zero_std"] == 1.0 else 0
         if self.flat_steps == self.FLAT_STEPS_HINT and self.dist.main:
+            fix = "few-shot prompts (--shots 2) or a stronger --model give" if self.cfg.shots == 0 else "a stronger --model gives"
             tqdm.write(f"note: for {self.flat_steps} steps every group's completions got the same reward (mean "
-                       f"{m['reward']:.3f}): zero advantages, no learning signal; " + ("few-shot prompts (--shots 2) or a stronger --model give" if self.cfg.shots == 0 else "a stronger --model gives")
-                       + " the policy rewards to tell apart")
+                       f"{m['reward']:.3f}): zero advantages, no learning signal; {fix} the policy rewards to tell apart")
 
     def _budget_spent_everywhere(self) -> bool:  # one decision for all ranks (clocks differ): none waits forever
         flag = torch.tensor([float(self.budget_spent())], device=self.model.device)

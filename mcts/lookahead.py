@@ -85,9 +85,9 @@ def lookahead_decode(model: Transformer, tokenizer, prompts: Sequence[Sequence[i
     def room(r: int) -> int:
         return cfg.max_new_tokens - len(committed[r])
 
-    def plain(rows: list[int], caps: list[int], kind: str, **kw) -> tuple[list[list[int]], list[str], list[int]]:
+    def plain(rows: list[int], caps: list[int], kind: str, **kw) -> tuple[list[list[int]], list[str]]:
         """Plain sampling for `rows`, row i at most caps[i] tokens (a row reaching its cap ends with finish
-        "length"). Returns tokens, finish reasons and the tokens sampled per row. Each row draws from its own
+        "length"). Returns the tokens sampled per row (all of them paid for) and finish reasons. Each row draws from its own
         key (question, decision, position in the answer), as the search's rows do: a row's answer does not
         depend on which other questions share its batch (--batch-size)."""
         keys = RowKeys.from_names([f"lookahead/{kind}/{seed}/{qids[r]}/{decisions[r]}/{len(committed[r])}" for r in rows],
@@ -95,7 +95,7 @@ def lookahead_decode(model: Transformer, tokenizer, prompts: Sequence[Sequence[i
         res = generate(model, [list(prompts[r]) + committed[r] for r in rows],
                        SamplingConfig(max_new_tokens=max(caps), temperature=cfg.temperature, top_p=cfg.top_p, eos_ids=eos, **kw),
                        keys, stop=stop, pad_id=tokenizer.pad_token_id, max_tokens=torch.tensor(caps))
-        return [res.row(i) for i in range(len(rows))], list(res.finish), [int(n) for n in res.lengths]
+        return [res.row(i) for i in range(len(rows))], list(res.finish)
 
     stuck: set[int] = set()  # rows whose search could expand nothing (no room): their answer is as long as it gets
     while True:
@@ -105,11 +105,11 @@ def lookahead_decode(model: Transformer, tokenizer, prompts: Sequence[Sequence[i
         if when.mode != "always":  # the plain stretch: every:K decodes K tokens, entropy:H until a row is unsure
             kw = {"max_entropy": when.h} if when.mode == "entropy" else {}
             n = when.k if when.mode == "every" else cfg.max_new_tokens
-            toks, fin, paid = plain(rows, [min(n, room(r)) for r in rows], "plain", **kw)
+            toks, fin = plain(rows, [min(n, room(r)) for r in rows], "plain", **kw)
             for i, r in enumerate(rows):
-                fwd[r] += len(prompts[r]) + len(committed[r]) + paid[i]  # the prefill, then every sampled token
+                fwd[r] += len(prompts[r]) + len(committed[r]) + len(toks[i])  # the prefill, then every sampled token
                 committed[r] += toks[i]
-                gen[r] += paid[i]
+                gen[r] += len(toks[i])
                 if fin[i] in ("eos", "stop"):
                     finish[r] = fin[i]
             # entropy:H: only a row that stopped unsure has reached a decision point (a row that ran out of
@@ -125,14 +125,14 @@ def lookahead_decode(model: Transformer, tokenizer, prompts: Sequence[Sequence[i
         fall = [r for r in rows if coin[r] < fallback_p]
         srch = [r for r in rows if coin[r] >= fallback_p]
         if fall:
-            toks, _, paid = plain(fall, [min(cfg.step_len, room(r)) for r in fall], "fallback")
+            toks, _ = plain(fall, [min(cfg.step_len, room(r)) for r in fall], "fallback")
             lengths = torch.tensor([len(t) for t in toks])
             padded = torch.tensor([t + [0] * (int(lengths.max()) - len(t)) for t in toks]).view(len(toks), -1)
             ends = step_ends(padded, lengths, cfg, nl)
             for i, r in enumerate(fall):
-                fwd[r] += len(prompts[r]) + len(committed[r]) + paid[i]
+                fwd[r] += len(prompts[r]) + len(committed[r]) + len(toks[i])
                 committed[r] += toks[i][: int(ends[i])]
-                gen[r] += paid[i]
+                gen[r] += len(toks[i])
                 finish[r] = ended(committed[r])
         if srch:
             caps = [room(r) for r in srch]
