@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
-ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+OPEN_TAG, CLOSE_TAG = "<answer>", "</answer>"
 # a number as people write it: optional sign, optional $ (and a space after it), digits with optional thousands
 # commas, optional decimals. A minus is a sign only where it cannot be subtraction or a list dash: not after a
 # word character or a closing bracket ("20-5", "f(x)-3"), and never with a space before the digits ("20 - 5",
@@ -62,9 +62,17 @@ def extract_gold(solution: str) -> str:
 
 
 def answer_content(text: str) -> str | None:
-    """Raw content of the last <answer>...</answer>, stripped; None without a closed answer tag."""
-    found = ANSWER_TAG.findall(text)
-    return found[-1].strip() if found else None
+    """Raw content of the last <answer>...</answer>, stripped; None without a closed answer tag.
+
+    The last of the pairs `re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL)` finds, in one pass: that regex
+    retries from every unclosed <answer> to the end of the text (quadratic on a completion looping the tag)."""
+    last, pos = None, 0
+    while (start := text.find(OPEN_TAG, pos)) >= 0:
+        end = text.find(CLOSE_TAG, start + len(OPEN_TAG))
+        if end < 0:
+            break  # no closing tag after this opening one, so none after any later one either
+        last, pos = text[start + len(OPEN_TAG) : end], end + len(CLOSE_TAG)
+    return None if last is None else last.strip()
 
 
 def parse_strict(text: str) -> str | None:

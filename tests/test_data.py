@@ -103,6 +103,26 @@ def test_normalize_number_is_exact_at_any_length():
     assert parse_lenient("so " + "9" * 5000) == "9" * 5000
 
 
+def test_answer_content_is_the_last_pair_the_regex_finds():
+    import itertools
+    import re
+
+    from data.answers import answer_content
+
+    def by_regex(text):
+        found = re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL)
+        return found[-1].strip() if found else None
+
+    # every string of up to 5 pieces: nested, unclosed, stray closing tags and text between them
+    pieces = ["<answer>", "</answer>", " 7 ", "<answer></answer>", "\n"]
+    for n in range(6):
+        for combo in itertools.product(pieces, repeat=n):
+            text = "".join(combo)
+            assert answer_content(text) == by_regex(text), text
+    text = "<answer>1</answer>" + "<answer>x" * 3000  # a completion looping the tag: one pass, not 3000
+    assert answer_content(text) == "1" == by_regex(text)
+
+
 def test_gold_strict_and_lenient_parsing():
     assert extract_gold("so 5*3=15\n#### 1,500") == "1500"
     assert parse_strict("<reasoning>\n2+2\n</reasoning>\n<answer>\n$4.00\n</answer>") == "4"
