@@ -201,8 +201,10 @@ class Trainer:
         # loss -> step (mu passes over the same rollouts)
         model.train()
         agg = dict(loss=0.0, clip_low=0.0, clip_high=0.0, ratio=0.0, kl=0.0, entropy=0.0, tokens=0)
+        norms = []  # one per update: grad_norm logs their mean
         for _ in range(cfg.mu):
             self.opt.zero_grad(set_to_none=True)
+            pass_loss = 0.0  # this update's alone: a skipped pass must not skip the next
             for rows in micro:
                 T = int(ro.mask[rows].sum(-1).max())
                 with self.autocast():
@@ -214,7 +216,7 @@ class Trainer:
                     beta=cfg.beta, agg=cfg.loss_agg, n_seqs=n_seqs, n_tokens=n_tokens, max_len=cfg.max_new_tokens)
                 loss.backward()
                 m = ro.mask[rows, :T].to(dev)
-                agg["loss"] += float(loss.detach())
+                pass_loss += float(loss.detach())
                 for k in ("clip_low", "clip_high", "ratio", "kl"):
                     agg[k] += getattr(st, k) * st.tokens
                 agg["entropy"] += float((ent * m).sum())
@@ -223,11 +225,12 @@ class Trainer:
                 if p.grad is None:  # and AdamW must still take its step (momentum, decay, step count) as it would
                     p.grad = torch.zeros_like(p)
             D.average_gradients(self.params, d)
-            grad_norm = self._clip_and_step(agg["loss"])
+            agg["loss"] += pass_loss
+            norms.append(self._clip_and_step(pass_loss))
         self.lr_used = self.opt.param_groups[0]["lr"]
         self.sched.step()
         self.step += 1
-        m = self._metrics(ro, rewards_all, agg, grad_norm, t0, t_rollout)
+        m = self._metrics(ro, rewards_all, agg, sum(norms) / len(norms), t0, t_rollout)
         plain_tokens = int(ro.lengths[: len(plain_idx) * G].sum())
         generated = D.all_reduce_sum(torch.tensor(plain_tokens + (tree_stats.generated_tokens if tree_stats else 0),
                                                   dtype=torch.float64, device=model.device), d).item()

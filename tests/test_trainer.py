@@ -152,6 +152,23 @@ def test_non_finite_updates_are_skipped_then_stop(tmp_path):
     assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step-000001"]
 
 
+def test_with_mu_passes_each_update_is_judged_alone_and_grad_norm_is_their_mean(tmp_path, monkeypatch):
+    tr = make_trainer(tmp_path, mu=3)
+    seen, clip_and_step = [], tr._clip_and_step
+
+    def recording(loss):
+        seen.append((loss, clip_and_step(loss)))
+        return seen[-1][1]
+
+    monkeypatch.setattr(tr, "_clip_and_step", recording)
+    m = tr.train_step()
+    assert len(seen) == 3 and len({norm for _, norm in seen}) == 3  # the weights moved between the passes
+    assert m["grad_norm"] == pytest.approx(sum(norm for _, norm in seen) / 3)
+    # each pass's own loss decides whether that update is taken (a sum over passes would carry one NaN forward)
+    assert m["loss"] == pytest.approx(sum(loss for loss, _ in seen) / 3)
+    assert len({loss for loss, _ in seen}) == 3
+
+
 def test_step_indices_cover_an_epoch_once(tmp_path):
     tr = make_trainer(tmp_path)
     seen = [i for s in range(4) for i in tr.step_indices(s)]  # 16 problems, 4 per step
