@@ -16,7 +16,9 @@ written next to the outputs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -305,14 +307,16 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (cls, _, help_) in COMMANDS.items():
         add_config_args(sub.add_parser(name, help=help_, description=help_, allow_abbrev=False), cls)
-    args = parser.parse_args(argv)
+    with contextlib.redirect_stderr(sys.stderr if D.reports() else io.StringIO()):
+        args = parser.parse_args(argv)  # a usage error: rank 0's line alone under torchrun, as below
     cls, fn, _ = COMMANDS[args.command]
     given = given_fields(sys.argv[1:] if argv is None else argv, cls)
     try:
         cfg = config_from_args(cls, args)
         fn(cfg, given) if fn is cmd_train else fn(cfg)
     except (ModelSpecError, DataError, ValueError, FileNotFoundError, TrainingError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        if D.reports(e):  # under torchrun every rank meets a bad flag: one line, not one per process
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: checkpoints and outputs are written atomically, so nothing is half-written
         hint = ""

@@ -29,6 +29,17 @@ class Dist:
         return self.group
 
 
+class RankError(ValueError):
+    """An error only some processes of a torchrun job meet (their own GPU): each that meets it reports it, while
+    errors every rank meets alike (a flag, the data, the model) are reported by rank 0 alone (`reports`)."""
+
+
+def reports(e: BaseException | None = None) -> bool:
+    """Whether this process prints error `e` (None: a usage error): always when alone; under torchrun on rank 0, or on
+    the rank a RankError is about."""
+    return isinstance(e, RankError) or int(os.environ.get("RANK", "0")) == 0
+
+
 def check_device(name: str) -> str:
     """A --device value: cpu, cuda, cuda:N or auto (a one-line error otherwise, before anything loads)."""
     if not (name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())):
@@ -59,8 +70,11 @@ def init_from_env(device_pref: str = "auto") -> tuple[Dist, torch.device]:
             raise ValueError(f"--device {device_pref} asked for but CUDA is not available here: use --device cpu")
         if device.type == "cuda" and world > 1:
             device = torch.device(f"cuda:{local}")
-    check_cuda_index(device, f"--device {device_pref}" if device_pref != "auto" and world == 1 else
-                     f"torchrun's process with LOCAL_RANK {local}", "lower --nproc_per_node" if world > 1 else "")
+    try:
+        check_cuda_index(device, f"--device {device_pref}" if device_pref != "auto" and world == 1 else
+                         f"torchrun's process with LOCAL_RANK {local}", "lower --nproc_per_node" if world > 1 else "")
+    except ValueError as e:
+        raise (RankError(str(e)) if world > 1 else e) from None
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     if launched and not dist.is_initialized():
         if device.type == "cuda":

@@ -61,3 +61,26 @@ def test_a_cuda_device_the_machine_lacks_is_one_line(monkeypatch):
     monkeypatch.setenv("RANK", "3"), monkeypatch.setenv("WORLD_SIZE", "4"), monkeypatch.setenv("LOCAL_RANK", "3")
     with pytest.raises(ValueError, match="LOCAL_RANK 3 asks for cuda:3, .* has 1 CUDA device .*lower --nproc_per_node"):
         init_from_env("auto")
+
+
+def test_under_torchrun_an_error_every_rank_meets_is_printed_once(monkeypatch, capsys):
+    """A bad flag (or data, or model) fails on every rank alike: rank 0 prints it and the others exit quietly with
+    the same status; an error of one rank's own GPU is printed by that rank."""
+    import torch
+
+    import run
+
+    monkeypatch.setenv("WORLD_SIZE", "2"), monkeypatch.setenv("LOCAL_RANK", "1")
+    for rank, shown in (("0", True), ("1", False)):
+        monkeypatch.setenv("RANK", rank)
+        assert run.main(["train", "--group-size", "0"]) == 2
+        assert ("error: --group-size" in capsys.readouterr().err) == shown, rank
+        with pytest.raises(SystemExit) as e:
+            run.main(["train", "--no-such-flag"])
+        assert e.value.code == 2 and ("unrecognized arguments" in capsys.readouterr().err) == shown, rank
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(run.D.RankError, match="LOCAL_RANK 1 asks for cuda:1"):
+        run.D.init_from_env("auto")
+    assert run.D.reports(run.D.RankError("x")) and not run.D.reports(ValueError("x"))
