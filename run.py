@@ -8,7 +8,7 @@
     python run.py eval --search sample --n 4      # mean accuracy, pass@4 and majority@4
     python run.py eval --search mcts --limit 20   # tree search over reasoning steps
     python run.py inspect-tree runs/eval/trees.jsonl
-    python run.py sample --questions 3            # print a few answers
+    python run.py sample --limit 3                # print a few answers
 
 Every command's flags are generated from its config dataclass (defaults shown by --help); the resolved config is
 written next to the outputs.
@@ -238,7 +238,7 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
 @dataclass
 class SampleConfig:
     model: str | None = field(default=None, metadata={"help": "model spec; default: the embedded SmolLM2-135M-Instruct"})
-    questions: int = field(default=3, metadata={"help": "how many GSM8K questions to answer"})
+    limit: int = field(default=3, metadata={"help": "answer the first N questions of the split (as eval's --limit)"})
     shots: int = field(default=2, metadata={"help": "k-shot examples from the train split in each prompt (as train and eval)"})
     split: str = field(default="test", metadata={"help": "GSM8K split"})
     temperature: float = field(default=0.7, metadata={"help": "0 for greedy"})
@@ -253,14 +253,14 @@ class SampleConfig:
     def __post_init__(self):
         check_precision(self.precision)
         D.check_device(self.device)
-        check_ranges(self, at_least_1=("questions", "max_new_tokens"), at_least_0=("shots", "temperature"))
+        check_ranges(self, at_least_1=("limit", "max_new_tokens"), at_least_0=("shots", "temperature"))
         check_top_p(self.top_p)
 
 
 def cmd_sample(cfg: SampleConfig) -> None:
     from data import StopOnText, stop_token_ids
 
-    problems, examples = questions_and_shots(cfg.split, cfg.gsm8k, cfg.shots, cfg.questions)
+    problems, examples = questions_and_shots(cfg.split, cfg.gsm8k, cfg.shots, cfg.limit)
     device = resolve_device(cfg.device)
     model, tok = load_spec(cfg.model, device, weights_dtype(resolve_precision(cfg.precision, device)))
     scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,

@@ -87,7 +87,7 @@ def test_majority_vote():
     (["eval", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
     (["eval", "--step", "tokens:0"], "unknown step"),  # an mcts flag, wrong even where greedy does not use it
     (["sample", "--top-p", "0"], "--top-p must be in (0, 1], got 0.0"),
-    (["sample", "--questions", "0"], "--questions must be >= 1, got 0"),
+    (["sample", "--limit", "0"], "--limit must be >= 1, got 0"),
     (["sample", "--temperature", "-1"], "--temperature must be >= 0"),
     (["train", "--device", "gpu"], "unknown --device 'gpu'"),
     (["train", "--shots", "-1"], "--shots must be >= 0, got -1"),
@@ -196,11 +196,11 @@ def test_train_run_dirs_that_cannot_go_on_say_so_and_a_finished_one_is_left_alon
 
 def test_cli_runs_as_a_script(tiny_ckpt, tmp_path):
     env = {"GSM8K_DIR": gsm8k_dir(), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    p = subprocess.run([sys.executable, str(ROOT / "run.py"), "sample", "--model", tiny_ckpt, "--questions", "1",
+    p = subprocess.run([sys.executable, str(ROOT / "run.py"), "sample", "--model", tiny_ckpt, "--limit", "1",
                         "--max-new-tokens", "5", "--device", "cpu"], capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr
     assert "=== Q0:" in p.stdout and "gold '18'" in p.stdout
-    p = subprocess.run([sys.executable, str(ROOT / "run.py"), "sample", "--model", tiny_ckpt, "--questions", "1", "--split", "train",
+    p = subprocess.run([sys.executable, str(ROOT / "run.py"), "sample", "--model", tiny_ckpt, "--limit", "1", "--split", "train",
                         "--stop", "", "--top-p", "0.5", "--max-new-tokens", "5", "--device", "cpu"], capture_output=True, text=True,
                        env=env, timeout=300)
     assert p.returncode == 0, p.stderr
