@@ -78,6 +78,8 @@ def init_from_env(device_pref: str = "auto") -> tuple[Dist, torch.device]:
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     if launched and not dist.is_initialized():
         if device.type == "cuda":
+            if device.index is None:  # `--device cuda` under torchrun: the local GPU (set_device refuses no index)
+                device = torch.device(f"cuda:{local}")
             torch.cuda.set_device(device)
         # rank 0 alone evaluates and writes checkpoints while the others wait at a barrier: a 500-question
         # evaluation can outlast NCCL's default 10-minute collective timeout, so allow an hour

@@ -84,3 +84,23 @@ def test_under_torchrun_an_error_every_rank_meets_is_printed_once(monkeypatch, c
     with pytest.raises(run.D.RankError, match="LOCAL_RANK 1 asks for cuda:1"):
         run.D.init_from_env("auto")
     assert run.D.reports(run.D.RankError("x")) and not run.D.reports(ValueError("x"))
+
+
+def test_device_cuda_under_torchrun_joins_on_the_local_gpu(monkeypatch):
+    """`torchrun --nproc_per_node 1 run.py train --device cuda`: torch.cuda.set_device refuses a device without an
+    index (ValueError 'Expected a torch.device with a specified index'), so the local GPU is named."""
+    import torch
+    import torch.distributed as dist
+    from torch.cuda._utils import _get_device_index
+
+    from grpo.distributed import init_from_env
+
+    set_to, backends = [], []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda dev: set_to.append(_get_device_index(dev)))  # torch's check
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: backends.append(backend))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setenv("RANK", "0"), monkeypatch.setenv("WORLD_SIZE", "1"), monkeypatch.setenv("LOCAL_RANK", "0")
+    _, device = init_from_env("cuda")
+    assert device == torch.device("cuda:0") and set_to == [0] and backends == ["nccl"]
