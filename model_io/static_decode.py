@@ -57,15 +57,20 @@ class StaticStep:
 
         key_mask = self.cache.key_mask.clone()
         try:
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):  # warm-up on a side stream, as torch.cuda.graphs asks
-                for _ in range(2):
+            # on the buffers' GPU, which need not be the current device (--device cuda:1 outside torchrun): kernels go to
+            # their own device's current stream, so a capture on another device's stream records none of them (an
+            # empty graph, whose replays leave the logits as they are); torch.cuda.graph's own default capture stream
+            # is made once, on whichever device was current then, hence the explicit stream
+            with torch.cuda.device(self.logits.device):
+                s = torch.cuda.Stream()
+                s.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(s):  # warm-up on a side stream, as torch.cuda.graphs asks
+                    for _ in range(2):
+                        self._eager()
+                torch.cuda.current_stream().wait_stream(s)
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g, stream=s):
                     self._eager()
-            torch.cuda.current_stream().wait_stream(s)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                self._eager()
             self.graph = g
         except Exception as e:  # noqa: BLE001 (any capture failure: run eagerly)
             warnings.warn(f"CUDA graph capture failed ({type(e).__name__}: {e}); decoding eagerly", stacklevel=2)

@@ -96,3 +96,61 @@ def test_decoding_under_bf16_autocast_keeps_a_bf16_cache(static):
         out = generate(model, prompts, cfg, static=static)
     assert torch.equal(out.tokens[:, :4], ref.tokens[:, :4])
     assert (out.logprobs - ref.logprobs).abs()[:, :4].max() < 0.05
+
+
+def test_cuda_graph_is_captured_on_the_buffers_device(monkeypatch):
+    """--device cuda:1 outside torchrun leaves cuda:0 the current device. Kernels go to their own device's current
+    stream, so a warm-up or capture on a stream of the current device records none of the step (an empty graph: every
+    replay leaves the logits as they were). With torch.cuda faked: the side stream and the capture stream must be
+    on the device of the step's buffers (here the CPU stands in for cuda:1)."""
+    import contextlib
+
+    from model_io import prefill
+    from model_io.static_decode import StaticStep
+
+    model = from_hf_model(tiny_hf_model(vocab=40, pad_token_id=0)).eval()  # (before torch.cuda is faked)
+    pre = prefill(model, random_prompts([3, 5], vocab=40), room=4)
+    step = StaticStep(model, pre.cache, pre.next_pos)
+    cur = [torch.device("cuda:0")]  # the current device
+    seen = []
+
+    class Stream:
+        def __init__(self, device=None, priority=0):
+            self.device = cur[0] if device is None else torch.device(device)
+
+        def wait_stream(self, other):
+            pass
+
+    @contextlib.contextmanager
+    def switch(dev, what):  # torch.cuda.device, and torch.cuda.stream (which makes its stream's device current)
+        prev, cur[0] = cur[0], torch.device(dev)
+        seen.append((what, cur[0]))
+        try:
+            yield
+        finally:
+            cur[0] = prev
+
+    class graph:  # torch.cuda.graph: the given stream, else one made once on the device current then
+        default = None
+
+        def __init__(self, g, pool=None, stream=None, capture_error_mode="global"):
+            if stream is None and graph.default is None:
+                graph.default = Stream()
+            self.ctx = switch((stream or graph.default).device, "capture")
+
+        def __enter__(self):
+            self.ctx.__enter__()
+
+        def __exit__(self, *exc):
+            return self.ctx.__exit__(*exc)
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream(device))
+    monkeypatch.setattr(torch.cuda, "device", lambda dev: switch(dev, "device"))
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: switch(s.device, "warm-up"))
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: object())
+    step._capture()
+    dev = step.logits.device
+    assert step.graph is not None
+    assert [w for w in seen if w[0] != "device"] == [("warm-up", dev), ("capture", dev)], seen
