@@ -154,15 +154,17 @@ def collect_tree(
 
 
 def merge(parts: list[Rollout], pad_id: int) -> Rollout:
-    """One rollout from several (prompt order: the parts' order); per-token advantages if any part has them."""
+    """One rollout from several (prompt order: the parts' order); per-token advantages if any part has them.
+    On the CPU: a plain part's completions, log-probs and mask are the sampler's, on the model's device, while a tree
+    part is built on the CPU (and rewards and advantages are on the CPU in both)."""
     if len(parts) == 1:
         return parts[0]
     T = max(p.completions.shape[1] for p in parts)
-    padT = lambda x, v: torch.nn.functional.pad(x, (0, T - x.shape[1]), value=v)  # noqa: E731
+    padT = lambda x, v: torch.nn.functional.pad(x.cpu(), (0, T - x.shape[1]), value=v)  # noqa: E731
     tok_adv = None
     if any(p.token_advantages is not None for p in parts):
         tok_adv = torch.cat([padT(p.token_advantages if p.token_advantages is not None
-                                  else p.advantages.flatten()[:, None] * p.mask, 0.0) for p in parts])
+                                  else p.advantages.flatten()[:, None] * p.mask.cpu(), 0.0) for p in parts])
     return Rollout(
         problems=[x for p in parts for x in p.problems], prompts=[x for p in parts for x in p.prompts],
         completions=torch.cat([padT(p.completions, pad_id) for p in parts]), old_logp=torch.cat([padT(p.old_logp, 0.0) for p in parts]),

@@ -1,4 +1,6 @@
 """MCTS-augmented GRPO: step advantages by hand, tree groups, P=0 is the plain trainer bitwise, tree rollouts learn."""
+import dataclasses
+
 import pytest
 import torch
 from helpers import make_trainer
@@ -146,3 +148,37 @@ def test_samples_log_the_mean_token_advantage_of_tree_rows():
     assert [r["token_advantage_mean"] for r in rows] == [2.0, -2.0]
     assert [round(r["advantage"], 3) for r in rows] == [0.7, -0.7]
     assert "token_advantage_mean" not in sample_rows(dataclasses.replace(ro, token_advantages=None), 2)[0]
+
+
+class _OnGPU(torch.Tensor):
+    """A CPU tensor that acts as one on another device (a GPU): an op mixing it with a plain tensor of one or more
+    dimensions fails as torch's device check does; .cpu() gives the plain tensor."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.cpu:
+            return args[0].as_subclass(torch.Tensor)
+        flat = [a for a in (*args, *kwargs.values()) for a in (a if isinstance(a, (list, tuple)) else [a])]
+        tensors = [t for t in flat if isinstance(t, torch.Tensor)]
+        if any(isinstance(t, cls) for t in tensors) and any(type(t) is torch.Tensor and t.dim() for t in tensors):
+            raise RuntimeError("Expected all tensors to be on the same device")
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def test_merge_puts_a_gpu_plain_part_and_a_cpu_tree_part_together(tmp_path):
+    """--rollouts mcts with 0 < --mcts-prob < 1 on a GPU: the plain part's completions, log-probs and mask come from
+    the sampler on the GPU, the tree part's are built on the CPU; merge (and the trainer's batch-std shift after it,
+    with CPU advantages) must not mix them."""
+    tr = make_trainer(tmp_path, rollouts="mcts", max_new_tokens=4, mcts_step="tokens:2", mcts_children=4)
+    idx = tr.step_indices(0)[:2]
+    tree, _ = collect_tree(tr.model, tr.tok, [tr.train_set[i] for i in idx], tr.prompts(idx), idx, 4, tr.search_cfg,
+                           tr.rewards, 0, 0, "mix", 0.5)
+    plain = dataclasses.replace(tree, token_advantages=None, **{k: getattr(tree, k).as_subclass(_OnGPU)
+                                                                 for k in ("completions", "old_logp", "mask")})
+    both = merge([plain, tree], tr.tok.pad_token_id)
+    for t in (both.completions, both.old_logp, both.mask, both.token_advantages):
+        assert type(t) is torch.Tensor
+    assert torch.equal(both.token_advantages[: len(idx) * 4], tree.advantages.flatten()[:, None] * tree.mask)
+    shift = torch.ones(both.mask.shape[0])
+    both.token_advantages + shift[:, None] * both.mask  # grpo/trainer.py with --adv-scale batch
