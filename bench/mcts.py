@@ -23,6 +23,30 @@ from mcts.search import SearchConfig, search  # noqa: E402
 from cli import check_args, check_device, user_errors  # noqa: E402
 from model_io import load  # noqa: E402
 from model_io.model import Transformer  # noqa: E402
+from model_io.static_decode import StaticStep  # noqa: E402
+
+
+def timed(fn, sync, inside: dict):
+    """`fn` (a method) timed into inside["seconds"], synchronised before and after, once per outermost timed call
+    (inside["depth"]: an eager static step's forward is inside its step). A call during a CUDA graph capture is
+    not timed (the capture runs nothing) and must not synchronise: that fails the capture, and decoding falls back
+    to eager steps."""
+
+    def run(self, *args, **kw):
+        if inside["depth"] or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+            return fn(self, *args, **kw)
+        inside["depth"] += 1
+        try:
+            sync()
+            t = time.perf_counter()
+            out = fn(self, *args, **kw)
+            sync()
+            inside["seconds"] += time.perf_counter() - t
+        finally:
+            inside["depth"] -= 1
+        return out
+
+    return run
 
 
 def main(argv=None) -> None:
@@ -44,21 +68,15 @@ def main(argv=None) -> None:
         model, tok = load(a.model, device=a.device)
     prompts = encode_prompts(tok, [p.question for p in problems])
     cfg = SearchConfig(n_simulations=a.simulations, children=a.children, max_new_tokens=a.max_new_tokens, root=a.root)
-    sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
+    dev = torch.device(a.device)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
 
-    inside = [0.0]
-    real_forward = Transformer.forward
-
-    def timed_forward(self, *args, **kw):  # every model call of the search goes through forward
-        sync()
-        t = time.perf_counter()
-        out = real_forward(self, *args, **kw)
-        sync()
-        inside[0] += time.perf_counter() - t
-        return out
+    inside = {"seconds": 0.0, "depth": 0}
+    real_forward, real_step = Transformer.forward, StaticStep.__call__
 
     search(model, tok, prompts[:1], SearchConfig(n_simulations=1, children=2, max_new_tokens=16))  # warm-up
-    Transformer.forward = timed_forward
+    # every model call of the search goes through forward, except a decode step replayed from a CUDA graph
+    Transformer.forward, StaticStep.__call__ = timed(real_forward, sync, inside), timed(real_step, sync, inside)
     try:
         sync()
         t0 = time.perf_counter()
@@ -66,7 +84,7 @@ def main(argv=None) -> None:
         sync()
         wall = time.perf_counter() - t0
     finally:
-        Transformer.forward = real_forward
+        Transformer.forward, StaticStep.__call__ = real_forward, real_step
 
     fwd = sum(r.forward_tokens for r in res)
     gen = sum(r.generated_tokens for r in res)
@@ -76,8 +94,8 @@ def main(argv=None) -> None:
     print(f"device={a.device} B={a.batch} simulations={a.simulations} K={a.children} root={a.root} max_new_tokens={a.max_new_tokens}")
     print(f"forward tokens: {fwd} (prompts {P} read once, {gen} generated, {fwd - P - gen} path tokens re-read);"
           f" re-reading its prompt for each of the {children} children would add {reread} ({(fwd + reread) / fwd:.2f}x)")
-    print(f"wall {wall:.2f}s, inside model forward {inside[0]:.2f}s, outside {wall - inside[0]:.2f}s")
-    print(f"fraction of search time outside the model's forward passes: {(wall - inside[0]) / wall:.3f}")
+    print(f"wall {wall:.2f}s, inside model forward {inside['seconds']:.2f}s, outside {wall - inside['seconds']:.2f}s")
+    print(f"fraction of search time outside the model's forward passes: {(wall - inside['seconds']) / wall:.3f}")
 
 
 if __name__ == "__main__":

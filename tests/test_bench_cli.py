@@ -86,3 +86,27 @@ def test_compare_runs_the_grid_after_an_untimed_warm_up(tmp_path, capsys, monkey
     assert [(r["strategy"], r["budget"]) for r in rows] == [("greedy", "1")] + [
         (s, f"n={n}") for n in (1, 2) for s in ("sample", "majority", "best-of-n")] + [("mcts", "sims=1, K=4")]
     assert (tmp_path / "o" / "compare.md").is_file() and "compare.md" in capsys.readouterr().out
+
+
+def test_mcts_bench_times_decode_steps_once_and_never_syncs_in_a_capture(monkeypatch):
+    """bench/mcts.py on a GPU: a decode step replayed from a CUDA graph never calls forward, so the step itself is
+    timed (an eager step's forward inside it is not counted twice); and a forward run while a graph is captured must
+    not synchronise (torch.cuda.synchronize fails the capture: every decode would fall back to eager steps)."""
+    mod = bench("mcts")
+    syncs, inside, capturing = [], {"seconds": 0.0, "depth": 0}, [False]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
+
+    class Model:
+        def forward(self):
+            return "logits"
+
+    class Step:
+        def __call__(self):
+            return forward(Model())  # an eager static step runs the model's forward
+
+    forward = mod.timed(Model.forward, lambda: syncs.append(1), inside)
+    step = mod.timed(Step.__call__, lambda: syncs.append(1), inside)
+    assert step(Step()) == "logits" and len(syncs) == 2 and inside["depth"] == 0  # one timed call, not two
+    capturing[0] = True
+    assert forward(Model()) == "logits" and len(syncs) == 2  # no synchronisation inside a capture
