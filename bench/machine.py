@@ -21,7 +21,7 @@ import torch
 def copy_bandwidth(dev: torch.device, reps: int = 5) -> float:
     """Bytes copied per second from one device buffer to another (each byte read once and written once), on a
     buffer larger than the caches: 512 MiB on a GPU, 256 MiB on a CPU."""
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)  # dev: need not be current
     buf = torch.empty((512 if dev.type == "cuda" else 256) * 2**20, dtype=torch.uint8, device=dev)
     out = torch.empty_like(buf)
     out.copy_(buf)  # warm-up: first touch of the pages

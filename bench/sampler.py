@@ -56,7 +56,7 @@ def main(argv=None) -> None:
     eos = stop_token_ids(tok, model.cfg.eos_token_ids)
     pad = tok.pad_token_id
     dev = torch.device(args.device)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)  # dev: need not be current
     print(f"device={dev} threads={torch.get_num_threads()} batch={args.batch} max_new_tokens={args.max_new_tokens} "
           f"prompt tokens={sum(map(len, prompts))} (max {max(map(len, prompts))})")
 
