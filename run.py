@@ -195,44 +195,53 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
     d, device = D.init_from_env(cfg.device)
     set_decode_mode(cfg.decode)
     try:
-        if cfg.prompts_per_step % d.world:  # (each rank samples its own share of the prompts)
-            raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} must be a multiple of the {d.world} processes")
-        # the run's config records the precision 'auto' resolved to here, so a resume on another machine keeps it
-        if legacy:
-            cfg = dataclasses.replace(cfg, precision="bf16" if device.type == "cuda" else "fp32")
-        cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
-        torch.manual_seed(cfg.seed)
-        train = load_gsm8k("train", cfg.gsm8k)
-        test = load_gsm8k("test", cfg.gsm8k) if cfg.eval_every else []
-        model, tok = load_spec(cfg.model, device, torch.float32)  # float32 master weights (+ bf16 autocast)
-        trainer = Trainer(cfg, model, tok, train, test, run_dir, dist=d, progress=until_step is None)
-        if cfg.resume:
-            if not trainer.resume():
-                raise ValueError(f"--resume {run_dir}: no finished checkpoint in {run_dir / 'checkpoints'}")
-            if d.main:
-                print(f"resumed {run_dir} at step {trainer.step}"
-                      + "".join(f"; --{k.replace('_', '-')} {new} (was {old})" for k, (old, new) in changed.items()))
-        if d.main and (changed or not cfg.resume):  # what the run is now, for the next resume
-            write_json(run_dir / "config.json", dataclasses.asdict(cfg))
-        if cfg.resume and (trainer.step >= cfg.steps or (cfg.token_budget and trainer.generated_total >= cfg.token_budget)):
-            if d.main:
-                print(f"{run_dir} has finished (step {trainer.step} of {cfg.steps}"
-                      + (f", token budget {cfg.token_budget} spent" if trainer.step < cfg.steps else "")
-                      + f"): nothing to train; its model is {run_dir / 'final_hf'}")
-            return {}
+        last = _train_in_group(cfg, run_dir, d, device, legacy, changed, until_step)
+    except BaseException:
+        D.shutdown(d)  # the ranks may be anywhere (one raised, others in a collective): no barrier here
+        raise
+    D.shutdown(d, wait=True)
+    return last
+
+
+def _train_in_group(cfg: TrainConfig, run_dir: Path, d: D.Dist, device: torch.device, legacy: bool, changed: dict,
+                    until_step: int | None) -> dict:
+    """cmd_train once the process group (if any) is formed: load, resume, train, report."""
+    if cfg.prompts_per_step % d.world:  # (each rank samples its own share of the prompts)
+        raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} must be a multiple of the {d.world} processes")
+    # the run's config records the precision 'auto' resolved to here, so a resume on another machine keeps it
+    if legacy:
+        cfg = dataclasses.replace(cfg, precision="bf16" if device.type == "cuda" else "fp32")
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
+    torch.manual_seed(cfg.seed)
+    train = load_gsm8k("train", cfg.gsm8k)
+    test = load_gsm8k("test", cfg.gsm8k) if cfg.eval_every else []
+    model, tok = load_spec(cfg.model, device, torch.float32)  # float32 master weights (+ bf16 autocast)
+    trainer = Trainer(cfg, model, tok, train, test, run_dir, dist=d, progress=until_step is None)
+    if cfg.resume:
+        if not trainer.resume():
+            raise ValueError(f"--resume {run_dir}: no finished checkpoint in {run_dir / 'checkpoints'}")
         if d.main:
-            print("config: " + json.dumps(dataclasses.asdict(cfg)))
-            trainer.log.text("config", "```\n" + json.dumps(dataclasses.asdict(cfg), indent=2) + "\n```", trainer.step)
-            if device.type == "cpu" and until_step is None:
-                print(f"estimated time per step on this CPU: about {trainer.estimate_step_seconds():.0f} s or less "
-                      f"({d.world} process(es), {cfg.prompts_per_step} prompts x {cfg.group_size} completions, up to {cfg.max_new_tokens} tokens)")
-        last = trainer.train(until_step)
-        if d.main and until_step is None:
-            print(json.dumps(last, indent=2))
-            print(f"run directory: {run_dir} (tensorboard --logdir {run_dir / 'tb'})")
-        return last
-    finally:
-        D.shutdown(d)
+            print(f"resumed {run_dir} at step {trainer.step}"
+                  + "".join(f"; --{k.replace('_', '-')} {new} (was {old})" for k, (old, new) in changed.items()))
+    if d.main and (changed or not cfg.resume):  # what the run is now, for the next resume
+        write_json(run_dir / "config.json", dataclasses.asdict(cfg))
+    if cfg.resume and (trainer.step >= cfg.steps or (cfg.token_budget and trainer.generated_total >= cfg.token_budget)):
+        if d.main:
+            print(f"{run_dir} has finished (step {trainer.step} of {cfg.steps}"
+                  + (f", token budget {cfg.token_budget} spent" if trainer.step < cfg.steps else "")
+                  + f"): nothing to train; its model is {run_dir / 'final_hf'}")
+        return {}
+    if d.main:
+        print("config: " + json.dumps(dataclasses.asdict(cfg)))
+        trainer.log.text("config", "```\n" + json.dumps(dataclasses.asdict(cfg), indent=2) + "\n```", trainer.step)
+        if device.type == "cpu" and until_step is None:
+            print(f"estimated time per step on this CPU: about {trainer.estimate_step_seconds():.0f} s or less "
+                  f"({d.world} process(es), {cfg.prompts_per_step} prompts x {cfg.group_size} completions, up to {cfg.max_new_tokens} tokens)")
+    last = trainer.train(until_step)
+    if d.main and until_step is None:
+        print(json.dumps(last, indent=2))
+        print(f"run directory: {run_dir} (tensorboard --logdir {run_dir / 'tb'})")
+    return last
 
 
 @dataclass

@@ -21,4 +21,4 @@ if __name__ == "__main__":
     if d.main:
         save_file({n: p.detach().contiguous() for n, p in tr.model.named_parameters()}, str(out / "ddp.safetensors"))
         (out / "metrics.json").write_text(json.dumps(last))
-    D.shutdown(d)
+    D.shutdown(d, wait=True)  # as run.py train ends a run that went well

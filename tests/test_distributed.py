@@ -104,3 +104,33 @@ def test_device_cuda_under_torchrun_joins_on_the_local_gpu(monkeypatch):
     monkeypatch.setenv("RANK", "0"), monkeypatch.setenv("WORLD_SIZE", "1"), monkeypatch.setenv("LOCAL_RANK", "0")
     _, device = init_from_env("cuda")
     assert device == torch.device("cuda:0") and set_to == [0] and backends == ["nccl"]
+
+
+def test_a_run_that_ended_well_meets_every_rank_before_leaving(tmp_path, monkeypatch):
+    """Ranks leave the group together after a good run (one leaving early sometimes died at exit with SIGABRT and
+    torchrun failed the run), but never wait after an error, when others may be stuck in a collective."""
+    import torch.distributed as dist
+
+    import run
+    from grpo import distributed as D
+
+    seen = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "barrier", lambda: seen.append("barrier"))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: seen.append("destroy"))
+    D.shutdown(D.Dist(group=True), wait=True)
+    D.shutdown(D.Dist(group=True))
+    assert seen == ["barrier", "destroy", "destroy"]
+
+    waits = []
+    monkeypatch.setattr(run.D, "shutdown", lambda d, wait=False: waits.append(wait))
+    monkeypatch.setattr(run, "_train_in_group", lambda *a: {"reward": 1.0})
+    assert run.cmd_train(run.TrainConfig(out_dir=str(tmp_path / "a"))) == {"reward": 1.0} and waits == [True]
+
+    def fails(*a):
+        raise ValueError("a rank failed")
+
+    monkeypatch.setattr(run, "_train_in_group", fails)
+    with pytest.raises(ValueError, match="a rank failed"):
+        run.cmd_train(run.TrainConfig(out_dir=str(tmp_path / "b")))
+    assert waits == [True, False]
