@@ -5,6 +5,7 @@ train.jsonl / test.jsonl); the hub dataset openai/gsm8k (config main) through `d
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -37,17 +38,30 @@ def _problem(q: str, a: str, index: int) -> Problem:
 
 
 def _read_jsonl(path: Path) -> list[Problem]:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"GSM8K file {path} cannot be read ({e.strerror or e}): check its permissions") from None
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark (as Windows editors save UTF-8) is not part of line 1
+    except UnicodeDecodeError as e:
+        n = data[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{n}: not UTF-8 text ({e.reason} at byte {e.start}): save the file as UTF-8") from None
     out = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                out.append(_problem(row["question"], row["answer"], len(out)))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                what = f"missing field {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
-                raise DataError(f"{path}:{n}: malformed GSM8K line ({what}); expected JSON with 'question' and 'answer'") from None
+    for n, line in enumerate(io.StringIO(text, newline=None), 1):  # lines as a text-mode open splits them
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise TypeError(f"a JSON object was expected, not {type(row).__name__}")
+            bad = [k for k in ("question", "answer") if k in row and not isinstance(row[k], str)]
+            if bad:
+                raise TypeError(f"field {bad[0]!r} is {type(row[bad[0]]).__name__}, not a string")
+            out.append(_problem(row["question"], row["answer"], len(out)))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            what = f"missing field {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
+            raise DataError(f"{path}:{n}: malformed GSM8K line ({what}); expected JSON with 'question' and 'answer'") from None
     if not out:
         raise DataError(f"{path}: no problems in file")
     return out

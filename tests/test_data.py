@@ -63,6 +63,41 @@ def test_malformed_line_names_file_and_line(tmp_path, line, why):
         load_gsm8k("train", f)
 
 
+def test_a_file_saved_with_a_bom_or_crlf_reads_as_the_original(tmp_path):
+    rows = [{"question": "What is 1,000 + 234?", "answer": "1000+234=1234\n#### 1,234"}, {"question": "Owe?", "answer": "#### -5"}]
+    lines = [json.dumps(r) for r in rows]
+    (tmp_path / "test.jsonl").write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    assert load_gsm8k("test", tmp_path) == load_gsm8k("train", tmp_path)
+
+
+@pytest.mark.parametrize("content,why", [
+    (b'{"question": 5, "answer": "#### 5"}\n', r"train\.jsonl:2: malformed GSM8K line \(field 'question' is int, not a string\)"),
+    (b'{"question": null, "answer": "#### 5"}\n', r"train\.jsonl:2: .*field 'question' is NoneType"),
+    (b'[1, 2]\n', r"train\.jsonl:2: .*a JSON object was expected, not list"),
+    (b'{"question": "caf\xe9", "answer": "#### 5"}\n', r"train\.jsonl:2: not UTF-8 text .*save the file as UTF-8"),
+])
+def test_wrong_types_and_encodings_name_file_and_line(tmp_path, content, why):
+    f = tmp_path / "train.jsonl"
+    f.write_bytes(json.dumps({"question": "ok", "answer": "#### 1"}).encode() + b"\n" + content)
+    with pytest.raises(DataError, match=why):
+        load_gsm8k("train", f)
+
+
+def test_an_unreadable_file_is_named(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    f = tmp_path / "train.jsonl"
+    f.write_text(json.dumps({"question": "ok", "answer": "#### 1"}) + "\n")
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(DataError, match=r"train\.jsonl cannot be read \(Permission denied\): check its permissions"):
+        load_gsm8k("train", f)
+
+
 def test_no_source_names_all_three_ways(monkeypatch, tmp_path):
     monkeypatch.delenv("GSM8K_DIR", raising=False)
     real_import = builtins.__import__
