@@ -79,7 +79,8 @@ def load(spec: str | os.PathLike | None = None, device="cpu", dtype: torch.dtype
         model, tok = load_model(path), _tokenizer(path)
     elif path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelSpecError(f"{path} is neither a checkpoint of this project nor a transformers model directory (no config.json)")
+            held = f": pass {path / 'model'}, the model it holds" if is_checkpoint(path / "model") else ""  # a training checkpoint
+            raise ModelSpecError(f"{path} is neither a checkpoint of this project nor a transformers model directory (no config.json){held}")
         _check_json(path / "config.json")
         _check_arch(str(path))  # an unsupported model says so first, before a missing tokenizer
         _check_tokenizer_files(path)
@@ -121,6 +122,14 @@ def _check_arch(spec: str, note: str = "", **kw) -> None:
         cfg = AutoConfig.from_pretrained(spec, **kw)
     except OSError as e:
         raise ModelSpecError(f"cannot read a model config for {spec!r} ({str(e).splitlines()[0]}){note}: pass a local directory, a .gguf file, or a hub id reachable from here") from None
+    except Exception as e:  # a config.json that is not a model's (no model_type: a run's or an eval's), or mistyped fields
+        if kw.get("gguf_file"):
+            raise  # the GGUF's own metadata: _load_gguf names it
+        why = " ".join(str(e).split()) or type(e).__name__
+        run = Path(spec, "checkpoints").is_dir() or Path(spec, "summary.json").is_file()
+        raise ModelSpecError(f"{Path(spec, 'config.json') if Path(spec).is_dir() else spec} is not a model config ({why})"
+                             + (": that directory holds run.py's outputs, not a model (a training run's are its checkpoints/step-N/model)"
+                                if run else ": restore it from the model it came from, or pass another model")) from None
     if cfg.model_type not in SUPPORTED_ARCHS:
         raise ModelSpecError(f"{spec}: unsupported architecture {cfg.model_type!r}; supported are {', '.join(SUPPORTED_ARCHS)} (Llama and Qwen2 families)")
 

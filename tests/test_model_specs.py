@@ -38,6 +38,25 @@ def test_unreadable_config_json_is_named(tmp_path, tiny):
     assert str(tmp_path / "hf" / "config.json") in one_line(e)
 
 
+def test_a_config_json_that_is_not_a_models_is_named(tmp_path, tiny):
+    """A mistyped field or no model_type (a run's or an eval's config.json) once left transformers' traceback."""
+    export_hf(*tiny, tmp_path / "hf")
+    cfg = tmp_path / "hf" / "config.json"
+    for text, why in (('{"model_type": "llama", "hidden_size": "x"}', "hidden_size"), ("[1, 2]", "model_type"),
+                      ('{"steps": 3}', "model_type")):
+        cfg.write_text(text)
+        with pytest.raises(ModelSpecError, match=f"{cfg} is not a model config .*{why}.*restore it") as e:
+            load(tmp_path / "hf")
+        one_line(e)
+    run = tmp_path / "run"  # what run.py train leaves: its config.json and checkpoints/step-N/model
+    save_model(*tiny, run / "checkpoints" / "step-000003" / "model")
+    (run / "config.json").write_text('{"steps": 3}')
+    with pytest.raises(ModelSpecError, match=r"holds run\.py's outputs, not a model \(a training run's are its checkpoints/step-N/model\)"):
+        load(run)
+    with pytest.raises(ModelSpecError, match=f"no config.json\\): pass {run / 'checkpoints' / 'step-000003' / 'model'}, the model it holds"):
+        load(run / "checkpoints" / "step-000003")
+
+
 def test_a_directory_without_tokenizer_is_refused_before_its_weights_are_read(tmp_path, tiny):
     model, _ = tiny
     save_model(model, None, tmp_path / "ours")
