@@ -39,6 +39,7 @@ from grpo.evaluate import EvalConfig, evaluate
 from grpo.trainer import Trainer, TrainingError
 from mcts.inspect import load_trees, render, tree_stats
 from model_io import ModelSpecError, SamplingConfig, generate, load
+from model_io.checkpoint import is_checkpoint
 from model_io.precision import check_precision, precision_field, resolve_precision, weights_dtype
 from model_io.sampler import set_decode_mode
 
@@ -119,6 +120,30 @@ def make_out_dir(out: Path) -> None:
         raise ValueError(f"--out-dir {out} cannot be made ({e.strerror}): pass a writable directory") from None
 
 
+def holds_a_model(out: Path) -> bool:
+    """`out` is a model directory (transformers' or ours), whose config.json a command's own would replace."""
+    if is_checkpoint(out) or any(out.glob("*.safetensors")) or any(out.glob("*.gguf")):
+        return True
+    try:
+        return "model_type" in json.loads((out / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def refuse_foreign_out_dir(out: Path, command: str) -> None:
+    """An --out-dir holding what another command wrote (or a model) is refused before any slow work: the
+    command's config.json would replace theirs, and its outputs would sit beside theirs."""
+    if holds_a_model(out):
+        what = "a model, whose config.json"
+    elif command == "eval" and is_training_run(out):
+        what = "a training run, whose config.json and tb/"
+    elif command == "train" and any((out / f).is_file() for f in ("summary.json", "predictions.jsonl", "predictions.jsonl.partial")):
+        what = "an eval's outputs, whose config.json"
+    else:
+        return
+    raise ValueError(f"--out-dir {out} holds {what} {command} would replace: pass another --out-dir (e.g. {out / command})")
+
+
 def is_training_run(out: Path) -> bool:
     """`out` holds what `run.py train` writes (checkpoints or step logs), finished or not."""
     return (out / "checkpoints").is_dir() or (out / "metrics.jsonl").is_file()
@@ -139,9 +164,7 @@ def cmd_eval(cfg: EvalConfig) -> None:
     device = resolve_device(cfg.device)
     set_decode_mode(cfg.decode)
     out = Path(cfg.out_dir)
-    if is_training_run(out):
-        raise ValueError(f"--out-dir {out} holds a training run, whose config.json and tb/ eval would replace: pass "
-                         f"another --out-dir (e.g. {out / 'eval'})")
+    refuse_foreign_out_dir(out, "eval")
     make_out_dir(out)
     problems, shots = questions_and_shots(cfg.split, cfg.gsm8k, cfg.shots, cfg.limit)
     precision = resolve_precision(cfg.precision, device)
@@ -189,6 +212,7 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
         if is_training_run(run_dir):
             raise ValueError(f"{run_dir} holds a run that stopped before its first checkpoint (nothing to resume): pass "
                              f"another --out-dir, or delete {run_dir} to use it again")
+        refuse_foreign_out_dir(run_dir, "train")
     make_out_dir(run_dir)  # a file there fails now, not after loading
     check_one_file({"train"} | ({"test"} if cfg.eval_every else set()), "training, and evaluating every --eval-every steps",
                    cfg.gsm8k)

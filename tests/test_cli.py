@@ -443,6 +443,26 @@ def test_train_refuses_bad_out_dirs_data_files_and_batches_before_loading(tmp_pa
     assert not (tmp_path / "r2" / "config.json").exists()
 
 
+def test_an_out_dir_holding_a_model_or_an_eval_is_refused_and_left_as_it_was(tmp_path, monkeypatch, capsys):
+    """`train --model ./m --out-dir ./m` once replaced the model's config.json by the run's (the model lost); eval
+    did the same; and train wrote its config.json over an eval's, beside that eval's summary."""
+    monkeypatch.setattr(run, "load_spec", lambda *a: pytest.fail("the model loaded before the out-dir was checked"))
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    model, tok = from_hf_model(tiny_hf_model("llama")), tiny_tokenizer()
+    export_hf(model, tok, tmp_path / "hf")
+    save_model(model, tok, tmp_path / "ours")
+    (tmp_path / "ev").mkdir()
+    (tmp_path / "ev" / "config.json").write_text('{"limit": 3}')
+    (tmp_path / "ev" / "summary.json").write_text("{}")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for command, out, what in [("train", "hf", "a model"), ("eval", "hf", "a model"), ("train", "ours", "a model"),
+                               ("eval", "ours", "a model"), ("train", "ev", "an eval's outputs")]:
+        assert run.main([command, "--out-dir", str(tmp_path / out), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --out-dir {tmp_path / out} holds {what}") and f"--out-dir (e.g. {tmp_path / out / command})" in err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
 def test_inspect_tree_skips_blank_lines_and_names_what_is_missing(tmp_path, capsys):
     node = {"id": 0, "parent": -1, "visits": 1, "value": 0.5, "prior": 1.0, "text": "", "answer": None, "terminal": False}
     tree = {"index": 0, "question": "q?", "gold": "1", "answer": "1", "nodes": [node]}
