@@ -27,7 +27,7 @@ sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # bench/, last (ben
 import torch  # noqa: E402
 
 from cli import check_args, check_device, user_errors  # noqa: E402
-from data import load_gsm8k  # noqa: E402
+from data.gsm8k import questions_and_shots  # noqa: E402
 from grpo.evaluate import EvalConfig, QuestionResult, choose, evaluate, summarize  # noqa: E402
 from model_io import load  # noqa: E402
 
@@ -130,8 +130,9 @@ def main(argv=None) -> None:
         ap.error(f"--out {out} cannot be made ({e.strerror}): pass a writable directory")
 
     with user_errors(ap):
-        problems = load_gsm8k("test", a.gsm8k)[: a.limit]  # first: a wrong --gsm8k costs no model load
-        shots = load_gsm8k("train", a.gsm8k)[: a.shots]
+        # first: a wrong --gsm8k costs no model load; as eval: --shots beyond the train split is refused, and
+        # zero-shot needs no train split (a test.jsonl alone serves)
+        problems, shots = questions_and_shots("test", a.gsm8k, a.shots, a.limit)
         model, tok = load(a.model, device=a.device)
     # untimed: the first call pays one-off costs (CUDA context, kernel choice, allocator growth) that were counted
     # in the greedy row's seconds, the first timed, making greedy look several times slower per token than sampling

@@ -46,6 +46,7 @@ def refused(name: str, argv: list[str], capsys) -> str:
     ("compare", ["--sims", "0"], "--sims takes whole numbers >= 1"),
     ("compare", ["--temperature", "-1"], "--temperature must be >= 0, got -1.0"),
     ("compare", ["--model", "/nonexistent", "--device", "cpu", "--out", "OUT"], "model path /nonexistent does not exist"),
+    ("compare", ["--shots", "100000", "--device", "cpu", "--out", "OUT"], "--shots 100000: the train split holds only 7473"),
 ])
 def test_bad_input_is_one_line_naming_it(name, argv, says, capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
@@ -73,13 +74,14 @@ def test_compare_replot_needs_an_earlier_run_and_rewrites_only_the_png(tmp_path,
 
 
 def test_compare_runs_the_grid_after_an_untimed_warm_up(tmp_path, capsys, monkeypatch):
+    """(zero-shot from test.jsonl alone, as `run.py eval --shots 0` takes it: compare once read the train split anyway)"""
     save_model(from_hf_model(tiny_hf_model()), tiny_tokenizer(), tmp_path / "m")
     compare = bench("compare")
     calls = []
     real = compare.evaluate
     monkeypatch.setattr(compare, "evaluate", lambda m, t, problems, cfg, *a, **k: calls.append((len(problems), cfg.search,
                         cfg.max_new_tokens)) or real(m, t, problems, cfg, *a, **k))
-    compare.main(["--model", str(tmp_path / "m"), "--device", "cpu", "--gsm8k", gsm8k_dir(), "--limit", "2", "--n", "1,2",
+    compare.main(["--model", str(tmp_path / "m"), "--device", "cpu", "--gsm8k", f"{gsm8k_dir()}/test.jsonl", "--limit", "2", "--n", "1,2",
                   "--sims", "1", "--roots", "puct", "--shots", "0", "--max-new-tokens", "6", "--batch-size", "2", "--out", str(tmp_path / "o")])
     assert calls[0] == (2, "greedy", 8) and calls[1] == (2, "greedy", 6)  # the warm-up, then the timed greedy row
     rows = json.loads((tmp_path / "o" / "compare.json").read_text())["rows"]
