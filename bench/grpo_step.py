@@ -55,7 +55,8 @@ def run_sides(script: str, sides, args: list[str]) -> dict:
                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
         line = next((l for l in p.stdout.splitlines() if l.startswith("RESULT ")), None)
         if p.returncode == 2 and p.stderr.strip():  # the side refused its input (argparse): its one line is the news
-            sys.exit(f"{side}: {p.stderr.strip().splitlines()[-1]}")
+            print(f"{side}: {p.stderr.strip().splitlines()[-1]}", file=sys.stderr)
+            sys.exit(2)  # (as the refusal itself: sys.exit(message) would exit 1)
         if p.returncode or line is None:
             sys.exit(f"{side} failed:\n{p.stderr[-4000:]}")
         res[side] = json.loads(line[7:])
@@ -169,6 +170,8 @@ def main(argv=None) -> None:
 
     check_args(ap, a, at_least_1=("prompts", "group", "max_new_tokens", "micro_batch", "steps"),
                at_least_0=("beta", "lr", "warmup"))
+    if a.group < 2:  # (else the side's TrainConfig refuses it, in a traceback, after the export)
+        ap.error(f"--group must be >= 2, got {a.group}: GRPO's advantage compares completions of one prompt")
     if (a.prompts * a.group) % a.micro_batch:
         ap.error("prompts x group must be a multiple of --micro-batch (TRL's gradient accumulation needs it)")
     if importlib.util.find_spec("trl") is None:  # found now, not by the TRL side after the export

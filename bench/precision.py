@@ -71,6 +71,8 @@ def main(argv=None) -> None:
     from cli import check_args, user_errors
 
     check_args(ap, a, at_least_1=("prompts", "group", "max_new_tokens", "decode_rows", "steps"), at_least_0=("shots", "warmup"))
+    if a.group < 2:  # (else each side's TrainConfig refuses it, in a traceback)
+        ap.error(f"--group must be >= 2, got {a.group}: GRPO's advantage compares completions of one prompt")
     if a.side:
         with user_errors(ap):  # a bad --model, found in the side's process: run_sides reports this one line
             res = run_side(a)
@@ -79,7 +81,9 @@ def main(argv=None) -> None:
     from data import load_gsm8k
 
     with user_errors(ap):  # before two processes start
-        load_gsm8k("train", a.gsm8k)
+        n = len(load_gsm8k("train", a.gsm8k))
+    if a.shots > n:
+        ap.error(f"--shots {a.shots}: the train split holds only {n} problems to show")
 
     from model_io.precision import cpu_has_fast_bf16
 

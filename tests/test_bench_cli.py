@@ -42,6 +42,11 @@ def refused(name: str, argv: list[str], capsys) -> str:
     ("grpo_step", ["--micro-batch", "0"], "--micro-batch must be >= 1, got 0"),
     ("grpo_step", ["--gsm8k", "/nonexistent"], "GSM8K file /nonexistent not found"),
     ("precision", ["--decode-rows", "0"], "--decode-rows must be >= 1, got 0"),
+    ("grpo_step", ["--group", "1", "--micro-batch", "1"], "--group must be >= 2, got 1"),
+    ("precision", ["--group", "1"], "--group must be >= 2, got 1"),
+    ("precision", ["--shots", "8000"], "--shots 8000: the train split holds only 7473 problems"),
+    # refused in the side's own process (where the model loads): still exit status 2, its one line
+    ("precision", ["--model", "/nonexistent", "--steps", "1", "--warmup", "0"], "fp32: precision.py: error: model path /nonexistent does not exist"),
     ("compare", ["--n", "1,x"], "--n takes whole numbers >= 1, comma-separated (e.g. 1,4,8); got '1,x'"),
     ("compare", ["--sims", "0"], "--sims takes whole numbers >= 1"),
     ("compare", ["--temperature", "-1"], "--temperature must be >= 0, got -1.0"),
