@@ -63,12 +63,13 @@ def main(argv=None) -> None:
     # transformers, on the same weights in the same dtype
     from transformers import AutoModelForCausalLM
 
-    spec = args.model or str(embedded_gguf())
+    spec = os.path.expanduser(args.model) if args.model else str(embedded_gguf())  # ('~' as load() takes it)
     kw = {"gguf_file": os.path.basename(spec)} if spec.endswith(".gguf") else {}
     if not kw and os.path.isdir(spec) and not os.path.isfile(os.path.join(spec, "config.json")):
         spec = os.path.join(tempfile.mkdtemp(), "hf")  # one of our checkpoints: transformers reads an HF export of it
         export_hf(model, tok, spec)
-    hf = AutoModelForCausalLM.from_pretrained(os.path.dirname(spec) if kw else spec, dtype=model.embed.weight.dtype, **kw)
+    # a bare `model.gguf` lies in '.': dirname '' would be taken for a hub id
+    hf = AutoModelForCausalLM.from_pretrained((os.path.dirname(spec) or ".") if kw else spec, dtype=model.embed.weight.dtype, **kw)
     hf = hf.to(dev).eval()
     P = max(map(len, prompts))
     ids = torch.full((len(prompts), P), pad, dtype=torch.long)

@@ -65,6 +65,26 @@ def test_cuda_asked_for_where_there_is_none(capsys, monkeypatch):
     assert line.endswith("error: --device cuda asked for but CUDA is not available here: use --device cpu")
 
 
+def test_sampler_reads_a_gguf_in_the_working_directory_by_its_bare_name(tmp_path, monkeypatch):
+    """`--model model.gguf` loaded (ours), then transformers was handed the directory '' and raised a traceback."""
+    import transformers
+
+    sampler = bench("sampler")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    monkeypatch.setattr(sampler, "load", lambda spec, **kw: (from_hf_model(tiny_hf_model()), tiny_tokenizer()))
+    seen = []
+
+    def from_pretrained(path, **kw):
+        seen.append((path, kw.get("gguf_file")))
+        raise KeyboardInterrupt  # far enough
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    with pytest.raises(KeyboardInterrupt):
+        sampler.main(["--model", "model.gguf", "--device", "cpu", "--batch", "1", "--max-new-tokens", "2"])
+    assert seen == [(".", "model.gguf")]
+
+
 def test_compare_replot_needs_an_earlier_run_and_rewrites_only_the_png(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default --out is runs/compare, not the committed docs/compare
     assert refused("compare", ["--replot"], capsys).endswith(
