@@ -200,6 +200,12 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
         if not checkpoint_dirs(run_dir):
             raise ValueError(f"--resume {run_dir}: the run stopped before its first checkpoint, so there is nothing to "
                              f"resume: start it again in another --out-dir (or delete {run_dir})")
+        if "out_dir" in given:  # the run's directory is --resume's: --out-dir may only name it again
+            if Path(cfg.out_dir).resolve() != run_dir.resolve():
+                raise ValueError(f"--resume {run_dir} continues the run in its own directory, not in --out-dir {cfg.out_dir}: "
+                                 f"leave --out-dir out, or train on from its newest checkpoint in a new run: --model {run_dir} "
+                                 f"--out-dir {cfg.out_dir}")
+            given = set(given) - {"out_dir"}  # (written 'runs/x/', or the run directory moved since it started)
         saved = json.loads((run_dir / "config.json").read_text())
         legacy = "precision" not in saved  # a run from before --precision: bf16 autocast on a GPU, float32 on a CPU
         if "precision" in given:  # 'auto' is recorded as what it resolved to: compare like with like

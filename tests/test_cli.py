@@ -282,6 +282,27 @@ def test_resume_takes_limits_and_logging_flags_and_refuses_the_rest(tiny_ckpt, t
                      "--lr", "0.1", "--steps", "1", "--max-new-tokens", "4", "--eval-every", "0",
                      "--out-dir", str(tmp_path / "new"), "--device", "cpu"]) == 0
 
+def test_resume_takes_its_own_directory_as_out_dir_and_names_another(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    """--out-dir beside --resume naming the run's directory (with a trailing slash, or after the directory was moved)
+    was refused as a change to 'the training itself'; another directory is refused as what it is."""
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    out = tmp_path / "run"
+    assert run.main(["train", "--model", tiny_ckpt, "--preset", "smoke", "--steps", "1", "--max-new-tokens", "4",
+                     "--eval-every", "0", "--out-dir", str(out), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert run.main(["train", "--resume", str(out), "--out-dir", f"{out}/"]) == 0
+    assert "has finished" in capsys.readouterr().out
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    assert run.main(["train", "--resume", str(moved), "--out-dir", str(moved)]) == 0
+    assert "has finished" in capsys.readouterr().out
+    assert run.main(["train", "--resume", str(moved), "--out-dir", str(tmp_path / "elsewhere")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: --resume {moved} continues the run in its own directory, not in --out-dir {tmp_path / 'elsewhere'}: "
+                   f"leave --out-dir out, or train on from its newest checkpoint in a new run: --model {moved} "
+                   f"--out-dir {tmp_path / 'elsewhere'}\n")
+
+
 def test_a_training_run_directory_loads_its_newest_checkpoint_else_its_final_export(tmp_path, capsys):
     """`--model runs/train` (run.py's load_spec; what a user tries first after training): the newest finished
     checkpoint's model, said on stderr; with the checkpoints deleted, final_hf; with neither yet, a one-line error."""
