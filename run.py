@@ -84,7 +84,7 @@ def config_from_args(cls, args: argparse.Namespace):
 
 def load_spec(spec: str | None, device: torch.device, dtype: torch.dtype):
     """model_io.load, where a training run directory (`--model runs/train`) also stands for the model it holds."""
-    held = model_of_run(Path(spec)) if spec else None
+    held = model_of_run(Path(spec).expanduser()) if spec else None
     if held is not None:
         print(f"{spec} is a training run: loading {held}", file=sys.stderr)
         spec = str(held)

@@ -303,7 +303,7 @@ def test_resume_takes_its_own_directory_as_out_dir_and_names_another(tiny_ckpt, 
                    f"--out-dir {tmp_path / 'elsewhere'}\n")
 
 
-def test_a_training_run_directory_loads_its_newest_checkpoint_else_its_final_export(tmp_path, capsys):
+def test_a_training_run_directory_loads_its_newest_checkpoint_else_its_final_export(tmp_path, capsys, monkeypatch):
     """`--model runs/train` (run.py's load_spec; what a user tries first after training): the newest finished
     checkpoint's model, said on stderr; with the checkpoints deleted, final_hf; with neither yet, a one-line error."""
     old, new = from_hf_model(tiny_hf_model("llama", seed=1)), from_hf_model(tiny_hf_model("llama", seed=2))
@@ -330,6 +330,10 @@ def test_a_training_run_directory_loads_its_newest_checkpoint_else_its_final_exp
     assert f"loading {rd / 'final_hf'}" in capsys.readouterr().err
     with torch.no_grad():
         assert torch.allclose(m(x), old(x), atol=1e-5)
+    # a '~' (as `--model=~/run` passes it, unexpanded by the shell) is expanded, as load() expands it for models
+    monkeypatch.setenv("HOME", str(tmp_path))
+    run.load_spec("~/run", torch.device("cpu"), torch.float32)
+    assert f"~/run is a training run: loading {rd / 'final_hf'}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("search,extra", [("majority", ["--n", "3"]), ("best-of-n", ["--n", "3"]),
