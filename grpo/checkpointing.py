@@ -72,6 +72,11 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, sched
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, dict]:
     """Restore everything in place; returns (step, extra)."""
     saved = load_model(path / "model", device=model.device, dtype=model.embed.weight.dtype)
+    wrong = [(n, list(p.shape), list(q.shape)) for (n, p), q in zip(model.named_parameters(), saved.parameters()) if p.shape != q.shape]
+    if wrong or saved.cfg.n_layers != model.cfg.n_layers:  # (copy_ would raise a size mismatch traceback)
+        what = f"{wrong[0][0]} is {wrong[0][2]} there but {wrong[0][1]} in the model" if wrong else "its layers differ"
+        raise ModelSpecError(f"checkpoint {path} does not fit the run's --model ({what}): that model changed since the "
+                             f"run started; restore it, or start a new run from the checkpoint's weights: --model {path / 'model'} --out-dir NEW_DIR")
     with torch.no_grad():
         for p, q in zip(model.parameters(), saved.parameters()):
             p.copy_(q)

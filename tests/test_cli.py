@@ -303,6 +303,27 @@ def test_resume_takes_its_own_directory_as_out_dir_and_names_another(tiny_ckpt, 
                    f"--out-dir {tmp_path / 'elsewhere'}\n")
 
 
+def test_resume_names_a_base_model_that_no_longer_fits_its_checkpoints(tmp_path, monkeypatch, capsys):
+    """A resume rebuilds the run's --model, then copies the checkpoint's weights in: a base model directory replaced
+    by one of another size since the run started gave copy_'s size-mismatch traceback."""
+    from grpo.config import TrainConfig
+
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    base, out = tmp_path / "base", tmp_path / "run"
+    save_model(from_hf_model(tiny_hf_model("qwen2")), tiny_tokenizer(), base)
+    cfg = TrainConfig(model=str(base), steps=2, save_every=1, prompts_per_step=1, group_size=2, max_new_tokens=2,
+                      eval_every=0, out_dir=str(out), device="cpu", precision="fp32")
+    run.cmd_train(cfg, until_step=1)
+    save_model(from_hf_model(tiny_hf_model("qwen2", hidden_size=32, intermediate_size=48)), tiny_tokenizer(), base)
+    capsys.readouterr()
+    assert run.main(["train", "--resume", str(out)]) == 2
+    ckpt = out / "checkpoints" / "step-000001"
+    assert capsys.readouterr().err == (
+        f"error: checkpoint {ckpt} does not fit the run's --model (embed.weight is [259, 64] there but [259, 32] in the model): "
+        f"that model changed since the run started; restore it, or start a new run from the checkpoint's weights: "
+        f"--model {ckpt / 'model'} --out-dir NEW_DIR\n")
+
+
 def test_a_training_run_directory_loads_its_newest_checkpoint_else_its_final_export(tmp_path, capsys, monkeypatch):
     """`--model runs/train` (run.py's load_spec; what a user tries first after training): the newest finished
     checkpoint's model, said on stderr; with the checkpoints deleted, final_hf; with neither yet, a one-line error."""
