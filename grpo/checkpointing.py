@@ -80,7 +80,15 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, dict]
     with torch.no_grad():
         for p, q in zip(model.parameters(), saved.parameters()):
             p.copy_(q)
-    state = torch.load(path / "trainer_state.pt", weights_only=True, map_location="cpu")
+    try:
+        state = torch.load(path / "trainer_state.pt", weights_only=True, map_location="cpu")
+    except Exception as e:  # a file damaged after it was written (disk, copy): the checkpoint before it is whole
+        why = str(e).splitlines()[0].split(". ")[0] if str(e) else type(e).__name__
+        earlier = [p for p in checkpoint_dirs(path.parent.parent) if p.name < path.name]
+        raise ModelSpecError(f"{path / 'trainer_state.pt'} is damaged ({why}): "
+                             + (f"delete {path} to resume from {earlier[-1].name}" if earlier else
+                                f"no earlier checkpoint is kept; start the run again, or a new run from its weights: "
+                                f"--model {path / 'model'} --out-dir NEW_DIR")) from None
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])

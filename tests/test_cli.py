@@ -1,6 +1,7 @@
 """run.py: flags generated from the config dataclasses, eval end to end on a tiny checkpoint, one-line errors."""
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 
@@ -322,6 +323,27 @@ def test_resume_names_a_base_model_that_no_longer_fits_its_checkpoints(tmp_path,
         f"error: checkpoint {ckpt} does not fit the run's --model (embed.weight is [259, 64] there but [259, 32] in the model): "
         f"that model changed since the run started; restore it, or start a new run from the checkpoint's weights: "
         f"--model {ckpt / 'model'} --out-dir NEW_DIR\n")
+
+
+def test_resume_names_a_damaged_trainer_state_and_the_checkpoint_before_it(tmp_path, monkeypatch, capsys):
+    """A trainer_state.pt damaged after it was written (disk, copy) gave torch.load's zip-archive traceback."""
+    from grpo.config import TrainConfig
+
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    base, out = tmp_path / "base", tmp_path / "run"
+    save_model(from_hf_model(tiny_hf_model("qwen2")), tiny_tokenizer(), base)
+    cfg = TrainConfig(model=str(base), steps=3, save_every=1, prompts_per_step=1, group_size=2, max_new_tokens=2,
+                      eval_every=0, out_dir=str(out), device="cpu", precision="fp32")
+    run.cmd_train(cfg, until_step=2)
+    state = out / "checkpoints" / "step-000002" / "trainer_state.pt"
+    state.write_bytes(state.read_bytes()[:1000])
+    capsys.readouterr()
+    assert run.main(["train", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {state} is damaged (PytorchStreamReader failed reading zip archive") and err.count("\n") == 1
+    assert err.endswith(f"delete {state.parent} to resume from step-000001\n")
+    shutil.rmtree(state.parent)
+    assert run.main(["train", "--resume", str(out)]) == 0 and "resumed" in capsys.readouterr().out
 
 
 def test_a_training_run_directory_loads_its_newest_checkpoint_else_its_final_export(tmp_path, capsys, monkeypatch):
