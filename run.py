@@ -38,7 +38,7 @@ from grpo.config import TrainConfig, apply_preset, check_ranges, check_top_p, re
 from grpo.evaluate import EvalConfig, evaluate
 from grpo.trainer import Trainer, TrainingError
 from mcts.inspect import load_trees, render, tree_stats
-from model_io import ModelSpecError, SamplingConfig, generate, load
+from model_io import ModelSpecError, SamplingConfig, export_hf, generate, load
 from model_io.checkpoint import is_checkpoint
 from model_io.precision import check_precision, precision_field, resolve_precision, weights_dtype
 from model_io.sampler import set_decode_mode
@@ -257,9 +257,13 @@ def _train_in_group(cfg: TrainConfig, run_dir: Path, d: D.Dist, device: torch.de
         write_json(run_dir / "config.json", dataclasses.asdict(cfg))
     if cfg.resume and (trainer.step >= cfg.steps or (cfg.token_budget and trainer.generated_total >= cfg.token_budget)):
         if d.main:
+            late = not (run_dir / "final_hf" / "config.json").is_file()
+            if late:  # stopped (Ctrl-C, a kill) between its last checkpoint and the export: the export is owed
+                export_hf(trainer.model, tok, run_dir / "final_hf")
             print(f"{run_dir} has finished (step {trainer.step} of {cfg.steps}"
                   + (f", token budget {cfg.token_budget} spent" if trainer.step < cfg.steps else "")
-                  + f"): nothing to train; its model is {run_dir / 'final_hf'}")
+                  + f"): nothing to train; its model is {run_dir / 'final_hf'}"
+                  + (" (exported now from its last checkpoint: the run stopped before its export)" if late else ""))
         return {}
     if d.main:
         print("config: " + json.dumps(dataclasses.asdict(cfg)))

@@ -346,6 +346,30 @@ def test_resume_names_a_damaged_trainer_state_and_the_checkpoint_before_it(tmp_p
     assert run.main(["train", "--resume", str(out)]) == 0 and "resumed" in capsys.readouterr().out
 
 
+def test_resuming_a_run_stopped_before_its_export_writes_final_hf(tmp_path, monkeypatch, capsys):
+    """A run stopped (Ctrl-C, a kill) between its last checkpoint and the export of final_hf: resuming it trained
+    nothing and pointed at a final_hf that did not exist, and never wrote it."""
+    from grpo.config import TrainConfig
+
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    base, out = tmp_path / "base", tmp_path / "run"
+    save_model(from_hf_model(tiny_hf_model("qwen2")), tiny_tokenizer(), base)
+    cfg = TrainConfig(model=str(base), steps=1, prompts_per_step=1, group_size=2, max_new_tokens=2, eval_every=0,
+                      out_dir=str(out), device="cpu", precision="fp32")
+    run.cmd_train(cfg)
+    shutil.rmtree(out / "final_hf")  # as if stopped during the export
+    capsys.readouterr()
+    assert run.main(["train", "--resume", str(out)]) == 0
+    assert "exported now from its last checkpoint" in capsys.readouterr().out
+    m, _ = run.load_spec(str(out / "final_hf"), torch.device("cpu"), torch.float32)
+    ckpt, _ = run.load_spec(str(out), torch.device("cpu"), torch.float32)
+    x = torch.randint(0, 259, (1, 5))
+    with torch.no_grad():
+        assert torch.allclose(m(x), ckpt(x), atol=1e-5)
+    assert run.main(["train", "--resume", str(out)]) == 0
+    assert "exported now" not in capsys.readouterr().out
+
+
 def test_a_training_run_directory_loads_its_newest_checkpoint_else_its_final_export(tmp_path, capsys, monkeypatch):
     """`--model runs/train` (run.py's load_spec; what a user tries first after training): the newest finished
     checkpoint's model, said on stderr; with the checkpoints deleted, final_hf; with neither yet, a one-line error."""
