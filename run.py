@@ -206,7 +206,11 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
                                  f"leave --out-dir out, or train on from its newest checkpoint in a new run: --model {run_dir} "
                                  f"--out-dir {cfg.out_dir}")
             given = set(given) - {"out_dir"}  # (written 'runs/x/', or the run directory moved since it started)
-        saved = json.loads((run_dir / "config.json").read_text())
+        try:
+            saved = json.loads((run_dir / "config.json").read_text())
+        except ValueError as e:  # (UnicodeDecodeError too) each checkpoint keeps a copy of the config it was written with
+            raise ValueError(f"--resume {run_dir}: its config.json is not readable JSON ({e}): restore it from "
+                             f"{checkpoint_dirs(run_dir)[-1] / 'train_config.json'}") from None
         legacy = "precision" not in saved  # a run from before --precision: bf16 autocast on a GPU, float32 on a CPU
         if "precision" in given:  # 'auto' is recorded as what it resolved to: compare like with like
             cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, resolve_device(cfg.device)))

@@ -151,7 +151,11 @@ def resumed_config(saved: dict, cfg: "TrainConfig", given: set[str], run_dir: st
                          f"on resume. To train on from its newest checkpoint with new settings: a new run with --model "
                          f"{run_dir} --out-dir NEW_DIR")
     saved_fields = {k: v for k, v in saved.items() if k in fields}  # (a field since removed: dropped)
-    return TrainConfig(**{**saved_fields, **{k: new for k, (_, new) in changed.items()}, "resume": run_dir}), changed
+    try:
+        return TrainConfig(**{**saved_fields, **{k: new for k, (_, new) in changed.items()}, "resume": run_dir}), changed
+    except (TypeError, ValueError) as e:  # a value edited by hand: its check's message, or a str where a number goes
+        raise ValueError(f"--resume {run_dir}: its config.json holds a config that cannot run ({e}): restore it from the "
+                         "train_config.json of its newest checkpoint") from None
 
 
 # A tiny run for newcomers and CI: the embedded model, 3 steps of 2 prompts x 4 completions of 48 tokens.

@@ -370,6 +370,29 @@ def test_resuming_a_run_stopped_before_its_export_writes_final_hf(tmp_path, monk
     assert "exported now" not in capsys.readouterr().out
 
 
+def test_resume_names_a_damaged_run_config_and_the_copy_to_restore_it_from(tmp_path, monkeypatch, capsys):
+    """A run's config.json damaged or edited by hand: a JSON error naming no file, or a TypeError traceback."""
+    from grpo.config import TrainConfig
+
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    base, out = tmp_path / "base", tmp_path / "run"
+    save_model(from_hf_model(tiny_hf_model("qwen2")), tiny_tokenizer(), base)
+    run.cmd_train(TrainConfig(model=str(base), steps=1, prompts_per_step=1, group_size=2, max_new_tokens=2, eval_every=0,
+                              out_dir=str(out), device="cpu", precision="fp32"))
+    copy = out / "checkpoints" / "step-000001" / "train_config.json"
+    good = json.loads(copy.read_text())
+    for text, says in [('{"steps": 3,', ("is not readable JSON (Expecting property name", f"): restore it from {copy}\n")),
+                       (json.dumps({**good, "steps": "x"}), ("holds a config that cannot run ('>=' not supported", "newest checkpoint\n")),
+                       (json.dumps({**good, "adv_scale": "zzz"}), ("holds a config that cannot run (unknown --adv-scale 'zzz'", "newest checkpoint\n"))]:
+        (out / "config.json").write_text(text)
+        capsys.readouterr()
+        assert run.main(["train", "--resume", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"error: --resume {out}: its config.json {says[0]}") and err.endswith(says[1]), err
+    shutil.copy(copy, out / "config.json")
+    assert run.main(["train", "--resume", str(out)]) == 0 and "has finished" in capsys.readouterr().out
+
+
 def test_a_training_run_directory_loads_its_newest_checkpoint_else_its_final_export(tmp_path, capsys, monkeypatch):
     """`--model runs/train` (run.py's load_spec; what a user tries first after training): the newest finished
     checkpoint's model, said on stderr; with the checkpoints deleted, final_hf; with neither yet, a one-line error."""
