@@ -1,8 +1,15 @@
 """The five reward functions of the well-known GRPO GSM8K recipe, and a RewardSet that weights and reports them.
 
-Each is `fn(completions: list[str], **kw) -> list[float]`, with the gold answers passed as `answers=`. All regexes
-use DOTALL (the recipe's strict pattern without it could never match a multi-line reasoning). No input string
-makes any of them raise: they only search, count and compare strings.
+Each is `fn(completions: list[str], **kw) -> list[float]`, with the gold answers passed as `answers=`. No input
+string makes any of them raise: they only search, count and compare strings. Two departures from the recipe's
+code, each because as written a reward could not reach what it pays for:
+- All regexes use DOTALL: the recipe's strict pattern without it could never match a multi-line reasoning.
+- A text may end right at its closing `</answer>`, where the recipe's layout ends with a newline after it. The
+  sampler stops a completion at `</answer>` (`--stop`, the default) and SmolLM2's vocabulary has no `>\n` token,
+  so no stopped completion has that newline: the strict format paid 0.5 to none of them, and xmlcount charged
+  every one 0.001 per character of its whole text (its "text after the closing tag" split found no tag and kept
+  everything). Both now read the end of the text as the end of the tag's line, as `--stop ''` would have let the
+  model write it; text after the tag is charged as before.
 """
 from __future__ import annotations
 
@@ -14,7 +21,7 @@ from data.answers import answer_content, normalize_number, parse_strict
 
 RewardFn = Callable[..., list[float]]
 
-STRICT_FORMAT = re.compile(r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n$", re.DOTALL)
+STRICT_FORMAT = re.compile(r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n?$", re.DOTALL)
 SOFT_FORMAT = re.compile(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", re.DOTALL)
 INTEGER = re.compile(r"[+-]?\d+")
 
@@ -32,7 +39,7 @@ def int_reward_func(completions: Sequence[str], **_) -> list[float]:
 
 
 def strict_format_reward_func(completions: Sequence[str], **_) -> list[float]:
-    """0.5 when the whole text is exactly the reasoning/answer layout, newlines included."""
+    """0.5 when the whole text is exactly the reasoning/answer layout, newlines included (the last one optional)."""
     return [0.5 if STRICT_FORMAT.match(c) else 0.0 for c in completions]
 
 
@@ -42,18 +49,22 @@ def soft_format_reward_func(completions: Sequence[str], **_) -> list[float]:
 
 
 def count_xml(text: str) -> float:
-    """0.125 per tag written exactly once with its newlines; text after the closing answer tag costs 0.001 a char."""
+    """0.125 per tag written exactly once with its newlines; text after the closing answer tag's line costs 0.001 a
+    char (charged twice, as in the recipe: once with the opening tag, once with the closing one)."""
     score = 0.0
+    # after the last closing tag and its newline, if any (the recipe split at "\n</answer>\n", which a text ending
+    # at the tag lacks: it then charged the whole text); "" for a text ending at the tag or just after its newline
+    after = text.split("\n</answer>")[-1].removeprefix("\n") if "\n</answer>" in text else text
     if text.count("<reasoning>\n") == 1:
         score += 0.125
     if text.count("\n</reasoning>\n") == 1:
         score += 0.125
     if text.count("\n<answer>\n") == 1:
         score += 0.125
-        score -= len(text.split("\n</answer>\n")[-1]) * 0.001
+        score -= len(after) * 0.001
     if text.count("\n</answer>") == 1:
         score += 0.125
-        score -= (len(text.split("\n</answer>")[-1]) - 1) * 0.001
+        score -= len(after) * 0.001
     return score
 
 

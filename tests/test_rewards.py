@@ -32,7 +32,9 @@ def test_int():
 def test_strict_format_needs_the_exact_layout():
     # DOTALL: multi-line reasoning matches; `$` also accepts the string ending right after the final newline
     multi = "<reasoning>\nline 1\nline 2\n</reasoning>\n<answer>\n42\n</answer>\n"
-    assert strict_format_reward_func([PERFECT, multi, NO_NEWLINE_END, LOOSE, " " + PERFECT]) == [0.5, 0.5, 0.0, 0.0, 0.0]
+    # a completion stopped at "</answer>" (the default --stop) ends without the final newline and still matches
+    assert strict_format_reward_func([PERFECT, multi, NO_NEWLINE_END, LOOSE, " " + PERFECT, PERFECT + "x"]) == \
+        [0.5, 0.5, 0.5, 0.0, 0.0, 0.0]
 
 
 def test_soft_format_matches_from_the_start():
@@ -43,9 +45,13 @@ def test_xmlcount_hand_worked():
     assert count_xml(PERFECT) == pytest.approx(0.5)  # 4 x 0.125, nothing after the closing tag
     # after "\n</answer>\n" come 3 chars: -0.003; after "\n</answer>" come 4 chars: -(4 - 1) * 0.001
     assert count_xml(PERFECT + "abc") == pytest.approx(0.5 - 0.003 - 0.003)
-    # no trailing newline: "\n<answer>\n" counts but its split leaves the whole text after the last
-    # "\n</answer>\n" (none) -> minus len(text) * 0.001; "\n</answer>" has 0 chars after: minus (0 - 1) * 0.001
-    assert count_xml(NO_NEWLINE_END) == pytest.approx(0.5 - len(NO_NEWLINE_END) * 0.001 + 0.001)
+    # stopped at the closing tag: nothing after it, nothing charged (the recipe's split charged the whole text)
+    assert count_xml(NO_NEWLINE_END) == pytest.approx(0.5)
+    # text right after the tag, no newline: all 3 chars charged twice
+    assert count_xml(NO_NEWLINE_END + "abc") == pytest.approx(0.5 - 0.003 - 0.003)
+    # no closing tag at all: the opening tag's term charges the whole text, as in the recipe
+    opened = "<reasoning>\nx\n</reasoning>\n<answer>\n42"
+    assert count_xml(opened) == pytest.approx(0.375 - len(opened) * 0.001)
     assert count_xml("<reasoning>\n<reasoning>\n") == 0.0  # twice is not once
     assert xmlcount_reward_func([PERFECT, ""]) == [pytest.approx(0.5), 0.0]
 
