@@ -57,7 +57,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls) -> None:
     for f in dataclasses.fields(cls):
         t = _field_type(f)
         flag = "--" + f.name.replace("_", "-")
-        help_ = f.metadata.get("help", "") + " (default: %(default)s)"
+        help_ = f.metadata.get("help", "") + (" (default: '')" if f.default == "" else " (default: %(default)s)")
         if f.metadata.get("positional"):
             parser.add_argument(f.name, type=t, metavar=f.name.upper(), help=f.metadata.get("help", ""))
         elif t is bool:
@@ -78,8 +78,18 @@ def given_fields(argv: list[str], cls) -> set[str]:
     return given & names
 
 
+PATH_FIELDS = ("out_dir", "resume", "gsm8k", "file")  # (--model is expanded where model specs are read)
+
+
 def config_from_args(cls, args: argparse.Namespace):
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+    """The config the flags give; a path's '~' expanded here, where the shell leaves it (`--out-dir=~/runs/x`)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+    for name in PATH_FIELDS:
+        if isinstance(values.get(name), str):
+            if name != "file" and not values[name].strip():
+                raise ValueError(f"--{name.replace('_', '-')} is empty: give a path, or leave the flag out for its default")
+            values[name] = os.path.expanduser(values[name])
+    return cls(**values)
 
 
 def load_spec(spec: str | None, device: torch.device, dtype: torch.dtype):

@@ -1,4 +1,5 @@
 """run.py: flags generated from the config dataclasses, eval end to end on a tiny checkpoint, one-line errors."""
+import argparse
 import dataclasses
 import json
 import shutil
@@ -35,7 +36,7 @@ def test_help_documents_every_field_with_its_default(command, capsys):
             assert f.name.upper() in out
             continue
         assert "--" + f.name.replace("_", "-") in out
-        assert f"(default: {f.default})" in out
+        assert f"(default: {f.default if f.default != '' else repr('')})" in out  # an empty default shows as ''
 
 
 def test_eval_greedy_writes_predictions_and_summary(tiny_ckpt, tmp_path, monkeypatch, capsys):
@@ -104,6 +105,8 @@ def test_majority_vote():
     (["sample", "--temperature", "inf"], "--temperature must be a finite number, got inf"),
     (["train", "--lr", "nan"], "--lr must be a finite number, got nan"),
     (["train", "--max-minutes", "inf"], "--max-minutes must be a finite number, got inf"),
+    (["train", "--out-dir", ""], "--out-dir is empty: give a path"),
+    (["eval", "--gsm8k", " "], "--gsm8k is empty: give a path"),  # it read the working directory
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, why, monkeypatch, capsys):
     import torch
@@ -601,3 +604,12 @@ def test_inspect_tree_skips_blank_lines_and_names_what_is_missing(tmp_path, caps
     f.unlink()
     assert run.main(["inspect-tree", str(tmp_path)]) == 2
     assert "has no trees.jsonl: `run.py eval --search mcts --mcts-when tree" in capsys.readouterr().err
+
+
+def test_a_path_flag_expands_the_tilde_the_shell_leaves(monkeypatch, tmp_path):
+    """`--out-dir=~/x`: the shell expands no '~' after '=', so the run went to a directory named '~'."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    args = argparse.Namespace(**{f.name: f.default for f in dataclasses.fields(run.EvalConfig)})
+    args.out_dir, args.gsm8k = "~/ev", "~/data"
+    cfg = run.config_from_args(run.EvalConfig, args)
+    assert (cfg.out_dir, cfg.gsm8k) == (str(tmp_path / "ev"), str(tmp_path / "data"))
