@@ -14,7 +14,7 @@ def gsm8k_dir() -> str:
     d = os.environ.get("GSM8K_DIR")
     if not d or not Path(d, "test.jsonl").is_file():
         pytest.fail("set GSM8K_DIR to the directory holding GSM8K's train.jsonl and test.jsonl (CI: ../shared/data/gsm8k)")
-    return d
+    return str(Path(d).resolve())  # absolute: CI gives a relative path, and some tests change directory
 
 
 @pytest.fixture(scope="session")

@@ -70,8 +70,8 @@ def test_sampler_reads_a_gguf_in_the_working_directory_by_its_bare_name(tmp_path
     import transformers
 
     sampler = bench("sampler")
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())  # (before the chdir: CI's GSM8K_DIR is relative)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
     monkeypatch.setattr(sampler, "load", lambda spec, **kw: (from_hf_model(tiny_hf_model()), tiny_tokenizer()))
     seen = []
 
