@@ -6,6 +6,7 @@ One process per GPU (NCCL), or processes on a CPU (gloo). Without torchrun every
 from __future__ import annotations
 
 import datetime
+import importlib
 import os
 from dataclasses import dataclass
 
@@ -81,6 +82,12 @@ def init_from_env(device_pref: str = "auto") -> tuple[Dist, torch.device]:
             if device.index is None:  # `--device cuda` under torchrun: the local GPU (set_device refuses no index)
                 device = torch.device(f"cuda:{local}")
             torch.cuda.set_device(device)
+        # torch._dynamo imported after the group exists (AdamW's fused step, use_deterministic_algorithms and
+        # torch.compile all import it) keeps references to the group that destroy_process_group does not drop:
+        # the group then outlives it, and its gloo threads, still releasing the last collectives' tensors, met
+        # the interpreter's finalisation: SIGABRT at exit ("terminate called without an active exception") in
+        # about 1 two-process run in 7 here. Imported first, the group is freed and its threads joined at shutdown.
+        importlib.import_module("torch._dynamo")
         # rank 0 alone evaluates and writes checkpoints while the others wait at a barrier: a 500-question
         # evaluation can outlast NCCL's default 10-minute collective timeout, so allow an hour
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=60))
@@ -130,11 +137,10 @@ def barrier(d: Dist) -> None:
 
 
 def shutdown(d: Dist, wait: bool = False) -> None:
-    """Leave the process group. `wait` (a run that ended well on every rank): meet the other ranks first. A rank
-    that tore its group down and exited while another still worked (rank 0 writing its outputs) died at exit,
-    now and then, with "terminate called without an active exception" (SIGABRT, torch 2.13 gloo: about 1 two-process
-    run in 8 on a loaded 2-core CPU; 0 in 30 with the barrier), and torchrun reported the whole run failed. Not on
-    an error path: a rank that raised must not wait for ranks stuck in a collective it will never join."""
+    """Leave the process group. `wait` (a run that ended well on every rank): meet the other ranks first, so that
+    none tears the group down while another may still use it. Not on an error path: a rank that raised must not
+    wait for ranks stuck in a collective it will never join (torchtitan's rule too). The group's threads are
+    joined here (see init_from_env's import), so none is left to meet the interpreter's finalisation."""
     if d.on and dist.is_initialized():
         if wait:
             dist.barrier()
