@@ -110,9 +110,17 @@ def _check_tokenizer_files(path: Path) -> None:
 
 def _check_json(path: Path) -> None:
     try:
-        json.loads(path.read_text())
+        cfg = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise ModelSpecError(f"{path} is not valid JSON ({e}): restore it from the model it came from") from None
+    if not isinstance(cfg, dict):
+        # said here, not left to AutoConfig: for a JSON list 4.x names model_type, 5.x says "list indices must be integers"
+        # (a dict without model_type goes on to AutoConfig, which may still place it by its directory's name)
+        found = f"a JSON {type(cfg).__name__}, not an object with a model_type"
+        run = path.parent.joinpath("checkpoints").is_dir() or path.parent.joinpath("summary.json").is_file()
+        raise ModelSpecError(f"{path} is not a model config ({found})"
+                             + (": that directory holds run.py's outputs, not a model (a training run's are its checkpoints/step-N/model)"
+                                if run else ": restore it from the model it came from, or pass another model")) from None
 
 
 def _check_arch(spec: str, note: str = "", **kw) -> None:
