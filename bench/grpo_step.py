@@ -174,17 +174,17 @@ def main(argv=None) -> None:
         ap.error(f"--group must be >= 2, got {a.group}: GRPO's advantage compares completions of one prompt")
     if (a.prompts * a.group) % a.micro_batch:
         ap.error("prompts x group must be a multiple of --micro-batch (TRL's gradient accumulation needs it)")
+    from data import load_gsm8k
+
+    with user_errors(ap):  # a wrong --gsm8k is found before the export and the two sides' model loads
+        load_gsm8k("train", a.gsm8k)
     if importlib.util.find_spec("trl") is None:  # found now, not by the TRL side after the export
         ap.error("TRL is not installed: pip install -r bench/requirements.txt")
 
     import torch
     from machine import copy_bandwidth
 
-    from data import load_gsm8k
     from model_io import export_hf, load
-
-    with user_errors(ap):  # a wrong --gsm8k is found before the export and the two sides' model loads
-        load_gsm8k("train", a.gsm8k)
 
     bw_before = copy_bandwidth(torch.device("cpu"))
 

@@ -10,6 +10,7 @@ whenever the weight changes by an in-place op (its autograd version counter move
 bf16 (bf16 weights, or float32 weights under CPU bf16 autocast, as `--precision bf16` runs): the copy is packed
 in bf16, which on a CPU with AMX runs decode-sized matmuls 3-7x faster than float32 (576 -> 1536 at M=64:
 0.09 ms against 0.45 ms; docs/RESULTS.md). Under autocast the result is what autocast's F.linear gives, bf16.
+A CPU that oneDNN cannot pack bf16 on (no AVX512-BF16, AMX or AVX-NE-CONVERT) runs bf16 through the plain matmul.
 Autograd, GPUs, other dtypes and torch.compile take the plain path.
 
 Set MCTS_GRPO_PACKED_LINEAR=0 to turn it off (the results then differ only by float rounding).
@@ -24,6 +25,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ENABLED = os.environ.get("MCTS_GRPO_PACKED_LINEAR", "1") != "0" and torch.backends.mkldnn.is_available()
+# oneDNN packs bf16 only on a CPU with AVX512-BF16/AMX or AVX-NE-CONVERT; elsewhere (an AVX2-only AMD EPYC, say)
+# _reorder_linear_weight raises for bf16, so bf16 takes the plain path there and float32 is still packed
+BF16_PACKED = ENABLED and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 _PACK_HINT_ROWS = 32  # oneDNN picks its blocking for about this many rows; any row count works
 _FLOATS = (torch.float32, torch.bfloat16)
 
@@ -41,8 +45,9 @@ class Linear(nn.Linear):
             return None  # autograd needs the plain op
         if torch.is_autocast_enabled("cpu"):  # autocast casts F.linear, not the packed op: do its cast here
             dt = torch.get_autocast_dtype("cpu")
-            return dt if dt == torch.bfloat16 and x.dtype in _FLOATS and w.dtype in _FLOATS else None
-        return x.dtype if x.dtype == w.dtype and x.dtype in _FLOATS else None
+            return dt if dt == torch.bfloat16 and BF16_PACKED and x.dtype in _FLOATS and w.dtype in _FLOATS else None
+        packable = (torch.float32, torch.bfloat16) if BF16_PACKED else (torch.float32,)
+        return x.dtype if x.dtype == w.dtype and x.dtype in packable else None
 
     def packed_weight(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(packed weight, bias) in `dtype`, remade when the weight changes or another dtype is asked for."""

@@ -52,7 +52,7 @@ def test_packed_bf16_linear_under_autocast_is_autocasts_linear(bias):
     """Under CPU bf16 autocast a packed bf16 copy replaces autocast's cast-and-multiply: same dtype, same values."""
     m, x = _linear(bias), torch.randn(5, 24)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert m._packed_dtype(x) == torch.bfloat16
+        assert m._packed_dtype(x) == (torch.bfloat16 if linear.BF16_PACKED else None)  # (None: this CPU packs no bf16)
         got = m(x)
         want = torch.nn.functional.linear(x, m.weight, m.bias)
     assert got.dtype == want.dtype == torch.bfloat16
@@ -72,7 +72,7 @@ def test_packed_linear_dtypes_and_where_it_steps_aside():
     with torch.no_grad():
         assert m._packed_dtype(x) == torch.float32
         mb = _linear(True).to(torch.bfloat16)
-        assert mb._packed_dtype(x.bfloat16()) == torch.bfloat16  # bf16 weights (eval --precision bf16)
+        assert mb._packed_dtype(x.bfloat16()) == (torch.bfloat16 if linear.BF16_PACKED else None)  # bf16 weights (eval --precision bf16)
         torch.testing.assert_close(mb(x.bfloat16()).float(), torch.nn.functional.linear(x.bfloat16(), mb.weight, mb.bias).float(),
                                    atol=2e-2, rtol=2e-2)
         with torch.autocast("cpu", dtype=torch.float16):
@@ -83,6 +83,27 @@ def test_packed_linear_dtypes_and_where_it_steps_aside():
         assert m._packed is not None
         linear.drop_packed(m)
         assert m._packed is None
+
+
+def test_a_cpu_that_cannot_pack_bf16_runs_it_through_the_plain_matmul(monkeypatch):
+    """oneDNN packs bf16 only on AVX512-BF16/AMX/AVX-NE-CONVERT CPUs: elsewhere _reorder_linear_weight raises for
+    bf16 (it did, on an AVX2-only AMD EPYC), so bf16 takes F.linear there while float32 is still packed."""
+    monkeypatch.setattr(linear, "BF16_PACKED", False)
+    m, x = _linear(True), torch.randn(3, 24)
+    mb = _linear(True).to(torch.bfloat16)
+    with torch.no_grad():
+        assert m._packed_dtype(x) == torch.float32 and mb._packed_dtype(x.bfloat16()) is None
+        assert torch.equal(mb(x.bfloat16()), torch.nn.functional.linear(x.bfloat16(), mb.weight, mb.bias))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert m._packed_dtype(x) is None
+            assert torch.equal(m(x), torch.nn.functional.linear(x, m.weight, m.bias))
+        assert m._packed is None and mb._packed is None
+
+
+def test_bf16_packing_is_claimed_only_where_onednn_supports_it():
+    assert linear.BF16_PACKED == (linear.ENABLED and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if linear.BF16_PACKED:  # the claim holds: the reorder runs
+        torch.ops.mkldnn._reorder_linear_weight(torch.randn(8, 16, dtype=torch.bfloat16), 4)
 
 
 @pytest.fixture(scope="module")
