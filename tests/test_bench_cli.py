@@ -47,6 +47,10 @@ def refused(name: str, argv: list[str], capsys) -> str:
     ("precision", ["--shots", "8000"], "--shots 8000: the train split holds only 7473 problems"),
     # refused in the side's own process (where the model loads): still exit status 2, its one line
     ("precision", ["--model", "/nonexistent", "--steps", "1", "--warmup", "0"], "fp32: precision.py: error: model path /nonexistent does not exist"),
+    ("linear", ["--rows", "0,8"], "--rows takes whole numbers >= 1, separated by ','; got '0,8'"),
+    ("linear", ["--shapes", "576x"], "--shapes takes whole numbers >= 1, separated by 'x'; got '576x'"),
+    ("linear", ["--shapes", "576x1x2"], "--shapes takes INxOUT pairs like 576x1536"),
+    ("linear", ["--reps", "0"], "--reps must be >= 1, got 0"),
     ("compare", ["--n", "1,x"], "--n takes whole numbers >= 1, comma-separated (e.g. 1,4,8); got '1,x'"),
     ("compare", ["--sims", "0"], "--sims takes whole numbers >= 1"),
     ("compare", ["--temperature", "-1"], "--temperature must be >= 0, got -1.0"),
@@ -137,3 +141,20 @@ def test_mcts_bench_times_decode_steps_once_and_never_syncs_in_a_capture(monkeyp
     assert step(Step()) == "logits" and len(syncs) == 2 and inside["depth"] == 0  # one timed call, not two
     capturing[0] = True
     assert forward(Model()) == "logits" and len(syncs) == 2  # no synchronisation inside a capture
+
+
+def test_linear_bench_measures_each_path_it_names(capsys, monkeypatch):
+    """bench/linear.py: a row per shape and row count, with bf16 packing 'n/a' exactly where this CPU cannot pack
+    bf16 (model_io.linear.BF16_PACKED); the path timed is the one its column names (measure asserts it)."""
+    import model_io.linear as linear
+
+    mod = bench("linear")
+    for can in (False, linear.BF16_PACKED):  # (True is tried only where oneDNN can pack bf16)
+        monkeypatch.setattr(linear, "BF16_PACKED", can)
+        mod.main(["--shapes", "8x16,16x4", "--rows", "1,3", "--reps", "1"])
+        out = capsys.readouterr().out.splitlines()
+        assert f"oneDNN packs bf16: {can}" in out[0]
+        rows = [line.split() for line in out if line.split()[:1] in (["8x16"], ["16x4"])]
+        assert [(r[0], r[1]) for r in rows] == [("8x16", "1"), ("8x16", "3"), ("16x4", "1"), ("16x4", "3")]
+        assert all((r[5] == "n/a") != can for r in rows)
+        assert out[-1].startswith("float32 packed/plain over all rows and shapes: ")
