@@ -351,3 +351,30 @@ def test_a_run_stopped_by_its_time_limit_says_so(tmp_path, capsys):
     assert tr.step == 1 and (tmp_path / "final_hf").is_dir()
     out = capsys.readouterr().out
     assert f"stopped by --max-minutes at step 1 of 3; final_hf holds the model so far; `run.py train --resume {tmp_path}` continues" in out
+
+
+def test_the_step_estimate_counts_prefill_once_per_prompt_and_probes_the_training_pass(tmp_path, monkeypatch):
+    """run.py's 'estimated time per step' on a CPU, on a fake clock: the prompt's prefill (generate with one token)
+    counts once per prompt, the decode time per token (9 tokens less 1) once per token of each micro-batch, and
+    the forward+backward probe is the shared-prompt training pass; the probe leaves no gradient, no packed weight
+    copy, the weights and the global RNG as they were."""
+    import types
+
+    import grpo.trainer
+    from model_io.linear import Linear
+
+    tr = make_trainer(tmp_path, beta=0.04)  # 4 prompts x 8 rows, micro-batch 12: 3 micro-batches; a reference
+    ticks = iter([0.0, 1.0, 10.0, 11.4, 20.0, 23.0])  # prefill 1 s, 9 tokens 1.4 s, forward+backward 3 s
+    monkeypatch.setattr(grpo.trainer, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
+    seen = []
+    real = grpo.trainer.completion_logprobs
+    monkeypatch.setattr(grpo.trainer, "completion_logprobs", lambda m, ro, rows, *a, **k: seen.append((len(ro.prompts), len(rows))) or real(m, ro, rows, *a, **k))
+    before = [p.detach().clone() for p in tr.model.parameters()]
+    rng = torch.get_rng_state()
+    est = tr.estimate_step_seconds()
+    # 4 prompts x 1 s + 3 micro-batches x (0.05 s x 8 tokens + 3 s x (mu 1 + the reference's forward, 1/3))
+    assert est == pytest.approx(4 * 1.0 + 3 * (0.05 * 8 + 3.0 * (1 + 1 / 3)))
+    assert seen == [(2, 12)]  # 12 rows of 8 per prompt span 2 prompts, each run once
+    assert all(p.grad is None for p in tr.model.parameters())
+    assert all(m._packed is None for m in tr.model.modules() if isinstance(m, Linear))
+    assert all(torch.equal(a, b) for a, b in zip(before, tr.model.parameters())) and torch.equal(torch.get_rng_state(), rng)
