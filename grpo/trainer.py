@@ -265,6 +265,8 @@ class Trainer:
             norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.params if p.grad is not None])))
         if math.isfinite(loss) and math.isfinite(norm):
             self.opt.step()
+            # the gradients (one more copy of the weights) are freed now, not kept through the next sampling
+            self.opt.zero_grad(set_to_none=True)
             # a packed copy made since sampling would be stale now, and the fused AdamW kernel updates in place
             # without moving the weights' version counters, by which it would be caught
             drop_packed(self.model)
