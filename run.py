@@ -40,7 +40,7 @@ from grpo.trainer import Trainer, TrainingError
 from mcts.inspect import load_trees, render, tree_stats
 from model_io import ModelSpecError, SamplingConfig, export_hf, generate, load
 from model_io.checkpoint import is_checkpoint
-from model_io.precision import check_precision, precision_field, resolve_precision, weights_dtype
+from model_io.precision import check_precision, precision_field, resolve_precision, slow_bf16_note, weights_dtype
 from model_io.sampler import set_decode_mode
 
 
@@ -90,6 +90,12 @@ def config_from_args(cls, args: argparse.Namespace):
                 raise ValueError(f"--{name.replace('_', '-')} is empty: give a path, or leave the flag out for its default")
             values[name] = os.path.expanduser(values[name])
     return cls(**values)
+
+
+def note(line: str | None) -> None:
+    """A one-line note for the user on stderr (nothing for None)."""
+    if line:
+        print(line, file=sys.stderr)
 
 
 def load_spec(spec: str | None, device: torch.device, dtype: torch.dtype):
@@ -178,6 +184,7 @@ def cmd_eval(cfg: EvalConfig) -> None:
     make_out_dir(out)
     problems, shots = questions_and_shots(cfg.split, cfg.gsm8k, cfg.shots, cfg.limit)
     precision = resolve_precision(cfg.precision, device)
+    note(slow_bf16_note(precision, device))
     model, tok = load_spec(cfg.model, device, weights_dtype(precision))
     clear_outputs(out, EVAL_OUTPUTS)
     write_json(out / "config.json", dataclasses.asdict(cfg))
@@ -280,6 +287,7 @@ def _train_in_group(cfg: TrainConfig, run_dir: Path, d: D.Dist, device: torch.de
                   + (" (exported now from its last checkpoint: the run stopped before its export)" if late else ""))
         return {}
     if d.main:
+        note(slow_bf16_note(cfg.precision, device))  # (a resumed run keeps the precision it recorded)
         print("config: " + json.dumps(dataclasses.asdict(cfg)))
         trainer.log.text("config", "```\n" + json.dumps(dataclasses.asdict(cfg), indent=2) + "\n```", trainer.step)
         if device.type == "cpu" and until_step is None:
@@ -319,7 +327,9 @@ def cmd_sample(cfg: SampleConfig) -> None:
 
     problems, examples = questions_and_shots(cfg.split, cfg.gsm8k, cfg.shots, cfg.limit)
     device = resolve_device(cfg.device)
-    model, tok = load_spec(cfg.model, device, weights_dtype(resolve_precision(cfg.precision, device)))
+    precision = resolve_precision(cfg.precision, device)
+    note(slow_bf16_note(precision, device))
+    model, tok = load_spec(cfg.model, device, weights_dtype(precision))
     scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                           eos_ids=stop_token_ids(tok, model.cfg.eos_token_ids))
     gen = torch.Generator(device=model.device).manual_seed(cfg.seed)

@@ -54,6 +54,14 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return "bf16" if fast else "fp32"
 
 
+def slow_bf16_note(precision: str, device: torch.device) -> str | None:
+    """A line for bf16 asked for (or recorded by a resumed run) on a CPU where it is slow; None elsewhere."""
+    if precision != "bf16" or device.type != "cpu" or cpu_has_fast_bf16():
+        return None
+    return ("note: bf16 on a CPU without AMX-BF16 runs emulated matmuls, 2-8x slower than float32 at decode's sizes on "
+            "an AVX2 CPU (python3 bench/linear.py measures this one); --precision fp32, what auto picks here, is faster")
+
+
 def weights_dtype(precision: str) -> torch.dtype:
     """The weights' dtype of an inference command (eval, sample) at a resolved precision."""
     return {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]

@@ -188,3 +188,37 @@ def test_bf16_reference_model_stores_its_linears_in_bf16_with_the_same_log_probs
     assert make_trainer(tmp_path / "fp32", beta=0.04).ref.layers[0].attn.qkv.weight.dtype == torch.float32
     with pytest.raises(AssertionError, match="frozen"):
         precision.store_frozen_linears_in(policy, "bf16")
+
+
+def test_bf16_on_a_cpu_without_amx_says_it_is_slow(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    """bf16 asked for on a CPU without AMX-BF16 (or kept by a run resumed there) runs, with one line saying it is
+    slow there and what is faster; with AMX, or at fp32, nothing is said."""
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    cpu = torch.device("cpu")
+    for fast in (False, True):
+        monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: fast)
+        assert (precision.slow_bf16_note("bf16", cpu) is None) == fast
+        assert precision.slow_bf16_note("fp32", cpu) is None and precision.slow_bf16_note("bf16", torch.device("cuda")) is None
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
+    small = ["--max-new-tokens", "4", "--device", "cpu", "--model", tiny_ckpt]
+    argvs = {"eval": ["eval", "--limit", "2", "--batch-size", "2", "--out-dir", str(tmp_path / "e")],
+             "sample": ["sample", "--limit", "1", "--shots", "0"],
+             "train": ["train", "--steps", "1", "--prompts-per-step", "1", "--group-size", "2", "--micro-batch", "2",
+                       "--eval-every", "0", "--out-dir", str(tmp_path / "t")]}
+    for cmd, argv in argvs.items():
+        for p in ("bf16", "fp32"):
+            out = [str(tmp_path / f"{cmd}-{p}") if x.startswith(str(tmp_path)) else x for x in argv]
+            assert run.main(out + small + ["--precision", p]) == 0
+            err = capsys.readouterr().err
+            said = [line for line in err.splitlines() if line.startswith("note: bf16 on a CPU without AMX-BF16")]
+            assert len(said) == (p == "bf16"), (cmd, p, err[-500:])
+    # a run recorded in bf16 (on an AMX machine, say) and resumed here says it too
+    part = str(tmp_path / "part")
+    assert run.main(argvs["train"][:-1] + [part, "--steps", "2", "--save-every", "1", "--max-minutes", "1e-6"] + small
+                    + ["--precision", "bf16"]) == 0  # stops after step 1: its time is up
+    capsys.readouterr()
+    assert run.main(["train", "--resume", part]) == 0
+    err = capsys.readouterr().err
+    steps = [json.loads(line).get("step") for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 2 and json.loads((tmp_path / "part" / "config.json").read_text())["precision"] == "bf16"
+    assert sum(line.startswith("note: bf16 on a CPU without AMX-BF16") for line in err.splitlines()) == 1, err[-500:]
