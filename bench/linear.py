@@ -90,18 +90,18 @@ def main(argv: list[str] | None = None) -> None:
           "bf16-best/float32-best (< 1: bf16 is faster)")
     print(f"{'shape':>12s} {'rows':>5s} {'f32 plain':>10s} {'f32 packed':>11s} {'bf16 plain':>11s} {'bf16 packed':>12s} "
           f"{'f32 pack/plain':>15s} {'bf16/f32':>9s}")
-    worst = []
+    pack_ratios = []
     for k, n in shapes:
         for r in rows:
             t = {(dt, p): measure(k, n, r, dt, p, a.reps) for dt in (torch.float32, torch.bfloat16) for p in (False, True)}
             f32, b16 = t[torch.float32, False], t[torch.bfloat16, False]
             f32p, b16p = t[torch.float32, True], t[torch.bfloat16, True]
             best32, best16 = min(f32, f32p), min(v for v in (b16, b16p) if v is not None)
-            worst.append(f32p / f32)
+            pack_ratios.append(f32p / f32)
             b16p_s = "n/a" if b16p is None else f"{b16p:.3f}"
             print(f"{f'{k}x{n}':>12s} {r:5d} {f32:10.3f} {f32p:11.3f} {b16:11.3f} {b16p_s:>12s} "
                   f"{f32p / f32:15.2f} {best16 / best32:9.2f}")
-    print(f"float32 packed/plain over all rows and shapes: {min(worst):.2f} to {max(worst):.2f}")
+    print(f"float32 packed/plain over all rows and shapes: {min(pack_ratios):.2f} to {max(pack_ratios):.2f}")
 
 
 if __name__ == "__main__":

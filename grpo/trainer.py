@@ -400,14 +400,15 @@ class Trainer:
             return time.perf_counter() - t
 
         B = math.ceil(rows / G)  # prompts a micro-batch of rows spans
-        probe = Rollout(problems=[], prompts=[prompt] * B, completions=torch.randint(0, model.cfg.vocab_size, (B * G, T), generator=torch.Generator().manual_seed(0)),
-                        old_logp=torch.zeros(B * G, T), mask=torch.ones(B * G, T, dtype=torch.bool), finish=[], texts=[],
-                        rewards=torch.zeros(B, G), per_fn={}, advantages=torch.zeros(B, G), forward_tokens=0)
+        completions = torch.randint(0, model.cfg.vocab_size, (B * G, T), generator=torch.Generator().manual_seed(0))
+        probe = Rollout(problems=[], prompts=[prompt] * B, completions=completions, old_logp=torch.zeros(B * G, T),
+                        mask=torch.ones(B * G, T, dtype=torch.bool), finish=[], texts=[], rewards=torch.zeros(B, G),
+                        per_fn={}, advantages=torch.zeros(B, G), forward_tokens=0)
         with self.autocast():
             prefill = sampling(1)  # the prompt's prefill and one token
             per_token = max(sampling(9) - prefill, 0.0) / 8
             t = time.perf_counter()
-            lp, _ = completion_logprobs(model, probe, torch.arange(min(rows, B * G)), T, self.tok.pad_token_id, cfg.logprob_chunk)
+            lp, _ = completion_logprobs(model, probe, torch.arange(rows), T, self.tok.pad_token_id, cfg.logprob_chunk)
         lp.sum().backward()
         fwd_bwd = time.perf_counter() - t
         drop_packed(model)

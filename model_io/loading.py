@@ -116,11 +116,15 @@ def _check_json(path: Path) -> None:
     if not isinstance(cfg, dict):
         # said here, not left to AutoConfig: for a JSON list 4.x names model_type, 5.x says "list indices must be integers"
         # (a dict without model_type goes on to AutoConfig, which may still place it by its directory's name)
-        found = f"a JSON {type(cfg).__name__}, not an object with a model_type"
-        run = path.parent.joinpath("checkpoints").is_dir() or path.parent.joinpath("summary.json").is_file()
-        raise ModelSpecError(f"{path} is not a model config ({found})"
-                             + (": that directory holds run.py's outputs, not a model (a training run's are its checkpoints/step-N/model)"
-                                if run else ": restore it from the model it came from, or pass another model")) from None
+        raise _not_a_model_config(path, f"a JSON {type(cfg).__name__}, not an object with a model_type")
+
+
+def _not_a_model_config(config: Path, why: str) -> ModelSpecError:
+    """The one line for a config.json that is not a model's: a run's or an eval's outputs say so."""
+    run = config.parent.joinpath("checkpoints").is_dir() or config.parent.joinpath("summary.json").is_file()
+    return ModelSpecError(f"{config} is not a model config ({why})"
+                          + (": that directory holds run.py's outputs, not a model (a training run's are its checkpoints/step-N/model)"
+                             if run else ": restore it from the model it came from, or pass another model"))
 
 
 def _check_arch(spec: str, note: str = "", **kw) -> None:
@@ -134,10 +138,7 @@ def _check_arch(spec: str, note: str = "", **kw) -> None:
         if kw.get("gguf_file"):
             raise  # the GGUF's own metadata: _load_gguf names it
         why = " ".join(str(e).split()) or type(e).__name__
-        run = Path(spec, "checkpoints").is_dir() or Path(spec, "summary.json").is_file()
-        raise ModelSpecError(f"{Path(spec, 'config.json') if Path(spec).is_dir() else spec} is not a model config ({why})"
-                             + (": that directory holds run.py's outputs, not a model (a training run's are its checkpoints/step-N/model)"
-                                if run else ": restore it from the model it came from, or pass another model")) from None
+        raise _not_a_model_config(Path(spec, "config.json") if Path(spec).is_dir() else Path(spec), why) from None
     if cfg.model_type not in SUPPORTED_ARCHS:
         raise ModelSpecError(f"{spec}: unsupported architecture {cfg.model_type!r}; supported are {', '.join(SUPPORTED_ARCHS)} (Llama and Qwen2 families)")
 
