@@ -96,6 +96,7 @@ def test_packed_weights_are_made_once_a_step_and_gone_before_the_loss(tmp_path, 
     log-probs take the plain matmuls of the training pass, and no copy is left when the loss and its backward run
     (a copy per weight would sit beside the activations). The reference model packs nothing."""
     import grpo.trainer
+    import model_io.linear
     from model_io.linear import Linear
 
     tr = make_trainer(tmp_path, beta=0.04, old_logprobs="recompute", precision=precision)
@@ -116,8 +117,6 @@ def test_packed_weights_are_made_once_a_step_and_gone_before_the_loss(tmp_path, 
 
     monkeypatch.setattr(Linear, "packed_weight", counting_pack)
     monkeypatch.setattr(grpo.trainer, "policy_loss", watching_loss)
-    import model_io.linear
-
     # a CPU that cannot pack bf16 (model_io.linear.BF16_PACKED) runs bf16 plainly: only the float32 LM head packs
     want = linears if precision == "fp32" or model_io.linear.BF16_PACKED else [tr.model.lm_head]
     for _ in range(2):
