@@ -307,17 +307,22 @@ def test_resume_takes_its_own_directory_as_out_dir_and_names_another(tiny_ckpt, 
                    f"--out-dir {tmp_path / 'elsewhere'}\n")
 
 
-def test_resume_names_a_base_model_that_no_longer_fits_its_checkpoints(tmp_path, monkeypatch, capsys):
-    """A resume rebuilds the run's --model, then copies the checkpoint's weights in: a base model directory replaced
-    by one of another size since the run started gave copy_'s size-mismatch traceback."""
+def _tiny_run(tmp_path, monkeypatch, steps: int, until_step: int | None = None, **kw):
+    """A tiny trained run for the resume tests: -> (its --model directory, its run directory)."""
     from grpo.config import TrainConfig
 
     monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
     base, out = tmp_path / "base", tmp_path / "run"
     save_model(from_hf_model(tiny_hf_model("qwen2")), tiny_tokenizer(), base)
-    cfg = TrainConfig(model=str(base), steps=2, save_every=1, prompts_per_step=1, group_size=2, max_new_tokens=2,
-                      eval_every=0, out_dir=str(out), device="cpu", precision="fp32")
-    run.cmd_train(cfg, until_step=1)
+    run.cmd_train(TrainConfig(model=str(base), steps=steps, prompts_per_step=1, group_size=2, max_new_tokens=2,
+                              eval_every=0, out_dir=str(out), device="cpu", precision="fp32", **kw), until_step=until_step)
+    return base, out
+
+
+def test_resume_names_a_base_model_that_no_longer_fits_its_checkpoints(tmp_path, monkeypatch, capsys):
+    """A resume rebuilds the run's --model, then copies the checkpoint's weights in: a base model directory replaced
+    by one of another size since the run started gave copy_'s size-mismatch traceback."""
+    base, out = _tiny_run(tmp_path, monkeypatch, steps=2, until_step=1, save_every=1)
     save_model(from_hf_model(tiny_hf_model("qwen2", hidden_size=32, intermediate_size=48)), tiny_tokenizer(), base)
     capsys.readouterr()
     assert run.main(["train", "--resume", str(out)]) == 2
@@ -330,14 +335,7 @@ def test_resume_names_a_base_model_that_no_longer_fits_its_checkpoints(tmp_path,
 
 def test_resume_names_a_damaged_trainer_state_and_the_checkpoint_before_it(tmp_path, monkeypatch, capsys):
     """A trainer_state.pt damaged after it was written (disk, copy) gave torch.load's zip-archive traceback."""
-    from grpo.config import TrainConfig
-
-    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
-    base, out = tmp_path / "base", tmp_path / "run"
-    save_model(from_hf_model(tiny_hf_model("qwen2")), tiny_tokenizer(), base)
-    cfg = TrainConfig(model=str(base), steps=3, save_every=1, prompts_per_step=1, group_size=2, max_new_tokens=2,
-                      eval_every=0, out_dir=str(out), device="cpu", precision="fp32")
-    run.cmd_train(cfg, until_step=2)
+    _, out = _tiny_run(tmp_path, monkeypatch, steps=3, until_step=2, save_every=1)
     state = out / "checkpoints" / "step-000002" / "trainer_state.pt"
     state.write_bytes(state.read_bytes()[:1000])
     capsys.readouterr()
@@ -352,14 +350,7 @@ def test_resume_names_a_damaged_trainer_state_and_the_checkpoint_before_it(tmp_p
 def test_resuming_a_run_stopped_before_its_export_writes_final_hf(tmp_path, monkeypatch, capsys):
     """A run stopped (Ctrl-C, a kill) between its last checkpoint and the export of final_hf: resuming it trained
     nothing and pointed at a final_hf that did not exist, and never wrote it."""
-    from grpo.config import TrainConfig
-
-    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
-    base, out = tmp_path / "base", tmp_path / "run"
-    save_model(from_hf_model(tiny_hf_model("qwen2")), tiny_tokenizer(), base)
-    cfg = TrainConfig(model=str(base), steps=1, prompts_per_step=1, group_size=2, max_new_tokens=2, eval_every=0,
-                      out_dir=str(out), device="cpu", precision="fp32")
-    run.cmd_train(cfg)
+    _, out = _tiny_run(tmp_path, monkeypatch, steps=1)
     shutil.rmtree(out / "final_hf")  # as if stopped during the export
     capsys.readouterr()
     assert run.main(["train", "--resume", str(out)]) == 0
@@ -375,13 +366,7 @@ def test_resuming_a_run_stopped_before_its_export_writes_final_hf(tmp_path, monk
 
 def test_resume_names_a_damaged_run_config_and_the_copy_to_restore_it_from(tmp_path, monkeypatch, capsys):
     """A run's config.json damaged or edited by hand: a JSON error naming no file, or a TypeError traceback."""
-    from grpo.config import TrainConfig
-
-    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
-    base, out = tmp_path / "base", tmp_path / "run"
-    save_model(from_hf_model(tiny_hf_model("qwen2")), tiny_tokenizer(), base)
-    run.cmd_train(TrainConfig(model=str(base), steps=1, prompts_per_step=1, group_size=2, max_new_tokens=2, eval_every=0,
-                              out_dir=str(out), device="cpu", precision="fp32"))
+    _, out = _tiny_run(tmp_path, monkeypatch, steps=1)
     copy = out / "checkpoints" / "step-000001" / "train_config.json"
     good = json.loads(copy.read_text())
     for text, says in [('{"steps": 3,', ("is not readable JSON (Expecting property name", f"): restore it from {copy}\n")),
