@@ -276,7 +276,7 @@ def _train_in_group(cfg: TrainConfig, run_dir: Path, d: D.Dist, device: torch.de
                   + "".join(f"; --{k.replace('_', '-')} {new} (was {old})" for k, (old, new) in changed.items()))
     if d.main and (changed or not cfg.resume):  # what the run is now, for the next resume
         write_json(run_dir / "config.json", dataclasses.asdict(cfg))
-    if cfg.resume and (trainer.step >= cfg.steps or (cfg.token_budget and trainer.generated_total >= cfg.token_budget)):
+    if cfg.resume and trainer.finished():
         if d.main:
             late = not (run_dir / "final_hf" / "config.json").is_file()
             if late:  # stopped (Ctrl-C, a kill) between its last checkpoint and the export: the export is owed

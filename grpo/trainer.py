@@ -52,7 +52,8 @@ import torch
 from tqdm import tqdm
 
 from data import Problem, StopOnText, encode_prompts, stop_token_ids
-from model_io import SamplingConfig, Transformer, export_hf
+from model_io import ModelSpecError, SamplingConfig, Transformer, export_hf
+from model_io.checkpoint import weights_fingerprint
 from model_io.linear import drop_packed, set_packed, unpacked
 from model_io.precision import mixed_precision, resolve_precision, store_frozen_linears_in
 
@@ -104,6 +105,8 @@ class Trainer:
         self.precision = resolve_precision(cfg.precision, model.device)
         self.autocast = mixed_precision(self.precision, model.device)
         self.ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.beta > 0 else None
+        # the KL term's anchor: a resume rebuilds the reference from --model and checks it against this record
+        self.ref_fingerprint = weights_fingerprint(model) if self.ref is not None else None
         if self.ref is not None:
             set_packed(self.ref, False)  # teacher-forced passes only: not worth a second copy of its weights
             store_frozen_linears_in(self.ref, self.precision)  # bf16: what autocast would cast them to, once
@@ -301,6 +304,8 @@ class Trainer:
     def save(self) -> None:
         if self.dist.main:
             counters = {"bad_steps": self.bad_steps, "generated_total": self.generated_total, "flat_steps": self.flat_steps}
+            if self.ref_fingerprint is not None:
+                counters["reference_sha256"] = self.ref_fingerprint
             save_checkpoint(self.run_dir, self.step, self.model, self.tok, self.opt, self.sched, counters,
                             self.cfg.keep_checkpoints, dataclasses.asdict(self.cfg))
         D.barrier(self.dist)
@@ -313,11 +318,23 @@ class Trainer:
         self.bad_steps = int(extra.get("bad_steps", 0))
         self.generated_total = int(extra.get("generated_total", 0))
         self.flat_steps = int(extra.get("flat_steps", 0))  # so that the no-signal note comes at the same step
+        was = extra.get("reference_sha256")  # (absent: a run without a reference, or from before this record)
+        if self.ref_fingerprint is not None and was is not None and was != self.ref_fingerprint and not self.finished():
+            # the same shapes, other weights: trained on, the KL term would pull towards another model, silently.
+            # Said before the logs are cut back to the checkpoint (a finished run trains nothing: it may go on)
+            raise ModelSpecError(f"--resume {self.run_dir}: --model {self.cfg.model} (the run's frozen reference) is not "
+                                 "the model the run started from: its weights changed since; restore them, or train on "
+                                 f"from the checkpoint in a new run (its weights become the reference): --model "
+                                 f"{found[-1] / 'model'} --out-dir NEW_DIR")
         if self.dist.main:
             for name in ("metrics.jsonl", "samples.jsonl"):
                 truncate_log(self.run_dir / name, self.step)
             self.log.purge_after(self.step)  # TensorBoard too: the steps after the checkpoint will be logged again
         return True
+
+    def finished(self) -> bool:
+        """All --steps done, or the --token-budget spent (a resumed run may be either: then it trains nothing)."""
+        return self.step >= self.cfg.steps or bool(self.cfg.token_budget and self.generated_total >= self.cfg.token_budget)
 
     def train(self, until_step: int | None = None) -> dict[str, float]:
         """Run to cfg.steps (or stop after `until_step`, as a kill would); returns the last metrics."""

@@ -6,6 +6,7 @@ import torch
 from helpers import tiny_hf_model, tiny_tokenizer
 
 from model_io import ModelSpecError, export_hf, load, load_model, save_model
+from model_io.checkpoint import weights_fingerprint
 from model_io.convert import from_hf_model
 
 
@@ -20,6 +21,17 @@ def test_checkpoint_round_trip(tmp_path, arch):
     assert again.cfg == model.cfg
     assert (again.lm_head.weight is again.embed.weight) == model.cfg.tie_word_embeddings
     assert not list(tmp_path.glob(".ckpt.tmp-*"))  # written atomically: no temp dir left behind
+
+
+def test_weights_fingerprint_is_equal_exactly_when_the_weights_are(tmp_path):
+    model = from_hf_model(tiny_hf_model("llama"))
+    save_model(model, tiny_tokenizer(), tmp_path / "ckpt")
+    again = load_model(tmp_path / "ckpt")
+    assert weights_fingerprint(again) == weights_fingerprint(model) and len(weights_fingerprint(model)) == 64
+    with torch.no_grad():
+        again.layers[1].mlp.down.weight[3, 5] = torch.nextafter(again.layers[1].mlp.down.weight[3, 5], torch.tensor(2.0))
+    assert weights_fingerprint(again) != weights_fingerprint(model)  # one number, by one ulp
+    assert weights_fingerprint(load_model(tmp_path / "ckpt", dtype=torch.bfloat16)) != weights_fingerprint(model)
 
 
 def test_a_failed_save_keeps_the_previous_model_and_leaves_no_temp_dir(tmp_path):

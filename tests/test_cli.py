@@ -13,7 +13,8 @@ from helpers import tiny_hf_model, tiny_tokenizer
 
 import run
 from grpo.evaluate import EvalConfig, majority
-from model_io import ModelSpecError, export_hf, save_model
+from grpo.checkpointing import checkpoint_dirs
+from model_io import ModelSpecError, export_hf, load_model, save_model
 from model_io.convert import from_hf_model
 
 
@@ -331,6 +332,31 @@ def test_resume_names_a_base_model_that_no_longer_fits_its_checkpoints(tmp_path,
         f"error: checkpoint {ckpt} does not fit the run's --model (embed.weight is [259, 64] there but [259, 32] in the model): "
         f"that model changed since the run started; restore it, or start a new run from the checkpoint's weights: "
         f"--model {ckpt / 'model'} --out-dir NEW_DIR\n")
+
+
+def test_resume_refuses_a_base_model_whose_weights_changed_and_takes_it_back_restored(tmp_path, monkeypatch, capsys):
+    """The frozen reference is rebuilt from the base --model on resume: a base replaced by one of the same shapes
+    but other weights resumed silently, with the KL term pulling towards another model. The run records its
+    reference's SHA-256 in each checkpoint; a finished run (nothing to train) still reports itself."""
+    base, out = _tiny_run(tmp_path, monkeypatch, steps=2, until_step=1, save_every=1)
+    metrics = (out / "metrics.jsonl").read_text()
+    original = (base / "model.safetensors").read_bytes()
+    m = load_model(base)
+    with torch.no_grad():
+        m.norm.weight[0] += 0.5  # one number of one tensor
+    save_model(m, tiny_tokenizer(), base)
+    capsys.readouterr()
+    assert run.main(["train", "--resume", str(out)]) == 2
+    ckpt = out / "checkpoints" / "step-000001"
+    assert capsys.readouterr().err == (
+        f"error: --resume {out}: --model {base} (the run's frozen reference) is not the model the run started from: "
+        f"its weights changed since; restore them, or train on from the checkpoint in a new run (its weights become "
+        f"the reference): --model {ckpt / 'model'} --out-dir NEW_DIR\n")
+    assert (out / "metrics.jsonl").read_text() == metrics and len(checkpoint_dirs(out)) == 1  # nothing touched
+    (base / "model.safetensors").write_bytes(original)
+    assert run.main(["train", "--resume", str(out)]) == 0 and "resumed" in capsys.readouterr().out
+    save_model(m, tiny_tokenizer(), base)  # changed again, after the run finished: nothing is trained from it
+    assert run.main(["train", "--resume", str(out)]) == 0 and "has finished" in capsys.readouterr().out
 
 
 def test_resume_names_a_damaged_trainer_state_and_the_checkpoint_before_it(tmp_path, monkeypatch, capsys):
