@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import ModelConfig
+from .shared_kv import SharedKV
 
 
 @dataclass
@@ -22,6 +23,9 @@ class KVCache:
     # static decoding (model_io/static_decode.py): the write slot as a device tensor [1], so that a step has fixed
     # shapes and needs no host value; attention then reads all `capacity` slots under key_mask
     slot: torch.Tensor | None = None
+    # G rows per prompt reading their prompt's keys/values in place (model_io/shared_kv.py): k/v then hold only
+    # the rows' own tokens, from slot 0
+    prefix: SharedKV | None = None
 
     @classmethod
     def empty(cls, cfg: ModelConfig, batch: int, capacity: int, device, dtype) -> "KVCache":
@@ -56,6 +60,7 @@ class KVCache:
         out.v[:, :, :, :n] = self.v[:, rows, :, :n]
         out.key_mask[:, :n] = self.key_mask[rows, :n]
         out.length = n
+        out.prefix = None if self.prefix is None else self.prefix.select(rows)
         return out
 
     @classmethod

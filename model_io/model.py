@@ -83,6 +83,18 @@ class Attention(nn.Module):
             pk, pv = shared.kv[layer]
             k = torch.cat([pk[shared.rows], k], dim=2)  # [B, H_kv, P + T, D]
             v = torch.cat([pv[shared.rows], v], dim=2)
+        if cache is not None and cache.prefix is not None:  # G rows per prompt: the prompt's keys/values read in place
+            if cache.slot is not None:
+                cache.k[layer].index_copy_(2, cache.slot, k.to(cache.k[layer].dtype))
+                cache.v[layer].index_copy_(2, cache.slot, v.to(cache.v[layer].dtype))
+                k, v = cache.k[layer], cache.v[layer]  # [B, H_kv, capacity, D] under the static mask
+            else:
+                s0 = cache.length
+                cache.k[layer, :, :, s0 : s0 + T] = k
+                cache.v[layer, :, :, s0 : s0 + T] = v
+                k, v, mask = cache.k[layer, :, :, : s0 + T], cache.v[layer, :, :, : s0 + T], None  # all rows' own slots are filled
+            y = cache.prefix.attend(q, k, v, layer, mask)
+            return self.o(y.transpose(1, 2).reshape(B, T, self.h * self.d))
         if cache is not None and cache.slot is not None:  # static shapes: write at a device-side slot, read all
             cache.k[layer].index_copy_(2, cache.slot, k.to(cache.k[layer].dtype))  # index_copy_ does not cast (a slice
             cache.v[layer].index_copy_(2, cache.slot, v.to(cache.v[layer].dtype))  # assignment would): a no-op if equal
@@ -178,6 +190,8 @@ class Transformer(nn.Module):
             s0 = shared.key_mask.shape[1]  # the rows' tokens sit after their prompt's P slots
             own = key_mask if key_mask is not None else torch.ones(B, T, dtype=torch.bool, device=dev)
             key_mask = torch.cat([shared.key_mask[shared.rows], own], dim=1)  # [B, P + T]
+        if cache is not None and cache.prefix is not None and T != 1:
+            raise ValueError(f"a cache of rows sharing their prompt takes one token per row a step, not {T}")
         if cache is not None:
             if s0 + T > cache.capacity:
                 raise ValueError(f"KV cache full: {s0} + {T} tokens > capacity {cache.capacity}")

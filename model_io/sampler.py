@@ -20,6 +20,7 @@ import torch
 from .kv_cache import KVCache
 from .model import Transformer, run_dtype
 from .row_keys import RowKeys, key_hash
+from .shared_kv import share
 
 # which decode path `decode(static=None)` takes: auto (static shapes + CUDA graphs on a GPU, the dynamic path that
 # drops finished rows on a CPU), static or dynamic everywhere, or compiled (static with the step through
@@ -110,9 +111,25 @@ class Prefix:
     def fork(self, rows: torch.Tensor, room: int | None = None) -> "Prefix":
         """Rows `rows` (LongTensor [R'], repeats allowed) of this prefix, with `room` free slots each
         (default: as many as now). The prefix itself is untouched, so it can be forked again."""
+        if self.cache.prefix is not None:
+            raise ValueError("fork a prefix before share(), not after: its rows read their prompts in place")
         room = self.cache.capacity - self.cache.length if room is None else room
         rows = rows.to(self.logits.device)
         return Prefix(self.cache.select(rows, self.cache.length + room), self.logits[rows], self.next_pos[rows])
+
+    def share(self, n: int, room: int) -> "Prefix":
+        """`n` rows per row of this prefix (row b*n + j continues row b), each with `room` slots of its own, that
+        read this prefix's keys/values in place instead of copies (model_io/shared_kv.py): for decoding, which
+        then reads each prompt's keys/values once a step, not n times. The prefix must not be extended after."""
+        c = self.cache
+        if c.prefix is not None:
+            raise ValueError("this prefix is shared already")
+        n_ = c.length
+        shared = share(c.k[:, :, :, :n_], c.v[:, :, :, :n_], c.key_mask[:, :n_], n, c.k.dtype)
+        own = KVCache.empty_like(c, c.batch * n, room)
+        own.prefix = shared
+        rows = torch.arange(c.batch, device=self.logits.device).repeat_interleave(n)
+        return Prefix(own, self.logits[rows], self.next_pos[rows])
 
 
 @torch.no_grad()
@@ -335,12 +352,18 @@ def generate(
     pad_id: int = 0,
     static: bool | None = None,
     max_tokens: torch.Tensor | None = None,
+    share_prompt: bool | None = None,
 ) -> SampleResult:
     """`n` completions per prompt, rows grouped by prompt: row b*n + g is completion g of prompt b.
-    Each prompt is run through the model once; its n rows continue from copies of its cache.
-    max_tokens: per-row caps [B * n] (see decode)."""
-    prefix = prefill(model, prompts, room=cfg.max_new_tokens, pad_id=pad_id)
-    if n > 1:
+    Each prompt is run through the model once; its n rows then read its keys/values in place (Prefix.share), or
+    with `share_prompt=False` continue from copies of them (default: shared for n > 1, except with
+    --decode compiled, whose compiled step knows only a plain cache). max_tokens: per-row caps [B * n] (see decode)."""
+    if share_prompt is None:
+        share_prompt = n > 1 and _decode_mode != "compiled"
+    prefix = prefill(model, prompts, room=0 if share_prompt else cfg.max_new_tokens, pad_id=pad_id)
+    if share_prompt:
+        prefix = prefix.share(n, room=cfg.max_new_tokens)
+    elif n > 1:
         prefix = prefix.fork(torch.arange(len(prompts)).repeat_interleave(n))
     res = decode(model, prefix, cfg, generator, stop, pad_id, static=static, max_tokens=max_tokens)
     res.forward_tokens += sum(len(p) for p in prompts)

@@ -28,6 +28,8 @@ class StaticStep:
 
     def __init__(self, model: Transformer, cache: KVCache, next_pos: torch.Tensor, graph: bool = False,
                  compiled: bool = False):
+        if compiled and cache.prefix is not None:
+            raise ValueError("the compiled decode step takes a plain cache: fork the prompt's rows instead of sharing it")
         self.model, self.cache = model, cache
         dev = next_pos.device
         R = next_pos.shape[0]

@@ -35,6 +35,10 @@ def refused(name: str, argv: list[str], capsys) -> str:
     ("sampler", ["--model", "/nonexistent", "--device", "cpu"], "model path /nonexistent does not exist"),
     ("sampler", ["--gsm8k", "/nonexistent", "--device", "cpu"], "GSM8K file /nonexistent not found"),
     ("mcts", ["--batch", "0"], "--batch must be >= 1, got 0"),
+    ("group_sampling", ["--group", "0"], "--group must be >= 1, got 0"),
+    ("group_sampling", ["--shots", "-1"], "--shots must be >= 0, got -1"),
+    ("group_sampling", ["--gsm8k", "/nonexistent", "--device", "cpu"], "GSM8K file /nonexistent not found"),
+    ("group_sampling", ["--model", "/nonexistent", "--device", "cpu"], "model path /nonexistent does not exist"),
     ("mcts", ["--model", "/nonexistent", "--device", "cpu"], "model path /nonexistent does not exist"),
     ("agreement", ["--tokens", "0"], "--tokens must be >= 1, got 0"),
     ("agreement", ["--model", "/nonexistent", "--device", "cpu"], "model path /nonexistent does not exist"),
@@ -87,6 +91,20 @@ def test_sampler_reads_a_gguf_in_the_working_directory_by_its_bare_name(tmp_path
     with pytest.raises(KeyboardInterrupt):
         sampler.main(["--model", "model.gguf", "--device", "cpu", "--batch", "1", "--max-new-tokens", "2"])
     assert seen == [(".", "model.gguf")]
+
+
+def test_group_sampling_bench_runs_both_sides_and_prints_their_ratio(capsys, monkeypatch):
+    mod = bench("group_sampling")
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    monkeypatch.setattr(mod, "load", lambda spec, **kw: (from_hf_model(tiny_hf_model()), tiny_tokenizer()))
+    sides = []
+    real = mod.generate
+    monkeypatch.setattr(mod, "generate", lambda *a, share_prompt, **k: sides.append(share_prompt) or real(*a, share_prompt=share_prompt, **k))
+    mod.main(["--device", "cpu", "--prompts", "2", "--group", "3", "--max-new-tokens", "4", "--reps", "2", "--shots", "1"])
+    out = capsys.readouterr().out
+    assert sides == [False, True, False, True]
+    assert "U=2 prompts x G=3 rows" in out and "rows with identical greedy tokens: 6/6" in out
+    assert out.strip().splitlines()[-1].startswith("speed-up shared/copied: ")
 
 
 def test_compare_replot_needs_an_earlier_run_and_rewrites_only_the_png(tmp_path, capsys, monkeypatch):
