@@ -83,18 +83,6 @@ class Attention(nn.Module):
             pk, pv = shared.kv[layer]
             k = torch.cat([pk[shared.rows], k], dim=2)  # [B, H_kv, P + T, D]
             v = torch.cat([pv[shared.rows], v], dim=2)
-        if cache is not None and cache.prefix is not None:  # G rows per prompt: the prompt's keys/values read in place
-            if cache.slot is not None:
-                cache.k[layer].index_copy_(2, cache.slot, k.to(cache.k[layer].dtype))
-                cache.v[layer].index_copy_(2, cache.slot, v.to(cache.v[layer].dtype))
-                k, v = cache.k[layer], cache.v[layer]  # [B, H_kv, capacity, D] under the static mask
-            else:
-                s0 = cache.length
-                cache.k[layer, :, :, s0 : s0 + T] = k
-                cache.v[layer, :, :, s0 : s0 + T] = v
-                k, v, mask = cache.k[layer, :, :, : s0 + T], cache.v[layer, :, :, : s0 + T], None  # all rows' own slots are filled
-            y = cache.prefix.attend(q, k, v, layer, mask)
-            return self.o(y.transpose(1, 2).reshape(B, T, self.h * self.d))
         if cache is not None and cache.slot is not None:  # static shapes: write at a device-side slot, read all
             cache.k[layer].index_copy_(2, cache.slot, k.to(cache.k[layer].dtype))  # index_copy_ does not cast (a slice
             cache.v[layer].index_copy_(2, cache.slot, v.to(cache.v[layer].dtype))  # assignment would): a no-op if equal
@@ -105,7 +93,10 @@ class Attention(nn.Module):
             cache.v[layer, :, :, s0 : s0 + T] = v
             k = cache.k[layer, :, :, : s0 + T]  # [B, H_kv, S, D], a view: no copy
             v = cache.v[layer, :, :, : s0 + T]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.hkv != self.h)
+        if cache is not None and cache.prefix is not None:  # G rows per prompt: k, v are the rows' own; the prompt's
+            y = cache.prefix.attend(q, k, v, layer, mask)  # keys/values are read in place (model_io/shared_kv.py)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.hkv != self.h)
         return self.o(y.transpose(1, 2).reshape(B, T, self.h * self.d))
 
 

@@ -124,8 +124,8 @@ class Prefix:
         c = self.cache
         if c.prefix is not None:
             raise ValueError("this prefix is shared already")
-        n_ = c.length
-        shared = share(c.k[:, :, :, :n_], c.v[:, :, :, :n_], c.key_mask[:, :n_], n, c.k.dtype)
+        filled = c.length
+        shared = share(c.k[:, :, :, :filled], c.v[:, :, :, :filled], c.key_mask[:, :filled], n, c.k.dtype)
         own = KVCache.empty_like(c, c.batch * n, room)
         own.prefix = shared
         rows = torch.arange(c.batch, device=self.logits.device).repeat_interleave(n)

@@ -54,6 +54,7 @@ class SharedKV:
         U, Hkv, P = self.prompts, k.shape[1], self.k.shape[3]
         G, g, S = self.group_size, H // Hkv, k.shape[2]
         assert T == 1 and self.member.shape == (R,), "a shared prompt serves one decode token per row"
+        assert own_bias is None or own_bias.is_floating_point(), "own_bias is additive (the static step's mask)"
         pk, pv = self.k[layer], self.v[layer]  # [U, H_kv, P, D]
         q = (q * D**-0.5).reshape(R, Hkv, g, D)  # [R, H_kv, g, D] (query head h uses key/value head h // g)
         full = q if self.dense else q.new_zeros(U * G, Hkv, g, D).index_copy_(0, self.member, q)  # [U*G, H_kv, g, D]
