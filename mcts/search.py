@@ -28,6 +28,7 @@ import torch
 
 from data import StopOnText, parse_lenient, parse_strict, stop_token_ids
 from model_io import SamplingConfig, Transformer, decode, extend, prefill
+from model_io.sampler import shares_prompts
 from model_io.sampler import key_uniform, row_rng
 
 from .gumbel import choose_root_child, considered_table, final_root_child, root_scores
@@ -172,8 +173,11 @@ def search(
         path, pmask = path[:, keep], pmask[:, keep]
         room = caps[act] - pmask.sum(-1)  # [A]
         T = int(min(roll_cap, int(room.max())))
-        pre = extend(model, root.fork(act, room=path.shape[1] + T), path, pmask)  # the path only, not the prompt
-        pre = pre.fork(torch.arange(A).repeat_interleave(K))  # K continuations per leaf
+        # the path only, not the prompt; then K continuations per leaf, which read the leaf's prompt + path in place
+        # (model_io/shared_kv.py), not K copies of it
+        share = shares_prompts()
+        pre = extend(model, root.fork(act, room=path.shape[1] + (0 if share else T)), path, pmask)
+        pre = pre.share(K, room=T) if share else pre.fork(torch.arange(A).repeat_interleave(K))
         gens = row_generators(seed, [qids[int(a)] for a in act], sim, K, model.device)
         # each row stops at its own leaf's room (a leaf deeper in the tree has less), not at the batch's longest
         res = decode(model, pre, SamplingConfig(max_new_tokens=T, temperature=cfg.temperature, top_p=cfg.top_p, eos_ids=eos),

@@ -51,6 +51,12 @@ def decode_mode(mode: str):
         set_decode_mode(before)
 
 
+def shares_prompts() -> bool:
+    """Whether rows continuing one prompt read its keys/values in place (Prefix.share): not under --decode
+    compiled, whose compiled step knows only a plain cache."""
+    return _decode_mode != "compiled"
+
+
 # finish reasons, as stored in SampleResult.finish ("unsure": the next token's entropy passed max_entropy)
 EOS, STOP, LENGTH, UNSURE = "eos", "stop", "length", "unsure"
 
@@ -359,7 +365,7 @@ def generate(
     with `share_prompt=False` continue from copies of them (default: shared for n > 1, except with
     --decode compiled, whose compiled step knows only a plain cache). max_tokens: per-row caps [B * n] (see decode)."""
     if share_prompt is None:
-        share_prompt = n > 1 and _decode_mode != "compiled"
+        share_prompt = n > 1 and shares_prompts()
     prefix = prefill(model, prompts, room=0 if share_prompt else cfg.max_new_tokens, pad_id=pad_id)
     if share_prompt:
         prefix = prefix.share(n, room=cfg.max_new_tokens)

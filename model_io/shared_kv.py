@@ -82,14 +82,15 @@ class SharedKV:
 
 
 def share(k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor, group_size: int, dtype: torch.dtype) -> SharedKV:
-    """SharedKV over the filled slots of a prefill's cache: k, v [L, U, H_kv, P, D] of left-padded prompts,
-    key_mask [U, P] bool (True on each prompt's tokens, which are its last slots). The prompts are moved to the
-    front of their slots (padding last, as zeros): one copy of U prompts, where forking makes U * G."""
+    """SharedKV over the filled slots of a cache: k, v [L, U, H_kv, P, D], key_mask [U, P] bool (True on each
+    prompt's tokens, wherever they sit: a prefill's left padding, or the padding before a tree path that
+    `extend` read). Each prompt's tokens are moved to the front of its slots, in order (padding last, as zeros):
+    one copy of U prompts, where forking makes U * G."""
     U, P = key_mask.shape
     L, _, Hkv, _, D = k.shape
     n = key_mask.sum(1)  # [U] tokens in each prompt
     valid = torch.arange(P, device=k.device)[None] < n[:, None]  # [U, P] after the move
-    src = (torch.arange(P, device=k.device)[None] + (P - n)[:, None]).clamp(max=P - 1)  # [U, P] slot each comes from
+    src = torch.sort((~key_mask).to(torch.uint8), dim=1, stable=True).indices  # [U, P] tokens' slots first, in order
     src = src[None, :, None, :, None].expand(L, U, Hkv, P, D)
     keep = valid[None, :, None, :, None]
     k = torch.where(keep, k.gather(3, src), torch.zeros((), dtype=k.dtype, device=k.device))

@@ -125,3 +125,25 @@ def test_a_rows_log_probs_do_not_depend_on_the_other_prompts_of_its_batch():
                        n=4, share_prompt=True)
         assert torch.equal(both.tokens[4 * i : 4 * i + 4], one.tokens)
         assert torch.equal(both.logprobs[4 * i : 4 * i + 4], one.logprobs)
+
+
+def test_rows_after_an_extended_path_with_padding_share_it_as_copies_would():
+    """Tree search: the prompt's cache forked per leaf, the leaf's path read by `extend` (right-aligned, padding
+    before it: slots in the middle of the cache hold no token), then K children share prompt + path."""
+    from model_io import extend
+
+    model = from_hf_model(tiny_hf_model("qwen2")).to(torch.float64)
+    root = prefill(model, random_prompts([6, 4], seed=5), room=0)
+    path = torch.tensor([[0, 0, 11, 12], [21, 22, 23, 24]])
+    pmask = torch.tensor([[False, False, True, True], [True, True, True, True]])
+    cfg = SamplingConfig(max_new_tokens=8, temperature=1.0)
+    keys = RowKeys.from_names([f"c{i}" for i in range(6)], torch.device("cpu"))
+    leaves = extend(model, root.fork(torch.tensor([0, 1]), room=4 + 8), path, pmask)
+    a = decode(model, leaves.fork(torch.arange(2).repeat_interleave(3)), cfg, keys)
+    leaves = extend(model, root.fork(torch.tensor([0, 1]), room=4), path, pmask)
+    shared = leaves.share(3, room=8)
+    inf = float("-inf")  # both leaves hold 8 tokens in 10 slots (6 + 2 and 4 + 4), moved to the front
+    assert shared.cache.prefix.bias[:, 0, 0].tolist() == [[0.0] * 8 + [inf] * 2] * 6
+    b = decode(model, shared, cfg, keys)
+    assert torch.equal(a.tokens, b.tokens)
+    torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-9, rtol=0)
