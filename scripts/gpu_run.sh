@@ -61,6 +61,9 @@ step 5-compare timeout $(cap 240 0) "$PY" bench/compare.py --model "$MODEL" --sh
 # diagnostics (logs named by the section they belong to): kernels per decode step, eager and compiled (what the step time is made of), and the CUDA-only
 # tests (CUDA graphs against eager decoding), where pytest is installed
 step 2-decode-ops timeout $(cap 180 0) "$PY" bench/decode_ops.py --model "$MODEL" --batch $B1
+# GRPO's rollout shape (8 prompts x 8 rows, 2-shot): each prompt's keys/values copied to its rows, or shared
+step 2-group-sampling timeout $(cap 120 0) "$PY" bench/group_sampling.py --model "$MODEL" --shots $SHOTS --max-new-tokens $NEW \
+     $( [ "${SMALL:-0}" = 1 ] && echo --prompts 2 --group 2 --reps 1 )
 if "$PY" -c "import pytest" 2>/dev/null; then
   step 1-cuda-tests timeout $(cap 120 0) "$PY" -m pytest -q tests/test_static_decode.py tests/test_logprobs.py
 else

@@ -34,6 +34,8 @@ def test_summary_with_every_step(tmp_path, monkeypatch):
     (tmp_path / "2-decode-ops.log").write_text("eager operations per decode step: 717 (mul 153)\n"
                                                "ratio eager/compiled operations: 2.64\n")
     (tmp_path / "2-agreement.log").write_text("rows whose first 32 greedy tokens agree: 15/16\nagreement: PASS\n")
+    (tmp_path / "2-group-sampling.log").write_text("device=cuda U=8 prompts x G=8 rows\ncopied: 9.10 s (1500.0 tokens/s)\n"
+                                                   "shared: 5.00 s (2730.0 tokens/s)\nspeed-up shared/copied: 1.82x\n")
     for name, acc, shots in (("eval-start", 0.1, 0), ("eval-trained", 0.2, 2)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.json").write_text(json.dumps({"search": "greedy", "shots": shots}))
@@ -49,6 +51,8 @@ def test_summary_with_every_step(tmp_path, monkeypatch):
     assert "| agreement with CPU float32: rows whose first 32 greedy tokens agree | 15/16 |" in text
     assert "| eager operations per decode step | 717 (mul 153) |" in text
     assert "| ratio eager/compiled operations | 2.64 |" in text
+    assert "| GRPO-shaped sampling, prompt keys/values copied | 9.10 s (1500.0 tokens/s) |" in text
+    assert "| GRPO-shaped sampling, prompt keys/values speed-up shared/copied | 1.82x |" in text
     assert "| eval-start accuracy strict / lenient / format rate (500 questions, 0-shot) | 0.100 / 0.150 / 0.50 |" in text
     assert "| eval-trained accuracy strict / lenient / format rate (500 questions, 2-shot) | 0.200 / 0.250 / 0.50 |" in text
     # steps 1-5 average 0.3, steps 6-10 average 0.8; the step-0 row (no reward) is left out
