@@ -28,8 +28,7 @@ import torch
 
 from data import StopOnText, parse_lenient, parse_strict, stop_token_ids
 from model_io import SamplingConfig, Transformer, decode, extend, prefill
-from model_io.sampler import shares_prompts
-from model_io.sampler import key_uniform, row_rng
+from model_io.sampler import key_uniform, row_rng, shares_prompts
 
 from .gumbel import choose_root_child, considered_table, final_root_child, root_scores
 from .interface import Candidates, RolloutRecord, SearchConfig, SearchResult, ValueFn, self_consistency_value

@@ -3,9 +3,9 @@
 GRPO samples G completions per prompt. Forked the plain way (KVCache.select), every row carries its own copy of
 its prompt's keys/values, and every decode step reads all R = U*G copies: with 2-shot GSM8K prompts (~370 slots)
 and 64 rows that is 1.1-1.9 GB a step in float32 over a 256-token completion, two to three and a half times the
-model's weights, and a third of the sampling time on a CPU (docs/RESULTS.md). Here the prompt's keys/values are kept once per prompt and the
-rows' own keys/values (the completion so far) in a small cache of their own; a decode step's attention is
-split in two and merged under one softmax:
+model's weights, and a third of the sampling time on a CPU (docs/RESULTS.md). Here the prompt's keys/values are
+kept once per prompt and the rows' own keys/values (the completion so far) in a small cache of their own; a
+decode step's attention is split in two and merged under one softmax:
 
     scores = [q . K_prompt | q . K_own]  ->  softmax  ->  w_prompt @ V_prompt + w_own @ V_own
 
@@ -46,37 +46,41 @@ class SharedKV:
         """The same prompts for cache rows `rows` [R'] (a subset, in order: what dropping finished rows keeps)."""
         return SharedKV(self.k, self.v, self.group_size, self.member[rows], self.bias[rows])
 
+    def _grid(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows to prompts: [R, H_kv, g, X] -> [U, H_kv, G*g, X], each prompt's G rows stacked (a dropped row's
+        place left as zeros)."""
+        U, G, (R, Hkv, g, X) = self.prompts, self.group_size, x.shape
+        full = x if self.dense else x.new_zeros(U * G, Hkv, g, X).index_copy_(0, self.member, x)
+        return full.view(U, G, Hkv, g, X).transpose(1, 2).reshape(U, Hkv, G * g, X)
+
+    def _rows(self, y: torch.Tensor, g: int) -> torch.Tensor:
+        """Prompts to rows, _grid's inverse: [U, H_kv, G*g, X] -> [R, H_kv, g, X]."""
+        U, Hkv, _, X = y.shape
+        full = y.view(U, Hkv, self.group_size, g, X).transpose(1, 2).reshape(U * self.group_size, Hkv, g, X)
+        return full if self.dense else full[self.member]
+
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int,
                own_bias: torch.Tensor | None = None) -> torch.Tensor:
         """One query per row over its prompt's keys, then its own: q [R, H, 1, D], own keys/values k, v
         [R, H_kv, S, D], own_bias None (all S valid) or additive [R, 1, 1, S]. Returns [R, H, 1, D]."""
         R, H, T, D = q.shape
-        U, Hkv, P = self.prompts, k.shape[1], self.k.shape[3]
-        G, g, S = self.group_size, H // Hkv, k.shape[2]
+        Hkv, P, S = k.shape[1], self.k.shape[3], k.shape[2]
+        g = H // Hkv
         assert T == 1 and self.member.shape == (R,), "a shared prompt serves one decode token per row"
         assert own_bias is None or own_bias.is_floating_point(), "own_bias is additive (the static step's mask)"
         pk, pv = self.k[layer], self.v[layer]  # [U, H_kv, P, D]
         q = (q * D**-0.5).reshape(R, Hkv, g, D)  # [R, H_kv, g, D] (query head h uses key/value head h // g)
-        full = q if self.dense else q.new_zeros(U * G, Hkv, g, D).index_copy_(0, self.member, q)  # [U*G, H_kv, g, D]
-        qg = full.view(U, G, Hkv, g, D).transpose(1, 2).reshape(U, Hkv, G * g, D)  # [U, H_kv, G*g, D]
-        sp = torch.matmul(qg, pk.transpose(-1, -2))  # [U, H_kv, G*g, P]: the prompt's keys read once
-        sp = sp.view(U, Hkv, G, g, P).transpose(1, 2).reshape(U * G, Hkv, g, P)  # [U*G, H_kv, g, P]
-        if not self.dense:
-            sp = sp[self.member]  # [R, H_kv, g, P]
-        sp = sp + self.bias
+        sp = torch.matmul(self._grid(q), pk.transpose(-1, -2))  # [U, H_kv, G*g, P]: the prompt's keys read once
+        sp = self._rows(sp, g) + self.bias  # [R, H_kv, g, P]
         so = torch.matmul(q, k.transpose(-1, -2))  # [R, H_kv, g, S]
         if own_bias is not None:
             so = so + own_bias.view(R, 1, 1, S)
         # one softmax, own slots first: the prompt's tokens then sit at the same places whatever the batch's longest
         # prompt (its padding trails), so a row's numbers do not depend on which prompts share its batch
         w = torch.cat([so, sp], dim=-1)  # [R, H_kv, g, S + P]
-        w = w.to(torch.promote_types(w.dtype, torch.float32)).softmax(-1).to(v.dtype)  # (bf16 scores: a float32 softmax)
+        w = w.to(torch.promote_types(w.dtype, torch.float32)).softmax(-1).to(v.dtype)  # bf16: a float32 softmax
         wo, wp = w.split([S, P], dim=-1)
-        full = wp if self.dense else wp.new_zeros(U * G, Hkv, g, P).index_copy_(0, self.member, wp)
-        wg = full.view(U, G, Hkv, g, P).transpose(1, 2).reshape(U, Hkv, G * g, P)  # [U, H_kv, G*g, P]
-        yp = torch.matmul(wg, pv).view(U, Hkv, G, g, D).transpose(1, 2).reshape(U * G, Hkv, g, D)  # [U*G, H_kv, g, D]
-        if not self.dense:
-            yp = yp[self.member]
+        yp = self._rows(torch.matmul(self._grid(wp), pv), g)  # [R, H_kv, g, D]: the prompt's values read once
         y = yp + torch.matmul(wo, v)  # [R, H_kv, g, D]
         return y.reshape(R, H, 1, D)
 
