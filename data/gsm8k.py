@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,15 +81,46 @@ def _from_path(path: Path, split: str) -> list[Problem]:
 
 
 def _from_hub(split: str) -> list[Problem]:
+    """From the `datasets` cache when it holds the split (no network), else downloaded; without network and cache,
+    one line at once instead of ~25 s of huggingface_hub's retries (5 of them, a log line each)."""
     try:
         import datasets  # only on this path: machines without `datasets` still load local files
     except ImportError:
         raise DataError(f"no GSM8K source: {HOW}") from None
     try:
-        ds = datasets.load_dataset(HUB_ID, "main", split=split)
-    except Exception as e:  # network, auth, cache: all mean the same thing to the user
-        raise DataError(f"cannot load {HUB_ID} from the hub ({type(e).__name__}); {HOW}") from None
+        with _hub_offline():
+            ds = datasets.load_dataset(HUB_ID, "main", split=split)
+    except Exception:  # not cached (or an older cache layout): the hub then
+        from model_io.loading import hub_unreachable  # one request, no retries (lazy: data/ needs no torch)
+
+        why = hub_unreachable(HUB_ID, "README.md", repo_type="dataset")
+        if why is not None:
+            raise DataError(f"{HUB_ID} is not in the datasets cache and the Hugging Face hub cannot be reached ({why}): "
+                            f"{HOW}") from None
+        try:
+            ds = datasets.load_dataset(HUB_ID, "main", split=split)
+        except Exception as e:  # auth, disk, a network that failed mid-way: all mean the same thing to the user
+            raise DataError(f"cannot load {HUB_ID} from the hub ({type(e).__name__}); {HOW}") from None
     return [_problem(r["question"], r["answer"], i) for i, r in enumerate(ds)]
+
+
+@contextmanager
+def _hub_offline():
+    """datasets and huggingface_hub in offline mode for a while: cached files only, any request refused at once.
+    Both read HF_HUB_OFFLINE from the environment once, at import, so their module constants are set instead."""
+    import datasets.config
+    import huggingface_hub.constants as hub
+
+    was = datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE
+    log = logging.getLogger("datasets")  # its "using the latest cached version ... offline mode" warning
+    level = log.level
+    datasets.config.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE = True
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE = was
+        log.setLevel(level)
 
 
 def check_one_file(splits: set[str], why: str, source: str | os.PathLike | None = None) -> None:

@@ -183,14 +183,15 @@ def _quiet_hub():
         log.setLevel(level)
 
 
-def _hub_unreachable(spec: str) -> str | None:
-    """Why huggingface.co cannot be reached (one request, no retries), else None. Without this, a first download
-    attempt without network retries for ~25 s (huggingface_hub's backoff) before failing."""
+def hub_unreachable(repo_id: str, filename: str = "config.json", repo_type: str | None = None) -> str | None:
+    """Why the Hugging Face hub cannot be reached (one request for `filename`'s metadata, no retries), else None.
+    Without this, a first download attempt without network retries for ~25 s (huggingface_hub's backoff) before
+    failing. Also used for the GSM8K hub dataset (data/gsm8k.py, repo_type "dataset")."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 
     try:
-        get_hf_file_metadata(hf_hub_url(spec, "config.json"))
+        get_hf_file_metadata(hf_hub_url(repo_id, filename, repo_type=repo_type))
     except (HfHubHTTPError, HFValidationError):
         return None  # the hub answered (or the id is malformed): the real load says what is wrong
     except Exception as e:  # no connection (no DNS, refused), HF_HUB_OFFLINE; a timeout may be a slow network: try
@@ -217,7 +218,7 @@ def _load_hub(spec: str):
                 return _load_hf(spec, note, local_files_only=True), _tokenizer(spec, local_files_only=True)
         except OSError:
             pass  # config cached, other files not: fetch them
-    why = _hub_unreachable(spec)
+    why = hub_unreachable(spec)
     if why is not None:
         raise ModelSpecError(f"{spec!r} is not in the HF cache and the Hugging Face hub cannot be reached ({why}){note}: "
                              "check the network or the path, or pass a local directory or .gguf file")

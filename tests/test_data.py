@@ -5,7 +5,7 @@ import json
 import pytest
 from conftest import gsm8k_dir
 
-from data import DataError, extract_gold, load_gsm8k, normalize_number, parse_lenient, parse_strict
+from data import DataError, Problem, extract_gold, load_gsm8k, normalize_number, parse_lenient, parse_strict
 from data.prompts import StopOnText, build_messages, encode_prompts, format_solution, render_prompt
 
 
@@ -116,6 +116,57 @@ def test_no_source_names_all_three_ways(monkeypatch, tmp_path):
         load_gsm8k("test", tmp_path / "nope")
     with pytest.raises(DataError, match="unknown GSM8K split"):
         load_gsm8k("validation", tmp_path)
+
+
+def test_without_network_or_cache_the_hub_path_fails_at_once_in_one_line(monkeypatch, tmp_path):
+    """The real `datasets`, an empty cache, the hub unreachable: the cache is read offline (no request, so none of
+    huggingface_hub's ~25 s of retries), then one probe says why, in one line."""
+    datasets = pytest.importorskip("datasets")
+    import socket
+    import time
+
+    from model_io import loading
+
+    monkeypatch.delenv("GSM8K_DIR", raising=False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(loading, "hub_unreachable", lambda repo, f, repo_type: f"{repo_type} {repo}/{f}: no DNS (test)")
+
+    def no_sockets(*a, **k):
+        raise AssertionError("a network request while reading the cache")
+
+    monkeypatch.setattr(socket, "create_connection", no_sockets)
+    monkeypatch.setattr(socket.socket, "connect", no_sockets)
+    t = time.perf_counter()
+    with pytest.raises(DataError) as e:
+        load_gsm8k("test")
+    assert time.perf_counter() - t < 10
+    msg = str(e.value)
+    assert "not in the datasets cache" in msg and "dataset openai/gsm8k/README.md: no DNS (test)" in msg
+    assert "GSM8K_DIR" in msg and "\n" not in msg
+    import huggingface_hub.constants
+
+    assert datasets.config.HF_HUB_OFFLINE is huggingface_hub.constants.HF_HUB_OFFLINE is False  # restored
+
+
+def test_the_hub_path_reads_a_cached_copy_offline_first(monkeypatch):
+    """A cached copy loads with no request at all (the probe would fail the test); only offline, as a cache read."""
+    datasets = pytest.importorskip("datasets")
+    import huggingface_hub.constants
+
+    from model_io import loading
+
+    monkeypatch.delenv("GSM8K_DIR", raising=False)
+    monkeypatch.setattr(loading, "hub_unreachable", lambda *a, **k: pytest.fail("went online for a cached dataset"))
+    rows = [{"question": "Q?", "answer": "so 6\n#### 6"}]
+
+    def load_dataset(repo, name, split):
+        assert (repo, name, split) == ("openai/gsm8k", "main", "test")
+        assert datasets.config.HF_HUB_OFFLINE and huggingface_hub.constants.HF_HUB_OFFLINE, "not read offline"
+        return rows
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    assert load_gsm8k("test") == [Problem(question="Q?", answer="6", solution="so 6", index=0)]
+    assert not datasets.config.HF_HUB_OFFLINE
 
 
 @pytest.mark.parametrize("text,expected", [
