@@ -13,6 +13,7 @@ from .loss import flat_groups
 
 if TYPE_CHECKING:
     from .rollout import Rollout
+    from .tree_rollout import TreeStats
 
 
 def step_metrics(ro: Rollout, rewards_all: torch.Tensor, agg: dict, d: D.Dist, dev: torch.device, mu: int,
@@ -47,6 +48,24 @@ def step_metrics(ro: Rollout, rewards_all: torch.Tensor, agg: dict, d: D.Dist, d
     if s[6]:  # token statistics of the rows that ran forward/backward (with beta = 0, maybe none: then absent)
         m.update({"clip_ratio/low_mean": s[1] / tok, "clip_ratio/high_mean": s[2] / tok, "ratio_mean": s[3] / tok,
                   "entropy": s[5] / tok, **({"kl": s[4] / tok} if with_kl else {})})
+    return m
+
+
+def rollout_token_metrics(plain_tokens: int, tree: TreeStats | None, mcts: bool, d: D.Dist,
+                          dev: torch.device) -> dict[str, float]:
+    """Tokens sampled for this step's rollouts over all ranks (plain completions + tree searches); with
+    `--rollouts mcts` also the tree searches' counts (a rank may have run none: zeros, so every rank reduces)."""
+    generated = D.all_reduce_sum(torch.tensor(plain_tokens + (tree.generated_tokens if tree else 0),
+                                              dtype=torch.float64, device=dev), d).item()
+    m = {"rollout/generated_tokens": generated}
+    if mcts:
+        st = D.all_reduce_sum(torch.tensor([tree.groups, tree.generated_tokens, tree.trajectory_tokens] if tree else [0, 0, 0],
+                                           dtype=torch.float64, device=dev), d).tolist()
+        m["rollout/tree_groups"] = st[0]
+        if st[0]:
+            # sampled by the searches vs what G independent samples of the chosen trajectories' lengths would cost
+            m["rollout/tree_generated_tokens_per_group"] = st[1] / st[0]
+            m["rollout/tree_tokens_saved_per_group"] = (st[2] - st[1]) / st[0]
     return m
 
 

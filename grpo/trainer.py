@@ -63,7 +63,7 @@ from .checkpointing import checkpoint_dirs, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .evaluate import EvalConfig, evaluate
 from .loss import group_advantages, policy_loss
-from .metrics import RunLog, sample_rows, step_metrics, truncate_log
+from .metrics import RunLog, rollout_token_metrics, sample_rows, step_metrics, truncate_log
 from .rewards import RewardSet
 from .rollout import Rollout, collect, completion_logprobs, row_generators
 from .tree_rollout import collect_tree, merge, use_tree
@@ -235,19 +235,10 @@ class Trainer:
         self.sched.step()
         self.step += 1
         m = self._metrics(ro, rewards_all, agg, sum(norms) / len(norms), t0, t_rollout)
-        plain_tokens = int(ro.lengths[: len(plain_idx) * G].sum())
-        generated = D.all_reduce_sum(torch.tensor(plain_tokens + (tree_stats.generated_tokens if tree_stats else 0),
-                                                  dtype=torch.float64, device=model.device), d).item()
-        self.generated_total += int(generated)
-        m["rollout/generated_tokens"], m["rollout/generated_tokens_total"] = generated, float(self.generated_total)
-        if cfg.rollouts == "mcts":
-            st = D.all_reduce_sum(torch.tensor([tree_stats.groups, tree_stats.generated_tokens, tree_stats.trajectory_tokens]
-                                               if tree_stats else [0, 0, 0], dtype=torch.float64, device=model.device), d).tolist()
-            m["rollout/tree_groups"] = st[0]
-            if st[0]:
-                # sampled by the searches vs what G independent samples of the chosen trajectories' lengths would cost
-                m["rollout/tree_generated_tokens_per_group"] = st[1] / st[0]
-                m["rollout/tree_tokens_saved_per_group"] = (st[2] - st[1]) / st[0]
+        m.update(rollout_token_metrics(int(ro.lengths[: len(plain_idx) * G].sum()), tree_stats, cfg.rollouts == "mcts",
+                                       d, model.device))
+        self.generated_total += int(m["rollout/generated_tokens"])
+        m["rollout/generated_tokens_total"] = float(self.generated_total)
         return m
 
     @torch.no_grad()
@@ -399,39 +390,7 @@ class Trainer:
         return over_time or (bool(self.cfg.token_budget) and self.generated_total >= self.cfg.token_budget)
 
     def estimate_step_seconds(self) -> float:
-        """A rough upper estimate of one step, from probes as if every row ran to max_new_tokens: 8 decode steps
-        of one micro-batch of rows, their prompt's prefill timed apart and counted once per prompt, and one
-        forward+backward of a micro-batch through the training pass itself (prompts shared by their rows).
-        Probing a flat prompt+completion pass and counting the prefill in every token's time made the estimate
-        3.8x the measured step (1029 s against 269-291 s for the default run on a 2-core AVX2 CPU)."""
-        from model_io import generate
+        """A rough upper estimate of one step on this machine, from short probes (grpo/estimate.py)."""
+        from .estimate import estimate_step_seconds
 
-        cfg, model = self.cfg, self.model
-        rows, G, T = cfg.micro_batch, cfg.group_size, cfg.max_new_tokens
-        prompt = self.prompts(self.step_indices(0)[:1])[0]
-
-        def sampling(new_tokens: int) -> float:
-            t = time.perf_counter()
-            generate(model, [prompt], SamplingConfig(max_new_tokens=new_tokens, temperature=1.0),
-                     torch.Generator(device=model.device).manual_seed(0), n=rows)
-            return time.perf_counter() - t
-
-        B = math.ceil(rows / G)  # prompts a micro-batch of rows spans
-        completions = torch.randint(0, model.cfg.vocab_size, (B * G, T), generator=torch.Generator().manual_seed(0))
-        probe = Rollout(problems=[], prompts=[prompt] * B, completions=completions, old_logp=torch.zeros(B * G, T),
-                        mask=torch.ones(B * G, T, dtype=torch.bool), finish=[], texts=[], rewards=torch.zeros(B, G),
-                        per_fn={}, advantages=torch.zeros(B, G), forward_tokens=0)
-        with self.autocast():
-            prefill = sampling(1)  # the prompt's prefill and one token
-            per_token = max(sampling(9) - prefill, 0.0) / 8
-            t = time.perf_counter()
-            lp, _ = completion_logprobs(model, probe, torch.arange(rows), T, self.tok.pad_token_id, cfg.logprob_chunk)
-        lp.sum().backward()
-        fwd_bwd = time.perf_counter() - t
-        drop_packed(model)
-        self.opt.zero_grad(set_to_none=True)
-        prompts = len(self.step_indices(0))
-        n_micro = math.ceil(prompts * G / rows)
-        extra_forwards = (self.ref is not None) + self.recompute_old
-        return prompts * prefill + n_micro * (per_token * T + fwd_bwd * (cfg.mu + extra_forwards / 3))  # forward ~ 1/3 of fwd+bwd
-
+        return estimate_step_seconds(self)

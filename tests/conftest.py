@@ -29,3 +29,16 @@ def embedded():
     model, tok = load()
     hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()
     return model, tok, hf
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    """A tiny random Qwen2-shaped checkpoint in our format (tests/helpers.py), made once per test module."""
+    from helpers import tiny_hf_model, tiny_tokenizer
+
+    from model_io import save_model
+    from model_io.convert import from_hf_model
+
+    path = tmp_path_factory.mktemp("m") / "tiny"
+    save_model(from_hf_model(tiny_hf_model("qwen2")), tiny_tokenizer(), path)
+    return str(path)

@@ -2,27 +2,17 @@
 import argparse
 import dataclasses
 import json
-import shutil
 import subprocess
 import sys
 
 import pytest
-import torch
 from conftest import ROOT, gsm8k_dir
 from helpers import tiny_hf_model, tiny_tokenizer
 
 import run
 from grpo.evaluate import EvalConfig, majority
-from grpo.checkpointing import checkpoint_dirs
-from model_io import ModelSpecError, export_hf, load_model, save_model
+from model_io import export_hf, save_model
 from model_io.convert import from_hf_model
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("m") / "tiny"
-    save_model(from_hf_model(tiny_hf_model("qwen2")), tiny_tokenizer(), path)
-    return str(path)
 
 
 @pytest.mark.parametrize("command", list(run.COMMANDS))
@@ -155,50 +145,6 @@ def test_inspect_tree_refuses_a_file_that_holds_no_trees_and_reads_an_eval_direc
     assert "Q3: q?" in capsys.readouterr().out
 
 
-def test_train_run_dirs_that_cannot_go_on_say_so_and_a_finished_one_is_left_alone(tiny_ckpt, tmp_path, monkeypatch, capsys):
-    """A run stopped before its first checkpoint is not offered --resume (which could not take it); resuming a
-    finished run trains nothing and says where its model is; 'auto' and the data path beside --resume are no
-    change; Ctrl-C is one line that says how to continue."""
-    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
-    early = tmp_path / "early"
-    early.mkdir()
-    (early / "config.json").write_text("{}")
-    (early / "metrics.jsonl").write_text('{"step": 1}\n')
-    capsys.readouterr()
-    assert run.main(["train", "--out-dir", str(early)]) == 2
-    assert "stopped before its first checkpoint (nothing to resume)" in capsys.readouterr().err
-    assert run.main(["train", "--resume", str(early)]) == 2
-    assert "stopped before its first checkpoint, so there is nothing to resume" in capsys.readouterr().err
-    out = tmp_path / "run"
-    assert run.main(["train", "--model", tiny_ckpt, "--preset", "smoke", "--steps", "1", "--max-new-tokens", "4",
-                     "--eval-every", "0", "--out-dir", str(out), "--device", "cpu"]) == 0
-    final = (out / "final_hf" / "model.safetensors").stat().st_mtime_ns
-    capsys.readouterr()
-    assert run.main(["train", "--resume", str(out), "--precision", "auto", "--gsm8k", gsm8k_dir()]) == 0
-    assert f"has finished (step 1 of 1): nothing to train; its model is {out / 'final_hf'}" in capsys.readouterr().out
-    assert (out / "final_hf" / "model.safetensors").stat().st_mtime_ns == final
-    assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [1]
-    events = sorted((out / "tb").iterdir())
-    assert run.main(["train", "--resume", str(out)]) == 0 and sorted((out / "tb").iterdir()) == events  # no empty event file
-    # eval into a training run would replace its config.json and tb/; a config.json another command wrote is refused
-    config = (out / "config.json").read_text()
-    capsys.readouterr()
-    assert run.main(["eval", "--out-dir", str(out), "--limit", "1"]) == 2
-    assert "holds a training run" in capsys.readouterr().err and (out / "config.json").read_text() == config
-    (out / "config.json").write_text(json.dumps({"search": "greedy", "limit": 1}))
-    assert run.main(["train", "--resume", str(out)]) == 2
-    assert "config.json is not the config of a `run.py train` run" in capsys.readouterr().err
-    (out / "config.json").write_text(config)
-
-    def ctrl_c(*a):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(run, "load_spec", ctrl_c)
-    assert run.main(["train", "--resume", str(out), "--token-budget", "0"]) == 130
-    assert capsys.readouterr().err == f"interrupted: `run.py train --resume {out}` continues from its last checkpoint\n"
-    assert run.main(["train", "--out-dir", str(tmp_path / "new"), "--device", "cpu"]) == 130
-    assert capsys.readouterr().err == "interrupted: no checkpoint was written yet, so there is nothing to resume\n"
-
 def test_cli_runs_as_a_script(tiny_ckpt, tmp_path):
     env = {"GSM8K_DIR": gsm8k_dir(), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     p = subprocess.run([sys.executable, str(ROOT / "run.py"), "sample", "--model", tiny_ckpt, "--limit", "1",
@@ -236,208 +182,6 @@ def test_eval_refuses_flags_that_tree_search_would_ignore(kw, needle):
         EvalConfig(**kw)
     EvalConfig(search="mcts", mcts_when="every:8", fallback_p=0.5)  # lookahead does use it
     EvalConfig(search="sample", n=2, top_k=5)
-
-
-def test_train_cli_writes_a_complete_run_and_refuses_to_overwrite_it(tiny_ckpt, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
-    out = tmp_path / "run"
-    argv = ["train", "--model", tiny_ckpt, "--preset", "smoke", "--max-new-tokens", "8", "--eval-limit", "2",
-            "--out-dir", str(out), "--device", "cpu"]
-    assert run.main(argv) == 0
-    cfg = json.loads((out / "config.json").read_text())
-    assert (cfg["steps"], cfg["group_size"], cfg["max_new_tokens"]) == (3, 4, 8)  # preset, and the flag over it
-    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [l["step"] for l in lines] == [1, 2, 3] and "eval/accuracy_strict" in lines[-1]
-    assert (out / "samples.jsonl").read_text().count("\n") == 3
-    assert list((out / "tb").glob("events.out.tfevents.*"))
-    assert (out / "checkpoints" / "step-000003" / "trainer_state.pt").is_file()
-    assert json.loads((out / "checkpoints" / "step-000003" / "train_config.json").read_text())["steps"] == 3
-    assert (out / "final_hf" / "model.safetensors").is_file()
-    capsys.readouterr()
-    assert run.main(argv) == 2
-    assert "already holds a run" in capsys.readouterr().err
-    assert run.main(["train", "--resume", str(tmp_path / "nothing")]) == 2
-    assert "not a run directory" in capsys.readouterr().err
-
-
-def test_resume_takes_limits_and_logging_flags_and_refuses_the_rest(tiny_ckpt, tmp_path, monkeypatch, capsys):
-    """Beside --resume, a flag that does not change a training step (here: the token budget that stopped the run)
-    is taken and written to config.json; one that would (the learning rate) is a one-line error that names it and
-    leaves the run untouched; repeating a saved value is no change."""
-    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
-    out = tmp_path / "run"
-    assert run.main(["train", "--model", tiny_ckpt, "--preset", "smoke", "--max-new-tokens", "8", "--eval-every", "0",
-                     "--token-budget", "1", "--out-dir", str(out), "--device", "cpu"]) == 0
-    steps = lambda: [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
-    assert steps() == [1]  # the budget stopped it after one step
-    before = (out / "config.json").read_text()
-    capsys.readouterr()
-    assert run.main(["train", "--resume", str(out), "--lr", "0.1", "--token-budget", "0"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--lr (the run has 1e-05) would change the training itself" in err
-    assert "--model" in err and "--token-budget" in err  # the way out, and what may change
-    assert (out / "config.json").read_text() == before and steps() == [1]
-    assert run.main(["train", "--resume", str(out), "--token-budget", "0", "--lr", "1e-05", "--seed", "0"]) == 0
-    assert "resumed" in capsys.readouterr().out and steps() == [1, 2, 3]
-    cfg = json.loads((out / "config.json").read_text())
-    assert cfg["token_budget"] == 0 and cfg["resume"] == str(out) and cfg["steps"] == 3
-    # the error's way out: the run directory is a model spec (its newest checkpoint), a new run starts from it
-    assert f"--model {out} --out-dir NEW_DIR" in err
-    assert run.main(["train", "--model", str(out), "--preset", "smoke",
-                     "--lr", "0.1", "--steps", "1", "--max-new-tokens", "4", "--eval-every", "0",
-                     "--out-dir", str(tmp_path / "new"), "--device", "cpu"]) == 0
-
-def test_resume_takes_its_own_directory_as_out_dir_and_names_another(tiny_ckpt, tmp_path, monkeypatch, capsys):
-    """--out-dir beside --resume naming the run's directory (with a trailing slash, or after the directory was moved)
-    was refused as a change to 'the training itself'; another directory is refused as what it is."""
-    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
-    out = tmp_path / "run"
-    assert run.main(["train", "--model", tiny_ckpt, "--preset", "smoke", "--steps", "1", "--max-new-tokens", "4",
-                     "--eval-every", "0", "--out-dir", str(out), "--device", "cpu"]) == 0
-    capsys.readouterr()
-    assert run.main(["train", "--resume", str(out), "--out-dir", f"{out}/"]) == 0
-    assert "has finished" in capsys.readouterr().out
-    moved = tmp_path / "moved"
-    out.rename(moved)
-    assert run.main(["train", "--resume", str(moved), "--out-dir", str(moved)]) == 0
-    assert "has finished" in capsys.readouterr().out
-    assert run.main(["train", "--resume", str(moved), "--out-dir", str(tmp_path / "elsewhere")]) == 2
-    err = capsys.readouterr().err
-    assert err == (f"error: --resume {moved} continues the run in its own directory, not in --out-dir {tmp_path / 'elsewhere'}: "
-                   f"leave --out-dir out, or train on from its newest checkpoint in a new run: --model {moved} "
-                   f"--out-dir {tmp_path / 'elsewhere'}\n")
-
-
-def _tiny_run(tmp_path, monkeypatch, steps: int, until_step: int | None = None, **kw):
-    """A tiny trained run for the resume tests: -> (its --model directory, its run directory)."""
-    from grpo.config import TrainConfig
-
-    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
-    base, out = tmp_path / "base", tmp_path / "run"
-    save_model(from_hf_model(tiny_hf_model("qwen2")), tiny_tokenizer(), base)
-    run.cmd_train(TrainConfig(model=str(base), steps=steps, prompts_per_step=1, group_size=2, max_new_tokens=2,
-                              eval_every=0, out_dir=str(out), device="cpu", precision="fp32", **kw), until_step=until_step)
-    return base, out
-
-
-def test_resume_names_a_base_model_that_no_longer_fits_its_checkpoints(tmp_path, monkeypatch, capsys):
-    """A resume rebuilds the run's --model, then copies the checkpoint's weights in: a base model directory replaced
-    by one of another size since the run started gave copy_'s size-mismatch traceback."""
-    base, out = _tiny_run(tmp_path, monkeypatch, steps=2, until_step=1, save_every=1)
-    save_model(from_hf_model(tiny_hf_model("qwen2", hidden_size=32, intermediate_size=48)), tiny_tokenizer(), base)
-    capsys.readouterr()
-    assert run.main(["train", "--resume", str(out)]) == 2
-    ckpt = out / "checkpoints" / "step-000001"
-    assert capsys.readouterr().err == (
-        f"error: checkpoint {ckpt} does not fit the run's --model (embed.weight is [259, 64] there but [259, 32] in the model): "
-        f"that model changed since the run started; restore it, or start a new run from the checkpoint's weights: "
-        f"--model {ckpt / 'model'} --out-dir NEW_DIR\n")
-
-
-def test_resume_refuses_a_base_model_whose_weights_changed_and_takes_it_back_restored(tmp_path, monkeypatch, capsys):
-    """The frozen reference is rebuilt from the base --model on resume: a base replaced by one of the same shapes
-    but other weights resumed silently, with the KL term pulling towards another model. The run records its
-    reference's SHA-256 in each checkpoint; a finished run (nothing to train) still reports itself."""
-    base, out = _tiny_run(tmp_path, monkeypatch, steps=2, until_step=1, save_every=1)
-    metrics = (out / "metrics.jsonl").read_text()
-    original = (base / "model.safetensors").read_bytes()
-    m = load_model(base)
-    with torch.no_grad():
-        m.norm.weight[0] += 0.5  # one number of one tensor
-    save_model(m, tiny_tokenizer(), base)
-    capsys.readouterr()
-    assert run.main(["train", "--resume", str(out)]) == 2
-    ckpt = out / "checkpoints" / "step-000001"
-    assert capsys.readouterr().err == (
-        f"error: --resume {out}: --model {base} (the run's frozen reference) is not the model the run started from: "
-        f"its weights changed since; restore them, or train on from the checkpoint in a new run (its weights become "
-        f"the reference): --model {ckpt / 'model'} --out-dir NEW_DIR\n")
-    assert (out / "metrics.jsonl").read_text() == metrics and len(checkpoint_dirs(out)) == 1  # nothing touched
-    (base / "model.safetensors").write_bytes(original)
-    assert run.main(["train", "--resume", str(out)]) == 0 and "resumed" in capsys.readouterr().out
-    save_model(m, tiny_tokenizer(), base)  # changed again, after the run finished: nothing is trained from it
-    assert run.main(["train", "--resume", str(out)]) == 0 and "has finished" in capsys.readouterr().out
-
-
-def test_resume_names_a_damaged_trainer_state_and_the_checkpoint_before_it(tmp_path, monkeypatch, capsys):
-    """A trainer_state.pt damaged after it was written (disk, copy) gave torch.load's zip-archive traceback."""
-    _, out = _tiny_run(tmp_path, monkeypatch, steps=3, until_step=2, save_every=1)
-    state = out / "checkpoints" / "step-000002" / "trainer_state.pt"
-    state.write_bytes(state.read_bytes()[:1000])
-    capsys.readouterr()
-    assert run.main(["train", "--resume", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: {state} is damaged (PytorchStreamReader failed reading zip archive") and err.count("\n") == 1
-    assert err.endswith(f"delete {state.parent} to resume from step-000001\n")
-    shutil.rmtree(state.parent)
-    assert run.main(["train", "--resume", str(out)]) == 0 and "resumed" in capsys.readouterr().out
-
-
-def test_resuming_a_run_stopped_before_its_export_writes_final_hf(tmp_path, monkeypatch, capsys):
-    """A run stopped (Ctrl-C, a kill) between its last checkpoint and the export of final_hf: resuming it trained
-    nothing and pointed at a final_hf that did not exist, and never wrote it."""
-    _, out = _tiny_run(tmp_path, monkeypatch, steps=1)
-    shutil.rmtree(out / "final_hf")  # as if stopped during the export
-    capsys.readouterr()
-    assert run.main(["train", "--resume", str(out)]) == 0
-    assert "exported now from its last checkpoint" in capsys.readouterr().out
-    m, _ = run.load_spec(str(out / "final_hf"), torch.device("cpu"), torch.float32)
-    ckpt, _ = run.load_spec(str(out), torch.device("cpu"), torch.float32)
-    x = torch.randint(0, 259, (1, 5))
-    with torch.no_grad():
-        assert torch.allclose(m(x), ckpt(x), atol=1e-5)
-    assert run.main(["train", "--resume", str(out)]) == 0
-    assert "exported now" not in capsys.readouterr().out
-
-
-def test_resume_names_a_damaged_run_config_and_the_copy_to_restore_it_from(tmp_path, monkeypatch, capsys):
-    """A run's config.json damaged or edited by hand: a JSON error naming no file, or a TypeError traceback."""
-    _, out = _tiny_run(tmp_path, monkeypatch, steps=1)
-    copy = out / "checkpoints" / "step-000001" / "train_config.json"
-    good = json.loads(copy.read_text())
-    for text, says in [('{"steps": 3,', ("is not readable JSON (Expecting property name", f"): restore it from {copy}\n")),
-                       (json.dumps({**good, "steps": "x"}), ("holds a config that cannot run ('>=' not supported", "newest checkpoint\n")),
-                       (json.dumps({**good, "adv_scale": "zzz"}), ("holds a config that cannot run (unknown --adv-scale 'zzz'", "newest checkpoint\n"))]:
-        (out / "config.json").write_text(text)
-        capsys.readouterr()
-        assert run.main(["train", "--resume", str(out)]) == 2
-        err = capsys.readouterr().err
-        assert err.count("\n") == 1 and err.startswith(f"error: --resume {out}: its config.json {says[0]}") and err.endswith(says[1]), err
-    shutil.copy(copy, out / "config.json")
-    assert run.main(["train", "--resume", str(out)]) == 0 and "has finished" in capsys.readouterr().out
-
-
-def test_a_training_run_directory_loads_its_newest_checkpoint_else_its_final_export(tmp_path, capsys, monkeypatch):
-    """`--model runs/train` (run.py's load_spec; what a user tries first after training): the newest finished
-    checkpoint's model, said on stderr; with the checkpoints deleted, final_hf; with neither yet, a one-line error."""
-    old, new = from_hf_model(tiny_hf_model("llama", seed=1)), from_hf_model(tiny_hf_model("llama", seed=2))
-    tok, rd = tiny_tokenizer(), tmp_path / "run"
-    (rd / "checkpoints").mkdir(parents=True)
-    with pytest.raises(ModelSpecError, match="training run with no finished checkpoint or final_hf yet") as e:
-        run.load_spec(str(rd), torch.device("cpu"), torch.float32)
-    assert "\n" not in str(e.value)
-    for step, m in ((50, old), (100, new)):  # finished checkpoints: the model and the trainer state
-        save_model(m, tok, rd / "checkpoints" / f"step-{step:06d}" / "model")
-        (rd / "checkpoints" / f"step-{step:06d}" / "trainer_state.pt").touch()
-    save_model(old, tok, rd / "checkpoints" / "step-000150" / "model")  # (unfinished: no trainer state yet)
-    export_hf(old, tok, rd / "final_hf")
-    x = torch.randint(0, 259, (1, 6))
-    m, _ = run.load_spec(str(rd), torch.device("cpu"), torch.float32)
-    assert f"loading {rd / 'checkpoints' / 'step-000100' / 'model'}" in capsys.readouterr().err
-    with torch.no_grad():
-        assert torch.equal(m(x), new(x))
-    for d in (rd / "checkpoints").iterdir():
-        for f in d.rglob("*"):
-            if f.is_file():
-                f.unlink()
-    m, _ = run.load_spec(str(rd), torch.device("cpu"), torch.float32)
-    assert f"loading {rd / 'final_hf'}" in capsys.readouterr().err
-    with torch.no_grad():
-        assert torch.allclose(m(x), old(x), atol=1e-5)
-    # a '~' (as `--model=~/run` passes it, unexpanded by the shell) is expanded, as load() expands it for models
-    monkeypatch.setenv("HOME", str(tmp_path))
-    run.load_spec("~/run", torch.device("cpu"), torch.float32)
-    assert f"~/run is a training run: loading {rd / 'final_hf'}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("search,extra", [("majority", ["--n", "3"]), ("best-of-n", ["--n", "3"]),
@@ -507,16 +251,6 @@ def test_best_of_n_scores_cut_answers_as_tree_search_does():
     assert choose("best-of-n", texts, lenient, 0.3, ["stop"] * 4) == 1  # finished, the three 15s do outvote it
 
 
-def test_train_cli_with_tree_rollouts(tiny_ckpt, tmp_path, monkeypatch):
-    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
-    out = tmp_path / "tree"
-    assert run.main(["train", "--model", tiny_ckpt, "--rollouts", "mcts", "--tree-advantage", "mix", "--steps", "2",
-                     "--prompts-per-step", "1", "--group-size", "2", "--max-new-tokens", "4", "--mcts-step", "tokens:2",
-                     "--eval-every", "0", "--token-budget", "10000", "--out-dir", str(out), "--device", "cpu"]) == 0
-    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [l["rollout/tree_groups"] for l in lines] == [1, 1] and lines[-1]["rollout/generated_tokens_total"] > 0
-
-
 def test_flags_are_never_abbreviated_and_presets_see_every_given_flag(capsys):
     """argparse would take --max-new for --max-new-tokens, and the smoke preset would then override the user's
     value without a word: abbreviations are refused, and --no-x counts as giving x."""
@@ -549,27 +283,6 @@ def test_decode_flag_picks_the_sampling_path(tiny_ckpt, tmp_path, monkeypatch, m
     assert run.main(["eval", "--model", tiny_ckpt, "--limit", "3", "--max-new-tokens", "6", "--batch-size", "3",
                      "--out-dir", str(tmp_path / "auto"), "--device", "cpu"]) == 0
     assert got == [json.loads(l)["completions"] for l in (tmp_path / "auto" / "predictions.jsonl").read_text().splitlines()]
-
-
-def test_train_refuses_bad_out_dirs_data_files_and_batches_before_loading(tmp_path, monkeypatch, capsys):
-    """Checked before the data and the model load: an --out-dir that is a file, one GSM8K file where training and
-    its evaluation need both splits, and (under torchrun) prompts that do not divide among the processes."""
-    from grpo.distributed import Dist
-
-    monkeypatch.setattr(run, "load_spec", lambda *a: pytest.fail("the model loaded before the inputs were checked"))
-    (tmp_path / "afile").write_text("x")
-    assert run.main(["train", "--out-dir", str(tmp_path / "afile"), "--device", "cpu"]) == 2
-    assert "--out-dir" in capsys.readouterr().err
-    test_file = f"{gsm8k_dir()}/test.jsonl"
-    assert run.main(["train", "--gsm8k", test_file, "--out-dir", str(tmp_path / "r1"), "--device", "cpu"]) == 2
-    assert "is one file, but the test and train splits are needed" in capsys.readouterr().err
-    assert run.main(["sample", "--gsm8k", test_file]) == 2
-    assert "is one file" in capsys.readouterr().err
-    monkeypatch.setattr(run.D, "init_from_env", lambda device: (Dist(rank=0, world=2), torch.device("cpu")))
-    assert run.main(["train", "--prompts-per-step", "3", "--gsm8k", gsm8k_dir(), "--out-dir", str(tmp_path / "r2")]) == 2
-    err = capsys.readouterr().err
-    assert err == "error: --prompts-per-step 3 must be a multiple of the 2 processes\n"
-    assert not (tmp_path / "r2" / "config.json").exists()
 
 
 def test_an_out_dir_holding_a_model_or_an_eval_is_refused_and_left_as_it_was(tmp_path, monkeypatch, capsys):

@@ -359,15 +359,15 @@ def test_the_step_estimate_counts_prefill_once_per_prompt_and_probes_the_trainin
     copy, the weights and the global RNG as they were."""
     import types
 
-    import grpo.trainer
+    import grpo.estimate
     from model_io.linear import Linear
 
     tr = make_trainer(tmp_path, beta=0.04)  # 4 prompts x 8 rows, micro-batch 12: 3 micro-batches; a reference
     ticks = iter([0.0, 1.0, 10.0, 11.4, 20.0, 23.0])  # prefill 1 s, 9 tokens 1.4 s, forward+backward 3 s
-    monkeypatch.setattr(grpo.trainer, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
+    monkeypatch.setattr(grpo.estimate, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
     seen = []
-    real = grpo.trainer.completion_logprobs
-    monkeypatch.setattr(grpo.trainer, "completion_logprobs", lambda m, ro, rows, *a, **k: seen.append((len(ro.prompts), len(rows))) or real(m, ro, rows, *a, **k))
+    real = grpo.estimate.completion_logprobs
+    monkeypatch.setattr(grpo.estimate, "completion_logprobs", lambda m, ro, rows, *a, **k: seen.append((len(ro.prompts), len(rows))) or real(m, ro, rows, *a, **k))
     before = [p.detach().clone() for p in tr.model.parameters()]
     rng = torch.get_rng_state()
     est = tr.estimate_step_seconds()
