@@ -59,13 +59,14 @@ step 4-nccl timeout $(cap 90 60) "$PY" -m torch.distributed.run --nproc_per_node
      --group-size 2 --max-new-tokens 16 --eval-every 0 --out-dir "$OUT/nccl"
 step 5-compare timeout $(cap 240 0) "$PY" bench/compare.py --model "$MODEL" --shots $SHOTS --limit $QM --n 1,4,8 --sims $SIMS --roots puct --max-new-tokens $NEW --batch-size 64 --out "$OUT/compare"
 # diagnostics (logs named by the section they belong to): kernels per decode step, eager and compiled (what the step time is made of), and the CUDA-only
-# tests (CUDA graphs against eager decoding), where pytest is installed
+# tests (CUDA graphs against eager decoding, plain and shared prompts), where pytest is installed (scripts/device.sh
+# stages it for an image without it)
 step 2-decode-ops timeout $(cap 180 0) "$PY" bench/decode_ops.py --model "$MODEL" --batch $B1
 # GRPO's rollout shape (8 prompts x 8 rows, 2-shot): each prompt's keys/values copied to its rows, or shared
 step 2-group-sampling timeout $(cap 120 0) "$PY" bench/group_sampling.py --model "$MODEL" --shots $SHOTS --max-new-tokens $NEW \
      $( [ "${SMALL:-0}" = 1 ] && echo --prompts 2 --group 2 --reps 1 )
 if "$PY" -c "import pytest" 2>/dev/null; then
-  step 1-cuda-tests timeout $(cap 120 0) "$PY" -m pytest -q tests/test_static_decode.py tests/test_logprobs.py
+  step 1-cuda-tests timeout $(cap 120 0) "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_static_decode.py tests/test_logprobs.py
 else
   echo "1-cuda-tests skipped: no pytest here" | tee -a "$OUT/steps.txt"
 fi

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -40,6 +41,17 @@ def log_rows(path: Path, prefixes: tuple[str, ...], label: str = "") -> list[str
     return rows
 
 
+def pytest_rows(path: Path, label: str) -> list[str]:
+    """The pytest tally of a step's log ("9 passed, 2 skipped in 12.30s"), its last such line; none if not run."""
+    if not path.is_file():
+        return []
+    for line in reversed(path.read_text().splitlines()):
+        tally = line.strip("= ").strip()
+        if re.match(r"^\d+ (passed|failed|skipped|errors?|deselected)\b", tally):
+            return [f"| {label} | {tally} |"]
+    return []
+
+
 def summary(out: Path) -> list[str]:
     env = load(out / "env.json") or {}
     lines = [f"# GPU run: {env.get('device', '?')}, {datetime.date.today()}", "", "| figure | value |", "|---|---|"]
@@ -70,6 +82,7 @@ def summary(out: Path) -> list[str]:
     for r in (c or {}).get("rows", []):
         lines.append(f"| compare {r['strategy']} {r['budget']}: accuracy lenient, tokens/question | "
                      f"{r['accuracy_lenient']:.3f}, {r['generated_tokens_per_question']:.0f} |")
+    lines += pytest_rows(out / "1-cuda-tests.log", "CUDA-only tests (CUDA graphs against eager decoding, and the rest of their files)")
     steps = out / "steps.txt"
     if steps.is_file():
         lines += ["", "Steps:", "", "```", steps.read_text().strip(), "```"]

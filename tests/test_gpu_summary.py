@@ -47,7 +47,9 @@ def test_summary_with_every_step(tmp_path, monkeypatch):
     (tmp_path / "compare").mkdir()
     (tmp_path / "compare" / "compare.json").write_text(json.dumps({"rows": [
         {"strategy": "mcts", "budget": "sims=8, K=4", "accuracy_lenient": 0.25, "generated_tokens_per_question": 900.4}]}))
+    (tmp_path / "1-cuda-tests.log").write_text("..s.\nSKIPPED [1] tests/test_x.py:3: why\n=== 8 passed, 1 skipped in 12.30s ===\n")
     text = "\n".join(gpu_summary.summary(tmp_path))
+    assert "| CUDA-only tests (CUDA graphs against eager decoding, and the rest of their files) | 8 passed, 1 skipped in 12.30s |" in text
     assert "| agreement with CPU float32: rows whose first 32 greedy tokens agree | 15/16 |" in text
     assert "| eager operations per decode step | 717 (mul 153) |" in text
     assert "| ratio eager/compiled operations | 2.64 |" in text

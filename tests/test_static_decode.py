@@ -51,12 +51,17 @@ def test_cuda_graph_decoding_matches_eager_on_gpu(mode):
     prompts = random_prompts([5, 9, 3])
     cfg = SamplingConfig(max_new_tokens=24, temperature=0.0)
     a = generate(model, prompts, cfg, static=False)
+    a3 = generate(model, prompts, cfg, n=3, static=False, share_prompt=mode != "compiled")  # the same attention path
     with decode_mode(mode), warnings.catch_warnings():  # static: the eager step in a CUDA graph; compiled: the compiled step in one
         # a failed capture falls back to eager steps with a warning, which would pass unseen: fail on it here
         warnings.filterwarnings("error", message="CUDA graph capture failed")
         warnings.filterwarnings("error", message="The CUDA Graph is empty")
         b = generate(model, prompts, cfg)
+        # three rows per prompt reading its keys/values in place (model_io/shared_kv.py) inside the captured step;
+        # the compiled step takes only a plain cache, so there they are copies (sampler.shares_prompts)
+        c = generate(model, prompts, cfg, n=3)
     assert torch.equal(a.tokens.cpu(), b.tokens.cpu())
+    assert torch.equal(a3.tokens.cpu(), c.tokens.cpu())
 
 
 def test_compiled_decode_step_matches_the_eager_static_step_across_shapes():
