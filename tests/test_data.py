@@ -1,6 +1,7 @@
 """GSM8K loading (file, directory, env, hub fallback) and answer parsing."""
 import builtins
 import json
+from pathlib import Path
 
 import pytest
 from conftest import gsm8k_dir
@@ -85,8 +86,6 @@ def test_wrong_types_and_encodings_name_file_and_line(tmp_path, content, why):
 
 
 def test_an_unreadable_file_is_named(tmp_path, monkeypatch):
-    from pathlib import Path
-
     f = tmp_path / "train.jsonl"
     f.write_text(json.dumps({"question": "ok", "answer": "#### 1"}) + "\n")
 
@@ -148,25 +147,43 @@ def test_without_network_or_cache_the_hub_path_fails_at_once_in_one_line(monkeyp
     assert datasets.config.HF_HUB_OFFLINE is huggingface_hub.constants.HF_HUB_OFFLINE is False  # restored
 
 
-def test_the_hub_path_reads_a_cached_copy_offline_first(monkeypatch):
-    """A cached copy loads with no request at all (the probe would fail the test); only offline, as a cache read."""
+def test_the_hub_path_reads_a_cached_copy_offline_first(monkeypatch, tmp_path, capfd):
+    """A copy of openai/gsm8k in the real `datasets` cache (laid out as the hub load leaves it) loads with no request
+    at all: the hub probe and every socket would fail the test; datasets' "using the cached version" warning is
+    not printed."""
     datasets = pytest.importorskip("datasets")
-    import huggingface_hub.constants
+    import glob
+    import shutil
+    import socket
 
     from model_io import loading
 
+    src = tmp_path / "test.jsonl"
+    src.write_text(json.dumps({"question": "Q?", "answer": "so 6\n#### 6"}) + "\n")
+    datasets.load_dataset("json", data_files={"test": str(src)}, cache_dir=str(tmp_path / "build"))
+    built = Path(glob.glob(str(tmp_path / "build" / "json" / "*" / "0.0.0" / "*"))[0])
+    cached = tmp_path / "cache" / "openai___gsm8k" / "main" / "0.0.0" / "0123abcd"  # namespace___name/config/version/hash
+    shutil.copytree(built, cached)
+    (cached / "json-test.arrow").rename(cached / "gsm8k-test.arrow")
+    info = json.loads((cached / "dataset_info.json").read_text())
+    (cached / "dataset_info.json").write_text(json.dumps({**info, "builder_name": "gsm8k", "config_name": "main", "dataset_name": "gsm8k"}))
+    capfd.readouterr()
+
+    tried = []
+
+    def no_sockets(*a, **k):  # recorded: a library may swallow the error and fall back to its cache
+        tried.append(a)
+        raise OSError("no network (test)")
+
     monkeypatch.delenv("GSM8K_DIR", raising=False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(loading, "hub_unreachable", lambda *a, **k: pytest.fail("went online for a cached dataset"))
-    rows = [{"question": "Q?", "answer": "so 6\n#### 6"}]
-
-    def load_dataset(repo, name, split):
-        assert (repo, name, split) == ("openai/gsm8k", "main", "test")
-        assert datasets.config.HF_HUB_OFFLINE and huggingface_hub.constants.HF_HUB_OFFLINE, "not read offline"
-        return rows
-
-    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr(socket, "create_connection", no_sockets)
+    monkeypatch.setattr(socket.socket, "connect", no_sockets)
     assert load_gsm8k("test") == [Problem(question="Q?", answer="6", solution="so 6", index=0)]
-    assert not datasets.config.HF_HUB_OFFLINE
+    assert not tried, f"network requests for a cached dataset: {tried}"
+    assert not datasets.config.HF_HUB_OFFLINE  # offline only while reading the cache
+    assert "cached" not in capfd.readouterr().err
 
 
 @pytest.mark.parametrize("text,expected", [
