@@ -162,7 +162,7 @@ def test_the_hub_path_reads_a_cached_copy_offline_first(monkeypatch, tmp_path, c
     src.write_text(json.dumps({"question": "Q?", "answer": "so 6\n#### 6"}) + "\n")
     datasets.load_dataset("json", data_files={"test": str(src)}, cache_dir=str(tmp_path / "build"))
     found = glob.glob(str(tmp_path / "build" / "json" / "*" / "0.0.0" / "*" / "json-test.arrow"))
-    if not found:  # the layout of datasets 5.2.0, the version CI installed on 2026-12-03; another needs this copy redone
+    if not found:  # the layout of datasets 5.2.0 (seen 2026-12-03); another version needs this copy redone
         pytest.skip(f"datasets {datasets.__version__} lays out its cache otherwise")
     built = Path(found[0]).parent
     cached = tmp_path / "cache" / "openai___gsm8k" / "main" / "0.0.0" / "0123abcd"  # namespace___name/config/version/hash
