@@ -20,7 +20,7 @@ PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT"
 START=$(date +%s)
-if [ "${SMALL:-0}" = 1 ]; then B1=4; B2=8; NEW=16; Q=4; QM=2; SIMS=1; BA=2; TA=8; else B1=64; B2=256; NEW=256; Q=500; QM=128; SIMS=8; BA=16; TA=32; fi
+if [ "${SMALL:-0}" = 1 ]; then B1=4; B2=8; NEW=16; Q=4; QM=2; QD=2; SIMS=1; BA=2; TA=8; else B1=64; B2=256; NEW=256; Q=500; QM=128; QD=16; SIMS=8; BA=16; TA=32; fi
 left() { echo $(( MINUTES * 60 - ($(date +%s) - START) )); }
 cap() {  # cap LIMIT RESERVE: seconds a step may take, LIMIT at most, so that RESERVE seconds stay for what follows
   local c=$(( $(left) - $2 )); [ "$c" -gt "$1" ] && c=$1; [ "$c" -lt 30 ] && c=30; echo "$c"
@@ -70,5 +70,11 @@ if "$PY" -c "import pytest" 2>/dev/null; then
 else
   echo "1-cuda-tests skipped: no pytest here" | tee -a "$OUT/steps.txt"
 fi
+# tree search decodes many short batches, and each decode captures its own CUDA graph: the static path (graphs)
+# against the dynamic one (no graphs, finished rows dropped) on the same questions, capture costs included
+for mode in static dynamic; do
+  step 5-mcts-$mode timeout $(cap 120 0) "$PY" run.py eval --model "$MODEL" --shots $SHOTS --search mcts --limit $QD \
+       --n-simulations 4 --max-new-tokens $NEW --batch-size $QD --decode $mode --out-dir "$OUT/mcts-$mode"
+done
 # 6. summary (also rewritten after every step above)
 "$PY" scripts/gpu_summary.py "$OUT" --print

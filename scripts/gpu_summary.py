@@ -82,6 +82,12 @@ def summary(out: Path) -> list[str]:
     for r in (c or {}).get("rows", []):
         lines.append(f"| compare {r['strategy']} {r['budget']}: accuracy lenient, tokens/question | "
                      f"{r['accuracy_lenient']:.3f}, {r['generated_tokens_per_question']:.0f} |")
+    for mode in ("static", "dynamic"):  # tree search's decoding with and without CUDA graphs (a diagnostic)
+        s = load(out / f"mcts-{mode}" / "summary.json")
+        if s:
+            lines.append(f"| tree search, --decode {mode} ({s['questions']} questions): s/question, generated tokens/question, "
+                         f"accuracy lenient | {s['seconds_per_question']:.2f}, {s['generated_tokens_per_question']:.0f}, "
+                         f"{s['accuracy_lenient']:.3f} |")
     lines += pytest_rows(out / "1-cuda-tests.log", "CUDA-only tests (CUDA graphs against eager decoding, and the rest of their files)")
     steps = out / "steps.txt"
     if steps.is_file():

@@ -47,9 +47,14 @@ def test_summary_with_every_step(tmp_path, monkeypatch):
     (tmp_path / "compare").mkdir()
     (tmp_path / "compare" / "compare.json").write_text(json.dumps({"rows": [
         {"strategy": "mcts", "budget": "sims=8, K=4", "accuracy_lenient": 0.25, "generated_tokens_per_question": 900.4}]}))
+    (tmp_path / "mcts-static").mkdir()
+    (tmp_path / "mcts-static" / "summary.json").write_text(json.dumps(
+        {"questions": 16, "seconds_per_question": 1.234, "generated_tokens_per_question": 1500.4, "accuracy_lenient": 0.25}))
     (tmp_path / "1-cuda-tests.log").write_text("..s.\nSKIPPED [1] tests/test_x.py:3: why\n=== 8 passed, 1 skipped in 12.30s ===\n")
     text = "\n".join(gpu_summary.summary(tmp_path))
     assert "| CUDA-only tests (CUDA graphs against eager decoding, and the rest of their files) | 8 passed, 1 skipped in 12.30s |" in text
+    assert ("| tree search, --decode static (16 questions): s/question, generated tokens/question, accuracy lenient | "
+            "1.23, 1500, 0.250 |") in text and "--decode dynamic" not in text  # that step did not run
     assert "| agreement with CPU float32: rows whose first 32 greedy tokens agree | 15/16 |" in text
     assert "| eager operations per decode step | 717 (mul 153) |" in text
     assert "| ratio eager/compiled operations | 2.64 |" in text
