@@ -13,8 +13,6 @@ import torch
 from .model import Transformer
 
 
-
-
 class _ChunkLogProb(torch.autograd.Function):
     """lp[b, t] = logits[b, t, y] - logsumexp(logits[b, t]) with logits = h W^T, as float32 [B, c].
 
