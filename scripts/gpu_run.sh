@@ -35,6 +35,11 @@ step() {  # step NAME CMD...: run, time, keep the log; a failed step is recorded
   tail -n 5 "$OUT/$name.log"
   "$PY" scripts/gpu_summary.py "$OUT" > /dev/null 2>&1 || true  # a run cut off later still has its summary
 }
+diag() {  # diag NAME LIMIT CMD...: a diagnostic step, skipped once fewer than 30 s of MINUTES are left
+  local name=$1 limit=$2; shift 2
+  if [ "$(left)" -lt 30 ]; then echo "$name skipped: no time left" | tee -a "$OUT/steps.txt"; return; fi
+  step "$name" timeout "$(cap "$limit" 0)" "$@"
+}
 # Order: the issue's figures first (environment, sampler, accuracy, GRPO, search), each step time-limited so that
 # a slow one (a long compile) cannot starve GRPO of its minutes; diagnostics last, in whatever time is left.
 step 1-env "$PY" scripts/gpu_env.py "$OUT/env.json"
@@ -58,22 +63,23 @@ fi
 step 4-nccl timeout $(cap 90 60) "$PY" -m torch.distributed.run --nproc_per_node 1 run.py train --model "$MODEL" --steps 2 --prompts-per-step 1 \
      --group-size 2 --max-new-tokens 16 --eval-every 0 --out-dir "$OUT/nccl"
 step 5-compare timeout $(cap 240 0) "$PY" bench/compare.py --model "$MODEL" --shots $SHOTS --limit $QM --n 1,4,8 --sims $SIMS --roots puct --max-new-tokens $NEW --batch-size 64 --out "$OUT/compare"
-# diagnostics (logs named by the issue's section they belong to): kernels per decode step, eager and compiled (what the step time is made of), and the CUDA-only
-# tests (CUDA graphs against eager decoding, plain and shared prompts), where pytest is installed (scripts/device.sh
-# stages it for an image without it)
-step 2-decode-ops timeout $(cap 180 0) "$PY" bench/decode_ops.py --model "$MODEL" --batch $B1
-# GRPO's rollout shape (8 prompts x 8 rows, 2-shot): each prompt's keys/values copied to its rows, or shared
-step 2-group-sampling timeout $(cap 120 0) "$PY" bench/group_sampling.py --model "$MODEL" --shots $SHOTS --max-new-tokens $NEW \
-     $( [ "${SMALL:-0}" = 1 ] && echo --prompts 2 --group 2 --reps 1 )
+# diagnostics (logs named by the issue's section they belong to), each only while MINUTES has 30 s left (the
+# figures above come first, and a lent machine's time is short): the CUDA-only tests (CUDA graphs against eager
+# decoding, plain and shared prompts), where pytest is installed (scripts/device.sh stages it for an image without)
 if "$PY" -c "import pytest" 2>/dev/null; then
-  step 1-cuda-tests timeout $(cap 120 0) "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_static_decode.py tests/test_logprobs.py
+  diag 1-cuda-tests 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_static_decode.py tests/test_logprobs.py
 else
   echo "1-cuda-tests skipped: no pytest here" | tee -a "$OUT/steps.txt"
 fi
+# kernels per decode step, eager and compiled (what the step time is made of)
+diag 2-decode-ops 180 "$PY" bench/decode_ops.py --model "$MODEL" --batch $B1
+# GRPO's rollout shape (8 prompts x 8 rows, 2-shot): each prompt's keys/values copied to its rows, or shared
+diag 2-group-sampling 120 "$PY" bench/group_sampling.py --model "$MODEL" --shots $SHOTS --max-new-tokens $NEW \
+     $( [ "${SMALL:-0}" = 1 ] && echo --prompts 2 --group 2 --reps 1 )
 # tree search decodes many short batches, and each decode captures its own CUDA graph: the static path (graphs)
 # against the dynamic one (no graphs, finished rows dropped) on the same questions, capture costs included
 for mode in static dynamic; do
-  step 5-mcts-$mode timeout $(cap 120 0) "$PY" run.py eval --model "$MODEL" --shots $SHOTS --search mcts --limit $QD \
+  diag 5-mcts-$mode 120 "$PY" run.py eval --model "$MODEL" --shots $SHOTS --search mcts --limit $QD \
        --n-simulations 4 --max-new-tokens $NEW --batch-size $QD --decode $mode --out-dir "$OUT/mcts-$mode"
 done
 # 6. summary (also rewritten after every step above)
