@@ -3,7 +3,6 @@ runs. The GPU figures come first; training gets the minutes the others leave; di
 left (a lent machine's minutes are few, and a step past them would be cut off with the rest)."""
 import os
 import subprocess
-import sys
 
 from conftest import ROOT
 
@@ -18,8 +17,7 @@ def gpu_run(tmp_path, minutes: int, has_pytest: bool = True):
     fake = tmp_path / "fake-python"
     fake.write_text(FAKE)
     fake.chmod(0o755)
-    env = {**os.environ, "PYTHON": str(fake), "CALLS": str(tmp_path / "calls"), "HAS_PYTEST": str(int(has_pytest)),
-           "REAL_PY": sys.executable}
+    env = {**os.environ, "PYTHON": str(fake), "CALLS": str(tmp_path / "calls"), "HAS_PYTEST": str(int(has_pytest))}
     env.pop("SMALL", None)
     p = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_run.sh"), "MODEL", str(tmp_path / "out"), str(minutes)],
                        env=env, capture_output=True, text=True, timeout=120)
