@@ -1,11 +1,14 @@
 """Step 1 of scripts/gpu_run.sh: the machine, and two measured rates: device copy bandwidth and bf16 matmul
-(float32 on a CPU). Prints them as JSON and writes them to OUT.
+(float32 on a CPU). Prints them as JSON and writes them to OUT. Also what torch.compile needs beyond torch: a C
+compiler and Triton (without them `--decode compiled` fails, and its figures are missing for that reason).
 
     python3 scripts/gpu_env.py OUT_DIR/env.json
 """
 import argparse
 import json
+import importlib.metadata
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,12 +25,22 @@ def significant(x: float, digits: int = 3) -> float:
     return round(x, digits - 1 - math.floor(math.log10(abs(x)))) if x else 0.0
 
 
+def toolchain() -> dict:
+    """The C compiler torch.compile would find (inductor's CPU code, Triton's launchers), and Triton's version."""
+    cc = next((shutil.which(c) for c in ("cc", "gcc", "g++", "clang") if shutil.which(c)), None)
+    try:
+        triton = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        triton = None
+    return {"c_compiler": cc, "triton": triton}
+
+
 def measure(out: str) -> None:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     info = {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
             "memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if dev.type == "cuda" else None,
-            "torch": torch.__version__, "transformers": transformers.__version__}
+            "torch": torch.__version__, "transformers": transformers.__version__, **toolchain()}
     copied = copy_bandwidth(dev, reps=10)
     info["copy_gb_per_s"] = round(copied / 1e9, 1)  # bytes copied per second: bench/sampler.py's floor divides by it
     info["memory_traffic_gb_per_s"] = round(2 * copied / 1e9, 1)  # each copied byte is read and written

@@ -26,3 +26,10 @@ def test_rates_keep_three_significant_figures():
     assert gpu_env.significant(0.0386412) == 0.0386  # a CPU's float32 matmul, once printed as 0.0
     assert gpu_env.significant(712.46) == 712.0 and gpu_env.significant(1234.5) == 1230.0
     assert gpu_env.significant(0.0) == 0.0
+
+
+def test_toolchain_names_the_compiler_torch_compile_would_find(monkeypatch):
+    monkeypatch.setattr(gpu_env.shutil, "which", lambda c: "/usr/bin/gcc" if c == "gcc" else None)
+    assert gpu_env.toolchain()["c_compiler"] == "/usr/bin/gcc"
+    monkeypatch.setattr(gpu_env.shutil, "which", lambda c: None)
+    assert gpu_env.toolchain()["c_compiler"] is None
