@@ -77,10 +77,16 @@ diag 2-decode-ops 180 "$PY" bench/decode_ops.py --model "$MODEL" --batch $B1
 diag 2-group-sampling 120 "$PY" bench/group_sampling.py --model "$MODEL" --shots $SHOTS --max-new-tokens $NEW \
      $( [ "${SMALL:-0}" = 1 ] && echo --prompts 2 --group 2 --reps 1 )
 # tree search decodes many short batches, and each decode captures its own CUDA graph: the static path (graphs)
-# against the dynamic one (no graphs, finished rows dropped) on the same questions, capture costs included
-for mode in static dynamic; do
-  diag 5-mcts-$mode 120 "$PY" run.py eval --model "$MODEL" --shots $SHOTS --search mcts --limit $QD \
-       --n-simulations 4 --max-new-tokens $NEW --batch-size $QD --decode $mode --out-dir "$OUT/mcts-$mode"
-done
+# against the dynamic one (no graphs, finished rows dropped) on the same questions, capture costs included; a pair
+# or nothing (one side alone compares nothing): the first keeps 30 s for the second
+if [ "$(left)" -lt 60 ]; then
+  echo "5-mcts-static, 5-mcts-dynamic skipped: no time left for the pair" | tee -a "$OUT/steps.txt"
+else
+  for mode in static dynamic; do
+    step 5-mcts-$mode timeout $(cap 120 $([ $mode = static ] && echo 30 || echo 0)) "$PY" run.py eval --model "$MODEL" \
+         --shots $SHOTS --search mcts --limit $QD --n-simulations 4 --max-new-tokens $NEW --batch-size $QD --decode $mode \
+         --out-dir "$OUT/mcts-$mode"
+  done
+fi
 # 6. summary (also rewritten after every step above)
 "$PY" scripts/gpu_summary.py "$OUT" --print

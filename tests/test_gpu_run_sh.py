@@ -44,5 +44,5 @@ def test_without_time_the_figures_still_run_and_the_diagnostics_are_skipped(tmp_
     assert p.returncode == 0, p.stderr
     assert steps == ["1-env", "2-sampler-b64", "2-sampler-b256", "2-agreement", "3-eval-start", "4-train skipped: no time left",
                      "4-nccl", "5-compare", "1-cuda-tests skipped: no pytest here", "2-decode-ops skipped: no time left",
-                     "2-group-sampling skipped: no time left", "5-mcts-static skipped: no time left",
-                     "5-mcts-dynamic skipped: no time left"]
+                     "2-group-sampling skipped: no time left",
+                     "5-mcts-static, 5-mcts-dynamic skipped: no time left for the pair"]
