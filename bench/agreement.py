@@ -24,7 +24,7 @@ sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # bench/, last (ben
 
 import torch  # noqa: E402
 
-from cli import check_args, check_device, user_errors  # noqa: E402
+from cli import add_device, add_gsm8k, add_model, check_args, check_device, user_errors  # noqa: E402
 from data import encode_prompts, load_gsm8k, stop_token_ids  # noqa: E402
 from model_io import SamplingConfig, generate, load  # noqa: E402
 
@@ -77,13 +77,12 @@ def reference_margins(model, prompts, ref, test, firsts: list[int], tokens: int)
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2-135M-Instruct)")
+    add_model(ap)
     ap.add_argument("--batch", type=int, default=16, help="GSM8K test questions (default: 16)")
     ap.add_argument("--tokens", type=int, default=32, help="tokens that must agree in every row (default: 32)")
     ap.add_argument("--max-new-tokens", type=int, default=64, help="tokens decoded per row (default: 64)")
-    ap.add_argument("--gsm8k", default=None, help="GSM8K file or directory (default: $GSM8K_DIR, else the hub)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                    help="device of the path under test (default: cuda if available, else cpu)")
+    add_gsm8k(ap)
+    add_device(ap, "device of the path under test")
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                     help="its dtype (default: the loader's for that device: bfloat16 on CUDA, float32 on CPU)")
     ap.add_argument("--static", action="store_true", default=None,

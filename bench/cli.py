@@ -14,6 +14,22 @@ from model_io import ModelSpecError
 from run import resolve_device
 
 
+def add_model(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2-135M-Instruct)")
+
+
+def add_gsm8k(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--gsm8k", default=None, help="GSM8K file or directory (default: $GSM8K_DIR, else the hub)")
+
+
+def add_device(ap: argparse.ArgumentParser, what: str = "") -> None:
+    """--device, checked after parsing by check_device; `what` says whose device it is, where that needs saying."""
+    import torch
+
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help=f"{what + ' ' if what else ''}(default: cuda if available, else cpu)")
+
+
 def check_args(ap: argparse.ArgumentParser, a: argparse.Namespace, at_least_1=(), at_least_0=(), in_0_1=()) -> None:
     """Range checks of parsed flags by their attribute names, one line naming the flag (run.py's own checks)."""
     try:

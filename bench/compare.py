@@ -24,9 +24,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # bench/, last (bench/mcts.py must not hide mcts)
 
-import torch  # noqa: E402
-
-from cli import check_args, check_device, user_errors  # noqa: E402
+from cli import add_device, add_gsm8k, add_model, check_args, check_device, user_errors  # noqa: E402
 from data.gsm8k import questions_and_shots  # noqa: E402
 from grpo.evaluate import EvalConfig, QuestionResult, choose, evaluate, summarize  # noqa: E402
 from model_io import load  # noqa: E402
@@ -84,7 +82,7 @@ def plot(rows: list[dict], limit: int, device: str, out: Path) -> None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2-135M-Instruct)")
+    add_model(ap)
     ap.add_argument("--limit", type=int, default=16, help="test questions (default: 16)")
     ap.add_argument("--n", default="1,4,8", help="sample budgets for sample / majority / best-of-n (default: 1,4,8)")
     ap.add_argument("--sims", default="2,4,8", help="simulation budgets of tree search (default: 2,4,8)")
@@ -95,10 +93,10 @@ def main(argv=None) -> None:
     ap.add_argument("--temperature", type=float, default=0.7, help="default: 0.7")
     ap.add_argument("--batch-size", type=int, default=16, help="default: 16")
     ap.add_argument("--shots", type=int, default=2, help="k-shot examples from the train split in each prompt (default: 2, as eval)")
-    ap.add_argument("--gsm8k", default=None, help="GSM8K file or directory (default: $GSM8K_DIR, else the hub)")
+    add_gsm8k(ap)
     # runs/, not docs/: a run with other settings must not overwrite the committed results in docs/compare*/
     ap.add_argument("--out", default="runs/compare", help="output directory (default: runs/compare)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: cuda if available")
+    add_device(ap)
     ap.add_argument("--replot", action="store_true", help="only redraw OUT/compare.png from OUT/compare.json")
     a = ap.parse_args(argv)
     out = Path(a.out)

@@ -21,7 +21,7 @@ sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # bench/, last (ben
 
 import torch  # noqa: E402
 
-from cli import check_args, check_device, user_errors  # noqa: E402
+from cli import add_device, add_model, check_args, check_device, user_errors  # noqa: E402
 from model_io import load, prefill  # noqa: E402
 from model_io.static_decode import StaticStep  # noqa: E402
 
@@ -69,10 +69,10 @@ def compiled_ops(step: StaticStep, tok: torch.Tensor) -> collections.Counter:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2-135M-Instruct)")
+    add_model(ap)
     ap.add_argument("--batch", type=int, default=4, help="rows decoded together (default: 4)")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="weights' dtype (default: bfloat16)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: cuda if available, else cpu")
+    add_device(ap)
     args = ap.parse_args(argv)
     check_args(ap, args, at_least_1=("batch",))
     args.device = check_device(ap, args.device)

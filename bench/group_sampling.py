@@ -23,20 +23,20 @@ import torch  # noqa: E402
 
 from data import encode_prompts, load_gsm8k, stop_token_ids  # noqa: E402
 from model_io import SamplingConfig, generate, load  # noqa: E402
-from cli import check_args, check_device, user_errors  # noqa: E402
+from cli import add_device, add_gsm8k, add_model, check_args, check_device, user_errors  # noqa: E402
 from machine import copy_bandwidth  # noqa: E402
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2-135M-Instruct)")
+    add_model(ap)
     ap.add_argument("--prompts", type=int, default=8, help="U: prompts (default: 8, as run.py train)")
     ap.add_argument("--group", type=int, default=8, help="G: completions per prompt (default: 8, as run.py train)")
     ap.add_argument("--max-new-tokens", type=int, default=64, help="default: 64")
     ap.add_argument("--shots", type=int, default=2, help="worked examples in each prompt (default: 2, as run.py train)")
     ap.add_argument("--reps", type=int, default=2, help="runs of each side, alternating; the best is kept (default: 2)")
-    ap.add_argument("--gsm8k", default=None, help="GSM8K file or directory (default: $GSM8K_DIR, else the hub)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: cuda if available, else cpu")
+    add_gsm8k(ap)
+    add_device(ap)
     args = ap.parse_args(argv)
     check_args(ap, args, at_least_1=("prompts", "group", "max_new_tokens", "reps"), at_least_0=("shots",))
     args.device = check_device(ap, args.device)

@@ -20,7 +20,7 @@ import torch  # noqa: E402
 
 from data import encode_prompts, load_gsm8k  # noqa: E402
 from mcts.search import SearchConfig, search  # noqa: E402
-from cli import check_args, check_device, user_errors  # noqa: E402
+from cli import add_device, add_gsm8k, add_model, check_args, check_device, user_errors  # noqa: E402
 from model_io import load  # noqa: E402
 from model_io.model import Transformer  # noqa: E402
 from model_io.static_decode import StaticStep  # noqa: E402
@@ -51,14 +51,14 @@ def timed(fn, sync, inside: dict):
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2-135M-Instruct)")
+    add_model(ap)
     ap.add_argument("--batch", type=int, default=8, help="B: questions searched together (default: 8)")
     ap.add_argument("--simulations", type=int, default=4, help="default: 4")
     ap.add_argument("--children", type=int, default=4, help="K (default: 4)")
     ap.add_argument("--root", default="puct", choices=["puct", "gumbel"], help="root selection (default: puct)")
     ap.add_argument("--max-new-tokens", type=int, default=192, help="default: 192")
-    ap.add_argument("--gsm8k", default=None, help="GSM8K file or directory (default: $GSM8K_DIR, else the hub)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: cuda if available")
+    add_gsm8k(ap)
+    add_device(ap)
     a = ap.parse_args(argv)
     check_args(ap, a, at_least_1=("batch", "simulations", "children", "max_new_tokens"))
     a.device = check_device(ap, a.device)

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from data import encode_prompts, load_gsm8k, stop_token_ids  # noqa: E402
 from model_io import SamplingConfig, export_hf, generate, load  # noqa: E402
 from model_io.loading import embedded_gguf  # noqa: E402
-from cli import check_args, check_device, user_errors  # noqa: E402
+from cli import add_device, add_gsm8k, add_model, check_args, check_device, user_errors  # noqa: E402
 from machine import copy_bandwidth  # noqa: E402
 
 
@@ -38,11 +38,11 @@ def useful_length(row: list[int], eos: tuple[int, ...]) -> int:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2-135M-Instruct)")
+    add_model(ap)
     ap.add_argument("--batch", type=int, default=32, help="prompts per batch (default: 32)")
     ap.add_argument("--max-new-tokens", type=int, default=256, help="default: 256")
-    ap.add_argument("--gsm8k", default=None, help="GSM8K file or directory (default: $GSM8K_DIR, else the hub)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: cuda if available, else cpu")
+    add_gsm8k(ap)
+    add_device(ap)
     ap.add_argument("--compiled", action="store_true", help="also time our sampler with the decode step through "
                     "torch.compile (default: off)")
     args = ap.parse_args(argv)
