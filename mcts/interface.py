@@ -25,7 +25,8 @@ class SearchConfig:
     temperature: float = 0.8
     top_p: float = 1.0
     max_new_tokens: int = 256  # cap on a whole answer (path + rollout)
-    answer: str = "vote"  # final answer: vote (value-weighted over finished rollouts) | value (best) | visits (path)
+    answer: str = "vote"  # final answer: vote (value-weighted over finished rollouts) | value (best) | visits (path);
+    # vote and value rescore every finished rollout against the whole tree's answers first (pick_finished)
     format_weight: float = 0.3  # value = w * format + (1 - w) * agreement
     stop: str = "</answer>"
 
@@ -112,3 +113,26 @@ def self_consistency_value(format_weight: float) -> ValueFn:
         return out
 
     return value
+
+
+def pick_finished(records: list[RolloutRecord], values: list[float], mode: str) -> RolloutRecord | None:
+    """The final answer among finished rollouts [R] with answers, by `values` [R] (the value function applied once
+    more when the search is done, every rollout against the same pool: all the tree's finished answers).
+    vote: the answer with the largest summed value (ties: the one found first), then its best-valued rollout;
+    value: the best-valued rollout (ties: the first). A rollout's own `value` is kept as the search saw it:
+    scored against the answers found up to its simulation, the first ones against a pool of K (its siblings) and
+    the last against all. Voting with those weighted the answers by when they were found, and within the winning
+    answer preferred the rollout that agreed by chance early over the one in the better format; with the whole
+    pool, `value` is best-of-n's choice over the tree's rollouts, and vote favours well-formatted rollouts of the
+    most frequent answers."""
+    assert len(records) == len(values), f"{len(records)} rollouts, {len(values)} values"
+    if not records:
+        return None
+    if mode == "value":
+        return records[max(range(len(records)), key=lambda i: (values[i], -i))]
+    assert mode == "vote", f"pick_finished chooses by vote or value, not {mode!r}"
+    score: dict[str, float] = {}
+    for r, v in zip(records, values):
+        score[r.answer] = score.get(r.answer, 0.0) + v  # insertion order: the order answers were found
+    best = max(score, key=lambda a: score[a])  # max keeps the first of equal scores
+    return records[max((i for i, r in enumerate(records) if r.answer == best), key=lambda i: (values[i], -i))]

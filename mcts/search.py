@@ -21,7 +21,6 @@ pass a value function that uses correctness.
 from __future__ import annotations
 
 import weakref
-from collections import Counter
 from typing import Callable, Sequence
 
 import torch
@@ -31,7 +30,7 @@ from model_io import SamplingConfig, Transformer, decode, extend, prefill
 from model_io.sampler import key_uniform, row_rng, shares_prompts
 
 from .gumbel import choose_root_child, considered_table, final_root_child, root_scores
-from .interface import Candidates, RolloutRecord, SearchConfig, SearchResult, ValueFn, self_consistency_value
+from .interface import Candidates, RolloutRecord, SearchConfig, SearchResult, ValueFn, pick_finished, self_consistency_value
 from .tree import ROOT, UNEXPANDED, Tree, backup, expand, select
 
 
@@ -253,13 +252,22 @@ def search(
             records[b].append(RolloutRecord(node, texts[r], answers[r], values[r], bool(finished[r]), len(ids), ids,
                                             path_lp + lps[r, : int(lengths[r])].tolist(), chain + [node]))
 
+    # the final answer's values: every finished rollout scored again, against its whole tree's pool (pick_finished)
+    fin = [[r for r in rs if r.finished and r.answer is not None] for rs in records]
+    rows = [(b, r) for b in range(B) for r in fin[b]]
+    final_values = [[] for _ in range(B)]
+    if rows and cfg.answer in ("vote", "value"):
+        got = value_fn(Candidates([r.text for _, r in rows], [r.answer for _, r in rows], [True] * len(rows),
+                                  [pools[b] for b, _ in rows], [b for b, _ in rows], [r.ids for _, r in rows]))
+        for (b, _), v in zip(rows, got, strict=True):
+            final_values[b].append(float(v))
     first = None  # the root's child that the answer's path starts with, for answer="visits"
     if gumbel:
         kids = tree.children[:, ROOT]
         valid = kids != UNEXPANDED
         first = kids[b_all, final_root_child(_gumbel_scores(tree, g, valid, root_sims, cfg), valid, root_sims)].tolist()
     return [_result(tree, b, records[b], node_record[b], cfg, gen_tokens[b], fwd_tokens[b], steps, step_len, tokenizer, keep_trees,
-                    first[b] if first else None, eos)
+                    first[b] if first else None, eos, pick_finished(fin[b], final_values[b], cfg.answer) if final_values[b] else None)
             for b in range(B)]
 
 
@@ -273,19 +281,10 @@ def _gumbel_scores(tree: Tree, g: torch.Tensor, valid: torch.Tensor, root_sims: 
 
 def _result(tree: Tree, b: int, records: list[RolloutRecord], node_record: dict[int, int], cfg: SearchConfig,
             gen: int, fwd: int, steps, step_len, tokenizer, keep_tree: bool, first: int | None = None,
-            eos: Sequence[int] = ()) -> SearchResult:
-    chosen = None
+            eos: Sequence[int] = (), chosen: RolloutRecord | None = None) -> SearchResult:
+    """`chosen`: the vote's or the value's pick (None: nothing finished, or answer="visits")."""
     first_node = first if first is not None and first != UNEXPANDED else None
-    finished = [r for r in records if r.finished and r.answer is not None]
-    if cfg.answer == "vote" and finished:
-        score = Counter()
-        for r in finished:
-            score[r.answer] += r.value
-        best = max(score, key=lambda a: (score[a], -[r.answer for r in finished].index(a)))
-        chosen = max((r for r in finished if r.answer == best), key=lambda r: r.value)
-    elif cfg.answer == "value" and finished:
-        chosen = max(finished, key=lambda r: r.value)
-    else:  # visits, or nothing finished: follow the most visited path (from Gumbel's pick at the root, if used)
+    if chosen is None:  # visits, or nothing finished: follow the most visited path (from Gumbel's pick at the root, if used)
         node = first_node if first_node is not None else ROOT
         while True:
             kids = [k for k in tree.children[b, node].tolist() if k != UNEXPANDED]

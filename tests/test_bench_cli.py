@@ -35,6 +35,9 @@ def refused(name: str, argv: list[str], capsys) -> str:
     ("sampler", ["--model", "/nonexistent", "--device", "cpu"], "model path /nonexistent does not exist"),
     ("sampler", ["--gsm8k", "/nonexistent", "--device", "cpu"], "GSM8K file /nonexistent not found"),
     ("mcts", ["--batch", "0"], "--batch must be >= 1, got 0"),
+    ("mcts_answer", ["--limit", "0"], "--limit must be >= 1, got 0"),
+    ("mcts_answer", ["--answer", "visits"], "argument --answer: invalid choice: 'visits'"),
+    ("mcts_answer", ["--gsm8k", "/nonexistent", "--device", "cpu"], "GSM8K file /nonexistent not found"),
     ("group_sampling", ["--group", "0"], "--group must be >= 1, got 0"),
     ("group_sampling", ["--shots", "-1"], "--shots must be >= 0, got -1"),
     ("group_sampling", ["--gsm8k", "/nonexistent", "--device", "cpu"], "GSM8K file /nonexistent not found"),
@@ -105,6 +108,22 @@ def test_group_sampling_bench_runs_both_sides_and_prints_their_ratio(capsys, mon
     assert sides == [False, True, False, True]
     assert "U=2 prompts x G=3 rows" in out and "rows with identical greedy tokens: 6/6" in out
     assert out.strip().splitlines()[-1].startswith("speed-up shared/copied: ")
+
+
+def test_mcts_answer_bench_picks_both_ways_from_one_search(capsys, monkeypatch):
+    mod = bench("mcts_answer")
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    monkeypatch.setattr(mod, "load", lambda spec, **kw: (from_hf_model(tiny_hf_model()), tiny_tokenizer()))
+    searches = []
+    real = mod.search
+    monkeypatch.setattr(mod, "search", lambda *a, **k: searches.append(len(a[2])) or real(*a, **k))
+    mod.main(["--device", "cpu", "--limit", "3", "--batch", "2", "--simulations", "2", "--children", "2",
+              "--max-new-tokens", "6", "--shots", "1"])
+    out = capsys.readouterr().out.splitlines()
+    assert searches == [2, 1]  # the questions searched once, in batches of --batch
+    assert [line.split(" | ")[0] for line in out if line.startswith("| at") or line.startswith("| whole")] == [
+        "| at creation (before)", "| whole pool (now)"]
+    assert out[-1].startswith("answers changed: ") and " of 3 " in out[-1]
 
 
 def test_compare_replot_needs_an_earlier_run_and_rewrites_only_the_png(tmp_path, capsys, monkeypatch):

@@ -248,3 +248,87 @@ def test_readme_spelling_mcts_search_search_works_in_a_fresh_interpreter():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def _finished(answers):
+    from mcts.interface import RolloutRecord
+
+    return [RolloutRecord(node=i + 1, text=f"t{i}", answer=a, value=0.0, finished=True, tokens=1) for i, a in enumerate(answers)]
+
+
+def test_pick_finished_by_hand():
+    from mcts.interface import pick_finished
+
+    recs = _finished(["7", "9", "7", "3"])
+    # vote: 7 -> 0.2 + 0.5 = 0.7, 9 -> 0.9, 3 -> 0.9: 9 and 3 tie, 9 was found first
+    assert pick_finished(recs, [0.2, 0.9, 0.5, 0.9], "vote") is recs[1]
+    assert pick_finished(recs, [0.2, 0.9, 0.5, 0.9], "value") is recs[1]  # the first of the two 0.9s
+    # 7 -> 1.0 wins; within it rollouts 0 and 2 tie at 0.5: the first
+    assert pick_finished(recs, [0.5, 0.2, 0.5, 0.1], "vote") is recs[0]
+    assert pick_finished(recs, [0.5, 0.2, 0.6, 0.1], "vote") is recs[2]
+    assert pick_finished([], [], "vote") is None
+    with pytest.raises(AssertionError):
+        pick_finished(recs, [0.1], "vote")
+
+
+def test_pick_finished_with_the_whole_pool_prefers_the_formatted_rollout():
+    """The case the pool-at-creation values got wrong, by hand (format weight 0.3). Simulation 1 found "7" twice,
+    unformatted (format 0, agreement 2/2: value 0.7); simulation 2 found "7" in the format and "9" three times
+    (pool 7, 7, 7, 9, 9, 9: agreement 1/2 for both answers, so 0.3 + 0.35 and 0.35)."""
+    from mcts.interface import Candidates, pick_finished, self_consistency_value
+
+    good = "<reasoning>\nadd\n</reasoning>\n<answer>\n7\n</answer>\n"
+    texts, answers = ["7", "seven is 7", good, "9", "it is 9", "9 it is"], ["7", "7", "7", "9", "9", "9"]
+    recs = _finished(answers)
+    for r, t in zip(recs, texts):
+        r.text = t
+    value = self_consistency_value(0.3)
+    c = lambda pools: Candidates(texts, answers, [True] * 6, pools, [0] * 6, [[1]] * 6)  # noqa: E731
+    at_creation = value(c([answers[:2]] * 2 + [answers] * 4))
+    assert at_creation == pytest.approx([0.7, 0.7, 0.65, 0.35, 0.35, 0.35])
+    # 7 wins the vote (2.05 against 1.05) either way, but by creation-time values its unformatted first rollout
+    # is chosen (0.7 > 0.65), and it is the best-valued one too
+    assert pick_finished(recs, at_creation, "vote").text == "7" and pick_finished(recs, at_creation, "value").text == "7"
+    final = value(c([answers] * 6))
+    assert final == pytest.approx([0.35, 0.35, 0.65, 0.35, 0.35, 0.35])
+    assert pick_finished(recs, final, "vote").text == good and pick_finished(recs, final, "value").text == good
+
+
+@pytest.mark.parametrize("mode", ["vote", "value"])
+def test_the_final_answer_is_scored_against_the_whole_tree(setup, monkeypatch, mode):
+    """The value function sees every finished rollout once more at the end, each with its tree's whole pool, and
+    the answer follows those values. Here value = pool size: at creation later rollouts score higher, at the end
+    all tie, so the first finished rollout of the winning answer is chosen (the old choice was a late one)."""
+    import mcts.search as S
+
+    model, tok, prompts = setup
+    real = Transformer.logits
+
+    def eos_likely(self, h):  # finish most rollouts within a few tokens
+        out = real(self, h).clone()
+        out[..., tok.eos_token_id] += 2.5
+        return out
+
+    monkeypatch.setattr(Transformer, "logits", eos_likely)
+    monkeypatch.setattr(S, "parse_answer", lambda text: str(len(text) % 2))
+    calls = []
+
+    def value(c):
+        calls.append(c)
+        return [float(len(p)) for p in c.pools]
+
+    res = search(model, tok, prompts, cfg(answer=mode, n_simulations=5, max_new_tokens=30), value_fn=value)
+    final = calls[-1]
+    assert all(final.finished)
+    # in some tree, rollouts of different simulations saw pools of different sizes (the old choice differed)
+    assert any(len({x.value for x in r.records if x.finished}) > 1 for r in res)
+    for b, r in enumerate(res):
+        fin = [x for x in r.records if x.finished and x.answer is not None]
+        rows = [i for i, t in enumerate(final.trees) if t == b]
+        assert [final.texts[i] for i in rows] == [x.text for x in fin]
+        assert all(sorted(final.pools[i]) == sorted(x.answer for x in fin) for i in rows)
+        if mode == "value":
+            assert r.text == fin[0].text
+        else:
+            top = max({x.answer for x in fin}, key=lambda a: ([x.answer for x in fin].count(a), -[x.answer for x in fin].index(a)))
+            assert r.text == next(x.text for x in fin if x.answer == top)
