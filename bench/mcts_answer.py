@@ -5,7 +5,7 @@ again against all its tree's answers (what `mcts.search` does now, mcts/interfac
 
     GSM8K_DIR=../shared/data/gsm8k python3 bench/mcts_answer.py --limit 32
 
-The search runs once (2-shot prompts, as `run.py eval`); both choices read its records, so they differ only where
+The search runs once, as `run.py eval --search mcts` runs it (2-shot prompts, its temperature and rollout depth); both choices read its records, so they differ only where
 the scoring does. Prints accuracy (strict, lenient) and format rates (soft, strict) of both, and how many answers
 changed.
 """
@@ -24,9 +24,10 @@ from tqdm import tqdm  # noqa: E402
 from cli import add_device, add_gsm8k, add_model, check_args, check_device, user_errors  # noqa: E402
 from data import encode_prompts, parse_lenient, parse_strict  # noqa: E402
 from data.gsm8k import questions_and_shots  # noqa: E402
+from grpo.evaluate import EvalConfig  # noqa: E402
 from grpo.rewards import soft_format_reward_func, strict_format_reward_func  # noqa: E402
 from mcts.interface import ANSWER_MODES, ROOT_RULES, pick_finished  # noqa: E402
-from mcts.search import SearchConfig, search  # noqa: E402
+from mcts.search import search  # noqa: E402
 from model_io import load  # noqa: E402
 
 
@@ -49,19 +50,23 @@ def main(argv=None) -> None:
     ap.add_argument("--answer", default="vote", choices=[m for m in ANSWER_MODES if m != "visits"],
                     help="final answer by vote or value (default: vote)")
     ap.add_argument("--max-new-tokens", type=int, default=192, help="default: 192")
+    ap.add_argument("--temperature", type=float, default=EvalConfig.temperature, help=f"default: {EvalConfig.temperature}, as eval")
+    ap.add_argument("--rollout-depth", type=int, default=EvalConfig.rollout_depth, help=f"default: {EvalConfig.rollout_depth}, as eval")
     ap.add_argument("--shots", type=int, default=2, help="k-shot examples from the train split (default: 2, as eval)")
     ap.add_argument("--seed", type=int, default=0, help="default: 0")
     add_gsm8k(ap)
     add_device(ap)
     a = ap.parse_args(argv)
-    check_args(ap, a, at_least_1=("limit", "batch", "simulations", "children", "max_new_tokens"), at_least_0=("shots",))
+    check_args(ap, a, at_least_1=("limit", "batch", "simulations", "children", "max_new_tokens"),
+               at_least_0=("shots", "temperature", "rollout_depth"))
     a.device = check_device(ap, a.device)
 
     with user_errors(ap):
         problems, shots = questions_and_shots("test", a.gsm8k, a.shots, a.limit)  # first: a wrong --gsm8k costs no model load
         model, tok = load(a.model, device=a.device)
-    cfg = SearchConfig(n_simulations=a.simulations, children=a.children, max_new_tokens=a.max_new_tokens, root=a.root,
-                       answer=a.answer)
+    cfg = EvalConfig(search="mcts", n_simulations=a.simulations, children=a.children, max_new_tokens=a.max_new_tokens,
+                     mcts_root=a.root, mcts_answer=a.answer, temperature=a.temperature, rollout_depth=a.rollout_depth,
+                     shots=a.shots, seed=a.seed).search_config()  # run.py eval's tree search, these flags aside
     golds, now, before, t0 = [], [], [], time.perf_counter()
     for s in tqdm(range(0, len(problems), a.batch), desc="search", unit="batch"):
         batch = problems[s : s + a.batch]
@@ -74,7 +79,8 @@ def main(argv=None) -> None:
             before.append(old.text if old else f.text)  # nothing finished: both follow the most visited path
     wall = time.perf_counter() - t0
     print(f"device={a.device} questions={len(problems)} B={a.batch} simulations={a.simulations} K={a.children} "
-          f"root={a.root} answer={a.answer} max_new_tokens={a.max_new_tokens} shots={a.shots} ({wall:.0f} s)")
+          f"root={a.root} answer={a.answer} max_new_tokens={a.max_new_tokens} temperature={a.temperature} "
+          f"rollout_depth={a.rollout_depth} shots={a.shots} ({wall:.0f} s)")
     print("| final answer from values | accuracy strict | accuracy lenient | format soft | format strict |")
     print("|---|---|---|---|---|")
     for name, texts in (("at creation (before)", before), ("whole pool (now)", now)):
