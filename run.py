@@ -37,7 +37,7 @@ from grpo.checkpointing import checkpoint_dirs, model_of_run
 from grpo.config import TrainConfig, apply_preset, check_ranges, check_top_p, resumed_config
 from grpo.evaluate import EvalConfig, evaluate
 from grpo.trainer import Trainer, TrainingError
-from mcts.inspect import load_trees, render, tree_stats
+from mcts.inspect import InspectConfig, load_trees, print_tree, tree_stats
 from model_io import ModelSpecError, SamplingConfig, export_hf, generate, load
 from model_io.checkpoint import is_checkpoint
 from model_io.precision import check_precision, precision_field, resolve_precision, slow_bf16_note, weights_dtype
@@ -204,7 +204,8 @@ def cmd_eval(cfg: EvalConfig) -> None:
                "precision": precision, **summary}
     write_json(out / "summary.json", summary)
     print(json.dumps(summary, indent=2))
-    print(f"wrote {out / 'predictions.jsonl'} and {out / 'summary.json'}")
+    wrote = [out / "predictions.jsonl", out / "summary.json"] + ([out / "trees.jsonl", out / "tb"] if trees else [])
+    print(f"wrote {', '.join(map(str, wrote[:-1]))} and {wrote[-1]}")
 
 
 def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int | None = None) -> dict:
@@ -341,29 +342,11 @@ def cmd_sample(cfg: SampleConfig) -> None:
               f"--- parsed {parse_strict(text)!r}, gold {p.answer!r}\n")
 
 
-@dataclass
-class InspectConfig:
-    file: str = field(default="", metadata={"positional": True, "help": "a trees.jsonl written by `run.py eval --search mcts`, or the eval's --out-dir holding it"})
-    index: int = field(default=0, metadata={"help": "which tree of the file (its line, from 0)"})
-    max_depth: int = field(default=0, metadata={"help": "print nodes down to this depth only (0: all)"})
-
-    def __post_init__(self):
-        check_ranges(self, at_least_0=("index", "max_depth"))
-
-
-def cmd_inspect(cfg: InspectConfig) -> None:
-    trees = load_trees(cfg.file)
-    if not 0 <= cfg.index < len(trees):
-        raise ValueError(f"--index {cfg.index} out of range: {cfg.file} holds {len(trees)} trees (0..{len(trees) - 1})")
-    print(render(trees[cfg.index], cfg.max_depth))
-    print(json.dumps(tree_stats(trees[cfg.index])))
-
-
 COMMANDS = {
     "train": (TrainConfig, cmd_train, "GRPO training on GSM8K (the main job)"),
     "eval": (EvalConfig, cmd_eval, "GSM8K accuracy of a model (greedy or sampled)"),
     "sample": (SampleConfig, cmd_sample, "print a model's answers to a few GSM8K questions"),
-    "inspect-tree": (InspectConfig, cmd_inspect, "print a search tree dumped by `eval --search mcts` as an indented text tree"),
+    "inspect-tree": (InspectConfig, print_tree, "print a search tree dumped by `eval --search mcts` as an indented text tree"),
 }
 
 

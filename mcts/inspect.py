@@ -1,8 +1,12 @@
-"""Text rendering and statistics of dumped search trees (the lines of trees.jsonl that `run.py eval --search mcts` writes)."""
+"""Text rendering and statistics of dumped search trees (the lines of trees.jsonl that `run.py eval --search mcts` writes),
+and the `run.py inspect-tree` command that prints them."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from grpo.config import check_ranges
 
 
 TREE_KEYS = {"index", "question", "gold", "answer", "nodes"}
@@ -80,3 +84,22 @@ def tree_stats(tree: dict) -> dict[str, float]:
         "tree/root_value": nodes[0]["value"],
         "tree/answered_nodes": sum(n["answer"] is not None for n in nodes),
     }
+
+
+@dataclass
+class InspectConfig:
+    file: str = field(default="", metadata={"positional": True, "help": "a trees.jsonl written by `run.py eval --search mcts`, or the eval's --out-dir holding it"})
+    index: int = field(default=0, metadata={"help": "which tree of the file (its line, from 0)"})
+    max_depth: int = field(default=0, metadata={"help": "print nodes down to this depth only (0: all)"})
+
+    def __post_init__(self):
+        check_ranges(self, at_least_0=("index", "max_depth"))
+
+
+def print_tree(cfg: InspectConfig) -> None:
+    """`run.py inspect-tree`: one tree of the file as text, then its statistics as JSON."""
+    trees = load_trees(cfg.file)
+    if not 0 <= cfg.index < len(trees):
+        raise ValueError(f"--index {cfg.index} out of range: {cfg.file} holds {len(trees)} trees (0..{len(trees) - 1})")
+    print(render(trees[cfg.index], cfg.max_depth))
+    print(json.dumps(tree_stats(trees[cfg.index])))

@@ -128,7 +128,10 @@ def test_eval_out_dir_is_checked_before_loading_and_old_outputs_are_replaced(tin
     common = ["--model", tiny_ckpt, "--limit", "1", "--max-new-tokens", "4", "--device", "cpu", "--out-dir", str(out)]
     assert run.main(["eval", "--search", "mcts", "--n-simulations", "1", "--children", "2", "--step", "tokens:2"] + common) == 0
     assert (out / "trees.jsonl").is_file() and (out / "tb").is_dir()
+    last = capsys.readouterr().out.strip().splitlines()[-1]  # the line names every output
+    assert last == f"wrote {out / 'predictions.jsonl'}, {out / 'summary.json'}, {out / 'trees.jsonl'} and {out / 'tb'}"
     assert run.main(["eval"] + common) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"wrote {out / 'predictions.jsonl'} and {out / 'summary.json'}"
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "predictions.jsonl", "summary.json"]
     assert json.loads((out / "config.json").read_text())["search"] == "greedy"
 
