@@ -27,6 +27,7 @@ sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # bench/, last (ben
 from cli import add_device, add_gsm8k, add_model, check_args, check_device, user_errors  # noqa: E402
 from data.gsm8k import questions_and_shots  # noqa: E402
 from grpo.evaluate import EvalConfig, QuestionResult, choose, evaluate, summarize  # noqa: E402
+from mcts.interface import ANSWER_MODES  # noqa: E402
 from model_io import load  # noqa: E402
 
 
@@ -89,6 +90,9 @@ def main(argv=None) -> None:
     ap.add_argument("--roots", default="puct,gumbel", help="tree search root selections to run, puct and/or gumbel (default: puct,gumbel)")
     ap.add_argument("--children", type=int, default=4, help="K of tree search (default: 4)")
     ap.add_argument("--rollout-depth", type=int, default=3, help="default: 3")
+    ap.add_argument("--mcts-answer", default="vote", choices=ANSWER_MODES,
+                    help="tree search's final answer: vote (a majority rule: compare with majority), value (best-of-n's rule) "
+                         "or visits (default: vote)")
     ap.add_argument("--max-new-tokens", type=int, default=192, help="per answer, every strategy (default: 192)")
     ap.add_argument("--temperature", type=float, default=0.7, help="default: 0.7")
     ap.add_argument("--batch-size", type=int, default=16, help="default: 16")
@@ -119,7 +123,7 @@ def main(argv=None) -> None:
     a.device = check_device(ap, a.device)
     try:  # the remaining flags are EvalConfig's, checked (and named) there, before anything loads
         base = EvalConfig(limit=a.limit, max_new_tokens=a.max_new_tokens, temperature=a.temperature, batch_size=a.batch_size,
-                          children=a.children, rollout_depth=a.rollout_depth, shots=a.shots)
+                          children=a.children, rollout_depth=a.rollout_depth, shots=a.shots, mcts_answer=a.mcts_answer)
     except ValueError as e:
         ap.error(str(e))
     try:  # before the model loads: a wrong --out must not cost a run
@@ -160,7 +164,7 @@ def main(argv=None) -> None:
 
     (out / "compare.json").write_text(json.dumps({"settings": vars(a), "rows": rows}, indent=2) + "\n")
     lines = [f"GSM8K test, first {a.limit} questions, {a.shots}-shot, {a.device}, max {a.max_new_tokens} new tokens per answer, "
-             f"temperature {a.temperature}; tree search K={a.children}, rollout depth {a.rollout_depth} (mcts: PUCT at the root; "
+             f"temperature {a.temperature}; tree search K={a.children}, rollout depth {a.rollout_depth}, answer by {a.mcts_answer} (mcts: PUCT at the root; "
              f"mcts-gumbel: Gumbel + Sequential Halving at the root).", "",
              "| strategy | budget | accuracy (strict) | accuracy (lenient) | soft format | generated tokens / question | forward tokens / question | s / question |",
              "|---|---|---|---|---|---|---|---|"]

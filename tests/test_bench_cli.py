@@ -60,6 +60,7 @@ def refused(name: str, argv: list[str], capsys) -> str:
     ("linear", ["--reps", "0"], "--reps must be >= 1, got 0"),
     ("compare", ["--n", "1,x"], "--n takes whole numbers >= 1, comma-separated (e.g. 1,4,8); got '1,x'"),
     ("compare", ["--sims", "0"], "--sims takes whole numbers >= 1"),
+    ("compare", ["--mcts-answer", "best"], "argument --mcts-answer: invalid choice: 'best'"),
     ("compare", ["--temperature", "-1"], "--temperature must be >= 0, got -1.0"),
     ("compare", ["--model", "/nonexistent", "--device", "cpu", "--out", "OUT"], "model path /nonexistent does not exist"),
     ("compare", ["--shots", "100000", "--device", "cpu", "--out", "OUT"], "--shots 100000: the train split holds only 7473"),
@@ -146,10 +147,12 @@ def test_compare_runs_the_grid_after_an_untimed_warm_up(tmp_path, capsys, monkey
     calls = []
     real = compare.evaluate
     monkeypatch.setattr(compare, "evaluate", lambda m, t, problems, cfg, *a, **k: calls.append((len(problems), cfg.search,
-                        cfg.max_new_tokens)) or real(m, t, problems, cfg, *a, **k))
+                        cfg.max_new_tokens, cfg.mcts_answer)) or real(m, t, problems, cfg, *a, **k))
     compare.main(["--model", str(tmp_path / "m"), "--device", "cpu", "--gsm8k", f"{gsm8k_dir()}/test.jsonl", "--limit", "2", "--n", "1,2",
-                  "--sims", "1", "--roots", "puct", "--shots", "0", "--max-new-tokens", "6", "--batch-size", "2", "--out", str(tmp_path / "o")])
-    assert calls[0] == (2, "greedy", 8) and calls[1] == (2, "greedy", 6)  # the warm-up, then the timed greedy row
+                  "--sims", "1", "--roots", "puct", "--shots", "0", "--max-new-tokens", "6", "--batch-size", "2", "--out", str(tmp_path / "o"),
+                  "--mcts-answer", "value"])
+    assert calls[0][:3] == (2, "greedy", 8) and calls[1][:3] == (2, "greedy", 6)  # the warm-up, then the timed greedy row
+    assert calls[-1] == (2, "mcts", 6, "value") and "answer by value" in (tmp_path / "o" / "compare.md").read_text()
     rows = json.loads((tmp_path / "o" / "compare.json").read_text())["rows"]
     assert [(r["strategy"], r["budget"]) for r in rows] == [("greedy", "1")] + [
         (s, f"n={n}") for n in (1, 2) for s in ("sample", "majority", "best-of-n")] + [("mcts", "sims=1, K=4")]

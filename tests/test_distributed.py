@@ -54,10 +54,10 @@ def test_leaving_the_group_joins_its_gloo_threads(tmp_path):
                        capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     # (the two ranks share one pipe: a line's text and its newline may reach it apart, so match, do not split lines)
-    found = sorted(re.findall(r"rank (\d) threads before (\d+) after (\d+) sum (\[[^]]*\])", p.stdout))
+    found = sorted(re.findall(r"rank (\d) threads before (\d+) after (\d+) sum (\[[^]]*\]) left (\[[^]]*\])", p.stdout))
     assert [r for r, *_ in found] == ["0", "1"], p.stdout
-    for rank, before, after, total in found:
-        assert before == after and total == "[2.0, 2.0, 2.0]", (rank, before, after, total)  # threads: as before init
+    for rank, before, after, total, left in found:  # threads: as before init (else the names of those left)
+        assert before == after and total == "[2.0, 2.0, 2.0]", (rank, before, after, total, left)
 
 
 def test_a_cuda_device_the_machine_lacks_is_one_line(monkeypatch):
