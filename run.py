@@ -35,7 +35,8 @@ from data.gsm8k import check_one_file, questions_and_shots
 from grpo import distributed as D
 from grpo.checkpointing import checkpoint_dirs, model_of_run
 from grpo.config import TrainConfig, apply_preset, check_ranges, check_top_p, resumed_config
-from grpo.evaluate import EvalConfig, evaluate
+from grpo.eval_resume import answered, resumed_eval_config
+from grpo.evaluate import EvalConfig, evaluate, summarize
 from grpo.trainer import Trainer, TrainingError
 from mcts.inspect import InspectConfig, load_trees, print_tree, tree_stats
 from model_io import ModelSpecError, SamplingConfig, export_hf, generate, load
@@ -176,21 +177,32 @@ def clear_outputs(out: Path, outputs: tuple[str, ...]) -> None:
             old.unlink()
 
 
-def cmd_eval(cfg: EvalConfig) -> None:
+def cmd_eval(cfg: EvalConfig, given: set[str] = frozenset()) -> None:
+    out = Path(cfg.out_dir)
+    if cfg.resume:  # the interrupted eval's settings (grpo/eval_resume.py), checked before anything loads
+        cfg = resumed_eval_config(cfg, set(given), out)
     device = resolve_device(cfg.device)
     set_decode_mode(cfg.decode)
-    out = Path(cfg.out_dir)
-    refuse_foreign_out_dir(out, "eval")
-    make_out_dir(out)
+    if not cfg.resume:
+        refuse_foreign_out_dir(out, "eval")
+        make_out_dir(out)
     problems, shots = questions_and_shots(cfg.split, cfg.gsm8k, cfg.shots, cfg.limit)
     precision = resolve_precision(cfg.precision, device)
     note(slow_bf16_note(precision, device))
-    model, tok = load_spec(cfg.model, device, weights_dtype(precision))
-    clear_outputs(out, EVAL_OUTPUTS)
-    write_json(out / "config.json", dataclasses.asdict(cfg))
     partial = out / "predictions.jsonl.partial"
     trees = out / "trees.jsonl.partial" if cfg.search == "mcts" and cfg.mcts_when == "tree" else None
-    summary, _ = evaluate(model, tok, problems, cfg, shots, out_path=partial, tree_path=trees)
+    done = answered(out, trees is not None) if cfg.resume else []
+    if [q.index for q in done] != [p.index for p in problems[: len(done)]]:
+        raise ValueError(f"--resume: the questions in {partial} are not the first of --split {cfg.split} (its data changed "
+                         f"since?): run the eval again without --resume")
+    model, tok = load_spec(cfg.model, device, weights_dtype(precision))
+    if not cfg.resume:
+        clear_outputs(out, EVAL_OUTPUTS)
+    write_json(out / "config.json", dataclasses.asdict(cfg))
+    if done:
+        print(f"resuming {out}: {len(done)} of {len(problems)} questions answered before", file=sys.stderr)
+    part, new = evaluate(model, tok, problems[len(done) :], cfg, shots, out_path=partial, tree_path=trees, append=cfg.resume)
+    summary = summarize(done + new, sum(q.seconds for q in done) + part["seconds"])
     partial.replace(out / "predictions.jsonl")
     if trees:
         trees.replace(out / "trees.jsonl")
@@ -363,13 +375,15 @@ def main(argv=None) -> int:
     given = given_fields(sys.argv[1:] if argv is None else argv, cls)
     try:
         cfg = config_from_args(cls, args)
-        fn(cfg, given) if fn is cmd_train else fn(cfg)
+        fn(cfg, given) if fn in (cmd_train, cmd_eval) else fn(cfg)
     except (ModelSpecError, DataError, ValueError, FileNotFoundError, TrainingError) as e:
         if D.reports(e):  # under torchrun every rank meets a bad flag: one line, not one per process
             print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: checkpoints and outputs are written atomically, so nothing is half-written
         hint = ""
+        if fn is cmd_eval and (Path(args.out_dir) / "predictions.jsonl.partial").is_file():
+            hint = f": `run.py eval --resume --out-dir {args.out_dir}` continues it, keeping the questions answered"
         if fn is cmd_train:
             run_dir = Path(args.resume or args.out_dir)
             hint = (f": `run.py train --resume {run_dir}` continues from its last checkpoint" if checkpoint_dirs(run_dir)

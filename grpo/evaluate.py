@@ -28,7 +28,7 @@ from mcts.interface import ANSWER_MODES, ROOT_RULES, Candidates, SearchConfig, s
 from mcts.search import parse_answer, search
 from model_io import SamplingConfig, Transformer, generate
 from model_io.precision import check_precision, precision_field
-from model_io.sampler import check_decode_mode
+from model_io.sampler import check_decode_mode, row_rng
 
 from .config import check_ranges, check_top_p
 from .rewards import soft_format_reward_func, strict_format_reward_func
@@ -65,6 +65,8 @@ class EvalConfig:
     seed: int = field(default=0, metadata={"help": "random seed of the sampler"})
     gsm8k: str | None = field(default=None, metadata={"help": "GSM8K directory holding train.jsonl and test.jsonl, or one of those files where one split is enough; default: $GSM8K_DIR, else the hub"})
     out_dir: str = field(default="runs/eval", metadata={"help": "where predictions.jsonl, summary.json, config.json (and trees.jsonl for mcts with --mcts-when tree) go; an earlier eval's outputs there are replaced"})
+    resume: bool = field(default=False, metadata={"help": "continue the interrupted eval in --out-dir: its config, the questions "
+                                                        "it answered kept, the rest answered (only --batch-size and --gsm8k may change)"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto (cuda when available)"})
     decode: str = field(default="auto", metadata={"help": "sampling path: auto (static shapes and CUDA graphs on a GPU, "
                                                           "dynamic on a CPU), static, dynamic, or compiled (static with the decode step "
@@ -114,6 +116,7 @@ class QuestionResult:
     final: int = 0  # the strategy's answer: index into completions (-1: sample, where every completion counts)
     generated_tokens: int = 0  # all tokens sampled for this question (for tree search: every rollout)
     forward_tokens: int = 0  # tokens run through the model for it
+    seconds: float = 0.0  # its share of its batch's wall time (a resumed eval's summary adds the earlier run's)
 
 
 def one_answer(p: Problem, text: str, n_tokens: int, finish: str, generated: int, forward: int) -> QuestionResult:
@@ -189,22 +192,23 @@ def evaluate(
     out_path: Path | None = None,
     tree_path: Path | None = None,
     progress: bool = True,
+    append: bool = False,
 ) -> tuple[dict, list[QuestionResult]]:
     """Answer `problems`; returns the summary and per-question results (streamed to `out_path` as JSONL;
-    for mcts, each tree to `tree_path`)."""
+    for mcts, each tree to `tree_path`; `append`: after what those files hold, as a resumed eval does)."""
     n = cfg.n if cfg.search in ("sample", "majority", "best-of-n") else 1
     scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=0.0 if cfg.search == "greedy" else cfg.temperature,
                           top_k=cfg.top_k, top_p=cfg.top_p, eos_ids=stop_token_ids(tokenizer, model.cfg.eos_token_ids))
     stop = StopOnText(tokenizer, [cfg.stop]) if cfg.stop else None
-    gen = torch.Generator(device=model.device).manual_seed(cfg.seed)
     results: list[QuestionResult] = []
-    sink = out_path.open("w") if out_path else None
-    trees = tree_path.open("w") if tree_path else None
+    sink = out_path.open("a" if append else "w") if out_path else None
+    trees = tree_path.open("a" if append else "w") if tree_path else None
     bar = tqdm(total=len(problems), desc=f"eval {cfg.search}", unit="q", disable=not progress)
     t0 = time.perf_counter()
     try:
         for s in range(0, len(problems), cfg.batch_size):
             batch = problems[s : s + cfg.batch_size]
+            t_batch = time.perf_counter()
             prompts = encode_prompts(tokenizer, [p.question for p in batch], shots)
             if cfg.search == "mcts" and cfg.mcts_when != "tree":
                 found = lookahead_decode(model, tokenizer, prompts, cfg.search_config(), When.parse(cfg.mcts_when),
@@ -215,10 +219,15 @@ def evaluate(
                 found = search(model, tokenizer, prompts, cfg.search_config(), [p.index for p in batch], cfg.seed,
                                keep_trees=trees is not None, on_simulation=lambda s, n_sim: bar.set_postfix_str(f"simulation {s}/{n_sim}"))
                 new = [one_answer(p, f.text, f.answer_tokens, f.finish, f.generated_tokens, f.forward_tokens) for p, f in zip(batch, found)]
-                if trees:
+                if trees:  # each batch's trees reach the disk before its predictions (a resumed eval needs both)
                     for p, f in zip(batch, found):
                         trees.write(json.dumps({"index": p.index, "question": p.question, "gold": p.answer, "answer": f.answer, **f.tree}) + "\n")
+                    trees.flush()
             else:
+                # one random stream per answer, named by its question: a question's answers do not depend on the
+                # batch it is in, so a resumed eval (`run.py eval --resume`) gives the answers of an uninterrupted one
+                gen = None if cfg.search == "greedy" else row_rng(
+                    [f"eval/{cfg.seed}/{p.index}/{g}" for p in batch for g in range(n)], model.device)
                 res = generate(model, prompts, scfg, gen, n=n, stop=stop, pad_id=tokenizer.pad_token_id)
                 new = []
                 for b, p in enumerate(batch):
@@ -229,6 +238,8 @@ def evaluate(
                     new.append(QuestionResult(p.index, p.question, p.answer, texts, [parse_strict(t) for t in texts], lenient,
                                               toks, fin, choose(cfg.search, texts, lenient, cfg.format_weight, fin),
                                               sum(toks), len(prompts[b]) + sum(toks)))
+            for q in new:
+                q.seconds = (time.perf_counter() - t_batch) / len(batch)
             results += new
             if sink:
                 sink.writelines(json.dumps(asdict(q)) + "\n" for q in new)

@@ -1,0 +1,83 @@
+"""Continuing an interrupted `run.py eval` (`--resume`): its saved config, and the questions it had answered.
+
+An eval streams one line per question to OUT/predictions.jsonl.partial (and, for tree search, one tree per
+question to OUT/trees.jsonl.partial) and renames them when it ends. A stopped eval (Ctrl-C, a lost machine)
+leaves those files: the questions in them are kept, the rest answered, and the finished files are what an
+uninterrupted eval writes (each question's answers depend on its own index and the seed, not on its batch).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+from .evaluate import EvalConfig, QuestionResult
+
+PARTIAL, TREES = "predictions.jsonl.partial", "trees.jsonl.partial"
+# flags that may differ from the interrupted eval's: they change neither the questions nor any answer
+EVAL_RESUME_MAY_CHANGE = ("batch_size", "gsm8k", "resume")
+
+
+def resumed_eval_config(cfg: EvalConfig, given: set[str], out: Path) -> EvalConfig:
+    """The interrupted eval's config from OUT/config.json, with the flags given beside --resume that may change.
+    A flag that would change the answers is refused in one line, as is an --out-dir holding no interrupted eval."""
+    if not (out / PARTIAL).is_file():
+        if (out / "predictions.jsonl").is_file():
+            raise ValueError(f"--resume: the eval in {out} finished (its predictions.jsonl is whole): nothing to resume")
+        raise ValueError(f"--resume: {out} holds no interrupted eval (no {PARTIAL}): run it without --resume")
+    names = {f.name for f in fields(EvalConfig)}
+    try:
+        saved = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--resume: {out}/config.json is missing or not JSON ({type(e).__name__}): the interrupted "
+                         f"eval's settings are unknown, so run it again without --resume") from None
+    if not isinstance(saved, dict) or not {"search", "n", "limit"} <= saved.keys() or not saved.keys() <= names:
+        raise ValueError(f"--resume: {out}/config.json is not the config of a `run.py eval`: run it again without --resume")
+    differ = [k for k in sorted(given & names) if k not in EVAL_RESUME_MAY_CHANGE and saved.get(k) != getattr(cfg, k)
+              and k != "out_dir"]
+    if differ:
+        was = ", ".join(f"--{k.replace('_', '-')} (it has {saved.get(k)!r})" for k in differ)
+        raise ValueError(f"--resume {out}: {was} would change the answers mid-eval; only --batch-size and --gsm8k may change "
+                         f"on resume: leave the others out, or start a new eval in another --out-dir")
+    keep = {k: getattr(cfg, k) for k in given & set(EVAL_RESUME_MAY_CHANGE)}
+    try:
+        return EvalConfig(**{**saved, **keep, "resume": True, "out_dir": cfg.out_dir})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"--resume: {out}/config.json holds a config that cannot run ({e}): run the eval again "
+                         f"without --resume") from None
+
+
+def _rewrite(path: Path, lines: list[str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.replace(path)  # atomic: a second interruption here leaves the old file or the new one
+
+
+def answered(out: Path, with_trees: bool) -> list[QuestionResult]:
+    """The questions the interrupted eval in `out` finished, in order; its partial files cut to exactly them.
+    A line cut short by the interruption ends the list (that question is answered again), and so does a
+    question whose tree (`with_trees`) never reached trees.jsonl.partial."""
+    lines = (out / PARTIAL).read_text(encoding="utf-8").splitlines()
+    trees: dict[int, str] = {}
+    if with_trees:
+        if not (out / TREES).is_file():
+            raise ValueError(f"--resume: {out} has no {TREES} beside its {PARTIAL}: run the eval again without --resume")
+        for line in (out / TREES).read_text(encoding="utf-8").splitlines():
+            try:
+                trees.setdefault(int(json.loads(line)["index"]), line)
+            except (ValueError, KeyError, TypeError):
+                break  # the interrupted last line
+    done, kept = [], []
+    for line in lines:
+        try:
+            q = QuestionResult(**json.loads(line))
+        except (ValueError, TypeError):
+            break
+        if with_trees and q.index not in trees:
+            break
+        done.append(q)
+        kept.append(line)
+    _rewrite(out / PARTIAL, kept)
+    if with_trees:
+        _rewrite(out / TREES, [trees[q.index] for q in done])
+    return done

@@ -1,0 +1,121 @@
+"""`run.py eval --resume`: an interrupted eval continues where it stopped and ends with the files an uninterrupted
+one writes; what cannot be resumed is refused in one line before anything loads."""
+import json
+
+import pytest
+from conftest import gsm8k_dir
+
+import grpo.evaluate as E
+import run
+
+STRATEGIES = {
+    "mcts": ["--search", "mcts", "--n-simulations", "2", "--children", "2", "--step", "tokens:2"],
+    "best-of-n": ["--search", "best-of-n", "--n", "3"],
+    "greedy": [],
+}
+
+
+def stripped(path):
+    """predictions.jsonl without the timings, which differ between any two runs."""
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in path.read_text().splitlines()]
+
+
+def interrupt_at_batch(monkeypatch, k: int):
+    """Ctrl-C as the eval starts its k-th batch (from 1)."""
+    real, calls = E.encode_prompts, []
+
+    def encode(*a, **kw):
+        calls.append(1)
+        if len(calls) == k:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(E, "encode_prompts", encode)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_resumed_eval_writes_what_an_uninterrupted_one_does(strategy, tiny_ckpt, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    common = ["eval", "--model", tiny_ckpt, "--limit", "5", "--max-new-tokens", "5", "--device", "cpu", *STRATEGIES[strategy]]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert run.main(common + ["--batch-size", "2", "--out-dir", str(whole)]) == 0
+    with monkeypatch.context() as m:
+        interrupt_at_batch(m, 3)
+        assert run.main(common + ["--batch-size", "2", "--out-dir", str(cut)]) == 130
+    err = capsys.readouterr().err
+    assert f"`run.py eval --resume --out-dir {cut}` continues it" in err
+    partial = cut / "predictions.jsonl.partial"
+    assert len(partial.read_text().splitlines()) == 4 and not (cut / "predictions.jsonl").exists()
+    with partial.open("a") as f:  # a kill mid-write leaves half a line
+        f.write('{"index": 4, "quest')
+    # only the output directory and a new batch size: the rest comes from its config.json
+    assert run.main(["eval", "--resume", "--out-dir", str(cut), "--batch-size", "3"]) == 0
+    assert "resuming " + str(cut) + ": 4 of 5 questions answered before" in capsys.readouterr().err
+    assert stripped(cut / "predictions.jsonl") == stripped(whole / "predictions.jsonl")
+    assert not partial.exists() and not (cut / "trees.jsonl.partial").exists()
+    if strategy == "mcts":
+        assert (cut / "trees.jsonl").read_text() == (whole / "trees.jsonl").read_text()
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (whole, cut))
+    timing = {"seconds", "seconds_per_question", "seconds_per_generated_token"}
+    assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
+    assert b["seconds"] > 0
+    saved = json.loads((cut / "config.json").read_text())
+    assert saved["batch_size"] == 3 and saved["search"] == (strategy if strategy != "greedy" else "greedy")
+
+
+def test_sampled_answers_do_not_depend_on_the_batch(tiny_ckpt, tmp_path, monkeypatch):
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    for b in (1, 4):
+        assert run.main(["eval", "--model", tiny_ckpt, "--limit", "4", "--max-new-tokens", "6", "--device", "cpu", "--search",
+                         "sample", "--n", "2", "--batch-size", str(b), "--out-dir", str(tmp_path / str(b))]) == 0
+    assert stripped(tmp_path / "1" / "predictions.jsonl") == stripped(tmp_path / "4" / "predictions.jsonl")
+
+
+def test_a_tree_missing_from_the_partial_file_is_searched_again(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    """A kill between a batch's trees and its predictions: a question whose tree was lost is answered again."""
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    cut = tmp_path / "cut"
+    common = ["eval", "--model", tiny_ckpt, "--limit", "3", "--max-new-tokens", "4", "--device", "cpu", *STRATEGIES["mcts"]]
+    with monkeypatch.context() as m:
+        interrupt_at_batch(m, 3)
+        assert run.main(common + ["--batch-size", "1", "--out-dir", str(cut)]) == 130
+    trees = cut / "trees.jsonl.partial"
+    trees.write_text(trees.read_text().splitlines()[0] + "\n")  # the second question's tree lost
+    assert run.main(["eval", "--resume", "--out-dir", str(cut)]) == 0
+    assert "1 of 3 questions answered before" in capsys.readouterr().err
+    assert [json.loads(line)["index"] for line in (cut / "trees.jsonl").read_text().splitlines()] == [0, 1, 2]
+    assert [q["index"] for q in stripped(cut / "predictions.jsonl")] == [0, 1, 2]
+
+
+def test_what_cannot_be_resumed_is_one_line_before_loading(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    out = tmp_path / "ev"
+    common = ["eval", "--model", tiny_ckpt, "--limit", "2", "--max-new-tokens", "3", "--device", "cpu", "--out-dir", str(out)]
+
+    def refused(argv) -> str:
+        assert run.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        return err
+
+    assert "holds no interrupted eval (no predictions.jsonl.partial): run it without --resume" in refused(
+        ["eval", "--resume", "--out-dir", str(out)])
+    assert run.main(common) == 0
+    capsys.readouterr()
+    assert "finished (its predictions.jsonl is whole): nothing to resume" in refused(["eval", "--resume", "--out-dir", str(out)])
+    with monkeypatch.context() as m:
+        interrupt_at_batch(m, 1)
+        assert run.main(common + ["--batch-size", "1"]) == 130
+    capsys.readouterr()
+    real = run.load_spec
+    monkeypatch.setattr(run, "load_spec", lambda *a: pytest.fail("the model loaded before the refusal"))
+    assert ("--temperature (it has 0.7) would change the answers mid-eval; only --batch-size and --gsm8k may change"
+            in refused(["eval", "--resume", "--out-dir", str(out), "--temperature", "0.5"]))
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({"steps": 3}))
+    assert "is not the config of a `run.py eval`" in refused(["eval", "--resume", "--out-dir", str(out)])
+    (out / "config.json").write_text("{")
+    assert "config.json is missing or not JSON" in refused(["eval", "--resume", "--out-dir", str(out)])
+    (out / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(run, "load_spec", real)
+    assert run.main(["eval", "--resume", "--out-dir", str(out), "--temperature", "0.7"]) == 0  # the same value is no change
