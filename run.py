@@ -36,7 +36,7 @@ from grpo import distributed as D
 from grpo.checkpointing import checkpoint_dirs, model_of_run
 from grpo.config import TrainConfig, apply_preset, check_ranges, check_top_p, resumed_config
 from grpo.eval_resume import answered, resumed_eval_config
-from grpo.evaluate import EvalConfig, evaluate, summarize
+from grpo.evaluate import EvalConfig, evaluate
 from grpo.trainer import Trainer, TrainingError
 from mcts.inspect import InspectConfig, load_trees, print_tree, tree_stats
 from model_io import ModelSpecError, SamplingConfig, export_hf, generate, load
@@ -201,8 +201,7 @@ def cmd_eval(cfg: EvalConfig, given: set[str] = frozenset()) -> None:
     write_json(out / "config.json", dataclasses.asdict(cfg))
     if done:
         print(f"resuming {out}: {len(done)} of {len(problems)} questions answered before", file=sys.stderr)
-    part, new = evaluate(model, tok, problems[len(done) :], cfg, shots, out_path=partial, tree_path=trees, append=cfg.resume)
-    summary = summarize(done + new, sum(q.seconds for q in done) + part["seconds"])
+    summary, _ = evaluate(model, tok, problems[len(done) :], cfg, shots, out_path=partial, tree_path=trees, done=done)
     partial.replace(out / "predictions.jsonl")
     if trees:
         trees.replace(out / "trees.jsonl")

@@ -192,18 +192,20 @@ def evaluate(
     out_path: Path | None = None,
     tree_path: Path | None = None,
     progress: bool = True,
-    append: bool = False,
+    done: Sequence[QuestionResult] = (),
 ) -> tuple[dict, list[QuestionResult]]:
     """Answer `problems`; returns the summary and per-question results (streamed to `out_path` as JSONL;
-    for mcts, each tree to `tree_path`; `append`: after what those files hold, as a resumed eval does)."""
+    for mcts, each tree to `tree_path`). `done`: the questions an interrupted eval answered (`run.py eval --resume`):
+    the files are appended to, and the progress bar and the summary (their seconds included) count them."""
     n = cfg.n if cfg.search in ("sample", "majority", "best-of-n") else 1
     scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=0.0 if cfg.search == "greedy" else cfg.temperature,
                           top_k=cfg.top_k, top_p=cfg.top_p, eos_ids=stop_token_ids(tokenizer, model.cfg.eos_token_ids))
     stop = StopOnText(tokenizer, [cfg.stop]) if cfg.stop else None
-    results: list[QuestionResult] = []
-    sink = out_path.open("a" if append else "w") if out_path else None
-    trees = tree_path.open("a" if append else "w") if tree_path else None
-    bar = tqdm(total=len(problems), desc=f"eval {cfg.search}", unit="q", disable=not progress)
+    mode = "a" if done else "w"
+    sink = out_path.open(mode) if out_path else None
+    trees = tree_path.open(mode) if tree_path else None
+    bar = tqdm(total=len(done) + len(problems), initial=len(done), desc=f"eval {cfg.search}", unit="q", disable=not progress)
+    results: list[QuestionResult] = list(done)
     t0 = time.perf_counter()
     try:
         for s in range(0, len(problems), cfg.batch_size):
@@ -251,4 +253,4 @@ def evaluate(
         for f in (sink, trees):
             if f:
                 f.close()
-    return summarize(results, time.perf_counter() - t0), results
+    return summarize(results, sum(q.seconds for q in done) + time.perf_counter() - t0), results

@@ -50,7 +50,9 @@ def test_a_resumed_eval_writes_what_an_uninterrupted_one_does(strategy, tiny_ckp
         f.write('{"index": 4, "quest')
     # only the output directory and a new batch size: the rest comes from its config.json
     assert run.main(["eval", "--resume", "--out-dir", str(cut), "--batch-size", "3"]) == 0
-    assert "resuming " + str(cut) + ": 4 of 5 questions answered before" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "resuming " + str(cut) + ": 4 of 5 questions answered before" in err
+    assert "| 4/5 [" in err and "| 5/5 [" in err  # the progress bar counts the questions answered before
     assert stripped(cut / "predictions.jsonl") == stripped(whole / "predictions.jsonl")
     assert not partial.exists() and not (cut / "trees.jsonl.partial").exists()
     if strategy == "mcts":
