@@ -53,10 +53,11 @@ def _rewrite(path: Path, lines: list[str]) -> None:
     tmp.replace(path)  # atomic: a second interruption here leaves the old file or the new one
 
 
-def answered(out: Path, with_trees: bool) -> list[QuestionResult]:
+def answered(out: Path, with_trees: bool, indices: list[int]) -> list[QuestionResult]:
     """The questions the interrupted eval in `out` finished, in order; its partial files cut to exactly them.
     A line cut short by the interruption ends the list (that question is answered again), and so does a
-    question whose tree (`with_trees`) never reached trees.jsonl.partial."""
+    question whose tree (`with_trees`) never reached trees.jsonl.partial. `indices`: the eval's questions, of
+    which the answered ones must be the first (checked before the files are touched)."""
     lines = (out / PARTIAL).read_text(encoding="utf-8").splitlines()
     trees: dict[int, str] = {}
     if with_trees:
@@ -77,6 +78,9 @@ def answered(out: Path, with_trees: bool) -> list[QuestionResult]:
             break
         done.append(q)
         kept.append(line)
+    if [q.index for q in done] != indices[: len(done)]:
+        raise ValueError(f"--resume: the questions in {out / PARTIAL} are not the first of the eval's split (its data "
+                         f"changed since?): run the eval again without --resume")
     _rewrite(out / PARTIAL, kept)
     if with_trees:
         _rewrite(out / TREES, [trees[q.index] for q in done])

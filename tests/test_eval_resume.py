@@ -106,7 +106,7 @@ def test_what_cannot_be_resumed_is_one_line_before_loading(tiny_ckpt, tmp_path, 
     capsys.readouterr()
     assert "finished (its predictions.jsonl is whole): nothing to resume" in refused(["eval", "--resume", "--out-dir", str(out)])
     with monkeypatch.context() as m:
-        interrupt_at_batch(m, 1)
+        interrupt_at_batch(m, 2)  # one of the two questions answered
         assert run.main(common + ["--batch-size", "1"]) == 130
     capsys.readouterr()
     real = run.load_spec
@@ -119,5 +119,12 @@ def test_what_cannot_be_resumed_is_one_line_before_loading(tiny_ckpt, tmp_path, 
     (out / "config.json").write_text("{")
     assert "config.json is missing or not JSON" in refused(["eval", "--resume", "--out-dir", str(out)])
     (out / "config.json").write_text(json.dumps(config))
+    partial = out / "predictions.jsonl.partial"
+    kept = partial.read_text()
+    partial.write_text(kept.replace('"index": 0', '"index": 7', 1) + '{"half')  # not the split's first question
+    before = partial.read_text()
+    assert "are not the first of the eval's split" in refused(["eval", "--resume", "--out-dir", str(out)])
+    assert partial.read_text() == before  # refused before anything is cut
+    partial.write_text(kept)
     monkeypatch.setattr(run, "load_spec", real)
     assert run.main(["eval", "--resume", "--out-dir", str(out), "--temperature", "0.7"]) == 0  # the same value is no change
