@@ -38,7 +38,7 @@ from grpo.config import TrainConfig, apply_preset, check_ranges, check_top_p, re
 from grpo.eval_resume import answered, resumed_eval_config
 from grpo.evaluate import EvalConfig, evaluate
 from grpo.trainer import Trainer, TrainingError
-from mcts.inspect import InspectConfig, load_trees, print_tree, tree_stats
+from mcts.inspect import InspectConfig, log_tree_stats, print_tree
 from model_io import ModelSpecError, SamplingConfig, export_hf, generate, load
 from model_io.checkpoint import is_checkpoint
 from model_io.precision import check_precision, precision_field, resolve_precision, slow_bf16_note, weights_dtype
@@ -181,7 +181,13 @@ def cmd_eval(cfg: EvalConfig, given: set[str] = frozenset()) -> None:
     out = Path(cfg.out_dir)
     if cfg.resume:  # the interrupted eval's settings (grpo/eval_resume.py), checked before anything loads
         cfg = resumed_eval_config(cfg, set(given), out)
-    device = resolve_device(cfg.device)
+    try:
+        device = resolve_device(cfg.device)
+    except ValueError:
+        if not cfg.resume:
+            raise
+        raise ValueError(f"--resume: the eval in {out} ran on {cfg.device}, which this machine lacks: resume it on a machine "
+                         f"with one (its answers so far came from there), or start a new eval in another --out-dir") from None
     set_decode_mode(cfg.decode)
     if not cfg.resume:
         refuse_foreign_out_dir(out, "eval")
@@ -189,6 +195,8 @@ def cmd_eval(cfg: EvalConfig, given: set[str] = frozenset()) -> None:
     problems, shots = questions_and_shots(cfg.split, cfg.gsm8k, cfg.shots, cfg.limit)
     precision = resolve_precision(cfg.precision, device)
     note(slow_bf16_note(precision, device))
+    # config.json records what 'auto' resolved to: a resumed eval runs on the same kind of device, at the same precision
+    cfg = dataclasses.replace(cfg, device=str(device) if cfg.device == "auto" else cfg.device, precision=precision)
     partial = out / "predictions.jsonl.partial"
     trees = out / "trees.jsonl.partial" if cfg.search == "mcts" and cfg.mcts_when == "tree" else None
     done = answered(out, trees is not None, [p.index for p in problems]) if cfg.resume else []
@@ -202,12 +210,7 @@ def cmd_eval(cfg: EvalConfig, given: set[str] = frozenset()) -> None:
     partial.replace(out / "predictions.jsonl")
     if trees:
         trees.replace(out / "trees.jsonl")
-        from torch.utils.tensorboard import SummaryWriter
-
-        with SummaryWriter(str(out / "tb")) as tb:  # tree statistics, one point per question
-            for i, tree in enumerate(load_trees(out / "trees.jsonl")):
-                for k, v in tree_stats(tree).items():
-                    tb.add_scalar(k, v, i)
+        log_tree_stats(out / "trees.jsonl", out / "tb")
     summary = {"model": cfg.model or "embedded:SmolLM2-135M-Instruct", "search": cfg.search, "device": str(device),
                "precision": precision, **summary}
     write_json(out / "summary.json", summary)

@@ -86,6 +86,16 @@ def tree_stats(tree: dict) -> dict[str, float]:
     }
 
 
+def log_tree_stats(path: Path, tb_dir: Path) -> None:
+    """Each tree's statistics to TensorBoard, one point per question (what `run.py eval --search mcts` logs)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(tb_dir)) as tb:
+        for i, tree in enumerate(load_trees(path)):
+            for k, v in tree_stats(tree).items():
+                tb.add_scalar(k, v, i)
+
+
 @dataclass
 class InspectConfig:
     file: str = field(default="", metadata={"positional": True, "help": "a trees.jsonl written by `run.py eval --search mcts`, or the eval's --out-dir holding it"})

@@ -57,6 +57,14 @@ def test_a_resumed_eval_writes_what_an_uninterrupted_one_does(strategy, tiny_ckp
     assert not partial.exists() and not (cut / "trees.jsonl.partial").exists()
     if strategy == "mcts":
         assert (cut / "trees.jsonl").read_text() == (whole / "trees.jsonl").read_text()
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        def nodes(d):  # the tree statistics logged to TensorBoard, one point per question
+            ea = EventAccumulator(str(d / "tb"))
+            ea.Reload()
+            return [(e.step, e.value) for e in ea.Scalars("tree/nodes")]
+
+        assert nodes(cut) == nodes(whole) and len(nodes(cut)) == 5
     a, b = (json.loads((d / "summary.json").read_text()) for d in (whole, cut))
     timing = {"seconds", "seconds_per_question", "seconds_per_generated_token"}
     assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
@@ -114,6 +122,11 @@ def test_what_cannot_be_resumed_is_one_line_before_loading(tiny_ckpt, tmp_path, 
     assert ("--temperature (it has 0.7) would change the answers mid-eval; only --batch-size and --gsm8k may change"
             in refused(["eval", "--resume", "--out-dir", str(out), "--temperature", "0.5"]))
     config = json.loads((out / "config.json").read_text())
+    assert config["device"] == "cpu" and config["precision"] in ("fp32", "bf16")  # 'auto' as it resolved here
+    monkeypatch.setattr(run.torch.cuda, "is_available", lambda: False)
+    (out / "config.json").write_text(json.dumps({**config, "device": "cuda"}))  # started on a GPU machine
+    assert "ran on cuda, which this machine lacks: resume it on a machine with one" in refused(
+        ["eval", "--resume", "--out-dir", str(out)])
     (out / "config.json").write_text(json.dumps({"steps": 3}))
     assert "is not the config of a `run.py eval`" in refused(["eval", "--resume", "--out-dir", str(out)])
     (out / "config.json").write_text("{")
