@@ -33,8 +33,10 @@ def resumed_eval_config(cfg: EvalConfig, given: set[str], out: Path) -> EvalConf
                          f"eval's settings are unknown, so run it again without --resume") from None
     if not isinstance(saved, dict) or not {"search", "n", "limit"} <= saved.keys() or not saved.keys() <= names:
         raise ValueError(f"--resume: {out}/config.json is not the config of a `run.py eval`: run it again without --resume")
+    # --device auto and --precision auto (the command the eval started with, typed again) stand for what the saved
+    # config holds: what 'auto' resolved to when it started
     differ = [k for k in sorted(given & names) if k not in EVAL_RESUME_MAY_CHANGE and saved.get(k) != getattr(cfg, k)
-              and k != "out_dir"]
+              and k != "out_dir" and not (k in ("device", "precision") and getattr(cfg, k) == "auto")]
     if differ:
         was = ", ".join(f"--{k.replace('_', '-')} (it has {saved.get(k)!r})" for k in differ)
         raise ValueError(f"--resume {out}: {was} would change the answers mid-eval; only --batch-size and --gsm8k may change "

@@ -140,4 +140,6 @@ def test_what_cannot_be_resumed_is_one_line_before_loading(tiny_ckpt, tmp_path, 
     assert partial.read_text() == before  # refused before anything is cut
     partial.write_text(kept)
     monkeypatch.setattr(run, "load_spec", real)
-    assert run.main(["eval", "--resume", "--out-dir", str(out), "--temperature", "0.7"]) == 0  # the same value is no change
+    # the command the eval started with, typed again with --resume: the same values, and 'auto' for what it resolved to
+    assert run.main(common + ["--resume", "--temperature", "0.7", "--device", "auto", "--precision", "auto"]) == 0
+    assert "1 of 2 questions answered before" in capsys.readouterr().err
