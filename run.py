@@ -40,7 +40,7 @@ from grpo.evaluate import EvalConfig, evaluate
 from grpo.trainer import Trainer, TrainingError
 from mcts.inspect import InspectConfig, log_tree_stats, print_tree
 from model_io import ModelSpecError, SamplingConfig, export_hf, generate, load
-from model_io.checkpoint import is_checkpoint
+from model_io.checkpoint import is_checkpoint, write_text_atomic
 from model_io.precision import check_precision, precision_field, resolve_precision, slow_bf16_note, weights_dtype
 from model_io.sampler import set_decode_mode
 
@@ -118,9 +118,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)  # atomic: a reader never sees half a file
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------- commands

@@ -11,6 +11,8 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
+from model_io.checkpoint import write_text_atomic
+
 from .evaluate import EvalConfig, QuestionResult
 
 PARTIAL, TREES = "predictions.jsonl.partial", "trees.jsonl.partial"
@@ -49,12 +51,6 @@ def resumed_eval_config(cfg: EvalConfig, given: set[str], out: Path) -> EvalConf
                          f"without --resume") from None
 
 
-def _rewrite(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
-    tmp.replace(path)  # atomic: a second interruption here leaves the old file or the new one
-
-
 def answered(out: Path, with_trees: bool, indices: list[int]) -> list[QuestionResult]:
     """The questions the interrupted eval in `out` finished, in order; its partial files cut to exactly them.
     A line cut short by the interruption ends the list (that question is answered again), and so does a
@@ -83,7 +79,7 @@ def answered(out: Path, with_trees: bool, indices: list[int]) -> list[QuestionRe
     if [q.index for q in done] != indices[: len(done)]:
         raise ValueError(f"--resume: the questions in {out / PARTIAL} are not the first of the eval's split (its data "
                          f"changed since?): run the eval again without --resume")
-    _rewrite(out / PARTIAL, kept)
+    write_text_atomic(out / PARTIAL, "".join(line + "\n" for line in kept))  # a second interruption: old or new
     if with_trees:
-        _rewrite(out / TREES, [trees[q.index] for q in done])
+        write_text_atomic(out / TREES, "".join(trees[q.index] + "\n" for q in done))
     return done

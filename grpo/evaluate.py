@@ -240,8 +240,9 @@ def evaluate(
                     new.append(QuestionResult(p.index, p.question, p.answer, texts, [parse_strict(t) for t in texts], lenient,
                                               toks, fin, choose(cfg.search, texts, lenient, cfg.format_weight, fin),
                                               sum(toks), len(prompts[b]) + sum(toks)))
+            share = (time.perf_counter() - t_batch) / len(batch)
             for q in new:
-                q.seconds = (time.perf_counter() - t_batch) / len(batch)
+                q.seconds = share
             results += new
             if sink:
                 sink.writelines(json.dumps(asdict(q)) + "\n" for q in new)

@@ -73,6 +73,14 @@ def open_to_umask(root: Path) -> None:
             Path(d, name).chmod(0o666 & ~mask)
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """`text` into `path` through a sibling file renamed over it: a reader, or a run interrupted here, finds the
+    old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 @contextmanager
 def atomic_dir(path: str | os.PathLike):
     """Yields a temporary sibling directory to fill; on success it is renamed over `path`, on any error removed,
