@@ -46,6 +46,28 @@ def swap_halves(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((x2, x1), dim=-1)
 
 
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Grouped-query attention (Ainslie et al. 2023) as plain attention over the key/value heads: q [B, H, T, D],
+    k, v [B, H_kv, S, D], mask None or [B or 1, 1, T, S] (bool or additive) -> [B, H, T, D]. Query head h reads
+    key/value head h // g (g = H / H_kv, as `enable_gqa` and transformers' repeat_kv pair them), so the g query
+    heads of a key/value head are stacked as g*T query rows: [B, H_kv, g*T, D]. The same numbers as
+    `scaled_dot_product_attention(..., enable_gqa=True)`, but every fused CUDA kernel can take it: flash attention
+    takes no mask, and where a kernel does not take `enable_gqa` with a mask SDPA falls back to its math path,
+    which copies the keys/values g times and writes the scores out (per decode step: the whole KV cache, g times).
+    The T = 1 decode step needs no copy at all: its mask broadcasts over the stacked rows. For T > 1 the mask is
+    repeated g times (bool: 1 byte per entry; the keys/values it spares are 2 x D values per key)."""
+    B, H, T, D = q.shape
+    Hkv = k.shape[1]
+    if Hkv == H:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    g = H // Hkv
+    assert H == g * Hkv and v.shape[1] == Hkv, f"{H} query heads cannot share {Hkv} key/value heads"
+    if mask is not None and mask.shape[-2] > 1:  # [.., 1, T, S] -> [.., 1, g*T, S]: row j*T + t is query t of member j
+        mask = mask.unsqueeze(2).expand(*mask.shape[:2], g, *mask.shape[2:]).flatten(2, 3)
+    y = F.scaled_dot_product_attention(q.reshape(B, Hkv, g * T, D), k, v, attn_mask=mask)  # [B, H_kv, g*T, D]
+    return y.reshape(B, H, T, D)  # (a kernel may hand back another memory layout: reshape, not view)
+
+
 @dataclass
 class SharedPrefix:
     """Keys/values of U prompts, run once, that many rows continue from (GRPO's G completions of one prompt:
@@ -96,7 +118,7 @@ class Attention(nn.Module):
         if cache is not None and cache.prefix is not None:  # G rows per prompt: k, v are the rows' own; the prompt's
             y = cache.prefix.attend(q, k, v, layer, mask)  # keys/values are read in place (model_io/shared_kv.py)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.hkv != self.h)
+            y = grouped_attention(q, k, v, mask)
         return self.o(y.transpose(1, 2).reshape(B, T, self.h * self.d))
 
 
@@ -221,7 +243,10 @@ class Transformer(nn.Module):
         # an additive mask made once per step in the dtype attention runs in: given a bool mask, attention converts
         # it in every layer (a where, two scalar tensors and a cast per call in the profile of one step: 120
         # operations a step, launches on a GPU, where launches are the cost of a decode step)
-        mask = torch.zeros(cache.key_mask.shape, dtype=run_dtype(x.device.type, x.dtype), device=x.device)
+        # Its rows start at multiples of 8 slots: SDPA's memory-efficient CUDA kernel pads a mask whose rows do not
+        # (a copy in every layer, every step)
+        R, S = cache.key_mask.shape
+        mask = torch.zeros(R, -(-S // 8) * 8, dtype=run_dtype(x.device.type, x.dtype), device=x.device)[:, :S]
         mask = mask.masked_fill_(~cache.key_mask, float("-inf"))
         mask = mask[:, None, None, :]  # [B, 1, 1, capacity]
         cos, sin = self.rope(positions, x.dtype)

@@ -67,10 +67,13 @@ step 5-compare timeout $(cap 240 0) "$PY" bench/compare.py --model "$MODEL" --sh
 # figures above come first, and a lent machine's time is short): the CUDA-only tests (CUDA graphs against eager
 # decoding, plain and shared prompts), where pytest is installed (scripts/device.sh stages it for an image without)
 if "$PY" -c "import pytest" 2>/dev/null; then
-  diag 1-cuda-tests 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_static_decode.py tests/test_logprobs.py
+  diag 1-cuda-tests 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_static_decode.py tests/test_logprobs.py tests/test_model.py
 else
   echo "1-cuda-tests skipped: no pytest here" | tee -a "$OUT/steps.txt"
 fi
+# masked grouped-query attention, SDPA's enable_gqa against the stacked heads the model runs: ms per call and
+# whether a fused kernel takes each (decode step at batch B1, a training pass's layer)
+diag 2-attention 60 "$PY" bench/attention.py --batch $B1 $( [ "${SMALL:-0}" = 1 ] && echo --prompt-len 32 --new-tokens 16 --reps 2 )
 # kernels per decode step, eager and compiled (what the step time is made of)
 diag 2-decode-ops 180 "$PY" bench/decode_ops.py --model "$MODEL" --batch $B1
 # GRPO's rollout shape (8 prompts x 8 rows, 2-shot): each prompt's keys/values copied to its rows, or shared

@@ -14,6 +14,7 @@ from pathlib import Path
 SAMPLER_LINES = ("transformers generate:", "ours", "decode step", "compiled decode step", "ratio")
 OPS_LINES = ("eager", "compiled", "ratio eager")
 GROUP_LINES = ("copied:", "shared:", "rows with identical", "speed-up")
+ATTENTION_LINES = ("decode", "train")
 AGREEMENT_LINES = ("reference:", "rows whose first", "log-prob abs difference", "reference model's margin", "agreement:")
 
 
@@ -59,6 +60,7 @@ def summary(out: Path) -> list[str]:
     for f in sorted(out.glob("2-sampler-*.log")):
         lines += log_rows(f, SAMPLER_LINES, f"{f.stem}: ")
     lines += log_rows(out / "2-decode-ops.log", OPS_LINES)
+    lines += log_rows(out / "2-attention.log", ATTENTION_LINES, "masked GQA attention, ")
     lines += log_rows(out / "2-group-sampling.log", GROUP_LINES, "GRPO-shaped sampling, prompt keys/values ")
     lines += log_rows(out / "2-agreement.log", AGREEMENT_LINES, "agreement with CPU float32: ")
     for name in ("eval-start", "eval-trained"):

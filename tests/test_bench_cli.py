@@ -58,6 +58,9 @@ def refused(name: str, argv: list[str], capsys) -> str:
     ("linear", ["--shapes", "576x"], "--shapes takes whole numbers >= 1, separated by 'x'; got '576x'"),
     ("linear", ["--shapes", "576x1x2"], "--shapes takes INxOUT pairs like 576x1536"),
     ("linear", ["--reps", "0"], "--reps must be >= 1, got 0"),
+    ("attention", ["--kv-heads", "0"], "--kv-heads must be >= 1, got 0"),
+    ("attention", ["--heads", "9", "--kv-heads", "2"], "--heads (9) must be a multiple of --kv-heads (2)"),
+    ("attention", ["--device", "foo"], "unknown --device 'foo'"),
     ("compare", ["--n", "1,x"], "--n takes whole numbers >= 1, comma-separated (e.g. 1,4,8); got '1,x'"),
     ("compare", ["--sims", "0"], "--sims takes whole numbers >= 1"),
     ("compare", ["--mcts-answer", "best"], "argument --mcts-answer: invalid choice: 'best'"),
@@ -198,3 +201,13 @@ def test_linear_bench_measures_each_path_it_names(capsys, monkeypatch):
         assert [(r[0], r[1]) for r in rows] == [("8x16", "1"), ("8x16", "3"), ("16x4", "1"), ("16x4", "3")]
         assert all((r[5] == "n/a") != can for r in rows)
         assert out[-1].startswith("float32 packed/plain over all rows and shapes: ")
+
+
+def test_attention_bench_prints_both_forms_side_by_side(capsys):
+    bench("attention").main(["--batch", "2", "--train-rows", "2", "--prompt-len", "6", "--new-tokens", "4", "--reps", "1",
+                             "--device", "cpu"])
+    out = capsys.readouterr().out.splitlines()
+    for kind in ("decode", "train"):
+        assert [line.split(":")[0] for line in out if line.startswith(kind)] == [
+            kind, f"{kind} enable_gqa", f"{kind} stacked", f"{kind} enable_gqa / stacked"]
+    assert "decode: 2 rows x 1 queries over 10 keys" in out

@@ -33,6 +33,9 @@ def test_summary_with_every_step(tmp_path, monkeypatch):
     (tmp_path / "env.json").write_text(json.dumps({"device": "gpu"}))
     (tmp_path / "2-decode-ops.log").write_text("eager operations per decode step: 717 (mul 153)\n"
                                                "ratio eager/compiled operations: 2.64\n")
+    (tmp_path / "2-attention.log").write_text("device NVIDIA H200, torch.bfloat16\ndecode: 64 rows x 1 queries over 596 keys\n"
+                                              "decode enable_gqa: 0.500 ms per call (math)\ndecode stacked: 0.100 ms per call (fused)\n"
+                                              "decode enable_gqa / stacked: 5.00x\n")
     (tmp_path / "2-agreement.log").write_text("rows whose first 32 greedy tokens agree: 15/16\nagreement: PASS\n")
     (tmp_path / "2-group-sampling.log").write_text("device=cuda U=8 prompts x G=8 rows\ncopied: 9.10 s (1500.0 tokens/s)\n"
                                                    "shared: 5.00 s (2730.0 tokens/s)\nspeed-up shared/copied: 1.82x\n")
@@ -58,6 +61,8 @@ def test_summary_with_every_step(tmp_path, monkeypatch):
     assert "| agreement with CPU float32: rows whose first 32 greedy tokens agree | 15/16 |" in text
     assert "| eager operations per decode step | 717 (mul 153) |" in text
     assert "| ratio eager/compiled operations | 2.64 |" in text
+    assert "| masked GQA attention, decode stacked | 0.100 ms per call (fused) |" in text
+    assert "| masked GQA attention, decode enable_gqa / stacked | 5.00x |" in text
     assert "| GRPO-shaped sampling, prompt keys/values copied | 9.10 s (1500.0 tokens/s) |" in text
     assert "| GRPO-shaped sampling, prompt keys/values speed-up shared/copied | 1.82x |" in text
     assert "| eval-start accuracy strict / lenient / format rate (500 questions, 0-shot) | 0.100 / 0.150 / 0.50 |" in text

@@ -90,6 +90,30 @@ def test_compiled_decode_step_matches_the_eager_static_step_across_shapes():
 
 
 
+def test_static_step_mask_rows_start_at_multiples_of_8(monkeypatch):
+    """SDPA's memory-efficient CUDA kernel copies (pads) a mask whose rows do not start at multiples of 8 elements,
+    in every layer of every step: the static step's mask is a slice of a padded buffer. Here the cache holds
+    9 + 4 = 13 slots; the step's tokens are those of the dynamic path."""
+    import model_io.model as model_mod
+    from model_io import prefill
+    from model_io.static_decode import StaticStep
+
+    seen = []
+    plain = model_mod.grouped_attention
+    monkeypatch.setattr(model_mod, "grouped_attention", lambda q, k, v, mask: seen.append(mask) or plain(q, k, v, mask))
+    model = from_hf_model(tiny_hf_model(vocab=40, pad_token_id=0))
+    prompts = random_prompts([5, 9], vocab=40)
+    pre = prefill(model, prompts, room=4)
+    assert pre.cache.capacity == 13
+    tok = pre.logits.argmax(-1)
+    seen.clear()
+    logits = StaticStep(model, pre.cache, pre.next_pos)(tok)
+    assert seen and all(m.shape[-1] == 13 and m.stride(0) % 8 == 0 for m in seen)
+    with torch.no_grad():
+        ref = model(tok[:, None], positions=pre.next_pos[:, None], cache=prefill(model, prompts, room=4).cache, last_only=True)
+    assert torch.allclose(logits, ref, atol=1e-5)
+
+
 @pytest.mark.parametrize("static", [False, True])
 def test_decoding_under_bf16_autocast_keeps_a_bf16_cache(static):
     """GRPO samples under bf16 autocast with float32 master weights on a GPU; the same on CPU autocast here. The
