@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # bench/, last (bench/mcts.py must not hide mcts)
@@ -27,6 +26,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from cli import add_device, check_args, check_device  # noqa: E402
+from machine import ms_per_call  # noqa: E402
 from model_io.model import grouped_attention  # noqa: E402
 
 
@@ -54,18 +54,6 @@ def inputs(kind: str, a, dtype: torch.dtype, device: str):
         causal = slot[None] <= (a.prompt_len + torch.arange(T, device=device))[:, None]  # [T, S]
         mask = (causal & ~pad) | (slot[None] == (a.prompt_len + torch.arange(T, device=device))[:, None])
     return q, k, v, mask
-
-
-def ms_per_call(fn, reps: int, device: str) -> float:
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    fn()
-    fn()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    sync()
-    return (time.perf_counter() - t0) / reps * 1e3
 
 
 def fused(fn, q, k, v, mask, backward: bool) -> str:

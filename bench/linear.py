@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # bench/, last (bench/mcts.py must not hide mcts)
@@ -23,6 +22,7 @@ sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # bench/, last (ben
 import torch  # noqa: E402
 
 import model_io.linear as linear  # noqa: E402
+from machine import ms_per_call  # noqa: E402
 from model_io.precision import cpu_has_fast_bf16  # noqa: E402
 
 # SmolLM2-135M's linears as model_io/model.py fuses them: qkv (576 -> 960), o (576 -> 576), gate_up (576 -> 3072),
@@ -38,15 +38,6 @@ def parse_ints(ap: argparse.ArgumentParser, flag: str, text: str, sep: str = ","
     if not vals or min(vals) < 1:
         ap.error(f"{flag} takes whole numbers >= 1, separated by '{sep}'; got {text!r}")
     return vals
-
-
-def ms_per_call(fn, reps: int) -> float:
-    fn()
-    fn()  # warm-up: the packed copy is made on first use
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - t0) / reps * 1e3
 
 
 def measure(k: int, n: int, rows: int, dtype: torch.dtype, packed: bool, reps: int) -> float | None:

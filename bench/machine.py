@@ -33,6 +33,21 @@ def copy_bandwidth(dev: torch.device, reps: int = 5) -> float:
     return buf.numel() * reps / (time.perf_counter() - t0)
 
 
+def ms_per_call(fn, reps: int, dev: torch.device | str = "cpu", warmup: int = 2) -> float:
+    """Milliseconds per call of `fn`, averaged over `reps` calls after `warmup` untimed ones (first-use costs: a
+    packed weight, a kernel choice); on a GPU the device is synchronised before the clock starts and stops."""
+    dev = torch.device(dev)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    sync()
+    return (time.perf_counter() - t0) / reps * 1e3
+
+
 if __name__ == "__main__":
     argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
