@@ -56,6 +56,9 @@ class EvalConfig:
     step_tokens: int = field(default=48, metadata={"help": "mcts: cap on a newline step"})
     rollout_depth: int = field(default=4, metadata={"help": "mcts: a rollout runs at most this many steps' worth of tokens (a step's cap each) after its new node, or to the answer's end"})
     mcts_answer: str = field(default="vote", metadata={"help": f"mcts: final answer by {' | '.join(ANSWER_MODES)}"})
+    mcts_rescore: bool = field(default=False, metadata={"help": "mcts: before each simulation's selection, score every finished "
+                                                               "rollout again against its tree's answers so far and rebuild the tree's values "
+                                                               "(off: a rollout keeps the agreement it had when created)"})
     mcts_when: str = field(default="tree", metadata={"help": "mcts: 'tree' (one search builds the whole answer), or lookahead decoding that searches only at decision points: always | every:K | entropy:H"})
     fallback_p: float = field(default=0.0, metadata={"help": "mcts lookahead: probability of decoding a decision step plainly instead of searching"})
     format_weight: float = field(default=0.3, metadata={"help": "mcts, best-of-n: value = w * format + (1 - w) * agreement"})
@@ -100,7 +103,7 @@ class EvalConfig:
         return SearchConfig(n_simulations=self.n_simulations, children=self.children, c_puct=self.c_puct, root=self.mcts_root, step=self.step,
                             step_tokens=self.step_tokens, rollout_depth=self.rollout_depth, temperature=self.temperature,
                             top_p=self.top_p, max_new_tokens=self.max_new_tokens, answer=self.mcts_answer,
-                            format_weight=self.format_weight, stop=self.stop)
+                            format_weight=self.format_weight, stop=self.stop, rescore=self.mcts_rescore)
 
 
 @dataclass

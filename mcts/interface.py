@@ -28,6 +28,10 @@ class SearchConfig:
     answer: str = "vote"  # final answer: vote (value-weighted over finished rollouts) | value (best) | visits (path);
     # vote and value rescore every finished rollout against the whole tree's answers first (pick_finished)
     format_weight: float = 0.3  # value = w * format + (1 - w) * agreement
+    # before each simulation's selection, score every finished rollout again against its tree's answers so far and
+    # rebuild the tree's values from those scores (mcts/tree.py revalue): without it, a rollout keeps the agreement
+    # it had when created, against the answers found up to then (the first K against a pool of K)
+    rescore: bool = False
     stop: str = "</answer>"
 
     def __post_init__(self):

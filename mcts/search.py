@@ -31,7 +31,7 @@ from model_io.sampler import key_uniform, row_rng, shares_prompts
 
 from .gumbel import choose_root_child, considered_table, final_root_child, root_scores
 from .interface import Candidates, RolloutRecord, SearchConfig, SearchResult, ValueFn, pick_finished, self_consistency_value
-from .tree import ROOT, UNEXPANDED, Tree, backup, expand, select
+from .tree import ROOT, UNEXPANDED, Tree, backup, expand, revalue, select
 
 
 _NEWLINE_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> [V] bool
@@ -127,6 +127,11 @@ def search(
     step_lp = torch.zeros(B, N, S)  # [B, N, S] their log-probs when sampled
     step_len = torch.zeros(B, N, dtype=torch.long)  # [B, N]
     node_value = torch.zeros(B, N)  # [B, N] value of the rollout that created the node
+    # what was backed up, for cfg.rescore: each rollout's node, value and how often it went up (1, plus K per revisit
+    # of its finished node); R = N - 1 rollouts at most, one per node slot below the root
+    rec_node = torch.full((B, N - 1), UNEXPANDED, dtype=torch.long)  # [B, R]
+    rec_value = torch.zeros(B, N - 1)  # [B, R]
+    rec_weight = torch.zeros(B, N - 1)  # [B, R]
     records: list[list[RolloutRecord]] = [[] for _ in range(B)]
     node_record: list[dict[int, int]] = [{} for _ in range(B)]
     pools: list[list[str]] = [[] for _ in range(B)]
@@ -152,6 +157,8 @@ def search(
             has = valid.any(-1)
             start = torch.where(has, kids[b_all, slot], torch.full_like(slot, ROOT))
             root_sims[b_all, slot] += has.long()
+        if cfg.rescore and sim > 0:
+            _rescore(tree, records, pools, value_fn, rec_node, rec_value, rec_weight)
         leaf = select(tree, cfg.c_puct, start)  # [B]
         done = tree.terminal[b_all, leaf]
         path, pmask = path_tokens(tree, steps, step_len, b_all, leaf)
@@ -162,6 +169,9 @@ def search(
             # slower than an open sibling's, and PUCT's exploration bonus would keep sending simulations to it
             again = torch.where(done, leaf, torch.full_like(leaf, UNEXPANDED))[:, None].expand(B, K)  # [B, K]
             backup(tree, again, node_value[b_all, leaf][:, None].expand(B, K))
+            for b in done.nonzero().flatten().tolist():  # the leaf's own rollout went up K times more
+                if int(leaf[b]) in node_record[b]:
+                    rec_weight[b, node_record[b][int(leaf[b])]] += K
         act = (~done).nonzero().flatten()  # [A] trees that expand this simulation
         if act.numel() == 0:
             continue
@@ -249,9 +259,12 @@ def search(
             chain, path_lp = leaf_paths[b]
             ids = full_ids[r]
             node_record[b].setdefault(node, len(records[b]))  # a node's own rollout: the first through it
+            rec_node[b, len(records[b])], rec_value[b, len(records[b])], rec_weight[b, len(records[b])] = node, values[r], 1.0
             records[b].append(RolloutRecord(node, texts[r], answers[r], values[r], bool(finished[r]), len(ids), ids,
                                             path_lp + lps[r, : int(lengths[r])].tolist(), chain + [node]))
 
+    if cfg.rescore:  # the tree's values as the final answer sees them (its dump, `visits` answers)
+        _rescore(tree, records, pools, value_fn, rec_node, rec_value, rec_weight)
     # the final answer's values: every finished rollout scored again, against its whole tree's pool (pick_finished)
     fin = [[r for r in rs if r.finished and r.answer is not None] for rs in records]
     rows = [(b, r) for b in range(B) for r in fin[b]]
@@ -269,6 +282,21 @@ def search(
     return [_result(tree, b, records[b], node_record[b], cfg, gen_tokens[b], fwd_tokens[b], steps, step_len, tokenizer, keep_trees,
                     first[b] if first else None, eos, pick_finished(fin[b], final_values[b], cfg.answer) if final_values[b] else None)
             for b in range(B)]
+
+
+def _rescore(tree: Tree, records: list[list[RolloutRecord]], pools: list[list[str]], value_fn: ValueFn,
+             rec_node: torch.Tensor, rec_value: torch.Tensor, rec_weight: torch.Tensor) -> None:
+    """Every finished rollout with an answer scored again against its tree's answers so far; then the trees'
+    value sums rebuilt from all rollouts' values and weights (rec_* [B, R], in place). Unfinished rollouts keep
+    their values (no answer: agreement 0 whatever the pool). A record's own `value` stays as scored at creation."""
+    rows = [(b, i) for b, rs in enumerate(records) for i, r in enumerate(rs) if r.finished and r.answer is not None]
+    if rows:
+        got = value_fn(Candidates([records[b][i].text for b, i in rows], [records[b][i].answer for b, i in rows],
+                                  [True] * len(rows), [pools[b] for b, _ in rows], [b for b, _ in rows],
+                                  [records[b][i].ids for b, i in rows]))
+        rb, ri = torch.tensor([b for b, _ in rows]), torch.tensor([i for _, i in rows])
+        rec_value[rb, ri] = torch.tensor(got, dtype=rec_value.dtype)
+    revalue(tree, rec_node, rec_value, rec_weight)
 
 
 def _gumbel_scores(tree: Tree, g: torch.Tensor, valid: torch.Tensor, root_sims: torch.Tensor, cfg: SearchConfig) -> torch.Tensor:

@@ -146,3 +146,21 @@ def backup(tree: Tree, leaf: torch.Tensor, value: torch.Tensor) -> Tree:
         node = torch.where(live, tree.parent[b, node.clamp(min=0)], node)
         live = live & (node != NO_PARENT)
     return tree
+
+
+def revalue(tree: Tree, leaf: torch.Tensor, value: torch.Tensor, weight: torch.Tensor) -> Tree:
+    """Rebuild value_sum from what was backed up: value [B, M] went up from node `leaf` [B, M] `weight` [B, M]
+    times (UNEXPANDED leaves skipped); visits are left as they are. With the values first backed up, value_sum
+    comes out as `backup` left it (up to float summation order). For values that change after they were backed
+    up: self-consistency scores a rollout by agreement with the answers found so far, and later simulations find
+    more (mcts/search.py, `rescore`). One loop iteration per depth level."""
+    assert leaf.shape == value.shape == weight.shape and leaf.shape[0] == tree.batch_size, "leaf, value, weight: [B, M]"
+    b = torch.arange(tree.batch_size, device=leaf.device)[:, None].expand_as(leaf)
+    node, amount = leaf.clone(), (value * weight).to(tree.value_sum.dtype)
+    tree.value_sum.zero_()
+    live = node != UNEXPANDED
+    while bool(live.any()):
+        tree.value_sum.index_put_((b[live], node[live]), amount[live], accumulate=True)
+        node = torch.where(live, tree.parent[b, node.clamp(min=0)], node)
+        live = live & (node != NO_PARENT)
+    return tree

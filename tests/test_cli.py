@@ -340,3 +340,16 @@ def test_a_path_flag_expands_the_tilde_the_shell_leaves(monkeypatch, tmp_path):
     args.out_dir, args.gsm8k = "~/ev", "~/data"
     cfg = run.config_from_args(run.EvalConfig, args)
     assert (cfg.out_dir, cfg.gsm8k) == (str(tmp_path / "ev"), str(tmp_path / "data"))
+
+
+def test_eval_mcts_rescore_reaches_the_search(tiny_ckpt, tmp_path, monkeypatch):
+    import grpo.evaluate as E
+
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    seen = []
+    real = E.search
+    monkeypatch.setattr(E, "search", lambda *a, **k: seen.append(a[3].rescore) or real(*a, **k))
+    out = tmp_path / "e"
+    assert run.main(["eval", "--model", tiny_ckpt, "--search", "mcts", "--limit", "1", "--max-new-tokens", "6", "--n-simulations", "2",
+                     "--children", "2", "--step", "tokens:3", "--mcts-rescore", "--out-dir", str(out), "--device", "cpu"]) == 0
+    assert seen == [True] and json.loads((out / "config.json").read_text())["mcts_rescore"] is True

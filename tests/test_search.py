@@ -332,3 +332,60 @@ def test_the_final_answer_is_scored_against_the_whole_tree(setup, monkeypatch, m
         else:
             top = max({x.answer for x in fin}, key=lambda a: ([x.answer for x in fin].count(a), -[x.answer for x in fin].index(a)))
             assert r.text == next(x.text for x in fin if x.answer == top)
+
+
+def test_rescoring_leaves_a_search_with_fixed_values_as_it_was(setup):
+    """A value that does not depend on the pool: rebuilding the tree's values changes nothing (same rollouts,
+    same statistics), revisits of finished leaves included."""
+    model, tok, prompts = setup
+
+    def value(c):
+        return [(len(t) % 7) / 7 for t in c.texts]
+
+    kw = dict(n_simulations=8, children=3, step="tokens:2", max_new_tokens=6, rollout_depth=1)
+    plain = search(model, tok, prompts, cfg(**kw), value_fn=value, keep_trees=True)
+    again = search(model, tok, prompts, cfg(rescore=True, **kw), value_fn=value, keep_trees=True)
+    assert any(n["terminal"] for r in plain for n in r.tree["nodes"][1:])  # finished leaves, some revisited
+    for p, a in zip(plain, again):
+        assert [x.text for x in p.records] == [x.text for x in a.records] and p.text == a.text
+        for x, y in zip(p.tree["nodes"], a.tree["nodes"]):
+            assert x["visits"] == y["visits"] and x["value"] == pytest.approx(y["value"], abs=1e-6)
+
+
+@pytest.mark.parametrize("rescore", [False, True])
+def test_rescoring_scores_every_rollout_against_the_answers_found_so_far(setup, monkeypatch, rescore):
+    """value = size of the pool, rollouts made to finish (EOS made likely): at creation later rollouts score
+    higher, so the tree's values differ from node to node. Rescored, every finished rollout holds the final
+    pool's size, so in a tree whose rollouts all finished every visited node's mean value is that size; before
+    each selection after the first, and once at the end, the value function saw every finished rollout."""
+    import mcts.search as S
+
+    model, tok, prompts = setup
+    real = Transformer.logits
+
+    def eos_likely(self, h):
+        out = real(self, h).clone()
+        out[..., tok.eos_token_id] += 3.0
+        return out
+
+    monkeypatch.setattr(Transformer, "logits", eos_likely)
+    monkeypatch.setattr(S, "parse_answer", lambda text: str(len(text) % 3))
+    calls = []
+
+    def value(c):
+        calls.append(c)
+        return [float(len(p)) for p in c.pools]
+
+    c = cfg(rescore=rescore, n_simulations=5, step="tokens:2", rollout_depth=40, max_new_tokens=80)  # rollouts run to EOS
+    res = search(model, tok, prompts, c, value_fn=value, keep_trees=True)
+    whole = [r for r in res if all(x.finished for x in r.records)]
+    assert whole and all(len({x.value for x in r.records}) > 1 for r in whole)  # creation values differ
+    for r in whole:
+        means = {round(n["value"], 5) for n in r.tree["nodes"] if n["visits"] > 0}
+        assert (means == {float(len(r.records))}) == rescore
+    # one call per simulation for its new rollouts and one for the final answer; rescored, one more before each
+    # simulation's selection after the first and one after the last, each with every finished rollout so far
+    assert len(calls) == 5 + 1 + rescore * (4 + 1)
+    if rescore:
+        made = [len(k.texts) for k in calls[0:10:2]]  # creation calls alternate with rescoring from the second on
+        assert [len(k.texts) for k in calls[1:10:2]] == [sum(made[: i + 1]) for i in range(4)] + [sum(made)]

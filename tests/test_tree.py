@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from mcts import NO_PARENT, ROOT, UNEXPANDED, Tree, backup, expand, puct_scores, select
+from mcts import NO_PARENT, ROOT, UNEXPANDED, Tree, backup, expand, puct_scores, revalue, select
 
 
 def test_empty_tree_has_only_an_unexpanded_root():
@@ -65,6 +65,25 @@ def test_backup_hand_worked_two_levels():
     # with a small c_puct: 0.75 + 0.1 * 0.236 vs 0.75 + 0.1 * 0.707 -> still node 2; with c_puct 0 a tie -> a,
     # and inside a (N 2, Q 0.75): c (Q 1.0) beats its unvisited sibling (Q 0.75)
     assert select(t, 0.0).tolist() == [c]
+
+
+def test_revalue_hand_worked():
+    """Root -> a, b; a -> c. Backed up: 1.0 from c, 0.5 from a, and 0.2 from b three times (a finished b revisited).
+    Rebuilt with the same values: value_sum as backup left it. Rebuilt after c's value became 0.4 and b's 0.6:
+    c 0.4; a 0.4 + 0.5 = 0.9; b 3 x 0.6 = 1.8; root 0.9 + 1.8 = 2.7. Visits never change (5 at the root)."""
+    t = Tree.empty(1, 10, 2)
+    a, b = expand(t, torch.tensor([0]), torch.tensor([[0.5, 0.5]]))[0].tolist()
+    c = expand(t, torch.tensor([a]), torch.tensor([[1.0, 0.0]]), valid=torch.tensor([[True, False]]))[0, 0].item()
+    backup(t, torch.tensor([[c, a, b]]), torch.tensor([[1.0, 0.5, 0.2]]))
+    backup(t, torch.tensor([[b, b]]), torch.tensor([[0.2, 0.2]]))
+    before, visits = t.value_sum.clone(), t.visits.clone()
+    node = torch.tensor([[c, a, b, UNEXPANDED]])  # [B, M]: the last slot is unused
+    weight = torch.tensor([[1.0, 1.0, 3.0, 0.0]])
+    revalue(t, node, torch.tensor([[1.0, 0.5, 0.2, 9.0]]), weight)
+    assert torch.allclose(t.value_sum, before) and torch.equal(t.visits, visits)
+    revalue(t, node, torch.tensor([[0.4, 0.5, 0.6, 9.0]]), weight)
+    assert t.value_sum[0, [ROOT, a, b, c]].tolist() == pytest.approx([2.7, 0.9, 1.8, 0.4])
+    assert torch.equal(t.visits, visits) and t.visits[0, ROOT].item() == 5
 
 
 def test_terminal_nodes_stop_selection_and_are_never_expanded():
