@@ -9,9 +9,11 @@ attention takes no mask, and a kernel that does not take `enable_gqa` with one l
 copies the keys/values g = H / H_kv times and writes out the scores; stacked, the heads match and any kernel can
 take the call. Prints, per shape, ms per call of each form and their ratio; on CUDA also whether a fused kernel
 takes each form (SDPA's math path switched off: "math" where none does).
-Shapes: `decode` is one static decode step (batch rows x 1 query over the whole cache: prompt + new tokens,
-an additive mask); `train` is one layer's attention in a training pass, forward and backward (rows x new tokens
-over prompt + new tokens, a bool mask).
+Shapes: `decode` is one static decode step (batch rows x 1 query over the whole cache: prompt + new tokens);
+`train` is one layer's attention in a training pass, forward and backward (rows x new tokens over prompt + new
+tokens). Each form gets the mask the model gave it: `enable_gqa` the static step's additive mask and the
+training pass's bool one, as before; `stacked` the additive, stacked, aligned one of `stacked_mask`, which a
+forward now makes once for all its layers (so its making is not timed).
 """
 from __future__ import annotations
 
@@ -27,11 +29,11 @@ import torch.nn.functional as F  # noqa: E402
 
 from cli import add_device, check_args, check_device  # noqa: E402
 from machine import ms_per_call  # noqa: E402
-from model_io.model import grouped_attention  # noqa: E402
+from model_io.model import grouped_attention, stacked_mask  # noqa: E402
 
 
 def with_enable_gqa(q, k, v, mask):
-    """The call model_io/model.py made before grouped_attention."""
+    """The call model_io/model.py made before grouped_attention and stacked_mask."""
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
@@ -39,7 +41,9 @@ FORMS = {"enable_gqa": with_enable_gqa, "stacked": grouped_attention}
 
 
 def inputs(kind: str, a, dtype: torch.dtype, device: str):
-    """q [B, H, T, D], k, v [B, H_kv, S, D] and the mask of one `kind` call (a fixed random draw)."""
+    """q [B, H, T, D], k, v [B, H_kv, S, D] of one `kind` call (a fixed random draw), and each form's mask as the
+    model hands it over: before, the static step's additive [B, 1, 1, S] and the training pass's bool [B, 1, T, S];
+    now both from `stacked_mask` (additive, stacked, aligned; made once per forward, so outside the timing)."""
     g = torch.Generator(device=device).manual_seed(0)
     S = a.prompt_len + a.new_tokens
     B, T = (a.batch, 1) if kind == "decode" else (a.train_rows, a.new_tokens)
@@ -48,12 +52,12 @@ def inputs(kind: str, a, dtype: torch.dtype, device: str):
     pad = (torch.rand(B, 1, 1, S, device=device, generator=g) * S).long() < S // 10  # ~a tenth of the slots: padding
     slot = torch.arange(S, device=device)
     if kind == "decode":  # half the cache written so far: the rest masked, as in the static step
-        keep = ~pad & (slot < a.prompt_len + a.new_tokens // 2)
-        mask = torch.zeros(B, 1, 1, S, device=device, dtype=dtype).masked_fill(~keep, float("-inf"))
+        allowed = ~pad & (slot < a.prompt_len + a.new_tokens // 2)  # [B, 1, 1, S]
+        before = torch.zeros(B, S, device=device, dtype=dtype).masked_fill(~allowed[:, 0, 0], float("-inf"))[:, None, None, :]
     else:
         causal = slot[None] <= (a.prompt_len + torch.arange(T, device=device))[:, None]  # [T, S]
-        mask = (causal & ~pad) | (slot[None] == (a.prompt_len + torch.arange(T, device=device))[:, None])
-    return q, k, v, mask
+        allowed = before = (causal & ~pad) | (slot[None] == (a.prompt_len + torch.arange(T, device=device))[:, None])
+    return q, k, v, {"enable_gqa": before, "stacked": stacked_mask(allowed, a.heads // a.kv_heads, dtype)}
 
 
 def fused(fn, q, k, v, mask, backward: bool) -> str:
@@ -93,16 +97,17 @@ def main(argv=None) -> None:
     name = torch.cuda.get_device_name(a.device) if cuda else "CPU"
     print(f"device {name}, {dtype}, H={a.heads}, H_kv={a.kv_heads}, D={a.head_dim}, prompt {a.prompt_len} + {a.new_tokens} new tokens")
     for kind in ("decode", "train"):
-        q, k, v, mask = inputs(kind, a, dtype, a.device)
+        q, k, v, masks = inputs(kind, a, dtype, a.device)
         backward = kind == "train"
         if backward:
             q.requires_grad_(True), k.requires_grad_(True), v.requires_grad_(True)
         times, kernels = {}, {}
         for form, fn in FORMS.items():
-            run = (lambda fn=fn: fn(q, k, v, mask).float().sum().backward()) if backward else (lambda fn=fn: fn(q, k, v, mask))
+            m = masks[form]
+            run = (lambda fn=fn, m=m: fn(q, k, v, m).float().sum().backward()) if backward else (lambda fn=fn, m=m: fn(q, k, v, m))
             with torch.set_grad_enabled(backward):
                 times[form] = ms_per_call(run, a.reps, a.device)
-                kernels[form] = fused(fn, q, k, v, mask, backward) if cuda else "-"
+                kernels[form] = fused(fn, q, k, v, m, backward) if cuda else "-"
         shape = f"{q.shape[0]} rows x {q.shape[2]} queries over {k.shape[2]} keys" + (", forward + backward" if backward else "")
         print(f"{kind}: {shape}")
         for form in FORMS:

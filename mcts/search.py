@@ -13,6 +13,9 @@ A node is one reasoning step: the tokens up to and including the first newline, 
                `rollout_depth` more steps' worth (step_tokens each: tokens are capped, newlines not counted);
                a value function scores the whole answer
   4. backup    every new child's value goes up to the root, all K children of all B trees at once
+With `rescore`, before each selection after the first, every finished rollout is scored again against its tree's
+answers so far and the value sums are rebuilt from those scores (tree.revalue): the values then follow the pool
+as it grows instead of keeping the pool each rollout saw.
 
 At evaluation time the value never sees the gold answer: it is format plus agreement of the rollout's answer
 with the answers found so far in the same tree (self-consistency as a value, Wang et al. 2023). Training may

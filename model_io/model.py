@@ -48,24 +48,37 @@ def swap_halves(x: torch.Tensor) -> torch.Tensor:
 
 def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Grouped-query attention (Ainslie et al. 2023) as plain attention over the key/value heads: q [B, H, T, D],
-    k, v [B, H_kv, S, D], mask None or [B or 1, 1, T, S] (bool or additive) -> [B, H, T, D]. Query head h reads
-    key/value head h // g (g = H / H_kv, as `enable_gqa` and transformers' repeat_kv pair them), so the g query
-    heads of a key/value head are stacked as g*T query rows: [B, H_kv, g*T, D]. The same numbers as
-    `scaled_dot_product_attention(..., enable_gqa=True)`, but every fused CUDA kernel can take it: flash attention
-    takes no mask, and where a kernel does not take `enable_gqa` with a mask SDPA falls back to its math path,
-    which copies the keys/values g times and writes the scores out (per decode step: the whole KV cache, g times).
-    The T = 1 decode step needs no copy at all: its mask broadcasts over the stacked rows. For T > 1 the mask is
-    repeated g times (bool: 1 byte per entry; the keys/values it spares are 2 x D values per key)."""
+    k, v [B, H_kv, S, D], mask None or [B or 1, 1, T, S] (bool or additive), or already stacked [B or 1, 1, g*T, S]
+    (`stacked_mask`) -> [B, H, T, D]. Query head h reads key/value head h // g (g = H / H_kv, as `enable_gqa` and
+    transformers' repeat_kv pair them), so the g query heads of a key/value head are stacked as g*T query rows:
+    [B, H_kv, g*T, D]. The same numbers as `scaled_dot_product_attention(..., enable_gqa=True)`, but every fused
+    CUDA kernel can take it: flash attention takes no mask, and where a kernel does not take `enable_gqa` with a
+    mask SDPA falls back to its math path, which copies the keys/values g times and writes the scores out (per
+    decode step: the whole KV cache, g times). The T = 1 decode step needs no copy at all: its mask broadcasts over
+    the stacked rows. For T > 1 the mask's rows are repeated g times, once per forward by `stacked_mask`."""
     B, H, T, D = q.shape
     Hkv = k.shape[1]
     if Hkv == H:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     g = H // Hkv
     assert H == g * Hkv and v.shape[1] == Hkv, f"{H} query heads cannot share {Hkv} key/value heads"
-    if mask is not None and mask.shape[-2] > 1:  # [.., 1, T, S] -> [.., 1, g*T, S]: row j*T + t is query t of member j
+    if mask is not None and T > 1 and mask.shape[-2] == T:  # [.., 1, T, S] -> [.., 1, g*T, S]: row j*T + t is query t of member j
         mask = mask.unsqueeze(2).expand(*mask.shape[:2], g, *mask.shape[2:]).flatten(2, 3)
     y = F.scaled_dot_product_attention(q.reshape(B, Hkv, g * T, D), k, v, attn_mask=mask)  # [B, H_kv, g*T, D]
     return y.reshape(B, H, T, D)  # (a kernel may hand back another memory layout: reshape, not view)
+
+
+def stacked_mask(allowed: torch.Tensor, g: int, dtype: torch.dtype) -> torch.Tensor:
+    """allowed [B, 1, T, S] bool -> the additive mask grouped_attention takes, made once per forward instead of in
+    every layer: 0 where allowed, -inf elsewhere, in `dtype` (attention's: SDPA converts a bool mask in every
+    call), its rows repeated for the g stacked query heads when T > 1 ([B, 1, g*T, S]; T = 1 broadcasts), and every
+    stride but the last a multiple of 8 (a slice of a buffer padded to 8 keys: SDPA copies any other mask into
+    such a buffer for its memory-efficient CUDA kernel, attention.cpp preprocess_mask)."""
+    B, _, T, S = allowed.shape
+    G = g if T > 1 else 1
+    out = torch.full((B, 1, G * T, -(-S // 8) * 8), float("-inf"), dtype=dtype, device=allowed.device)[..., :S]
+    out.view(B, 1, G, T, S).masked_fill_(allowed[:, :, None], 0.0)  # row j*T + t: query t of stacked head j
+    return out  # [B, 1, G*T, S]
 
 
 @dataclass
@@ -225,7 +238,8 @@ class Transformer(nn.Module):
             k_slot = torch.arange(S, device=dev)[None, :]  # [1, S]
             causal = k_slot <= q_slot  # [T, S]
             valid = keys_valid[:, None, :] if keys_valid is not None else torch.ones(1, 1, S, dtype=torch.bool, device=dev)
-            mask = ((causal & valid) | (k_slot == q_slot))[:, None]  # [B, 1, T, S]
+            allowed = ((causal & valid) | (k_slot == q_slot))[:, None]  # [B, 1, T, S]
+            mask = stacked_mask(allowed, self.cfg.n_heads // self.cfg.n_kv_heads, run_dtype(dev.type, self.embed.weight.dtype))
         x = self.embed(tokens)
         cos, sin = self.rope(positions, x.dtype)
         for i, layer in enumerate(self.layers):
@@ -243,12 +257,12 @@ class Transformer(nn.Module):
         # an additive mask made once per step in the dtype attention runs in: given a bool mask, attention converts
         # it in every layer (a where, two scalar tensors and a cast per call in the profile of one step: 120
         # operations a step, launches on a GPU, where launches are the cost of a decode step)
-        # Its rows start at multiples of 8 slots: SDPA's memory-efficient CUDA kernel pads a mask whose rows do not
-        # (a copy in every layer, every step)
+        # Every stride but the last a multiple of 8 (a slice of a buffer padded to 8 slots): SDPA copies a mask whose
+        # strides are not into a padded one for its memory-efficient CUDA kernel (attention.cpp preprocess_mask), in
+        # every layer, every step. (mask[:, None, None, :] of a padded [R, S8] would not do: the new dims take stride S.)
         R, S = cache.key_mask.shape
-        mask = torch.zeros(R, -(-S // 8) * 8, dtype=run_dtype(x.device.type, x.dtype), device=x.device)[:, :S]
-        mask = mask.masked_fill_(~cache.key_mask, float("-inf"))
-        mask = mask[:, None, None, :]  # [B, 1, 1, capacity]
+        mask = torch.zeros(R, 1, 1, -(-S // 8) * 8, dtype=run_dtype(x.device.type, x.dtype), device=x.device)[..., :S]
+        mask = mask.masked_fill_(~cache.key_mask[:, None, None, :], float("-inf"))  # [B, 1, 1, capacity]
         cos, sin = self.rope(positions, x.dtype)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, mask, i, cache)

@@ -211,3 +211,42 @@ def test_grouped_attention_runs_in_a_fused_cuda_kernel(T):
                                                           enable_gqa=True)
     assert torch.allclose(y.float(), ref, atol=3e-2)
     assert T == 1 or torch.isfinite(q.grad).all()
+
+
+def test_stacked_mask_by_hand():
+    """Two queries over three keys, g = 2 stacked heads: 0 where allowed, -inf elsewhere, the two rows repeated
+    once per stacked head (row j*T + t is query t of head j); one query is not repeated (it broadcasts). Every
+    stride but the last is a multiple of 8, as SDPA's memory-efficient CUDA kernel takes a mask without a copy."""
+    from model_io.model import stacked_mask
+
+    allowed = torch.tensor([[True, False, False], [True, True, False]]).view(1, 1, 2, 3)
+    inf = float("-inf")
+    m = stacked_mask(allowed, 2, torch.float64)
+    assert m.shape == (1, 1, 4, 3) and m.dtype == torch.float64
+    assert m[0, 0].tolist() == [[0, inf, inf], [0, 0, inf], [0, inf, inf], [0, 0, inf]]
+    one = stacked_mask(allowed[:, :, 1:], 2, torch.bfloat16)
+    assert one.shape == (1, 1, 1, 3) and one[0, 0].tolist() == [[0, 0, inf]]
+    assert all(st % 8 == 0 for x in (m, one) for st in x.stride()[:-1]) and m.stride(-1) == one.stride(-1) == 1
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_forward_makes_its_mask_once_stacked_and_aligned(arch, monkeypatch):
+    """Padding and T > 1: every layer gets the same additive mask, already stacked for its query heads and
+    aligned (one made per forward, not one conversion per layer); the logits are those of each row alone."""
+    import model_io.model as mm
+
+    seen = []
+    plain = mm.grouped_attention
+    monkeypatch.setattr(mm, "grouped_attention", lambda q, k, v, mask: seen.append((q.shape, mask)) or plain(q, k, v, mask))
+    ours = from_hf_model(tiny_hf_model(arch, dtype=torch.float64))
+    prompts = random_prompts([5, 11])
+    ids, mask = left_pad(prompts, pad=0)
+    with torch.no_grad():
+        out = ours(ids, positions=(mask.long().cumsum(-1) - 1).clamp(min=0), key_mask=mask.bool())
+    g = ours.cfg.n_heads // ours.cfg.n_kv_heads
+    assert len(seen) == ours.cfg.n_layers and len({id(m) for _, m in seen}) == 1
+    (B, H, T, D), m = seen[0]
+    assert m.dtype == torch.float64 and m.shape == (B, 1, g * T, T) and g > 1
+    assert all(st % 8 == 0 for st in m.stride()[:-1])
+    with torch.no_grad():
+        assert torch.allclose(out[0, -5:], ours(torch.tensor([prompts[0]]))[0], atol=1e-10)

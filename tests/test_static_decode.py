@@ -91,8 +91,9 @@ def test_compiled_decode_step_matches_the_eager_static_step_across_shapes():
 
 
 def test_static_step_mask_rows_start_at_multiples_of_8(monkeypatch):
-    """SDPA's memory-efficient CUDA kernel copies (pads) a mask whose rows do not start at multiples of 8 elements,
-    in every layer of every step: the static step's mask is a slice of a padded buffer. Here the cache holds
+    """SDPA copies a mask with a stride (the last aside) that is not a multiple of 8 into a padded one for its
+    memory-efficient CUDA kernel (attention.cpp preprocess_mask), in every layer of every step: the static step's
+    mask is a slice of a padded [R, 1, 1, S8] buffer. Here the cache holds
     9 + 4 = 13 slots; the step's tokens are those of the dynamic path."""
     import model_io.model as model_mod
     from model_io import prefill
@@ -108,7 +109,7 @@ def test_static_step_mask_rows_start_at_multiples_of_8(monkeypatch):
     tok = pre.logits.argmax(-1)
     seen.clear()
     logits = StaticStep(model, pre.cache, pre.next_pos)(tok)
-    assert seen and all(m.shape[-1] == 13 and m.stride(0) % 8 == 0 for m in seen)
+    assert seen and all(m.shape[-1] == 13 and all(st % 8 == 0 for st in m.stride()[:-1]) and m.stride(-1) == 1 for m in seen)
     with torch.no_grad():
         ref = model(tok[:, None], positions=pre.next_pos[:, None], cache=prefill(model, prompts, room=4).cache, last_only=True)
     assert torch.allclose(logits, ref, atol=1e-5)
