@@ -2,9 +2,9 @@
 
 Dimension letters: B trees searched in lockstep, N node slots per tree, K children per node.
 All N slots are allocated up front; nodes are appended in order (node ids 0..num_nodes-1), the root is 0.
-`select`, `expand` and `backup` work on all B trees at once; they loop only over depth, never over the batch
-or over children, and batch elements never interact (searching B trees together gives the same trees as
-searching each alone).
+`select`, `expand`, `backup` (and `revalue`, which rebuilds the value sums when backed-up values change) work on
+all B trees at once; they loop only over depth, never over the batch or over children, and batch elements never
+interact (searching B trees together gives the same trees as searching each alone).
 
 PUCT (AlphaZero, Silver et al. 2018, "Methods"; the form of Rosin 2011):
     score(child) = Q(child) + c_puct * P(child) * sqrt(N(parent)) / (1 + N(child))
