@@ -151,6 +151,8 @@ def search(
     for sim in range(cfg.n_simulations):
         if on_simulation is not None:
             on_simulation(sim + 1, cfg.n_simulations)
+        if cfg.rescore and sim > 0:  # before anything reads the values (Gumbel's root scores, PUCT)
+            _revalue(tree, _score_finished(records, pools, value_fn), rec_node, rec_value, rec_weight)
         start = None
         if gumbel and sim > 0:
             kids = tree.children[:, ROOT]  # [B, K]
@@ -160,8 +162,6 @@ def search(
             has = valid.any(-1)
             start = torch.where(has, kids[b_all, slot], torch.full_like(slot, ROOT))
             root_sims[b_all, slot] += has.long()
-        if cfg.rescore and sim > 0:
-            _rescore(tree, records, pools, value_fn, rec_node, rec_value, rec_weight)
         leaf = select(tree, cfg.c_puct, start)  # [B]
         done = tree.terminal[b_all, leaf]
         path, pmask = path_tokens(tree, steps, step_len, b_all, leaf)
@@ -266,17 +266,13 @@ def search(
             records[b].append(RolloutRecord(node, texts[r], answers[r], values[r], bool(finished[r]), len(ids), ids,
                                             path_lp + lps[r, : int(lengths[r])].tolist(), chain + [node]))
 
-    if cfg.rescore:  # the tree's values as the final answer sees them (its dump, `visits` answers)
-        _rescore(tree, records, pools, value_fn, rec_node, rec_value, rec_weight)
-    # the final answer's values: every finished rollout scored again, against its whole tree's pool (pick_finished)
+    # every finished rollout scored again against its whole tree's pool: the final answer's values (pick_finished),
+    # and with rescore the tree's values as its dump and a `visits` answer see them
+    scored = _score_finished(records, pools, value_fn) if cfg.rescore or cfg.answer in ("vote", "value") else []
+    if cfg.rescore:
+        _revalue(tree, scored, rec_node, rec_value, rec_weight)
     fin = [[r for r in rs if r.finished and r.answer is not None] for rs in records]
-    rows = [(b, r) for b in range(B) for r in fin[b]]
-    final_values = [[] for _ in range(B)]
-    if rows and cfg.answer in ("vote", "value"):
-        got = value_fn(Candidates([r.text for _, r in rows], [r.answer for _, r in rows], [True] * len(rows),
-                                  [pools[b] for b, _ in rows], [b for b, _ in rows], [r.ids for _, r in rows]))
-        for (b, _), v in zip(rows, got, strict=True):
-            final_values[b].append(float(v))
+    final_values = [[v for bb, _, v in scored if bb == b] if cfg.answer != "visits" else [] for b in range(B)]  # as fin[b]
     first = None  # the root's child that the answer's path starts with, for answer="visits"
     if gumbel:
         kids = tree.children[:, ROOT]
@@ -287,18 +283,26 @@ def search(
             for b in range(B)]
 
 
-def _rescore(tree: Tree, records: list[list[RolloutRecord]], pools: list[list[str]], value_fn: ValueFn,
-             rec_node: torch.Tensor, rec_value: torch.Tensor, rec_weight: torch.Tensor) -> None:
-    """Every finished rollout with an answer scored again against its tree's answers so far; then the trees'
-    value sums rebuilt from all rollouts' values and weights (rec_* [B, R], in place). Unfinished rollouts keep
-    their values (no answer: agreement 0 whatever the pool). A record's own `value` stays as scored at creation."""
+def _score_finished(records: list[list[RolloutRecord]], pools: list[list[str]], value_fn: ValueFn) -> list[tuple[int, int, float]]:
+    """Every finished rollout with an answer scored again against its tree's answers as they are now:
+    (tree, record index, value), trees in order, records in creation order within a tree."""
     rows = [(b, i) for b, rs in enumerate(records) for i, r in enumerate(rs) if r.finished and r.answer is not None]
-    if rows:
-        got = value_fn(Candidates([records[b][i].text for b, i in rows], [records[b][i].answer for b, i in rows],
-                                  [True] * len(rows), [pools[b] for b, _ in rows], [b for b, _ in rows],
-                                  [records[b][i].ids for b, i in rows]))
-        rb, ri = torch.tensor([b for b, _ in rows]), torch.tensor([i for _, i in rows])
-        rec_value[rb, ri] = torch.tensor(got, dtype=rec_value.dtype)
+    if not rows:
+        return []
+    got = value_fn(Candidates([records[b][i].text for b, i in rows], [records[b][i].answer for b, i in rows],
+                              [True] * len(rows), [pools[b] for b, _ in rows], [b for b, _ in rows],
+                              [records[b][i].ids for b, i in rows]))
+    return [(b, i, float(v)) for (b, i), v in zip(rows, got, strict=True)]
+
+
+def _revalue(tree: Tree, scored: list[tuple[int, int, float]], rec_node: torch.Tensor, rec_value: torch.Tensor,
+             rec_weight: torch.Tensor) -> None:
+    """The rollouts' new values (from _score_finished) into rec_value [B, R], then the trees' value sums rebuilt
+    from all rollouts' values and weights (tree.revalue). Unfinished rollouts keep their values (no answer:
+    agreement 0 whatever the pool). A record's own `value` stays as scored at creation."""
+    if scored:
+        rb, ri = torch.tensor([b for b, _, _ in scored]), torch.tensor([i for _, i, _ in scored])
+        rec_value[rb, ri] = torch.tensor([v for _, _, v in scored], dtype=rec_value.dtype)
     revalue(tree, rec_node, rec_value, rec_weight)
 
 

@@ -334,15 +334,16 @@ def test_the_final_answer_is_scored_against_the_whole_tree(setup, monkeypatch, m
             assert r.text == next(x.text for x in fin if x.answer == top)
 
 
-def test_rescoring_leaves_a_search_with_fixed_values_as_it_was(setup):
+@pytest.mark.parametrize("root,answer", [("puct", "vote"), ("gumbel", "visits")])
+def test_rescoring_leaves_a_search_with_fixed_values_as_it_was(setup, root, answer):
     """A value that does not depend on the pool: rebuilding the tree's values changes nothing (same rollouts,
-    same statistics), revisits of finished leaves included."""
+    same statistics, same answer), revisits of finished leaves included."""
     model, tok, prompts = setup
 
     def value(c):
         return [(len(t) % 7) / 7 for t in c.texts]
 
-    kw = dict(n_simulations=8, children=3, step="tokens:2", max_new_tokens=6, rollout_depth=1)
+    kw = dict(n_simulations=8, children=3, step="tokens:2", max_new_tokens=6, rollout_depth=1, root=root, answer=answer)
     plain = search(model, tok, prompts, cfg(**kw), value_fn=value, keep_trees=True)
     again = search(model, tok, prompts, cfg(rescore=True, **kw), value_fn=value, keep_trees=True)
     assert any(n["terminal"] for r in plain for n in r.tree["nodes"][1:])  # finished leaves, some revisited
@@ -357,7 +358,7 @@ def test_rescoring_scores_every_rollout_against_the_answers_found_so_far(setup, 
     """value = size of the pool, rollouts made to finish (EOS made likely): at creation later rollouts score
     higher, so the tree's values differ from node to node. Rescored, every finished rollout holds the final
     pool's size, so in a tree whose rollouts all finished every visited node's mean value is that size; before
-    each selection after the first, and once at the end, the value function saw every finished rollout."""
+    each simulation after the first, and once at the end, the value function saw every finished rollout."""
     import mcts.search as S
 
     model, tok, prompts = setup
@@ -383,9 +384,9 @@ def test_rescoring_scores_every_rollout_against_the_answers_found_so_far(setup, 
     for r in whole:
         means = {round(n["value"], 5) for n in r.tree["nodes"] if n["visits"] > 0}
         assert (means == {float(len(r.records))}) == rescore
-    # one call per simulation for its new rollouts and one for the final answer; rescored, one more before each
-    # simulation's selection after the first and one after the last, each with every finished rollout so far
-    assert len(calls) == 5 + 1 + rescore * (4 + 1)
+    # one call per simulation for its new rollouts and one at the end (the final answer's values, and rescored the
+    # tree's); rescored, one more before each simulation after the first, each with every finished rollout so far
+    assert len(calls) == 5 + 1 + rescore * 4
     if rescore:
         made = [len(k.texts) for k in calls[0:10:2]]  # creation calls alternate with rescoring from the second on
-        assert [len(k.texts) for k in calls[1:10:2]] == [sum(made[: i + 1]) for i in range(4)] + [sum(made)]
+        assert [len(k.texts) for k in calls[1:11:2]] == [sum(made[: i + 1]) for i in range(5)]
