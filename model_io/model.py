@@ -256,13 +256,10 @@ class Transformer(nn.Module):
         x = self.embed(tokens)
         # an additive mask made once per step in the dtype attention runs in: given a bool mask, attention converts
         # it in every layer (a where, two scalar tensors and a cast per call in the profile of one step: 120
-        # operations a step, launches on a GPU, where launches are the cost of a decode step)
-        # Every stride but the last a multiple of 8 (a slice of a buffer padded to 8 slots): SDPA copies a mask whose
-        # strides are not into a padded one for its memory-efficient CUDA kernel (attention.cpp preprocess_mask), in
-        # every layer, every step. (mask[:, None, None, :] of a padded [R, S8] would not do: the new dims take stride S.)
-        R, S = cache.key_mask.shape
-        mask = torch.zeros(R, 1, 1, -(-S // 8) * 8, dtype=run_dtype(x.device.type, x.dtype), device=x.device)[..., :S]
-        mask = mask.masked_fill_(~cache.key_mask[:, None, None, :], float("-inf"))  # [B, 1, 1, capacity]
+        # operations a step, launches on a GPU, where launches are the cost of a decode step); aligned as
+        # stacked_mask makes it, or SDPA would copy it for its memory-efficient CUDA kernel in every layer
+        mask = stacked_mask(cache.key_mask[:, None, None, :], self.cfg.n_heads // self.cfg.n_kv_heads,
+                            run_dtype(x.device.type, x.dtype))  # [B, 1, 1, capacity]
         cos, sin = self.rope(positions, x.dtype)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, mask, i, cache)
