@@ -70,8 +70,8 @@ def fused(fn, q, k, v, mask, backward: bool) -> str:
             if backward:
                 y.float().sum().backward()
         return "fused"
-    except RuntimeError:
-        return "math"
+    except RuntimeError as e:  # SDPA's "No available kernel", or anything else, said as it is
+        return "math" if "No available kernel" in str(e) else f"failed: {str(e).splitlines()[0][:100]}"
 
 
 def main(argv=None) -> None:
