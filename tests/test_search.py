@@ -294,29 +294,37 @@ def test_pick_finished_with_the_whole_pool_prefers_the_formatted_rollout():
     assert pick_finished(recs, final, "vote").text == good and pick_finished(recs, final, "value").text == good
 
 
-@pytest.mark.parametrize("mode", ["vote", "value"])
-def test_the_final_answer_is_scored_against_the_whole_tree(setup, monkeypatch, mode):
-    """The value function sees every finished rollout once more at the end, each with its tree's whole pool, and
-    the answer follows those values. Here value = pool size: at creation later rollouts score higher, at the end
-    all tie, so the first finished rollout of the winning answer is chosen (the old choice was a late one)."""
+def pool_size_value(monkeypatch, tok, eos_bias: float, answers: int):
+    """Rollouts made to finish (EOS's logit raised by `eos_bias`), each parsed to one of `answers` answers (its
+    text's length mod `answers`), and a value function that scores each by the size of its tree's pool, keeping
+    what it was called with: -> (calls, value_fn)."""
     import mcts.search as S
 
-    model, tok, prompts = setup
     real = Transformer.logits
 
-    def eos_likely(self, h):  # finish most rollouts within a few tokens
+    def eos_likely(self, h):
         out = real(self, h).clone()
-        out[..., tok.eos_token_id] += 2.5
+        out[..., tok.eos_token_id] += eos_bias
         return out
 
     monkeypatch.setattr(Transformer, "logits", eos_likely)
-    monkeypatch.setattr(S, "parse_answer", lambda text: str(len(text) % 2))
+    monkeypatch.setattr(S, "parse_answer", lambda text: str(len(text) % answers))
     calls = []
 
     def value(c):
         calls.append(c)
         return [float(len(p)) for p in c.pools]
 
+    return calls, value
+
+
+@pytest.mark.parametrize("mode", ["vote", "value"])
+def test_the_final_answer_is_scored_against_the_whole_tree(setup, monkeypatch, mode):
+    """The value function sees every finished rollout once more at the end, each with its tree's whole pool, and
+    the answer follows those values. Here value = pool size: at creation later rollouts score higher, at the end
+    all tie, so the first finished rollout of the winning answer is chosen (the old choice was a late one)."""
+    model, tok, prompts = setup
+    calls, value = pool_size_value(monkeypatch, tok, eos_bias=2.5, answers=2)
     res = search(model, tok, prompts, cfg(answer=mode, n_simulations=5, max_new_tokens=30), value_fn=value)
     final = calls[-1]
     assert all(final.finished)
@@ -359,24 +367,8 @@ def test_rescoring_scores_every_rollout_against_the_answers_found_so_far(setup, 
     higher, so the tree's values differ from node to node. Rescored, every finished rollout holds the final
     pool's size, so in a tree whose rollouts all finished every visited node's mean value is that size; before
     each simulation after the first, and once at the end, the value function saw every finished rollout."""
-    import mcts.search as S
-
     model, tok, prompts = setup
-    real = Transformer.logits
-
-    def eos_likely(self, h):
-        out = real(self, h).clone()
-        out[..., tok.eos_token_id] += 3.0
-        return out
-
-    monkeypatch.setattr(Transformer, "logits", eos_likely)
-    monkeypatch.setattr(S, "parse_answer", lambda text: str(len(text) % 3))
-    calls = []
-
-    def value(c):
-        calls.append(c)
-        return [float(len(p)) for p in c.pools]
-
+    calls, value = pool_size_value(monkeypatch, tok, eos_bias=3.0, answers=3)
     c = cfg(rescore=rescore, n_simulations=5, step="tokens:2", rollout_depth=40, max_new_tokens=80)  # rollouts run to EOS
     res = search(model, tok, prompts, c, value_fn=value, keep_trees=True)
     whole = [r for r in res if all(x.finished for x in r.records)]
