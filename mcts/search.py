@@ -135,6 +135,7 @@ def search(
     rec_node = torch.full((B, N - 1), UNEXPANDED, dtype=torch.long)  # [B, R]
     rec_value = torch.zeros(B, N - 1)  # [B, R]
     rec_weight = torch.zeros(B, N - 1)  # [B, R]
+    own_rec = torch.full((B, N), -1, dtype=torch.long)  # [B, N] each node's own rollout (index into rec_*), -1: none
     records: list[list[RolloutRecord]] = [[] for _ in range(B)]
     node_record: list[dict[int, int]] = [{} for _ in range(B)]
     pools: list[list[str]] = [[] for _ in range(B)]
@@ -172,9 +173,9 @@ def search(
             # slower than an open sibling's, and PUCT's exploration bonus would keep sending simulations to it
             again = torch.where(done, leaf, torch.full_like(leaf, UNEXPANDED))[:, None].expand(B, K)  # [B, K]
             backup(tree, again, node_value[b_all, leaf][:, None].expand(B, K))
-            for b in done.nonzero().flatten().tolist():  # the leaf's own rollout went up K times more
-                if int(leaf[b]) in node_record[b]:
-                    rec_weight[b, node_record[b][int(leaf[b])]] += K
+            own = own_rec[b_all, leaf]  # [B] the leaf's own rollout went up K times more
+            hit = done & (own >= 0)
+            rec_weight[b_all[hit], own[hit]] += K
         act = (~done).nonzero().flatten()  # [A] trees that expand this simulation
         if act.numel() == 0:
             continue
@@ -261,7 +262,8 @@ def search(
                 leaf_paths[b] = (chain[::-1], [x for c in chain[::-1] for x in step_lp[b, c, : int(step_len[b, c])].tolist()])
             chain, path_lp = leaf_paths[b]
             ids = full_ids[r]
-            node_record[b].setdefault(node, len(records[b]))  # a node's own rollout: the first through it
+            if node not in node_record[b]:  # a node's own rollout: the first through it
+                node_record[b][node] = own_rec[b, node] = len(records[b])
             rec_node[b, len(records[b])], rec_value[b, len(records[b])], rec_weight[b, len(records[b])] = node, values[r], 1.0
             records[b].append(RolloutRecord(node, texts[r], answers[r], values[r], bool(finished[r]), len(ids), ids,
                                             path_lp + lps[r, : int(lengths[r])].tolist(), chain + [node]))
