@@ -135,9 +135,8 @@ def search(
     rec_node = torch.full((B, N - 1), UNEXPANDED, dtype=torch.long)  # [B, R]
     rec_value = torch.zeros(B, N - 1)  # [B, R]
     rec_weight = torch.zeros(B, N - 1)  # [B, R]
-    own_rec = torch.full((B, N), -1, dtype=torch.long)  # [B, N] each node's own rollout (index into rec_*), -1: none
+    own_rec = torch.full((B, N), -1, dtype=torch.long)  # [B, N] each node's own rollout (index into records, rec_*), -1: none
     records: list[list[RolloutRecord]] = [[] for _ in range(B)]
-    node_record: list[dict[int, int]] = [{} for _ in range(B)]
     pools: list[list[str]] = [[] for _ in range(B)]
     gen_tokens = [0] * B
     fwd_tokens = [len(p) for p in prompts]
@@ -262,8 +261,8 @@ def search(
                 leaf_paths[b] = (chain[::-1], [x for c in chain[::-1] for x in step_lp[b, c, : int(step_len[b, c])].tolist()])
             chain, path_lp = leaf_paths[b]
             ids = full_ids[r]
-            if node not in node_record[b]:  # a node's own rollout: the first through it
-                node_record[b][node] = own_rec[b, node] = len(records[b])
+            if own_rec[b, node] < 0:  # a node's own rollout: the first through it
+                own_rec[b, node] = len(records[b])
             rec_node[b, len(records[b])], rec_value[b, len(records[b])], rec_weight[b, len(records[b])] = node, values[r], 1.0
             records[b].append(RolloutRecord(node, texts[r], answers[r], values[r], bool(finished[r]), len(ids), ids,
                                             path_lp + lps[r, : int(lengths[r])].tolist(), chain + [node]))
@@ -280,7 +279,7 @@ def search(
         kids = tree.children[:, ROOT]
         valid = kids != UNEXPANDED
         first = kids[b_all, final_root_child(_gumbel_scores(tree, g, valid, root_sims, cfg), valid, root_sims)].tolist()
-    return [_result(tree, b, records[b], node_record[b], cfg, gen_tokens[b], fwd_tokens[b], steps, step_len, tokenizer, keep_trees,
+    return [_result(tree, b, records[b], own_rec[b].tolist(), cfg, gen_tokens[b], fwd_tokens[b], steps, step_len, tokenizer, keep_trees,
                     first[b] if first else None, eos, pick_finished(fin[b], final_values[b], cfg.answer) if final_values[b] else None)
             for b in range(B)]
 
@@ -316,10 +315,11 @@ def _gumbel_scores(tree: Tree, g: torch.Tensor, valid: torch.Tensor, root_sims: 
     return root_scores(g, log_prior, tree.q()[b, k], valid, root_sims, cfg.gumbel_c_visit, cfg.gumbel_c_scale)
 
 
-def _result(tree: Tree, b: int, records: list[RolloutRecord], node_record: dict[int, int], cfg: SearchConfig,
+def _result(tree: Tree, b: int, records: list[RolloutRecord], own: list[int], cfg: SearchConfig,
             gen: int, fwd: int, steps, step_len, tokenizer, keep_tree: bool, first: int | None = None,
             eos: Sequence[int] = (), chosen: RolloutRecord | None = None) -> SearchResult:
-    """`chosen`: the vote's or the value's pick (None: nothing finished, or answer="visits")."""
+    """`own` [N]: each node's own rollout (index into `records`, -1: none). `chosen`: the vote's or the value's pick
+    (None: nothing finished, or answer="visits")."""
     first_node = first if first is not None and first != UNEXPANDED else None
     if chosen is None:  # visits, or nothing finished: follow the most visited path (from Gumbel's pick at the root, if used)
         node = first_node if first_node is not None else ROOT
@@ -328,7 +328,7 @@ def _result(tree: Tree, b: int, records: list[RolloutRecord], node_record: dict[
             if not kids:
                 break
             node = max(kids, key=lambda k: (float(tree.visits[b, k]), -k))
-        chosen = records[node_record[node]] if node in node_record else (records[0] if records else None)
+        chosen = records[own[node]] if own[node] >= 0 else (records[0] if records else None)
     text = chosen.text if chosen else ""
     dump = {}
     if keep_tree:
@@ -337,7 +337,7 @@ def _result(tree: Tree, b: int, records: list[RolloutRecord], node_record: dict[
                            "text": tokenizer.decode(steps[b, i, : int(step_len[b, i])].tolist(), skip_special_tokens=True),
                            "visits": float(tree.visits[b, i]), "value": float(tree.q()[b, i]), "prior": float(tree.prior[b, i]),
                            "terminal": bool(tree.terminal[b, i]),
-                           "answer": records[node_record[i]].answer if i in node_record else None} for i in range(n)]}
+                           "answer": records[own[i]].answer if own[i] >= 0 else None} for i in range(n)]}
     first = []
     for k in tree.children[b, ROOT].tolist():
         if k != UNEXPANDED:
