@@ -48,22 +48,20 @@ def swap_halves(x: torch.Tensor) -> torch.Tensor:
 
 def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Grouped-query attention (Ainslie et al. 2023) as plain attention over the key/value heads: q [B, H, T, D],
-    k, v [B, H_kv, S, D], mask None or [B or 1, 1, T, S] (bool or additive), or already stacked [B or 1, 1, g*T, S]
-    (`stacked_mask`) -> [B, H, T, D]. Query head h reads key/value head h // g (g = H / H_kv, as `enable_gqa` and
+    k, v [B, H_kv, S, D], mask None or stacked_mask's [B or 1, 1, g*T or 1, S] -> [B, H, T, D]. Query head h reads key/value head h // g (g = H / H_kv, as `enable_gqa` and
     transformers' repeat_kv pair them), so the g query heads of a key/value head are stacked as g*T query rows:
     [B, H_kv, g*T, D]. The same numbers as `scaled_dot_product_attention(..., enable_gqa=True)`, but every fused
     CUDA kernel can take it: flash attention takes no mask, and where a kernel does not take `enable_gqa` with a
     mask SDPA falls back to its math path, which copies the keys/values g times and writes the scores out (per
     decode step: the whole KV cache, g times). The T = 1 decode step needs no copy at all: its mask broadcasts over
-    the stacked rows. For T > 1 the mask's rows are repeated g times, once per forward by `stacked_mask`."""
+    the stacked rows; for T > 1 `stacked_mask` repeats the mask's rows g times, once per forward."""
     B, H, T, D = q.shape
     Hkv = k.shape[1]
     if Hkv == H:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     g = H // Hkv
     assert H == g * Hkv and v.shape[1] == Hkv, f"{H} query heads cannot share {Hkv} key/value heads"
-    if mask is not None and T > 1 and mask.shape[-2] == T:  # [.., 1, T, S] -> [.., 1, g*T, S]: row j*T + t is query t of member j
-        mask = mask.unsqueeze(2).expand(*mask.shape[:2], g, *mask.shape[2:]).flatten(2, 3)
+    assert mask is None or mask.shape[-2] in (1, g * T), f"a mask of {mask.shape[-2]} rows for {g} x {T} stacked queries: use stacked_mask"
     y = F.scaled_dot_product_attention(q.reshape(B, Hkv, g * T, D), k, v, attn_mask=mask)  # [B, H_kv, g*T, D]
     return y.reshape(B, H, T, D)  # (a kernel may hand back another memory layout: reshape, not view)
 

@@ -149,14 +149,14 @@ def test_grouped_attention_by_hand():
     """Two query heads share one key/value head (D = 1, so the scale is 1). Head 0 (q = 1) scores the keys 0 and
     ln 3: weights 1/4, 3/4 over values 0, 4 -> 3. Head 1 (q = -1): 3/4, 1/4 -> 1. With the second key masked
     for the second query token, that token reads value 0 in both heads."""
-    from model_io.model import grouped_attention
+    from model_io.model import grouped_attention, stacked_mask
 
     ln3 = float(torch.log(torch.tensor(3.0, dtype=torch.float64)))
     k = torch.tensor([0.0, ln3], dtype=torch.float64).view(1, 1, 2, 1)  # [B=1, H_kv=1, S=2, D=1]
     v = torch.tensor([0.0, 4.0], dtype=torch.float64).view(1, 1, 2, 1)
     q = torch.tensor([[1.0, 1.0], [-1.0, -1.0]], dtype=torch.float64).view(1, 2, 2, 1)  # [B, H=2, T=2, D]: same q per token
     mask = torch.tensor([[True, True], [True, False]]).view(1, 1, 2, 2)  # token 1 may not see key 1
-    y = grouped_attention(q, k, v, mask)[0, :, :, 0]  # [H, T]
+    y = grouped_attention(q, k, v, stacked_mask(mask, 2, torch.float64))[0, :, :, 0]  # [H, T]
     assert torch.allclose(y, torch.tensor([[3.0, 0.0], [1.0, 0.0]], dtype=torch.float64), atol=1e-12)
 
 
@@ -164,8 +164,9 @@ def test_grouped_attention_by_hand():
 @pytest.mark.parametrize("heads", [(6, 2), (4, 4), (3, 1)])
 def test_grouped_attention_equals_sdpa_with_enable_gqa(T, mask_kind, heads):
     """The stacked form gives SDPA's enable_gqa numbers, forward and backward (float64), whatever the mask: the
-    static decode step's additive [B, 1, 1, S], the training pass's bool [B, 1, T, S], one mask for all rows."""
-    from model_io.model import grouped_attention
+    static decode step's additive [B, 1, 1, S], the training pass's bool [B, 1, T, S] (stacked by stacked_mask for
+    ours), one mask for all rows."""
+    from model_io.model import grouped_attention, stacked_mask
 
     H, Hkv = heads
     B, S, D = 3, 7, 8
@@ -177,7 +178,11 @@ def test_grouped_attention_equals_sdpa_with_enable_gqa(T, mask_kind, heads):
     keep[..., -1] = True  # every query sees a key
     mask = {None: None, "additive": torch.zeros(B, 1, T, S, dtype=torch.float64).masked_fill(~keep, float("-inf")),
             "bool": keep, "bool-broadcast": keep[:1]}[mask_kind]
-    ours = grouped_attention(q, k, v, mask)
+    stacked = stacked_mask(mask, H // Hkv, torch.float64) if mask is not None and mask.dtype == torch.bool else mask
+    if stacked is not mask and H != Hkv:  # a mask of T rows for g x T stacked queries is refused, not broadcast wrong
+        with pytest.raises(AssertionError, match="use stacked_mask"):
+            grouped_attention(q, k, v, mask)
+    ours = grouped_attention(q, k, v, stacked)
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=H != Hkv)
     assert ours.shape == (B, H, T, D) and torch.allclose(ours, ref, atol=1e-12)
     w = torch.randn(B, H, T, D, dtype=torch.float64, generator=g)
@@ -193,7 +198,7 @@ def test_grouped_attention_runs_in_a_fused_cuda_kernel(T):
     otherwise), and agree with float32 math."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from model_io.model import grouped_attention
+    from model_io.model import grouped_attention, stacked_mask
 
     B, H, Hkv, S, D = 8, 9, 3, 200, 64  # SmolLM2-135M's heads
     g = torch.Generator(device="cuda").manual_seed(T)
@@ -204,7 +209,7 @@ def test_grouped_attention_runs_in_a_fused_cuda_kernel(T):
     mask = torch.zeros(B, 1, 1, S, device="cuda", dtype=torch.bfloat16).masked_fill(~keep, float("-inf")) if T == 1 else keep
     q.requires_grad_(T > 1)
     with sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
-        y = grouped_attention(q, k, v, mask)
+        y = grouped_attention(q, k, v, mask if T == 1 else stacked_mask(mask, H // Hkv, torch.bfloat16))
         if T > 1:
             y.float().sum().backward()
     ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask.float() if T == 1 else mask,
