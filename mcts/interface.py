@@ -54,12 +54,12 @@ class SearchConfig:
 @dataclass
 class RolloutRecord:
     node: int  # the child its first step became
-    text: str  # the whole answer: path + continuation
+    text: str  # the whole answer: search's answer_prefix (if any) + path + continuation
     answer: str | None  # parsed (strict, else lenient)
     value: float
     finished: bool  # ended by EOS or the stop string (not cut by a token limit)
     tokens: int  # answer length in tokens
-    ids: list[int] = field(default_factory=list)  # the whole answer's token ids (path + continuation)
+    ids: list[int] = field(default_factory=list)  # the token ids this search added: path + continuation
     logprobs: list[float] = field(default_factory=list)  # their log-probs under the sampling policy (temperature 1)
     path: list[int] = field(default_factory=list)  # node ids from the root's child down to `node`
 
@@ -94,7 +94,7 @@ class SearchResult:
 
 @dataclass
 class Candidates:
-    """What a value function sees: whole answers (path + continuation), one per new child."""
+    """What a value function sees: whole answers (answer prefix + path + continuation), one per new child."""
 
     texts: list[str]
     answers: list[str | None]  # parsed, None where unfinished or unparsable

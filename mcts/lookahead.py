@@ -136,8 +136,10 @@ def lookahead_decode(model: Transformer, tokenizer, prompts: Sequence[Sequence[i
                 finish[r] = ended(committed[r])
         if srch:
             caps = [room(r) for r in srch]
+            # the value function scores, and answers are parsed from, the whole answer: what is committed, then the search's
             found = search(model, tokenizer, [list(prompts[r]) + committed[r] for r in srch], replace(cfg, max_new_tokens=max(caps)),
-                           [qids[r] * 100003 + decisions[r] for r in srch], seed, value_fn, max_new_tokens=caps)
+                           [qids[r] * 100003 + decisions[r] for r in srch], seed, value_fn, max_new_tokens=caps,
+                           answer_prefix=[committed[r] for r in srch])
             for r, f in zip(srch, found):
                 searches[r] += 1
                 gen[r] += f.generated_tokens

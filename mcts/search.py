@@ -109,14 +109,21 @@ def search(
     keep_trees: bool = False,
     max_new_tokens: Sequence[int] | None = None,
     on_simulation: Callable[[int, int], None] | None = None,
+    answer_prefix: Sequence[Sequence[int]] | None = None,
 ) -> list[SearchResult]:
     """Search B trees at once, one per prompt; returns one answer per prompt. `max_new_tokens` [B]: each
     answer's own token cap (lookahead decoding searches answers of different lengths); default cfg's for all.
-    `on_simulation(s, n)` is called as simulation s of n (from 1) starts, e.g. to show progress."""
+    `on_simulation(s, n)` is called as simulation s of n (from 1) starts, e.g. to show progress.
+    `answer_prefix` [B]: the token ids of each answer written before the search, the end of its prompt (lookahead
+    decoding searches from the answer so far): answers are parsed from, and the value function sees, the prefix
+    followed by the path and the continuation, the whole answer (a format check reads it from its first character,
+    and an answer opened in the prefix closes in the continuation). Records keep the search's own tokens in `ids`."""
     B, K, S = len(prompts), cfg.children, cfg.step_len
     caps = torch.tensor(list(max_new_tokens) if max_new_tokens is not None else [cfg.max_new_tokens] * B)  # [B]
     assert caps.shape == (B,), f"max_new_tokens needs one cap per prompt, got {tuple(caps.shape)} for {B}"
     qids = list(question_ids) if question_ids is not None else list(range(B))
+    before = [list(p) for p in answer_prefix] if answer_prefix is not None else [[] for _ in range(B)]
+    assert len(before) == B, f"answer_prefix needs one list of ids per prompt, got {len(before)} for {B}"
     value_fn = value_fn or self_consistency_value(cfg.format_weight)
     pad = tokenizer.pad_token_id
     eos = stop_token_ids(tokenizer, model.cfg.eos_token_ids)
@@ -152,7 +159,7 @@ def search(
         if on_simulation is not None:
             on_simulation(sim + 1, cfg.n_simulations)
         if cfg.rescore and sim > 0:  # before anything reads the values (Gumbel's root scores, PUCT)
-            _revalue(tree, _score_finished(records, pools, value_fn), rec_node, rec_value, rec_weight)
+            _revalue(tree, _score_finished(records, pools, value_fn, before), rec_node, rec_value, rec_weight)
         start = None
         if gumbel and sim > 0:
             kids = tree.children[:, ROOT]  # [B, K]
@@ -210,20 +217,21 @@ def search(
         own = twin == torch.arange(K)[None]  # [A, K]
         prior = torch.zeros_like(prior).scatter_add_(1, twin, prior)
 
-        # value of every continuation: the whole answer from the root
+        # value of every continuation: the whole answer (its prefix, then the path from the root and the continuation)
         texts, answers, full_ids = [], [], []
         for r in range(A * K):
             b = int(act[r // K])
             full = path[r // K][pmask[r // K]].tolist() + toks[r, : int(lengths[r])].tolist()
             full_ids.append(full)
-            texts.append(tokenizer.decode(full, skip_special_tokens=True))
+            texts.append(tokenizer.decode(before[b] + full, skip_special_tokens=True))
             answers.append(parse_answer(texts[-1]) if bool(finished[r]) else None)
             gen_tokens[b] += int(lengths[r])
         for r in range(A * K):  # the pool grows with this simulation's finished answers before scoring
             if answers[r] is not None:
                 pools[int(act[r // K])].append(answers[r])
         values = value_fn(Candidates(texts, answers, finished.tolist(), [pools[int(act[r // K])] for r in range(A * K)],
-                                     [int(act[r // K]) for r in range(A * K)], full_ids))
+                                     [int(act[r // K]) for r in range(A * K)],
+                                     [before[int(act[r // K])] + full_ids[r] for r in range(A * K)]))
         for i, a in enumerate(act.tolist()):
             fwd_tokens[a] += int(pmask[i].sum()) + int(lengths[i * K : (i + 1) * K].sum())
 
@@ -269,7 +277,7 @@ def search(
 
     # every finished rollout scored again against its whole tree's pool: the final answer's values (pick_finished),
     # and with rescore the tree's values as its dump and a `visits` answer see them
-    scored = _score_finished(records, pools, value_fn) if cfg.rescore or cfg.answer in ("vote", "value") else []
+    scored = _score_finished(records, pools, value_fn, before) if cfg.rescore or cfg.answer in ("vote", "value") else []
     if cfg.rescore:
         _revalue(tree, scored, rec_node, rec_value, rec_weight)
     fin = [[r for r in rs if r.finished and r.answer is not None] for rs in records]
@@ -284,15 +292,17 @@ def search(
             for b in range(B)]
 
 
-def _score_finished(records: list[list[RolloutRecord]], pools: list[list[str]], value_fn: ValueFn) -> list[tuple[int, int, float]]:
+def _score_finished(records: list[list[RolloutRecord]], pools: list[list[str]], value_fn: ValueFn,
+                    before: list[list[int]]) -> list[tuple[int, int, float]]:
     """Every finished rollout with an answer scored again against its tree's answers as they are now:
-    (tree, record index, value), trees in order, records in creation order within a tree."""
+    (tree, record index, value), trees in order, records in creation order within a tree. `before` [B]: each
+    tree's answer prefix (search's `answer_prefix`), in front of the records' ids as the value function sees them."""
     rows = [(b, i) for b, rs in enumerate(records) for i, r in enumerate(rs) if r.finished and r.answer is not None]
     if not rows:
         return []
     got = value_fn(Candidates([records[b][i].text for b, i in rows], [records[b][i].answer for b, i in rows],
                               [True] * len(rows), [pools[b] for b, _ in rows], [b for b, _ in rows],
-                              [records[b][i].ids for b, i in rows]))
+                              [before[b] + records[b][i].ids for b, i in rows]))
     return [(b, i, float(v)) for (b, i), v in zip(rows, got, strict=True)]
 
 

@@ -103,3 +103,33 @@ def test_a_rows_answer_does_not_depend_on_its_batch(setup, when, fallback):
     alone = lookahead_decode(model, tok, prompts[1:], cfg, When.parse(when), fallback_p=fallback, question_ids=[8], seed=1)
     assert both[1].tokens == alone[0].tokens and both[1].generated_tokens == alone[0].generated_tokens
     assert both[0].tokens != both[1].tokens
+
+
+
+@pytest.mark.parametrize("when", ["always", "every:2"])
+def test_the_value_function_sees_the_whole_answer_so_far(setup, monkeypatch, when):
+    """At a decision point the search starts from the answer committed so far; what its value function scores
+    (and what answers are parsed from) must be that answer followed by the search's tokens, not the new tail alone,
+    which a format check reads from its first character and where an <answer> opened earlier never closes."""
+    import mcts.lookahead as la
+
+    model, tok, prompts = setup
+    real, now, seen = la.search, {}, []
+
+    def spy(model_, tok_, rows, cfg, qids, *a, **k):
+        # each searched row and its answer so far (lookahead names a search question_id * 100003 + decision)
+        now["rows"] = [((q // 100003) % 2, len(r) - len(prompts[(q // 100003) % 2])) for r, q in zip(rows, qids)]
+        return real(model_, tok_, rows, cfg, qids, *a, **k)
+
+    def value(c):
+        seen.extend((*now["rows"][t], list(i), text) for t, i, text in zip(c.trees, c.ids, c.texts))
+        return [0.5] * len(c.texts)
+
+    monkeypatch.setattr(la, "search", spy)
+    cfg = SearchConfig(n_simulations=2, children=2, step="tokens:3", rollout_depth=1, max_new_tokens=12, stop="")
+    res = lookahead_decode(model, tok, prompts, cfg, When.parse(when), value_fn=value)
+    assert any(m > 0 for _, m, _, _ in seen)  # searches from a committed answer happened
+    for row, m, ids, text in seen:
+        assert ids[:m] == res[row].tokens[:m]  # the answer so far, in front
+        assert 0 < len(ids) - m <= 3 * (cfg.n_simulations + cfg.rollout_depth)  # then the search's path and rollout
+        assert text == tok.decode(ids, skip_special_tokens=True)
