@@ -10,6 +10,12 @@ code, each because as written a reward could not reach what it pays for:
   every one 0.001 per character of its whole text (its "text after the closing tag" split found no tag and kept
   everything). Both now read the end of the text as the end of the tag's line, as `--stop ''` would have let the
   model write it; text after the tag is charged as before.
+Three more, in what counts as an answer (data/answers.py), so that the rewards agree with `eval`'s strict accuracy:
+- correctness compares numbers after normalisation ("$1,000.00" equals the gold "1000"), where the recipe compares
+  the extracted string with the gold string exactly;
+- the integer reward accepts a sign ("-3" earns 0.5), where the recipe's `str.isdigit()` paid 0 for a negative;
+- the answer is the content of the last closed <answer>...</answer> pair, where the recipe's split also read an
+  unclosed tag's text to the end (a completion cut off by the token limit inside its answer was paid as finished).
 """
 from __future__ import annotations
 

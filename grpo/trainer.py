@@ -24,8 +24,9 @@ reference. Departures from the paper's eq. 3, all deliberate:
     steps on zero gradients as it would have). Token statistics (entropy, KL, clip fractions) are then over the
     rows that ran.
  7. Outcome supervision (unless 11): the reward is given per completion (the paper's sec. 4.1.2), from the five
-    rule-based GSM8K rewards of the well-known recipe (grpo/rewards.py, with two departures listed there so
-    that a completion stopped at `</answer>` can earn the format rewards), not from a reward model.
+    rule-based GSM8K rewards of the well-known recipe (grpo/rewards.py, with its departures listed there: two so
+    that a completion stopped at `</answer>` can earn the format rewards, three in what counts as an answer),
+    not from a reward model.
  8. The KL term is in the loss (as in the paper), estimated per token with k3 (its eq. 4).
  9. Multi-process: each rank samples its own prompts; gradients are summed over micro-batches with whole-batch
     normalisers, then averaged over ranks with one all-reduce (what DDP does, without overlapping the

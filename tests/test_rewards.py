@@ -19,8 +19,10 @@ LOOSE = "<reasoning>6*7</reasoning> <answer>42.0</answer> bye"
 
 
 def test_correctness():
-    got = correctness_reward_func([PERFECT, LOOSE, "<answer>41</answer>", "42", "<answer>$42</answer>"], answers=["42"] * 5)
-    assert got == [2.0, 2.0, 0.0, 0.0, 2.0]  # "42.0" and "$42" normalise to 42; a bare "42" has no answer tag
+    got = correctness_reward_func([PERFECT, LOOSE, "<answer>41</answer>", "42", "<answer>$42</answer>", PERFECT[:-11]],
+                                  answers=["42"] * 6)
+    # "42.0" and "$42" normalise to 42; a bare "42" has no answer tag, nor has an answer cut off before </answer>
+    assert got == [2.0, 2.0, 0.0, 0.0, 2.0, 0.0]
     with pytest.raises(ValueError):
         correctness_reward_func([PERFECT], answers=[])
 
