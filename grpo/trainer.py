@@ -253,12 +253,18 @@ class Trainer:
         return out
 
     def _clip_and_step(self, loss: float) -> float:
+        """`loss`: this rank's part of the update's loss. The gradient (and so its norm) is already averaged over the
+        ranks; the loss is not, and a rank whose loss alone is non-finite must not skip an update the others take
+        (the ranks' weights would part for good): every rank counts the ranks with a non-finite loss."""
         cfg = self.cfg
         if cfg.max_grad_norm > 0:
             norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
         else:
             norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.params if p.grad is not None])))
-        if math.isfinite(loss) and math.isfinite(norm):
+        bad_loss = not math.isfinite(loss)
+        if self.dist.on:
+            bad_loss = bool(D.all_reduce_sum(torch.tensor([float(bad_loss)], device=self.model.device), self.dist) > 0)
+        if not bad_loss and math.isfinite(norm):
             self.opt.step()
             # the gradients (one more copy of the weights) are freed now, not kept through the next sampling
             self.opt.zero_grad(set_to_none=True)

@@ -16,6 +16,11 @@ from grpo import distributed as D  # noqa: E402
 if __name__ == "__main__":
     out, overrides = Path(sys.argv[1]), json.loads(sys.argv[2])
     d, device = D.init_from_env("cpu")
+    if overrides.pop("nan_loss_on_rank", None) == d.rank:  # this rank's loss alone non-finite, its gradient not
+        import grpo.trainer as T
+
+        real = T.policy_loss
+        T.policy_loss = lambda *a, **k: (lambda loss, st: (loss + float("nan"), st))(*real(*a, **k))
     tr = make_trainer(out / f"run{d.rank}", dtype=torch.float64, dist=d, **overrides)
     last = tr.train()
     if d.main:

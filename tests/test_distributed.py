@@ -41,6 +41,24 @@ def test_two_processes_match_one(tmp_path, case):
         assert abs(got[k] - last[k]) < 1e-6 * max(1.0, abs(last[k])), (k, got[k], last[k])
 
 
+def test_a_non_finite_loss_on_one_rank_skips_the_update_on_every_rank(tmp_path):
+    """Rank 1's loss is NaN but its gradient finite (a NaN added to the loss): the averaged gradient is finite on
+    both ranks, and had each rank judged its own loss, rank 0 would have stepped and rank 1 not, their weights
+    parting for the rest of the run. Both skip: rank 0 ends where it started."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    worker = Path(__file__).with_name("ddp_worker.py")
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", str(worker),
+                        str(tmp_path), json.dumps(dict(beta=0.04, steps=1, nan_loss_on_rank=1))],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "update skipped" in p.stdout + p.stderr
+    ddp = load_file(str(tmp_path / "ddp.safetensors"))
+    init = make_trainer(tmp_path / "init", dtype=torch.float64).model
+    for n, p0 in init.named_parameters():
+        assert torch.equal(ddp[n], p0), n
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc (Linux)")
 def test_leaving_the_group_joins_its_gloo_threads(tmp_path):
     """A group kept alive past destroy_process_group (by torch._dynamo imported after it formed) left its gloo
