@@ -6,8 +6,8 @@ its finished rollouts are whole answers from the root, and G distinct ones (in c
 Advantages (`--tree-advantage`):
   outcome  the GRPO group advantage of each trajectory (DeepSeekMath eq. 3), given to all its tokens
   step     each token gets the advantage of the node that produced it,  A(n) = V(n) - V(parent(n)),  where V(n)
-           is the mean reward of the finished rollouts through n (TreeRL, Hou et al. 2025, eq. 4-6; TreeRPO,
-           Yang et al. 2025): a step is credited with how much it changed the expected outcome. Tokens of the
+           is the mean reward of the rollouts through n, finished or cut off by the token limit (TreeRL, Hou et
+           al. 2025, eq. 4-6; TreeRPO, Yang et al. 2025): a step is credited with how much it changed the expected outcome. Tokens of the
            rollout's tail after its last node take that node's advantage.
   mix      outcome + weight * step
 Sibling trajectories share their path's tokens, which were generated once (counted in the metrics).
@@ -114,13 +114,15 @@ def collect_tree(
         groups.append(pick)
         gen += f.generated_tokens
         traj += sum(len(r.ids) for r in pick)
-        # step credit from every finished rollout of the tree
-        fin = [r for r in f.records if r.finished]
+        # step credit from every rollout of the tree, each with its reward: one cut off by the token limit counts with
+        # what its text earns, as in the group's outcome (TreeRL's V(n) averages the outcomes of all leaves under n);
+        # left out, a step whose continuations ramble past the limit would keep the credit of its few
+        # finished ones, and a node with none would get V = 0 as if its rollouts were scored
         parent = torch.tensor(f.parent)
         A_node = torch.zeros(len(f.parent))
-        if advantage != "outcome" and fin:
-            r_fin = torch.tensor([r.value * scale for r in fin])  # the search's value is the reward / scale
-            A_node = step_advantages(parent, node_values(parent, torch.tensor([r.node for r in fin]), r_fin))
+        if advantage != "outcome" and f.records:
+            r_all = torch.tensor([r.value * scale for r in f.records])  # the search's value is the reward / scale
+            A_node = step_advantages(parent, node_values(parent, torch.tensor([r.node for r in f.records]), r_all))
         for rec in pick:
             per_tok, pos = [], 0
             for n in rec.path:  # the path's nodes, then the rollout's tail under its last node

@@ -23,6 +23,31 @@ def test_step_advantages_on_a_fixed_tree_by_hand():
     assert float(A[1] + A[4]) == pytest.approx(float(V[4] - V[0]))
 
 
+def test_step_credit_counts_rollouts_cut_off_by_the_token_limit(monkeypatch):
+    """Root 0 -> a 1, b 2. Through a: one finished rollout (reward 1), two cut off by the token limit (reward 0);
+    through b: one cut off (0). V(root) = 1/4, V(a) = 1/3, V(b) = 0, so A(a) = 1/12 and A(b) = -1/4. Counting only
+    finished rollouts gave V(root) = V(a) = 1: A(a) = 0 (the step whose continuations mostly ran out is not marked
+    down) and A(b) = -1 (a node without finished rollouts taken as V = 0)."""
+    import grpo.tree_rollout as tr_mod
+    from data import Problem
+    from grpo.rewards import RewardSet
+    from mcts.interface import RolloutRecord, SearchConfig, SearchResult
+
+    recs = [RolloutRecord(node, f"t{i}", None, value, fin, 4, [10 + i, 20 + i, 30 + i, 40 + i], [-1.0] * 4, [node])
+            for i, (node, value, fin) in enumerate([(1, 1.0, True), (1, 0.0, False), (1, 0.0, False), (2, 0.0, False)])]
+    found = SearchResult("t0", None, 4, "stop", 16, 16, 3, records=recs, step_len=[0, 2, 2], parent=[-1, 0, 0])
+    monkeypatch.setattr(tr_mod, "search", lambda *a, **k: [found])
+
+    class Tok:
+        pad_token_id = 0
+
+    rs = RewardSet({"one": 1.0}, {"one": lambda texts, **_: [1.0] * len(texts)})
+    ro, _ = collect_tree(None, Tok(), [Problem("q", "0", "", 0)], [[1, 2]], [0], 4, SearchConfig(), rs, 0, 0, "step")
+    assert ro.finish == ["stop", "length", "length", "length"]  # the finished rollout first, then creation order
+    want = [1 / 12, 1 / 12, 1 / 12, -1 / 4]  # each row's nodes: a, a, a, b (all 4 tokens under one node)
+    assert ro.token_advantages.tolist() == [[pytest.approx(w)] * 4 for w in want]
+
+
 def test_use_tree_probability():
     assert not any(use_tree(0, s, i, 0.0) for s in range(10) for i in range(10))
     assert all(use_tree(0, s, i, 1.0) for s in range(10) for i in range(10))
