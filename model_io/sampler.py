@@ -243,15 +243,19 @@ def _pick(logits: torch.Tensor, cfg: SamplingConfig, generator: Generators, rows
             drop = (p.cumsum(-1) - p) >= cfg.top_p  # mass before this token already reaches top_p
             x = x.scatter(-1, si, sx.masked_fill(drop, float("-inf")))
         # inverse-CDF sampling: one uniform draw per row, so per-row generators cost a scalar each, not a
-        # multinomial over the whole vocabulary (which took a fifth of tree search's time)
-        cdf = x.softmax(-1).cumsum(-1)  # [R, V]
+        # multinomial over the whole vocabulary (which took a fifth of tree search's time). The sum runs in float64:
+        # near the top of a float32 cumulative sum its steps are 6e-8 wide, so a rare token's slice of [0, 1) rounds
+        # to a whole step or to none (on SmolLM2 ~3e-4 of the mass per token moved, some tokens never drawn), and the
+        # tokens drawn would no longer follow the log-probs reported for them (GRPO's old log-probs). Each
+        # probability itself is exact enough in float32 (relative error ~1e-7); the sum's resolution was the fault
+        cdf = x.softmax(-1).cumsum(-1, dtype=torch.float64)  # [R, V]
         if generator is None or isinstance(generator, torch.Generator):
-            u = torch.rand(cdf.shape[0], generator=generator, device=cdf.device)
+            u = torch.rand(cdf.shape[0], generator=generator, device=cdf.device, dtype=torch.float64)
         elif isinstance(generator, RowKeys):
-            # float64 -> float32 can round up to 1.0, which would draw the last token whatever its mass
-            u = generator.uniform(rows, t).to(cdf.dtype).clamp_(max=1 - torch.finfo(cdf.dtype).eps / 2)
+            u = generator.uniform(rows, t).to(cdf.device)  # float64 in [0, 1 - 2^-53]
         else:
-            u = torch.cat([torch.rand(1, generator=generator[r], device=generator[r].device) for r in rows.tolist()]).to(cdf.device)
+            u = torch.cat([torch.rand(1, generator=generator[r], device=generator[r].device, dtype=torch.float64)
+                           for r in rows.tolist()]).to(cdf.device)
         # side="right": the first token whose cumulative mass exceeds u * total, so zero-mass tokens are never drawn
         tok = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
     lp = logits.gather(-1, tok[:, None]).squeeze(-1) - torch.logsumexp(logits, -1)

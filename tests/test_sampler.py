@@ -254,3 +254,31 @@ def test_top_p_keeps_the_token_that_crosses_p_and_log_probs_stay_untruncated():
     # temperature 2 flattens the sampling distribution, not the returned log-probs
     tok, lp = _pick(logits, SamplingConfig(temperature=2.0), torch.Generator().manual_seed(0), torch.arange(R))
     assert torch.allclose(lp, probs.log()[tok]) and set(tok.tolist()) == {0, 1, 2, 3}
+
+
+def test_rare_tokens_are_drawn_with_their_own_probability():
+    """Inverse-CDF sampling over a SmolLM2-sized vocabulary: one likely token, 49,151 at p = 2.5e-8 each. In a float32
+    cumulative sum the steps near 1 are 6e-8 wide, so these tokens' slices of [0, 1) rounded to 0 or to 1-2 steps:
+    about 3 in 5 could never be drawn and the rest came 2-5x too often. Each one's own slice must draw it."""
+    from model_io.row_keys import RowKeys
+    from model_io.sampler import _pick
+
+    V, q = 49152, 2.5e-8
+    logits = torch.zeros(1, V)
+    logits[0, 0] = float(torch.tensor((1 - (V - 1) * q) / q).log())  # p0 = 1 - (V - 1) q, within float32 rounding
+    p = logits.double().softmax(-1)[0]  # the probabilities the draw should follow
+    edges = torch.cat([torch.zeros(1, dtype=torch.float64), p.cumsum(0)])  # token j owns [edges[j], edges[j + 1])
+    picks = torch.arange(1, V, 97)  # 507 rare tokens across the vocabulary
+
+    class At(RowKeys):  # a "generator" that returns the chosen u for each row
+        def __init__(self, u):
+            self.u = u
+
+        def uniform(self, rows, t):
+            return self.u[rows]
+
+    mid = (edges[picks] + edges[picks + 1]) / 2 / edges[-1]  # [n] the middle of each chosen token's slice
+    tok, lp = _pick(logits.expand(len(picks), V), SamplingConfig(max_new_tokens=1, temperature=1.0),
+                    At(mid), torch.arange(len(picks)))
+    assert tok.tolist() == picks.tolist()
+    assert torch.allclose(lp.double(), p[picks].log(), rtol=1e-5)
