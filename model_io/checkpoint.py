@@ -84,7 +84,9 @@ def write_text_atomic(path: Path, text: str) -> None:
 @contextmanager
 def atomic_dir(path: str | os.PathLike):
     """Yields a temporary sibling directory to fill; on success it is renamed over `path`, on any error removed,
-    so a crash never leaves half a model (nor replaces a good one). What it holds gets the umask's modes."""
+    so a crash never leaves half a model (nor replaces a good one with one). What it holds gets the umask's modes.
+    Replacing an existing directory takes two renames (POSIX rename cannot swap two directories): a crash in the
+    instant between them leaves `path` missing and the old copy whole, beside it as `.NAME.old-PID`."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
