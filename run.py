@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ import torch
 from data import DataError, encode_prompts, load_gsm8k, parse_strict
 from data.gsm8k import check_one_file, questions_and_shots
 from grpo import distributed as D
-from grpo.checkpointing import checkpoint_dirs, model_of_run
+from grpo.checkpointing import checkpoint_dirs, is_training_run, model_of_run
 from grpo.config import TrainConfig, apply_preset, check_ranges, check_top_p, resumed_config
 from grpo.eval_resume import answered, resumed_eval_config
 from grpo.evaluate import EvalConfig, evaluate
@@ -125,14 +126,33 @@ def write_json(path: Path, obj) -> None:
 EVAL_OUTPUTS = ("predictions.jsonl", "summary.json", "trees.jsonl", "tb", "predictions.jsonl.partial", "trees.jsonl.partial")
 
 
+MADE_DIRS: list[Path] = []  # --out-dirs this process made: main removes them again if the command fails while they are empty
+
+
 def make_out_dir(out: Path) -> None:
-    """--out-dir as a directory (made if missing), checked before any slow work."""
+    """--out-dir as a writable directory (made if missing), checked before any slow work."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out-dir {out} is a file: pass a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
+    if not out.exists():
+        try:
+            out.mkdir(parents=True)
+        except OSError as e:
+            raise ValueError(f"--out-dir {out} cannot be made ({e.strerror}): pass a writable directory") from None
+        MADE_DIRS.append(out)
+    try:  # a directory can exist and still refuse files (permissions, a read-only mount): found now, not at the first write
+        tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-").close()
     except OSError as e:
-        raise ValueError(f"--out-dir {out} cannot be made ({e.strerror}): pass a writable directory") from None
+        raise ValueError(f"--out-dir {out} is not writable ({e.strerror}): pass a writable directory") from None
+
+
+def remove_made_dirs() -> None:
+    """The --out-dirs this process made and left empty (a command that failed before writing): gone again."""
+    for out in reversed(MADE_DIRS):
+        try:
+            out.rmdir()  # only an empty directory: whatever was written there stays
+        except OSError:
+            pass
+    MADE_DIRS.clear()
 
 
 def holds_a_model(out: Path) -> bool:
@@ -157,11 +177,6 @@ def refuse_foreign_out_dir(out: Path, command: str) -> None:
     else:
         return
     raise ValueError(f"--out-dir {out} holds {what} {command} would replace: pass another --out-dir (e.g. {out / command})")
-
-
-def is_training_run(out: Path) -> bool:
-    """`out` holds what `run.py train` writes (checkpoints or step logs), finished or not."""
-    return (out / "checkpoints").is_dir() or (out / "metrics.jsonl").is_file()
 
 
 def clear_outputs(out: Path, outputs: tuple[str, ...]) -> None:
@@ -222,8 +237,13 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
     cfg = apply_preset(cfg, set(given))
     if cfg.resume:
         run_dir = Path(cfg.resume)
+        if holds_a_model(run_dir):
+            raise ValueError(f"--resume {run_dir} is a model directory, not a training run: train from it with --model {run_dir}")
         if not (run_dir / "config.json").is_file():
             raise ValueError(f"--resume {run_dir}: no config.json there, so it is not a run directory of `run.py train`")
+        if not is_training_run(run_dir):
+            raise ValueError(f"--resume {run_dir} is not a run directory of `run.py train` (its config.json is not a training "
+                             f"config and it has no checkpoints): pass the --out-dir of the run to continue")
         if not checkpoint_dirs(run_dir):
             raise ValueError(f"--resume {run_dir}: the run stopped before its first checkpoint, so there is nothing to "
                              f"resume: start it again in another --out-dir (or delete {run_dir})")
@@ -247,7 +267,7 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
         if checkpoint_dirs(run_dir):
             raise ValueError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pass another --out-dir")
         if is_training_run(run_dir):
-            raise ValueError(f"{run_dir} holds a run that stopped before its first checkpoint (nothing to resume): pass "
+            raise ValueError(f"{run_dir} holds a run with no checkpoint (nothing to resume): pass "
                              f"another --out-dir, or delete {run_dir} to use it again")
         refuse_foreign_out_dir(run_dir, "train")
     make_out_dir(run_dir)  # a file there fails now, not after loading
@@ -370,14 +390,17 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)  # a usage error: rank 0's line alone under torchrun, as below
     cls, fn, _ = COMMANDS[args.command]
     given = given_fields(sys.argv[1:] if argv is None else argv, cls)
+    MADE_DIRS.clear()
     try:
         cfg = config_from_args(cls, args)
         fn(cfg, given) if fn in (cmd_train, cmd_eval) else fn(cfg)
     except (ModelSpecError, DataError, ValueError, FileNotFoundError, TrainingError) as e:
+        remove_made_dirs()
         if D.reports(e):  # under torchrun every rank meets a bad flag: one line, not one per process
             print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: checkpoints and outputs are written atomically, so nothing is half-written
+        remove_made_dirs()
         hint = ""
         if fn is cmd_eval and (Path(args.out_dir) / "predictions.jsonl.partial").is_file():
             hint = f": `run.py eval --resume --out-dir {args.out_dir}` continues it, keeping the questions answered"

@@ -69,14 +69,19 @@ def _read_jsonl(path: Path) -> list[Problem]:
     return out
 
 
-def _from_path(path: Path, split: str) -> list[Problem]:
+def _from_path(path: Path, split: str, via: str = "--gsm8k") -> list[Problem]:
+    """`via`: where the path came from ("--gsm8k" or "GSM8K_DIR"), named in the errors."""
+    fix = ("pass --gsm8k DIR, the directory holding train.jsonl and test.jsonl" if via == "--gsm8k" else
+           "set GSM8K_DIR to the directory holding train.jsonl and test.jsonl, or unset it to read the hub dataset")
+    if not path.exists():
+        raise DataError(f"{via} {path}: no such file or directory: {fix}")
     if path.is_dir():
+        if not (path / f"{split}.jsonl").is_file():
+            raise DataError(f"{via} {path} holds no {split}.jsonl, the GSM8K {split} split: {fix}")
         path = path / f"{split}.jsonl"
     elif path.stem in SPLITS and path.stem != split:  # a file is one split: test.jsonl never serves as train
         raise DataError(f"{path} is the {path.stem} split, but the {split} split is needed: pass {split}.jsonl, "
                         "or the directory holding train.jsonl and test.jsonl")
-    if not path.is_file():
-        raise DataError(f"GSM8K file {path} not found: {HOW}")
     return _read_jsonl(path)
 
 
@@ -141,7 +146,7 @@ def load_gsm8k(split: str, source: str | os.PathLike | None = None) -> list[Prob
         return _from_path(Path(source).expanduser(), split)
     env = os.environ.get("GSM8K_DIR")
     if env:
-        return _from_path(Path(env).expanduser(), split)
+        return _from_path(Path(env).expanduser(), split, "GSM8K_DIR")
     return _from_hub(split)
 
 

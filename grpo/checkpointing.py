@@ -31,11 +31,23 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def is_training_run(run_dir: Path) -> bool:
+    """`run_dir` holds what `run.py train` writes, finished or not: checkpoints, step logs, or (a run stopped during
+    its first step) only its config.json, a training config (with group_size; a model's has a model_type)."""
+    if (run_dir / "checkpoints").is_dir() or (run_dir / "metrics.jsonl").is_file() or (run_dir / "final_hf").is_dir():
+        return True
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and "group_size" in saved and "model_type" not in saved
+
+
 def model_of_run(run_dir: Path) -> Path | None:
     """The model spec a `run.py train` run directory stands for (`--model runs/train`): its newest finished
     checkpoint's model (the final weights once the run has ended, as the last checkpoint is written at the end),
     else `final_hf` (checkpoints deleted); None if `run_dir` is not a run directory."""
-    if not ((run_dir / "checkpoints").is_dir() or (run_dir / "final_hf").is_dir()):
+    if not is_training_run(run_dir):
         return None
     found = checkpoint_dirs(run_dir)
     if found:

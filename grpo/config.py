@@ -8,6 +8,7 @@ from model_io.precision import check_precision, precision_field
 from model_io.sampler import check_decode_mode
 
 from .loss import ADV_SCALES, AGGREGATIONS
+from .rewards import RewardSet
 
 
 @dataclass
@@ -100,6 +101,7 @@ class TrainConfig:
         if self.temperature <= 0:
             raise ValueError(f"--temperature must be > 0, got {self.temperature}: GRPO compares different samples of a prompt")
         check_top_p(self.top_p)
+        RewardSet.parse(self.rewards)  # an unknown name or a bad weight now, not after the model has loaded
 
 
 def _flag(name: str) -> str:

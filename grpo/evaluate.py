@@ -118,7 +118,10 @@ class QuestionResult:
     finish: list[str]
     final: int = 0  # the strategy's answer: index into completions (-1: sample, where every completion counts)
     generated_tokens: int = 0  # all tokens sampled for this question (for tree search: every rollout)
-    forward_tokens: int = 0  # tokens run through the model for it
+    # tokens through the model for it, every strategy counted alike: the prompt once (tree search: also each path
+    # it extends), then every sampled token, the last of each answer or rollout included though it is never run
+    # (one token over the exact count per answer, the same rule for all strategies so that they compare)
+    forward_tokens: int = 0
     seconds: float = 0.0  # its share of its batch's wall time (a resumed eval's summary adds the earlier run's)
 
 

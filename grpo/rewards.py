@@ -19,6 +19,7 @@ Three more, in what counts as an answer (data/answers.py), so that the rewards a
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -116,6 +117,8 @@ class RewardSet:
                 weights[name.strip()] = float(w) if w else 1.0
             except ValueError:
                 raise ValueError(f"bad reward weight {part!r}: write name=weight, e.g. correctness=1,xmlcount=0.5") from None
+            if not math.isfinite(weights[name.strip()]):  # nan or inf: every reward, advantage and update would be nan
+                raise ValueError(f"bad reward weight {part!r}: a weight must be a finite number, e.g. correctness=1,xmlcount=0.5")
         return cls(weights)
 
     def __call__(self, completions: Sequence[str], answers: Sequence[str], **kw) -> RewardBreakdown:

@@ -73,7 +73,7 @@ class SearchResult:
     answer_tokens: int  # its length in tokens
     finish: str  # "eos" | "stop" (finished) or "length" (cut by a token limit)
     generated_tokens: int  # all tokens sampled for this question (every child's continuation)
-    forward_tokens: int  # tokens run through the model for it (prompt once + paths + continuations)
+    forward_tokens: int  # tokens through the model for it: prompt once + paths + continuations (grpo/evaluate.py's rule)
     nodes: int
     tree: dict = field(default_factory=dict)  # node texts and statistics, for dumps
     first_steps: list[dict] = field(default_factory=list)  # root's children: tokens, text, visits, value, prior

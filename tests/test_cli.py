@@ -4,6 +4,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, gsm8k_dir
@@ -98,6 +99,8 @@ def test_majority_vote():
     (["train", "--max-minutes", "inf"], "--max-minutes must be a finite number, got inf"),
     (["train", "--out-dir", ""], "--out-dir is empty: give a path"),
     (["eval", "--gsm8k", " "], "--gsm8k is empty: give a path"),  # it read the working directory
+    (["train", "--rewards", "correctness=nan"], "bad reward weight 'correctness=nan': a weight must be a finite number"),
+    (["train", "--rewards", "foo=1"], "unknown reward functions ['foo']"),  # before the model loads, not after
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, why, monkeypatch, capsys):
     import torch
@@ -111,6 +114,47 @@ def test_bad_input_is_one_line_and_exit_2(argv, why, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and why in err and "\n" not in err
 
+
+
+def test_an_out_dir_that_refuses_files_is_one_line_before_loading(tmp_path, monkeypatch, capsys):
+    """A directory that exists but cannot take files (permissions, a read-only mount) is found before the model
+    loads, not by a traceback at the first write."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    if not _refuses_files(locked):  # root writes where permissions say no; a kernel directory refuses it still
+        locked = Path("/sys/kernel")
+        if not (locked.is_dir() and _refuses_files(locked)):
+            pytest.skip("no directory here refuses this user's files")
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    monkeypatch.setattr(run, "load_spec", lambda *a: pytest.fail("the model loaded before --out-dir was checked"))
+    for argv in (["eval", "--limit", "1"], ["train", "--device", "cpu"]):
+        assert run.main(argv + ["--out-dir", str(locked)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --out-dir {locked} is not writable (") and err.count("\n") == 1
+
+
+def _refuses_files(d: Path) -> bool:
+    import tempfile
+
+    try:
+        tempfile.NamedTemporaryFile(dir=d).close()
+        return False
+    except OSError:
+        return True
+
+
+def test_a_command_that_fails_leaves_no_out_dir_it_made(tmp_path, monkeypatch, capsys):
+    """An --out-dir the command made, left empty by an error (a missing GSM8K path, a bad model), is removed again;
+    one that existed stays."""
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    assert run.main(["eval", "--gsm8k", str(tmp_path / "nope"), "--out-dir", str(tmp_path / "a" / "ev")]) == 2
+    assert "no such file or directory" in capsys.readouterr().err and not (tmp_path / "a" / "ev").exists()
+    assert run.main(["eval", "--model", str(tmp_path / "nomodel"), "--limit", "1", "--out-dir", str(tmp_path / "ev2")]) == 2
+    assert not (tmp_path / "ev2").exists()
+    (tmp_path / "kept").mkdir()
+    assert run.main(["eval", "--gsm8k", str(tmp_path / "nope"), "--out-dir", str(tmp_path / "kept")]) == 2
+    assert (tmp_path / "kept").is_dir()
 
 
 def test_eval_out_dir_is_checked_before_loading_and_old_outputs_are_replaced(tiny_ckpt, tmp_path, monkeypatch, capsys):

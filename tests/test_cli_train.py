@@ -1,4 +1,5 @@
 """run.py train: run directories, resume (what it takes, refuses and restores), train-time refusals."""
+import dataclasses
 import json
 import shutil
 
@@ -9,6 +10,7 @@ from helpers import tiny_hf_model, tiny_tokenizer
 
 import run
 from grpo.checkpointing import checkpoint_dirs
+from grpo.config import TrainConfig
 from model_io import ModelSpecError, export_hf, load_model, save_model
 from model_io.convert import from_hf_model
 
@@ -24,9 +26,20 @@ def test_train_run_dirs_that_cannot_go_on_say_so_and_a_finished_one_is_left_alon
     (early / "metrics.jsonl").write_text('{"step": 1}\n')
     capsys.readouterr()
     assert run.main(["train", "--out-dir", str(early)]) == 2
-    assert "stopped before its first checkpoint (nothing to resume)" in capsys.readouterr().err
+    assert "holds a run with no checkpoint (nothing to resume)" in capsys.readouterr().err
     assert run.main(["train", "--resume", str(early)]) == 2
     assert "stopped before its first checkpoint, so there is nothing to resume" in capsys.readouterr().err
+    # neither a model nor an eval's outputs is a run stopped early (which would tell the user to delete it)
+    save_model(from_hf_model(tiny_hf_model("llama")), tiny_tokenizer(), tmp_path / "model")
+    assert run.main(["train", "--resume", str(tmp_path / "model")]) == 2
+    assert capsys.readouterr().err == (f"error: --resume {tmp_path / 'model'} is a model directory, not a training run: "
+                                       f"train from it with --model {tmp_path / 'model'}\n")
+    ev = tmp_path / "ev"
+    ev.mkdir()
+    (ev / "config.json").write_text(json.dumps({"search": "greedy", "limit": 1}))
+    (ev / "summary.json").write_text("{}")
+    assert run.main(["train", "--resume", str(ev)]) == 2
+    assert f"--resume {ev} is not a run directory of `run.py train`" in capsys.readouterr().err
     out = tmp_path / "run"
     assert run.main(["train", "--model", tiny_ckpt, "--preset", "smoke", "--steps", "1", "--max-new-tokens", "4",
                      "--eval-every", "0", "--out-dir", str(out), "--device", "cpu"]) == 0
@@ -231,10 +244,16 @@ def test_a_training_run_directory_loads_its_newest_checkpoint_else_its_final_exp
     checkpoint's model, said on stderr; with the checkpoints deleted, final_hf; with neither yet, a one-line error."""
     old, new = from_hf_model(tiny_hf_model("llama", seed=1)), from_hf_model(tiny_hf_model("llama", seed=2))
     tok, rd = tiny_tokenizer(), tmp_path / "run"
-    (rd / "checkpoints").mkdir(parents=True)
-    with pytest.raises(ModelSpecError, match="training run with no finished checkpoint or final_hf yet") as e:
-        run.load_spec(str(rd), torch.device("cpu"), torch.float32)
-    assert "\n" not in str(e.value)
+    rd.mkdir()
+    # a run in its first --save-every steps: its config and step logs, no checkpoints/ yet
+    (rd / "config.json").write_text(json.dumps(dataclasses.asdict(TrainConfig())))
+    (rd / "metrics.jsonl").write_text('{"step": 1}\n')
+    for made in ("metrics", "checkpoints"):
+        if made == "checkpoints":
+            (rd / "checkpoints").mkdir()
+        with pytest.raises(ModelSpecError, match="training run with no finished checkpoint or final_hf yet") as e:
+            run.load_spec(str(rd), torch.device("cpu"), torch.float32)
+        assert "\n" not in str(e.value)
     for step, m in ((50, old), (100, new)):  # finished checkpoints: the model and the trainer state
         save_model(m, tok, rd / "checkpoints" / f"step-{step:06d}" / "model")
         (rd / "checkpoints" / f"step-{step:06d}" / "trainer_state.pt").touch()
@@ -281,6 +300,7 @@ def test_train_refuses_bad_out_dirs_data_files_and_batches_before_loading(tmp_pa
     test_file = f"{gsm8k_dir()}/test.jsonl"
     assert run.main(["train", "--gsm8k", test_file, "--out-dir", str(tmp_path / "r1"), "--device", "cpu"]) == 2
     assert "is one file, but the test and train splits are needed" in capsys.readouterr().err
+    assert not (tmp_path / "r1").exists()  # made for the run, removed with its error
     assert run.main(["sample", "--gsm8k", test_file]) == 2
     assert "is one file" in capsys.readouterr().err
     monkeypatch.setattr(run.D, "init_from_env", lambda device: (Dist(rank=0, world=2), torch.device("cpu")))

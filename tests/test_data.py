@@ -111,8 +111,18 @@ def test_no_source_names_all_three_ways(monkeypatch, tmp_path):
         load_gsm8k("test")
     msg = str(e.value)
     assert "--gsm8k" in msg and "GSM8K_DIR" in msg and "openai/gsm8k" in msg and "\n" not in msg
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(DataError, match=r"^--gsm8k .*nope: no such file or directory: pass --gsm8k DIR"):
         load_gsm8k("test", tmp_path / "nope")
+    with pytest.raises(DataError, match=r"^--gsm8k .* holds no test.jsonl, the GSM8K test split"):
+        load_gsm8k("test", tmp_path)
+
+
+def test_a_bad_gsm8k_dir_is_named_as_the_environment_variable(monkeypatch, tmp_path):
+    """GSM8K_DIR set to a missing path: the error names the variable (not "file ... not found: set GSM8K_DIR")."""
+    monkeypatch.setenv("GSM8K_DIR", str(tmp_path / "gsm8k"))
+    with pytest.raises(DataError, match=r"^GSM8K_DIR .*gsm8k: no such file or directory: set GSM8K_DIR to the directory "
+                                        r"holding train.jsonl and test.jsonl, or unset it"):
+        load_gsm8k("train")
     with pytest.raises(DataError, match="unknown GSM8K split"):
         load_gsm8k("validation", tmp_path)
 
