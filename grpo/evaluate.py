@@ -87,6 +87,11 @@ class EvalConfig:
         check_top_p(self.top_p)
         if self.search in ("greedy", "mcts") and self.n != 1:
             raise ValueError(f"--search {self.search} gives one answer per question: --n is for sample, majority, best-of-n")
+        if self.search in ("majority", "best-of-n") and self.n < 2:  # one sample: --search sample, under another name
+            raise ValueError(f"--search {self.search} chooses among --n answers per question: give --n >= 2 (e.g. --n 8)")
+        if self.search != "greedy" and self.temperature == 0 and self.n > 1:
+            raise ValueError(f"--temperature 0 draws the same answer all --n {self.n} times: give --temperature > 0 "
+                             "(e.g. 0.7), or use --search greedy")
         # flags that look as if they applied to tree search but do not (config.json would record them as if they had)
         if self.search == "mcts" and self.top_k:
             raise ValueError(f"--top-k {self.top_k} is not used by --search mcts (it samples with --temperature and --top-p): "

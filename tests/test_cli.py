@@ -101,6 +101,9 @@ def test_majority_vote():
     (["eval", "--gsm8k", " "], "--gsm8k is empty: give a path"),  # it read the working directory
     (["train", "--rewards", "correctness=nan"], "bad reward weight 'correctness=nan': a weight must be a finite number"),
     (["train", "--rewards", "foo=1"], "unknown reward functions ['foo']"),  # before the model loads, not after
+    (["eval", "--search", "majority"], "--search majority chooses among --n answers per question: give --n >= 2"),
+    (["eval", "--search", "best-of-n", "--n", "1"], "--search best-of-n chooses among --n answers"),
+    (["eval", "--search", "sample", "--n", "8", "--temperature", "0"], "--temperature 0 draws the same answer all --n 8 times"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, why, monkeypatch, capsys):
     import torch
