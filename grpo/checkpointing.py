@@ -71,6 +71,7 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, sched
             "scheduler": scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "python_rng": list(random.getstate()[1]),
+            "python_gauss": random.getstate()[2],  # random.gauss's cached second value (None or a float)
             "extra": extra,
         }
         torch.save(state, tmp / "trainer_state.pt")
@@ -105,5 +106,5 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, dict]
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     r = random.getstate()
-    random.setstate((r[0], tuple(state["python_rng"]), r[2]))
+    random.setstate((r[0], tuple(state["python_rng"]), state.get("python_gauss")))  # (older checkpoints: none cached)
     return int(state["step"]), state["extra"]

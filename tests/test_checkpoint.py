@@ -175,3 +175,26 @@ def test_saved_models_are_readable_by_others_under_the_umask(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "private").stat().st_mode) == 0o700
     assert stat.S_IMODE((tmp_path / "private" / "model.safetensors").stat().st_mode) == 0o600
+
+
+def test_a_training_checkpoint_restores_every_random_state(tmp_path):
+    """Python's `random` keeps a second Gaussian cached after each gauss() call: a resumed run must draw what the
+    uninterrupted one draws next, from random, random.gauss and torch alike."""
+    import random
+
+    from grpo.checkpointing import load_checkpoint, save_checkpoint
+
+    model = from_hf_model(tiny_hf_model("llama"))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
+    random.seed(5)
+    torch.manual_seed(5)
+    random.gauss(0, 1)  # draws two normals, returns one, caches the other
+    path = save_checkpoint(tmp_path, 3, model, tiny_tokenizer(), opt, sched, {"k": 1}, keep=2)
+    want = [random.gauss(0, 1), random.random(), float(torch.rand(1))]
+    random.seed(99)
+    random.gauss(0, 1)  # another cached value
+    torch.manual_seed(99)
+    step, extra = load_checkpoint(path, model, opt, sched)
+    assert (step, extra) == (3, {"k": 1})
+    assert [random.gauss(0, 1), random.random(), float(torch.rand(1))] == want
