@@ -36,7 +36,7 @@ class TrainConfig:
     beta: float = field(default=0.04, metadata={"help": "KL penalty weight; 0 skips the reference model entirely"})
     eps_low: float = field(default=0.2, metadata={"help": "lower clip range of the ratio"})
     eps_high: float = field(default=0.2, metadata={"help": "upper clip range of the ratio (DAPO's clip-higher: 0.28)"})
-    rollouts: str = field(default="plain", metadata={"help": "where groups come from: plain (G samples per prompt) or mcts (G finished rollouts of a tree search per prompt)"})
+    rollouts: str = field(default="plain", metadata={"help": "where groups come from: plain (G samples per prompt) or mcts (G distinct rollouts of a tree search per prompt, finished ones first)"})
     mcts_prob: float = field(default=1.0, metadata={"help": "with --rollouts mcts: per prompt, the tree with this probability, plain sampling otherwise (0: exactly the plain trainer)"})
     tree_advantage: str = field(default="outcome", metadata={"help": "tree rollouts' advantages: outcome (GRPO's per trajectory) | step (V(node) - V(parent) per token) | mix"})
     tree_advantage_weight: float = field(default=1.0, metadata={"help": "mix: outcome + weight * step"})

@@ -25,8 +25,8 @@ reference. Departures from the paper's eq. 3, all deliberate:
     rows that ran.
  7. Outcome supervision (unless 11): the reward is given per completion (the paper's sec. 4.1.2), from the five
     rule-based GSM8K rewards of the well-known recipe (grpo/rewards.py, with its departures listed there: two so
-    that a completion stopped at `</answer>` can earn the format rewards, three in what counts as an answer),
-    not from a reward model.
+    that the format rewards can be earned at all (multi-line reasoning, a completion stopped at `</answer>`),
+    three in what counts as an answer), not from a reward model.
  8. The KL term is in the loss (as in the paper), estimated per token with k3 (its eq. 4).
  9. Multi-process: each rank samples its own prompts; gradients are summed over micro-batches with whole-batch
     normalisers, then averaged over ranks with one all-reduce (what DDP does, without overlapping the
@@ -36,8 +36,9 @@ reference. Departures from the paper's eq. 3, all deliberate:
     (MiniMax-M1, arXiv 2506.13585, sec. 3.2: bf16 logits put the sampler's and the trainer's token
     probabilities apart); log-probs, the loss and the KL are float32. The frozen reference stores its linear
     weights in bf16, the values autocast would cast them to at every call.
-11. With `--rollouts mcts` a prompt's group is G finished rollouts of a tree search instead of G independent
-    samples (grpo/tree_rollout.py), and `--tree-advantage step|mix` gives per-token advantages from the tree
+11. With `--rollouts mcts` a prompt's group is G distinct rollouts of a tree search (finished ones first, then
+    those cut off by the token limit, repeated in turn if fewer than G) instead of G independent samples
+    (grpo/tree_rollout.py), and `--tree-advantage step|mix` gives per-token advantages from the tree
     (TreeRL-style V(node) - V(parent)) in place of eq. 3's one advantage per completion.
 """
 from __future__ import annotations
