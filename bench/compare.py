@@ -141,11 +141,17 @@ def main(argv=None) -> None:
     evaluate(model, tok, problems[:2], replace(base, search="greedy", max_new_tokens=8), shots, progress=False)
     rows = []
 
+    def write(complete: bool) -> None:  # atomically: a grid cut off (a time limit) keeps every row it finished
+        tmp = out / "compare.json.tmp"
+        tmp.write_text(json.dumps({"settings": vars(a), "complete": complete, "rows": rows}, indent=2) + "\n")
+        tmp.replace(out / "compare.json")
+
     def add(strategy: str, budget: str, summary: dict) -> None:
         rows.append({"strategy": strategy, "budget": budget, **{k: summary[k] for k in (
             "accuracy_strict", "accuracy_lenient", "format_soft_rate", "generated_tokens_per_question",
             "forward_tokens_per_question", "seconds_per_question", "seconds_per_generated_token")}})
         print(json.dumps(rows[-1]), flush=True)
+        write(complete=False)
 
     s, _ = evaluate(model, tok, problems, replace(base, search="greedy"), shots, progress=False)
     add("greedy", "1", s)
@@ -162,7 +168,7 @@ def main(argv=None) -> None:
             s, _ = evaluate(model, tok, problems, replace(base, search="mcts", n_simulations=k, mcts_root=root), shots, progress=False)
             add("mcts" if root == "puct" else "mcts-gumbel", f"sims={k}, K={a.children}", s)
 
-    (out / "compare.json").write_text(json.dumps({"settings": vars(a), "rows": rows}, indent=2) + "\n")
+    write(complete=True)
     lines = [f"GSM8K test, first {a.limit} questions, {a.shots}-shot, {a.device}, max {a.max_new_tokens} new tokens per answer, "
              f"temperature {a.temperature}; tree search K={a.children}, rollout depth {a.rollout_depth}, answer by {a.mcts_answer} (mcts: PUCT at the root; "
              f"mcts-gumbel: Gumbel + Sequential Halving at the root).", "",

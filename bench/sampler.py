@@ -101,11 +101,15 @@ def main(argv=None) -> None:
           f"{sum(f == 'eos' for f in ours.finish)}/{len(prompts)}")
     print(f"transformers generate: {n_hf} tokens in {t_hf:.2f}s = {n_hf / t_hf:.1f} tokens/s")
     print(f"ours                 : {n_ours} tokens in {t_ours:.2f}s = {n_ours / t_ours:.1f} tokens/s")
-    floor_s, bw = weight_read_floor(model, dev)
+    floor_s, bw, head_extra = weight_read_floor(model, dev)
     step_s = decode_step_time(model, prompts, pad, dev, sync, args.max_new_tokens)
     print(f"decode step (batch {len(prompts)}): {step_s * 1e3:.2f} ms; floor = weight bytes / copy bandwidth: "
           f"{floor_s * 1e3:.3f} ms ({bw / 1e9:.0f} GB/s copied, each byte read and written: a read of the weights "
           f"alone may be up to 2x faster); step / floor = {step_s / floor_s:.1f}")
+    if head_extra:  # what this step's design adds to the issue's floor: the float32 LM head (model.head_weight)
+        head_floor = floor_s + head_extra / bw
+        print(f"decode step floor with the LM head read as float32, as the step reads it (+{head_extra / 1e6:.1f} MB): "
+              f"{head_floor * 1e3:.3f} ms; step / that floor = {step_s / head_floor:.1f}")
     print(f"ratio ours/transformers tokens/s: {(n_ours / t_ours) / (n_hf / t_hf):.2f}")
     if args.compiled:
         from model_io.sampler import decode_mode
@@ -125,7 +129,8 @@ def main(argv=None) -> None:
                   f"{sum(a == b for a, b in zip(comp_rows, ours_rows))}/{len(prompts)})")
             cstep_s = decode_step_time(model, prompts, pad, dev, sync, args.max_new_tokens, compiled=True)
             print(f"decode step compiled (batch {len(prompts)}): {cstep_s * 1e3:.2f} ms; step / floor = "
-                  f"{cstep_s / floor_s:.1f}; uncompiled / compiled = {step_s / cstep_s:.2f}")
+                  f"{cstep_s / floor_s:.1f}; uncompiled / compiled = {step_s / cstep_s:.2f}"
+                  + (f"; step / floor with the float32 head = {cstep_s / (floor_s + head_extra / bw):.1f}" if head_extra else ""))
             print(f"ratio ours compiled/transformers tokens/s: {(n_comp / t_comp) / (n_hf / t_hf):.2f}")
         except Exception as e:  # noqa: BLE001
             print(f"compiled decode step failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
@@ -148,13 +153,17 @@ def decode_step_time(model, prompts, pad, dev, sync, room: int, compiled: bool =
     return (time.perf_counter() - t0) / steps
 
 
-def weight_read_floor(model, dev) -> tuple[float, float]:
+def weight_read_floor(model, dev) -> tuple[float, float, int]:
     """The floor of a decode step set by reading every weight once: weight bytes / device-to-device copy bandwidth
     (bench/machine.py: bytes copied per second, each read and written, so up to 2x above what a read-only stream
-    would need). Returns (floor seconds, bandwidth in bytes copied per second)."""
-    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    would need). Returns (floor seconds, bandwidth in bytes copied per second, the bytes a step reads beyond the
+    weights as stored: the logits come from a float32 copy of the LM head (model.head_weight), so with bf16 weights
+    the step reads the head at 4 bytes a value, not 2; 0 with float32 weights)."""
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())  # (a tied head is one parameter, counted once)
+    head = model.lm_head.weight
+    extra = head.numel() * max(0, 4 - head.element_size())
     bw = copy_bandwidth(dev)
-    return nbytes / bw, bw
+    return nbytes / bw, bw, extra
 
 if __name__ == "__main__":
     main()

@@ -42,26 +42,34 @@ diag() {  # diag NAME LIMIT CMD...: a diagnostic step, skipped once fewer than 3
 }
 # Order: the issue's figures first (environment, sampler, accuracy, GRPO, search), each step time-limited so that
 # a slow one (a long compile) cannot starve GRPO of its minutes; diagnostics last, in whatever time is left.
+# The budget, in seconds: after training, POST for the trained model's accuracy, the NCCL check and the grid;
+# training itself at least TRAIN_MIN plus TRAIN_SLACK (start-up, the model load, the last step, the final checkpoint
+# and export, which --max-minutes does not count). Each step before it keeps what those need, so that even if every
+# step runs to its limit, training runs (at MINUTES 8: 60 s of steps; more whenever a step ends early).
+POST=150 TRAIN_MIN=60 TRAIN_SLACK=60
+KEEP=$(( POST + TRAIN_MIN + TRAIN_SLACK ))
 step 1-env "$PY" scripts/gpu_env.py "$OUT/env.json"
 # --compiled: the decode step through torch.compile too, side by side (the lever for the step / floor target);
 # its figures print after the eager ones, so a compile cut off by the limit costs only the compiled figures
-step 2-sampler-b$B1 timeout $(cap 240 300) "$PY" bench/sampler.py --model "$MODEL" --batch $B1 --max-new-tokens $NEW --compiled
-step 2-sampler-b$B2 timeout $(cap 120 270) "$PY" bench/sampler.py --model "$MODEL" --batch $B2 --max-new-tokens $NEW
+step 2-sampler-b$B1 timeout $(cap 240 $(( KEEP + 90 ))) "$PY" bench/sampler.py --model "$MODEL" --batch $B1 --max-new-tokens $NEW --compiled
+step 2-sampler-b$B2 timeout $(cap 120 $(( KEEP + 60 ))) "$PY" bench/sampler.py --model "$MODEL" --batch $B2 --max-new-tokens $NEW
 # the fast path's greedy tokens against the CPU float32 path: first TA tokens, log-probs within bf16 tolerance
-step 2-agreement timeout $(cap 90 240) "$PY" bench/agreement.py --model "$MODEL" --batch $BA --tokens $TA --max-new-tokens $(( 2 * TA ))
-step 3-eval-start timeout $(cap 150 200) "$PY" run.py eval --model "$MODEL" --shots $SHOTS --limit $Q --max-new-tokens $NEW --batch-size 128 --out-dir "$OUT/eval-start"
-TRAIN_MIN=$(( ($(left) - 180) / 60 ))  # leave 3 minutes for the evaluation, NCCL check and grid after it
-if [ "$TRAIN_MIN" -ge 1 ]; then
+step 2-agreement timeout $(cap 90 $(( KEEP + 30 ))) "$PY" bench/agreement.py --model "$MODEL" --batch $BA --tokens $TA --max-new-tokens $(( 2 * TA ))
+step 3-eval-start timeout $(cap 150 $KEEP) "$PY" run.py eval --model "$MODEL" --shots $SHOTS --limit $Q --max-new-tokens $NEW --batch-size 128 --out-dir "$OUT/eval-start"
+TRAIN_S=$(( $(left) - POST - TRAIN_SLACK ))  # seconds of training steps (--max-minutes takes a fraction)
+if [ "$TRAIN_S" -ge "$TRAIN_MIN" ]; then
   # (--max-minutes ends the loop between steps; the timeout bounds a first step that would run far longer)
-  step 4-train timeout $(( TRAIN_MIN * 60 + 90 )) "$PY" run.py train --model "$MODEL" --shots $SHOTS --max-minutes $TRAIN_MIN --steps 100000 --eval-every 0 --save-every 100000 \
+  step 4-train timeout $(( TRAIN_S + TRAIN_SLACK )) "$PY" run.py train --model "$MODEL" --shots $SHOTS \
+       --max-minutes "$(( TRAIN_S / 60 )).$(printf %03d $(( TRAIN_S % 60 * 1000 / 60 )))" --steps 100000 --eval-every 0 --save-every 100000 \
        --out-dir "$OUT/train" $( [ "${SMALL:-0}" = 1 ] && echo --prompts-per-step 1 --group-size 2 --max-new-tokens $NEW )
-  step 4-eval-trained timeout $(cap 150 90) "$PY" run.py eval --model "$OUT/train/final_hf" --shots $SHOTS --limit $Q --max-new-tokens $NEW --batch-size 128 --out-dir "$OUT/eval-trained"
+  step 4-eval-trained timeout $(cap 150 $(( POST - 45 ))) "$PY" run.py eval --model "$OUT/train/final_hf" --shots $SHOTS --limit $Q --max-new-tokens $NEW --batch-size 128 --out-dir "$OUT/eval-trained"
 else
   echo "4-train skipped: no time left" | tee -a "$OUT/steps.txt"
 fi
 # one GPU: a 1-process NCCL group must initialise and take training steps (the multi-GPU path, issue 5 sec. 3)
 step 4-nccl timeout $(cap 90 60) "$PY" -m torch.distributed.run --nproc_per_node 1 run.py train --model "$MODEL" --steps 2 --prompts-per-step 1 \
      --group-size 2 --max-new-tokens 16 --eval-every 0 --out-dir "$OUT/nccl"
+# (compare.json is rewritten after each strategy: a grid cut off by its limit keeps the rows it finished)
 step 5-compare timeout $(cap 240 0) "$PY" bench/compare.py --model "$MODEL" --shots $SHOTS --limit $QM --n 1,4,8 --sims $SIMS --roots puct --max-new-tokens $NEW --batch-size 64 --out "$OUT/compare"
 # diagnostics (logs named by the issue's section they belong to), each only while MINUTES has 30 s left (the
 # figures above come first, and a lent machine's time is short): the CUDA-only tests (CUDA graphs against eager

@@ -81,8 +81,9 @@ def summary(out: Path) -> list[str]:
                          f"{mean([x['reward'] for x in ms[:k]]):.3f} / {mean([x['reward'] for x in ms[-k:]]):.3f} |")
             lines.append(f"| GRPO mean step time (s) | {mean([x['step_time'] for x in ms]):.2f} |")
     c = load(out / "compare" / "compare.json")
+    cut = " (grid cut off before its end)" if c and not c.get("complete", True) else ""
     for r in (c or {}).get("rows", []):
-        lines.append(f"| compare {r['strategy']} {r['budget']}: accuracy lenient, tokens/question | "
+        lines.append(f"| compare {r['strategy']} {r['budget']}: accuracy lenient, tokens/question{cut} | "
                      f"{r['accuracy_lenient']:.3f}, {r['generated_tokens_per_question']:.0f} |")
     for mode in ("static", "dynamic"):  # tree search's decoding with and without CUDA graphs (a diagnostic)
         s = load(out / f"mcts-{mode}" / "summary.json")

@@ -33,21 +33,21 @@ def refused(name: str, argv: list[str], capsys) -> str:
     ("sampler", ["--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
     ("sampler", ["--device", "foo"], "unknown --device 'foo'"),
     ("sampler", ["--model", "/nonexistent", "--device", "cpu"], "model path /nonexistent does not exist"),
-    ("sampler", ["--gsm8k", "/nonexistent", "--device", "cpu"], "GSM8K file /nonexistent not found"),
+    ("sampler", ["--gsm8k", "/nonexistent", "--device", "cpu"], "--gsm8k /nonexistent: no such file or directory"),
     ("mcts", ["--batch", "0"], "--batch must be >= 1, got 0"),
     ("mcts_answer", ["--limit", "0"], "--limit must be >= 1, got 0"),
     ("mcts_answer", ["--answer", "visits"], "argument --answer: invalid choice: 'visits'"),
-    ("mcts_answer", ["--gsm8k", "/nonexistent", "--device", "cpu"], "GSM8K file /nonexistent not found"),
+    ("mcts_answer", ["--gsm8k", "/nonexistent", "--device", "cpu"], "--gsm8k /nonexistent: no such file or directory"),
     ("group_sampling", ["--group", "0"], "--group must be >= 1, got 0"),
     ("group_sampling", ["--shots", "-1"], "--shots must be >= 0, got -1"),
-    ("group_sampling", ["--gsm8k", "/nonexistent", "--device", "cpu"], "GSM8K file /nonexistent not found"),
+    ("group_sampling", ["--gsm8k", "/nonexistent", "--device", "cpu"], "--gsm8k /nonexistent: no such file or directory"),
     ("group_sampling", ["--model", "/nonexistent", "--device", "cpu"], "model path /nonexistent does not exist"),
     ("mcts", ["--model", "/nonexistent", "--device", "cpu"], "model path /nonexistent does not exist"),
     ("agreement", ["--tokens", "0"], "--tokens must be >= 1, got 0"),
     ("agreement", ["--model", "/nonexistent", "--device", "cpu"], "model path /nonexistent does not exist"),
     ("decode_ops", ["--batch", "-1"], "--batch must be >= 1, got -1"),
     ("grpo_step", ["--micro-batch", "0"], "--micro-batch must be >= 1, got 0"),
-    ("grpo_step", ["--gsm8k", "/nonexistent"], "GSM8K file /nonexistent not found"),
+    ("grpo_step", ["--gsm8k", "/nonexistent"], "--gsm8k /nonexistent: no such file or directory"),
     ("precision", ["--decode-rows", "0"], "--decode-rows must be >= 1, got 0"),
     ("grpo_step", ["--group", "1", "--micro-batch", "1"], "--group must be >= 2, got 1"),
     ("precision", ["--group", "1"], "--group must be >= 2, got 1"),
@@ -98,6 +98,19 @@ def test_sampler_reads_a_gguf_in_the_working_directory_by_its_bare_name(tmp_path
     with pytest.raises(KeyboardInterrupt):
         sampler.main(["--model", "model.gguf", "--device", "cpu", "--batch", "1", "--max-new-tokens", "2"])
     assert seen == [(".", "model.gguf")]
+
+
+def test_the_floor_counts_each_weight_once_and_names_the_float32_heads_extra_bytes(monkeypatch):
+    """The issue's floor: the weights as stored (a tied head once). With bf16 weights the step reads the head as a
+    float32 copy (model.head_weight), 2 more bytes a value, printed beside it; float32 weights read nothing more."""
+    sampler = bench("sampler")
+    monkeypatch.setattr(sampler, "copy_bandwidth", lambda dev: 1e9)
+    for dtype, size in ((torch.float32, 4), (torch.bfloat16, 2)):
+        model = from_hf_model(tiny_hf_model(tie_word_embeddings=True)).to(dtype)
+        n = sum(p.numel() for p in model.parameters())
+        floor_s, bw, extra = sampler.weight_read_floor(model, torch.device("cpu"))
+        assert model.lm_head.weight is model.embed.weight and floor_s == pytest.approx(n * size / 1e9) and bw == 1e9
+        assert extra == (0 if size == 4 else model.lm_head.weight.numel() * 2)
 
 
 def test_group_sampling_bench_runs_both_sides_and_prints_their_ratio(capsys, monkeypatch):
@@ -160,6 +173,20 @@ def test_compare_runs_the_grid_after_an_untimed_warm_up(tmp_path, capsys, monkey
     assert [(r["strategy"], r["budget"]) for r in rows] == [("greedy", "1")] + [
         (s, f"n={n}") for n in (1, 2) for s in ("sample", "majority", "best-of-n")] + [("mcts", "sims=1, K=4")]
     assert (tmp_path / "o" / "compare.md").is_file() and "compare.md" in capsys.readouterr().out
+    assert json.loads((tmp_path / "o" / "compare.json").read_text())["complete"] is True
+
+    def cut_off(m, t, problems, cfg, *a, **k):  # a time limit reached during tree search
+        if cfg.search == "mcts":
+            raise KeyboardInterrupt
+        return real(m, t, problems, cfg, *a, **k)
+
+    monkeypatch.setattr(compare, "evaluate", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        compare.main(["--model", str(tmp_path / "m"), "--device", "cpu", "--gsm8k", f"{gsm8k_dir()}/test.jsonl", "--limit", "2",
+                      "--n", "1", "--sims", "1", "--roots", "puct", "--shots", "0", "--max-new-tokens", "6", "--batch-size", "2",
+                      "--out", str(tmp_path / "cut")])
+    got = json.loads((tmp_path / "cut" / "compare.json").read_text())
+    assert got["complete"] is False and [r["strategy"] for r in got["rows"]] == ["greedy", "sample", "majority", "best-of-n"]
 
 
 def test_mcts_bench_times_decode_steps_once_and_never_syncs_in_a_capture(monkeypatch):

@@ -70,6 +70,11 @@ def test_summary_with_every_step(tmp_path, monkeypatch):
     # steps 1-5 average 0.3, steps 6-10 average 0.8; the step-0 row (no reward) is left out
     assert "| GRPO steps / reward, mean of first 5 / of last 5 | 10 / 0.300 / 0.800 |" in text
     assert "| compare mcts sims=8, K=4: accuracy lenient, tokens/question | 0.250, 900 |" in text
+    # a grid cut off by its time limit keeps the rows it finished, marked
+    c = json.loads((tmp_path / "compare" / "compare.json").read_text())
+    (tmp_path / "compare" / "compare.json").write_text(json.dumps({**c, "complete": False}))
+    text = "\n".join(gpu_summary.summary(tmp_path))
+    assert "| compare mcts sims=8, K=4: accuracy lenient, tokens/question (grid cut off before its end) | 0.250, 900 |" in text
 
 
 def test_an_evaluation_without_its_config_gets_no_shots_label(tmp_path):
