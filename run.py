@@ -205,6 +205,10 @@ def cmd_eval(cfg: EvalConfig, given: set[str] = frozenset()) -> None:
     if not cfg.resume:
         refuse_foreign_out_dir(out, "eval")
         make_out_dir(out)
+        held = model_of_run(Path(cfg.model).expanduser()) if cfg.model else None
+        if held is not None:  # config.json (and the summary) name the checkpoint itself: a resume reads these weights,
+            print(f"{cfg.model} is a training run: loading {held}", file=sys.stderr)  # not the run's newest by then
+            cfg = dataclasses.replace(cfg, model=str(held))
     problems, shots = questions_and_shots(cfg.split, cfg.gsm8k, cfg.shots, cfg.limit)
     precision = resolve_precision(cfg.precision, device)
     note(slow_bf16_note(precision, device))

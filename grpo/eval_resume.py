@@ -11,8 +11,10 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
+from model_io import ModelSpecError
 from model_io.checkpoint import write_text_atomic
 
+from .checkpointing import model_of_run
 from .evaluate import EvalConfig, QuestionResult
 
 PARTIAL, TREES = "predictions.jsonl.partial", "trees.jsonl.partial"
@@ -38,7 +40,8 @@ def resumed_eval_config(cfg: EvalConfig, given: set[str], out: Path) -> EvalConf
     # --device auto and --precision auto (the command the eval started with, typed again) stand for what the saved
     # config holds: what 'auto' resolved to when it started
     differ = [k for k in sorted(given & names) if k not in EVAL_RESUME_MAY_CHANGE and saved.get(k) != getattr(cfg, k)
-              and k != "out_dir" and not (k in ("device", "precision") and getattr(cfg, k) == "auto")]
+              and k != "out_dir" and not (k in ("device", "precision") and getattr(cfg, k) == "auto")
+              and not (k == "model" and same_run_model(cfg.model, saved.get(k)))]
     if differ:
         was = ", ".join(f"--{k.replace('_', '-')} (it has {saved.get(k)!r})" for k in differ)
         raise ValueError(f"--resume {out}: {was} would change the answers mid-eval; only --batch-size and --gsm8k may change "
@@ -49,6 +52,18 @@ def resumed_eval_config(cfg: EvalConfig, given: set[str], out: Path) -> EvalConf
     except (TypeError, ValueError) as e:
         raise ValueError(f"--resume: {out}/config.json holds a config that cannot run ({e}): run the eval again "
                          f"without --resume") from None
+
+
+def same_run_model(typed: str | None, saved: str | None) -> bool:
+    """`--model RUN_DIR` typed again beside --resume, where the eval recorded the checkpoint RUN_DIR stood for when
+    it started: the same weights only while that checkpoint is still the run's newest."""
+    if not typed or not saved:
+        return False
+    try:
+        held = model_of_run(Path(typed).expanduser())
+    except ModelSpecError:
+        return False
+    return held is not None and held.resolve() == Path(saved).expanduser().resolve()
 
 
 def answered(out: Path, with_trees: bool, indices: list[int]) -> list[QuestionResult]:

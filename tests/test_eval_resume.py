@@ -143,3 +143,39 @@ def test_what_cannot_be_resumed_is_one_line_before_loading(tiny_ckpt, tmp_path, 
     # the command the eval started with, typed again with --resume: the same values, and 'auto' for what it resolved to
     assert run.main(common + ["--resume", "--temperature", "0.7", "--device", "auto", "--precision", "auto"]) == 0
     assert "1 of 2 questions answered before" in capsys.readouterr().err
+
+
+def test_an_eval_of_a_training_run_resumes_with_the_checkpoint_it_started_with(tmp_path, monkeypatch, capsys):
+    """`--model RUN_DIR` stands for the run's newest checkpoint when the eval starts; a run that trains on writes
+    newer ones, and a resume must not answer the rest of the questions with other weights than the first ones."""
+    from helpers import tiny_hf_model, tiny_tokenizer
+
+    from model_io import save_model
+    from model_io.convert import from_hf_model
+
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    rd = tmp_path / "run"
+
+    def checkpoint(step: int, seed: int):
+        save_model(from_hf_model(tiny_hf_model("qwen2", seed=seed)), tiny_tokenizer(), rd / "checkpoints" / f"step-{step:06d}" / "model")
+        (rd / "checkpoints" / f"step-{step:06d}" / "trainer_state.pt").touch()
+
+    checkpoint(1, seed=1)
+    first = rd / "checkpoints" / "step-000001" / "model"
+    common = ["eval", "--model", str(rd), "--limit", "5", "--max-new-tokens", "5", "--device", "cpu", "--batch-size", "2"]
+    assert run.main(common + ["--out-dir", str(tmp_path / "whole")]) == 0
+    assert json.loads((tmp_path / "whole" / "config.json").read_text())["model"] == str(first)
+    for cut in ("cut1", "cut2"):
+        with monkeypatch.context() as m:
+            interrupt_at_batch(m, 2)
+            assert run.main(common + ["--out-dir", str(tmp_path / cut)]) == 130
+    capsys.readouterr()
+    # the run's newest is still the eval's: the command typed again resumes
+    assert run.main(["eval", "--resume", "--model", str(rd), "--out-dir", str(tmp_path / "cut1")]) == 0
+    assert stripped(tmp_path / "cut1" / "predictions.jsonl") == stripped(tmp_path / "whole" / "predictions.jsonl")
+    checkpoint(2, seed=2)  # the run trained on
+    capsys.readouterr()
+    assert run.main(["eval", "--resume", "--model", str(rd), "--out-dir", str(tmp_path / "cut2")]) == 2
+    assert "--model (it has " + repr(str(first)) + ") would change the answers" in capsys.readouterr().err
+    assert run.main(["eval", "--resume", "--out-dir", str(tmp_path / "cut2")]) == 0
+    assert stripped(tmp_path / "cut2" / "predictions.jsonl") == stripped(tmp_path / "whole" / "predictions.jsonl")
