@@ -224,13 +224,17 @@ def cmd_eval(cfg: EvalConfig, given: set[str] = frozenset()) -> None:
     if done:
         print(f"resuming {out}: {len(done)} of {len(problems)} questions answered before", file=sys.stderr)
     summary, _ = evaluate(model, tok, problems[len(done) :], cfg, shots, out_path=partial, tree_path=trees, done=done)
-    partial.replace(out / "predictions.jsonl")
+    # every other output first, the predictions' rename last: an eval stopped in between still has its partial files,
+    # so `--resume` finishes it (answering nothing again), instead of a predictions.jsonl without its summary
     if trees:
-        trees.replace(out / "trees.jsonl")
-        log_tree_stats(out / "trees.jsonl", out / "tb")
+        shutil.rmtree(out / "tb", ignore_errors=True)  # all of it from the trees file (a resumed end wrote it once already)
+        log_tree_stats(trees, out / "tb")
     summary = {"model": cfg.model or "embedded:SmolLM2-135M-Instruct", "search": cfg.search, "device": str(device),
                "precision": precision, **summary}
     write_json(out / "summary.json", summary)
+    if trees:
+        trees.replace(out / "trees.jsonl")
+    partial.replace(out / "predictions.jsonl")
     print(json.dumps(summary, indent=2))
     wrote = [out / "predictions.jsonl", out / "summary.json"] + ([out / "trees.jsonl", out / "tb"] if trees else [])
     print(f"wrote {', '.join(map(str, wrote[:-1]))} and {wrote[-1]}")

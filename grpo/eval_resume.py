@@ -74,6 +74,8 @@ def answered(out: Path, with_trees: bool, indices: list[int]) -> list[QuestionRe
     lines = (out / PARTIAL).read_text(encoding="utf-8").splitlines()
     trees: dict[int, str] = {}
     if with_trees:
+        if not (out / TREES).is_file() and (out / "trees.jsonl").is_file():
+            (out / "trees.jsonl").replace(out / TREES)  # stopped between the end's two renames: the trees are whole
         if not (out / TREES).is_file():
             raise ValueError(f"--resume: {out} has no {TREES} beside its {PARTIAL}: run the eval again without --resume")
         for line in (out / TREES).read_text(encoding="utf-8").splitlines():

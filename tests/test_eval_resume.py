@@ -179,3 +179,31 @@ def test_an_eval_of_a_training_run_resumes_with_the_checkpoint_it_started_with(t
     assert "--model (it has " + repr(str(first)) + ") would change the answers" in capsys.readouterr().err
     assert run.main(["eval", "--resume", "--out-dir", str(tmp_path / "cut2")]) == 0
     assert stripped(tmp_path / "cut2" / "predictions.jsonl") == stripped(tmp_path / "whole" / "predictions.jsonl")
+
+
+@pytest.mark.parametrize("stopped", ["before the renames", "between the renames"])
+def test_an_eval_stopped_as_it_ends_is_finished_by_resume(stopped, tiny_ckpt, tmp_path, monkeypatch, capsys):
+    """An eval ends by writing its summary (and tree statistics), then renaming its partial files. Stopped in
+    between, it must still be resumable (a predictions.jsonl without summary.json could not be), answer nothing
+    again, and end with the files of an uninterrupted eval, its TensorBoard points once."""
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    common = ["eval", "--model", tiny_ckpt, "--limit", "3", "--max-new-tokens", "5", "--device", "cpu", *STRATEGIES["mcts"]]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert run.main(common + ["--out-dir", str(whole)]) == 0
+    real = run.Path.replace
+
+    def stop_at_rename(self, target):  # (summary.json's own atomic write renames too: not stopped)
+        if str(self).endswith("predictions.jsonl.partial" if stopped == "between the renames" else ".partial"):
+            raise KeyboardInterrupt
+        return real(self, target)
+
+    with monkeypatch.context() as m:
+        m.setattr(run.Path, "replace", stop_at_rename)
+        assert run.main(common + ["--out-dir", str(cut)]) == 130
+    assert (cut / "summary.json").is_file() and (cut / "predictions.jsonl.partial").is_file()
+    monkeypatch.setattr(E, "encode_prompts", lambda *a, **k: pytest.fail("a question was answered again"))
+    assert run.main(["eval", "--resume", "--out-dir", str(cut)]) == 0
+    assert stripped(cut / "predictions.jsonl") == stripped(whole / "predictions.jsonl")
+    assert (cut / "trees.jsonl").read_text() == (whole / "trees.jsonl").read_text()
+    assert sorted(p.name for p in cut.iterdir()) == sorted(p.name for p in whole.iterdir())
+    assert len(list((cut / "tb").iterdir())) == 1  # the tree statistics written once, not once per attempt
