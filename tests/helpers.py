@@ -82,8 +82,9 @@ def letter_fraction(tok):
 
 
 def use_row_keys(monkeypatch) -> None:
-    """Per-row randomness as on a GPU (counter-based RowKeys, model_io.sampler.row_rng) for GRPO rollouts and tree
-    search, here on a CPU, where row_rng would give torch.Generators."""
+    """Per-row randomness as on a GPU (counter-based RowKeys, model_io.sampler.row_rng) for GRPO rollouts, tree
+    search and evaluation's sampled strategies, here on a CPU, where row_rng would give torch.Generators."""
+    import grpo.evaluate
     import grpo.rollout
     import mcts.search
     from model_io.row_keys import RowKeys
@@ -91,6 +92,16 @@ def use_row_keys(monkeypatch) -> None:
     keys = lambda names, device="cpu": RowKeys.from_names(names, device)  # noqa: E731
     monkeypatch.setattr(grpo.rollout, "row_rng", keys)
     monkeypatch.setattr(mcts.search, "row_rng", keys)
+    monkeypatch.setattr(grpo.evaluate, "row_rng", keys)
+
+
+def count_calls(monkeypatch, owner, name: str) -> list:
+    """Wrap owner.name (a function of a module, or a method of a class) to record each call; returns the record.
+    E.g. (model_io.static_decode, "decode_static"): did sampler.decode take the static path? (It imports the
+    function at call time, so the module attribute is what it runs.)"""
+    calls, real = [], getattr(owner, name)
+    monkeypatch.setattr(owner, name, lambda *a, **k: calls.append(a) or real(*a, **k))
+    return calls
 
 
 def make_trainer(run_dir, dtype=torch.float32, rewards=None, seed=0, dist=None, model_kw=None, **overrides):

@@ -20,13 +20,14 @@ def test_epochs_visit_each_problem_once_and_no_batch_repeats_one(n, B):
 
 def test_two_independent_permutations_would_repeat_problems_at_the_boundary():
     """What the rearrangement prevents: with seed+epoch permutations alone, n=10, B=4 (step 2 straddles epochs 0
-    and 1) repeats a problem for many seeds."""
+    and 1) repeats a problem for many seeds; EpochOrder's step 2, the same batch, never does."""
     def plain(seed, k):
         epoch, i = divmod(k, 10)
         return int(torch.randperm(10, generator=torch.Generator().manual_seed(seed + epoch))[i])
 
     repeats = sum(len({plain(seed, k) for k in range(8, 12)}) < 4 for seed in range(40))
     assert repeats > 5
+    assert sum(len(set(EpochOrder(10, 4, seed).step(2))) < 4 for seed in range(40)) == 0
 
 
 def test_the_order_is_a_pure_function_of_the_step():

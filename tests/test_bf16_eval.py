@@ -3,11 +3,13 @@
 combination runs; the float32 CPU path is tested everywhere else."""
 import pytest
 import torch
-from helpers import tiny_hf_model, tiny_tokenizer, use_row_keys
+from helpers import count_calls, tiny_hf_model, tiny_tokenizer, use_row_keys
 
+import model_io.static_decode
 from data import Problem
 from grpo.evaluate import EvalConfig, evaluate
 from model_io.convert import from_hf_model
+from model_io.row_keys import RowKeys
 from model_io.sampler import decode_mode
 
 STRATEGIES = {
@@ -23,7 +25,10 @@ STRATEGIES = {
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
 def test_bf16_static_rowkeys_evaluation(name, monkeypatch):
+    """Each strategy decodes through the static path, and the sampled ones draw from RowKeys (not Generators)."""
     use_row_keys(monkeypatch)
+    static = count_calls(monkeypatch, model_io.static_decode, "decode_static")
+    draws = count_calls(monkeypatch, RowKeys, "uniform")
     tok = tiny_tokenizer()
     model = from_hf_model(tiny_hf_model(dtype=torch.bfloat16))
     problems = [Problem(f"What is {i} + {i}?", str(2 * i), "", i) for i in range(3)]
@@ -34,3 +39,5 @@ def test_bf16_static_rowkeys_evaluation(name, monkeypatch):
     assert len(results) == 3 and summary["questions"] == 3
     assert all(q.generated_tokens > 0 and all(q.completions) for q in results)
     assert [q.completions for q in results] == [q.completions for q in again]  # keyed randomness: reproducible
+    assert static  # the GPU's decode path ran, not the CPU's dynamic one
+    assert bool(draws) == (name != "greedy")

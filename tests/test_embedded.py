@@ -79,12 +79,22 @@ def test_tree_search_on_the_embedded_model(embedded):
     model, tok, _ = embedded
     problems = load_gsm8k("test", gsm8k_dir())[:2]
     cfg = SearchConfig(n_simulations=2, children=2, max_new_tokens=64, rollout_depth=1)
-    res = search(model, tok, encode_prompts(tok, [p.question for p in problems]), cfg, keep_trees=True)
+    # seed 1: several of these steps end at a line break (seed 0's all run to the cap without one)
+    res = search(model, tok, encode_prompts(tok, [p.question for p in problems]), cfg, keep_trees=True, seed=1)
+    broken = 0
     for r in res:
         assert 1 < r.nodes <= 5 and r.generated_tokens > 0 and r.answer_tokens <= 64
-        steps = [n for n in r.tree["nodes"][1:] if not n["terminal"]]
-        assert all(n["text"].endswith("\n") or n["tokens"] == cfg.step_tokens or n["tokens"] < cfg.step_tokens for n in steps)
-        assert r.tree["nodes"][0]["visits"] == sum(n["visits"] for n in r.tree["nodes"] if n["parent"] == 0)
+        nodes = r.tree["nodes"]
+        for n in nodes[1:]:
+            used, a = n["tokens"], n["parent"]  # the answer's tokens through this step
+            while a > 0:
+                used, a = used + nodes[a]["tokens"], nodes[a]["parent"]
+            # a step ends at its first line break, else at the cap, the end of the answer or of the token budget
+            assert "\n" not in n["text"].rstrip(), n
+            assert n["text"].endswith("\n") or n["tokens"] == cfg.step_tokens or n["terminal"] or used == cfg.max_new_tokens, n
+            broken += n["text"].endswith("\n")
+        assert nodes[0]["visits"] == sum(n["visits"] for n in nodes if n["parent"] == 0)
+    assert broken  # the newline rule was exercised, not only the caps
 
 
 def test_gguf_metadata_sets_end_and_padding_tokens(embedded):

@@ -63,11 +63,36 @@ def test_searching_together_equals_searching_alone(setup):
         assert alone.tree == together[i].tree and alone.text == together[i].text
 
 
+def most_visited_path(r, start=0):
+    """The nodes from `start`'s child down to a leaf, always the most visited child (ties: the lower id), read from
+    the dump (keep_trees=True): the path an answer="visits" search answers with (mcts/search.py `_result`)."""
+    nodes, path, node = r.tree["nodes"], [], start
+    while kids := [n["id"] for n in nodes if n["parent"] == node and n["id"] != 0]:
+        node = max(kids, key=lambda k: (nodes[k]["visits"], -k))
+        path.append(node)
+    return path
+
+
+def visits_answer(r, start=0):
+    """The answer text a visits search gives: the own rollout (the first record created at it) of the node that the
+    most visited path from `start` ends on."""
+    path = most_visited_path(r, start)
+    end = path[-1] if path else start
+    return next((rec.text for rec in r.records if rec.node == end), r.records[0].text)
+
+
 @pytest.mark.parametrize("mode", ["vote", "value", "visits"])
 def test_answer_modes(setup, mode):
+    """answer="visits": the text is the rollout of the node reached by the most visited child at every level
+    (a min for the max, or another node's rollout, gives other text for some of these trees)."""
     model, tok, prompts = setup
     res = search(model, tok, prompts[:1], cfg(answer=mode, max_new_tokens=12))
     assert isinstance(res[0].text, str) and res[0].nodes > 1
+    if mode == "visits":
+        res = search(model, tok, prompts, cfg(answer=mode, max_new_tokens=12, n_simulations=6), question_ids=[0, 1, 2],
+                     keep_trees=True)
+        for r in res:
+            assert r.text == visits_answer(r) and r.root_choice is None
 
 
 def test_step_ends_at_first_newline_or_cap():
@@ -151,6 +176,16 @@ def test_gumbel_answer_modes_and_one_simulation(setup, mode):
     for n in (1, 4):
         res = search(model, tok, prompts[:2], cfg(root="gumbel", answer=mode, n_simulations=n, max_new_tokens=12))
         assert all(isinstance(r.text, str) and r.nodes > 1 for r in res)
+    if mode == "visits":  # the path starts at Gumbel's final pick at the root, then follows the most visited child
+        picks = []
+        for n in (1, 4, 6):
+            res = search(model, tok, prompts, cfg(root="gumbel", answer=mode, n_simulations=n, max_new_tokens=12),
+                         question_ids=[0, 1, 2], keep_trees=True)
+            for r in res:
+                assert r.root_choice is not None and r.tree["nodes"][r.root_choice]["parent"] == 0
+                assert r.text == visits_answer(r, r.root_choice)
+                picks.append(r.root_choice != most_visited_path(r)[0])
+        assert any(picks)  # some pick is not the most visited root child: starting at the root would answer otherwise
 
 
 def test_bad_root_rule():

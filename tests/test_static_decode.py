@@ -64,20 +64,28 @@ def test_cuda_graph_decoding_matches_eager_on_gpu(mode):
     assert torch.equal(a3.tokens.cpu(), c.tokens.cpu())
 
 
-def test_compiled_decode_step_matches_the_eager_static_step_across_shapes():
+def test_compiled_decode_step_matches_the_eager_static_step_across_shapes(monkeypatch):
     """--decode compiled: the step through torch.compile (inductor; on CPU here, before any CUDA graph) gives the
-    eager static step's tokens and log-probs, also after a batch/cache size change forces a (dynamic) recompile."""
+    eager static step's tokens and log-probs, also after a batch/cache size change forces a (dynamic) recompile.
+    `generate` under decode_mode("compiled") itself asks for the compiled step (and "static" does not): else the
+    comparison would hold the eager step against itself."""
+    import model_io.static_decode as static_decode
     from model_io import prefill
     from model_io.static_decode import StaticStep
 
+    asked = []
+    real = static_decode.compiled_step
+    monkeypatch.setattr(static_decode, "compiled_step", lambda m: asked.append(m) or real(m))
     model = from_hf_model(tiny_hf_model("qwen2", vocab=40, eos_token_id=3, pad_token_id=0)).eval()
     runs = [(random_prompts([5, 9, 2, 7], vocab=40, seed=1), 16), (random_prompts([6, 3], vocab=40, seed=2), 24)]
-    for prompts, n in runs:
+    for i, (prompts, n) in enumerate(runs):
         cfg = SamplingConfig(max_new_tokens=n, temperature=0.0, eos_ids=(3,))
         with decode_mode("static"):
             eager = generate(model, prompts, cfg)
+        assert len(asked) == i and (i > 0 or getattr(model, "_compiled_step", None) is None)
         with decode_mode("compiled"):
             comp = generate(model, prompts, cfg)
+        assert len(asked) == i + 1 and asked[-1] is model and model._compiled_step is not None
         assert torch.equal(eager.tokens, comp.tokens) and eager.finish == comp.finish
         assert torch.allclose(eager.logprobs, comp.logprobs, atol=1e-4)
         assert (comp.lengths > 1).all()  # the compiled step ran: rows went past their first (prefill) token

@@ -3,8 +3,9 @@ import json
 
 import pytest
 import torch
-from helpers import make_trainer, tiny_hf_model, use_row_keys
+from helpers import count_calls, make_trainer, tiny_hf_model, use_row_keys
 
+import model_io.static_decode
 from grpo.checkpointing import checkpoint_dirs
 from grpo.rewards import RewardSet
 from grpo.trainer import TrainingError, warmup_cosine
@@ -285,12 +286,14 @@ def test_the_gpu_recipe_rehearsed_on_cpu(tmp_path, monkeypatch, rollouts):
     log-probs recomputed. Until a GPU runs the suite this is the only place that combination runs (a float32
     cache under autocast broke the static path's cache write once)."""
     use_row_keys(monkeypatch)
+    static = count_calls(monkeypatch, model_io.static_decode, "decode_static")
     with decode_mode("static"):
         extra = dict(rollouts="mcts", mcts_prob=0.5, mcts_step="tokens:2", mcts_children=2) if rollouts == "mcts" else {}
         tr = make_trainer(tmp_path, beta=0.04, precision="bf16", **extra)  # (on a CPU: autocast "cpu")
         assert tr.recompute_old  # --old-logprobs auto recomputes them in bf16
         before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
         ms = [tr.train_step() for _ in range(2)]
+    assert static  # the rollouts took the static decode path (a CPU's default is the dynamic one)
     for m in ms:
         assert all(v == v and abs(v) != float("inf") for v in m.values() if isinstance(v, float)), m
     assert ms[0]["frac_reward_zero_std"] < 1.0
