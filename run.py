@@ -100,13 +100,18 @@ def note(line: str | None) -> None:
         print(line, file=sys.stderr)
 
 
-def load_spec(spec: str | None, device: torch.device, dtype: torch.dtype):
-    """model_io.load, where a training run directory (`--model runs/train`) also stands for the model it holds."""
+def run_model(spec: str | None) -> str | None:
+    """A model spec, where a training run directory (`--model runs/train`) stands for the model it holds now."""
     held = model_of_run(Path(spec).expanduser()) if spec else None
-    if held is not None:
-        print(f"{spec} is a training run: loading {held}", file=sys.stderr)
-        spec = str(held)
-    return load(spec, device=device, dtype=dtype)
+    if held is None:
+        return spec
+    print(f"{spec} is a training run: loading {held}", file=sys.stderr)
+    return str(held)
+
+
+def load_spec(spec: str | None, device: torch.device, dtype: torch.dtype):
+    """model_io.load of run_model(spec)."""
+    return load(run_model(spec), device=device, dtype=dtype)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -205,10 +210,9 @@ def cmd_eval(cfg: EvalConfig, given: set[str] = frozenset()) -> None:
     if not cfg.resume:
         refuse_foreign_out_dir(out, "eval")
         make_out_dir(out)
-        held = model_of_run(Path(cfg.model).expanduser()) if cfg.model else None
-        if held is not None:  # config.json (and the summary) name the checkpoint itself: a resume reads these weights,
-            print(f"{cfg.model} is a training run: loading {held}", file=sys.stderr)  # not the run's newest by then
-            cfg = dataclasses.replace(cfg, model=str(held))
+        # config.json (and the summary) name a run directory's checkpoint itself: a resume reads these weights, not
+        # the run's newest by then
+        cfg = dataclasses.replace(cfg, model=run_model(cfg.model))
     problems, shots = questions_and_shots(cfg.split, cfg.gsm8k, cfg.shots, cfg.limit)
     precision = resolve_precision(cfg.precision, device)
     note(slow_bf16_note(precision, device))

@@ -218,20 +218,20 @@ def search(
         prior = torch.zeros_like(prior).scatter_add_(1, twin, prior)
 
         # value of every continuation: the whole answer (its prefix, then the path from the root and the continuation)
-        texts, answers, full_ids = [], [], []
+        texts, answers, full_ids, whole_ids = [], [], [], []
         for r in range(A * K):
             b = int(act[r // K])
-            full = path[r // K][pmask[r // K]].tolist() + toks[r, : int(lengths[r])].tolist()
+            full = path[r // K][pmask[r // K]].tolist() + toks[r, : int(lengths[r])].tolist()  # this search's tokens
             full_ids.append(full)
-            texts.append(tokenizer.decode(before[b] + full, skip_special_tokens=True))
+            whole_ids.append(before[b] + full)
+            texts.append(tokenizer.decode(whole_ids[-1], skip_special_tokens=True))
             answers.append(parse_answer(texts[-1]) if bool(finished[r]) else None)
             gen_tokens[b] += int(lengths[r])
         for r in range(A * K):  # the pool grows with this simulation's finished answers before scoring
             if answers[r] is not None:
                 pools[int(act[r // K])].append(answers[r])
         values = value_fn(Candidates(texts, answers, finished.tolist(), [pools[int(act[r // K])] for r in range(A * K)],
-                                     [int(act[r // K]) for r in range(A * K)],
-                                     [before[int(act[r // K])] + full_ids[r] for r in range(A * K)]))
+                                     [int(act[r // K]) for r in range(A * K)], whole_ids))
         for i, a in enumerate(act.tolist()):
             fwd_tokens[a] += int(pmask[i].sum()) + int(lengths[i * K : (i + 1) * K].sum())
 
