@@ -139,11 +139,12 @@ def make_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out-dir {out} is a file: pass a directory")
     if not out.exists():
+        made = [d for d in [out, *out.parents] if not d.exists()]  # deepest first: out, then the parents it needs
         try:
             out.mkdir(parents=True)
         except OSError as e:
             raise ValueError(f"--out-dir {out} cannot be made ({e.strerror}): pass a writable directory") from None
-        MADE_DIRS.append(out)
+        MADE_DIRS.extend(made)
     try:  # a directory can exist and still refuse files (permissions, a read-only mount): found now, not at the first write
         tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-").close()
     except OSError as e:
@@ -152,7 +153,7 @@ def make_out_dir(out: Path) -> None:
 
 def remove_made_dirs() -> None:
     """The --out-dirs this process made and left empty (a command that failed before writing): gone again."""
-    for out in reversed(MADE_DIRS):
+    for out in MADE_DIRS:  # deepest first
         try:
             out.rmdir()  # only an empty directory: whatever was written there stays
         except OSError:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from model_io.precision import check_precision, precision_field
 from model_io.sampler import check_decode_mode
 
+from .distributed import check_device
 from .loss import ADV_SCALES, AGGREGATIONS
 from .rewards import RewardSet
 
@@ -102,6 +103,7 @@ class TrainConfig:
             raise ValueError(f"--temperature must be > 0, got {self.temperature}: GRPO compares different samples of a prompt")
         check_top_p(self.top_p)
         RewardSet.parse(self.rewards)  # an unknown name or a bad weight now, not after the model has loaded
+        check_device(self.device)
 
 
 def _flag(name: str) -> str:
