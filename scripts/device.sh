@@ -5,13 +5,35 @@
 #   bash scripts/device.sh stage                 # here: split the model, add GSM8K (ignored folders .dev_model/a, b)
 #   bash scripts/device.sh part1                 # there, carrying .dev_model/a: the first half to /root/m
 #   bash scripts/device.sh run OUT [MINUTES]     # there, carrying .dev_model/b, within the 30 s the machine stays
-#                                                # warm: join, check, install gguf, run scripts/gpu_run.sh
+#                                                # warm: join, check, install gguf, run scripts/gpu_run.sh, and
+#                                                # put what comes back into OUT (the device's $OUT/run)
 #
 # `stage` needs ../shared/tools/stage_model.sh (the workplace's splitter) and GSM8K in GSM8K_DIR (default
 # ../shared/data/gsm8k). Elsewhere, on a machine with the model and GSM8K at hand, run scripts/gpu_run.sh itself.
+# DEVICE_MODEL_DIR (default /root/m), DEVICE_SITE_DIR (/tmp/site: unpacked wheels) and DEVICE_RUN_DIR
+# (/tmp/gpu_run: the run's own folder) move what `run` writes outside OUT (the tests' rehearsal).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-GGUF=/root/m/SmolLM2-135M-Instruct.Q4_1.gguf
+M=${DEVICE_MODEL_DIR:-/root/m}
+GGUF=$M/SmolLM2-135M-Instruct.Q4_1.gguf
+SITE=${DEVICE_SITE_DIR:-/tmp/site}
+unpack() { for w in "$@"; do if [ -f "$w" ]; then python3 -m zipfile -e "$w" "$SITE"; fi; done; }
+collect() {  # collect WORK OUT: what a lent machine gives back is at most 8 files of 16 MiB, 2 folders down, while
+  # WORK holds GBs in many files (checkpoints, exported models): OUT gets the summary, the step list and the
+  # environment as files, and the logs, JSON, JSONL and TensorBoard files in one archive, weights left out
+  local work=$1 out=$2 f
+  mkdir -p "$out"
+  for f in summary.md steps.txt env.json; do if [ -f "$work/$f" ]; then cp "$work/$f" "$out/"; fi; done
+  tar czf "$out/run.tgz" --exclude=checkpoints --exclude=final_hf --exclude='*.safetensors' --exclude='*.pt' \
+      -C "$(dirname "$work")" "$(basename "$work")"
+  if [ "$(stat -c %s "$out/run.tgz")" -gt $(( 15 * 1024 * 1024 )) ]; then  # over what comes back: text logs only
+    (cd "$(dirname "$work")" && find "$(basename "$work")" \( -name checkpoints -o -name final_hf \) -prune -o -type f \
+        \( -name '*.log' -o -name '*.json' -o -name '*.md' -o -name '*.txt' \) -print) \
+      | tar czf "$out/run.tgz" -C "$(dirname "$work")" -T -
+    echo "note: run.tgz holds the logs and JSON only (with the JSONL and TensorBoard files it was over 15 MiB)" >&2
+  fi
+  ls -l "$out"
+}
 case "${1:-}" in
   stage)
     bash ../shared/tools/stage_model.sh > /dev/null
@@ -26,19 +48,25 @@ case "${1:-}" in
     du -sh .dev_model/a .dev_model/b
     echo "staged: carry .dev_model/a with 'part1', then .dev_model/b with 'run OUT [MINUTES]'" ;;
   part1)
-    mkdir -p /root/m && cp .dev_model/a/part_aa /root/m/ && ls -l /root/m ;;
+    mkdir -p "$M" && cp .dev_model/a/part_aa "$M/" && ls -l "$M" ;;
   run)
     OUT=${2:?usage: scripts/device.sh run OUT [MINUTES]}
-    [ -f /root/m/part_aa ] || { echo "error: /root/m/part_aa is missing: the machine was handed back since 'part1' (it stays warm 30 s); run 'part1' again, then 'run' at once" >&2; exit 2; }
-    cat /root/m/part_aa .dev_model/b/part_ab > "$GGUF"
+    MINUTES=${3:-8}
+    [ -f "$M/part_aa" ] || { echo "error: $M/part_aa is missing: the machine was handed back since 'part1' (it stays warm 30 s); run 'part1' again, then 'run' at once" >&2; exit 2; }
+    cat "$M/part_aa" .dev_model/b/part_ab > "$GGUF"
     echo "$(cat .dev_model/b/SHA256)  $GGUF" | sha256sum -c -
-    mkdir -p /tmp/site  # pure-Python wheels (gguf; pytest if staged) unpacked, no pip needed
-    for w in .dev_model/b/gguf-*.whl .dev_model/b/pytest/*.whl; do
-      if [ -f "$w" ]; then python3 -m zipfile -e "$w" /tmp/site; fi
-    done
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} GSM8K_DIR=$PWD/.dev_model/b/gsm8k
+    mkdir -p "$SITE"  # pure-Python wheels unpacked, no pip needed: gguf, and pytest only where the image lacks
+    unpack .dev_model/b/gguf-*.whl  # it (a second copy would shadow the image's own)
+    if ! python3 -c "import pytest" 2>/dev/null; then unpack .dev_model/b/pytest/*.whl; fi
+    export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH} GSM8K_DIR=$PWD/.dev_model/b/gsm8k
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-    bash scripts/gpu_run.sh "$GGUF" "$OUT" "${3:-8}" ;;
+    # the run in its own folder, ended in time (the device call's limit is 600 s) for collect to copy what comes back
+    WORK=${DEVICE_RUN_DIR:-/tmp/gpu_run}
+    LIMIT=$(( MINUTES * 60 + 80 )); [ "$LIMIT" -gt 560 ] && LIMIT=560
+    rc=0; timeout "$LIMIT" bash scripts/gpu_run.sh "$GGUF" "$WORK" "$MINUTES" || rc=$?
+    [ "$rc" = 124 ] && python3 scripts/gpu_summary.py "$WORK" > /dev/null 2>&1 || true  # cut off: summary of what ran
+    collect "$WORK" "$OUT"
+    exit "$rc" ;;
   *)
-    sed -n 2,11p "$0"; exit 2 ;;
+    sed -n 2,14p "$0"; exit 2 ;;
 esac
