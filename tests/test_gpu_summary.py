@@ -45,7 +45,8 @@ def test_summary_with_every_step(tmp_path, monkeypatch):
         (tmp_path / name / "summary.json").write_text(json.dumps(
             {"questions": 500, "accuracy_strict": acc, "accuracy_lenient": acc + 0.05, "format_soft_rate": 0.5}))
     (tmp_path / "train").mkdir()
-    rows = [{"step": 0, "eval/accuracy_strict": 0.0}] + [{"step": i, "reward": i / 10, "step_time": 2.0} for i in range(1, 11)]
+    rows = [{"step": 0, "eval/accuracy_strict": 0.0}] + [{"step": i, "reward": i / 10, "step_time": 9.0 if i == 1 else 2.0 + i / 100}
+                                                           for i in range(1, 11)]
     (tmp_path / "train" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "compare").mkdir()
     (tmp_path / "compare" / "compare.json").write_text(json.dumps({"rows": [
@@ -69,6 +70,7 @@ def test_summary_with_every_step(tmp_path, monkeypatch):
     assert "| eval-trained accuracy strict / lenient / format rate (500 questions, 2-shot) | 0.200 / 0.250 / 0.50 |" in text
     # steps 1-5 average 0.3, steps 6-10 average 0.8; the step-0 row (no reward) is left out
     assert "| GRPO steps / reward, mean of first 5 / of last 5 | 10 / 0.300 / 0.800 |" in text
+    assert "| GRPO step time (s) | first: 9.00, mean of the other 9: 2.06 |" in text  # steps 2-10: 2.02 ... 2.10
     assert "| compare mcts sims=8, K=4: accuracy lenient, tokens/question | 0.250, 900 |" in text
     # a grid cut off by its time limit keeps the rows it finished, marked
     c = json.loads((tmp_path / "compare" / "compare.json").read_text())
