@@ -11,6 +11,7 @@ Sampling takes an explicit torch.Generator: the same seed and inputs give the sa
 """
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
@@ -151,6 +152,10 @@ def prefill(model: Transformer, prompts: Sequence[Sequence[int]], room: int, pad
     dev = model.device
     per_row = dev.type == "cpu" if per_row is None else per_row
     B, P = len(prompts), max(len(p) for p in prompts)
+    if P + room > model.cfg.max_position_embeddings:  # RoPE runs on past it, but on positions never trained on
+        warnings.warn(f"prompt + new tokens run past the model's max_position_embeddings "
+                      f"({model.cfg.max_position_embeddings}), where its outputs degrade: use fewer --shots or a "
+                      f"smaller --max-new-tokens", stacklevel=2)
     tokens = torch.full((B, P), pad_id, dtype=torch.long)
     key_mask = torch.zeros(B, P, dtype=torch.bool)
     for b, p in enumerate(prompts):  # left padding

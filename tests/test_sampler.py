@@ -144,6 +144,17 @@ def test_max_new_tokens_and_config_validation():
         generate(ours, [[1, 2], []], SamplingConfig(max_new_tokens=2))
 
 
+def test_running_past_the_trained_positions_warns_once_naming_the_fix():
+    ours = from_hf_model(tiny_hf_model())  # max_position_embeddings 512
+    import warnings
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        generate(ours, random_prompts([500]), SamplingConfig(max_new_tokens=12, **GREEDY))  # 512: the last fits
+        assert not w
+        generate(ours, random_prompts([500]), SamplingConfig(max_new_tokens=13, **GREEDY))
+    assert len(w) == 1 and "max_position_embeddings (512)" in str(w[0].message) and "--max-new-tokens" in str(w[0].message)
+
+
 def test_per_row_generators_make_rows_independent_of_their_batch():
     ours = from_hf_model(tiny_hf_model(vocab=24, eos_token_id=3, pad_token_id=0))
     prompts = random_prompts([5, 8, 3, 6], vocab=24)
