@@ -11,7 +11,8 @@
 # `stage` needs ../shared/tools/stage_model.sh (the workplace's splitter) and GSM8K in GSM8K_DIR (default
 # ../shared/data/gsm8k). Elsewhere, on a machine with the model and GSM8K at hand, run scripts/gpu_run.sh itself.
 # DEVICE_MODEL_DIR (default /root/m), DEVICE_SITE_DIR (/tmp/site: unpacked wheels) and DEVICE_RUN_DIR
-# (/tmp/gpu_run: the run's own folder) move what `run` writes outside OUT (the tests' rehearsal).
+# (/tmp/gpu_run: the run's own folder) move what `run` writes outside OUT; DEVICE_CALL_S (600) is the device
+# call's limit, before which the run is ended (a CPU rehearsal sets more).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 M=${DEVICE_MODEL_DIR:-/root/m}
@@ -60,13 +61,17 @@ case "${1:-}" in
     if ! python3 -c "import pytest" 2>/dev/null; then unpack .dev_model/b/pytest/*.whl; fi
     export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH} GSM8K_DIR=$PWD/.dev_model/b/gsm8k
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-    # the run in its own folder, ended in time (the device call's limit is 600 s) for collect to copy what comes back
+    # the run in its own folder, ended 40 s before the device call's limit (DEVICE_CALL_S, 600 s: MINUTES above 8
+    # is cut there) for collect to copy what comes back
     WORK=${DEVICE_RUN_DIR:-/tmp/gpu_run}
-    LIMIT=$(( MINUTES * 60 + 80 )); [ "$LIMIT" -gt 560 ] && LIMIT=560
+    LIMIT=$(( MINUTES * 60 + 80 )); CALL=${DEVICE_CALL_S:-600}; [ "$LIMIT" -gt $(( CALL - 40 )) ] && LIMIT=$(( CALL - 40 ))
     rc=0; timeout "$LIMIT" bash scripts/gpu_run.sh "$GGUF" "$WORK" "$MINUTES" || rc=$?
-    [ "$rc" = 124 ] && python3 scripts/gpu_summary.py "$WORK" > /dev/null 2>&1 || true  # cut off: summary of what ran
+    if [ "$rc" = 124 ]; then  # cut off: the step it was in says so, and the summary covers what ran
+      echo "run cut off after $LIMIT s (the device call's limit)" >> "$WORK/steps.txt"
+      python3 scripts/gpu_summary.py "$WORK" > /dev/null 2>&1 || true
+    fi
     collect "$WORK" "$OUT"
     exit "$rc" ;;
   *)
-    sed -n 2,14p "$0"; exit 2 ;;
+    sed -n 2,15p "$0"; exit 2 ;;
 esac

@@ -52,29 +52,30 @@ def wheel(path, module):
         z.writestr(f"{module}/__init__.py", "")
 
 
-def device_run(tmp_path, minutes="8", predictions_mib=1, cut_off=False):
+def device_run(tmp_path, minutes="8", predictions_mib=1, cut_off=False, **env_extra):
     repo = tmp_path / "repo"
-    (repo / "scripts").mkdir(parents=True)
+    (repo / "scripts").mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "scripts" / "device.sh", repo / "scripts")
     (repo / "scripts" / "gpu_run.sh").write_text(FAKE_GPU_RUN)
     (repo / "scripts" / "gpu_summary.py").write_text("import sys; open(sys.argv[1] + '/resummarised', 'w').close()\n")
     b = repo / ".dev_model" / "b"
-    (b / "pytest").mkdir(parents=True)
-    (b / "gsm8k").mkdir()
+    (b / "pytest").mkdir(parents=True, exist_ok=True)
+    (b / "gsm8k").mkdir(exist_ok=True)
     halves = os.urandom(1000), os.urandom(700)
     (b / "part_ab").write_bytes(halves[1])
     (b / "SHA256").write_text(hashlib.sha256(halves[0] + halves[1]).hexdigest() + "\n")
     wheel(b / "gguf-0.1-py3-none-any.whl", "fakegguf")
     wheel(b / "pytest" / "pytest-9.0-py3-none-any.whl", "stagedpytest")
     model = tmp_path / "m"
-    model.mkdir()
+    model.mkdir(exist_ok=True)
     (model / "part_aa").write_bytes(halves[0])
     env = {**os.environ, "DEVICE_MODEL_DIR": str(model), "DEVICE_SITE_DIR": str(tmp_path / "site"),
            "DEVICE_RUN_DIR": str(tmp_path / "work"), "PREDICTIONS_MIB": str(predictions_mib)}
     env.pop("PYTHONPATH", None)
+    env.update(env_extra)
     if cut_off:
         bin_ = tmp_path / "bin"
-        bin_.mkdir()
+        bin_.mkdir(exist_ok=True)
         (bin_ / "timeout").write_text(FAKE_TIMEOUT)
         (bin_ / "timeout").chmod(0o755)
         env.update(PATH=f"{bin_}:{env['PATH']}", TIMEOUT_LIMIT=str(tmp_path / "limit"))
@@ -125,6 +126,7 @@ def test_a_run_cut_off_still_gives_back_its_summary_and_logs_within_the_limits(t
     assert p.returncode == 124, p.stderr
     assert (tmp_path / "limit").read_text().strip() == "560"  # 8 min + 80 s is over the device call's 600 s: 560
     assert (work / "resummarised").exists()  # the summary redone for what ran
+    assert (work / "steps.txt").read_text().splitlines()[-1] == "run cut off after 560 s (the device call's limit)"
     assert "logs and JSON only" in p.stderr
     assert_within_what_comes_back(out)
     members, _ = archived(out)
@@ -136,6 +138,9 @@ def test_a_run_cut_off_still_gives_back_its_summary_and_logs_within_the_limits(t
 def test_short_runs_are_limited_by_their_minutes_and_a_missing_first_half_is_one_line(tmp_path):
     p, _, _ = device_run(tmp_path, minutes="2", cut_off=True)
     assert (tmp_path / "limit").read_text().strip() == str(2 * 60 + 80)
+    shutil.rmtree(tmp_path / "bin")
+    p, _, _ = device_run(tmp_path, minutes="15", cut_off=True, DEVICE_CALL_S="2000")  # a rehearsal on a slow CPU
+    assert (tmp_path / "limit").read_text().strip() == str(15 * 60 + 80)
     (tmp_path / "m" / "part_aa").unlink()
     p = subprocess.run(["bash", str(tmp_path / "repo" / "scripts" / "device.sh"), "run", str(tmp_path / "o")],
                        env={**os.environ, "DEVICE_MODEL_DIR": str(tmp_path / "m")}, capture_output=True, text=True)
