@@ -20,7 +20,7 @@ class TrainConfig:
     resume: str | None = field(default=None, metadata={"help": "continue the run in this directory from its last checkpoint, with its saved config; only flags that do not change the training itself may be given beside it (RESUME_MAY_CHANGE: time and token limits, evaluation, checkpointing, logging, device, where GSM8K is read from)"})
     preset: str = field(default="", metadata={"help": "'smoke': a tiny run (< 2 min on a 2-core CPU) for a first look and CI; flags you give override it"})
     steps: int = field(default=500, metadata={"help": "optimizer steps (each on prompts_per_step x group_size completions)"})
-    max_minutes: float = field(default=0.0, metadata={"help": "also stop after this many minutes of training (0: no limit); the final evaluation and export still run"})
+    max_minutes: float = field(default=0.0, metadata={"help": "also stop before a step that would end past this many minutes of training, judged by the last step's time (0: no limit; the first step always runs); the final evaluation and export still run"})
     token_budget: int = field(default=0, metadata={"help": "also stop once this many tokens were generated for rollouts, over all processes (0: no budget); compares rollout schemes at equal sampling cost; the learning-rate schedule still spans --steps"})
     prompts_per_step: int = field(default=8, metadata={"help": "B: prompts per step, over all processes"})
     group_size: int = field(default=8, metadata={"help": "G: completions per prompt"})

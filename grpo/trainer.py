@@ -130,6 +130,7 @@ class Trainer:
         self.generated_total = 0  # tokens sampled for rollouts so far, all processes
         self.flat_steps = 0  # consecutive steps in which no group had any reward spread (nothing to learn from)
         self._t_start = time.perf_counter()
+        self._last_step_s = 0.0  # seconds the last training step took
         self._prompt_cache: dict[int, list[int]] = {}
         self.order = EpochOrder(len(train), cfg.prompts_per_step, cfg.seed)
         self.log = RunLog(run_dir, enabled=dist.main)
@@ -285,6 +286,7 @@ class Trainer:
     def _metrics(self, ro: Rollout, rewards_all, agg, grad_norm, t0, t_rollout) -> dict[str, float]:
         m = step_metrics(ro, rewards_all, agg, self.dist, self.model.device, self.cfg.mu, with_kl=self.ref is not None)
         dt = time.perf_counter() - t0
+        self._last_step_s = dt  # budget_spent's forecast of the next step
         m.update({"grad_norm": grad_norm, "learning_rate": self.lr_used, "step_time": dt, "time/rollout": t_rollout,
                   "tokens_per_sec": m.pop("completions/tokens") / dt})
         if self.cfg.log_samples:
@@ -394,7 +396,10 @@ class Trainer:
         return bool(D.all_reduce_sum(flag, self.dist).item() > 0)
 
     def budget_spent(self) -> bool:
-        over_time = bool(self.cfg.max_minutes) and time.perf_counter() - self._t_start > 60 * self.cfg.max_minutes
+        # --max-minutes stops before a step that would end past it, by the last step's time (a limit checked only
+        # after each step overruns it by up to a step: on a slow machine more than a caller's time limit left)
+        over_time = bool(self.cfg.max_minutes) and (time.perf_counter() - self._t_start + self._last_step_s
+                                                    > 60 * self.cfg.max_minutes)
         return over_time or (bool(self.cfg.token_budget) and self.generated_total >= self.cfg.token_budget)
 
     def estimate_step_seconds(self) -> float:

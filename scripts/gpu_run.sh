@@ -58,7 +58,8 @@ step 2-agreement timeout $(cap 90 $(( KEEP + 30 ))) "$PY" bench/agreement.py --m
 step 3-eval-start timeout $(cap 150 $KEEP) "$PY" run.py eval --model "$MODEL" --shots $SHOTS --limit $Q --max-new-tokens $NEW --batch-size 128 --out-dir "$OUT/eval-start"
 TRAIN_S=$(( $(left) - POST - TRAIN_SLACK ))  # seconds of training steps (--max-minutes takes a fraction)
 if [ "$TRAIN_S" -ge "$TRAIN_MIN" ]; then
-  # (--max-minutes ends the loop between steps; the timeout bounds a first step that would run far longer)
+  # (--max-minutes stops before a step that would end past it, by the last one's time; the timeout bounds a
+  # first step that would run far longer)
   step 4-train timeout $(( TRAIN_S + TRAIN_SLACK )) "$PY" run.py train --model "$MODEL" --shots $SHOTS \
        --max-minutes "$(( TRAIN_S / 60 )).$(printf %03d $(( TRAIN_S % 60 * 1000 / 60 )))" --steps 100000 --eval-every 0 --save-every 100000 \
        --out-dir "$OUT/train" $( [ "${SMALL:-0}" = 1 ] && echo --prompts-per-step 1 --group-size 2 --max-new-tokens $NEW )

@@ -1,5 +1,6 @@
 """The GRPO loop on tiny random models: it learns, every parameter moves, resume is exact, bad updates are skipped."""
 import json
+import time
 
 import pytest
 import torch
@@ -353,6 +354,15 @@ def test_a_run_stopped_by_its_time_limit_says_so(tmp_path, capsys):
     assert tr.step == 1 and (tmp_path / "final_hf").is_dir()
     out = capsys.readouterr().out
     assert f"stopped by --max-minutes at step 1 of 3; final_hf holds the model so far; `run.py train --resume {tmp_path}` continues" in out
+
+
+def test_the_time_limit_stops_before_a_step_that_would_end_past_it(tmp_path):
+    tr = make_trainer(tmp_path, steps=3, max_minutes=0.25)  # 15 s
+    assert not tr.budget_spent()
+    tr._t_start, tr._last_step_s = time.perf_counter() - 10, 4.0  # 10 s gone, the last step took 4: one more fits
+    assert not tr.budget_spent()
+    tr._last_step_s = 6.0  # the next step would end at 16 s
+    assert tr.budget_spent()
 
 
 def test_the_step_estimate_counts_prefill_once_per_prompt_and_probes_the_training_pass(tmp_path, monkeypatch):
