@@ -128,6 +128,7 @@ def write_json(path: Path, obj) -> None:
 
 
 # ---------------------------------------------------------------- commands
+TRAIN_OUTPUTS = ("config.json", "metrics.jsonl", "samples.jsonl", "tb", "checkpoints")  # all a run writes before final_hf
 EVAL_OUTPUTS = ("predictions.jsonl", "summary.json", "trees.jsonl", "tb", "predictions.jsonl.partial", "trees.jsonl.partial")
 
 
@@ -259,7 +260,7 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
                              f"config and it has no checkpoints): pass the --out-dir of the run to continue")
         if not checkpoint_dirs(run_dir):
             raise ValueError(f"--resume {run_dir}: the run stopped before its first checkpoint, so there is nothing to "
-                             f"resume: start it again in another --out-dir (or delete {run_dir})")
+                             f"resume: start it over with its train command and --out-dir {run_dir} (without --resume)")
         if "out_dir" in given:  # the run's directory is --resume's: --out-dir may only name it again
             if Path(cfg.out_dir).resolve() != run_dir.resolve():
                 raise ValueError(f"--resume {run_dir} continues the run in its own directory, not in --out-dir {cfg.out_dir}: "
@@ -279,13 +280,16 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
         run_dir, legacy, changed = Path(cfg.out_dir), False, {}
         if checkpoint_dirs(run_dir):
             raise ValueError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pass another --out-dir")
-        if is_training_run(run_dir):
-            raise ValueError(f"{run_dir} holds a run with no checkpoint (nothing to resume): pass "
-                             f"another --out-dir, or delete {run_dir} to use it again")
+        if (run_dir / "final_hf").is_dir():
+            raise ValueError(f"{run_dir} holds a finished run's model (final_hf): pass another --out-dir")
         refuse_foreign_out_dir(run_dir, "train")
     make_out_dir(run_dir)  # a file there fails now, not after loading
     check_one_file({"train"} | ({"test"} if cfg.eval_every else set()), "training, and evaluating every --eval-every steps",
                    cfg.gsm8k)
+    if not cfg.resume and is_training_run(run_dir):  # stopped (Ctrl-C, an error) before its first checkpoint
+        if D.reports():
+            note(f"{run_dir} holds a run that stopped before its first checkpoint (nothing to resume): starting over there")
+        clear_outputs(run_dir, TRAIN_OUTPUTS)
     d, device = D.init_from_env(cfg.device)
     set_decode_mode(cfg.decode)
     try:
@@ -420,7 +424,7 @@ def main(argv=None) -> int:
         if fn is cmd_train:
             run_dir = Path(args.resume or args.out_dir)
             hint = (f": `run.py train --resume {run_dir}` continues from its last checkpoint" if checkpoint_dirs(run_dir)
-                    else ": no checkpoint was written yet, so there is nothing to resume")
+                    else ": no checkpoint was written yet, so there is nothing to resume (the same command starts it again)")
         print(f"interrupted{hint}", file=sys.stderr)
         return 130
     return 0

@@ -42,6 +42,15 @@ class ModelConfig:
     def __post_init__(self):
         if self.arch not in SUPPORTED_ARCHS:
             raise ModelSpecError(f"unsupported architecture {self.arch!r}: supported are {', '.join(SUPPORTED_ARCHS)}")
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "intermediate_size",
+                     "max_position_embeddings"):  # a hand-edited or damaged config fails here, not deep in a layer
+            v = getattr(self, name)
+            if type(v) is not int or v <= 0:
+                raise ModelSpecError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("rms_norm_eps", "rope_theta"):
+            v = getattr(self, name)
+            if type(v) not in (int, float) or not v > 0:
+                raise ModelSpecError(f"{name} must be a positive number, got {v!r}")
         if self.n_heads % self.n_kv_heads:
             raise ModelSpecError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
 

@@ -76,7 +76,7 @@ def load(spec: str | os.PathLike | None = None, device="cpu", dtype: torch.dtype
         model, tok = _load_gguf(path)
     elif path.is_dir() and is_checkpoint(path):
         _check_tokenizer_files(path)
-        model, tok = load_model(path), _tokenizer(path)
+        model, tok = load_model(path), _local(path, _tokenizer)
     elif path.is_dir():
         if not (path / "config.json").is_file():
             held = f": pass {path / 'model'}, the model it holds" if is_checkpoint(path / "model") else ""  # a training checkpoint
@@ -84,13 +84,16 @@ def load(spec: str | os.PathLike | None = None, device="cpu", dtype: torch.dtype
         _check_json(path / "config.json")
         _check_arch(str(path))  # an unsupported model says so first, before a missing tokenizer
         _check_tokenizer_files(path)
-        model, tok = _load_hf(str(path)), _tokenizer(path)
+        model, tok = _local(path, lambda p: _load_hf(str(p))), _local(path, _tokenizer)
     elif path.exists():
         raise ModelSpecError(f"{path} is a file but not a .gguf: pass a .gguf file, a model directory or a hub id")
     elif spec_str.startswith((".", "/", "~")):
         raise ModelSpecError(f"model path {spec_str} does not exist: check the path, or pass a hub id like HuggingFaceTB/SmolLM2-135M-Instruct")
     else:
         model, tok = _load_hub(spec_str)
+    if not getattr(tok, "chat_template", None):  # every prompt here is a chat (data/prompts.py): say so before any work
+        raise ModelSpecError(f"the tokenizer of {spec_str} has no chat template, which this project's prompts need: pass "
+                             f"an instruct (chat) model, or add a chat_template to its tokenizer_config.json")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token  # left padding is masked out, so any id serves; eos is what HF uses too
     return model.to(device=device, dtype=dtype).eval(), tok
@@ -230,6 +233,26 @@ def _tokenizer(spec, **kw):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(spec), **kw)
+
+
+def _local(path: Path, read):
+    """read(path) for a local directory, any failure of transformers' (no weights file, weights that do not fit the
+    config, a config or tokenizer file it rejects) as one ModelSpecError naming the directory."""
+    try:
+        return read(path)
+    except ModelSpecError:
+        raise
+    except Exception as e:
+        what = "tokenizer" if read is _tokenizer else "model"
+        fix = (f"restore its tokenizer files ({', '.join(TOKENIZER_FILES[:2])}) from the model it came from" if what == "tokenizer"
+               else "it needs the config.json its weights were saved with, and those weights beside it (model.safetensors)")
+        raise ModelSpecError(f"transformers cannot read the {what} in {path} ({type(e).__name__}: {first_line(e)}): {fix}") from None
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's message, first line only (the caller's one-line error; library messages run to pages)."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else "no message"
 
 
 def gguf_special_tokens(tok, path: Path) -> None:

@@ -11,7 +11,7 @@ Sampling takes an explicit torch.Generator: the same seed and inputs give the sa
 """
 from __future__ import annotations
 
-import warnings
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
@@ -139,6 +139,9 @@ class Prefix:
         return Prefix(own, self.logits[rows], self.next_pos[rows])
 
 
+_warned_positions: list[bool] = []  # the warning below, said once per process
+
+
 @torch.no_grad()
 def prefill(model: Transformer, prompts: Sequence[Sequence[int]], room: int, pad_id: int = 0, per_row: bool | None = None) -> Prefix:
     """Run the prompts through the model once, left-aligned so that every row's next token lands in slot P
@@ -152,10 +155,11 @@ def prefill(model: Transformer, prompts: Sequence[Sequence[int]], room: int, pad
     dev = model.device
     per_row = dev.type == "cpu" if per_row is None else per_row
     B, P = len(prompts), max(len(p) for p in prompts)
-    if P + room > model.cfg.max_position_embeddings:  # RoPE runs on past it, but on positions never trained on
-        warnings.warn(f"prompt + new tokens run past the model's max_position_embeddings "
-                      f"({model.cfg.max_position_embeddings}), where its outputs degrade: use fewer --shots or a "
-                      f"smaller --max-new-tokens", stacklevel=2)
+    if P + room > model.cfg.max_position_embeddings and not _warned_positions:  # RoPE runs on past it, on untrained positions
+        _warned_positions.append(True)  # once per process: a run prefills thousands of batches
+        print(f"warning: prompt + new tokens run past the model's max_position_embeddings "
+              f"({model.cfg.max_position_embeddings}), where its outputs degrade: use fewer --shots or a smaller "
+              f"--max-new-tokens", file=sys.stderr)
     tokens = torch.full((B, P), pad_id, dtype=torch.long)
     key_mask = torch.zeros(B, P, dtype=torch.bool)
     for b, p in enumerate(prompts):  # left padding

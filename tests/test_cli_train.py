@@ -25,10 +25,9 @@ def test_train_run_dirs_that_cannot_go_on_say_so_and_a_finished_one_is_left_alon
     (early / "config.json").write_text("{}")
     (early / "metrics.jsonl").write_text('{"step": 1}\n')
     capsys.readouterr()
-    assert run.main(["train", "--out-dir", str(early)]) == 2
-    assert "holds a run with no checkpoint (nothing to resume)" in capsys.readouterr().err
     assert run.main(["train", "--resume", str(early)]) == 2
-    assert "stopped before its first checkpoint, so there is nothing to resume" in capsys.readouterr().err
+    assert (f"stopped before its first checkpoint, so there is nothing to resume: start it over with its train command "
+            f"and --out-dir {early} (without --resume)") in capsys.readouterr().err
     # neither a model nor an eval's outputs is a run stopped early (which would tell the user to delete it)
     save_model(from_hf_model(tiny_hf_model("llama")), tiny_tokenizer(), tmp_path / "model")
     assert run.main(["train", "--resume", str(tmp_path / "model")]) == 2
@@ -68,7 +67,21 @@ def test_train_run_dirs_that_cannot_go_on_say_so_and_a_finished_one_is_left_alon
     assert run.main(["train", "--resume", str(out), "--token-budget", "0"]) == 130
     assert capsys.readouterr().err == f"interrupted: `run.py train --resume {out}` continues from its last checkpoint\n"
     assert run.main(["train", "--out-dir", str(tmp_path / "new"), "--device", "cpu"]) == 130
-    assert capsys.readouterr().err == "interrupted: no checkpoint was written yet, so there is nothing to resume\n"
+    assert capsys.readouterr().err == ("interrupted: no checkpoint was written yet, so there is nothing to resume (the "
+                                       "same command starts it again)\n")
+    # ...and it does: a run stopped before its first checkpoint is started over in its directory, its files cleared
+    (early / "tb").mkdir()
+    (early / "samples.jsonl").write_text("{}\n")
+    (early / "keep.txt").write_text("the user's")
+    assert run.main(["train", "--out-dir", str(early), "--device", "cpu"]) == 130  # (stopped at loading, as above)
+    assert capsys.readouterr().err == (f"{early} holds a run that stopped before its first checkpoint (nothing to resume): "
+                                       f"starting over there\ninterrupted: no checkpoint was written yet, so there is "
+                                       f"nothing to resume (the same command starts it again)\n")
+    assert sorted(p.name for p in early.iterdir()) == ["keep.txt"]
+    # a finished run whose checkpoints are gone still holds its model: refused
+    (early / "final_hf").mkdir()
+    assert run.main(["train", "--out-dir", str(early), "--device", "cpu"]) == 2
+    assert f"{early} holds a finished run's model (final_hf): pass another --out-dir" in capsys.readouterr().err
 
 def test_train_cli_writes_a_complete_run_and_refuses_to_overwrite_it(tiny_ckpt, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())

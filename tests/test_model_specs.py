@@ -57,6 +57,58 @@ def test_a_config_json_that_is_not_a_models_is_named(tmp_path, tiny):
         load(run / "checkpoints" / "step-000003")
 
 
+def test_what_transformers_cannot_read_in_a_directory_is_one_line_naming_it(tmp_path, tiny):
+    """No weights file, weights that do not fit a hand-edited config, a damaged tokenizer.json: transformers'
+    own errors (pages of text, tracebacks) become one line naming the directory and the fix."""
+    import json
+
+    def edited(name, edit):
+        d = tmp_path / name
+        export_hf(*tiny, d)
+        edit(d)
+        return d
+
+    cases = {
+        "no weights": edited("a", lambda d: (d / "model.safetensors").unlink()),
+        "config edited": edited("b", lambda d: (d / "config.json").write_text(json.dumps(
+            {**json.loads((d / "config.json").read_text()), "intermediate_size": 7}))),
+    }
+    for why, d in cases.items():
+        with pytest.raises(ModelSpecError, match=f"transformers cannot read the model in {d} .*model.safetensors") as e:
+            load(d)
+        one_line(e)
+    d = edited("c", lambda d: (d / "tokenizer.json").write_text("{bad"))
+    with pytest.raises(ModelSpecError, match=f"transformers cannot read the tokenizer in {d} .*restore its tokenizer files") as e:
+        load(d)
+    one_line(e)
+
+
+def test_a_tokenizer_without_a_chat_template_is_refused(tmp_path, tiny):
+    model, tok = tiny
+    export_hf(model, tok, tmp_path / "hf")
+    cfg = tmp_path / "hf" / "tokenizer_config.json"
+    import json
+
+    c = json.loads(cfg.read_text())
+    c.pop("chat_template", None)
+    cfg.write_text(json.dumps(c))
+    (tmp_path / "hf" / "chat_template.jinja").unlink(missing_ok=True)
+    with pytest.raises(ModelSpecError, match="has no chat template.*add a chat_template to its tokenizer_config.json") as e:
+        load(tmp_path / "hf")
+    one_line(e)
+
+
+def test_a_checkpoint_config_with_a_mistyped_size_is_named(tmp_path, tiny):
+    import json
+
+    save_model(*tiny, tmp_path / "ck")
+    f = tmp_path / "ck" / "model_config.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), "vocab_size": "abc"}))
+    with pytest.raises(ModelSpecError, match="vocab_size must be a positive integer, got 'abc'") as e:
+        load(tmp_path / "ck")
+    assert str(f) in one_line(e)
+
+
 def test_a_directory_without_tokenizer_is_refused_before_its_weights_are_read(tmp_path, tiny):
     model, _ = tiny
     save_model(model, None, tmp_path / "ours")

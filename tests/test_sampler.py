@@ -144,15 +144,18 @@ def test_max_new_tokens_and_config_validation():
         generate(ours, [[1, 2], []], SamplingConfig(max_new_tokens=2))
 
 
-def test_running_past_the_trained_positions_warns_once_naming_the_fix():
+def test_running_past_the_trained_positions_warns_once_naming_the_fix(monkeypatch, capsys):
+    import model_io.sampler
+
+    monkeypatch.setattr(model_io.sampler, "_warned_positions", [])
     ours = from_hf_model(tiny_hf_model())  # max_position_embeddings 512
-    import warnings
-    with warnings.catch_warnings(record=True) as w:
-        warnings.simplefilter("always")
-        generate(ours, random_prompts([500]), SamplingConfig(max_new_tokens=12, **GREEDY))  # 512: the last fits
-        assert not w
+    capsys.readouterr()
+    generate(ours, random_prompts([500]), SamplingConfig(max_new_tokens=12, **GREEDY))  # 512: the last fits
+    assert capsys.readouterr().err == ""
+    for _ in range(2):
         generate(ours, random_prompts([500]), SamplingConfig(max_new_tokens=13, **GREEDY))
-    assert len(w) == 1 and "max_position_embeddings (512)" in str(w[0].message) and "--max-new-tokens" in str(w[0].message)
+    assert capsys.readouterr().err == ("warning: prompt + new tokens run past the model's max_position_embeddings (512), "
+                                       "where its outputs degrade: use fewer --shots or a smaller --max-new-tokens\n")
 
 
 def test_per_row_generators_make_rows_independent_of_their_batch():
