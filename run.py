@@ -123,6 +123,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def more_than_asked(limit: int, n: int, split: str) -> str | None:
+    """A note when --limit asks for more questions than the split has to answer."""
+    if limit > n:
+        return f"note: --limit {limit}, but the {split} split has {n} questions to answer: answering all {n}"
+    return None
+
+
+def check_context(model, tok, questions: list[str], shots, max_new_tokens: int) -> None:
+    """The longest of these prompts (by characters: one tokenization, not thousands) plus --max-new-tokens must fit
+    the model's context, checked once the model is loaded and before anything is written: past it the KV cache is
+    sized for it (--max-new-tokens 1e8: 51 GB asked for) and RoPE runs on positions the model never saw."""
+    ctx = model.cfg.max_position_embeddings
+    P = len(encode_prompts(tok, [max(questions, key=len)], shots)[0])
+    if P + max_new_tokens > ctx:
+        raise ValueError(f"--max-new-tokens {max_new_tokens} after a prompt of {P} tokens (--shots {len(shots)}) runs past the "
+                         f"model's context of {ctx} positions: lower --max-new-tokens (at most {max(ctx - P, 0)} here) or --shots")
+
+
 def write_json(path: Path, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
@@ -135,21 +153,23 @@ EVAL_OUTPUTS = ("predictions.jsonl", "summary.json", "trees.jsonl", "tb", "predi
 MADE_DIRS: list[Path] = []  # --out-dirs this process made: main removes them again if the command fails while they are empty
 
 
-def make_out_dir(out: Path) -> None:
-    """--out-dir as a writable directory (made if missing), checked before any slow work."""
+def make_out_dir(out: Path, flag: str = "--out-dir") -> None:
+    """--out-dir (or the flag that names the directory) as a writable directory (made if missing), checked before
+    any slow work."""
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out-dir {out} is a file: pass a directory")
+        raise ValueError(f"{flag} {out} is a file: pass a directory")
     if not out.exists():
         made = [d for d in [out, *out.parents] if not d.exists()]  # deepest first: out, then the parents it needs
         try:
             out.mkdir(parents=True)
         except OSError as e:
-            raise ValueError(f"--out-dir {out} cannot be made ({e.strerror}): pass a writable directory") from None
+            raise ValueError(f"{flag} {out} cannot be made ({e.strerror}): pass a writable directory") from None
         MADE_DIRS.extend(made)
     try:  # a directory can exist and still refuse files (permissions, a read-only mount): found now, not at the first write
         tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-").close()
     except OSError as e:
-        raise ValueError(f"--out-dir {out} is not writable ({e.strerror}): pass a writable directory") from None
+        raise ValueError(f"{flag} {out} is not writable ({e.strerror}): pass a writable directory"
+                         + (" (or copy the run somewhere writable and resume it there)" if flag == "--resume" else "")) from None
 
 
 def remove_made_dirs() -> None:
@@ -216,6 +236,8 @@ def cmd_eval(cfg: EvalConfig, given: set[str] = frozenset()) -> None:
         # the run's newest by then
         cfg = dataclasses.replace(cfg, model=run_model(cfg.model))
     problems, shots = questions_and_shots(cfg.split, cfg.gsm8k, cfg.shots, cfg.limit)
+    if not cfg.resume:
+        note(more_than_asked(cfg.limit, len(problems), cfg.split))
     precision = resolve_precision(cfg.precision, device)
     note(slow_bf16_note(precision, device))
     # config.json records what 'auto' resolved to: a resumed eval runs on the same kind of device, at the same precision
@@ -224,6 +246,7 @@ def cmd_eval(cfg: EvalConfig, given: set[str] = frozenset()) -> None:
     trees = out / "trees.jsonl.partial" if cfg.search == "mcts" and cfg.mcts_when == "tree" else None
     done = answered(out, trees is not None, [p.index for p in problems]) if cfg.resume else []
     model, tok = load_spec(cfg.model, device, weights_dtype(precision))
+    check_context(model, tok, [p.question for p in problems], shots, cfg.max_new_tokens)
     if not cfg.resume:
         clear_outputs(out, EVAL_OUTPUTS)
     write_json(out / "config.json", dataclasses.asdict(cfg))
@@ -283,7 +306,7 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
         if (run_dir / "final_hf").is_dir():
             raise ValueError(f"{run_dir} holds a finished run's model (final_hf): pass another --out-dir")
         refuse_foreign_out_dir(run_dir, "train")
-    make_out_dir(run_dir)  # a file there fails now, not after loading
+    make_out_dir(run_dir, "--resume" if cfg.resume else "--out-dir")  # a file there fails now, not after loading
     check_one_file({"train"} | ({"test"} if cfg.eval_every else set()), "training, and evaluating every --eval-every steps",
                    cfg.gsm8k)
     if not cfg.resume and is_training_run(run_dir):  # stopped (Ctrl-C, an error) before its first checkpoint
@@ -315,6 +338,8 @@ def _train_in_group(cfg: TrainConfig, run_dir: Path, d: D.Dist, device: torch.de
     test = load_gsm8k("test", cfg.gsm8k) if cfg.eval_every else []
     model, tok = load_spec(cfg.model, device, torch.float32)  # float32 master weights (+ bf16 autocast)
     trainer = Trainer(cfg, model, tok, train, test, run_dir, dist=d, progress=until_step is None)
+    check_context(model, tok, [p.question for p in trainer.train_set + trainer.test_set[: cfg.eval_limit]], trainer.shots,
+                  cfg.max_new_tokens)
     if cfg.resume:
         if not trainer.resume():
             raise ValueError(f"--resume {run_dir}: no finished checkpoint in {run_dir / 'checkpoints'}")
@@ -373,10 +398,12 @@ def cmd_sample(cfg: SampleConfig) -> None:
     from data import StopOnText, stop_token_ids
 
     problems, examples = questions_and_shots(cfg.split, cfg.gsm8k, cfg.shots, cfg.limit)
+    note(more_than_asked(cfg.limit, len(problems), cfg.split))
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     note(slow_bf16_note(precision, device))
     model, tok = load_spec(cfg.model, device, weights_dtype(precision))
+    check_context(model, tok, [p.question for p in problems], examples, cfg.max_new_tokens)
     scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                           eos_ids=stop_token_ids(tok, model.cfg.eos_token_ids))
     gen = torch.Generator(device=model.device).manual_seed(cfg.seed)
@@ -396,10 +423,18 @@ COMMANDS = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line naming the flag and pointing at --help (argparse prints the whole usage block
+    first: 13 lines for eval, more for train, above the one that matters)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv=None) -> int:
     # no abbreviations: a preset must know exactly which flags the user gave (--max-new would hide --max-new-tokens)
-    parser = argparse.ArgumentParser(prog="run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
+    parser = OneLineParser(prog="run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (cls, _, help_) in COMMANDS.items():
         add_config_args(sub.add_parser(name, help=help_, description=help_, allow_abbrev=False), cls)
@@ -427,6 +462,9 @@ def main(argv=None) -> int:
                     else ": no checkpoint was written yet, so there is nothing to resume (the same command starts it again)")
         print(f"interrupted{hint}", file=sys.stderr)
         return 130
+    except BaseException:  # a bug or a failure nobody foresaw: its traceback, but no empty --out-dir left behind
+        remove_made_dirs()
+        raise
     return 0
 
 

@@ -98,7 +98,10 @@ class TrainConfig:
                      at_least_0=("max_minutes", "token_budget", "shots", "beta", "eps_low", "eps_high", "mcts_simulations",
                                  "mcts_c_puct", "warmup_steps", "log_samples", "eval_every", "weight_decay",
                                  "max_grad_norm", "lr", "tree_advantage_weight"),
-                     in_0_1=("mcts_prob",))
+                     in_0_1=("mcts_prob",), below_1=("eps_low", "adam_beta1", "adam_beta2"))
+        from mcts.interface import check_step  # (here, not at the top: mcts imports grpo's rewards)
+
+        check_step(self.mcts_step, "--mcts-step")  # (the tree search would refuse it only once the model has loaded)
         if self.temperature <= 0:
             raise ValueError(f"--temperature must be > 0, got {self.temperature}: GRPO compares different samples of a prompt")
         check_top_p(self.top_p)
@@ -110,7 +113,7 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def check_ranges(cfg, at_least_1=(), at_least_0=(), in_0_1=()) -> None:
+def check_ranges(cfg, at_least_1=(), at_least_0=(), in_0_1=(), below_1=()) -> None:
     """Range checks of a command's config fields, each failing with one line that names the flag (train, eval and
     sample share them so that one mistake reads the same in every command). No number may be inf or nan: each
     would pass a >= check, then poison a run (an inf temperature samples uniformly; a nan lr trains NaN)."""
@@ -118,7 +121,8 @@ def check_ranges(cfg, at_least_1=(), at_least_0=(), in_0_1=()) -> None:
         if isinstance(v, float) and not math.isfinite(v):
             raise ValueError(f"{_flag(name)} must be a finite number, got {v}")
     for names, ok, rule in ((at_least_1, lambda v: v >= 1, "be >= 1"), (at_least_0, lambda v: v >= 0, "be >= 0"),
-                            (in_0_1, lambda v: 0 <= v <= 1, "be in [0, 1]")):
+                            (in_0_1, lambda v: 0 <= v <= 1, "be in [0, 1]"), (below_1, lambda v: 0 <= v < 1, "be in [0, 1)"),
+                            (("seed",) if hasattr(cfg, "seed") else (), lambda v: 0 <= v < 2**63, "be in [0, 2**63)")):
         for name in names:
             if not ok(getattr(cfg, name)):
                 raise ValueError(f"{_flag(name)} must {rule}, got {getattr(cfg, name)}")

@@ -279,8 +279,10 @@ class Trainer:
         self.bad_steps += 1
         tqdm.write(f"step {self.step}: non-finite loss ({loss}) or gradient norm ({norm}); update skipped")
         if self.bad_steps >= cfg.max_bad_steps:
+            clip = ("clip gradients (--max-grad-norm 1)" if not cfg.max_grad_norm
+                    else f"clip harder (--max-grad-norm below {cfg.max_grad_norm:g})")
             raise TrainingError(f"{self.bad_steps} non-finite updates in a row at step {self.step}: lower --lr, "
-                                f"raise --max-grad-norm clipping or check the rewards; checkpoints so far are intact")
+                                f"{clip} or check the rewards; checkpoints so far are intact")
         return norm
 
     def _metrics(self, ro: Rollout, rewards_all, agg, grad_norm, t0, t_rollout) -> dict[str, float]:

@@ -11,6 +11,12 @@ ANSWER_MODES = ("vote", "value", "visits")
 ROOT_RULES = ("puct", "gumbel")
 
 
+def check_step(step: str, flag: str = "--step") -> None:
+    """A tree node's extent: "newline" or "tokens:N" with N >= 1."""
+    if not (step == "newline" or (step.startswith("tokens:") and step[7:].isdigit() and int(step[7:]) > 0)):
+        raise ValueError(f"unknown {flag} {step!r}: use newline or tokens:N (N >= 1)")
+
+
 @dataclass
 class SearchConfig:
     n_simulations: int = 8  # simulations per question
@@ -39,8 +45,7 @@ class SearchConfig:
             raise ValueError(f"unknown answer selection {self.answer!r}: use one of {', '.join(ANSWER_MODES)}")
         if self.root not in ROOT_RULES:
             raise ValueError(f"unknown root selection {self.root!r}: use one of {', '.join(ROOT_RULES)}")
-        if not (self.step == "newline" or (self.step.startswith("tokens:") and self.step[7:].isdigit() and int(self.step[7:]) > 0)):
-            raise ValueError(f"unknown step {self.step!r}: use newline or tokens:N (N >= 1)")
+        check_step(self.step)
         if self.n_simulations < 1 or self.children < 1 or self.rollout_depth < 0 or self.step_tokens < 1:
             raise ValueError("n_simulations, children and step_tokens must be >= 1, rollout_depth >= 0")
         if self.c_puct < 0 or not 0 <= self.format_weight <= 1:

@@ -14,7 +14,7 @@ def tiny_hf_config(arch: str = "llama", vocab: int = TINY_VOCAB, **kw):
     from transformers import LlamaConfig, Qwen2Config
 
     base = dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=512, eos_token_id=258, bos_token_id=257,
+                num_key_value_heads=2, max_position_embeddings=4096, eos_token_id=258, bos_token_id=257,  # 2-shot prompts: ~900 byte tokens
                 pad_token_id=256, initializer_range=0.2)
     base.update(kw)
     if arch == "llama":

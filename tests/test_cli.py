@@ -2,6 +2,7 @@
 import argparse
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,7 +69,7 @@ def test_majority_vote():
 @pytest.mark.parametrize("argv,why", [
     (["eval", "--search", "beam"], "unknown --search"),
     (["eval", "--search", "greedy", "--n", "4"], "--n is for sample"),
-    (["eval", "--search", "mcts", "--step", "words:3"], "unknown step"),
+    (["eval", "--search", "mcts", "--step", "words:3"], "unknown --step 'words:3'"),
     (["eval", "--search", "mcts", "--mcts-when", "often"], "--mcts-when"),
     (["eval", "--model", "./nowhere", "--limit", "1"], "does not exist"),
     (["eval", "--device", "cuda:0"], None),
@@ -79,7 +80,7 @@ def test_majority_vote():
     (["eval", "--temperature", "-1"], "--temperature must be >= 0"),
     (["eval", "--top-p", "0"], "--top-p must be in (0, 1]"),
     (["eval", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
-    (["eval", "--step", "tokens:0"], "unknown step"),  # an mcts flag, wrong even where greedy does not use it
+    (["eval", "--step", "tokens:0"], "unknown --step 'tokens:0'"),  # an mcts flag, wrong even where greedy does not use it
     (["sample", "--top-p", "0"], "--top-p must be in (0, 1], got 0.0"),
     (["sample", "--limit", "0"], "--limit must be >= 1, got 0"),
     (["sample", "--temperature", "-1"], "--temperature must be >= 0"),
@@ -104,6 +105,15 @@ def test_majority_vote():
     (["eval", "--search", "majority"], "--search majority chooses among --n answers per question: give --n >= 2"),
     (["eval", "--search", "best-of-n", "--n", "1"], "--search best-of-n chooses among --n answers"),
     (["eval", "--search", "sample", "--n", "8", "--temperature", "0"], "--temperature 0 draws the same answer all --n 8 times"),
+    # checked with the config, before the model loads (they failed after it, in the library's words, or not at all)
+    (["train", "--mcts-step", "tokens:0"], "unknown --mcts-step 'tokens:0': use newline or tokens:N (N >= 1)"),
+    (["train", "--adam-beta1", "1"], "--adam-beta1 must be in [0, 1), got 1.0"),
+    (["train", "--adam-beta2", "-0.5"], "--adam-beta2 must be in [0, 1), got -0.5"),
+    (["train", "--eps-low", "1.5"], "--eps-low must be in [0, 1), got 1.5"),
+    (["train", "--seed", "99999999999999999999999"], "--seed must be in [0, 2**63), got 99999999999999999999999"),
+    (["eval", "--seed", "-1"], "--seed must be in [0, 2**63), got -1"),
+    (["train", "--rewards", "correctness=0"], "weighs every reward 0: give at least one a nonzero weight"),
+    (["train", "--rewards", "correctness=1,correctness=2"], "reward 'correctness' given twice"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, why, monkeypatch, capsys):
     import torch
@@ -137,6 +147,22 @@ def test_an_out_dir_that_refuses_files_is_one_line_before_loading(tmp_path, monk
         assert err.startswith(f"error: --out-dir {locked} is not writable (") and err.count("\n") == 1
 
 
+def test_a_read_only_run_directory_is_named_by_resume_and_a_limit_past_the_split_is_noted(tmp_path, monkeypatch, capsys):
+    import errno
+    import tempfile
+
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", read_only)
+    with pytest.raises(ValueError, match=f"^--resume {tmp_path} is not writable \\(Read-only file system\\): pass a "
+                                         f"writable directory \\(or copy the run somewhere writable and resume it there\\)$"):
+        run.make_out_dir(tmp_path, "--resume")
+    assert run.more_than_asked(100000, 1319, "test") == ("note: --limit 100000, but the test split has 1319 questions to "
+                                                         "answer: answering all 1319")
+    assert run.more_than_asked(1319, 1319, "test") is None
+
+
 def _refuses_files(d: Path) -> bool:
     import tempfile
 
@@ -158,6 +184,43 @@ def test_a_command_that_fails_leaves_no_out_dir_it_made(tmp_path, monkeypatch, c
     (tmp_path / "kept").mkdir()
     assert run.main(["eval", "--gsm8k", str(tmp_path / "nope"), "--out-dir", str(tmp_path / "kept")]) == 2
     assert (tmp_path / "kept").is_dir()
+
+
+def test_a_flag_of_the_wrong_type_is_one_line_pointing_at_help(capsys):
+    for argv, line in ((["eval", "--limit", "abc"], "run.py eval: error: argument --limit: invalid int value: 'abc' (see run.py eval --help)"),
+                       (["evl"], "run.py: error: argument command: invalid choice: 'evl' (choose from 'train', 'eval', "
+                                 "'sample', 'inspect-tree') (see run.py --help)")):
+        with pytest.raises(SystemExit) as e:
+            run.main(argv)
+        assert e.value.code == 2 and capsys.readouterr().err == line + "\n"
+
+
+def test_an_unforeseen_failure_keeps_its_traceback_but_leaves_no_out_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+
+    def broken(*a, **k):
+        raise OSError("a failure nobody foresaw")
+
+    monkeypatch.setattr(run, "load_spec", broken)
+    with pytest.raises(OSError, match="nobody foresaw"):
+        run.main(["eval", "--limit", "1", "--out-dir", str(tmp_path / "a" / "ev")])
+    assert not (tmp_path / "a").exists()
+
+
+def test_new_tokens_past_the_models_context_are_one_line_before_anything_is_written(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    """The tiny model's context is 4096 positions; its 2-shot prompts are ~900 byte tokens: --max-new-tokens 1e8 asked
+    a KV cache of 51 GB (eval) or was killed for memory (train), leaving the out-dir behind."""
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    small = ["--model", tiny_ckpt, "--device", "cpu", "--max-new-tokens", "100000000"]
+    for argv in (["eval", "--limit", "2", "--out-dir", str(tmp_path / "ev")],
+                 ["train", "--steps", "1", "--prompts-per-step", "1", "--group-size", "2", "--out-dir", str(tmp_path / "tr")],
+                 ["sample", "--limit", "1"]):
+        capsys.readouterr()
+        assert run.main(argv + small) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert re.fullmatch(r"error: --max-new-tokens 100000000 after a prompt of \d+ tokens \(--shots 2\) runs past the "
+                            r"model's context of 4096 positions: lower --max-new-tokens \(at most \d+ here\) or --shots", err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_eval_out_dir_is_checked_before_loading_and_old_outputs_are_replaced(tiny_ckpt, tmp_path, monkeypatch, capsys):

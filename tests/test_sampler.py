@@ -148,7 +148,7 @@ def test_running_past_the_trained_positions_warns_once_naming_the_fix(monkeypatc
     import model_io.sampler
 
     monkeypatch.setattr(model_io.sampler, "_warned_positions", [])
-    ours = from_hf_model(tiny_hf_model())  # max_position_embeddings 512
+    ours = from_hf_model(tiny_hf_model(max_position_embeddings=512))
     capsys.readouterr()
     generate(ours, random_prompts([500]), SamplingConfig(max_new_tokens=12, **GREEDY))  # 512: the last fits
     assert capsys.readouterr().err == ""

@@ -152,9 +152,13 @@ def test_non_finite_updates_are_skipped_then_stop(tmp_path):
     tr.train_step()  # NaN advantages: the update is skipped
     for n, p in tr.model.named_parameters():
         assert torch.equal(good[n], p), n
-    with pytest.raises(TrainingError, match="non-finite"):
+    with pytest.raises(TrainingError, match=r"non-finite.*lower --lr, clip harder \(--max-grad-norm below 1\)"):
         tr.train_step()
     assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step-000001"]
+    tr.cfg.max_grad_norm, tr.bad_steps = 0.0, 0  # clipping off: the advice is to turn it on
+    tr.train_step()
+    with pytest.raises(TrainingError, match=r"lower --lr, clip gradients \(--max-grad-norm 1\) or check the rewards"):
+        tr.train_step()
 
 
 def test_with_mu_passes_each_update_is_judged_alone_and_grad_norm_is_their_mean(tmp_path, monkeypatch):
