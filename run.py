@@ -35,7 +35,7 @@ from data import DataError, encode_prompts, load_gsm8k, parse_strict
 from data.gsm8k import check_one_file, questions_and_shots
 from grpo import distributed as D
 from grpo.checkpointing import checkpoint_dirs, is_training_run, model_of_run
-from grpo.config import TrainConfig, apply_preset, check_ranges, check_top_p, resumed_config
+from grpo.config import RESUME_MAY_CHANGE, TrainConfig, apply_preset, check_ranges, check_top_p, resumed_config
 from grpo.eval_resume import answered, resumed_eval_config
 from grpo.evaluate import EvalConfig, evaluate
 from grpo.trainer import Trainer, TrainingError
@@ -269,6 +269,25 @@ def cmd_eval(cfg: EvalConfig, given: set[str] = frozenset()) -> None:
     print(f"wrote {', '.join(map(str, wrote[:-1]))} and {wrote[-1]}")
 
 
+def check_against_checkpoint(saved: dict, run_dir: Path) -> None:
+    """A run's config.json must describe the run its newest checkpoint continues: one edited by hand, or checkpoints
+    copied in from another run, would resume as one run while config.json (and every later checkpoint's copy of it)
+    recorded another."""
+    newest = checkpoint_dirs(run_dir)[-1] / "train_config.json"
+    try:
+        ck = json.loads(newest.read_text())
+    except (OSError, ValueError):
+        return  # (a damaged copy: the checkpoint's own checks name it when it loads)
+    if not isinstance(saved, dict) or not isinstance(ck, dict):
+        return
+    free = set(RESUME_MAY_CHANGE) | {"resume", "out_dir"}  # (a resume records itself; a run directory may move)
+    differ = sorted(k for k in set(saved) & set(ck) & set(TrainConfig.__dataclass_fields__) - free if saved[k] != ck[k])
+    if differ:
+        what = ", ".join(f"--{k.replace('_', '-')} ({saved[k]!r} there, {ck[k]!r} in the checkpoint)" for k in differ)
+        raise ValueError(f"--resume {run_dir}: its config.json and its newest checkpoint disagree on {what}: config.json "
+                         f"was edited, or the checkpoints come from another run; restore config.json from {newest}")
+
+
 def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int | None = None) -> dict:
     """GRPO on the GSM8K train split; `until_step` stops early as a kill would (used by the resume test)."""
     cfg = apply_preset(cfg, set(given))
@@ -299,6 +318,7 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
         if "precision" in given:  # 'auto' is recorded as what it resolved to: compare like with like
             cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, resolve_device(cfg.device)))
         cfg, changed = resumed_config(saved, cfg, set(given), str(run_dir))
+        check_against_checkpoint(saved, run_dir)
     else:
         run_dir, legacy, changed = Path(cfg.out_dir), False, {}
         if checkpoint_dirs(run_dir):

@@ -248,6 +248,16 @@ def test_resume_names_a_damaged_run_config_and_the_copy_to_restore_it_from(tmp_p
         assert run.main(["train", "--resume", str(out)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith(f"error: --resume {out}: its config.json {says[0]}") and err.endswith(says[1]), err
+    # a config that runs, but not the run its checkpoints continue (edited, or another run's checkpoints copied in)
+    (out / "config.json").write_text(json.dumps({**good, "lr": 0.5, "steps": 2000}))
+    assert run.main(["train", "--resume", str(out)]) == 2
+    assert capsys.readouterr().err == (f"error: --resume {out}: its config.json and its newest checkpoint disagree on "
+                                       f"--lr (0.5 there, {good['lr']!r} in the checkpoint), --steps (2000 there, 1 in the "
+                                       f"checkpoint): config.json was edited, or the checkpoints come from another run; "
+                                       f"restore config.json from {copy}\n")
+    # what may change on resume (and the resume's own record) may differ
+    (out / "config.json").write_text(json.dumps({**good, "max_minutes": 5.0, "eval_every": 7, "resume": str(out)}))
+    assert run.main(["train", "--resume", str(out)]) == 0 and "has finished" in capsys.readouterr().out
     shutil.copy(copy, out / "config.json")
     assert run.main(["train", "--resume", str(out)]) == 0 and "has finished" in capsys.readouterr().out
 
