@@ -123,6 +123,34 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# Flags that only some settings read, and when they are read. Given where they are not, each is named in a note
+# (not an error: a script may pass one set of flags to every --search; config.json records them as given).
+_MCTS = lambda c: c.search == "mcts"  # noqa: E731
+_SAMPLES = lambda c: c.search in ("sample", "majority", "best-of-n")  # noqa: E731
+EVAL_FLAG_USED = {
+    "temperature": lambda c: c.search != "greedy", "top_p": lambda c: c.search != "greedy", "top_k": _SAMPLES,
+    **dict.fromkeys(("n_simulations", "children", "c_puct", "mcts_root", "step", "step_tokens", "rollout_depth",
+                     "mcts_answer", "mcts_rescore", "mcts_when"), _MCTS),
+    "fallback_p": lambda c: c.search == "mcts" and c.mcts_when != "tree",
+    "format_weight": lambda c: c.search in ("mcts", "best-of-n"),
+}
+TRAIN_FLAG_USED = {
+    **dict.fromkeys(("mcts_prob", "tree_advantage", "mcts_simulations", "mcts_children", "mcts_c_puct", "mcts_root",
+                     "mcts_step", "mcts_step_tokens"), lambda c: c.rollouts == "mcts"),
+    "tree_advantage_weight": lambda c: c.rollouts == "mcts" and c.tree_advantage == "mix",
+}
+
+
+def unused_flags_note(cfg, given: set[str]) -> str | None:
+    """A note naming the given flags that these settings do not read."""
+    used, context = ((EVAL_FLAG_USED, f"--search {cfg.search}") if isinstance(cfg, EvalConfig) else
+                     (TRAIN_FLAG_USED, f"--rollouts {cfg.rollouts}, --tree-advantage {cfg.tree_advantage}"))
+    unused = [f"--{k.replace('_', '-')}" for k in sorted(given) if k in used and not used[k](cfg)]
+    if not unused:
+        return None
+    return f"note: {', '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect with {context}"
+
+
 def more_than_asked(limit: int, n: int, split: str) -> str | None:
     """A note when --limit asks for more questions than the split has to answer."""
     if limit > n:
@@ -238,6 +266,7 @@ def cmd_eval(cfg: EvalConfig, given: set[str] = frozenset()) -> None:
     problems, shots = questions_and_shots(cfg.split, cfg.gsm8k, cfg.shots, cfg.limit)
     if not cfg.resume:
         note(more_than_asked(cfg.limit, len(problems), cfg.split))
+        note(unused_flags_note(cfg, set(given)))
     precision = resolve_precision(cfg.precision, device)
     note(slow_bf16_note(precision, device))
     # config.json records what 'auto' resolved to: a resumed eval runs on the same kind of device, at the same precision
@@ -329,6 +358,8 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
     make_out_dir(run_dir, "--resume" if cfg.resume else "--out-dir")  # a file there fails now, not after loading
     check_one_file({"train"} | ({"test"} if cfg.eval_every else set()), "training, and evaluating every --eval-every steps",
                    cfg.gsm8k)
+    if not cfg.resume and D.reports():
+        note(unused_flags_note(cfg, set(given)))
     if not cfg.resume and is_training_run(run_dir):  # stopped (Ctrl-C, an error) before its first checkpoint
         if D.reports():
             note(f"{run_dir} holds a run that stopped before its first checkpoint (nothing to resume): starting over there")

@@ -207,6 +207,36 @@ def test_an_unforeseen_failure_keeps_its_traceback_but_leaves_no_out_dir(tmp_pat
     assert not (tmp_path / "a").exists()
 
 
+def test_given_flags_these_settings_do_not_read_are_noted(tmp_path, monkeypatch, capsys):
+    from grpo.config import TrainConfig
+    from grpo.evaluate import EvalConfig
+
+    note = run.unused_flags_note
+    assert note(EvalConfig(), {"temperature", "top_k", "mcts_when", "limit"}) == (
+        "note: --mcts-when, --temperature, --top-k have no effect with --search greedy")
+    assert note(EvalConfig(search="mcts"), {"temperature", "top_k", "fallback_p", "children"}) == (
+        "note: --fallback-p, --top-k have no effect with --search mcts")  # (--top-k 0: refused when set, noted when given)
+    assert note(EvalConfig(search="best-of-n", n=4), {"format_weight", "top_k", "children"}) == (
+        "note: --children has no effect with --search best-of-n")
+    assert note(EvalConfig(search="sample", n=2), {"temperature", "top_k", "n"}) is None
+    assert note(TrainConfig(), {"mcts_prob", "lr"}) == "note: --mcts-prob has no effect with --rollouts plain, --tree-advantage outcome"
+    assert note(TrainConfig(rollouts="mcts"), {"mcts_prob", "tree_advantage_weight"}) == (
+        "note: --tree-advantage-weight has no effect with --rollouts mcts, --tree-advantage outcome")
+    assert note(TrainConfig(rollouts="mcts", tree_advantage="mix"), {"tree_advantage_weight", "mcts_children"}) is None
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    monkeypatch.setattr(run, "load_spec", stop)
+    capsys.readouterr()
+    assert run.main(["eval", "--limit", "1", "--temperature", "0.3", "--out-dir", str(tmp_path / "ev")]) == 130
+    assert capsys.readouterr().err.splitlines()[0] == "note: --temperature has no effect with --search greedy"
+    assert run.main(["train", "--mcts-children", "3", "--device", "cpu", "--out-dir", str(tmp_path / "tr")]) == 130
+    assert capsys.readouterr().err.splitlines()[0] == ("note: --mcts-children has no effect with --rollouts plain, "
+                                                       "--tree-advantage outcome")
+
+
 def test_new_tokens_past_the_models_context_are_one_line_before_anything_is_written(tiny_ckpt, tmp_path, monkeypatch, capsys):
     """The tiny model's context is 4096 positions; its 2-shot prompts are ~900 byte tokens: --max-new-tokens 1e8 asked
     a KV cache of 51 GB (eval) or was killed for memory (train), leaving the out-dir behind."""
