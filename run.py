@@ -386,6 +386,9 @@ def _train_in_group(cfg: TrainConfig, run_dir: Path, d: D.Dist, device: torch.de
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
     torch.manual_seed(cfg.seed)
     train = load_gsm8k("train", cfg.gsm8k)
+    if cfg.shots >= len(train):  # (the trainer says so too, but only once the model has loaded)
+        raise ValueError(f"--shots {cfg.shots}: the train split holds {len(train)} problems, all of them the prompt's worked "
+                         f"examples, none left to train on: lower --shots")
     test = load_gsm8k("test", cfg.gsm8k) if cfg.eval_every else []
     model, tok = load_spec(cfg.model, device, torch.float32)  # float32 master weights (+ bf16 autocast)
     trainer = Trainer(cfg, model, tok, train, test, run_dir, dist=d, progress=until_step is None)

@@ -114,6 +114,7 @@ def test_majority_vote():
     (["eval", "--seed", "-1"], "--seed must be in [0, 2**63), got -1"),
     (["train", "--rewards", "correctness=0"], "weighs every reward 0: give at least one a nonzero weight"),
     (["train", "--rewards", "correctness=1,correctness=2"], "reward 'correctness' given twice"),
+    (["train", "--shots", "7473", "--device", "cpu"], "--shots 7473: the train split holds 7473 problems, all of them"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, why, monkeypatch, capsys):
     import torch
