@@ -140,8 +140,9 @@ def test_train_records_the_resolved_precision_and_old_runs_resume_in_float32(tin
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["precision"] == "bf16"
     del cfg["precision"]
-    cfg["steps"] = 3
-    (out / "config.json").write_text(json.dumps(cfg))
+    cfg["steps"] = 3  # (a step left to take; the checkpoints' copies of the config say the same, as a real old run's would)
+    for f in [out / "config.json", *(out / "checkpoints").glob("step-*/train_config.json")]:
+        f.write_text(json.dumps(cfg))
     capsys.readouterr()
     assert run.main(["train", "--resume", str(out)]) == 0
     printed = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("config: "))
