@@ -124,7 +124,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 # Flags that only some settings read, and when they are read. Given where they are not, each is named in a note
-# (not an error: a script may pass one set of flags to every --search; config.json records them as given).
+# (not an error: a script may pass one set of flags to every --search; config.json records them as given). EvalConfig
+# still refuses a value set where it would read as if it applied: --n with greedy or mcts (one answer), --top-k with
+# mcts, --fallback-p with a whole-tree search.
 _MCTS = lambda c: c.search == "mcts"  # noqa: E731
 _SAMPLES = lambda c: c.search in ("sample", "majority", "best-of-n")  # noqa: E731
 EVAL_FLAG_USED = {
@@ -144,7 +146,8 @@ TRAIN_FLAG_USED = {
 def unused_flags_note(cfg, given: set[str]) -> str | None:
     """A note naming the given flags that these settings do not read."""
     used, context = ((EVAL_FLAG_USED, f"--search {cfg.search}") if isinstance(cfg, EvalConfig) else
-                     (TRAIN_FLAG_USED, f"--rollouts {cfg.rollouts}, --tree-advantage {cfg.tree_advantage}"))
+                     (TRAIN_FLAG_USED, f"--rollouts {cfg.rollouts}" + (f", --tree-advantage {cfg.tree_advantage}"
+                                                                        if cfg.rollouts == "mcts" else "")))
     unused = [f"--{k.replace('_', '-')}" for k in sorted(given) if k in used and not used[k](cfg)]
     if not unused:
         return None
@@ -154,19 +157,24 @@ def unused_flags_note(cfg, given: set[str]) -> str | None:
 def more_than_asked(limit: int, n: int, split: str) -> str | None:
     """A note when --limit asks for more questions than the split has to answer."""
     if limit > n:
-        return f"note: --limit {limit}, but the {split} split has {n} questions to answer: answering all {n}"
+        return f"note: --limit {limit}, but the {split} split has {n} question{'s' * (n != 1)} to answer: answering all {n}"
     return None
 
 
 def check_context(model, tok, questions: list[str], shots, max_new_tokens: int) -> None:
-    """The longest of these prompts (by characters: one tokenization, not thousands) plus --max-new-tokens must fit
+    """The longest of these prompts (its question's tokens counted alone: one batched call, not thousands of chat
+    templates) plus --max-new-tokens must fit
     the model's context, checked once the model is loaded and before anything is written: past it the KV cache is
     sized for it (--max-new-tokens 1e8: 51 GB asked for) and RoPE runs on positions the model never saw."""
     ctx = model.cfg.max_position_embeddings
-    P = len(encode_prompts(tok, [max(questions, key=len)], shots)[0])
+    lengths = [len(ids) for ids in tok(list(questions), add_special_tokens=False)["input_ids"]]  # one batched call
+    P = len(encode_prompts(tok, [questions[lengths.index(max(lengths))]], shots)[0])  # the longest, in its prompt
+    if P >= ctx:
+        raise ValueError(f"a prompt of {P} tokens (--shots {len(shots)}) already fills the model's context of {ctx} positions: "
+                         f"lower --shots")
     if P + max_new_tokens > ctx:
         raise ValueError(f"--max-new-tokens {max_new_tokens} after a prompt of {P} tokens (--shots {len(shots)}) runs past the "
-                         f"model's context of {ctx} positions: lower --max-new-tokens (at most {max(ctx - P, 0)} here) or --shots")
+                         f"model's context of {ctx} positions: lower --max-new-tokens (at most {ctx - P} here) or --shots")
 
 
 def write_json(path: Path, obj) -> None:
@@ -197,7 +205,7 @@ def make_out_dir(out: Path, flag: str = "--out-dir") -> None:
         tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-").close()
     except OSError as e:
         raise ValueError(f"{flag} {out} is not writable ({e.strerror}): pass a writable directory"
-                         + (" (or copy the run somewhere writable and resume it there)" if flag == "--resume" else "")) from None
+                         + (" (or copy the run somewhere writable and resume it there)" if flag.startswith("--resume") else "")) from None
 
 
 def remove_made_dirs() -> None:
@@ -257,7 +265,9 @@ def cmd_eval(cfg: EvalConfig, given: set[str] = frozenset()) -> None:
         raise ValueError(f"--resume: the eval in {out} ran on {cfg.device}, which this machine lacks: resume it on a machine "
                          f"with one (its answers so far came from there), or start a new eval in another --out-dir") from None
     set_decode_mode(cfg.decode)
-    if not cfg.resume:
+    if cfg.resume:
+        make_out_dir(out, "--resume --out-dir")  # its partial files are rewritten: a read-only one fails here, in a line
+    else:
         refuse_foreign_out_dir(out, "eval")
         make_out_dir(out)
         # config.json (and the summary) name a run directory's checkpoint itself: a resume reads these weights, not
@@ -360,14 +370,11 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
                    cfg.gsm8k)
     if not cfg.resume and D.reports():
         note(unused_flags_note(cfg, set(given)))
-    if not cfg.resume and is_training_run(run_dir):  # stopped (Ctrl-C, an error) before its first checkpoint
-        if D.reports():
-            note(f"{run_dir} holds a run that stopped before its first checkpoint (nothing to resume): starting over there")
-        clear_outputs(run_dir, TRAIN_OUTPUTS)
+    restart = not cfg.resume and is_training_run(run_dir)  # stopped (Ctrl-C, an error) before its first checkpoint
     d, device = D.init_from_env(cfg.device)
     set_decode_mode(cfg.decode)
     try:
-        last = _train_in_group(cfg, run_dir, d, device, legacy, changed, until_step)
+        last = _train_in_group(cfg, run_dir, d, device, legacy, changed, until_step, restart)
     except BaseException:
         D.shutdown(d)  # the ranks may be anywhere (one raised, others in a collective): no barrier here
         raise
@@ -376,7 +383,7 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
 
 
 def _train_in_group(cfg: TrainConfig, run_dir: Path, d: D.Dist, device: torch.device, legacy: bool, changed: dict,
-                    until_step: int | None) -> dict:
+                    until_step: int | None, restart: bool = False) -> dict:
     """cmd_train once the process group (if any) is formed: load, resume, train, report."""
     if cfg.prompts_per_step % d.world:  # (each rank samples its own share of the prompts)
         raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} must be a multiple of the {d.world} processes")
@@ -400,6 +407,9 @@ def _train_in_group(cfg: TrainConfig, run_dir: Path, d: D.Dist, device: torch.de
         if d.main:
             print(f"resumed {run_dir} at step {trainer.step}"
                   + "".join(f"; --{k.replace('_', '-')} {new} (was {old})" for k, (old, new) in changed.items()))
+    if restart and d.main:  # once every input has been checked: a refused command leaves the old run as it was
+        note(f"{run_dir} holds a run that stopped before its first checkpoint (nothing to resume): starting over there")
+        clear_outputs(run_dir, TRAIN_OUTPUTS)
     if d.main and (changed or not cfg.resume):  # what the run is now, for the next resume
         write_json(run_dir / "config.json", dataclasses.asdict(cfg))
     if cfg.resume and trainer.finished():
@@ -493,7 +503,9 @@ def main(argv=None) -> int:
     for name, (cls, _, help_) in COMMANDS.items():
         add_config_args(sub.add_parser(name, help=help_, description=help_, allow_abbrev=False), cls)
     with contextlib.redirect_stderr(sys.stderr if D.reports() else io.StringIO()):
-        args = parser.parse_args(argv)  # a usage error: rank 0's line alone under torchrun, as below
+        args, extra = parser.parse_known_args(argv)  # a usage error: rank 0's line alone under torchrun, as below
+        if extra:  # named by the command's own parser, which points at its own --help
+            sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     cls, fn, _ = COMMANDS[args.command]
     given = given_fields(sys.argv[1:] if argv is None else argv, cls)
     MADE_DIRS.clear()

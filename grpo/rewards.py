@@ -111,7 +111,7 @@ class RewardSet:
         if not spec.strip():
             return cls()
         weights = {}
-        for part in spec.split(","):
+        for part in filter(str.strip, spec.split(",")):  # (a trailing comma names no reward)
             name, _, w = part.partition("=")
             if name.strip() in weights:  # which weight would count?
                 raise ValueError(f"reward {name.strip()!r} given twice in {spec!r}: give each reward once")

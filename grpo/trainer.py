@@ -281,8 +281,9 @@ class Trainer:
         if self.bad_steps >= cfg.max_bad_steps:
             clip = ("clip gradients (--max-grad-norm 1)" if not cfg.max_grad_norm
                     else f"clip harder (--max-grad-norm below {cfg.max_grad_norm:g})")
-            raise TrainingError(f"{self.bad_steps} non-finite updates in a row at step {self.step}: lower --lr, "
-                                f"{clip} or check the rewards; checkpoints so far are intact")
+            raise TrainingError(f"{self.bad_steps} non-finite update{'s in a row' if self.bad_steps > 1 else ''} at step {self.step}: lower --lr, "
+                                f"{clip} or check the rewards; "
+                                + ("checkpoints so far are intact" if checkpoint_dirs(self.run_dir) else "no checkpoint was written yet"))
         return norm
 
     def _metrics(self, ro: Rollout, rewards_all, agg, grad_norm, t0, t_rollout) -> dict[str, float]:

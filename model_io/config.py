@@ -51,6 +51,15 @@ class ModelConfig:
             v = getattr(self, name)
             if type(v) not in (int, float) or not v > 0:
                 raise ModelSpecError(f"{name} must be a positive number, got {v!r}")
+        if self.rope_scaling is not None:  # (from_hf checks a transformers config; this, our own checkpoint's)
+            keys = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor",
+                                                      "original_max_position_embeddings")}.get(self.rope_scaling.get("rope_type"))
+            if keys is None:
+                raise ModelSpecError(f"unsupported RoPE scaling {self.rope_scaling.get('rope_type')!r}: supported are default, "
+                                     "linear, llama3")
+            missing = [k for k in keys if not isinstance(self.rope_scaling.get(k), (int, float))]
+            if missing:
+                raise ModelSpecError(f"RoPE scaling {self.rope_scaling['rope_type']!r} needs numbers for {', '.join(missing)}")
         if self.n_heads % self.n_kv_heads:
             raise ModelSpecError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
 

@@ -78,6 +78,9 @@ def load(spec: str | os.PathLike | None = None, device="cpu", dtype: torch.dtype
         _check_tokenizer_files(path)
         model, tok = load_model(path), _local(path, _tokenizer)
     elif path.is_dir():
+        if (path / "model_config.json").is_file() and not (path / "config.json").is_file():
+            raise ModelSpecError(f"{path} holds a checkpoint's model_config.json but not its model.safetensors: copy the "
+                                 "weights back beside it")
         if not (path / "config.json").is_file():
             held = f": pass {path / 'model'}, the model it holds" if is_checkpoint(path / "model") else ""  # a training checkpoint
             raise ModelSpecError(f"{path} is neither a checkpoint of this project nor a transformers model directory (no config.json){held}")

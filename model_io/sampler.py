@@ -139,7 +139,7 @@ class Prefix:
         return Prefix(own, self.logits[rows], self.next_pos[rows])
 
 
-_warned_positions: list[bool] = []  # the warning below, said once per process
+_warned_positions: list[bool] = []  # generate's warning of positions past the context, said once per process
 
 
 @torch.no_grad()
@@ -155,11 +155,6 @@ def prefill(model: Transformer, prompts: Sequence[Sequence[int]], room: int, pad
     dev = model.device
     per_row = dev.type == "cpu" if per_row is None else per_row
     B, P = len(prompts), max(len(p) for p in prompts)
-    if P + room > model.cfg.max_position_embeddings and not _warned_positions:  # RoPE runs on past it, on untrained positions
-        _warned_positions.append(True)  # once per process: a run prefills thousands of batches
-        print(f"warning: prompt + new tokens run past the model's max_position_embeddings "
-              f"({model.cfg.max_position_embeddings}), where its outputs degrade: use fewer --shots or a smaller "
-              f"--max-new-tokens", file=sys.stderr)
     tokens = torch.full((B, P), pad_id, dtype=torch.long)
     key_mask = torch.zeros(B, P, dtype=torch.bool)
     for b, p in enumerate(prompts):  # left padding
@@ -377,6 +372,11 @@ def generate(
     Each prompt is run through the model once; its n rows then read its keys/values in place (Prefix.share), or
     with `share_prompt=False` continue from copies of them (default: shared for n > 1, except with
     --decode compiled, whose compiled step knows only a plain cache). max_tokens: per-row caps [B * n] (see decode)."""
+    if max(map(len, prompts), default=0) + cfg.max_new_tokens > model.cfg.max_position_embeddings and not _warned_positions:
+        _warned_positions.append(True)  # once per process (a run samples thousands of batches); RoPE runs on past the
+        print(f"warning: prompt + new tokens run past the model's max_position_embeddings "  # context, untrained there
+              f"({model.cfg.max_position_embeddings}), where its outputs degrade: use fewer --shots or a smaller "
+              f"--max-new-tokens", file=sys.stderr)
     if share_prompt is None:
         share_prompt = n > 1 and shares_prompts()
     prefix = prefill(model, prompts, room=0 if share_prompt else cfg.max_new_tokens, pad_id=pad_id)

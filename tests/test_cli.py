@@ -114,10 +114,13 @@ def test_majority_vote():
     (["eval", "--seed", "-1"], "--seed must be in [0, 2**63), got -1"),
     (["train", "--rewards", "correctness=0"], "weighs every reward 0: give at least one a nonzero weight"),
     (["train", "--rewards", "correctness=1,correctness=2"], "reward 'correctness' given twice"),
-    (["train", "--shots", "7473", "--device", "cpu"], "--shots 7473: the train split holds 7473 problems, all of them"),
+    (["train", "--rewards", "correctness=0,"], "weighs every reward 0"),  # (a trailing comma is no reward named '')
+    (["train", "--shots", "7473", "--device", "cpu", "--out-dir", "{tmp}"], "--shots 7473: the train split holds 7473 problems"),
 ])
-def test_bad_input_is_one_line_and_exit_2(argv, why, monkeypatch, capsys):
+def test_bad_input_is_one_line_and_exit_2(argv, why, tmp_path, monkeypatch, capsys):
     import torch
+
+    argv = [a.replace("{tmp}", str(tmp_path / "out")) for a in argv]  # (not the working tree's runs/: a user's run may be there)
 
     if argv[-1] == "cuda:0":
         if torch.cuda.is_available():
@@ -162,6 +165,7 @@ def test_a_read_only_run_directory_is_named_by_resume_and_a_limit_past_the_split
     assert run.more_than_asked(100000, 1319, "test") == ("note: --limit 100000, but the test split has 1319 questions to "
                                                          "answer: answering all 1319")
     assert run.more_than_asked(1319, 1319, "test") is None
+    assert run.more_than_asked(5, 1, "train") == "note: --limit 5, but the train split has 1 question to answer: answering all 1"
 
 
 def _refuses_files(d: Path) -> bool:
@@ -220,7 +224,7 @@ def test_given_flags_these_settings_do_not_read_are_noted(tmp_path, monkeypatch,
     assert note(EvalConfig(search="best-of-n", n=4), {"format_weight", "top_k", "children"}) == (
         "note: --children has no effect with --search best-of-n")
     assert note(EvalConfig(search="sample", n=2), {"temperature", "top_k", "n"}) is None
-    assert note(TrainConfig(), {"mcts_prob", "lr"}) == "note: --mcts-prob has no effect with --rollouts plain, --tree-advantage outcome"
+    assert note(TrainConfig(), {"mcts_prob", "tree_advantage"}) == "note: --mcts-prob, --tree-advantage have no effect with --rollouts plain"
     assert note(TrainConfig(rollouts="mcts"), {"mcts_prob", "tree_advantage_weight"}) == (
         "note: --tree-advantage-weight has no effect with --rollouts mcts, --tree-advantage outcome")
     assert note(TrainConfig(rollouts="mcts", tree_advantage="mix"), {"tree_advantage_weight", "mcts_children"}) is None
@@ -234,8 +238,33 @@ def test_given_flags_these_settings_do_not_read_are_noted(tmp_path, monkeypatch,
     assert run.main(["eval", "--limit", "1", "--temperature", "0.3", "--out-dir", str(tmp_path / "ev")]) == 130
     assert capsys.readouterr().err.splitlines()[0] == "note: --temperature has no effect with --search greedy"
     assert run.main(["train", "--mcts-children", "3", "--device", "cpu", "--out-dir", str(tmp_path / "tr")]) == 130
-    assert capsys.readouterr().err.splitlines()[0] == ("note: --mcts-children has no effect with --rollouts plain, "
-                                                       "--tree-advantage outcome")
+    assert capsys.readouterr().err.splitlines()[0] == "note: --mcts-children has no effect with --rollouts plain"
+
+
+def test_the_context_check_takes_the_longest_prompt_in_tokens_and_names_a_prompt_too_long_alone():
+    """Byte tokens: 600 euro signs are 1,800 tokens, 900 a's 900 (by characters the a's were the longest); the system
+    prompt and template add ~110."""
+    import types
+
+    tok = tiny_tokenizer()
+    model = types.SimpleNamespace(cfg=types.SimpleNamespace(max_position_embeddings=2000))
+    questions = ["a" * 900, "\u20ac" * 600]
+    with pytest.raises(ValueError, match=r"--max-new-tokens 200 after a prompt of 19\d\d tokens \(--shots 0\)"):
+        run.check_context(model, tok, questions, [], 200)
+    run.check_context(model, tok, questions[:1], [], 200)
+    model.cfg.max_position_embeddings = 1500
+    with pytest.raises(ValueError, match=r"^a prompt of 19\d\d tokens \(--shots 0\) already fills the model's context of "
+                                         r"1500 positions: lower --shots$"):
+        run.check_context(model, tok, questions, [], 1)
+
+
+def test_unknown_flags_are_named_by_their_command(capsys):
+    for argv, line in ((["eval", "--lim", "3"], "run.py eval: error: unrecognized arguments: --lim 3 (see run.py eval --help)"),
+                       (["train", "--search", "greedy"], "run.py train: error: unrecognized arguments: --search greedy "
+                                                         "(see run.py train --help)")):
+        with pytest.raises(SystemExit) as e:
+            run.main(argv)
+        assert e.value.code == 2 and capsys.readouterr().err == line + "\n"
 
 
 def test_new_tokens_past_the_models_context_are_one_line_before_anything_is_written(tiny_ckpt, tmp_path, monkeypatch, capsys):

@@ -70,16 +70,24 @@ def test_train_run_dirs_that_cannot_go_on_say_so_and_a_finished_one_is_left_alon
     assert capsys.readouterr().err == ("interrupted: no checkpoint was written yet, so there is nothing to resume (the "
                                        "same command starts it again)\n")
     # ...and it does: a run stopped before its first checkpoint is started over in its directory, its files cleared
+    # once every input has been checked (stopped at loading, as above: nothing cleared yet)
     (early / "tb").mkdir()
     (early / "samples.jsonl").write_text("{}\n")
     (early / "keep.txt").write_text("the user's")
-    assert run.main(["train", "--out-dir", str(early), "--device", "cpu"]) == 130  # (stopped at loading, as above)
-    assert capsys.readouterr().err == (f"{early} holds a run that stopped before its first checkpoint (nothing to resume): "
-                                       f"starting over there\ninterrupted: no checkpoint was written yet, so there is "
-                                       f"nothing to resume (the same command starts it again)\n")
-    assert sorted(p.name for p in early.iterdir()) == ["keep.txt"]
+    before = sorted(p.name for p in early.iterdir())
+    assert run.main(["train", "--out-dir", str(early), "--device", "cpu"]) == 130
+    assert sorted(p.name for p in early.iterdir()) == before
+    monkeypatch.undo()
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    capsys.readouterr()
+    assert run.main(["train", "--model", tiny_ckpt, "--steps", "1", "--prompts-per-step", "1", "--group-size", "2",
+                     "--max-new-tokens", "4", "--eval-every", "0", "--out-dir", str(early), "--device", "cpu"]) == 0
+    assert (f"{early} holds a run that stopped before its first checkpoint (nothing to resume): starting over there\n"
+            in capsys.readouterr().err)
+    assert (early / "keep.txt").is_file() and (early / "samples.jsonl").read_text() != "{}\n"
+    assert [json.loads(l)["step"] for l in (early / "metrics.jsonl").read_text().splitlines()] == [1]
+    shutil.rmtree(early / "checkpoints")  # (final_hf stays)
     # a finished run whose checkpoints are gone still holds its model: refused
-    (early / "final_hf").mkdir()
     assert run.main(["train", "--out-dir", str(early), "--device", "cpu"]) == 2
     assert f"{early} holds a finished run's model (final_hf): pass another --out-dir" in capsys.readouterr().err
 

@@ -139,6 +139,16 @@ def test_what_cannot_be_resumed_is_one_line_before_loading(tiny_ckpt, tmp_path, 
     assert "are not the first of the eval's split" in refused(["eval", "--resume", "--out-dir", str(out)])
     assert partial.read_text() == before  # refused before anything is cut
     partial.write_text(kept)
+    import errno
+    import tempfile
+
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    with monkeypatch.context() as m:  # a read-only directory: its partial file is rewritten on resume (was a traceback)
+        m.setattr(tempfile, "NamedTemporaryFile", read_only)
+        assert f"error: --resume --out-dir {out} is not writable (Read-only file system)" in refused(
+            ["eval", "--resume", "--out-dir", str(out)])
     monkeypatch.setattr(run, "load_spec", real)
     # the command the eval started with, typed again with --resume: the same values, and 'auto' for what it resolved to
     assert run.main(common + ["--resume", "--temperature", "0.7", "--device", "auto", "--precision", "auto"]) == 0

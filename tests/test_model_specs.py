@@ -109,6 +109,25 @@ def test_a_checkpoint_config_with_a_mistyped_size_is_named(tmp_path, tiny):
     assert str(f) in one_line(e)
 
 
+def test_a_checkpoint_without_weights_or_with_an_unknown_rope_scaling_is_named(tmp_path, tiny):
+    import json
+
+    save_model(*tiny, tmp_path / "ck")
+    f = tmp_path / "ck" / "model_config.json"
+    good = json.loads(f.read_text())
+    for scaling, says in (({"rope_type": "weird"}, "unsupported RoPE scaling 'weird': supported are default, linear, llama3"),
+                          ({"rope_type": "llama3", "factor": 8.0}, "RoPE scaling 'llama3' needs numbers for low_freq_factor")):
+        f.write_text(json.dumps({**good, "rope_scaling": scaling}))
+        with pytest.raises(ModelSpecError, match=says) as e:
+            load(tmp_path / "ck")
+        assert str(f) in one_line(e)
+    f.write_text(json.dumps(good))
+    (tmp_path / "ck" / "model.safetensors").unlink()
+    with pytest.raises(ModelSpecError, match="holds a checkpoint's model_config.json but not its model.safetensors: copy") as e:
+        load(tmp_path / "ck")
+    one_line(e)
+
+
 def test_a_directory_without_tokenizer_is_refused_before_its_weights_are_read(tmp_path, tiny):
     model, _ = tiny
     save_model(model, None, tmp_path / "ours")
