@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 from model_io.precision import check_precision, precision_field
@@ -141,6 +142,15 @@ RESUME_MAY_CHANGE = ("max_minutes", "token_budget", "eval_every", "eval_limit", 
                      "log_samples", "save_every", "keep_checkpoints", "device", "gsm8k")
 
 
+def _same(name: str, old, new) -> bool:
+    """A saved value and a flag's: equal, or (a path flag) the same path written another way ('m/' and 'm')."""
+    if old == new:
+        return True
+    if name in ("model", "gsm8k") and isinstance(old, str) and isinstance(new, str) and old.strip() and new.strip():
+        return os.path.normpath(os.path.expanduser(old)) == os.path.normpath(os.path.expanduser(new))
+    return False
+
+
 def resumed_config(saved: dict, cfg: "TrainConfig", given: set[str], run_dir: str) -> tuple["TrainConfig", dict]:
     """The config to continue a run with: its saved config, plus the flags given beside --resume that may change
     (RESUME_MAY_CHANGE). -> (config, {field: (old, new)} of what changed). A flag that would change the training
@@ -150,7 +160,7 @@ def resumed_config(saved: dict, cfg: "TrainConfig", given: set[str], run_dir: st
         raise ValueError(f"--resume {run_dir}: its config.json is not the config of a `run.py train` run (another "
                          "command wrote over it?): the run cannot be continued as it was")
     was = {k: saved.get(k, fields[k].default) for k in fields}  # (a config.json older than a field: its default)
-    changed = {k: (was[k], getattr(cfg, k)) for k in sorted(given & set(fields) - {"resume"}) if was[k] != getattr(cfg, k)}
+    changed = {k: (was[k], getattr(cfg, k)) for k in sorted(given & set(fields) - {"resume"}) if not _same(k, was[k], getattr(cfg, k))}
     fixed = [k for k in changed if k not in RESUME_MAY_CHANGE]
     if fixed:
         flags = ", ".join(f"--{k.replace('_', '-')} (the run has {changed[k][0]!r})" for k in fixed)

@@ -134,6 +134,9 @@ def test_resume_takes_limits_and_logging_flags_and_refuses_the_rest(tiny_ckpt, t
     assert "resumed" in capsys.readouterr().out and steps() == [1, 2, 3]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["token_budget"] == 0 and cfg["resume"] == str(out) and cfg["steps"] == 3
+    # the run's --model written another way (a trailing slash) is no change
+    assert run.main(["train", "--resume", str(out), "--model", tiny_ckpt + "/"]) == 0
+    assert "has finished" in capsys.readouterr().out
     # the error's way out: the run directory is a model spec (its newest checkpoint), a new run starts from it
     assert f"--model {out} --out-dir NEW_DIR" in err
     assert run.main(["train", "--model", str(out), "--preset", "smoke",
