@@ -162,10 +162,10 @@ def more_than_asked(limit: int, n: int, split: str) -> str | None:
 
 
 def check_context(model, tok, questions: list[str], shots, max_new_tokens: int) -> None:
-    """The longest of these prompts (its question's tokens counted alone: one batched call, not thousands of chat
-    templates) plus --max-new-tokens must fit
-    the model's context, checked once the model is loaded and before anything is written: past it the KV cache is
-    sized for it (--max-new-tokens 1e8: 51 GB asked for) and RoPE runs on positions the model never saw."""
+    """The longest of these prompts (found by its question's tokens alone: one batched call, not thousands of chat
+    templates) plus --max-new-tokens must fit the model's context, checked once the model is loaded and before
+    anything is written: past it the KV cache is sized for it (--max-new-tokens 1e8: 51 GB asked for) and RoPE runs
+    on positions the model never saw."""
     ctx = model.cfg.max_position_embeddings
     lengths = [len(ids) for ids in tok(list(questions), add_special_tokens=False)["input_ids"]]  # one batched call
     P = len(encode_prompts(tok, [questions[lengths.index(max(lengths))]], shots)[0])  # the longest, in its prompt
