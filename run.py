@@ -35,10 +35,10 @@ from data import DataError, encode_prompts, load_gsm8k, parse_strict
 from data.gsm8k import check_one_file, questions_and_shots
 from grpo import distributed as D
 from grpo.checkpointing import checkpoint_dirs, is_training_run, model_of_run
-from grpo.config import RESUME_MAY_CHANGE, TrainConfig, apply_preset, check_ranges, check_top_p, resumed_config
+from grpo.config import RESUME_MAY_CHANGE, TrainConfig, apply_preset, check_ranges, check_top_p, flag_name, resumed_config
 from grpo.eval_resume import answered, resumed_eval_config
 from grpo.evaluate import EvalConfig, evaluate
-from grpo.trainer import Trainer, TrainingError
+from grpo.trainer import Trainer, TrainingError, split_shots
 from mcts.inspect import InspectConfig, log_tree_stats, print_tree
 from model_io import ModelSpecError, SamplingConfig, export_hf, generate, load
 from model_io.checkpoint import is_checkpoint, write_text_atomic
@@ -148,7 +148,7 @@ def unused_flags_note(cfg, given: set[str]) -> str | None:
     used, context = ((EVAL_FLAG_USED, f"--search {cfg.search}") if isinstance(cfg, EvalConfig) else
                      (TRAIN_FLAG_USED, f"--rollouts {cfg.rollouts}" + (f", --tree-advantage {cfg.tree_advantage}"
                                                                         if cfg.rollouts == "mcts" else "")))
-    unused = [f"--{k.replace('_', '-')}" for k in sorted(given) if k in used and not used[k](cfg)]
+    unused = [flag_name(k) for k in sorted(given) if k in used and not used[k](cfg)]
     if not unused:
         return None
     return f"note: {', '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect with {context}"
@@ -322,7 +322,7 @@ def check_against_checkpoint(saved: dict, run_dir: Path) -> None:
     free = set(RESUME_MAY_CHANGE) | {"resume", "out_dir"}  # (a resume records itself; a run directory may move)
     differ = sorted(k for k in set(saved) & set(ck) & set(TrainConfig.__dataclass_fields__) - free if saved[k] != ck[k])
     if differ:
-        what = ", ".join(f"--{k.replace('_', '-')} ({saved[k]!r} there, {ck[k]!r} in the checkpoint)" for k in differ)
+        what = ", ".join(f"{flag_name(k)} ({saved[k]!r} there, {ck[k]!r} in the checkpoint)" for k in differ)
         raise ValueError(f"--resume {run_dir}: its config.json and its newest checkpoint disagree on {what}: config.json "
                          f"was edited, or the checkpoints come from another run; restore config.json from {newest}")
 
@@ -393,9 +393,7 @@ def _train_in_group(cfg: TrainConfig, run_dir: Path, d: D.Dist, device: torch.de
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
     torch.manual_seed(cfg.seed)
     train = load_gsm8k("train", cfg.gsm8k)
-    if cfg.shots >= len(train):  # (the trainer says so too, but only once the model has loaded)
-        raise ValueError(f"--shots {cfg.shots}: the train split holds {len(train)} problems, all of them the prompt's worked "
-                         f"examples, none left to train on: lower --shots")
+    split_shots(train, cfg.shots)  # the trainer's own check, here before the model loads
     test = load_gsm8k("test", cfg.gsm8k) if cfg.eval_every else []
     model, tok = load_spec(cfg.model, device, torch.float32)  # float32 master weights (+ bf16 autocast)
     trainer = Trainer(cfg, model, tok, train, test, run_dir, dist=d, progress=until_step is None)

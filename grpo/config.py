@@ -110,7 +110,7 @@ class TrainConfig:
         check_device(self.device)
 
 
-def _flag(name: str) -> str:
+def flag_name(name: str) -> str:  # a config field's command-line flag: max_new_tokens -> --max-new-tokens
     return "--" + name.replace("_", "-")
 
 
@@ -120,13 +120,13 @@ def check_ranges(cfg, at_least_1=(), at_least_0=(), in_0_1=(), below_1=()) -> No
     would pass a >= check, then poison a run (an inf temperature samples uniformly; a nan lr trains NaN)."""
     for name, v in vars(cfg).items():
         if isinstance(v, float) and not math.isfinite(v):
-            raise ValueError(f"{_flag(name)} must be a finite number, got {v}")
+            raise ValueError(f"{flag_name(name)} must be a finite number, got {v}")
     for names, ok, rule in ((at_least_1, lambda v: v >= 1, "be >= 1"), (at_least_0, lambda v: v >= 0, "be >= 0"),
                             (in_0_1, lambda v: 0 <= v <= 1, "be in [0, 1]"), (below_1, lambda v: 0 <= v < 1, "be in [0, 1)"),
                             (("seed",) if hasattr(cfg, "seed") else (), lambda v: 0 <= v < 2**63, "be in [0, 2**63)")):
         for name in names:
             if not ok(getattr(cfg, name)):
-                raise ValueError(f"{_flag(name)} must {rule}, got {getattr(cfg, name)}")
+                raise ValueError(f"{flag_name(name)} must {rule}, got {getattr(cfg, name)}")
 
 
 def check_top_p(top_p: float) -> None:

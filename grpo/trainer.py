@@ -86,15 +86,21 @@ def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
     return f
 
 
+def split_shots(train: list[Problem], shots: int) -> tuple[list[Problem], list[Problem]]:
+    """-> (the prompt's worked examples, the problems to train on): the first `shots` train problems are not asked
+    (their answers are in every prompt), as eval leaves them out."""
+    examples, rest = train[:shots], train[shots:]
+    if not rest:
+        raise ValueError(f"--shots {shots}: the train split holds {len(train)} problems, all of them the prompt's worked "
+                         "examples: no training questions left; lower --shots")
+    return examples, rest
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, model: Transformer, tokenizer, train: list[Problem], test: list[Problem],
                  run_dir: Path, rewards: RewardSet | None = None, dist: D.Dist = D.Dist(), progress: bool = True):
         self.cfg, self.model, self.tok = cfg, model, tokenizer
-        # the prompt's worked examples are not asked (their answers are in every prompt), as eval leaves them out
-        self.shots, train = train[: cfg.shots], train[cfg.shots :]
-        if not train:
-            raise ValueError(f"no training questions left: all {len(self.shots)} train problems are the prompt's "
-                             "worked examples; lower --shots")
+        self.shots, train = split_shots(train, cfg.shots)
         self.train_set, self.test_set = train, test
         self.run_dir, self.dist, self.progress = run_dir, dist, progress
         self.rewards = rewards or RewardSet.parse(cfg.rewards)
