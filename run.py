@@ -10,8 +10,8 @@
     python run.py inspect-tree runs/eval/trees.jsonl
     python run.py sample --limit 3                # print a few answers
 
-Every command's flags are generated from its config dataclass (defaults shown by --help); the resolved config is
-written next to the outputs.
+Every command's flags are generated from its config dataclass by grpo/flags.py (defaults shown by --help); the
+resolved config is written next to the outputs. grpo/out_dir.py makes and checks --out-dir before any slow work.
 """
 from __future__ import annotations
 
@@ -23,9 +23,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,66 +35,15 @@ from grpo.checkpointing import checkpoint_dirs, is_training_run, model_of_run
 from grpo.config import RESUME_MAY_CHANGE, TrainConfig, apply_preset, check_ranges, check_top_p, flag_name, resumed_config
 from grpo.eval_resume import answered, resumed_eval_config
 from grpo.evaluate import EvalConfig, evaluate
+from grpo.flags import OneLineParser, add_config_args, config_from_args, given_fields, more_than_asked, note, unused_flags_note
+from grpo.out_dir import (EVAL_OUTPUTS, MADE_DIRS, TRAIN_OUTPUTS, clear_outputs, holds_a_model, make_out_dir,
+                          refuse_foreign_out_dir, remove_made_dirs)
 from grpo.trainer import Trainer, TrainingError, split_shots
 from mcts.inspect import InspectConfig, log_tree_stats, print_tree
 from model_io import ModelSpecError, SamplingConfig, export_hf, generate, load
-from model_io.checkpoint import is_checkpoint, write_text_atomic
+from model_io.checkpoint import write_text_atomic
 from model_io.precision import check_precision, precision_field, resolve_precision, slow_bf16_note, weights_dtype
 from model_io.sampler import set_decode_mode
-
-
-# ---------------------------------------------------------------- config dataclass <-> argparse
-def _field_type(f: dataclasses.Field):
-    t = f.type if not isinstance(f.type, str) else eval(f.type, vars(typing), {})  # noqa: S307 (our own annotations)
-    if isinstance(t, types.UnionType) or typing.get_origin(t) is typing.Union:
-        t = next(a for a in typing.get_args(t) if a is not type(None))
-    return t
-
-
-def add_config_args(parser: argparse.ArgumentParser, cls) -> None:
-    """One --flag per field of dataclass `cls`, typed from its annotation, help from its metadata."""
-    for f in dataclasses.fields(cls):
-        t = _field_type(f)
-        flag = "--" + f.name.replace("_", "-")
-        help_ = f.metadata.get("help", "") + (" (default: '')" if f.default == "" else " (default: %(default)s)")
-        if f.metadata.get("positional"):
-            parser.add_argument(f.name, type=t, metavar=f.name.upper(), help=f.metadata.get("help", ""))
-        elif t is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
-        else:
-            parser.add_argument(flag, dest=f.name, type=t, default=f.default, metavar=t.__name__.upper(), help=help_)
-
-
-def given_fields(argv: list[str], cls) -> set[str]:
-    """Names of the fields the user set on the command line (--x-y and --no-x-y both set x_y), which a preset
-    must leave alone."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    given = set()
-    for a in argv:
-        if a.startswith("--"):
-            n = a[2:].split("=")[0].replace("-", "_")
-            given.add(n[3:] if n.startswith("no_") and n[3:] in names else n)
-    return given & names
-
-
-PATH_FIELDS = ("out_dir", "resume", "gsm8k", "file")  # (--model is expanded where model specs are read)
-
-
-def config_from_args(cls, args: argparse.Namespace):
-    """The config the flags give; a path's '~' expanded here, where the shell leaves it (`--out-dir=~/runs/x`)."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
-    for name in PATH_FIELDS:
-        if isinstance(values.get(name), str):
-            if name != "file" and not values[name].strip():
-                raise ValueError(f"--{name.replace('_', '-')} is empty: give a path, or leave the flag out for its default")
-            values[name] = os.path.expanduser(values[name])
-    return cls(**values)
-
-
-def note(line: str | None) -> None:
-    """A one-line note for the user on stderr (nothing for None)."""
-    if line:
-        print(line, file=sys.stderr)
 
 
 def run_model(spec: str | None) -> str | None:
@@ -123,44 +69,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-# Flags that only some settings read, and when they are read. Given where they are not, each is named in a note
-# (not an error: a script may pass one set of flags to every --search; config.json records them as given). EvalConfig
-# still refuses a value set where it would read as if it applied: --n with greedy or mcts (one answer), --top-k with
-# mcts, --fallback-p with a whole-tree search.
-_MCTS = lambda c: c.search == "mcts"  # noqa: E731
-_SAMPLES = lambda c: c.search in ("sample", "majority", "best-of-n")  # noqa: E731
-EVAL_FLAG_USED = {
-    "temperature": lambda c: c.search != "greedy", "top_p": lambda c: c.search != "greedy", "top_k": _SAMPLES,
-    **dict.fromkeys(("n_simulations", "children", "c_puct", "mcts_root", "step", "step_tokens", "rollout_depth",
-                     "mcts_answer", "mcts_rescore", "mcts_when"), _MCTS),
-    "fallback_p": lambda c: c.search == "mcts" and c.mcts_when != "tree",
-    "format_weight": lambda c: c.search in ("mcts", "best-of-n"),
-}
-TRAIN_FLAG_USED = {
-    **dict.fromkeys(("mcts_prob", "tree_advantage", "mcts_simulations", "mcts_children", "mcts_c_puct", "mcts_root",
-                     "mcts_step", "mcts_step_tokens"), lambda c: c.rollouts == "mcts"),
-    "tree_advantage_weight": lambda c: c.rollouts == "mcts" and c.tree_advantage == "mix",
-}
-
-
-def unused_flags_note(cfg, given: set[str]) -> str | None:
-    """A note naming the given flags that these settings do not read."""
-    used, context = ((EVAL_FLAG_USED, f"--search {cfg.search}") if isinstance(cfg, EvalConfig) else
-                     (TRAIN_FLAG_USED, f"--rollouts {cfg.rollouts}" + (f", --tree-advantage {cfg.tree_advantage}"
-                                                                        if cfg.rollouts == "mcts" else "")))
-    unused = [flag_name(k) for k in sorted(given) if k in used and not used[k](cfg)]
-    if not unused:
-        return None
-    return f"note: {', '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect with {context}"
-
-
-def more_than_asked(limit: int, n: int, split: str) -> str | None:
-    """A note when --limit asks for more questions than the split has to answer."""
-    if limit > n:
-        return f"note: --limit {limit}, but the {split} split has {n} question{'s' * (n != 1)} to answer: answering all {n}"
-    return None
-
-
 def check_context(model, tok, questions: list[str], shots, max_new_tokens: int) -> None:
     """The longest of these prompts (found by its question's tokens alone: one batched call, not thousands of chat
     templates) plus --max-new-tokens must fit the model's context, checked once the model is loaded and before
@@ -182,77 +90,6 @@ def write_json(path: Path, obj) -> None:
 
 
 # ---------------------------------------------------------------- commands
-TRAIN_OUTPUTS = ("config.json", "metrics.jsonl", "samples.jsonl", "tb", "checkpoints")  # all a run writes before final_hf
-EVAL_OUTPUTS = ("predictions.jsonl", "summary.json", "trees.jsonl", "tb", "predictions.jsonl.partial", "trees.jsonl.partial")
-
-
-MADE_DIRS: list[Path] = []  # --out-dirs this process made: main removes them again if the command fails while they are empty
-
-
-def make_out_dir(out: Path, flag: str = "--out-dir") -> None:
-    """--out-dir (or the flag that names the directory) as a writable directory (made if missing), checked before
-    any slow work."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{flag} {out} is a file: pass a directory")
-    if not out.exists():
-        made = [d for d in [out, *out.parents] if not d.exists()]  # deepest first: out, then the parents it needs
-        try:
-            out.mkdir(parents=True)
-        except OSError as e:
-            raise ValueError(f"{flag} {out} cannot be made ({e.strerror}): pass a writable directory") from None
-        MADE_DIRS.extend(made)
-    try:  # a directory can exist and still refuse files (permissions, a read-only mount): found now, not at the first write
-        tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-").close()
-    except OSError as e:
-        raise ValueError(f"{flag} {out} is not writable ({e.strerror}): pass a writable directory"
-                         + (" (or copy the run somewhere writable and resume it there)" if flag.startswith("--resume") else "")) from None
-
-
-def remove_made_dirs() -> None:
-    """The --out-dirs this process made and left empty (a command that failed before writing): gone again."""
-    for out in MADE_DIRS:  # deepest first
-        try:
-            out.rmdir()  # only an empty directory: whatever was written there stays
-        except OSError:
-            pass
-    MADE_DIRS.clear()
-
-
-def holds_a_model(out: Path) -> bool:
-    """`out` is a model directory (transformers' or ours), whose config.json a command's own would replace."""
-    if is_checkpoint(out) or any(out.glob("*.safetensors")) or any(out.glob("*.gguf")):
-        return True
-    try:
-        return "model_type" in json.loads((out / "config.json").read_text())
-    except (OSError, ValueError, TypeError):
-        return False
-
-
-def refuse_foreign_out_dir(out: Path, command: str) -> None:
-    """An --out-dir holding what another command wrote (or a model) is refused before any slow work: the
-    command's config.json would replace theirs, and its outputs would sit beside theirs."""
-    if holds_a_model(out):
-        what = "a model, whose config.json"
-    elif command == "eval" and is_training_run(out):
-        what = "a training run, whose config.json and tb/"
-    elif command == "train" and any((out / f).is_file() for f in ("summary.json", "predictions.jsonl", "predictions.jsonl.partial")):
-        what = "an eval's outputs, whose config.json"
-    else:
-        return
-    raise ValueError(f"--out-dir {out} holds {what} {command} would replace: pass another --out-dir (e.g. {out / command})")
-
-
-def clear_outputs(out: Path, outputs: tuple[str, ...]) -> None:
-    """Remove what an earlier run of the command left in `out` (once this run's inputs have loaded), so that no
-    old file sits beside the new ones and is taken for theirs."""
-    for name in outputs:
-        old = out / name
-        if old.is_dir():
-            shutil.rmtree(old)
-        elif old.exists():
-            old.unlink()
-
-
 def cmd_eval(cfg: EvalConfig, given: set[str] = frozenset()) -> None:
     out = Path(cfg.out_dir)
     if cfg.resume:  # the interrupted eval's settings (grpo/eval_resume.py), checked before anything loads
@@ -483,14 +320,6 @@ COMMANDS = {
     "sample": (SampleConfig, cmd_sample, "print a model's answers to a few GSM8K questions"),
     "inspect-tree": (InspectConfig, print_tree, "print a search tree dumped by `eval --search mcts` as an indented text tree"),
 }
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """A usage error is one line naming the flag and pointing at --help (argparse prints the whole usage block
-    first: 13 lines for eval, more for train, above the one that matters)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,5 @@
-"""run.py: flags generated from the config dataclasses, eval end to end on a tiny checkpoint, one-line errors."""
+"""run.py and its helpers (grpo/flags.py, grpo/out_dir.py): flags generated from the config dataclasses, eval end
+to end on a tiny checkpoint, one-line errors."""
 import argparse
 import dataclasses
 import json
@@ -12,6 +13,7 @@ from conftest import ROOT, gsm8k_dir
 from helpers import tiny_hf_model, tiny_tokenizer
 
 import run
+from grpo import flags, out_dir
 from grpo.evaluate import EvalConfig, majority
 from model_io import export_hf, save_model
 from model_io.convert import from_hf_model
@@ -161,11 +163,11 @@ def test_a_read_only_run_directory_is_named_by_resume_and_a_limit_past_the_split
     monkeypatch.setattr(tempfile, "NamedTemporaryFile", read_only)
     with pytest.raises(ValueError, match=f"^--resume {tmp_path} is not writable \\(Read-only file system\\): pass a "
                                          f"writable directory \\(or copy the run somewhere writable and resume it there\\)$"):
-        run.make_out_dir(tmp_path, "--resume")
-    assert run.more_than_asked(100000, 1319, "test") == ("note: --limit 100000, but the test split has 1319 questions to "
+        out_dir.make_out_dir(tmp_path, "--resume")
+    assert flags.more_than_asked(100000, 1319, "test") == ("note: --limit 100000, but the test split has 1319 questions to "
                                                          "answer: answering all 1319")
-    assert run.more_than_asked(1319, 1319, "test") is None
-    assert run.more_than_asked(5, 1, "train") == "note: --limit 5, but the train split has 1 question to answer: answering all 1"
+    assert flags.more_than_asked(1319, 1319, "test") is None
+    assert flags.more_than_asked(5, 1, "train") == "note: --limit 5, but the train split has 1 question to answer: answering all 1"
 
 
 def _refuses_files(d: Path) -> bool:
@@ -216,7 +218,7 @@ def test_given_flags_these_settings_do_not_read_are_noted(tmp_path, monkeypatch,
     from grpo.config import TrainConfig
     from grpo.evaluate import EvalConfig
 
-    note = run.unused_flags_note
+    note = flags.unused_flags_note
     assert note(EvalConfig(), {"temperature", "top_k", "mcts_when", "limit"}) == (
         "note: --mcts-when, --temperature, --top-k have no effect with --search greedy")
     assert note(EvalConfig(search="mcts"), {"temperature", "top_k", "fallback_p", "children"}) == (
@@ -432,7 +434,7 @@ def test_flags_are_never_abbreviated_and_presets_see_every_given_flag(capsys):
     with pytest.raises(SystemExit):
         run.main(["train", "--preset", "smoke", "--max-new", "64"])
     assert "unrecognized arguments: --max-new" in capsys.readouterr().err
-    assert run.given_fields(["--max-new-tokens=64", "--no-eval-at-start", "--shots", "2", "x"], TrainConfig) == \
+    assert flags.given_fields(["--max-new-tokens=64", "--no-eval-at-start", "--shots", "2", "x"], TrainConfig) == \
         {"max_new_tokens", "eval_at_start", "shots"}
 
 
@@ -508,7 +510,7 @@ def test_a_path_flag_expands_the_tilde_the_shell_leaves(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     args = argparse.Namespace(**{f.name: f.default for f in dataclasses.fields(run.EvalConfig)})
     args.out_dir, args.gsm8k = "~/ev", "~/data"
-    cfg = run.config_from_args(run.EvalConfig, args)
+    cfg = flags.config_from_args(run.EvalConfig, args)
     assert (cfg.out_dir, cfg.gsm8k) == (str(tmp_path / "ev"), str(tmp_path / "data"))
 
 
