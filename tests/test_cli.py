@@ -1,8 +1,7 @@
-"""run.py and its helpers (grpo/flags.py, grpo/out_dir.py): flags generated from the config dataclasses, eval end
-to end on a tiny checkpoint, one-line errors."""
+"""run.py and its helpers (grpo/flags.py, grpo/out_dir.py): flags generated from the config dataclasses, one-line
+errors, --out-dir checks. The eval command's own behaviour is in test_cli_eval.py."""
 import argparse
 import dataclasses
-import json
 import re
 import subprocess
 import sys
@@ -14,7 +13,6 @@ from helpers import tiny_hf_model, tiny_tokenizer
 
 import run
 from grpo import flags, out_dir
-from grpo.evaluate import EvalConfig, majority
 from model_io import export_hf, save_model
 from model_io.convert import from_hf_model
 
@@ -32,40 +30,6 @@ def test_help_documents_every_field_with_its_default(command, capsys):
             continue
         assert "--" + f.name.replace("_", "-") in out
         assert f"(default: {f.default if f.default != '' else repr('')})" in out  # an empty default shows as ''
-
-
-def test_eval_greedy_writes_predictions_and_summary(tiny_ckpt, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
-    out = tmp_path / "ev"
-    assert run.main(["eval", "--model", tiny_ckpt, "--limit", "3", "--max-new-tokens", "6", "--batch-size", "2",
-                     "--out-dir", str(out), "--device", "cpu"]) == 0
-    rows = [json.loads(l) for l in (out / "predictions.jsonl").read_text().splitlines()]
-    assert [r["index"] for r in rows] == [0, 1, 2] and all(len(r["completions"]) == 1 for r in rows)
-    assert all(1 <= r["tokens"][0] <= 6 for r in rows)
-    summary = json.loads((out / "summary.json").read_text())
-    for key in ("accuracy_strict", "accuracy_lenient", "format_strict_rate", "format_soft_rate", "generated_tokens_per_answer",
-                "generated_tokens_per_question", "forward_tokens_per_question", "seconds_per_question", "seconds_per_generated_token"):
-        assert key in summary
-    assert summary["questions"] == 3 and json.loads((out / "config.json").read_text())["limit"] == 3
-    assert not (out / "predictions.jsonl.partial").exists()
-    # on the train split the prompt's worked examples (its first --shots questions) are not scored
-    assert run.main(["eval", "--model", tiny_ckpt, "--split", "train", "--shots", "2", "--limit", "1", "--max-new-tokens", "2",
-                     "--out-dir", str(out), "--device", "cpu"]) == 0
-    assert [json.loads(l)["index"] for l in (out / "predictions.jsonl").read_text().splitlines()] == [2]
-
-
-def test_eval_sample_reports_pass_and_majority(tiny_ckpt, tmp_path, monkeypatch):
-    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
-    out = tmp_path / "ev"
-    assert run.main(["eval", "--model", tiny_ckpt, "--search", "sample", "--n", "3", "--limit", "2",
-                     "--max-new-tokens", "4", "--out-dir", str(out), "--device", "cpu"]) == 0
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["answers_per_question"] == 3 and "pass_at_n_strict" in summary and "majority_at_n_lenient" in summary
-
-
-def test_majority_vote():
-    assert majority(["3", None, "4", "4", "3"]) == "3"  # tie: the first seen wins
-    assert majority(["1", "2", "2"]) == "2" and majority([None, None]) is None
 
 
 @pytest.mark.parametrize("argv,why", [
@@ -132,7 +96,6 @@ def test_bad_input_is_one_line_and_exit_2(argv, why, tmp_path, monkeypatch, caps
     assert run.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and why in err and "\n" not in err
-
 
 
 def test_an_out_dir_that_refuses_files_is_one_line_before_loading(tmp_path, monkeypatch, capsys):
@@ -285,41 +248,6 @@ def test_new_tokens_past_the_models_context_are_one_line_before_anything_is_writ
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def test_eval_out_dir_is_checked_before_loading_and_old_outputs_are_replaced(tiny_ckpt, tmp_path, monkeypatch, capsys):
-    """An --out-dir that is a file fails in one line before the model loads; an earlier eval's outputs in the
-    directory (trees and TensorBoard events of an mcts run) do not survive a greedy run beside its new files."""
-    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
-    (tmp_path / "afile").write_text("x")
-    real_load = run.load_spec
-    monkeypatch.setattr(run, "load_spec", lambda *a: pytest.fail("the model loaded before --out-dir was checked"))
-    assert run.main(["eval", "--out-dir", str(tmp_path / "afile"), "--limit", "1"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "is a file: pass a directory" in err
-    monkeypatch.setattr(run, "load_spec", real_load)
-    out = tmp_path / "ev"
-    common = ["--model", tiny_ckpt, "--limit", "1", "--max-new-tokens", "4", "--device", "cpu", "--out-dir", str(out)]
-    assert run.main(["eval", "--search", "mcts", "--n-simulations", "1", "--children", "2", "--step", "tokens:2"] + common) == 0
-    assert (out / "trees.jsonl").is_file() and (out / "tb").is_dir()
-    last = capsys.readouterr().out.strip().splitlines()[-1]  # the line names every output
-    assert last == f"wrote {out / 'predictions.jsonl'}, {out / 'summary.json'}, {out / 'trees.jsonl'} and {out / 'tb'}"
-    assert run.main(["eval"] + common) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1] == f"wrote {out / 'predictions.jsonl'} and {out / 'summary.json'}"
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "predictions.jsonl", "summary.json"]
-    assert json.loads((out / "config.json").read_text())["search"] == "greedy"
-
-
-def test_inspect_tree_refuses_a_file_that_holds_no_trees_and_reads_an_eval_directory(tmp_path, capsys):
-    (tmp_path / "predictions.jsonl").write_text(json.dumps({"index": 0, "completions": ["x"]}) + "\n")
-    assert run.main(["inspect-tree", str(tmp_path / "predictions.jsonl")]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "not a search tree" in err
-    tree = {"index": 3, "question": "q?", "gold": "1", "answer": "1",
-            "nodes": [{"id": 0, "parent": -1, "visits": 1, "value": 0.5, "prior": 1.0, "text": "", "answer": None, "terminal": False}]}
-    (tmp_path / "trees.jsonl").write_text(json.dumps(tree) + "\n")
-    assert run.main(["inspect-tree", str(tmp_path)]) == 0
-    assert "Q3: q?" in capsys.readouterr().out
-
-
 def test_cli_runs_as_a_script(tiny_ckpt, tmp_path):
     env = {"GSM8K_DIR": gsm8k_dir(), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     p = subprocess.run([sys.executable, str(ROOT / "run.py"), "sample", "--model", tiny_ckpt, "--limit", "1",
@@ -333,99 +261,6 @@ def test_cli_runs_as_a_script(tiny_ckpt, tmp_path):
     assert "=== Q2:" in p.stdout  # train questions 0 and 1 are the prompt's worked examples
 
 
-def test_eval_config_validation():
-    with pytest.raises(ValueError):
-        EvalConfig(limit=-1)
-
-
-@pytest.mark.parametrize("flag,value,rule", [("--children", "0", ">= 1"), ("--n-simulations", "0", ">= 1"),
-                                             ("--step-tokens", "0", ">= 1"), ("--rollout-depth", "-1", ">= 0")])
-def test_eval_tree_search_ranges_name_the_flag(flag, value, rule, capsys):
-    """Seen: `eval --children 0` said 'n_simulations, children and step_tokens must be >= 1, rollout_depth >= 0',
-    naming four config fields and not the flag or the value that was wrong."""
-    assert run.main(["eval", flag, value]) == 2
-    assert capsys.readouterr().err == f"error: {flag} must be {rule}, got {value}\n"
-
-
-@pytest.mark.parametrize("kw,needle", [(dict(search="mcts", top_k=5), "--top-k 5 is not used by --search mcts"),
-                                       (dict(search="mcts", fallback_p=0.5), "--fallback-p 0.5 applies to lookahead")])
-def test_eval_refuses_flags_that_tree_search_would_ignore(kw, needle):
-    """Seen: `eval --search mcts --top-k 5` and `--search mcts --fallback-p 0.5` (tree mode) ran plain tree search
-    and wrote top_k 5 / fallback_p 0.5 into config.json as if they had applied. (EvalConfig, not run.main: without
-    the check, run.main would run a whole eval.)"""
-    with pytest.raises(ValueError, match=needle):
-        EvalConfig(**kw)
-    EvalConfig(search="mcts", mcts_when="every:8", fallback_p=0.5)  # lookahead does use it
-    EvalConfig(search="sample", n=2, top_k=5)
-
-
-@pytest.mark.parametrize("search,extra", [("majority", ["--n", "3"]), ("best-of-n", ["--n", "3"]),
-                                          ("mcts", ["--n-simulations", "2", "--children", "2", "--step", "tokens:3", "--rollout-depth", "1"]),
-                                          ("mcts-lookahead", ["--n-simulations", "2", "--children", "2", "--step", "tokens:3",
-                                                              "--mcts-when", "every:2", "--fallback-p", "0.5"])])
-def test_eval_strategies_and_tree_dumps(search, extra, tiny_ckpt, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
-    out = tmp_path / search
-    search = search.split("-lookahead")[0]
-    assert run.main(["eval", "--model", tiny_ckpt, "--search", search, "--limit", "2", "--max-new-tokens", "6",
-                     "--out-dir", str(out), "--device", "cpu", *extra]) == 0
-    summary = json.loads((out / "summary.json").read_text())
-    rows = [json.loads(l) for l in (out / "predictions.jsonl").read_text().splitlines()]
-    assert summary["questions"] == 2 and all(0 <= r["final"] < len(r["completions"]) for r in rows)
-    assert summary["generated_tokens_per_question"] >= summary["generated_tokens_per_answer"]
-    if search == "mcts" and "--mcts-when" in extra:
-        assert not (out / "trees.jsonl").exists() and summary["generated_tokens_per_answer"] <= 6
-    elif search == "mcts":
-        assert summary["generated_tokens_per_question"] <= 2 * 2 * 3 * 2  # sims x K x step x (1 + depth)
-        # a batch of trees runs minutes on a CPU with the question count standing still: the bar names the simulation
-        assert "simulation 2/2" in capsys.readouterr().err
-        assert run.main(["inspect-tree", str(out / "trees.jsonl"), "--index", "1"]) == 0
-        text = capsys.readouterr().out
-        assert text.startswith("Q1: ") and "[0] N=" in text and "tree/nodes" in text
-        assert list((out / "tb").glob("events.out.tfevents.*"))
-        assert run.main(["inspect-tree", str(out / "trees.jsonl"), "--index", "5"]) == 2
-    else:
-        assert summary["answers_per_question"] == 3 and summary["generated_tokens_per_question"] > summary["generated_tokens_per_answer"]
-
-
-def test_best_of_n_and_majority_choices():
-    from grpo.evaluate import choose
-
-    texts = ["<reasoning>a</reasoning><answer>4</answer>", "so 5", "<answer>4</answer>", "7"]
-    lenient = ["4", "5", "4", "7"]
-    done = ["stop"] * 4
-    assert choose("majority", texts, lenient, 0.3, done) == 0
-    assert choose("best-of-n", texts, lenient, 0.3, done) == 0  # formatted and agreeing with another answer
-    assert choose("sample", texts, lenient, 0.3, done) == -1 and choose("greedy", texts[:1], lenient[:1], 0.3, done[:1]) == 0
-
-
-def test_majority_answers_with_a_formatted_text_of_the_winning_number():
-    """Seen: samples ['so 4', '<answer>4</answer>', '5'] with gold 4: majority chose text 0 (the first '4'), so
-    --search majority scored 0 strict where --search sample's majority_at_n_strict on the same samples scored 1,
-    and the strict score depended on which agreeing sample came first."""
-    from grpo.evaluate import choose
-
-    texts = ["so 4", "<reasoning>r</reasoning>\n<answer>\n4\n</answer>", "5"]
-    assert choose("majority", texts, ["4", "4", "5"], 0.3, ["stop"] * 3) == 1
-    assert choose("majority", ["so 4", "4 again", "5"], ["4", "4", "5"], 0.3, ["stop"] * 3) == 0  # none formatted: first
-
-def test_best_of_n_scores_cut_answers_as_tree_search_does():
-    """An answer cut by the token limit has no answer in tree search's value (mcts/search.py: no agreement, not in
-    the pool); best-of-n, which claims that value, counted the last number of cut texts. Seen: three answers cut
-    at '... so 15' outvoted a finished, formatted '7' (value 0.525 against 0.475) and best-of-n chose a cut one."""
-    from grpo.evaluate import choose
-    from mcts.interface import Candidates, self_consistency_value
-
-    fin, cut = "<reasoning>\n3 + 4 = 7\n</reasoning>\n<answer>\n7\n</answer>", "<reasoning>\n10 + 5 = 15, so 15"
-    texts, finish = [fin, cut, cut, cut], ["stop", "length", "length", "length"]
-    lenient = ["7", "15", "15", "15"]
-    searched = self_consistency_value(0.3)(Candidates(texts, ["7", None, None, None], [True, False, False, False],
-                                                      [["7"]] * 4, [0] * 4, [[]] * 4))
-    assert searched == pytest.approx([1.0, 0.0, 0.0, 0.0])  # 0.3 x format 1 + 0.7 x agreement 1/1; cut: nothing
-    assert choose("best-of-n", texts, lenient, 0.3, finish) == 0
-    assert choose("best-of-n", texts, lenient, 0.3, ["stop"] * 4) == 1  # finished, the three 15s do outvote it
-
-
 def test_flags_are_never_abbreviated_and_presets_see_every_given_flag(capsys):
     """argparse would take --max-new for --max-new-tokens, and the smoke preset would then override the user's
     value without a word: abbreviations are refused, and --no-x counts as giving x."""
@@ -436,28 +271,6 @@ def test_flags_are_never_abbreviated_and_presets_see_every_given_flag(capsys):
     assert "unrecognized arguments: --max-new" in capsys.readouterr().err
     assert flags.given_fields(["--max-new-tokens=64", "--no-eval-at-start", "--shots", "2", "x"], TrainConfig) == \
         {"max_new_tokens", "eval_at_start", "shots"}
-
-
-@pytest.mark.parametrize("mode", ["static", "dynamic"])
-def test_decode_flag_picks_the_sampling_path(tiny_ckpt, tmp_path, monkeypatch, mode):
-    """--decode static runs the GPU's static-shape path (eagerly, on this CPU); both give the same greedy answers."""
-    import model_io.sampler as sampler
-    import model_io.static_decode as sd
-
-    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
-    monkeypatch.setattr(sampler, "_decode_mode", "auto")  # restored after the test: the flag sets a process default
-    calls = []
-    real = sd.decode_static
-    monkeypatch.setattr(sd, "decode_static", lambda *a, **k: calls.append(1) or real(*a, **k))
-    out = tmp_path / mode
-    assert run.main(["eval", "--model", tiny_ckpt, "--limit", "3", "--max-new-tokens", "6", "--batch-size", "3",
-                     "--out-dir", str(out), "--device", "cpu", "--decode", mode]) == 0
-    assert bool(calls) == (mode == "static")
-    got = [json.loads(l)["completions"] for l in (out / "predictions.jsonl").read_text().splitlines()]
-    monkeypatch.setattr(sampler, "_decode_mode", "auto")
-    assert run.main(["eval", "--model", tiny_ckpt, "--limit", "3", "--max-new-tokens", "6", "--batch-size", "3",
-                     "--out-dir", str(tmp_path / "auto"), "--device", "cpu"]) == 0
-    assert got == [json.loads(l)["completions"] for l in (tmp_path / "auto" / "predictions.jsonl").read_text().splitlines()]
 
 
 def test_an_out_dir_holding_a_model_or_an_eval_is_refused_and_left_as_it_was(tmp_path, monkeypatch, capsys):
@@ -480,31 +293,6 @@ def test_an_out_dir_holding_a_model_or_an_eval_is_refused_and_left_as_it_was(tmp
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
-def test_inspect_tree_skips_blank_lines_and_names_what_is_missing(tmp_path, capsys):
-    node = {"id": 0, "parent": -1, "visits": 1, "value": 0.5, "prior": 1.0, "text": "", "answer": None, "terminal": False}
-    tree = {"index": 0, "question": "q?", "gold": "1", "answer": "1", "nodes": [node]}
-    f = tmp_path / "trees.jsonl"
-    f.write_text(json.dumps(tree) + "\n\n")
-    assert run.main(["inspect-tree", str(f)]) == 0
-    capsys.readouterr()
-    for bad, why in [({k: v for k, v in tree.items() if k != "gold"}, "not a search tree"),
-                     ({**tree, "nodes": []}, "not a search tree"),
-                     ({**tree, "nodes": [{k: v for k, v in node.items() if k != "parent"}]}, "not a search tree")]:
-        f.write_text(json.dumps(bad) + "\n")
-        assert run.main(["inspect-tree", str(f)]) == 2
-        err = capsys.readouterr().err
-        assert why in err and err.count("\n") == 1
-    f.write_text("")
-    assert run.main(["inspect-tree", str(f)]) == 2
-    assert "holds no trees" in capsys.readouterr().err
-    f.write_bytes(b"\x87\xff\x00")
-    assert run.main(["inspect-tree", str(f)]) == 2
-    assert "is not a text file" in capsys.readouterr().err
-    f.unlink()
-    assert run.main(["inspect-tree", str(tmp_path)]) == 2
-    assert "has no trees.jsonl: `run.py eval --search mcts --mcts-when tree" in capsys.readouterr().err
-
-
 def test_a_path_flag_expands_the_tilde_the_shell_leaves(monkeypatch, tmp_path):
     """`--out-dir=~/x`: the shell expands no '~' after '=', so the run went to a directory named '~'."""
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -512,16 +300,3 @@ def test_a_path_flag_expands_the_tilde_the_shell_leaves(monkeypatch, tmp_path):
     args.out_dir, args.gsm8k = "~/ev", "~/data"
     cfg = flags.config_from_args(run.EvalConfig, args)
     assert (cfg.out_dir, cfg.gsm8k) == (str(tmp_path / "ev"), str(tmp_path / "data"))
-
-
-def test_eval_mcts_rescore_reaches_the_search(tiny_ckpt, tmp_path, monkeypatch):
-    import grpo.evaluate as E
-
-    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
-    seen = []
-    real = E.search
-    monkeypatch.setattr(E, "search", lambda *a, **k: seen.append(a[3].rescore) or real(*a, **k))
-    out = tmp_path / "e"
-    assert run.main(["eval", "--model", tiny_ckpt, "--search", "mcts", "--limit", "1", "--max-new-tokens", "6", "--n-simulations", "2",
-                     "--children", "2", "--step", "tokens:3", "--mcts-rescore", "--out-dir", str(out), "--device", "cpu"]) == 0
-    assert seen == [True] and json.loads((out / "config.json").read_text())["mcts_rescore"] is True
