@@ -155,12 +155,65 @@ def _load_hf(spec: str, note: str = "", **kw):
 
     _check_arch(spec, note, **kw)
     try:
-        hf = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32, **kw)
+        # mismatched sizes are loaded (and refused by check_loading_info) rather than raised: transformers' own
+        # error is a page-long report then "You set `ignore_mismatched_sizes` to `False`"
+        with _quiet_transformers():
+            hf, info = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32, output_loading_info=True,
+                                                            ignore_mismatched_sizes=True, **kw)
     except SafetensorError as e:
         raise ModelSpecError(f"{_bad_safetensors(spec)} is corrupt or truncated ({e}): copy or download it again") from None
+    check_loading_info(spec, info, hf.config.num_hidden_layers)
     model = from_hf_model(hf)
     del hf
     return model
+
+
+@contextmanager
+def _quiet_transformers():
+    """transformers' warnings off while it reads weights (its progress bar stays): its "LOAD REPORT" table of
+    missing, mismatched and unused tensors is checked by check_loading_info and said there in one line."""
+    log = logging.getLogger("transformers")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def check_loading_info(spec: str, info: dict, layers: int) -> None:
+    """Refuse weights that do not make the model the config describes: transformers fills a tensor missing from
+    the weights with random numbers, and a tensor of the wrong shape too (ignore_mismatched_sizes), with no more
+    than a warning; a training run on such a model would waste its hours. Tensors of layers past the config's
+    (a config edited to fewer layers) are refused as well; other unused tensors are named in a note."""
+    fix = "restore the config.json the weights were saved with, or copy or download the weights again"
+    bad = sorted(info.get("mismatched_keys") or [])
+    if bad:
+        key, stored, wanted = bad[0]
+        raise ModelSpecError(f"the weights of {spec} do not fit its config: {key} is {list(stored)} in the weights but "
+                             f"{list(wanted)} by the config ({len(bad)} tensor{'s differ' if len(bad) != 1 else ' differs'}): {fix}")
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise ModelSpecError(f"the weights of {spec} lack {len(missing)} of the model's tensors ({', '.join(missing[:2])}"
+                             f"{', ...' if len(missing) > 2 else ''}), which would start as random numbers: {fix}")
+    unused = sorted(info.get("unexpected_keys") or [])
+    past = [k for k in unused if _layer_index(k) is not None and _layer_index(k) >= layers]
+    if past:
+        raise ModelSpecError(f"the weights of {spec} hold more layers than its config's {layers} ({past[0]}): {fix}")
+    if unused:
+        one = len(unused) == 1
+        print(f"note: {len(unused)} tensor{'' if one else 's'} in the weights of {spec} {'is' if one else 'are'} not part of "
+              f"the model and {'was' if one else 'were'} not loaded ({', '.join(unused[:2])}{', ...' if len(unused) > 2 else ''})",
+              file=sys.stderr)
+
+
+def _layer_index(key: str) -> int | None:
+    """i of a tensor name `...layers.i....`, else None."""
+    parts = key.split(".")
+    for a, b in zip(parts, parts[1:]):
+        if a == "layers" and b.isdigit():
+            return int(b)
+    return None
 
 
 def _bad_safetensors(spec: str) -> str:

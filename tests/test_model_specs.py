@@ -58,8 +58,8 @@ def test_a_config_json_that_is_not_a_models_is_named(tmp_path, tiny):
 
 
 def test_what_transformers_cannot_read_in_a_directory_is_one_line_naming_it(tmp_path, tiny):
-    """No weights file, weights that do not fit a hand-edited config, a damaged tokenizer.json: transformers'
-    own errors (pages of text, tracebacks) become one line naming the directory and the fix."""
+    """No weights file, a damaged tokenizer.json: transformers' own errors (pages of text, tracebacks) become one
+    line naming the directory and the fix."""
     import json
 
     def edited(name, edit):
@@ -68,19 +68,59 @@ def test_what_transformers_cannot_read_in_a_directory_is_one_line_naming_it(tmp_
         edit(d)
         return d
 
-    cases = {
-        "no weights": edited("a", lambda d: (d / "model.safetensors").unlink()),
-        "config edited": edited("b", lambda d: (d / "config.json").write_text(json.dumps(
-            {**json.loads((d / "config.json").read_text()), "intermediate_size": 7}))),
-    }
-    for why, d in cases.items():
-        with pytest.raises(ModelSpecError, match=f"transformers cannot read the model in {d} .*model.safetensors") as e:
-            load(d)
-        one_line(e)
+    d = edited("a", lambda d: (d / "model.safetensors").unlink())
+    with pytest.raises(ModelSpecError, match=f"transformers cannot read the model in {d} .*model.safetensors") as e:
+        load(d)
+    one_line(e)
     d = edited("c", lambda d: (d / "tokenizer.json").write_text("{bad"))
     with pytest.raises(ModelSpecError, match=f"transformers cannot read the tokenizer in {d} .*restore its tokenizer files") as e:
         load(d)
     one_line(e)
+
+
+def test_weights_that_do_not_make_the_configs_model_are_refused_in_one_line(tmp_path, tiny, capsys):
+    """transformers fills a tensor missing from the weights (or of the wrong shape) with random numbers and only
+    warns, in a page-long LOAD REPORT: each case is one line here, naming a tensor, and transformers' report is
+    not printed."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    def edited(name, config=None, weights=None):
+        d = tmp_path / name
+        export_hf(*tiny, d)
+        if config:
+            c = {**json.loads((d / "config.json").read_text()), **config}
+            if "layer_types" in c:  # (transformers checks it against num_hidden_layers)
+                c["layer_types"] = [c["layer_types"][0]] * c["num_hidden_layers"]
+            (d / "config.json").write_text(json.dumps(c))
+        if weights:
+            sd = load_file(d / "model.safetensors")
+            weights(sd)
+            save_file(sd, d / "model.safetensors", metadata={"format": "pt"})
+        return d
+
+    layers = tiny[0].cfg.n_layers
+    cases = [
+        (edited("a", config={"intermediate_size": 7}), r"do not fit its config: model\.layers\.0\.mlp\.down_proj\.weight is "
+         r"\[\d+, \d+\] in the weights but \[\d+, 7\] by the config \(\d+ tensors differ\)"),
+        (edited("b", weights=lambda sd: sd.pop("model.layers.0.mlp.down_proj.weight")),
+         r"lack 1 of the model's tensors \(model\.layers\.0\.mlp\.down_proj\.weight\), which would start as random numbers"),
+        (edited("c", config={"num_hidden_layers": layers + 1}), rf"lack \d+ of the model's tensors \(model\.layers\.{layers}\."),
+        (edited("d", config={"num_hidden_layers": layers - 1}), rf"hold more layers than its config's {layers - 1} \(model\.layers\.{layers - 1}\."),
+    ]
+    for d, why in cases:
+        with pytest.raises(ModelSpecError, match=f"the weights of {d} {why}.*restore the config.json the weights were saved with") as e:
+            load(d)
+        one_line(e)
+        assert "LOAD REPORT" not in capsys.readouterr().err
+    # a tensor the model does not use (and no layer past the config's) is loaded past, with a note naming it
+    d = edited("e", weights=lambda sd: sd.__setitem__("model.extra.weight", torch.zeros(2)))
+    load(d)
+    err = capsys.readouterr().err
+    assert f"note: 1 tensor in the weights of {d} is not part of the model and was not loaded (model.extra.weight)" in err
+    assert "LOAD REPORT" not in err
 
 
 def test_a_tokenizer_without_a_chat_template_is_refused(tmp_path, tiny):
