@@ -97,9 +97,21 @@ def load(spec: str | os.PathLike | None = None, device="cpu", dtype: torch.dtype
     if not getattr(tok, "chat_template", None):  # every prompt here is a chat (data/prompts.py): say so before any work
         raise ModelSpecError(f"the tokenizer of {spec_str} has no chat template, which this project's prompts need: pass "
                              f"an instruct (chat) model, or add a chat_template to its tokenizer_config.json")
+    check_vocab(spec_str, tok, model.cfg.vocab_size)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token  # left padding is masked out, so any id serves; eos is what HF uses too
     return model.to(device=device, dtype=dtype).eval(), tok
+
+
+def check_vocab(spec: str, tok, vocab_size: int) -> None:
+    """Every id the tokenizer can give must have a row in the model's embedding: a tokenizer copied from another
+    model gives ids past it, an IndexError at the first forward pass on a CPU and a device-side assert (the
+    process unusable) on a GPU. (Fewer tokens than rows is normal: vocabularies are padded to a round size.)"""
+    ids = max(tok.get_vocab().values(), default=-1) + 1
+    if ids > vocab_size:
+        raise ModelSpecError(f"the tokenizer of {spec} gives ids up to {ids - 1}, but the model's embedding has {vocab_size} "
+                             f"rows: the tokenizer is another model's; copy in the tokenizer files of the model the weights "
+                             f"came from")
 
 
 # Files one of which a directory needs for AutoTokenizer (fast tokenizer, sentencepiece, BPE/WordPiece vocabularies)

@@ -123,6 +123,25 @@ def test_weights_that_do_not_make_the_configs_model_are_refused_in_one_line(tmp_
     assert "LOAD REPORT" not in err
 
 
+def test_a_tokenizer_with_ids_past_the_embedding_is_refused_before_any_forward_pass(tmp_path):
+    """Another model's tokenizer beside the weights: its ids past the embedding's rows were an IndexError at the
+    first forward pass (a device-side assert on a GPU). Fewer tokens than rows (a padded vocabulary) is fine."""
+    from helpers import TINY_VOCAB, tiny_hf_model, tiny_tokenizer
+
+    for vocab, refused in ((TINY_VOCAB - 59, True), (TINY_VOCAB + 61, False)):
+        d = tmp_path / f"v{vocab}"
+        tiny_hf_model(vocab_size=vocab, pad_token_id=0, eos_token_id=0, bos_token_id=0).save_pretrained(d)
+        tiny_tokenizer().save_pretrained(d)
+        if refused:
+            with pytest.raises(ModelSpecError, match=f"the tokenizer of {d} gives ids up to {TINY_VOCAB - 1}, but the model's "
+                                                     f"embedding has {vocab} rows: the tokenizer is another model's") as e:
+                load(d)
+            one_line(e)
+        else:
+            model, tok = load(d)
+            assert model.cfg.vocab_size == vocab and len(tok) == TINY_VOCAB
+
+
 def test_a_tokenizer_without_a_chat_template_is_refused(tmp_path, tiny):
     model, tok = tiny
     export_hf(model, tok, tmp_path / "hf")
