@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import io
 import json
 import os
@@ -31,7 +32,7 @@ import torch
 from data import DataError, encode_prompts, load_gsm8k, parse_strict
 from data.gsm8k import check_one_file, questions_and_shots
 from grpo import distributed as D
-from grpo.checkpointing import checkpoint_dirs, is_training_run, model_of_run
+from grpo.checkpointing import checkpoint_dirs, checkpoints_at_once, disk_note, is_training_run, model_of_run
 from grpo.config import RESUME_MAY_CHANGE, TrainConfig, apply_preset, check_ranges, check_top_p, flag_name, resumed_config
 from grpo.eval_resume import answered, resumed_eval_config
 from grpo.evaluate import EvalConfig, evaluate
@@ -259,6 +260,8 @@ def _train_in_group(cfg: TrainConfig, run_dir: Path, d: D.Dist, device: torch.de
         return {}
     if d.main:
         note(slow_bf16_note(cfg.precision, device))  # (a resumed run keeps the precision it recorded)
+        more = checkpoints_at_once(trainer.step, cfg.steps, cfg.save_every, cfg.keep_checkpoints, len(checkpoint_dirs(run_dir)))
+        note(disk_note(run_dir, trainer.model, more))
         print("config: " + json.dumps(dataclasses.asdict(cfg)))
         trainer.log.text("config", "```\n" + json.dumps(dataclasses.asdict(cfg), indent=2) + "\n```", trainer.step)
         if device.type == "cpu" and until_step is None:
@@ -322,6 +325,18 @@ COMMANDS = {
 }
 
 
+def how_to_go_on(fn, args: argparse.Namespace) -> str:
+    """What continues a command that stopped part-way (Ctrl-C, a full disk), for the end of its one line ('' if
+    nothing does)."""
+    if fn is cmd_eval and (Path(args.out_dir) / "predictions.jsonl.partial").is_file():
+        return f"`run.py eval --resume --out-dir {args.out_dir}` continues it, keeping the questions answered"
+    if fn is cmd_train:
+        run_dir = Path(args.resume or args.out_dir)
+        return (f"`run.py train --resume {run_dir}` continues from its last checkpoint" if checkpoint_dirs(run_dir)
+                else "no checkpoint was written yet, so there is nothing to resume (the same command starts it again)")
+    return ""
+
+
 def main(argv=None) -> int:
     # no abbreviations: a preset must know exactly which flags the user gave (--max-new would hide --max-new-tokens)
     parser = OneLineParser(prog="run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -344,16 +359,19 @@ def main(argv=None) -> int:
         if D.reports(e):  # under torchrun every rank meets a bad flag: one line, not one per process
             print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk (checkpoints and exports say so by model_io.checkpoint.disk_full): one line
+        remove_made_dirs()
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise  # (an unforeseen failure: its traceback, as below)
+        if D.reports(e):
+            then = how_to_go_on(fn, args)
+            print(f"error: {e.strerror if e.filename is None else f'{e.strerror}: {e.filename}'}"
+                  + (f"; {then}" if then else ""), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # Ctrl-C: checkpoints and outputs are written atomically, so nothing is half-written
         remove_made_dirs()
-        hint = ""
-        if fn is cmd_eval and (Path(args.out_dir) / "predictions.jsonl.partial").is_file():
-            hint = f": `run.py eval --resume --out-dir {args.out_dir}` continues it, keeping the questions answered"
-        if fn is cmd_train:
-            run_dir = Path(args.resume or args.out_dir)
-            hint = (f": `run.py train --resume {run_dir}` continues from its last checkpoint" if checkpoint_dirs(run_dir)
-                    else ": no checkpoint was written yet, so there is nothing to resume (the same command starts it again)")
-        print(f"interrupted{hint}", file=sys.stderr)
+        then = how_to_go_on(fn, args)
+        print("interrupted" + (f": {then}" if then else ""), file=sys.stderr)
         return 130
     except BaseException:  # a bug or a failure nobody foresaw: its traceback, but no empty --out-dir left behind
         remove_made_dirs()

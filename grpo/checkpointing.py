@@ -82,6 +82,32 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, sched
     return final
 
 
+def checkpoints_at_once(step: int, steps: int, save_every: int, keep: int, have: int) -> int:
+    """How many checkpoints a run at `step` writes beside the `have` already in its directory, at most at once:
+    one every --save-every steps and one at the end, of which keep + 1 exist at once (the newest is written before
+    the oldest goes; the final export, one copy of the weights, comes once the oldest has gone)."""
+    written = steps // save_every - step // save_every + (steps % save_every != 0)
+    return max(1, min(keep + 1, have + written) - have)
+
+
+def disk_note(run_dir: Path, model, count: int) -> str | None:
+    """A note, before the first step, when `run_dir`'s disk cannot hold `count` more checkpoints, each the float32
+    weights and AdamW's two moments of the same size (3x the weights). Said at the start: the first checkpoint
+    comes only after --save-every steps, hours into a CPU run, and a full disk there stops the run."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())  # (tied embeddings counted once)
+    need = count * 3 * weights
+    try:
+        free = shutil.disk_usage(run_dir).free
+    except OSError:
+        return None
+    if free >= need:
+        return None
+    gb = lambda n: f"{n / 1e9:.2f} GB"  # noqa: E731
+    return (f"note: {run_dir} has {gb(free)} free, but this run's checkpoints need {gb(need)} more there ({count} of "
+            f"{gb(3 * weights)}: float32 weights and AdamW's two moments): free space before the first checkpoint, or "
+            f"the run stops there")
+
+
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, dict]:
     """Restore everything in place; returns (step, extra)."""
     saved = load_model(path / "model", device=model.device, dtype=model.embed.weight.dtype)

@@ -7,6 +7,7 @@ safetensors: nothing here unpickles.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -93,8 +94,11 @@ def atomic_dir(path: str | os.PathLike):
     try:
         yield tmp
         open_to_umask(tmp)
-    except BaseException:
+    except BaseException as e:
+        full = disk_full(final, e)
         shutil.rmtree(tmp, ignore_errors=True)
+        if full is not None:
+            raise full from e
         raise
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
@@ -103,6 +107,28 @@ def atomic_dir(path: str | os.PathLike):
         shutil.rmtree(old)
     else:
         tmp.rename(final)
+
+
+FULL_BELOW = 64 << 20  # bytes: a write that failed with less than this left on its disk is taken as the disk filling
+
+
+def disk_full(path: Path, e: BaseException) -> OSError | None:
+    """An OSError(ENOSPC) naming `path`, when the failed write `e` into it ran out of disk: torch.save then says
+    only "[enforce fail at inline_container.cc] unexpected pos", safetensors "I/O error ... (os error 28)".
+    Judged by the error where it says so, else by the space left (the half-written files still hold theirs)."""
+    if isinstance(e, OSError) and e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    if not isinstance(e, (OSError, RuntimeError, SafetensorError)):
+        return None
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return None
+    said = isinstance(e, OSError) or "os error 28" in str(e) or "No space left" in str(e)
+    if not said and free >= FULL_BELOW:
+        return None
+    return OSError(errno.ENOSPC, f"no space left on the disk of {path} ({free / 2**20:.0f} MiB free when the write "
+                                 f"failed; nothing was left half-written): free space there")
 
 
 def save_model(model: Transformer, tokenizer, path: str | os.PathLike) -> Path:

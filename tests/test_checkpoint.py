@@ -50,6 +50,49 @@ def test_a_failed_save_keeps_the_previous_model_and_leaves_no_temp_dir(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "hf"]  # no temp or half-written directory
 
 
+def test_a_write_that_fills_the_disk_says_so_and_leaves_the_old_copy(tmp_path, monkeypatch):
+    """torch.save on a full disk says only "[enforce fail at inline_container.cc] unexpected pos", safetensors
+    "I/O error ... (os error 28)": atomic_dir turns such a failure into OSError(ENOSPC) naming the directory, with
+    the half-written copy removed and the old one left whole. Other failures pass through as they were."""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    from safetensors import SafetensorError
+
+    from model_io.checkpoint import atomic_dir
+
+    usage = namedtuple("usage", "total used free")
+    free = {"now": 1 << 20}
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(1 << 40, (1 << 40) - free["now"], free["now"]))
+    final = tmp_path / "step-000002"
+    final.mkdir()
+    (final / "old.txt").write_text("the last good copy")
+
+    def write(err):
+        with atomic_dir(final) as tmp:
+            (tmp / "half.bin").write_bytes(b"x" * 1000)
+            raise err
+
+    torch_full = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+    safetensors_full = SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    cases = [(torch_full, 1 << 20, True), (torch_full, 10 << 30, False), (safetensors_full, 10 << 30, True),
+             (OSError(errno.ENOSPC, "No space left on device"), 10 << 30, True),
+             (OSError(errno.EACCES, "Permission denied"), 1 << 20, False), (ValueError("a bug"), 1 << 20, False)]
+    for err, left, full in cases:
+        free["now"] = left
+        with pytest.raises((OSError, RuntimeError, SafetensorError, ValueError)) as e:
+            write(err)
+        if full:
+            assert e.value.errno == errno.ENOSPC and e.value.__cause__ is err
+            assert e.value.strerror == (f"no space left on the disk of {final} ({left >> 20} MiB free when the write failed; "
+                                        f"nothing was left half-written): free space there")
+        else:
+            assert e.value is err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000002"]  # no temp copy
+        assert (final / "old.txt").read_text() == "the last good copy"
+
+
 @pytest.mark.parametrize("arch,kw", [("llama", {}), ("qwen2", {}), ("llama", {"head_dim": 32}), ("qwen2", {"head_dim": 32})])
 def test_export_loads_in_transformers_with_same_logits(tmp_path, arch, kw):
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -198,3 +241,28 @@ def test_a_training_checkpoint_restores_every_random_state(tmp_path):
     step, extra = load_checkpoint(path, model, opt, sched)
     assert (step, extra) == (3, {"k": 1})
     assert [random.gauss(0, 1), random.random(), float(torch.rand(1))] == want
+
+
+def test_the_disk_note_counts_the_checkpoints_a_run_keeps_at_once(tmp_path, monkeypatch):
+    """keep + 1 checkpoints exist at once (the newest is written before the oldest goes), fewer in a short run,
+    and a resumed run's own count those already there; each is 3x the float32 weights (AdamW's two moments)."""
+    import shutil
+    from collections import namedtuple
+
+    from grpo.checkpointing import checkpoints_at_once, disk_note
+
+    assert checkpoints_at_once(0, 500, 50, keep=2, have=0) == 3  # the default run
+    assert checkpoints_at_once(0, 3, 3, keep=2, have=0) == 1  # the smoke preset: one, at the end
+    assert checkpoints_at_once(0, 10, 3, keep=2, have=0) == 3  # steps 3, 6, 9 and 10
+    assert checkpoints_at_once(100, 500, 50, keep=2, have=2) == 1  # resumed: one more beside the two kept
+    assert checkpoints_at_once(6, 10, 3, keep=5, have=2) == 2  # steps 9 and 10 beside 3 and 6
+    model = from_hf_model(tiny_hf_model())
+    weights = sum(p.numel() for p in model.parameters()) * 4
+    usage = namedtuple("usage", "total used free")
+    for free, said in ((3 * 3 * weights - 1, True), (3 * 3 * weights, False)):
+        monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(1 << 40, 0, free))
+        note = disk_note(tmp_path, model, 3)
+        assert (note is not None) == said
+        if said:
+            assert note.startswith(f"note: {tmp_path} has {free / 1e9:.2f} GB free, but this run's checkpoints need "
+                                   f"{9 * weights / 1e9:.2f} GB more there (3 of {3 * weights / 1e9:.2f} GB")

@@ -344,3 +344,37 @@ def test_train_refuses_bad_out_dirs_data_files_and_batches_before_loading(tmp_pa
     assert not (tmp_path / "r2" / "config.json").exists()
 
 
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_that_says_how_to_go_on(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    """torch.save fails on a full disk with a cryptic RuntimeError and a traceback: now one line naming the
+    checkpoint, nothing half-written, and the command that continues from the last checkpoint written."""
+    import shutil
+    from collections import namedtuple
+
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    out = tmp_path / "run"
+    saves = []
+    real_save = torch.save
+
+    def save(obj, f, *a, **k):  # the second checkpoint's trainer state meets a full disk
+        saves.append(f)
+        if len(saves) == 2:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: namedtuple("usage", "total used free")(1 << 40, 1 << 40, 0))
+    assert run.main(["train", "--model", tiny_ckpt, "--preset", "smoke", "--steps", "3", "--save-every", "1",
+                     "--max-new-tokens", "4", "--eval-every", "0", "--out-dir", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    # said before the first step: 3 checkpoints at once (--keep-checkpoints 2, and the one being written)
+    assert f"note: {out} has 0.00 GB free, but this run's checkpoints need " in err and "(3 of " in err
+    assert err.splitlines()[-1] == (
+        f"error: no space left on the disk of {out / 'checkpoints' / 'step-000002'} (0 MiB free when the write failed; "
+        f"nothing was left half-written): free space there; `run.py train --resume {out}` continues from its last "
+        f"checkpoint")
+    assert [d.name for d in (out / "checkpoints").iterdir()] == ["step-000001"]  # no temp copy beside it
+    monkeypatch.undo()
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    assert run.main(["train", "--resume", str(out)]) == 0 and (out / "final_hf").is_dir()
