@@ -362,7 +362,7 @@ def _load_gguf(path: Path):
         gguf_special_tokens(tok, path)
     except ImportError as e:
         raise ModelSpecError(f"reading GGUF needs the gguf package ({e}): pip install gguf") from None
-    except Exception as e:
+    except Exception:
         damage = _gguf_damage(path)
         if damage is None:
             raise

@@ -60,7 +60,6 @@ def test_a_config_json_that_is_not_a_models_is_named(tmp_path, tiny):
 def test_what_transformers_cannot_read_in_a_directory_is_one_line_naming_it(tmp_path, tiny):
     """No weights file, a damaged tokenizer.json: transformers' own errors (pages of text, tracebacks) become one
     line naming the directory and the fix."""
-    import json
 
     def edited(name, edit):
         d = tmp_path / name
