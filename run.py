@@ -37,8 +37,8 @@ from grpo.config import RESUME_MAY_CHANGE, TrainConfig, apply_preset, check_rang
 from grpo.eval_resume import answered, resumed_eval_config
 from grpo.evaluate import EvalConfig, evaluate
 from grpo.flags import OneLineParser, add_config_args, config_from_args, given_fields, more_than_asked, note, unused_flags_note
-from grpo.out_dir import (EVAL_OUTPUTS, MADE_DIRS, TRAIN_OUTPUTS, clear_outputs, holds_a_model, make_out_dir,
-                          refuse_foreign_out_dir, remove_made_dirs)
+from grpo.out_dir import (EVAL_OUTPUTS, MADE_DIRS, TRAIN_OUTPUTS, clear_outputs, holds_a_model, lets_go, make_out_dir,
+                          refuse_foreign_out_dir, remove_made_dirs, take)
 from grpo.trainer import Trainer, TrainingError, split_shots
 from mcts.inspect import InspectConfig, log_tree_stats, print_tree
 from model_io import ModelSpecError, SamplingConfig, export_hf, generate, load
@@ -91,6 +91,7 @@ def write_json(path: Path, obj) -> None:
 
 
 # ---------------------------------------------------------------- commands
+@lets_go
 def cmd_eval(cfg: EvalConfig, given: set[str] = frozenset()) -> None:
     out = Path(cfg.out_dir)
     if cfg.resume:  # the interrupted eval's settings (grpo/eval_resume.py), checked before anything loads
@@ -108,6 +109,8 @@ def cmd_eval(cfg: EvalConfig, given: set[str] = frozenset()) -> None:
     else:
         refuse_foreign_out_dir(out, "eval")
         make_out_dir(out)
+    take(out, "eval")
+    if not cfg.resume:
         # config.json (and the summary) name a run directory's checkpoint itself: a resume reads these weights, not
         # the run's newest by then
         cfg = dataclasses.replace(cfg, model=run_model(cfg.model))
@@ -165,6 +168,7 @@ def check_against_checkpoint(saved: dict, run_dir: Path) -> None:
                          f"was edited, or the checkpoints come from another run; restore config.json from {newest}")
 
 
+@lets_go
 def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int | None = None) -> dict:
     """GRPO on the GSM8K train split; `until_step` stops early as a kill would (used by the resume test)."""
     cfg = apply_preset(cfg, set(given))
@@ -204,6 +208,7 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
             raise ValueError(f"{run_dir} holds a finished run's model (final_hf): pass another --out-dir")
         refuse_foreign_out_dir(run_dir, "train")
     make_out_dir(run_dir, "--resume" if cfg.resume else "--out-dir")  # a file there fails now, not after loading
+    take(run_dir, "train")
     check_one_file({"train"} | ({"test"} if cfg.eval_every else set()), "training, and evaluating every --eval-every steps",
                    cfg.gsm8k)
     if not cfg.resume and D.reports():

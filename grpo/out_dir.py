@@ -1,13 +1,22 @@
 """The output directory of a command (`--out-dir`, or the run a `--resume` names): made and checked writable before
-any slow work, refused where it holds another command's outputs or a model, cleared of an earlier run's files only
-once the new run's inputs have all been checked, and removed again if the command fails before writing anything.
+any slow work, taken for one command at a time, refused where it holds another command's outputs or a model,
+cleared of an earlier run's files only once the new run's inputs have all been checked, and removed again if the
+command fails before writing anything.
 """
 from __future__ import annotations
 
+import functools
 import json
+import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # (not on Windows: no lock there)
+    fcntl = None
 
 from grpo.checkpointing import is_training_run
 from model_io.checkpoint import is_checkpoint
@@ -38,8 +47,65 @@ def make_out_dir(out: Path, flag: str = "--out-dir") -> None:
                          + (" (or copy the run somewhere writable and resume it there)" if flag.startswith("--resume") else "")) from None
 
 
+LOCK_FILE = ".lock"
+LOCKS: list[tuple[Path, object]] = []  # (path, open file) of each lock this process holds
+
+
+def take(out: Path, command: str) -> None:
+    """`out` for this command alone: the same command launched twice (another terminal, a scheduler's retry)
+    would clear or interleave the first one's files: a train started over in a run stopped before its first
+    checkpoint clears its outputs, two evals append to one partial file. An flock on OUT/.lock, which the OS
+    releases when the process ends, however it ends (a crash leaves no stale lock); the file is removed when the
+    command ends. Under torchrun rank 0 takes it for the group."""
+    if fcntl is None or int(os.environ.get("RANK", "0")) != 0:
+        return
+    path = out / LOCK_FILE
+    while True:
+        f = open(path, "a+")  # noqa: SIM115 (held open until release_locks)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "its process id not yet written"
+            f.close()
+            raise ValueError(f"{out} is in use by another run.py command ({holder}): wait for it to end, or pass another "
+                             f"--out-dir") from None
+        try:  # the file locked must still be the one at `path`: its last holder removes it as it lets go
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        f.close()
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}: run.py {command}\n")
+    f.flush()
+    LOCKS.append((path, f))
+
+
+def release_locks() -> None:
+    """Remove this process's lock files (while still holding them) and let go."""
+    for path, f in LOCKS:
+        path.unlink(missing_ok=True)
+        f.close()
+    LOCKS.clear()
+
+
+def lets_go(command):
+    """A command function that `take`s its out-dir lets it go when it returns or raises (run in-process, as the
+    tests do, one after another on one directory)."""
+    @functools.wraps(command)
+    def run(*a, **k):
+        try:
+            return command(*a, **k)
+        finally:
+            release_locks()
+    return run
+
+
 def remove_made_dirs() -> None:
     """The --out-dirs this process made and left empty (a command that failed before writing): gone again."""
+    release_locks()
     for out in MADE_DIRS:  # deepest first
         try:
             out.rmdir()  # only an empty directory: whatever was written there stays

@@ -300,3 +300,52 @@ def test_a_path_flag_expands_the_tilde_the_shell_leaves(monkeypatch, tmp_path):
     args.out_dir, args.gsm8k = "~/ev", "~/data"
     cfg = flags.config_from_args(run.EvalConfig, args)
     assert (cfg.out_dir, cfg.gsm8k) == (str(tmp_path / "ev"), str(tmp_path / "data"))
+
+
+def test_an_out_dir_in_use_by_another_command_is_refused_and_a_dead_holder_does_not_block(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    """The same train or eval launched twice on one directory: the second is refused before it loads anything or
+    touches the first's files (a train started over where a run stopped before its first checkpoint would clear
+    them). The lock dies with its process (kill -9 included), and a finished command leaves no lock file."""
+    import fcntl
+    import os
+    import signal
+    import time
+
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    early = tmp_path / "early"
+    early.mkdir()
+    (early / "config.json").write_text("{}")
+    (early / "metrics.jsonl").write_text('{"step": 1}\n')  # a run before its first checkpoint: restartable
+    before = sorted(p.name for p in early.iterdir())
+    with open(early / ".lock", "a+") as held:  # the first command, still running
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 4242 on gpu-node: run.py train\n")
+        held.flush()
+        monkeypatch.setattr(run, "load_spec", lambda *a: pytest.fail("the model loaded beside a running command"))
+        for argv in (["train", "--out-dir", str(early), "--device", "cpu"], ["eval", "--out-dir", str(tmp_path / "ev")]):
+            if argv[0] == "eval":  # an eval in progress in "ev"
+                (tmp_path / "ev").mkdir()
+                os.link(early / ".lock", tmp_path / "ev" / ".lock")
+            assert run.main(argv) == 2
+            assert capsys.readouterr().err == (f"error: {argv[argv.index('--out-dir') + 1]} is in use by another run.py command "
+                                               f"(pid 4242 on gpu-node: run.py train): wait for it to end, or pass another --out-dir\n")
+        assert sorted(p.name for p in early.iterdir()) == sorted(before + [".lock"])  # nothing cleared
+        monkeypatch.undo()
+        monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    # a holder killed with SIGKILL (no cleanup: its lock file stays) blocks nothing
+    out = tmp_path / "after-kill"
+    out.mkdir()
+    code = ("import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); f.write('pid x: run.py eval\\n'); "
+            "f.flush(); print('locked', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out / ".lock")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    assert (out / ".lock").is_file()
+    t0 = time.time()
+    assert run.main(["eval", "--model", tiny_ckpt, "--limit", "1", "--max-new-tokens", "2", "--out-dir", str(out), "--device", "cpu"]) == 0
+    assert ".lock" not in [p.name for p in out.iterdir()] and time.time() - t0 < 60
+    # under torchrun rank 0 alone takes it (the other ranks share its directory)
+    monkeypatch.setenv("RANK", "1")
+    out_dir.take(out, "train")
+    assert not (out / ".lock").exists() and not out_dir.LOCKS
