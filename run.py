@@ -330,6 +330,28 @@ COMMANDS = {
 }
 
 
+LESS_MEMORY = {  # what holds each command's largest tensors at once
+    "train": "lower --micro-batch (completions per forward/backward) or --logprob-chunk, or --prompts-per-step x "
+             "--group-size (the completions sampled at once, per process)",
+    "eval": "lower --batch-size (questions at once; each with --n answers, or tree search's --children rows)",
+    "sample": "lower --limit (every question is answered at once)",
+}
+
+
+def out_of_memory(e: RuntimeError) -> str | None:
+    """The first words of an out-of-memory error (what was asked for), else None: torch.OutOfMemoryError on a GPU
+    ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of ... (a paragraph)"), a
+    RuntimeError from the CPU allocator ("[enforce fail at alloc_cpu.cpp:127] ... DefaultCPUAllocator: can't
+    allocate memory: you tried to allocate N bytes. Error code 12 ...")."""
+    text = " ".join(str(e).split())
+    if isinstance(e, torch.OutOfMemoryError):
+        return ". ".join(text.split(". ")[:2]).rstrip(".") or "CUDA out of memory"
+    cpu = "DefaultCPUAllocator: "
+    if cpu in text and "can't allocate memory" in text:
+        return text.split(cpu, 1)[1].split(". Error code")[0]
+    return None
+
+
 def how_to_go_on(fn, args: argparse.Namespace) -> str:
     """What continues a command that stopped part-way (Ctrl-C, a full disk), for the end of its one line ('' if
     nothing does)."""
@@ -363,6 +385,16 @@ def main(argv=None) -> int:
         remove_made_dirs()
         if D.reports(e):  # under torchrun every rank meets a bad flag: one line, not one per process
             print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # out of memory (torch.OutOfMemoryError on a GPU, the CPU allocator's RuntimeError): one line
+        remove_made_dirs()
+        what = out_of_memory(e)
+        if what is None:
+            raise  # (an unforeseen failure: its traceback, as below)
+        rank = int(os.environ.get("RANK", "0"))  # (said by the rank that ran out, whichever it is)
+        then = how_to_go_on(fn, args) if rank == 0 else ""
+        print(f"error: out of memory{f' on rank {rank}' if rank else ''} ({what}): "
+              f"{LESS_MEMORY.get(args.command, 'use a smaller model')}" + (f"; {then}" if then else ""), file=sys.stderr)
         return 2
     except OSError as e:  # a full disk (checkpoints and exports say so by model_io.checkpoint.disk_full): one line
         remove_made_dirs()

@@ -378,3 +378,35 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_that_says_how_to_go_on(tiny_ckp
     monkeypatch.undo()
     monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
     assert run.main(["train", "--resume", str(out)]) == 0 and (out / "final_hf").is_dir()
+
+
+def test_out_of_memory_is_one_line_naming_the_flags_that_use_less(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    """A GPU's OutOfMemoryError is a paragraph in a traceback, the CPU allocator's a RuntimeError: each is one line
+    with what was asked for, the flags that lower it and, for a run with a checkpoint, how to continue."""
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    out = tmp_path / "run"
+    assert run.main(["train", "--model", tiny_ckpt, "--preset", "smoke", "--steps", "2", "--save-every", "1",
+                     "--max-new-tokens", "2", "--eval-every", "0", "--out-dir", str(out), "--device", "cpu"]) == 0
+    gpu = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of "
+                                 "which 1.06 GiB is free. Including non-PyTorch memory, this process has 78.1 GiB in use.")
+    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                       "tried to allocate 40000000000000 bytes. Error code 12 (Cannot allocate memory)")
+    for err, what in ((gpu, "CUDA out of memory. Tried to allocate 2.00 GiB"),
+                      (cpu, "can't allocate memory: you tried to allocate 40000000000000 bytes")):
+        def oom(*a, err=err):
+            raise err
+
+        monkeypatch.setattr(run, "load_spec", oom)
+        capsys.readouterr()
+        assert run.main(["train", "--resume", str(out), "--max-minutes", "9"]) == 2
+        assert capsys.readouterr().err == (
+            f"error: out of memory ({what}): lower --micro-batch (completions per forward/backward) or --logprob-chunk, or "
+            f"--prompts-per-step x --group-size (the completions sampled at once, per process); `run.py train --resume {out}` "
+            f"continues from its last checkpoint\n")
+        assert run.main(["eval", "--limit", "1", "--out-dir", str(tmp_path / "ev")]) == 2
+        assert capsys.readouterr().err == (f"error: out of memory ({what}): lower --batch-size (questions at once; each with "
+                                           f"--n answers, or tree search's --children rows)\n")
+        assert not (tmp_path / "ev").exists()
+    monkeypatch.setattr(run, "load_spec", lambda *a: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):  # any other RuntimeError keeps its traceback
+        run.main(["eval", "--limit", "1", "--out-dir", str(tmp_path / "ev")])
