@@ -146,6 +146,7 @@ def _not_a_model_config(config: Path, why: str) -> ModelSpecError:
 
 
 def _check_arch(spec: str, note: str = "", **kw) -> None:
+    name = str(Path(spec, kw["gguf_file"])) if kw.get("gguf_file") else spec  # (a GGUF file: its own path)
     from transformers import AutoConfig
 
     try:
@@ -158,7 +159,7 @@ def _check_arch(spec: str, note: str = "", **kw) -> None:
         why = " ".join(str(e).split()) or type(e).__name__
         raise _not_a_model_config(Path(spec, "config.json") if Path(spec).is_dir() else Path(spec), why) from None
     if cfg.model_type not in SUPPORTED_ARCHS:
-        raise ModelSpecError(f"{spec}: unsupported architecture {cfg.model_type!r}; supported are {', '.join(SUPPORTED_ARCHS)} (Llama and Qwen2 families)")
+        raise ModelSpecError(f"{name}: unsupported architecture {cfg.model_type!r}; supported are {', '.join(SUPPORTED_ARCHS)} (Llama and Qwen2 families)")
 
 
 def _load_hf(spec: str, note: str = "", **kw):
@@ -174,7 +175,9 @@ def _load_hf(spec: str, note: str = "", **kw):
                                                             ignore_mismatched_sizes=True, **kw)
     except SafetensorError as e:
         raise ModelSpecError(f"{_bad_safetensors(spec)} is corrupt or truncated ({e}): copy or download it again") from None
-    check_loading_info(spec, info, hf.config.num_hidden_layers)
+    gguf_file = kw.get("gguf_file")
+    check_loading_info(str(Path(spec, gguf_file)) if gguf_file else spec, info, hf.config.num_hidden_layers,
+                       "download or convert the GGUF file again" if gguf_file else None)
     model = from_hf_model(hf)
     del hf
     return model
@@ -193,12 +196,12 @@ def _quiet_transformers():
         log.setLevel(level)
 
 
-def check_loading_info(spec: str, info: dict, layers: int) -> None:
+def check_loading_info(spec: str, info: dict, layers: int, fix: str | None = None) -> None:
     """Refuse weights that do not make the model the config describes: transformers fills a tensor missing from
     the weights with random numbers, and a tensor of the wrong shape too (ignore_mismatched_sizes), with no more
     than a warning; a training run on such a model would waste its hours. Tensors of layers past the config's
     (a config edited to fewer layers) are refused as well; other unused tensors are named in a note."""
-    fix = "restore the config.json the weights were saved with, or copy or download the weights again"
+    fix = fix or "restore the config.json the weights were saved with, or copy or download the weights again"
     bad = sorted(info.get("mismatched_keys") or [])
     if bad:
         key, stored, wanted = bad[0]

@@ -221,6 +221,21 @@ def test_a_truncated_gguf_is_named(tmp_path):
         with pytest.raises(ModelSpecError, match="is damaged or truncated") as e:
             load(tmp_path / name)
         assert str(tmp_path / name) in one_line(e)
+    # whole, but its one tensor is not the model its metadata describes; and another architecture: each names the file
+    with pytest.raises(ModelSpecError, match=f"the weights of {tmp_path / 'whole.gguf'} do not fit its config: "
+                                             r"model\.embed_tokens\.weight is \[64, 32\] .*download or convert the GGUF file again") as e:
+        load(tmp_path / "whole.gguf")
+    one_line(e)
+    w = gguf.GGUFWriter(str(tmp_path / "phi.gguf"), "phi3")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.ones((64, 32), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ModelSpecError, match=f"^{tmp_path / 'phi.gguf'}: unsupported architecture 'phi3'") as e:
+        load(tmp_path / "phi.gguf")
+    one_line(e)
 
 
 def test_unreachable_hub_fails_at_once_and_says_no_such_local_path(monkeypatch):
