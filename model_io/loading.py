@@ -170,7 +170,7 @@ def _load_hf(spec: str, note: str = "", **kw):
     try:
         # mismatched sizes are loaded (and refused by check_loading_info) rather than raised: transformers' own
         # error is a page-long report then "You set `ignore_mismatched_sizes` to `False`"
-        with _quiet_transformers():
+        with _quiet("transformers"):
             hf, info = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32, output_loading_info=True,
                                                             ignore_mismatched_sizes=True, **kw)
     except SafetensorError as e:
@@ -181,19 +181,6 @@ def _load_hf(spec: str, note: str = "", **kw):
     model = from_hf_model(hf)
     del hf
     return model
-
-
-@contextmanager
-def _quiet_transformers():
-    """transformers' warnings off while it reads weights (its progress bar stays): its "LOAD REPORT" table of
-    missing, mismatched and unused tensors is checked by check_loading_info and said there in one line."""
-    log = logging.getLogger("transformers")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 def check_loading_info(spec: str, info: dict, layers: int, fix: str | None = None) -> None:
@@ -246,9 +233,11 @@ def _bad_safetensors(spec: str) -> str:
 
 
 @contextmanager
-def _quiet_hub():
-    """huggingface_hub's warnings (a retry per failed request) off; its download progress bars stay."""
-    log = logging.getLogger("huggingface_hub")
+def _quiet(logger: str):
+    """A library's warnings off for a block; its progress bars stay. For "huggingface_hub": a retry per failed
+    request; for "transformers" while it reads weights: its "LOAD REPORT" table of missing, mismatched and unused
+    tensors, which check_loading_info says in one line instead."""
+    log = logging.getLogger(logger)
     level = log.level
     log.setLevel(logging.ERROR)
     try:
@@ -281,14 +270,14 @@ def _load_hub(spec: str):
 
     note = f" (no local path {spec!r} either)"
     try:
-        with _quiet_hub():
+        with _quiet("huggingface_hub"):
             AutoConfig.from_pretrained(spec, local_files_only=True)
         cached = True
     except (OSError, ValueError):
         cached = False
     if cached:
         try:
-            with _quiet_hub():
+            with _quiet("huggingface_hub"):
                 return _load_hf(spec, note, local_files_only=True), _tokenizer(spec, local_files_only=True)
         except OSError:
             pass  # config cached, other files not: fetch them
@@ -296,7 +285,7 @@ def _load_hub(spec: str):
     if why is not None:
         raise ModelSpecError(f"{spec!r} is not in the HF cache and the Hugging Face hub cannot be reached ({why}){note}: "
                              "check the network or the path, or pass a local directory or .gguf file")
-    with _quiet_hub():
+    with _quiet("huggingface_hub"):
         return _load_hf(spec, note), _tokenizer(spec)
 
 

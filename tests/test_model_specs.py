@@ -204,17 +204,21 @@ def test_an_empty_spec_is_refused_by_name():
         one_line(e)
 
 
-def test_a_truncated_gguf_is_named(tmp_path):
+def _one_tensor_gguf(path, arch: str) -> None:
     import gguf
     import numpy as np
 
-    w = gguf.GGUFWriter(str(tmp_path / "whole.gguf"), "llama")
+    w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(1)
     w.add_tensor("token_embd.weight", np.ones((64, 32), np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def test_a_truncated_gguf_is_named(tmp_path):
+    _one_tensor_gguf(tmp_path / "whole.gguf", "llama")
     data = (tmp_path / "whole.gguf").read_bytes()
     for name, cut in (("cut.gguf", data[: len(data) - 3000]), ("noise.gguf", os.urandom(2000))):
         (tmp_path / name).write_bytes(cut)
@@ -226,13 +230,7 @@ def test_a_truncated_gguf_is_named(tmp_path):
                                              r"model\.embed_tokens\.weight is \[64, 32\] .*download or convert the GGUF file again") as e:
         load(tmp_path / "whole.gguf")
     one_line(e)
-    w = gguf.GGUFWriter(str(tmp_path / "phi.gguf"), "phi3")
-    w.add_block_count(1)
-    w.add_tensor("token_embd.weight", np.ones((64, 32), np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    _one_tensor_gguf(tmp_path / "phi.gguf", "phi3")
     with pytest.raises(ModelSpecError, match=f"^{tmp_path / 'phi.gguf'}: unsupported architecture 'phi3'") as e:
         load(tmp_path / "phi.gguf")
     one_line(e)
