@@ -64,12 +64,16 @@ def take(out: Path, command: str) -> None:
         f = open(path, "a+")  # noqa: SIM115 (held open until release_locks)
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:  # held by another process
             f.seek(0)
             holder = f.read().strip() or "its process id not yet written"
             f.close()
             raise ValueError(f"{out} is in use by another run.py command ({holder}): wait for it to end, or pass another "
                              f"--out-dir") from None
+        except OSError:  # a file system without locks (some network and FUSE mounts): go on without one
+            f.close()
+            path.unlink(missing_ok=True)
+            return
         try:  # the file locked must still be the one at `path`: its last holder removes it as it lets go
             if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
                 break

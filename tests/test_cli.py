@@ -349,3 +349,14 @@ def test_an_out_dir_in_use_by_another_command_is_refused_and_a_dead_holder_does_
     monkeypatch.setenv("RANK", "1")
     out_dir.take(out, "train")
     assert not (out / ".lock").exists() and not out_dir.LOCKS
+    # a file system without locks (flock: ENOLCK): the command goes on without one, leaving no lock file
+    import errno
+
+    monkeypatch.setenv("RANK", "0")
+
+    def no_locks(f, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    out_dir.take(out, "train")
+    assert not (out / ".lock").exists() and not out_dir.LOCKS
