@@ -270,13 +270,24 @@ def _train_in_group(cfg: TrainConfig, run_dir: Path, d: D.Dist, device: torch.de
         print("config: " + json.dumps(dataclasses.asdict(cfg)))
         trainer.log.text("config", "```\n" + json.dumps(dataclasses.asdict(cfg), indent=2) + "\n```", trainer.step)
         if device.type == "cpu" and until_step is None:
-            print(f"estimated time per step on this CPU: about {trainer.estimate_step_seconds():.0f} s or less "
-                  f"({d.world} process(es), {cfg.prompts_per_step} prompts x {cfg.group_size} completions, up to {cfg.max_new_tokens} tokens)")
+            print(step_estimate(trainer.estimate_step_seconds(), cfg, trainer.step, d.world))
     last = trainer.train(until_step)
     if d.main and until_step is None:
         print(json.dumps(last, indent=2))
         print(f"run directory: {run_dir} (tensorboard --logdir {run_dir / 'tb'})")
     return last
+
+
+def step_estimate(per_step: float, cfg: TrainConfig, step: int, world: int) -> str:
+    """The line said before a CPU run: a step's time, and the whole run's (a default run takes days on a CPU, which
+    should be known before the first step rather than worked out from the progress bar)."""
+    left = cfg.steps - step
+    total = left * per_step / 3600
+    limit = (f"; --max-minutes {cfg.max_minutes:g} stops it sooner" if cfg.max_minutes and cfg.max_minutes * 60 < left * per_step
+             else "")
+    return (f"estimated time per step on this CPU: about {per_step:.0f} s or less ({world} process(es), {cfg.prompts_per_step} "
+            f"prompts x {cfg.group_size} completions, up to {cfg.max_new_tokens} tokens); the {left} step{'s' * (left != 1)} to go: "
+            f"about {f'{total:.1f} hours' if total >= 2 else f'{total * 60:.0f} minutes'} or less, evaluations aside{limit}")
 
 
 @dataclass

@@ -410,3 +410,13 @@ def test_out_of_memory_is_one_line_naming_the_flags_that_use_less(tiny_ckpt, tmp
     monkeypatch.setattr(run, "load_spec", lambda *a: (_ for _ in ()).throw(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug"):  # any other RuntimeError keeps its traceback
         run.main(["eval", "--limit", "1", "--out-dir", str(tmp_path / "ev")])
+
+
+def test_the_cpu_estimate_says_the_whole_runs_time_too():
+    cfg = TrainConfig()  # 500 steps of 8 prompts x 8 completions
+    assert run.step_estimate(300.0, cfg, 0, 1) == (
+        "estimated time per step on this CPU: about 300 s or less (1 process(es), 8 prompts x 8 completions, up to 256 "
+        "tokens); the 500 steps to go: about 41.7 hours or less, evaluations aside")
+    resumed = dataclasses.replace(cfg, steps=3, max_minutes=2.5)  # 2 steps of 100 s left: 3.3 minutes, past --max-minutes
+    assert run.step_estimate(100.0, resumed, 1, 2).endswith(
+        "the 2 steps to go: about 3 minutes or less, evaluations aside; --max-minutes 2.5 stops it sooner")
