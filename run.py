@@ -23,7 +23,9 @@ import io
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -375,6 +377,15 @@ def how_to_go_on(fn, args: argparse.Namespace) -> str:
     return ""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's stop, `kill`, torchrun passing on its own), raised where the command is, so that it
+    ends as Ctrl-C does: its files closed, its out-dir let go, one line that says how to continue."""
+
+
+def terminate(signum, frame):
+    raise Terminated
+
+
 def main(argv=None) -> int:
     # no abbreviations: a preset must know exactly which flags the user gave (--max-new would hide --max-new-tokens)
     parser = OneLineParser(prog="run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -389,6 +400,7 @@ def main(argv=None) -> int:
     cls, fn, _ = COMMANDS[args.command]
     given = given_fields(sys.argv[1:] if argv is None else argv, cls)
     MADE_DIRS.clear()
+    before = signal.signal(signal.SIGTERM, terminate) if threading.current_thread() is threading.main_thread() else None
     try:
         cfg = config_from_args(cls, args)
         fn(cfg, given) if fn in (cmd_train, cmd_eval) else fn(cfg)
@@ -416,14 +428,18 @@ def main(argv=None) -> int:
             print(f"error: {e.strerror if e.filename is None else f'{e.strerror}: {e.filename}'}"
                   + (f"; {then}" if then else ""), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C: checkpoints and outputs are written atomically, so nothing is half-written
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM: checkpoints and outputs are written atomically, so nothing is half-written
         remove_made_dirs()
         then = how_to_go_on(fn, args)
-        print("interrupted" + (f": {then}" if then else ""), file=sys.stderr)
-        return 130
+        if D.reports():
+            print(("terminated" if isinstance(e, Terminated) else "interrupted") + (f": {then}" if then else ""), file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
     except BaseException:  # a bug or a failure nobody foresaw: its traceback, but no empty --out-dir left behind
         remove_made_dirs()
         raise
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
     return 0
 
 

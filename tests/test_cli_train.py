@@ -420,3 +420,34 @@ def test_the_cpu_estimate_says_the_whole_runs_time_too():
     resumed = dataclasses.replace(cfg, steps=3, max_minutes=2.5)  # 2 steps of 100 s left: 3.3 minutes, past --max-minutes
     assert run.step_estimate(100.0, resumed, 1, 2).endswith(
         "the 2 steps to go: about 3 minutes or less, evaluations aside; --max-minutes 2.5 stops it sooner")
+
+
+def test_sigterm_ends_a_run_as_ctrl_c_does(tiny_ckpt, tmp_path):
+    """A scheduler's SIGTERM (or `kill`) killed the process where it stood: no line saying how to go on, its lock
+    file left behind. Now it ends as Ctrl-C does: exit 143, one line with the --resume command, the out-dir let go,
+    and the run continues from its last checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    out = tmp_path / "run"
+    env = {"GSM8K_DIR": gsm8k_dir(), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    p = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "train", "--model", tiny_ckpt, "--steps", "100000",
+                          "--prompts-per-step", "1", "--group-size", "2", "--max-new-tokens", "2", "--eval-every", "0",
+                          "--save-every", "1", "--out-dir", str(out), "--device", "cpu"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    t0 = time.time()
+    while not checkpoint_dirs(out) and p.poll() is None and time.time() - t0 < 240:
+        time.sleep(0.2)
+    assert p.poll() is None, p.communicate()[1]
+    os.kill(p.pid, signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err
+    assert err.splitlines()[-1] == f"terminated: `run.py train --resume {out}` continues from its last checkpoint"
+    assert not (out / ".lock").exists() and checkpoint_dirs(out)
+    assert not [d for d in (out / "checkpoints").iterdir() if d.name.startswith(".")]  # no half-written checkpoint
+    assert run.main(["train", "--resume", str(out), "--max-minutes", "0.001", "--gsm8k", gsm8k_dir()]) == 0
