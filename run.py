@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import errno
 import io
 import json
 import os
@@ -41,6 +40,7 @@ from grpo.evaluate import EvalConfig, evaluate
 from grpo.flags import OneLineParser, add_config_args, config_from_args, given_fields, more_than_asked, note, unused_flags_note
 from grpo.out_dir import (EVAL_OUTPUTS, MADE_DIRS, TRAIN_OUTPUTS, clear_outputs, holds_a_model, lets_go, make_out_dir,
                           refuse_foreign_out_dir, remove_made_dirs, take)
+from grpo.stops import stop_line, terminate
 from grpo.trainer import Trainer, TrainingError, split_shots
 from mcts.inspect import InspectConfig, log_tree_stats, print_tree
 from model_io import ModelSpecError, SamplingConfig, export_hf, generate, load
@@ -343,49 +343,6 @@ COMMANDS = {
 }
 
 
-LESS_MEMORY = {  # what holds each command's largest tensors at once
-    "train": "lower --micro-batch (completions per forward/backward) or --logprob-chunk, or --prompts-per-step x "
-             "--group-size (the completions sampled at once, per process)",
-    "eval": "lower --batch-size (questions at once; each with --n answers, or tree search's --children rows)",
-    "sample": "lower --limit (every question is answered at once)",
-}
-
-
-def out_of_memory(e: RuntimeError) -> str | None:
-    """The first words of an out-of-memory error (what was asked for), else None: torch.OutOfMemoryError on a GPU
-    ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of ... (a paragraph)"), a
-    RuntimeError from the CPU allocator ("[enforce fail at alloc_cpu.cpp:127] ... DefaultCPUAllocator: can't
-    allocate memory: you tried to allocate N bytes. Error code 12 ...")."""
-    text = " ".join(str(e).split())
-    if isinstance(e, torch.OutOfMemoryError):
-        return ". ".join(text.split(". ")[:2]).rstrip(".") or "CUDA out of memory"
-    cpu = "DefaultCPUAllocator: "
-    if cpu in text and "can't allocate memory" in text:
-        return text.split(cpu, 1)[1].split(". Error code")[0]
-    return None
-
-
-def how_to_go_on(fn, args: argparse.Namespace) -> str:
-    """What continues a command that stopped part-way (Ctrl-C, a full disk), for the end of its one line ('' if
-    nothing does)."""
-    if fn is cmd_eval and (Path(args.out_dir) / "predictions.jsonl.partial").is_file():
-        return f"`run.py eval --resume --out-dir {args.out_dir}` continues it, keeping the questions answered"
-    if fn is cmd_train:
-        run_dir = Path(args.resume or args.out_dir)
-        return (f"`run.py train --resume {run_dir}` continues from its last checkpoint" if checkpoint_dirs(run_dir)
-                else "no checkpoint was written yet, so there is nothing to resume (the same command starts it again)")
-    return ""
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler's stop, `kill`, torchrun passing on its own), raised where the command is, so that it
-    ends as Ctrl-C does: its files closed, its out-dir let go, one line that says how to continue."""
-
-
-def terminate(signum, frame):
-    raise Terminated
-
-
 def main(argv=None) -> int:
     # no abbreviations: a preset must know exactly which flags the user gave (--max-new would hide --max-new-tokens)
     parser = OneLineParser(prog="run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -409,31 +366,15 @@ def main(argv=None) -> int:
         if D.reports(e):  # under torchrun every rank meets a bad flag: one line, not one per process
             print(f"error: {e}", file=sys.stderr)
         return 2
-    except RuntimeError as e:  # out of memory (torch.OutOfMemoryError on a GPU, the CPU allocator's RuntimeError): one line
-        remove_made_dirs()
-        what = out_of_memory(e)
-        if what is None:
+    except (RuntimeError, OSError, KeyboardInterrupt) as e:  # stopped part-way (grpo/stops.py): Ctrl-C, SIGTERM, out of
+        remove_made_dirs()                                   # memory, a full disk: one line, and what continues it
+        said = stop_line(e, args)
+        if said is None:
             raise  # (an unforeseen failure: its traceback, as below)
-        rank = int(os.environ.get("RANK", "0"))  # (said by the rank that ran out, whichever it is)
-        then = how_to_go_on(fn, args) if rank == 0 else ""
-        print(f"error: out of memory{f' on rank {rank}' if rank else ''} ({what}): "
-              f"{LESS_MEMORY.get(args.command, 'use a smaller model')}" + (f"; {then}" if then else ""), file=sys.stderr)
-        return 2
-    except OSError as e:  # a full disk (checkpoints and exports say so by model_io.checkpoint.disk_full): one line
-        remove_made_dirs()
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise  # (an unforeseen failure: its traceback, as below)
-        if D.reports(e):
-            then = how_to_go_on(fn, args)
-            print(f"error: {e.strerror if e.filename is None else f'{e.strerror}: {e.filename}'}"
-                  + (f"; {then}" if then else ""), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM: checkpoints and outputs are written atomically, so nothing is half-written
-        remove_made_dirs()
-        then = how_to_go_on(fn, args)
-        if D.reports():
-            print(("terminated" if isinstance(e, Terminated) else "interrupted") + (f": {then}" if then else ""), file=sys.stderr)
-        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+        line, code, every_rank = said
+        if every_rank or D.reports():
+            print(line, file=sys.stderr)
+        return code
     except BaseException:  # a bug or a failure nobody foresaw: its traceback, but no empty --out-dir left behind
         remove_made_dirs()
         raise
