@@ -35,10 +35,15 @@ class RankError(ValueError):
     errors every rank meets alike (a flag, the data, the model) are reported by rank 0 alone (`reports`)."""
 
 
+def launch_rank() -> int:
+    """This process's rank as torchrun set it (0 when alone), known before the process group forms."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def reports(e: BaseException | None = None) -> bool:
     """Whether this process prints error `e` (None: a usage error): always when alone; under torchrun on rank 0, or on
     the rank a RankError is about."""
-    return isinstance(e, RankError) or int(os.environ.get("RANK", "0")) == 0
+    return isinstance(e, RankError) or launch_rank() == 0
 
 
 def check_device(name: str) -> str:
@@ -61,7 +66,7 @@ def init_from_env(device_pref: str = "auto") -> tuple[Dist, torch.device]:
     """Under torchrun (RANK/WORLD_SIZE set): join the process group, NCCL on CUDA, gloo on CPU. One process under
     torchrun still forms a group, so `torchrun --nproc_per_node 1` checks that NCCL initialises and trains."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    rank = launch_rank()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if check_device(device_pref) == "auto":
         device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")

@@ -18,6 +18,7 @@ try:
 except ImportError:  # (not on Windows: no lock there)
     fcntl = None
 
+from grpo import distributed as D
 from grpo.checkpointing import is_training_run
 from model_io.checkpoint import is_checkpoint
 
@@ -57,7 +58,7 @@ def take(out: Path, command: str) -> None:
     checkpoint clears its outputs, two evals append to one partial file. An flock on OUT/.lock, which the OS
     releases when the process ends, however it ends (a crash leaves no stale lock); the file is removed when the
     command ends. Under torchrun rank 0 takes it for the group."""
-    if fcntl is None or int(os.environ.get("RANK", "0")) != 0:
+    if fcntl is None or D.launch_rank() != 0:
         return
     path = out / LOCK_FILE
     while True:

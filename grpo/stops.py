@@ -5,12 +5,12 @@ run.py's main catches them and prints stop_line's line; the work itself never ne
 from __future__ import annotations
 
 import errno
-import os
 import signal
 from pathlib import Path
 
 import torch
 
+from grpo import distributed as D
 from grpo.checkpointing import checkpoint_dirs
 
 LESS_MEMORY = {  # what holds each command's largest tensors at once
@@ -60,7 +60,7 @@ def stop_line(e: BaseException, args) -> tuple[str, int, bool] | None:
     """(the line to say, the exit code, whether every rank says it) for a command stopped part-way by `e`, else
     None (an unforeseen failure keeps its traceback). Out of memory is said by the rank that ran out; the rest by
     rank 0 under torchrun, where every rank meets them."""
-    rank = int(os.environ.get("RANK", "0"))
+    rank = D.launch_rank()
     then = how_to_go_on(args.command, args) if rank == 0 else ""
     if isinstance(e, KeyboardInterrupt):
         word, sig = ("terminated", signal.SIGTERM) if isinstance(e, Terminated) else ("interrupted", signal.SIGINT)
