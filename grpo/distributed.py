@@ -95,7 +95,10 @@ def init_from_env(device_pref: str = "auto") -> tuple[Dist, torch.device]:
         importlib.import_module("torch._dynamo")
         # rank 0 alone evaluates and writes checkpoints while the others wait at a barrier: a 500-question
         # evaluation can outlast NCCL's default 10-minute collective timeout, so allow an hour
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=60))
+        # (device_id on CUDA: the group's GPU named, not guessed from the current device at each barrier, which
+        # warned on every barrier in a 1-process NCCL run on an H200)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=60),
+                                **({"device_id": device} if device.type == "cuda" else {}))
     return Dist(rank, world, local, group=dist.is_initialized()), device
 
 

@@ -2,7 +2,7 @@
 
 Embedding -> L x [RMSNorm -> grouped-query attention with RoPE -> residual -> RMSNorm -> SwiGLU -> residual]
 -> RMSNorm -> LM head (tied to the embedding or not). Numerics follow transformers' reference implementation
-(RMSNorm in float32, RoPE cos/sin in float32) so that logits match it to float tolerance.
+(RMSNorm computed in float32, RoPE cos/sin in float32) so that logits match it to float tolerance.
 
 Two fusions do less work than the reference: q/k/v are one matmul, gate/up are one matmul. The LM head is applied
 only where the caller asks (`logits_at`), since on a 49k-token vocabulary it is a large part of each forward.
@@ -33,14 +33,17 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Zhang & Sennrich 2019; computed in float32 as in transformers' LlamaRMSNorm (F.rms_norm: the same
-        # arithmetic, bitwise on CPU, in fewer kernels where the backend fuses it)
-        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        # Zhang & Sennrich 2019, with the weight inside F.rms_norm: one operation instead of four (a cast up, the
+        # norm, a cast back, the weight's multiply), and on a GPU decode step every operation is a kernel (2.7 ms
+        # for 713 of them on an H200: docs/RESULTS.md). F.rms_norm computes a bf16/fp16 input in float32 (its
+        # decomposition upcasts; CUDA's fused kernel accumulates in float32) and rounds once, after the weight;
+        # transformers' LlamaRMSNorm also rounds before it. Float32: bitwise the same (tests/test_model.py).
+        return F.rms_norm(x, (x.shape[-1],), self.weight, eps=self.eps)
 
 
 def swap_halves(x: torch.Tensor) -> torch.Tensor:
     """[x1, x2] -> [x2, x1] on the last dim: transformers' rotate_half without its negation, which lives in the
-    sign of `sin` instead (Transformer.rope), so RoPE is 4 kernels, not 5 (on a GPU decode step, launches
+    sign of `sin` instead (Transformer.rope), so RoPE is 3 kernels, not 5 (on a GPU decode step, launches
     are the cost)."""
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((x2, x1), dim=-1)
@@ -109,7 +112,8 @@ class Attention(nn.Module):
         qk = qkv[..., :n_qk].view(B, T, self.h + self.hkv, self.d).transpose(1, 2)  # [B, H + H_kv, T, D]
         v = qkv[..., n_qk:].view(B, T, self.hkv, self.d).transpose(1, 2)  # [B, H_kv, T, D]
         # RoPE (Su et al. 2021) on queries and keys in one pass; sin carries rotate_half's sign
-        q, k = (qk * cos + swap_halves(qk) * sin).split([self.h, self.hkv], dim=1)  # [B, H, T, D], [B, H_kv, T, D]
+        # (addcmul: the second product and the sum in one operation, one rounding in bf16)
+        q, k = torch.addcmul(qk * cos, swap_halves(qk), sin).split([self.h, self.hkv], dim=1)  # [B, H, T, D], [B, H_kv, T, D]
         if shared is not None and shared.collect:  # this pass is the prompt: keep its keys/values for the rows
             shared.kv.append((k, v))
         elif shared is not None:  # rows attend to their prompt's keys/values, then their own (autograd-friendly)

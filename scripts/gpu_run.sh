@@ -9,7 +9,9 @@
 # safetensors, tqdm, tensorboard (+ gguf for a .gguf model); no datasets, no network. SMALL=1 shrinks every size
 # (a CPU rehearsal of the script). SHOTS (default 2): k-shot prompts for the accuracies, the GRPO run and the
 # grid; zero-shot the default 135M model never writes the <reasoning>/<answer> format, so every reward is 0 and
-# GRPO has nothing to learn from (2-shot, its reward rose from 0.05 to ~0.7 in 10 steps on CPU).
+# GRPO has nothing to learn from (2-shot, its reward rose from 0.05 to ~0.7 in 10 steps on CPU). STEPS (default:
+# all): the steps to run, as name prefixes ("2-sampler 1-cuda 5-mcts": a second run for the figures a first one
+# did not reach); 4-eval-trained comes with 4-train.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:?usage: scripts/gpu_run.sh MODEL OUT_DIR [MINUTES]}
@@ -20,13 +22,18 @@ PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT"
 START=$(date +%s)
-if [ "${SMALL:-0}" = 1 ]; then B1=4; B2=8; NEW=16; Q=4; QM=2; QD=2; SIMS=1; BA=2; TA=8; else B1=64; B2=256; NEW=256; Q=500; QM=128; QD=16; SIMS=8; BA=16; TA=32; fi
+if [ "${SMALL:-0}" = 1 ]; then B1=4; B2=8; NEW=16; Q=4; QM=2; QD=2; SIMS=1; BA=2; TA=8; else B1=64; B2=256; NEW=256; Q=500; QM=128; QD=16; SIMS=2,8; BA=16; TA=32; fi
 left() { echo $(( MINUTES * 60 - ($(date +%s) - START) )); }
 cap() {  # cap LIMIT RESERVE: seconds a step may take, LIMIT at most, so that RESERVE seconds stay for what follows
   local c=$(( $(left) - $2 )); [ "$c" -gt "$1" ] && c=$1; [ "$c" -lt 30 ] && c=30; echo "$c"
 }
+wanted() {  # wanted NAME: is the step among STEPS (name prefixes; unset or empty: every step)?
+  [ -z "${STEPS:-}" ] && return 0
+  local s; for s in $STEPS; do case "$1" in "$s"*) return 0 ;; esac; done; return 1
+}
 step() {  # step NAME CMD...: run, time, keep the log; a failed step is recorded and the run goes on
   local name=$1; shift
+  wanted "$name" || return 0
   local t0=$(date +%s)
   echo "== $name"
   "$@" > "$OUT/$name.log" 2>&1
@@ -37,6 +44,7 @@ step() {  # step NAME CMD...: run, time, keep the log; a failed step is recorded
 }
 diag() {  # diag NAME LIMIT CMD...: a diagnostic step, skipped once fewer than 30 s of MINUTES are left
   local name=$1 limit=$2; shift 2
+  wanted "$name" || return 0
   if [ "$(left)" -lt 30 ]; then echo "$name skipped: no time left" | tee -a "$OUT/steps.txt"; return; fi
   step "$name" timeout "$(cap "$limit" 0)" "$@"
 }
@@ -45,25 +53,30 @@ diag() {  # diag NAME LIMIT CMD...: a diagnostic step, skipped once fewer than 3
 # The budget, in seconds: after training, POST for the trained model's accuracy, the NCCL check and the grid;
 # training itself at least TRAIN_MIN plus TRAIN_SLACK (start-up, the model load, the last step, the final checkpoint
 # and export, which --max-minutes does not count). Each step before it keeps what those need, so that even if every
-# step runs to its limit, training runs (at MINUTES 8: 60 s of steps; more whenever a step ends early).
-POST=150 TRAIN_MIN=60 TRAIN_SLACK=60
+# step runs to its limit, training runs (at MINUTES 8: 60 s of steps; more whenever a step ends early). On an H200
+# (docs/RESULTS.md, 2026-12-04): the steps after training took 20 + 26 + 53 s, training's own start and end 17 s.
+POST=130 TRAIN_MIN=60 TRAIN_SLACK=40
 KEEP=$(( POST + TRAIN_MIN + TRAIN_SLACK ))
+wanted 4-train || KEEP=0  # (STEPS without training: nothing to keep time for)
 step 1-env "$PY" scripts/gpu_env.py "$OUT/env.json"
-# --compiled: the decode step through torch.compile too, side by side (the lever for the step / floor target);
-# its figures print after the eager ones, so a compile cut off by the limit costs only the compiled figures
-step 2-sampler-b$B1 timeout $(cap 240 $(( KEEP + 90 ))) "$PY" bench/sampler.py --model "$MODEL" --batch $B1 --max-new-tokens $NEW --compiled
-step 2-sampler-b$B2 timeout $(cap 120 $(( KEEP + 60 ))) "$PY" bench/sampler.py --model "$MODEL" --batch $B2 --max-new-tokens $NEW
-# the fast path's greedy tokens against the CPU float32 path: first TA tokens, log-probs within bf16 tolerance
+# --compiled: the decode step through torch.compile too (the lever for the step / floor target); printed after
+# the eager figures (61 s on an H200 with the model's load), so a compile cut off by the limit costs only its own;
+# the reserve keeps what the next three steps took there (56, 25 and 24 s) and a little more
+step 2-sampler-b$B1 timeout $(cap 240 $(( KEEP + 150 ))) "$PY" bench/sampler.py --model "$MODEL" --batch $B1 --max-new-tokens $NEW --compiled
+step 2-sampler-b$B2 timeout $(cap 120 $(( KEEP + 90 ))) "$PY" bench/sampler.py --model "$MODEL" --batch $B2 --max-new-tokens $NEW
+# the fast path's greedy tokens against the CPU float32 path: first TA tokens, log-probs against the CPU's own bf16
 step 2-agreement timeout $(cap 90 $(( KEEP + 30 ))) "$PY" bench/agreement.py --model "$MODEL" --batch $BA --tokens $TA --max-new-tokens $(( 2 * TA ))
 step 3-eval-start timeout $(cap 150 $KEEP) "$PY" run.py eval --model "$MODEL" --shots $SHOTS --limit $Q --max-new-tokens $NEW --batch-size 128 --out-dir "$OUT/eval-start"
 TRAIN_S=$(( $(left) - POST - TRAIN_SLACK ))  # seconds of training steps (--max-minutes takes a fraction)
-if [ "$TRAIN_S" -ge "$TRAIN_MIN" ]; then
+if ! wanted 4-train; then
+  :
+elif [ "$TRAIN_S" -ge "$TRAIN_MIN" ]; then
   # (--max-minutes stops before a step that would end past it, by the last one's time; the timeout bounds a
   # first step that would run far longer)
   step 4-train timeout $(( TRAIN_S + TRAIN_SLACK )) "$PY" run.py train --model "$MODEL" --shots $SHOTS \
        --max-minutes "$(( TRAIN_S / 60 )).$(printf %03d $(( TRAIN_S % 60 * 1000 / 60 )))" --steps 100000 --eval-every 0 --save-every 100000 \
        --out-dir "$OUT/train" $( [ "${SMALL:-0}" = 1 ] && echo --prompts-per-step 1 --group-size 2 --max-new-tokens $NEW )
-  step 4-eval-trained timeout $(cap 150 $(( POST - 45 ))) "$PY" run.py eval --model "$OUT/train/final_hf" --shots $SHOTS --limit $Q --max-new-tokens $NEW --batch-size 128 --out-dir "$OUT/eval-trained"
+  STEPS=${STEPS:+$STEPS 4-eval-trained} step 4-eval-trained timeout $(cap 150 $(( POST - 45 ))) "$PY" run.py eval --model "$OUT/train/final_hf" --shots $SHOTS --limit $Q --max-new-tokens $NEW --batch-size 128 --out-dir "$OUT/eval-trained"
 else
   echo "4-train skipped: no time left" | tee -a "$OUT/steps.txt"
 fi
@@ -71,12 +84,15 @@ fi
 step 4-nccl timeout $(cap 90 60) "$PY" -m torch.distributed.run --nproc_per_node 1 run.py train --model "$MODEL" --steps 2 --prompts-per-step 1 \
      --group-size 2 --max-new-tokens 16 --eval-every 0 --out-dir "$OUT/nccl"
 # (compare.json is rewritten after each strategy: a grid cut off by its limit keeps the rows it finished)
+# (tree search at 2 simulations spends about n=8's tokens, at 8 about 3x: an H200 run's 3780 tokens a question)
 step 5-compare timeout $(cap 240 0) "$PY" bench/compare.py --model "$MODEL" --shots $SHOTS --limit $QM --n 1,4,8 --sims $SIMS --roots puct --max-new-tokens $NEW --batch-size 64 --out "$OUT/compare"
 # diagnostics (logs named by the issue's section they belong to), each only while MINUTES has 30 s left (the
 # figures above come first, and a lent machine's time is short): the CUDA-only tests (CUDA graphs against eager
 # decoding, plain and shared prompts), where pytest is installed (scripts/device.sh stages it for an image without)
-if "$PY" -c "import pytest" 2>/dev/null; then
-  diag 1-cuda-tests 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_static_decode.py tests/test_logprobs.py tests/test_model.py
+if ! wanted 1-cuda-tests; then
+  :
+elif "$PY" -c "import pytest" 2>/dev/null; then
+  diag 1-cuda-tests 120 "$PY" -m pytest -q -rs -p no:cacheprovider -k cuda tests/test_static_decode.py tests/test_model.py
 else
   echo "1-cuda-tests skipped: no pytest here" | tee -a "$OUT/steps.txt"
 fi
@@ -91,7 +107,9 @@ diag 2-group-sampling 120 "$PY" bench/group_sampling.py --model "$MODEL" --shots
 # tree search decodes many short batches, and each decode captures its own CUDA graph: the static path (graphs)
 # against the dynamic one (no graphs, finished rows dropped) on the same questions, capture costs included; a pair
 # or nothing (one side alone compares nothing): the first keeps 30 s for the second
-if [ "$(left)" -lt 60 ]; then
+if ! { wanted 5-mcts-static || wanted 5-mcts-dynamic; }; then
+  :
+elif [ "$(left)" -lt 60 ]; then
   echo "5-mcts-static, 5-mcts-dynamic skipped: no time left for the pair" | tee -a "$OUT/steps.txt"
 else
   for mode in static dynamic; do

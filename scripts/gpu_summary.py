@@ -15,7 +15,8 @@ SAMPLER_LINES = ("transformers generate:", "ours", "decode step", "compiled deco
 OPS_LINES = ("eager", "compiled", "ratio eager")
 GROUP_LINES = ("copied:", "shared:", "rows with identical", "speed-up")
 ATTENTION_LINES = ("decode", "train")
-AGREEMENT_LINES = ("reference:", "rows whose first", "log-prob abs difference", "reference model's margin", "agreement:")
+AGREEMENT_LINES = ("reference:", "rows whose first", "log-prob abs difference", "reference model's margin", "yardstick",
+                   "under test / yardstick", "agreement:")
 
 
 def load(path: Path):

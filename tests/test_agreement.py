@@ -32,6 +32,33 @@ def test_compare_counts_agreeing_rows_and_logprob_gaps_where_rows_agree():
     assert r["logprobs_outside_tolerance"] == 1
 
 
+def test_logprobs_are_judged_against_the_bf16_yardstick_or_the_fixed_tolerance():
+    r = dict(max_logprob_diff=0.15, logprobs_outside_tolerance=20, share_outside_tolerance=20 / 735)  # the H200's
+    yard = dict(max_logprob_diff=0.181, logprobs_outside_tolerance=23, share_outside_tolerance=23 / 819)  # CPU bf16
+    assert agreement.logprobs_pass(r, yard)  # 0.15 <= 2 x 0.181; 2.7% <= 2 x 2.8% + 0.5%
+    assert not agreement.logprobs_pass(r, None)  # 20 outside the fixed tolerance
+    assert not agreement.logprobs_pass(dict(r, max_logprob_diff=0.37), yard)  # 0.37 > 0.362
+    assert not agreement.logprobs_pass(dict(r, share_outside_tolerance=0.062), yard)  # 6.2% > 5.6% + 0.5%
+    none_out = dict(max_logprob_diff=0.01, logprobs_outside_tolerance=0, share_outside_tolerance=0.0)
+    assert agreement.logprobs_pass(dict(none_out, share_outside_tolerance=0.004), none_out)  # within the slack
+    assert not agreement.logprobs_pass(dict(none_out, max_logprob_diff=0.03), none_out)  # 3x the yardstick's max
+
+
+def test_the_near_tie_limit_grows_with_the_yardstick():
+    assert agreement.near_tie_limit(None) == agreement.NEAR_TIE == 0.1
+    assert agreement.near_tie_limit(dict(max_logprob_diff=0.02)) == 0.1  # never below the fixed limit
+    assert abs(agreement.near_tie_limit(dict(max_logprob_diff=0.128)) - 0.256) < 1e-12  # two log-probs 0.128 off
+
+
+def test_a_bf16_run_measures_its_yardstick(tmp_path, capsys):
+    save_model(from_hf_model(tiny_hf_model()), tiny_tokenizer(), tmp_path / "m")
+    code = agreement.main(["--model", str(tmp_path / "m"), "--device", "cpu", "--dtype", "bfloat16", "--batch", "3",
+                           "--tokens", "4", "--max-new-tokens", "8", "--gsm8k", gsm8k_dir(), "--static"])
+    out = capsys.readouterr().out
+    assert "yardstick, cpu torch.bfloat16 dynamic" in out and "under test / yardstick: max" in out
+    assert ("agreement: PASS" in out) == (code == 0)
+
+
 def test_a_whole_run_passes_against_itself_on_cpu(tmp_path, capsys):
     save_model(from_hf_model(tiny_hf_model()), tiny_tokenizer(), tmp_path / "m")
     code = agreement.main(["--model", str(tmp_path / "m"), "--device", "cpu", "--batch", "3", "--tokens", "8",

@@ -1,4 +1,5 @@
-"""Our decoder against transformers' reference, on tiny random Llama and Qwen2 configs (float64: exact to 1e-10)."""
+"""Our decoder against transformers' reference, on tiny random Llama and Qwen2 configs (float64: exact to 1e-10,
+but for transformers' RMSNorm, which computes in float32 whatever the input: test_rms_norm_against_transformers)."""
 import pytest
 import torch
 from helpers import left_pad, random_prompts, tiny_hf_config, tiny_hf_model
@@ -16,8 +17,34 @@ def test_logits_match_transformers(arch):
     ours = from_hf_model(hf)
     x = torch.randint(0, 259, (3, 21))
     with torch.no_grad():
+        # 1e-5, not 1e-10: transformers' RMSNorm casts float64 down to float32 (ours computes in float64)
+        assert torch.allclose(ours(x), hf(x).logits, atol=1e-5)
+    for norm in [m for m in hf.modules() if type(m).__name__.endswith("RMSNorm")]:  # made exact, so is the rest
+        norm.forward = lambda h, n=norm: torch.nn.functional.rms_norm(h, h.shape[-1:], n.weight, n.variance_epsilon)
+    with torch.no_grad():
         assert torch.allclose(ours(x), hf(x).logits, atol=1e-10)
     assert (ours.lm_head.weight is ours.embed.weight) == (arch == "qwen2")  # tied stays tied
+
+
+def test_rms_norm_against_transformers():
+    """Float32: bitwise transformers' LlamaRMSNorm. bf16: one rounding (after the weight) instead of two, so
+    nearer the float64 result than transformers' (which rounds the normalised values to bf16 first)."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from model_io.model import RMSNorm
+
+    torch.manual_seed(0)
+    x, w = torch.randn(64, 576) * 3, torch.randn(576) * 0.5 + 1
+    ours, theirs = RMSNorm(576, 1e-5), LlamaRMSNorm(576, eps=1e-5)
+    with torch.no_grad():
+        ours.weight.copy_(w), theirs.weight.copy_(w)
+        assert torch.equal(ours(x), theirs(x))
+        ours, theirs = ours.bfloat16(), theirs.bfloat16()
+        xb = x.bfloat16()
+        truth = xb.double() * torch.rsqrt(xb.double().pow(2).mean(-1, keepdim=True) + 1e-5) * ours.weight.double()
+        err_ours, err_theirs = (ours(xb).double() - truth).abs(), (theirs(xb).double() - truth).abs()
+        assert ours(xb).dtype == torch.bfloat16
+        assert err_ours.mean() < 0.8 * err_theirs.mean() and err_ours.max() <= err_theirs.max()
 
 
 @pytest.mark.parametrize("arch", ARCHS)
