@@ -210,6 +210,9 @@ class Trainer:
         else:
             old_logp = ro.old_logp
         ref_logp = self._teacher_forced(self.ref, ro, micro) if self.ref is not None else None
+        if model.device.type == "cuda":  # (once a step: the passes' kernels counted here, not in the update's time)
+            torch.cuda.synchronize(model.device)
+        t_logprobs = time.perf_counter() - t0 - t_rollout
 
         # loss -> step (mu passes over the same rollouts)
         model.train()
@@ -243,7 +246,7 @@ class Trainer:
         self.lr_used = self.opt.param_groups[0]["lr"]
         self.sched.step()
         self.step += 1
-        m = self._metrics(ro, rewards_all, agg, sum(norms) / len(norms), t0, t_rollout)
+        m = self._metrics(ro, rewards_all, agg, sum(norms) / len(norms), t0, t_rollout, t_logprobs)
         m.update(rollout_token_metrics(int(ro.lengths[: len(plain_idx) * G].sum()), tree_stats, cfg.rollouts == "mcts",
                                        d, model.device))
         self.generated_total += int(m["rollout/generated_tokens"])
@@ -292,11 +295,14 @@ class Trainer:
                                 + ("checkpoints so far are intact" if checkpoint_dirs(self.run_dir) else "no checkpoint was written yet"))
         return norm
 
-    def _metrics(self, ro: Rollout, rewards_all, agg, grad_norm, t0, t_rollout) -> dict[str, float]:
+    def _metrics(self, ro: Rollout, rewards_all, agg, grad_norm, t0, t_rollout, t_logprobs) -> dict[str, float]:
         m = step_metrics(ro, rewards_all, agg, self.dist, self.model.device, self.cfg.mu, with_kl=self.ref is not None)
         dt = time.perf_counter() - t0
         self._last_step_s = dt  # budget_spent's forecast of the next step
+        # where a step's time goes: sampling and rewards; the old and reference log-probs; the mu updates (forward,
+        # backward, optimizer) and the metrics
         m.update({"grad_norm": grad_norm, "learning_rate": self.lr_used, "step_time": dt, "time/rollout": t_rollout,
+                  "time/logprobs": t_logprobs, "time/update": dt - t_rollout - t_logprobs,
                   "tokens_per_sec": m.pop("completions/tokens") / dt})
         if self.cfg.log_samples:
             self.log.log_samples(self.step, sample_rows(ro, self.cfg.log_samples))

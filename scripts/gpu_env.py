@@ -1,6 +1,7 @@
 """Step 1 of scripts/gpu_run.sh: the machine, and two measured rates: device copy bandwidth and bf16 matmul
-(float32 on a CPU). Prints them as JSON and writes them to OUT. Also what torch.compile needs beyond torch: a C
-compiler and Triton (without them `--decode compiled` fails, and its figures are missing for that reason).
+(float32 on a CPU), after the first attention calls (timed: first_calls). Prints them as JSON and writes them to
+OUT. Also what torch.compile needs beyond torch: a C compiler and Triton (without them `--decode compiled` fails,
+and its figures are missing for that reason).
 
     python3 scripts/gpu_env.py OUT_DIR/env.json
 """
@@ -35,12 +36,35 @@ def toolchain() -> dict:
     return {"c_compiler": cc, "triton": triton}
 
 
+def first_calls(dev: torch.device) -> dict:
+    """Seconds of the first masked bf16 attention calls (a decode step's shape, and a training pass's with its
+    backward): on a fresh machine the first process to make them loads the attention libraries (cuDNN and others,
+    GBs on disk). On the first H200 run the sampler step, the first to decode, printed nothing in 110 s, while the
+    same benchmark rerun at once finished in 61 s; made here, in the step without a time limit, those loads are
+    paid (and shown) before the timed steps."""
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    dt = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    out = {}
+    for name, (T, grad) in {"first_attention_decode_s": (1, False), "first_attention_train_s": (64, True)}.items():
+        q = torch.randn(8, 3, 3 * T, 64, device=dev, dtype=dt, requires_grad=grad)  # 9 query heads on 3 kv heads
+        k, v = (torch.randn(8, 3, 128, 64, device=dev, dtype=dt) for _ in range(2))
+        mask = torch.zeros(8, 1, 3 * T if T > 1 else 1, 128, device=dev, dtype=dt)
+        t = time.perf_counter()
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if grad:
+            y.sum().backward()
+        sync()
+        out[name] = significant(time.perf_counter() - t)
+    return out
+
+
 def measure(out: str) -> None:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     info = {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
             "memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if dev.type == "cuda" else None,
             "torch": torch.__version__, "transformers": transformers.__version__, **toolchain()}
+    info.update(first_calls(dev))
     copied = copy_bandwidth(dev, reps=10)
     info["copy_gb_per_s"] = round(copied / 1e9, 1)  # bytes copied per second: bench/sampler.py's floor divides by it
     info["memory_traffic_gb_per_s"] = round(2 * copied / 1e9, 1)  # each copied byte is read and written

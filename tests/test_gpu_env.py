@@ -33,3 +33,8 @@ def test_toolchain_names_the_compiler_torch_compile_would_find(monkeypatch):
     assert gpu_env.toolchain()["c_compiler"] == "/usr/bin/gcc"
     monkeypatch.setattr(gpu_env.shutil, "which", lambda c: None)
     assert gpu_env.toolchain()["c_compiler"] is None
+
+
+def test_first_calls_time_a_decode_and_a_training_attention_on_cpu():
+    t = gpu_env.first_calls(gpu_env.torch.device("cpu"))
+    assert set(t) == {"first_attention_decode_s", "first_attention_train_s"} and all(x > 0 for x in t.values())

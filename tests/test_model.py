@@ -189,11 +189,15 @@ def test_grouped_attention_by_hand():
 
 @pytest.mark.parametrize("T, mask_kind", [(1, None), (1, "additive"), (5, "bool"), (5, "bool-broadcast"), (5, None)])
 @pytest.mark.parametrize("heads", [(6, 2), (4, 4), (3, 1)])
-def test_grouped_attention_equals_sdpa_with_enable_gqa(T, mask_kind, heads):
+@pytest.mark.parametrize("decode_gqa", [False, True])
+def test_grouped_attention_equals_sdpa_with_enable_gqa(T, mask_kind, heads, decode_gqa, monkeypatch):
     """The stacked form gives SDPA's enable_gqa numbers, forward and backward (float64), whatever the mask: the
     static decode step's additive [B, 1, 1, S], the training pass's bool [B, 1, T, S] (stacked by stacked_mask for
-    ours), one mask for all rows."""
+    ours), one mask for all rows. decode_gqa: the one-query step through enable_gqa itself (GPUs take that path)."""
+    from model_io import model as model_mod
     from model_io.model import grouped_attention, stacked_mask
+
+    monkeypatch.setattr(model_mod, "GQA_AT_DECODE", ("cpu",) if decode_gqa else ())
 
     H, Hkv = heads
     B, S, D = 3, 7, 8

@@ -34,6 +34,8 @@ def test_every_parameter_changes_after_one_step(tmp_path):
     assert set(m) >= {"reward", "reward_std", "kl", "clip_ratio/low_mean", "clip_ratio/high_mean", "entropy", "grad_norm",
                       "learning_rate", "completions/mean_length", "completions/clipped_ratio", "tokens_per_sec", "step_time",
                       "rewards/letters/mean", "frac_reward_zero_std"}
+    parts = [m["time/rollout"], m["time/logprobs"], m["time/update"]]  # where the step's time went
+    assert all(t > 0 for t in parts) and abs(sum(parts) - m["step_time"]) < 1e-9
 
 
 def test_reward_metrics_by_hand():
