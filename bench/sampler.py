@@ -11,7 +11,8 @@ second, bench/machine.py). A copy both reads and writes each byte, so a pure rea
 2x faster than this floor: it is the issue's definition, not a hard lower bound. With --compiled, the decode
 step's time again through torch.compile (--decode compiled), after the figures above (a compile cut short by a
 time limit leaves them).
-Each figure is printed as soon as it is measured: ours, the decode step, then transformers.
+Each figure is printed as soon as it is measured: ours and the decode step, then (transformers loaded only
+then) transformers'.
 """
 from __future__ import annotations
 
@@ -61,6 +62,26 @@ def main(argv=None) -> None:
     print(f"device={dev} threads={torch.get_num_threads()} batch={args.batch} max_new_tokens={args.max_new_tokens} "
           f"prompt tokens={sum(map(len, prompts))} (max {max(map(len, prompts))})")
 
+    cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=0.0, eos_ids=eos)
+    generate(model, prompts[:2], SamplingConfig(max_new_tokens=4, temperature=0.0, eos_ids=eos), pad_id=pad)  # warm-up
+
+    sync(); t0 = time.perf_counter()
+    ours = generate(model, prompts, cfg, pad_id=pad)
+    sync(); t_ours = time.perf_counter() - t0
+    ours_rows = [ours.row(i) for i in range(len(prompts))]
+    n_ours = sum(map(len, ours_rows))
+    # each figure printed as soon as it is measured: a run cut off by a time limit keeps what it had
+    print(f"ours                 : {n_ours} tokens in {t_ours:.2f}s = {n_ours / t_ours:.1f} tokens/s", flush=True)
+    floor_s, bw, head_extra = weight_read_floor(model, dev)
+    step_s = decode_step_time(model, prompts, pad, dev, sync, args.max_new_tokens)
+    print(f"decode step (batch {len(prompts)}): {step_s * 1e3:.2f} ms; floor = weight bytes / copy bandwidth: "
+          f"{floor_s * 1e3:.3f} ms ({bw / 1e9:.0f} GB/s copied, each byte read and written: a read of the weights "
+          f"alone may be up to 2x faster); step / floor = {step_s / floor_s:.1f}")
+    if head_extra:  # what this step's design adds to the issue's floor: the float32 LM head (model.head_weight)
+        head_floor = floor_s + head_extra / bw
+        print(f"decode step floor with the LM head read as float32, as the step reads it (+{head_extra / 1e6:.1f} MB): "
+              f"{head_floor * 1e3:.3f} ms; step / that floor = {step_s / head_floor:.1f}", flush=True)
+
     # transformers, on the same weights in the same dtype
     from transformers import AutoModelForCausalLM
 
@@ -79,27 +100,8 @@ def main(argv=None) -> None:
         ids[i, P - len(p):], am[i, P - len(p):] = torch.tensor(p), 1
     ids, am = ids.to(dev), am.to(dev)
 
-    cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=0.0, eos_ids=eos)
-    generate(model, prompts[:2], SamplingConfig(max_new_tokens=4, temperature=0.0, eos_ids=eos), pad_id=pad)  # warm-up
-    with torch.no_grad():
+    with torch.no_grad():  # (its warm-up)
         hf.generate(input_ids=ids[:2], attention_mask=am[:2], max_new_tokens=4, do_sample=False, pad_token_id=pad)
-
-    sync(); t0 = time.perf_counter()
-    ours = generate(model, prompts, cfg, pad_id=pad)
-    sync(); t_ours = time.perf_counter() - t0
-    ours_rows = [ours.row(i) for i in range(len(prompts))]
-    n_ours = sum(map(len, ours_rows))
-    # each figure printed as soon as it is measured: a run cut off by a time limit keeps what it had
-    print(f"ours                 : {n_ours} tokens in {t_ours:.2f}s = {n_ours / t_ours:.1f} tokens/s", flush=True)
-    floor_s, bw, head_extra = weight_read_floor(model, dev)
-    step_s = decode_step_time(model, prompts, pad, dev, sync, args.max_new_tokens)
-    print(f"decode step (batch {len(prompts)}): {step_s * 1e3:.2f} ms; floor = weight bytes / copy bandwidth: "
-          f"{floor_s * 1e3:.3f} ms ({bw / 1e9:.0f} GB/s copied, each byte read and written: a read of the weights "
-          f"alone may be up to 2x faster); step / floor = {step_s / floor_s:.1f}")
-    if head_extra:  # what this step's design adds to the issue's floor: the float32 LM head (model.head_weight)
-        head_floor = floor_s + head_extra / bw
-        print(f"decode step floor with the LM head read as float32, as the step reads it (+{head_extra / 1e6:.1f} MB): "
-              f"{head_floor * 1e3:.3f} ms; step / that floor = {step_s / head_floor:.1f}", flush=True)
 
     sync(); t0 = time.perf_counter()
     with torch.no_grad():

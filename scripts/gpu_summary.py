@@ -95,7 +95,7 @@ def summary(out: Path) -> list[str]:
             lines.append(f"| tree search, --decode {mode} ({s['questions']} questions): s/question, generated tokens/question, "
                          f"accuracy lenient | {s['seconds_per_question']:.2f}, {s['generated_tokens_per_question']:.0f}, "
                          f"{s['accuracy_lenient']:.3f} |")
-    lines += pytest_rows(out / "1-cuda-tests.log", "CUDA-only tests (CUDA graphs against eager decoding, and the rest of their files)")
+    lines += pytest_rows(out / "1-cuda-tests.log", "CUDA-only tests (-k cuda: CUDA graphs against eager decoding, fused attention)")
     steps = out / "steps.txt"
     if steps.is_file():
         lines += ["", "Steps:", "", "```", steps.read_text().strip(), "```"]

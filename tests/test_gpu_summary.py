@@ -56,7 +56,7 @@ def test_summary_with_every_step(tmp_path, monkeypatch):
         {"questions": 16, "seconds_per_question": 1.234, "generated_tokens_per_question": 1500.4, "accuracy_lenient": 0.25}))
     (tmp_path / "1-cuda-tests.log").write_text("..s.\nSKIPPED [1] tests/test_x.py:3: why\n=== 8 passed, 1 skipped in 12.30s ===\n")
     text = "\n".join(gpu_summary.summary(tmp_path))
-    assert "| CUDA-only tests (CUDA graphs against eager decoding, and the rest of their files) | 8 passed, 1 skipped in 12.30s |" in text
+    assert "| CUDA-only tests (-k cuda: CUDA graphs against eager decoding, fused attention) | 8 passed, 1 skipped in 12.30s |" in text
     assert ("| tree search, --decode static (16 questions): s/question, generated tokens/question, accuracy lenient | "
             "1.23, 1500, 0.250 |") in text and "--decode dynamic" not in text  # that step did not run
     assert "| agreement with CPU float32: rows whose first 32 greedy tokens agree | 15/16 |" in text
