@@ -96,6 +96,9 @@ elif "$PY" -c "import pytest" 2>/dev/null; then
 else
   echo "1-cuda-tests skipped: no pytest here" | tee -a "$OUT/steps.txt"
 fi
+# the same check in float32 on the GPU (static decoding, CUDA graphs; TF32 off, as torch leaves it): without
+# bf16's rounding the GPU path's greedy tokens should be the CPU's, and a departure away from a near-tie is a bug
+diag 2-agreement-fp32 60 "$PY" bench/agreement.py --model "$MODEL" --dtype float32 --batch $BA --tokens $TA --max-new-tokens $(( 2 * TA ))
 # masked grouped-query attention, SDPA's enable_gqa against the stacked heads the model runs: ms per call and
 # whether a fused kernel takes each (decode step at batch B1, a training pass's layer)
 diag 2-attention 60 "$PY" bench/attention.py --batch $B1 $( [ "${SMALL:-0}" = 1 ] && echo --prompt-len 32 --new-tokens 16 --reps 2 )

@@ -64,6 +64,7 @@ def summary(out: Path) -> list[str]:
     lines += log_rows(out / "2-attention.log", ATTENTION_LINES, "masked GQA attention, ")
     lines += log_rows(out / "2-group-sampling.log", GROUP_LINES, "GRPO-shaped sampling, prompt keys/values ")
     lines += log_rows(out / "2-agreement.log", AGREEMENT_LINES, "agreement with CPU float32: ")
+    lines += log_rows(out / "2-agreement-fp32.log", AGREEMENT_LINES, "agreement, the GPU in float32 with CPU float32: ")
     for name in ("eval-start", "eval-trained"):
         s = load(out / name / "summary.json")
         # the shots the evaluation ran with, from its own config.json (not this process's environment, which a

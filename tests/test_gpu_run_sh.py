@@ -31,7 +31,7 @@ def test_with_time_every_step_runs_in_order(tmp_path):
     p, steps, calls = gpu_run(tmp_path, 60)
     assert p.returncode == 0, p.stderr
     assert steps == ["1-env", "2-sampler-b64", "2-sampler-b256", "2-agreement", "3-eval-start", "4-train", "4-eval-trained",
-                     "4-nccl", "5-compare", "1-cuda-tests", "2-attention", "2-decode-ops", "2-group-sampling", "5-mcts-static",
+                     "4-nccl", "5-compare", "1-cuda-tests", "2-agreement-fp32", "2-attention", "2-decode-ops", "2-group-sampling", "5-mcts-static",
                      "5-mcts-dynamic"]
     train = next(c for c in calls if c.startswith("run.py train") and "--max-minutes" in c)
     # 60 minutes less the 130 s kept for what follows and the 40 s of the run's own start and end, less the seconds
@@ -45,7 +45,8 @@ def test_without_time_the_figures_still_run_and_the_diagnostics_are_skipped(tmp_
     p, steps, _ = gpu_run(tmp_path, 0, has_pytest=False)
     assert p.returncode == 0, p.stderr
     assert steps == ["1-env", "2-sampler-b64", "2-sampler-b256", "2-agreement", "3-eval-start", "4-train skipped: no time left",
-                     "4-nccl", "5-compare", "1-cuda-tests skipped: no pytest here", "2-attention skipped: no time left",
+                     "4-nccl", "5-compare", "1-cuda-tests skipped: no pytest here", "2-agreement-fp32 skipped: no time left",
+                     "2-attention skipped: no time left",
                      "2-decode-ops skipped: no time left",
                      "2-group-sampling skipped: no time left",
                      "5-mcts-static, 5-mcts-dynamic skipped: no time left for the pair"]
