@@ -6,6 +6,9 @@ Embedding -> L x [RMSNorm -> grouped-query attention with RoPE -> residual -> RM
 
 Two fusions do less work than the reference: q/k/v are one matmul, gate/up are one matmul. The LM head is applied
 only where the caller asks (`logits_at`), since on a 49k-token vocabulary it is a large part of each forward.
+Fewer operations where each is a kernel launch (a GPU decode step: docs/RESULTS.md): RMSNorm's weight inside
+F.rms_norm, RoPE's last product and sum in one addcmul, and on a GPU the residual adds inside the output
+projections' matmuls (Linear.add_into) and a decode step's attention through SDPA's enable_gqa (GQA_AT_DECODE).
 """
 from __future__ import annotations
 
@@ -113,7 +116,9 @@ class Attention(nn.Module):
         self.qkv = Linear(cfg.dim, (self.h + 2 * self.hkv) * self.d, bias=cfg.qkv_bias)
         self.o = Linear(self.h * self.d, cfg.dim, bias=False)
 
-    def forward(self, x, cos, sin, mask, layer: int, cache: KVCache | None, shared: "SharedPrefix | None" = None) -> torch.Tensor:
+    def forward(self, x, cos, sin, mask, layer: int, cache: KVCache | None, shared: "SharedPrefix | None" = None,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """residual: added to the output (by the output projection's matmul where it can: Linear.add_into)."""
         B, T, _ = x.shape
         qkv = self.qkv(x)
         n_qk = (self.h + self.hkv) * self.d
@@ -142,7 +147,8 @@ class Attention(nn.Module):
             y = cache.prefix.attend(q, k, v, layer, mask)  # keys/values are read in place (model_io/shared_kv.py)
         else:
             y = grouped_attention(q, k, v, mask)
-        return self.o(y.transpose(1, 2).reshape(B, T, self.h * self.d))
+        y = y.transpose(1, 2).reshape(B, T, self.h * self.d)
+        return self.o(y) if residual is None else self.o.add_into(residual, y)
 
 
 class MLP(nn.Module):
@@ -151,9 +157,10 @@ class MLP(nn.Module):
         self.gate_up = Linear(cfg.dim, 2 * cfg.intermediate_size, bias=False)
         self.down = Linear(cfg.intermediate_size, cfg.dim, bias=False)
 
-    def forward(self, x):
+    def forward(self, x, residual: torch.Tensor | None = None):
         gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up)  # SwiGLU (Shazeer 2020)
+        h = F.silu(gate) * up  # SwiGLU (Shazeer 2020)
+        return self.down(h) if residual is None else self.down.add_into(residual, h)
 
 
 class Block(nn.Module):
@@ -165,8 +172,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x, cos, sin, mask, layer, cache, shared=None):
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask, layer, cache, shared)
-        return x + self.mlp(self.mlp_norm(x))
+        x = self.attn(self.attn_norm(x), cos, sin, mask, layer, cache, shared, residual=x)  # x + attention
+        return self.mlp(self.mlp_norm(x), residual=x)  # x + MLP
 
 
 class Transformer(nn.Module):

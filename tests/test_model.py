@@ -286,3 +286,35 @@ def test_a_forward_makes_its_mask_once_stacked_and_aligned(arch, monkeypatch):
     assert all(st % 8 == 0 for st in m.stride()[:-1])
     with torch.no_grad():
         assert torch.allclose(out[0, -5:], ours(torch.tensor([prompts[0]]))[0], atol=1e-10)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_residual_added_in_the_matmul_gives_the_same_model(arch, monkeypatch):
+    """Linear.add_into (GPUs: the residual add folded into the output projections' addmm) against the plain add,
+    forced onto the CPU: the same logits and gradients in float64; not taken under autocast (a float32 residual
+    stream beside bf16 matmuls) nor with mismatched dtypes."""
+    from model_io import linear
+
+    torch.manual_seed(0)
+    ours = from_hf_model(tiny_hf_model(arch, dtype=torch.float64))
+    x = torch.randint(0, 259, (3, 21))
+    plain = ours(x)
+    g_plain = torch.autograd.grad(plain.square().sum(), [p for p in ours.parameters()])
+    calls = []
+    addmm = torch.addmm
+    monkeypatch.setattr(torch, "addmm", lambda *a, **k: calls.append(1) or addmm(*a, **k))
+    monkeypatch.setattr(linear, "RESIDUAL_IN_GEMM", ("cpu",))
+    fused = ours(x)
+    assert len(calls) == 2 * ours.cfg.n_layers  # the attention's and the MLP's output projections, every layer
+    g_fused = torch.autograd.grad(fused.square().sum(), [p for p in ours.parameters()])
+    assert torch.allclose(plain, fused, atol=1e-10)
+    assert all(torch.allclose(a, b, atol=1e-9) for a, b in zip(g_plain, g_fused))
+    calls.clear()
+    lin = ours.layers[0].attn.o  # float64
+    lin.add_into(torch.zeros(2, lin.out_features), torch.ones(2, lin.in_features, dtype=torch.float64))  # a float32 residual
+    lin.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lin.add_into(torch.zeros(2, lin.out_features), torch.ones(2, lin.in_features))
+    assert calls == []
+    lin.add_into(torch.zeros(2, lin.out_features), torch.ones(2, lin.in_features))  # (and without autocast it is)
+    assert calls == [1]
