@@ -197,3 +197,26 @@ def test_cuda_graph_is_captured_on_the_buffers_device(monkeypatch):
     dev = step.logits.device
     assert step.graph is not None
     assert [w for w in seen if w[0] != "device"] == [("warm-up", dev), ("capture", dev)], seen
+
+
+def test_the_gpu_only_paths_compile_and_match_eager(monkeypatch):
+    """A GPU's decode step attends through enable_gqa (model.GQA_AT_DECODE) and adds the residuals in the output
+    projections' matmuls (linear.RESIDUAL_IN_GEMM): forced onto the CPU, torch.compile traces both and gives the
+    eager step's tokens and log-probs, and the eager step with them gives the plain model's tokens."""
+    from model_io import linear
+    from model_io import model as model_mod
+
+    model = from_hf_model(tiny_hf_model("llama", vocab=40, eos_token_id=3, pad_token_id=0)).eval()
+    prompts = random_prompts([5, 9, 2], vocab=40, seed=3)
+    cfg = SamplingConfig(max_new_tokens=12, temperature=0.0, eos_ids=(3,))
+    with decode_mode("static"):
+        plain = generate(model, prompts, cfg)
+    monkeypatch.setattr(model_mod, "GQA_AT_DECODE", ("cpu",))
+    monkeypatch.setattr(linear, "RESIDUAL_IN_GEMM", ("cpu",))
+    with decode_mode("static"):
+        eager = generate(model, prompts, cfg)
+    with decode_mode("compiled"):
+        comp = generate(model, prompts, cfg)
+    assert torch.equal(plain.tokens, eager.tokens) and torch.equal(eager.tokens, comp.tokens)
+    assert torch.allclose(plain.logprobs, eager.logprobs, atol=1e-5)
+    assert torch.allclose(eager.logprobs, comp.logprobs, atol=1e-4) and (comp.lengths > 1).all()
