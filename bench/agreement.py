@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     print(describe(r))
     margins = reference_margins(ref_model, prompts, ref, test, r["first_difference"], args.tokens)
     yard = None
-    if args.yardstick if args.yardstick is not None else dtype != torch.float32:
+    if dtype != torch.float32 if args.yardstick is None else args.yardstick:
         del test_model  # (a GPU's copy; the yardstick is a CPU one)
         with user_errors(ap):
             yard_model, _ = load(args.model, device="cpu", dtype=dtype)

@@ -39,8 +39,8 @@ class RMSNorm(nn.Module):
         # Zhang & Sennrich 2019, with the weight inside F.rms_norm: one operation instead of four (a cast up, the
         # norm, a cast back, the weight's multiply), and on a GPU decode step every operation is a kernel (2.7 ms
         # for 713 of them on an H200: docs/RESULTS.md). F.rms_norm computes a bf16/fp16 input in float32 (its
-        # decomposition upcasts; CUDA's fused kernel accumulates in float32) and rounds once, after the weight;
-        # transformers' LlamaRMSNorm also rounds before it. Float32: bitwise the same (tests/test_model.py).
+        # decomposition upcasts; CUDA's fused kernel accumulates in float32) and rounds once, after the weight, where
+        # transformers' LlamaRMSNorm rounds before it too. Float32: bitwise the same (tests/test_model.py).
         return F.rms_norm(x, (x.shape[-1],), self.weight, eps=self.eps)
 
 
