@@ -74,17 +74,24 @@ def summary(out: Path) -> list[str]:
         if s:
             lines.append(f"| {name} accuracy strict / lenient / format rate ({s['questions']} questions{shots}) | "
                          f"{s['accuracy_strict']:.3f} / {s['accuracy_lenient']:.3f} / {s['format_soft_rate']:.2f} |")
-    metrics = out / "train" / "metrics.jsonl"
-    if metrics.is_file():
-        ms = [x for x in (json.loads(l) for l in metrics.read_text().splitlines() if l.strip()) if "reward" in x]
-        if ms:
-            k = min(5, len(ms))
-            lines.append(f"| GRPO steps / reward, mean of first {k} / of last {k} | {ms[-1]['step']} / "
-                         f"{mean([x['reward'] for x in ms[:k]]):.3f} / {mean([x['reward'] for x in ms[-k:]]):.3f} |")
-            # the first step carries one-off costs (kernel choice, compiles, CUDA graph captures): apart
-            t = [x["step_time"] for x in ms]
-            rest = f", mean of the other {len(t) - 1}: {mean(t[1:]):.2f}" if len(t) > 1 else ""
-            lines.append(f"| GRPO step time (s) | first: {t[0]:.2f}{rest} |")
+    for run, label in (("train", "GRPO"), ("train-mb64", "GRPO at --micro-batch 64 (a diagnostic)")):
+        metrics = out / run / "metrics.jsonl"
+        ms = [x for x in (json.loads(l) for l in metrics.read_text().splitlines() if l.strip()) if "reward" in x] \
+            if metrics.is_file() else []
+        if not ms:
+            continue
+        k = min(5, len(ms))
+        lines.append(f"| {label} steps / reward, mean of first {k} / of last {k} | {ms[-1]['step']} / "
+                     f"{mean([x['reward'] for x in ms[:k]]):.3f} / {mean([x['reward'] for x in ms[-k:]]):.3f} |")
+        # the first step carries one-off costs (kernel choice, compiles, CUDA graph captures): apart
+        t = [x["step_time"] for x in ms]
+        rest = f", mean of the other {len(t) - 1}: {mean(t[1:]):.2f}" if len(t) > 1 else ""
+        lines.append(f"| {label} step time (s) | first: {t[0]:.2f}{rest} |")
+        later = ms[1:] or ms
+        if all("time/update" in x for x in later):  # where the time goes (metrics since 2026-12-04)
+            lines.append(f"| {label} step time split, mean over steps after the first: rollout / log-probs / update (s) | "
+                         + " / ".join(f"{mean([x[f'time/{p}'] for x in later]):.2f}" for p in ("rollout", "logprobs", "update"))
+                         + " |")
     c = load(out / "compare" / "compare.json")
     cut = " (grid cut off before its end)" if c and not c.get("complete", True) else ""
     for r in (c or {}).get("rows", []):

@@ -73,6 +73,15 @@ def test_summary_with_every_step(tmp_path, monkeypatch):
     assert "| GRPO step time (s) | first: 9.00, mean of the other 9: 2.06 |" in text  # steps 2-10: 2.02 ... 2.10
     assert "| compare mcts sims=8, K=4: accuracy lenient, tokens/question | 0.250, 900 |" in text
     # a grid cut off by its time limit keeps the rows it finished, marked
+    assert "step time split" not in text  # metrics from before the split: no row
+    # the micro-batch diagnostic, with the split (its first step left out of the means)
+    (tmp_path / "train-mb64").mkdir()
+    (tmp_path / "train-mb64" / "metrics.jsonl").write_text("".join(json.dumps(
+        {"step": i, "reward": 0.5, "step_time": 3.0, "time/rollout": 1.0 + i, "time/logprobs": 0.5, "time/update": 0.25 * i})
+        + "\n" for i in (1, 2, 3)))
+    text = "\n".join(gpu_summary.summary(tmp_path))
+    assert ("| GRPO at --micro-batch 64 (a diagnostic) step time split, mean over steps after the first: rollout / "
+            "log-probs / update (s) | 3.50 / 0.50 / 0.62 |") in text  # steps 2-3: (3 + 4) / 2, 0.5, (0.5 + 0.75) / 2
     c = json.loads((tmp_path / "compare" / "compare.json").read_text())
     (tmp_path / "compare" / "compare.json").write_text(json.dumps({**c, "complete": False}))
     text = "\n".join(gpu_summary.summary(tmp_path))
