@@ -11,7 +11,7 @@
 # grid; zero-shot the default 135M model never writes the <reasoning>/<answer> format, so every reward is 0 and
 # GRPO has nothing to learn from (2-shot, its reward rose from 0.05 to ~0.7 in 10 steps on CPU). STEPS (default:
 # all): the steps to run, as name prefixes ("2-sampler 1-cuda 5-mcts": a second run for the figures a first one
-# did not reach); 4-eval-trained comes with 4-train.
+# did not reach); 4-eval-trained comes with 4-train, and 1-env always runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:?usage: scripts/gpu_run.sh MODEL OUT_DIR [MINUTES]}
@@ -27,8 +27,8 @@ left() { echo $(( MINUTES * 60 - ($(date +%s) - START) )); }
 cap() {  # cap LIMIT RESERVE: seconds a step may take, LIMIT at most, so that RESERVE seconds stay for what follows
   local c=$(( $(left) - $2 )); [ "$c" -gt "$1" ] && c=$1; [ "$c" -lt 30 ] && c=30; echo "$c"
 }
-wanted() {  # wanted NAME: is the step among STEPS (name prefixes; unset or empty: every step)?
-  [ -z "${STEPS:-}" ] && return 0
+wanted() {  # wanted NAME: is the step among STEPS (name prefixes; unset or empty: every step)? 1-env always is
+  [ -z "${STEPS:-}" ] || [ "$1" = 1-env ] && return 0  # (the summary's card name and the floor's bandwidth)
   local s; for s in $STEPS; do case "$1" in "$s"*) return 0 ;; esac; done; return 1
 }
 step() {  # step NAME CMD...: run, time, keep the log; a failed step is recorded and the run goes on

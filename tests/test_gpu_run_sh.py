@@ -103,7 +103,7 @@ def test_steps_runs_only_the_named_steps(tmp_path):
                        env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     steps = [s.split(" rc=")[0] for s in (tmp_path / "out" / "steps.txt").read_text().splitlines()]
-    assert steps == ["2-sampler-b64", "1-cuda-tests", "5-mcts-static", "5-mcts-dynamic"]
+    assert steps == ["1-env", "2-sampler-b64", "1-cuda-tests", "5-mcts-static", "5-mcts-dynamic"]  # (the card's name)
     calls = (tmp_path / "calls").read_text().splitlines()
     assert not any("run.py train" in c for c in calls)
     # nothing kept for training it will not run: the sampler step gets its whole 240 s
@@ -113,4 +113,4 @@ def test_steps_runs_only_the_named_steps(tmp_path):
     p = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_run.sh"), "MODEL", str(tmp_path / "out"), "5"],
                        env=env, capture_output=True, text=True, timeout=120)
     steps = [s.split(" rc=")[0] for s in (tmp_path / "out" / "steps.txt").read_text().splitlines()]
-    assert steps == ["4-train", "4-eval-trained", "4-train-mb64"]
+    assert steps == ["1-env", "4-train", "4-eval-trained", "4-train-mb64"]
