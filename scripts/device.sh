@@ -7,12 +7,14 @@
 #   bash scripts/device.sh run OUT [MINUTES]     # there, carrying .dev_model/b, within the 30 s the machine stays
 #                                                # warm: join, check, install gguf, run scripts/gpu_run.sh, and
 #                                                # put what comes back into OUT (the device's $OUT/run)
+#   STEPS="2-sampler 1-cuda" bash scripts/device.sh run OUT2 4   # again on the still-warm machine (carrying
+#                                                # .dev_model/b again): only the steps a first run did not reach
 #
 # `stage` needs ../shared/tools/stage_model.sh (the workplace's splitter) and GSM8K in GSM8K_DIR (default
 # ../shared/data/gsm8k). Elsewhere, on a machine with the model and GSM8K at hand, run scripts/gpu_run.sh itself.
 # DEVICE_MODEL_DIR (default /root/m), DEVICE_SITE_DIR (/tmp/site: unpacked wheels) and DEVICE_RUN_DIR
-# (/tmp/gpu_run: the run's own folder) move what `run` writes outside OUT; DEVICE_CALL_S (600) is the device
-# call's limit, before which the run is ended (a CPU rehearsal sets more).
+# ($TMPDIR or /tmp, gpu_run_<OUT's name>: the run's own folder) move what `run` writes outside OUT;
+# DEVICE_CALL_S (600) is the device call's limit, before which the run is ended (a CPU rehearsal sets more).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 M=${DEVICE_MODEL_DIR:-/root/m}
@@ -63,7 +65,7 @@ case "${1:-}" in
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
     # the run in its own folder, ended 40 s before the device call's limit (DEVICE_CALL_S, 600 s: MINUTES above 8
     # is cut there) for collect to copy what comes back
-    WORK=${DEVICE_RUN_DIR:-/tmp/gpu_run}
+    WORK=${DEVICE_RUN_DIR:-${TMPDIR:-/tmp}/gpu_run_$(basename "$OUT")}  # (a second run, to another OUT, starts afresh)
     LIMIT=$(( MINUTES * 60 + 80 )); CALL=${DEVICE_CALL_S:-600}; [ "$LIMIT" -gt $(( CALL - 40 )) ] && LIMIT=$(( CALL - 40 ))
     rc=0; timeout "$LIMIT" bash scripts/gpu_run.sh "$GGUF" "$WORK" "$MINUTES" || rc=$?
     if [ "$rc" = 124 ]; then  # cut off: the step it was in says so, and the summary covers what ran

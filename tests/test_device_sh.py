@@ -146,3 +146,13 @@ def test_short_runs_are_limited_by_their_minutes_and_a_missing_first_half_is_one
                        env={**os.environ, "DEVICE_MODEL_DIR": str(tmp_path / "m")}, capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "run 'part1' again" in p.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_each_out_gets_its_own_run_folder_by_default(tmp_path):
+    """A second run on the still-warm machine (STEPS, another OUT) must not write into the first one's folder
+    (run.py refuses an out-dir that holds another run): by default the folder is named after OUT."""
+    (tmp_path / "tmp").mkdir()
+    p, out, _ = device_run(tmp_path, DEVICE_RUN_DIR="", TMPDIR=str(tmp_path / "tmp"))
+    assert p.returncode == 0, p.stderr
+    work = tmp_path / "tmp" / "gpu_run_run"  # OUT is .../run
+    assert (work / "args.txt").read_text().split()[1] == str(work) and (out / "run" / "run.tgz").is_file()
