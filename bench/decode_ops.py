@@ -9,7 +9,8 @@ buffer; the step's three bookkeeping operations around it, the token copy and tw
 either way and are left out of both). Eager: top-level compute operations in torch.profiler's trace (views and
 casts to the same dtype launch nothing and are not counted). Compiled: kernel calls in the code inductor generates
 for the forward (fused kernels, matmuls, attention), read from its output code, and the logits copy run after it.
-Prints both and the ratio last.
+Prints both and the ratio last; the compiled line ends with the time the compile and its first step took
+(cold where TORCHINDUCTOR_CACHE_DIR names an empty folder: inductor keeps what it compiled on disk).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import collections
 import os
 import re
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # bench/, last (bench/mcts.py must not hide mcts)
@@ -59,14 +61,17 @@ def compiled_ops(step: StaticStep, tok: torch.Tensor) -> collections.Counter:
     from torch._inductor.utils import run_and_get_code
 
     _, codes = run_and_get_code(step, tok)  # the first call compiles: its generated code comes back
+    # static_decode.compiled_step compiles by region, in this order: the step's start, one layer (which every layer
+    # runs: a second layer graph would be a recompile per layer), the end
+    assert len(codes) == 3, f"{len(codes)} compiled graphs for one step, not 3 (start, the layer, end)"
     out = collections.Counter()
-    for code in codes:
+    for code, times in zip(codes, (1, step.model.cfg.n_layers, 1)):
         body = code[code.index("def call(") :] if "def call(" in code else ""
         for line in body.splitlines():
             m = KERNEL_CALL.match(line)
             if m:
                 kind = m.group(1)
-                out["fused kernel" if kind.startswith(("cpp_fused", "triton")) else kind.rstrip("(")] += 1
+                out["fused kernel" if kind.startswith(("cpp_fused", "triton")) else kind.rstrip("(")] += times
     out["copy_"] += 1  # StaticStep._eager copies the compiled function's logits into its buffer, outside the graph
     return out
 
@@ -89,9 +94,11 @@ def main(argv=None) -> None:
         pre = prefill(model, prompts, room=8, pad_id=tok.pad_token_id or 0)
         step = StaticStep(model, pre.cache, pre.next_pos, graph=False, compiled=compiled)
         first = pre.logits.argmax(-1)
+        t0 = time.perf_counter()
         counts[name] = compiled_ops(step, first) if compiled else eager_ops(step, first)
         c = counts[name]
-        print(f"{name} operations per decode step: {sum(c.values())} ({', '.join(f'{k} {v}' for k, v in c.most_common())})")
+        took = f"; compile and first step {time.perf_counter() - t0:.1f}s" if compiled else ""
+        print(f"{name} operations per decode step: {sum(c.values())} ({', '.join(f'{k} {v}' for k, v in c.most_common())}){took}")
     print(f"device={args.device} dtype={args.dtype} batch={args.batch} layers={model.cfg.n_layers}")
     print(f"ratio eager/compiled operations: {sum(counts['eager'].values()) / max(sum(counts['compiled'].values()), 1):.2f}")
 

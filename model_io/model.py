@@ -268,19 +268,25 @@ class Transformer(nn.Module):
     def _static_step(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """One decode token per row at slot `cache.slot`: fixed shapes, no host synchronisation (capturable in a
         CUDA graph). Every slot is attended under key_mask; slots not yet written must hold zeros, not garbage."""
+        x, cos, sin, mask = self._static_start(tokens, positions, cache.key_mask, cache.slot)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask, i, cache)
+        return self.norm(x)
+
+    def _static_start(self, tokens: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor, slot: torch.Tensor):
+        """What a static step's layers take: marks `slot` in key_mask [B, S] (in place) and returns the embedded
+        tokens [B, 1, C], RoPE's cos and sin [B, 1, 1, D] and the additive mask [B, 1, 1, S]."""
         assert tokens.shape[1] == 1 and positions is not None, "static decoding reads one token per row, with positions"
-        cache.key_mask.index_fill_(1, cache.slot, True)
+        key_mask.index_fill_(1, slot, True)
         x = self.embed(tokens)
         # an additive mask made once per step in the dtype attention runs in: given a bool mask, attention converts
         # it in every layer (a where, two scalar tensors and a cast per call in the profile of one step: 120
         # operations a step, launches on a GPU, where launches are the cost of a decode step); aligned as
         # stacked_mask makes it, or SDPA would copy it for its memory-efficient CUDA kernel in every layer
-        mask = stacked_mask(cache.key_mask[:, None, None, :], self.cfg.n_heads // self.cfg.n_kv_heads,
+        mask = stacked_mask(key_mask[:, None, None, :], self.cfg.n_heads // self.cfg.n_kv_heads,
                             run_dtype(x.device.type, x.dtype))  # [B, 1, 1, capacity]
         cos, sin = self.rope(positions, x.dtype)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, i, cache)
-        return self.norm(x)
+        return x, cos, sin, mask
 
     def forward(
         self,

@@ -7,11 +7,12 @@ filled slots. This path suits a GPU: every step has the same shapes. `decode(...
 on CUDA. The host looks at the rows only every `check_every` tokens (all finished? a stop string?).
 
 `compiled=True` (--decode compiled) runs the step through torch.compile (inductor) before the CUDA graph captures
-it: a graph removes the launch overhead of the step's ~700 kernels but not the kernels themselves, and on a GPU
+it: a graph removes the launch overhead of the step's ~500 kernels but not the kernels themselves, and on a GPU
 each small kernel still costs a few microseconds; inductor fuses the elementwise work (RMSNorm, RoPE, SwiGLU,
-residuals) into fewer kernels (`python bench/decode_ops.py`, embedded model, bf16, on CPU: 272 operations per step
-compiled, 717 eager). Opt-in: it compiles once per model (tens of seconds), and once more the first time the batch
-size and the first time the cache size changes (each is symbolic from then on), which pays off only over long runs.
+residuals) into fewer kernels (`python bench/decode_ops.py`, embedded model, bf16, on CPU: 304 operations per step
+compiled, 500 eager). Opt-in: it compiles once per model (about 12 s cold on this repo's 2-core CPU, compiled by
+region: compiled_step), and once more the first time the batch size and the first time the cache size changes
+(each is symbolic from then on), which pays off only over long runs.
 """
 from __future__ import annotations
 
@@ -96,23 +97,49 @@ class StaticStep:
 def compiled_step(model: Transformer):
     """`model`'s static decode step through torch.compile, made once per model and kept on it:
     (tok [R, 1], pos [R, 1], k, v: L x [R, H_kv, S, D], key_mask [R, S], slot [1], head [V, C]) -> logits [R, V]
-    float32, writing the step's keys/values and key mask in place. Keys and values come one tensor per layer
-    (views of the cache): a write into a slice of one [L, ...] input is traced as a copy of the whole layer
-    (functionalisation's view-scatter, seen in inductor's output code), which on every step would read and write
-    the entire KV cache twice; a write into a whole input is done in place, as gpt-fast's per-layer buffers are.
-    The float32 LM head weight comes in as an argument: Transformer.head_weight keeps its copy by the weight's
-    version counter, which tracing cannot read."""
+    float32, writing the step's keys/values and key mask in place.
+
+    Compiled by region (the PyTorch tutorial's "regional compilation"): the step's start (mask, embedding, RoPE),
+    one layer, and the end (final norm, LM head) are three compiled functions, and the L layers all run the one
+    compiled layer, passed each layer's module and cache. The layers share their code, so dynamo traces one
+    (torch 2.5+ lifts a module's weights to inputs: one graph serves every layer, without a recompile per layer)
+    and inductor compiles one layer's kernels instead of L copies of them. Measured on this repo's CPU
+    (docs/RESULTS.md): a cold compile of the embedded model's step took 46 s whole and 12 s by region, for the
+    same kernels bar one per layer boundary (the residual add that a whole-step compile fuses with the next layer's
+    norm). On a GPU the step's CUDA graph (StaticStep) captures the compiled kernels as it does eager ones.
+
+    Keys and values come one tensor per layer (views of the cache): a write into a slice of one [L, ...] input is
+    traced as a copy of the whole layer (functionalisation's view-scatter, seen in inductor's output code), which on
+    every step would read and write the entire KV cache twice; a write into a whole input is done in place, as
+    gpt-fast's per-layer buffers are. The float32 LM head weight comes in as an argument: Transformer.head_weight
+    keeps its copy by the weight's version counter, which tracing cannot read."""
     fn = getattr(model, "_compiled_step", None)
     if fn is None:
         model.rope(torch.zeros(1, 1, dtype=torch.long, device=model.device), torch.float32)  # RoPE table made eagerly
+        start = torch.compile(model._static_start, fullgraph=True)
+        layer = torch.compile(_layer_step, fullgraph=True)
+        end = torch.compile(_end_step, fullgraph=True)
 
         def step(tok, pos, k, v, key_mask, slot, head):
-            h = model._static_step(tok, pos, KVCache(k, v, key_mask, 0, slot))  # [R, 1, C]; cache.k[layer] reads the lists
-            with torch.autocast(h.device.type, enabled=False):  # the float32 head, also under bf16 autocast (GRPO rollouts)
-                return torch.nn.functional.linear(h[:, -1].float(), head)  # [R, V]
+            x, cos, sin, mask = start(tok, pos, key_mask, slot)  # [R, 1, C], [R, 1, 1, D] x 2, [R, 1, 1, S]
+            for block, k_l, v_l in zip(model.layers, k, v):
+                x = layer(block, x, cos, sin, mask, k_l, v_l, slot)  # [R, 1, C]
+            return end(model.norm, x, head)  # [R, V]
 
-        fn = model._compiled_step = torch.compile(step, fullgraph=True)
+        fn = model._compiled_step = step
     return fn
+
+
+def _layer_step(block, x, cos, sin, mask, k, v, slot):
+    """One layer of a static step, its keys/values k, v [R, H_kv, S, D] written at `slot` in place: [R, 1, C]."""
+    return block(x, cos, sin, mask, 0, KVCache([k], [v], None, 0, slot))  # (layer 0 of a one-layer cache)
+
+
+def _end_step(norm, x, head):
+    """The final norm and the float32 LM head, also under bf16 autocast (GRPO rollouts): [R, 1, C] -> [R, V]."""
+    h = norm(x)[:, -1].float()
+    with torch.autocast(h.device.type, enabled=False):
+        return torch.nn.functional.linear(h, head)
 
 
 @torch.no_grad()

@@ -98,6 +98,30 @@ def test_compiled_decode_step_matches_the_eager_static_step_across_shapes(monkey
 
 
 
+def test_compiled_step_compiles_one_layer_for_all_layers():
+    """The compiled step is compiled by region (static_decode.compiled_step): its start, one layer, its end. Four
+    layers make three graphs, not six (no recompile per layer: a cold compile's time is one layer's), and the step
+    gives the eager static step's logits."""
+    from torch._dynamo.utils import counters
+
+    from model_io import prefill
+    from model_io.static_decode import StaticStep
+
+    model = from_hf_model(tiny_hf_model("llama", vocab=40, eos_token_id=3, pad_token_id=0, num_hidden_layers=4, seed=5)).eval()
+    prompts = random_prompts([3, 6, 4], vocab=40, seed=4)
+    logits = []
+    torch._dynamo.reset()  # compiled code is kept per function, across models: another test's may fit these shapes
+    before = counters["stats"]["unique_graphs"]
+    for compiled in (False, True):
+        pre = prefill(model, prompts, room=6)
+        step = StaticStep(model, pre.cache, pre.next_pos, compiled=compiled)
+        tok = pre.logits.argmax(-1)
+        logits.append([step(tok).clone(), step(tok + 1).clone()])  # two steps: the second reads the first's keys
+    assert counters["stats"]["unique_graphs"] - before == 3
+    for eager, comp in zip(*logits):
+        assert torch.allclose(eager, comp, atol=1e-4)
+
+
 def test_static_step_mask_rows_start_at_multiples_of_8(monkeypatch):
     """SDPA copies a mask with a stride (the last aside) that is not a multiple of 8 into a padded one for its
     memory-efficient CUDA kernel (attention.cpp preprocess_mask), in every layer of every step: the static step's
