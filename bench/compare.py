@@ -6,6 +6,10 @@ sampling (mean accuracy), majority vote, best-of-n and tree search at several bu
 
 Sampling-based strategies at budget n use the first n of the same max(n) samples per question (one sampling
 run), so budgets differ only in how many samples they read. Tree search runs once per simulation budget.
+At equal generated tokens (on unless --no-equal-tokens): for each tree-search row, majority vote and best-of-n
+again, each question reading its samples in order up to the count whose tokens come nearest to what tree search
+generated on that question (budget "tokens of mcts sims=8, K=4"); more samples of the same pool are drawn where
+the first max(n) fall short, up to --max-n a question.
 A short untimed greedy run comes first, so that one-off start-up costs (kernel selection, CUDA initialisation)
 are not charged to the first timed row.
 Writes OUT/compare.md (a markdown table), OUT/compare.json and OUT/compare.png (default OUT: runs/compare; the
@@ -15,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,15 +37,50 @@ from mcts.interface import ANSWER_MODES  # noqa: E402
 from model_io import load  # noqa: E402
 
 
-def prefix_results(results: list[QuestionResult], n: int, strategy: str, format_weight: float) -> list[QuestionResult]:
-    """The same questions answered from only the first n samples of each."""
+def prefix_results(results: list[QuestionResult], n: int | Sequence[int], strategy: str,
+                   format_weight: float) -> list[QuestionResult]:
+    """The same questions answered from only the first n samples of each (n: one count, or one per question)."""
+    counts = [n] * len(results) if isinstance(n, int) else list(n)
+    assert len(counts) == len(results), f"{len(counts)} sample counts for {len(results)} questions"
     out = []
-    for r in results:
+    for r, n in zip(results, counts):
         texts, lenient = r.completions[:n], r.lenient[:n]
         out.append(replace(r, completions=texts, strict=r.strict[:n], lenient=lenient, tokens=r.tokens[:n], finish=r.finish[:n],
                            final=choose(strategy, texts, lenient, format_weight, r.finish[:n]), generated_tokens=sum(r.tokens[:n]),
                            forward_tokens=r.forward_tokens - r.generated_tokens + sum(r.tokens[:n])))
     return out
+
+
+def nearest_prefix(tokens: Sequence[int], budget: int) -> int:
+    """How many of the first answers (at least 1) generate, in all, the tokens nearest to `budget` (ties: fewer)."""
+    best, gap, total = 1, None, 0
+    for i, t in enumerate(tokens, 1):
+        total += t
+        if gap is None or abs(total - budget) < gap:
+            best, gap = i, abs(total - budget)
+        if total >= budget:
+            break
+    return best
+
+
+def merge_samples(a: list[QuestionResult], b: list[QuestionResult]) -> list[QuestionResult]:
+    """Each question's answers in `a`, then its answers in `b` (the same questions, b's answers numbered after a's:
+    evaluate's first_sample); the prompt counted once in forward tokens."""
+    assert [r.index for r in a] == [r.index for r in b], "the two sample runs answered different questions"
+    return [replace(x, completions=x.completions + y.completions, strict=x.strict + y.strict, lenient=x.lenient + y.lenient,
+                    tokens=x.tokens + y.tokens, finish=x.finish + y.finish, generated_tokens=x.generated_tokens + y.generated_tokens,
+                    forward_tokens=x.forward_tokens + y.generated_tokens, seconds=x.seconds + y.seconds) for x, y in zip(a, b)]
+
+
+def more_samples(pool: list[QuestionResult], budgets: Sequence[int], max_n: int) -> int:
+    """Samples to add to every question so that each one's answers reach its token budget, estimated from its
+    answers so far (their mean length, 10% over), with at most max_n answers a question in all (0: none needed)."""
+    need = 0
+    for r, budget in zip(pool, budgets):
+        have = sum(r.tokens)
+        if have < budget:
+            need = max(need, math.ceil((budget - have) / max(have / len(r.tokens), 1.0) * 1.1))
+    return max(0, min(need, max_n - min(len(r.tokens) for r in pool)))
 
 
 def budgets(ap: argparse.ArgumentParser, flag: str, text: str) -> list[int]:
@@ -65,7 +106,7 @@ def plot(rows: list[dict], limit: int, device: str, out: Path) -> None:
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for strategy, marker in (("greedy", "s"), ("sample", "o"), ("majority", "^"), ("best-of-n", "v"), ("mcts", "D"), ("mcts-gumbel", "P")):
-        pts = [(r["generated_tokens_per_question"], r["accuracy_lenient"]) for r in rows if r["strategy"] == strategy]
+        pts = sorted((r["generated_tokens_per_question"], r["accuracy_lenient"]) for r in rows if r["strategy"] == strategy)
         if pts:
             ax.plot(*zip(*pts), marker=marker, label=strategy)
     ax.set_xscale("log")
@@ -101,6 +142,9 @@ def main(argv=None) -> None:
     # runs/, not docs/: a run with other settings must not overwrite the committed results in docs/compare*/
     ap.add_argument("--out", default="runs/compare", help="output directory (default: runs/compare)")
     add_device(ap)
+    ap.add_argument("--equal-tokens", action=argparse.BooleanOptionalAction, default=True,
+                    help="also majority vote and best-of-n at each tree-search row's generated tokens, question by question (default: on)")
+    ap.add_argument("--max-n", type=int, default=32, help="samples a question at most for --equal-tokens (default: 32)")
     ap.add_argument("--replot", action="store_true", help="only redraw OUT/compare.png from OUT/compare.json")
     a = ap.parse_args(argv)
     out = Path(a.out)
@@ -119,7 +163,7 @@ def main(argv=None) -> None:
     roots = [r for r in a.roots.split(",") if r]
     if not roots or any(r not in ("puct", "gumbel") for r in roots):
         ap.error(f"--roots takes puct and/or gumbel, comma-separated; got {a.roots!r}")
-    check_args(ap, a, at_least_1=("limit",))
+    check_args(ap, a, at_least_1=("limit", "max_n"))
     a.device = check_device(ap, a.device)
     try:  # the remaining flags are EvalConfig's, checked (and named) there, before anything loads
         base = EvalConfig(limit=a.limit, max_new_tokens=a.max_new_tokens, temperature=a.temperature, batch_size=a.batch_size,
@@ -146,10 +190,10 @@ def main(argv=None) -> None:
         tmp.write_text(json.dumps({"settings": vars(a), "complete": complete, "rows": rows}, indent=2) + "\n")
         tmp.replace(out / "compare.json")
 
-    def add(strategy: str, budget: str, summary: dict) -> None:
+    def add(strategy: str, budget: str, summary: dict, **extra) -> None:
         rows.append({"strategy": strategy, "budget": budget, **{k: summary[k] for k in (
             "accuracy_strict", "accuracy_lenient", "format_soft_rate", "generated_tokens_per_question",
-            "forward_tokens_per_question", "seconds_per_question", "seconds_per_generated_token")}})
+            "forward_tokens_per_question", "seconds_per_question", "seconds_per_generated_token")}, **extra})
         print(json.dumps(rows[-1]), flush=True)
         write(complete=False)
 
@@ -157,27 +201,57 @@ def main(argv=None) -> None:
     add("greedy", "1", s)
     t = time.perf_counter()
     s, sampled = evaluate(model, tok, problems, replace(base, search="sample", n=max(ns)), shots, progress=False)
-    per_sample = (time.perf_counter() - t) / max(sum(r.generated_tokens for r in sampled), 1)
+    sample_s = time.perf_counter() - t
+    per_sample = sample_s / max(sum(r.generated_tokens for r in sampled), 1)
     for n in ns:
         for strategy in ("sample", "majority", "best-of-n"):
             part = prefix_results(sampled, n, strategy, base.format_weight)
             summ = summarize(part, per_sample * sum(r.generated_tokens for r in part))  # time pro rata of tokens
             add(strategy, f"n={n}", summ)
+    trees = []  # (strategy, budget, per-question results) of each tree-search row
     for root in roots:
         for k in sims:
-            s, _ = evaluate(model, tok, problems, replace(base, search="mcts", n_simulations=k, mcts_root=root), shots, progress=False)
-            add("mcts" if root == "puct" else "mcts-gumbel", f"sims={k}, K={a.children}", s)
+            s, found = evaluate(model, tok, problems, replace(base, search="mcts", n_simulations=k, mcts_root=root), shots, progress=False)
+            trees.append(("mcts" if root == "puct" else "mcts-gumbel", f"sims={k}, K={a.children}", found))
+            add(*trees[-1][:2], s)
+    if a.equal_tokens and trees:
+        # question by question, the samples that generate what each tree generated on that question (the pool
+        # grown where the first max(n) samples fall short): the baselines at equal generated tokens
+        need = [max(f[i].generated_tokens for *_, f in trees) for i in range(len(sampled))]  # [questions]
+        extra = more_samples(sampled, need, a.max_n)
+        if extra:
+            t = time.perf_counter()
+            _, more = evaluate(model, tok, problems, replace(base, search="sample", n=extra), shots, progress=False,
+                               first_sample=max(ns))
+            sample_s += time.perf_counter() - t
+            sampled = merge_samples(sampled, more)
+            per_sample = sample_s / max(sum(r.generated_tokens for r in sampled), 1)
+        for strategy_t, budget_t, found in trees:
+            assert [r.index for r in found] == [r.index for r in sampled]
+            counts = [nearest_prefix(r.tokens, f.generated_tokens) for r, f in zip(sampled, found)]
+            short = sum(c == len(r.tokens) and sum(r.tokens) < f.generated_tokens for r, f, c in zip(sampled, found, counts))
+            for strategy in ("majority", "best-of-n"):
+                part = prefix_results(sampled, counts, strategy, base.format_weight)
+                add(strategy, f"tokens of {strategy_t} {budget_t}", summarize(part, per_sample * sum(r.generated_tokens for r in part)),
+                    samples_per_question=sum(counts) / len(counts), questions_short=short)
 
     write(complete=True)
     lines = [f"GSM8K test, first {a.limit} questions, {a.shots}-shot, {a.device}, max {a.max_new_tokens} new tokens per answer, "
              f"temperature {a.temperature}; tree search K={a.children}, rollout depth {a.rollout_depth}, answer by {a.mcts_answer} (mcts: PUCT at the root; "
-             f"mcts-gumbel: Gumbel + Sequential Halving at the root).", "",
+             f"mcts-gumbel: Gumbel + Sequential Halving at the root)."
+             + (" Budget \"tokens of ...\": each question's first samples, as many as come nearest in tokens to what that tree "
+                "search generated on it." if a.equal_tokens and trees else ""), "",
              "| strategy | budget | accuracy (strict) | accuracy (lenient) | soft format | generated tokens / question | forward tokens / question | s / question |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['strategy']} | {r['budget']} | {r['accuracy_strict']:.3f} | {r['accuracy_lenient']:.3f} | "
                      f"{r['format_soft_rate']:.2f} | {r['generated_tokens_per_question']:.0f} | {r['forward_tokens_per_question']:.0f} | "
                      f"{r['seconds_per_question']:.1f} |")
+    for r in rows:
+        if "samples_per_question" in r and r["strategy"] == "majority":
+            lines.append(f"\n{r['budget']}: {r['samples_per_question']:.1f} samples a question on average; "
+                         f"{r['questions_short']} question(s) used all {max(ns) + (extra if a.equal_tokens else 0)} of "
+                         "theirs and still fell short of the tree's tokens.")
     (out / "compare.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {out / 'compare.md'}, {out / 'compare.json'}")

@@ -204,10 +204,14 @@ def evaluate(
     tree_path: Path | None = None,
     progress: bool = True,
     done: Sequence[QuestionResult] = (),
+    first_sample: int = 0,
 ) -> tuple[dict, list[QuestionResult]]:
     """Answer `problems`; returns the summary and per-question results (streamed to `out_path` as JSONL;
     for mcts, each tree to `tree_path`). `done`: the questions an interrupted eval answered (`run.py eval --resume`):
-    the files are appended to, and the progress bar and the summary (their seconds included) count them."""
+    the files are appended to, and the progress bar and the summary (their seconds included) count them.
+    `first_sample`: sampled answers are numbered from it (each has its own random stream, named by its question
+    and number), so a second call with first_sample=n draws answers n, n+1, ... of the same questions, more of the
+    same pool (bench/compare.py's samples at equal tokens)."""
     n = cfg.n if cfg.search in ("sample", "majority", "best-of-n") else 1
     scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=0.0 if cfg.search == "greedy" else cfg.temperature,
                           top_k=cfg.top_k, top_p=cfg.top_p, eos_ids=stop_token_ids(tokenizer, model.cfg.eos_token_ids))
@@ -240,7 +244,7 @@ def evaluate(
                 # one random stream per answer, named by its question: a question's answers do not depend on the
                 # batch it is in, so a resumed eval (`run.py eval --resume`) gives the answers of an uninterrupted one
                 gen = None if cfg.search == "greedy" else row_rng(
-                    [f"eval/{cfg.seed}/{p.index}/{g}" for p in batch for g in range(n)], model.device)
+                    [f"eval/{cfg.seed}/{p.index}/{g}" for p in batch for g in range(first_sample, first_sample + n)], model.device)
                 res = generate(model, prompts, scfg, gen, n=n, stop=stop, pad_id=tokenizer.pad_token_id)
                 new = []
                 for b, p in enumerate(batch):

@@ -84,7 +84,8 @@ fi
 step 4-nccl timeout $(cap 90 60) "$PY" -m torch.distributed.run --nproc_per_node 1 run.py train --model "$MODEL" --steps 2 --prompts-per-step 1 \
      --group-size 2 --max-new-tokens 16 --eval-every 0 --out-dir "$OUT/nccl"
 # (compare.json is rewritten after each strategy: a grid cut off by its limit keeps the rows it finished)
-# (tree search at 2 simulations spends about n=8's tokens, at 8 about 3x: an H200 run's 3780 tokens a question)
+# (and majority / best-of-n at each tree row's own tokens, question by question: the issue's equal-token comparison;
+# tree search at 8 simulations spent 3780 tokens a question on an H200, about 24 samples)
 step 5-compare timeout $(cap 240 0) "$PY" bench/compare.py --model "$MODEL" --shots $SHOTS --limit $QM --n 1,4,8 --sims $SIMS --roots puct --max-new-tokens $NEW --batch-size 64 --out "$OUT/compare"
 # diagnostics (logs named by the issue's section they belong to), each only while MINUTES has 30 s left (the
 # figures above come first, and a lent machine's time is short): the CUDA-only tests (CUDA graphs against eager

@@ -168,10 +168,13 @@ def test_compare_runs_the_grid_after_an_untimed_warm_up(tmp_path, capsys, monkey
                   "--sims", "1", "--roots", "puct", "--shots", "0", "--max-new-tokens", "6", "--batch-size", "2", "--out", str(tmp_path / "o"),
                   "--mcts-answer", "value"])
     assert calls[0][:3] == (2, "greedy", 8) and calls[1][:3] == (2, "greedy", 6)  # the warm-up, then the timed greedy row
-    assert calls[-1] == (2, "mcts", 6, "value") and "answer by value" in (tmp_path / "o" / "compare.md").read_text()
+    assert calls[3] == (2, "mcts", 6, "value") and "answer by value" in (tmp_path / "o" / "compare.md").read_text()
+    assert calls[4:] in ([], [(2, "sample", 6, "value")])  # more of the same samples, where 2 fall short of the tree's tokens
     rows = json.loads((tmp_path / "o" / "compare.json").read_text())["rows"]
     assert [(r["strategy"], r["budget"]) for r in rows] == [("greedy", "1")] + [
-        (s, f"n={n}") for n in (1, 2) for s in ("sample", "majority", "best-of-n")] + [("mcts", "sims=1, K=4")]
+        (s, f"n={n}") for n in (1, 2) for s in ("sample", "majority", "best-of-n")] + [("mcts", "sims=1, K=4")] + [
+        (s, "tokens of mcts sims=1, K=4") for s in ("majority", "best-of-n")]
+    assert rows[-1]["samples_per_question"] >= 1 and "tokens of mcts sims=1, K=4:" in (tmp_path / "o" / "compare.md").read_text()
     assert (tmp_path / "o" / "compare.md").is_file() and "compare.md" in capsys.readouterr().out
     assert json.loads((tmp_path / "o" / "compare.json").read_text())["complete"] is True
 

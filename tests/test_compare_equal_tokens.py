@@ -1,0 +1,69 @@
+"""bench/compare.py at equal generated tokens: each question reads its samples up to the count nearest in tokens to
+what tree search generated on it, from a pool that evaluate's first_sample grows with more of the same samples."""
+import importlib.util
+
+import torch
+from conftest import ROOT
+from helpers import tiny_hf_model, tiny_tokenizer
+
+from data.gsm8k import Problem
+from grpo.evaluate import EvalConfig, QuestionResult, evaluate
+from model_io.convert import from_hf_model
+
+spec = importlib.util.spec_from_file_location("bench_compare", ROOT / "bench" / "compare.py")
+compare = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(compare)
+
+
+def result(index: int, tokens: list[int], lenient: list[str | None]) -> QuestionResult:
+    n = len(tokens)
+    return QuestionResult(index, "q", "7", [f"a{i}" for i in range(n)], list(lenient), list(lenient), list(tokens),
+                          ["eos"] * n, 0, sum(tokens), 50 + sum(tokens))
+
+
+def test_nearest_prefix_by_hand():
+    # cumulative 100, 250, 330, 500
+    assert compare.nearest_prefix([100, 150, 80, 170], 260) == 2  # 250 is 10 off, 330 is 70
+    assert compare.nearest_prefix([100, 150, 80, 170], 300) == 3  # 330 is 30 off, 250 is 50
+    assert compare.nearest_prefix([100, 150, 80, 170], 290) == 2  # a tie (40 either way): fewer samples
+    assert compare.nearest_prefix([100, 150, 80, 170], 10) == 1  # at least one answer
+    assert compare.nearest_prefix([100, 150, 80, 170], 9000) == 4  # all of them, still short
+
+
+def test_more_samples_from_each_questions_mean_length():
+    pool = [result(0, [100, 100], ["7", "7"]), result(1, [40, 60], ["1", "2"])]
+    # question 0 has 200 of 500 tokens: 300 more at 100 a sample, +10% -> 4; question 1 has 100 of 300: 200 / 50 * 1.1 -> 5
+    assert compare.more_samples(pool, [500, 300], max_n=32) == 5
+    assert compare.more_samples(pool, [500, 300], max_n=6) == 4  # at most 6 a question in all
+    assert compare.more_samples(pool, [150, 100], max_n=32) == 0  # both reached
+
+
+def test_merged_pool_and_per_question_counts_choose_from_their_own_prefix():
+    a = [result(0, [100, 100], ["3", "3"]), result(1, [40], ["1"])]
+    b = [result(0, [100, 100], ["7", "7"]), result(1, [50], ["2"])]
+    pool = compare.merge_samples(a, b)
+    assert pool[0].tokens == [100, 100, 100, 100] and pool[0].lenient == ["3", "3", "7", "7"]
+    assert pool[0].generated_tokens == 400 and pool[0].forward_tokens == 50 + 400  # the prompt (50) once
+    # question 0 reads 2 samples (majority "3"), question 1 reads both (its majority: the first seen, "1")
+    part = compare.prefix_results(pool, [2, 2], "majority", 0.0)
+    assert [len(r.completions) for r in part] == [2, 2] and [r.generated_tokens for r in part] == [200, 90]
+    assert [r.lenient[r.final] for r in part] == ["3", "1"]
+    part = compare.prefix_results(pool, [4, 1], "majority", 0.0)
+    assert [r.lenient[r.final] for r in part] == ["3", "1"]  # 2 against 2: the first seen wins
+    assert part[0].forward_tokens == 450 and part[1].forward_tokens == 50 + 40
+
+
+def test_first_sample_draws_more_of_the_same_pool():
+    """Three samples at once are the first sample, then two more drawn with first_sample=1 (float64: no rounding
+    difference between batch shapes can change a token)."""
+    tok = tiny_tokenizer()
+    model = from_hf_model(tiny_hf_model("qwen2", dtype=torch.float64)).eval()
+    problems = [Problem(f"What is {i} + {i}?", str(2 * i), "", i) for i in range(2)]
+    cfg = EvalConfig(search="sample", max_new_tokens=8, batch_size=2, stop="", temperature=1.0)
+    _, three = evaluate(model, tok, problems, EvalConfig(**{**cfg.__dict__, "n": 3}), progress=False)
+    _, one = evaluate(model, tok, problems, EvalConfig(**{**cfg.__dict__, "n": 1}), progress=False)
+    _, two = evaluate(model, tok, problems, EvalConfig(**{**cfg.__dict__, "n": 2}), progress=False, first_sample=1)
+    merged = compare.merge_samples(one, two)
+    assert [r.completions for r in merged] == [r.completions for r in three]
+    assert [r.tokens for r in merged] == [r.tokens for r in three]
+    assert len({c for r in three for c in r.completions}) > 2  # the samples differ: the test can tell them apart
