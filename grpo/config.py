@@ -66,6 +66,7 @@ class TrainConfig:
     log_samples: int = field(default=2, metadata={"help": "completions per step written to samples.jsonl"})
     save_every: int = field(default=50, metadata={"help": "checkpoint every N steps and at the end"})
     keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept (the newest)"})
+    profile_step: int = field(default=0, metadata={"help": "profile this training step (from 1) with torch.profiler: OUT/profile/step_N.txt says how long the device was busy and what took the time, step_N.trace.json.gz is its Chrome trace (0: off; grpo/profiling.py)"})
     seed: int = field(default=0, metadata={"help": "seed of data order and sampling"})
     deterministic: bool = field(default=True, metadata={"help": "on CPU, deterministic kernels (torch.use_deterministic_algorithms): without them, multi-threaded gradient accumulation (embedding backward) varies in the last bits from run to run, and a resumed run is no longer bitwise the same"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto (under torchrun: the local GPU)"})
@@ -96,7 +97,7 @@ class TrainConfig:
         check_ranges(self, at_least_1=("steps", "prompts_per_step", "max_new_tokens", "mu", "micro_batch", "save_every",
                                         "keep_checkpoints", "max_bad_steps", "logprob_chunk", "eval_limit",
                                         "eval_batch_size", "mcts_children", "mcts_step_tokens"),
-                     at_least_0=("max_minutes", "token_budget", "shots", "beta", "eps_low", "eps_high", "mcts_simulations",
+                     at_least_0=("max_minutes", "token_budget", "profile_step", "shots", "beta", "eps_low", "eps_high", "mcts_simulations",
                                  "mcts_c_puct", "warmup_steps", "log_samples", "eval_every", "weight_decay",
                                  "max_grad_norm", "lr", "tree_advantage_weight"),
                      in_0_1=("mcts_prob",), below_1=("eps_low", "adam_beta1", "adam_beta2"))
@@ -139,7 +140,7 @@ def check_top_p(top_p: float) -> None:
 # over --steps, batch, group, loss, sampling, seed, ...) is the run itself: changing it mid-run would make the run
 # neither the one its config.json describes nor one that could be reproduced.
 RESUME_MAY_CHANGE = ("max_minutes", "token_budget", "eval_every", "eval_limit", "eval_at_start", "eval_batch_size",
-                     "log_samples", "save_every", "keep_checkpoints", "device", "gsm8k")
+                     "log_samples", "save_every", "keep_checkpoints", "device", "gsm8k", "profile_step")
 
 
 def _same(name: str, old, new) -> bool:

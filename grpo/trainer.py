@@ -66,6 +66,7 @@ from .config import TrainConfig
 from .evaluate import EvalConfig, evaluate
 from .loss import group_advantages, policy_loss
 from .metrics import RunLog, rollout_token_metrics, sample_rows, step_metrics, truncate_log
+from .profiling import phase, profiled
 from .rewards import RewardSet
 from .rollout import Rollout, collect, completion_logprobs, row_generators
 from .tree_rollout import collect_tree, merge, use_tree
@@ -161,88 +162,92 @@ class Trainer:
         idx = self.step_indices(self.step)
 
         # rollout -> reward -> advantage (plain samples, or a tree search per prompt: grpo/tree_rollout.py)
-        model.eval()
-        on_tree = [cfg.rollouts == "mcts" and use_tree(cfg.seed, self.step, i, cfg.mcts_prob) for i in idx]
-        plain_idx = [i for i, t in zip(idx, on_tree) if not t]
-        tree_idx = [i for i, t in zip(idx, on_tree) if t]
-        parts, tree_stats = [], None
-        with self.autocast():
-            if plain_idx:
-                parts.append(collect(model, self.tok, [self.train_set[i] for i in plain_idx], self.prompts(plain_idx), G,
-                                     self.sampling, self.rewards, row_generators(cfg.seed, self.step, plain_idx, G, model.device),
-                                     self.stop, cfg.adv_scale))
-            if tree_idx:
-                ro_t, tree_stats = collect_tree(model, self.tok, [self.train_set[i] for i in tree_idx], self.prompts(tree_idx),
-                                                tree_idx, G, self.search_cfg, self.rewards, cfg.seed, self.step,
-                                                cfg.tree_advantage, cfg.tree_advantage_weight, cfg.adv_scale)
-                parts.append(ro_t)
-        ro = merge(parts, self.tok.pad_token_id)
-        idx = plain_idx + tree_idx  # the rollout's prompt order
-        rewards_all = D.gather_cat(ro.rewards.to(model.device), d).cpu()  # [B, G] over all ranks
-        if cfg.adv_scale == "batch" and (d.on or len(parts) > 1):  # the batch std is over the whole global batch
-            new = group_advantages(rewards_all, "batch")[d.rank * len(idx) : (d.rank + 1) * len(idx)]  # [B, G]
-            if ro.token_advantages is not None:  # tree rows carry their outcome advantage inside the per-token ones
-                outcome_in_tokens = torch.ones(len(idx) * G)  # [B*G] plain rows first, then tree rows
-                outcome_in_tokens[len(plain_idx) * G :] = float(cfg.tree_advantage != "step")
-                shift = (new - ro.advantages).flatten() * outcome_in_tokens  # [B*G]
-                ro.token_advantages = ro.token_advantages + shift[:, None] * ro.mask
-            ro.advantages = new
+        with phase("grpo/rollout"):
+            model.eval()
+            on_tree = [cfg.rollouts == "mcts" and use_tree(cfg.seed, self.step, i, cfg.mcts_prob) for i in idx]
+            plain_idx = [i for i, t in zip(idx, on_tree) if not t]
+            tree_idx = [i for i, t in zip(idx, on_tree) if t]
+            parts, tree_stats = [], None
+            with self.autocast():
+                if plain_idx:
+                    gens = row_generators(cfg.seed, self.step, plain_idx, G, model.device)
+                    parts.append(collect(model, self.tok, [self.train_set[i] for i in plain_idx], self.prompts(plain_idx), G,
+                                         self.sampling, self.rewards, gens, self.stop, cfg.adv_scale))
+                if tree_idx:
+                    ro_t, tree_stats = collect_tree(model, self.tok, [self.train_set[i] for i in tree_idx],
+                                                    self.prompts(tree_idx), tree_idx, G, self.search_cfg, self.rewards,
+                                                    cfg.seed, self.step, cfg.tree_advantage, cfg.tree_advantage_weight, cfg.adv_scale)
+                    parts.append(ro_t)
+            ro = merge(parts, self.tok.pad_token_id)
+            idx = plain_idx + tree_idx  # the rollout's prompt order
+            rewards_all = D.gather_cat(ro.rewards.to(model.device), d).cpu()  # [B, G] over all ranks
+            if cfg.adv_scale == "batch" and (d.on or len(parts) > 1):  # the batch std is over the whole global batch
+                new = group_advantages(rewards_all, "batch")[d.rank * len(idx) : (d.rank + 1) * len(idx)]  # [B, G]
+                if ro.token_advantages is not None:  # tree rows carry their outcome advantage inside the per-token ones
+                    outcome_in_tokens = torch.ones(len(idx) * G)  # [B*G] plain rows first, then tree rows
+                    outcome_in_tokens[len(plain_idx) * G :] = float(cfg.tree_advantage != "step")
+                    shift = (new - ro.advantages).flatten() * outcome_in_tokens  # [B*G]
+                    ro.token_advantages = ro.token_advantages + shift[:, None] * ro.mask
+                ro.advantages = new
         t_rollout = time.perf_counter() - t0
 
-        # whole-batch normalisers, divided by the world size because gradients are averaged over ranks
-        n_tokens = float(D.all_reduce_sum(ro.mask.sum().to(model.device, torch.float64), d)) / d.world
-        n_seqs = float(cfg.prompts_per_step * G) / d.world
-        adv = ro.advantages.flatten()  # [B*G]
-        tok_adv = ro.token_advantages  # [B*G, T] with tree rollouts, else None
-        rows_all = torch.arange(adv.numel())
-        # departure 6: with beta = 0, zero-advantage rows have exactly zero loss and gradient: skip them
-        nonzero = (adv != 0) if tok_adv is None else (tok_adv != 0).any(-1)
-        rows_run = rows_all if cfg.beta > 0 else rows_all[nonzero]
-        micro = [rows_run[i : i + cfg.micro_batch] for i in range(0, len(rows_run), cfg.micro_batch)]
+        with phase("grpo/logprobs"):
+            # whole-batch normalisers, divided by the world size because gradients are averaged over ranks
+            n_tokens = float(D.all_reduce_sum(ro.mask.sum().to(model.device, torch.float64), d)) / d.world
+            n_seqs = float(cfg.prompts_per_step * G) / d.world
+            adv = ro.advantages.flatten()  # [B*G]
+            tok_adv = ro.token_advantages  # [B*G, T] with tree rollouts, else None
+            rows_all = torch.arange(adv.numel())
+            # departure 6: with beta = 0, zero-advantage rows have exactly zero loss and gradient: skip them
+            nonzero = (adv != 0) if tok_adv is None else (tok_adv != 0).any(-1)
+            rows_run = rows_all if cfg.beta > 0 else rows_all[nonzero]
+            micro = [rows_run[i : i + cfg.micro_batch] for i in range(0, len(rows_run), cfg.micro_batch)]
 
-        # the sampler's packed weight copies are freed, so that they do not sit beside the backward's activations; the
-        # recomputed old log-probs take the plain matmuls of the training pass (departure 1: the packed ones round
-        # differently, and the ratio would be 0.9975-0.9999 instead of 1 at mu = 1)
-        drop_packed(model)
-        if self.recompute_old:
-            with unpacked(model):
-                old_logp = self._teacher_forced(model, ro, micro)
-        else:
-            old_logp = ro.old_logp
-        ref_logp = self._teacher_forced(self.ref, ro, micro) if self.ref is not None else None
-        if model.device.type == "cuda":  # (once a step: the passes' kernels counted here, not in the update's time)
-            torch.cuda.synchronize(model.device)
+            # the sampler's packed weight copies are freed, so that they do not sit beside the backward's activations; the
+            # recomputed old log-probs take the plain matmuls of the training pass (departure 1: the packed ones round
+            # differently, and the ratio would be 0.9975-0.9999 instead of 1 at mu = 1)
+            drop_packed(model)
+            if self.recompute_old:
+                with unpacked(model):
+                    old_logp = self._teacher_forced(model, ro, micro)
+            else:
+                old_logp = ro.old_logp
+            ref_logp = self._teacher_forced(self.ref, ro, micro) if self.ref is not None else None
+            if model.device.type == "cuda":  # (once a step: the passes' kernels counted here, not in the update's time)
+                torch.cuda.synchronize(model.device)
         t_logprobs = time.perf_counter() - t0 - t_rollout
 
         # loss -> step (mu passes over the same rollouts)
-        model.train()
-        agg = dict(loss=0.0, clip_low=0.0, clip_high=0.0, ratio=0.0, kl=0.0, entropy=0.0, tokens=0)
-        norms = []  # one per update: grad_norm logs their mean
-        for _ in range(cfg.mu):
-            self.opt.zero_grad(set_to_none=True)
-            pass_loss = 0.0  # this update's alone: a skipped pass must not skip the next
-            for rows in micro:
-                T = int(ro.mask[rows].sum(-1).max())
-                with self.autocast():
-                    logp, ent = completion_logprobs(model, ro, rows, T, self.tok.pad_token_id, cfg.logprob_chunk)
-                dev = logp.device
-                loss, st = policy_loss(
-                    logp, old_logp[rows, :T].to(dev), ref_logp[rows, :T].to(dev) if ref_logp is not None else None,
-                    (tok_adv[rows, :T] if tok_adv is not None else adv[rows]).to(dev), ro.mask[rows, :T].to(dev), eps_low=cfg.eps_low, eps_high=cfg.eps_high,
-                    beta=cfg.beta, agg=cfg.loss_agg, n_seqs=n_seqs, n_tokens=n_tokens, max_len=cfg.max_new_tokens)
-                loss.backward()
-                m = ro.mask[rows, :T].to(dev)
-                pass_loss += float(loss.detach())
-                for k in ("clip_low", "clip_high", "ratio", "kl"):
-                    agg[k] += getattr(st, k) * st.tokens
-                agg["entropy"] += float((ent * m).sum())
-                agg["tokens"] += st.tokens
-            for p in self.params:  # rows skipped (departure 6) or a rank with none to run: their gradient is 0,
-                if p.grad is None:  # and AdamW must still take its step (momentum, decay, step count) as it would
-                    p.grad = torch.zeros_like(p)
-            D.average_gradients(self.params, d)
-            agg["loss"] += pass_loss
-            norms.append(self._clip_and_step(pass_loss))
+        with phase("grpo/update"):
+            model.train()
+            agg = dict(loss=0.0, clip_low=0.0, clip_high=0.0, ratio=0.0, kl=0.0, entropy=0.0, tokens=0)
+            norms = []  # one per update: grad_norm logs their mean
+            for _ in range(cfg.mu):
+                self.opt.zero_grad(set_to_none=True)
+                pass_loss = 0.0  # this update's alone: a skipped pass must not skip the next
+                for rows in micro:
+                    T = int(ro.mask[rows].sum(-1).max())
+                    with self.autocast():
+                        logp, ent = completion_logprobs(model, ro, rows, T, self.tok.pad_token_id, cfg.logprob_chunk)
+                    dev = logp.device
+                    loss, st = policy_loss(
+                        logp, old_logp[rows, :T].to(dev), ref_logp[rows, :T].to(dev) if ref_logp is not None else None,
+                        (tok_adv[rows, :T] if tok_adv is not None else adv[rows]).to(dev), ro.mask[rows, :T].to(dev),
+                        eps_low=cfg.eps_low, eps_high=cfg.eps_high, beta=cfg.beta, agg=cfg.loss_agg, n_seqs=n_seqs,
+                        n_tokens=n_tokens, max_len=cfg.max_new_tokens)
+                    loss.backward()
+                    m = ro.mask[rows, :T].to(dev)
+                    pass_loss += float(loss.detach())
+                    for k in ("clip_low", "clip_high", "ratio", "kl"):
+                        agg[k] += getattr(st, k) * st.tokens
+                    agg["entropy"] += float((ent * m).sum())
+                    agg["tokens"] += st.tokens
+                for p in self.params:  # rows skipped (departure 6) or a rank with none to run: their gradient is 0,
+                    if p.grad is None:  # and AdamW must still take its step (momentum, decay, step count) as it would
+                        p.grad = torch.zeros_like(p)
+                D.average_gradients(self.params, d)
+                agg["loss"] += pass_loss
+                norms.append(self._clip_and_step(pass_loss))
         self.lr_used = self.opt.param_groups[0]["lr"]
         self.sched.step()
         self.step += 1
@@ -372,7 +377,12 @@ class Trainer:
             # a resumed run may have spent its token budget already (generated_total is the same on every rank)
             spent = bool(cfg.token_budget) and self.generated_total >= cfg.token_budget
             while self.step < end and not spent:
-                last = self.train_step()
+                if cfg.profile_step == self.step + 1 and self.dist.main:
+                    with profiled(self.step + 1, self.run_dir, self.model.device):
+                        last = self.train_step()
+                    tqdm.write(f"step {self.step}: profile written to {self.run_dir / 'profile'}")
+                else:
+                    last = self.train_step()
                 self._warn_if_no_signal(last)
                 spent = self._budget_spent_everywhere()
                 final = self.step == cfg.steps or spent

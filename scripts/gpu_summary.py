@@ -92,6 +92,12 @@ def summary(out: Path) -> list[str]:
             lines.append(f"| {label} step time split, mean over steps after the first: rollout / log-probs / update (s) | "
                          + " / ".join(f"{mean([x[f'time/{p}'] for x in later]):.2f}" for p in ("rollout", "logprobs", "update"))
                          + " |")
+    prof = out / "train-profile" / "profile" / "step_2.txt"  # one GRPO step under torch.profiler (a diagnostic)
+    if prof.is_file():
+        head = prof.read_text().splitlines()[:2]  # "training step 2: <times>", "device busy <...>: <why>"
+        lines.append(f"| GRPO step under the profiler | {head[0].split(': ', 1)[-1]} |")
+        if len(head) > 1 and head[1].startswith("device busy"):
+            lines.append(f"| GRPO step under the profiler, device | {head[1].split(': ', 1)[0]} |")
     c = load(out / "compare" / "compare.json")
     cut = " (grid cut off before its end)" if c and not c.get("complete", True) else ""
     for r in (c or {}).get("rows", []):

@@ -82,6 +82,16 @@ def test_summary_with_every_step(tmp_path, monkeypatch):
     text = "\n".join(gpu_summary.summary(tmp_path))
     assert ("| GRPO at --micro-batch 64 (a diagnostic) step time split, mean over steps after the first: rollout / "
             "log-probs / update (s) | 3.50 / 0.50 / 0.62 |") in text  # steps 2-3: (3 + 4) / 2, 0.5, (0.5 + 0.75) / 2
+    assert "under the profiler" not in text
+    # one GRPO step under the profiler: its first two lines (as grpo/profiling.py writes them)
+    (tmp_path / "train-profile" / "profile").mkdir(parents=True)
+    (tmp_path / "train-profile" / "profile" / "step_2.txt").write_text(
+        "training step 2: 4.000 s wall under the profiler (rollout 1.500 s, logprobs 1.000 s, update 1.400 s)\n"
+        "device busy 0.800 s of 4.000 s (20.0%) in 40000 kernels (20.0 us a kernel): the rest ...\n\nby device time (self):\n")
+    text = "\n".join(gpu_summary.summary(tmp_path))
+    assert ("| GRPO step under the profiler | 4.000 s wall under the profiler (rollout 1.500 s, logprobs 1.000 s, "
+            "update 1.400 s) |") in text
+    assert "| GRPO step under the profiler, device | device busy 0.800 s of 4.000 s (20.0%) in 40000 kernels" in text
     c = json.loads((tmp_path / "compare" / "compare.json").read_text())
     (tmp_path / "compare" / "compare.json").write_text(json.dumps({**c, "complete": False}))
     text = "\n".join(gpu_summary.summary(tmp_path))

@@ -406,3 +406,27 @@ def test_gradients_are_freed_once_the_update_is_made(tmp_path):
     m = tr.train_step()
     assert m["grad_norm"] > 0 and not all(torch.equal(a, b) for a, b in zip(before, tr.params))
     assert all(p.grad is None for p in tr.params)
+
+
+def test_profile_step_writes_that_steps_profile_and_changes_nothing_else(tmp_path):
+    """--profile-step 2: step 2 runs under torch.profiler; its report names the step's three phases with their
+    times, the tables hold the model's operations, the Chrome trace is written, and the weights come out exactly as
+    an unprofiled run's (the profiler records; it computes nothing)."""
+    import gzip
+    import json
+
+    plain = make_trainer(tmp_path / "plain", steps=2)
+    plain.train()
+    prof = make_trainer(tmp_path / "prof", steps=2, profile_step=2)
+    prof.train()
+    files = sorted(p.name for p in (tmp_path / "prof" / "profile").iterdir())
+    assert files == ["step_2.trace.json.gz", "step_2.txt"]
+    assert not (tmp_path / "plain" / "profile").exists()
+    text = (tmp_path / "prof" / "profile" / "step_2.txt").read_text()
+    first = text.splitlines()[0]
+    assert first.startswith("training step 2: ") and all(f"{p} " in first for p in ("rollout", "logprobs", "update"))
+    assert "by host time (self):" in text and "aten::mm" in text and "device busy" not in text  # (no GPU here)
+    trace = json.loads(gzip.decompress((tmp_path / "prof" / "profile" / "step_2.trace.json.gz").read_bytes()))
+    assert any(e.get("name") == "grpo/update" for e in trace["traceEvents"])
+    for a, b in zip(plain.model.parameters(), prof.model.parameters()):
+        assert torch.equal(a, b)
