@@ -108,14 +108,14 @@ diag 2-decode-ops 180 "$PY" bench/decode_ops.py --model "$MODEL" --batch $B1
 # GRPO's rollout shape (8 prompts x 8 rows, 2-shot): each prompt's keys/values copied to its rows, or shared
 diag 2-group-sampling 120 "$PY" bench/group_sampling.py --model "$MODEL" --shots $SHOTS --max-new-tokens $NEW \
      $( [ "${SMALL:-0}" = 1 ] && echo --prompts 2 --group 2 --reps 1 )
-# GRPO's teacher-forced passes and updates at 64 rows a micro-batch instead of 8 (3 steps): a GPU launches
-# the same kernels for 8x the rows, where 8 suits a CPU's memory (summary: time/logprobs and time/update, both runs)
-diag 4-train-mb64 90 "$PY" run.py train --model "$MODEL" --shots $SHOTS --steps 3 --micro-batch 64 --eval-every 0 \
-     --save-every 100000 --out-dir "$OUT/train-mb64" $( [ "${SMALL:-0}" = 1 ] && echo --prompts-per-step 1 --group-size 2 --max-new-tokens $NEW )
 # one GRPO step under torch.profiler (run.py train --profile-step 2; the first carries one-off costs): how long the
 # device was busy in the step, in how many kernels, and which operations took the time (train-profile/profile/)
 diag 4-train-profile 90 "$PY" run.py train --model "$MODEL" --shots $SHOTS --steps 2 --profile-step 2 --eval-every 0 \
      --save-every 100000 --out-dir "$OUT/train-profile" $( [ "${SMALL:-0}" = 1 ] && echo --prompts-per-step 1 --group-size 2 --max-new-tokens $NEW )
+# GRPO's teacher-forced passes and updates at 64 rows a micro-batch instead of 8 (3 steps): a GPU launches
+# the same kernels for 8x the rows, where 8 suits a CPU's memory (summary: time/logprobs and time/update, both runs)
+diag 4-train-mb64 90 "$PY" run.py train --model "$MODEL" --shots $SHOTS --steps 3 --micro-batch 64 --eval-every 0 \
+     --save-every 100000 --out-dir "$OUT/train-mb64" $( [ "${SMALL:-0}" = 1 ] && echo --prompts-per-step 1 --group-size 2 --max-new-tokens $NEW )
 # tree search decodes many short batches, and each decode captures its own CUDA graph: the static path (graphs)
 # against the dynamic one (no graphs, finished rows dropped) on the same questions, capture costs included; a pair
 # or nothing (one side alone compares nothing): the first keeps 30 s for the second
