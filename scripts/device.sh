@@ -24,11 +24,16 @@ unpack() { for w in "$@"; do if [ -f "$w" ]; then python3 -m zipfile -e "$w" "$S
 collect() {  # collect WORK OUT: what a lent machine gives back is at most 8 files of 16 MiB, 2 folders down, while
   # WORK holds GBs in many files (checkpoints, exported models): OUT gets the summary, the step list and the
   # environment as files, and the logs, JSON, JSONL and TensorBoard files in one archive, weights left out
+  # (and a profile's trace as a file of its own, where it fits)
   local work=$1 out=$2 f
   mkdir -p "$out"
   for f in summary.md steps.txt env.json; do if [ -f "$work/$f" ]; then cp "$work/$f" "$out/"; fi; done
   tar czf "$out/run.tgz" --exclude=checkpoints --exclude=final_hf --exclude='*.safetensors' --exclude='*.pt' \
-      -C "$(dirname "$work")" "$(basename "$work")"
+      --exclude='*.trace.json.gz' -C "$(dirname "$work")" "$(basename "$work")"
+  # a profiled step's Chrome trace (run.py train --profile-step) on its own, where it fits what comes back
+  for f in "$work"/*/profile/*.trace.json.gz; do
+    if [ -f "$f" ] && [ "$(stat -c %s "$f")" -le $(( 15 * 1024 * 1024 )) ]; then cp "$f" "$out/"; fi
+  done
   if [ "$(stat -c %s "$out/run.tgz")" -gt $(( 15 * 1024 * 1024 )) ]; then  # over what comes back: text logs only
     (cd "$(dirname "$work")" && find "$(basename "$work")" \( -name checkpoints -o -name final_hf \) -prune -o -type f \
         \( -name '*.log' -o -name '*.json' -o -name '*.md' -o -name '*.txt' \) -print) \

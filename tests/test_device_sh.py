@@ -37,6 +37,10 @@ for p in ["train/checkpoints/step-000001/model/model.safetensors", "train/final_
     with open(f"{out}/{p}", "wb") as f: f.write(os.urandom(20 * 1024 * 1024))  # weights: over what comes back
 with open(f"{out}/train/checkpoints/step-000001/trainer_state.pt", "wb") as f: f.write(os.urandom(1024))
 with open(f"{out}/train/tb/events.out.tfevents.1.host", "wb") as f: f.write(b"tb")
+os.makedirs(f"{out}/train-profile/profile")
+with open(f"{out}/train-profile/profile/step_2.txt", "w") as f: f.write("training step 2: 1.0 s\n")
+with open(f"{out}/train-profile/profile/step_2.trace.json.gz", "wb") as f:  # a profiled step's trace
+    f.write(os.urandom(int(os.environ.get("TRACE_KIB", "1")) * 1024))
 PY
 exit "${GPU_RUN_RC:-0}"
 """
@@ -111,18 +115,23 @@ def test_run_joins_unpacks_runs_and_gives_back_what_fits(tmp_path):
     # this interpreter has pytest: the staged copy is not unpacked (it would shadow the image's own)
     assert (tmp_path / "site" / "fakegguf").is_dir() and not (tmp_path / "site" / "stagedpytest").exists()
     assert_within_what_comes_back(out)
-    assert sorted(q.name for q in (out / "run").iterdir()) == ["env.json", "run.tgz", "steps.txt", "summary.md"]
+    # the profile's trace comes back as a file of its own, not inside the archive (which it could push past 15 MiB,
+    # and then the archive would keep only the text logs)
+    assert sorted(q.name for q in (out / "run").iterdir()) == ["env.json", "run.tgz", "step_2.trace.json.gz", "steps.txt", "summary.md"]
     assert (out / "run" / "summary.md").read_text() == (work / "summary.md").read_text()
     members, _ = archived(out)
     names = {n.split("/", 1)[1] for n in members}
     assert {"steps.txt", "eval-start/predictions.jsonl", "eval-start/summary.json", "train/tb/events.out.tfevents.1.host",
-            "1-env.log"} <= names
+            "1-env.log", "train-profile/profile/step_2.txt"} <= names
+    assert not any(n.endswith(".trace.json.gz") for n in names)
     assert not any("checkpoints" in n or "final_hf" in n or n.endswith((".safetensors", ".pt")) for n in names), names
 
 
 def test_a_run_cut_off_still_gives_back_its_summary_and_logs_within_the_limits(tmp_path):
-    # 20 MiB of incompressible predictions: with them the archive would not come back, so it keeps the text logs
-    p, out, work = device_run(tmp_path, minutes="8", predictions_mib=20, cut_off=True)
+    # 20 MiB of incompressible predictions: with them the archive would not come back, so it keeps the text logs;
+    # a 17 MiB profile trace would not come back either: left out
+    p, out, work = device_run(tmp_path, minutes="8", predictions_mib=20, cut_off=True, TRACE_KIB=str(17 * 1024))
+    assert not (out / "run" / "step_2.trace.json.gz").exists()
     assert p.returncode == 124, p.stderr
     assert (tmp_path / "limit").read_text().strip() == "560"  # 8 min + 80 s is over the device call's 600 s: 560
     assert (work / "resummarised").exists()  # the summary redone for what ran
