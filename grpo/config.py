@@ -92,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"unknown --tree-advantage {self.tree_advantage!r}: use outcome, step or mix")
         if self.preset and self.preset not in PRESETS:
             raise ValueError(f"unknown --preset {self.preset!r}: use one of {', '.join(PRESETS)}")
+        if self.profile_step > self.steps:
+            raise ValueError(f"--profile-step {self.profile_step} is past the run's last step (--steps {self.steps})")
         if self.group_size < 2:
             raise ValueError(f"--group-size must be >= 2, got {self.group_size}: GRPO's advantage compares completions of one prompt")
         check_ranges(self, at_least_1=("steps", "prompts_per_step", "max_new_tokens", "mu", "micro_batch", "save_every",

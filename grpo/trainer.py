@@ -374,6 +374,9 @@ class Trainer:
                     tqdm.write("note: the starting model wrote no answer in the <reasoning>/<answer> format on the "
                                f"{cfg.eval_limit} evaluation questions; most rewards may be 0 and leave GRPO nothing to "
                                "learn from: few-shot prompts (--shots 2) or a stronger --model help")
+            if 0 < cfg.profile_step <= self.step and self.dist.main:  # a resumed run past the step asked for
+                tqdm.write(f"note: --profile-step {cfg.profile_step}: this run is past step {cfg.profile_step} already "
+                           f"(resumed at step {self.step}); nothing will be profiled")
             # a resumed run may have spent its token budget already (generated_total is the same on every rank)
             spent = bool(cfg.token_budget) and self.generated_total >= cfg.token_budget
             while self.step < end and not spent:

@@ -59,6 +59,8 @@ def test_help_documents_every_field_with_its_default(command, capsys):
     (["train", "--temperature", "0"], "--temperature must be > 0"),
     (["train", "--group-size", "0"], "--group-size must be >= 2, got 0"),
     (["train", "--mcts-children", "0"], "--mcts-children must be >= 1, got 0"),
+    (["train", "--profile-step", "4", "--preset", "smoke"], "--profile-step 4 is past the run's last step (--steps 3)"),
+    (["train", "--profile-step", "-1"], "--profile-step must be >= 0, got -1"),
     (["inspect-tree", "x", "--max-depth", "-1"], "--max-depth must be >= 0, got -1"),
     (["eval", "--temperature", "inf"], "--temperature must be a finite number, got inf"),
     (["sample", "--temperature", "inf"], "--temperature must be a finite number, got inf"),

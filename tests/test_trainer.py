@@ -430,3 +430,11 @@ def test_profile_step_writes_that_steps_profile_and_changes_nothing_else(tmp_pat
     assert any(e.get("name") == "grpo/update" for e in trace["traceEvents"])
     for a, b in zip(plain.model.parameters(), prof.model.parameters()):
         assert torch.equal(a, b)
+
+
+def test_a_run_past_its_profile_step_says_so(tmp_path, capsys):
+    t = make_trainer(tmp_path / "run", steps=2, profile_step=1)
+    t.step = 1  # as a run resumed from its step-1 checkpoint
+    t.train()
+    assert "--profile-step 1: this run is past step 1 already (resumed at step 1)" in capsys.readouterr().out
+    assert not (tmp_path / "run" / "profile").exists()
