@@ -92,8 +92,6 @@ class TrainConfig:
             raise ValueError(f"unknown --tree-advantage {self.tree_advantage!r}: use outcome, step or mix")
         if self.preset and self.preset not in PRESETS:
             raise ValueError(f"unknown --preset {self.preset!r}: use one of {', '.join(PRESETS)}")
-        if self.profile_step > self.steps:
-            raise ValueError(f"--profile-step {self.profile_step} is past the run's last step (--steps {self.steps})")
         if self.group_size < 2:
             raise ValueError(f"--group-size must be >= 2, got {self.group_size}: GRPO's advantage compares completions of one prompt")
         check_ranges(self, at_least_1=("steps", "prompts_per_step", "max_new_tokens", "mu", "micro_batch", "save_every",
@@ -103,6 +101,8 @@ class TrainConfig:
                                  "mcts_c_puct", "warmup_steps", "log_samples", "eval_every", "weight_decay",
                                  "max_grad_norm", "lr", "tree_advantage_weight"),
                      in_0_1=("mcts_prob",), below_1=("eps_low", "adam_beta1", "adam_beta2"))
+        if self.profile_step > self.steps:
+            raise ValueError(f"--profile-step {self.profile_step} is past the run's last step (--steps {self.steps})")
         from mcts.interface import check_step  # (here, not at the top: mcts imports grpo's rewards)
 
         check_step(self.mcts_step, "--mcts-step")  # (the tree search would refuse it only once the model has loaded)
