@@ -9,7 +9,8 @@ record_function ranges "grpo/rollout", "grpo/logprobs", "grpo/update" that Train
 
 Writes OUT/profile/step_N.txt (the summary line and two tables) and OUT/profile/step_N.trace.json.gz (a Chrome
 trace: chrome://tracing or ui.perfetto.dev), on the main process only. The profiled step runs slower than the
-others (the profiler records every operation); its metrics are logged as any step's.
+others (the profiler records every operation); its metrics are logged as any step's. Kernels replayed from a
+CUDA graph (the static decode path) are timed by CUPTI, whose times for them may be off (pytorch/kineto#1165).
 """
 from __future__ import annotations
 
@@ -29,6 +30,15 @@ def phase(name: str):
     """A named range of a training step in the profile (cheap when no profiler runs)."""
     assert name in PHASES, name
     return record_function(name)
+
+
+def prepare(device: torch.device) -> None:
+    """Before any CUDA graph is made in a process that will profile: start and stop the profiler once. A graph made
+    before the profiler's first start and replayed under it has hung or faulted (pytorch/pytorch#75504; the
+    workaround torch.profiler._utils._init_for_cuda_graphs, pytorch#100441, is this)."""
+    if device.type == "cuda":
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]):
+            pass
 
 
 @contextlib.contextmanager

@@ -67,6 +67,7 @@ from .evaluate import EvalConfig, evaluate
 from .loss import group_advantages, policy_loss
 from .metrics import RunLog, rollout_token_metrics, sample_rows, step_metrics, truncate_log
 from .profiling import phase, profiled
+from .profiling import prepare as prepare_profiler
 from .rewards import RewardSet
 from .rollout import Rollout, collect, completion_logprobs, row_generators
 from .tree_rollout import collect_tree, merge, use_tree
@@ -367,6 +368,8 @@ class Trainer:
         bar = tqdm(total=cfg.token_budget if by_tokens else cfg.steps, initial=min(self.generated_total, cfg.token_budget) if by_tokens else self.step,
                    desc="train", unit="tok" if by_tokens else "step", disable=not (self.progress and self.dist.main))
         try:
+            if cfg.profile_step > self.step and self.dist.main:
+                prepare_profiler(self.model.device)  # before this process's first CUDA graph
             if cfg.eval_every and cfg.eval_at_start and self.step == 0 and self.dist.main:
                 start = self.evaluate()
                 self.log.log(0, {**start, "rollout/generated_tokens_total": 0.0})  # the baseline

@@ -438,3 +438,20 @@ def test_a_run_past_its_profile_step_says_so(tmp_path, capsys):
     t.train()
     assert "--profile-step 1: this run is past step 1 already (resumed at step 1)" in capsys.readouterr().out
     assert not (tmp_path / "run" / "profile").exists()
+
+
+def test_the_profiler_starts_once_before_the_runs_first_cuda_graph(tmp_path, monkeypatch):
+    """With --profile-step, the profiler is started and stopped once before anything else runs (the starting
+    evaluation's decoding makes CUDA graphs on a GPU: a graph made before the profiler's first start hung or
+    faulted when replayed under it, pytorch#75504); without it, never."""
+    import grpo.trainer as T
+
+    for profile_step, expected in ((2, ["prepare", "evaluate"]), (0, ["evaluate"])):
+        seen = []
+        monkeypatch.setattr(T, "prepare_profiler", lambda device: seen.append("prepare"))
+        t = make_trainer(tmp_path / f"run{profile_step}", steps=2, profile_step=profile_step, eval_every=2, eval_limit=1)
+        monkeypatch.setattr(t, "evaluate", lambda: seen.append("evaluate") or {})
+        monkeypatch.setattr(t, "train_step", lambda: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            t.train()
+        assert seen == expected
