@@ -250,7 +250,7 @@ def main(argv=None) -> None:
     for r in rows:
         if "samples_per_question" in r and r["strategy"] == "majority":
             lines.append(f"\n{r['budget']}: {r['samples_per_question']:.1f} samples a question on average; "
-                         f"{r['questions_short']} question(s) used all {max(ns) + (extra if a.equal_tokens else 0)} of "
+                         f"{r['questions_short']} question(s) used all {len(sampled[0].tokens)} of "
                          "theirs and still fell short of the tree's tokens.")
     (out / "compare.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -15,8 +15,6 @@ CUDA graph (the static decode path) are timed by CUPTI, whose times for them may
 from __future__ import annotations
 
 import contextlib
-import gzip
-import shutil
 import time
 from pathlib import Path
 
@@ -55,11 +53,7 @@ def profiled(step: int, run_dir: Path, device: torch.device):
     out = Path(run_dir) / "profile"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"step_{step}.txt").write_text(report(prof, wall, cuda, step))
-    trace = out / f"step_{step}.trace.json"
-    prof.export_chrome_trace(str(trace))
-    with trace.open("rb") as src, gzip.open(f"{trace}.gz", "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    trace.unlink()
+    prof.export_chrome_trace(str(out / f"step_{step}.trace.json.gz"))  # (a name ending in .gz: gzipped)
 
 
 def report(prof, wall: float, cuda: bool, step: int) -> str:

@@ -66,8 +66,7 @@ from .config import TrainConfig
 from .evaluate import EvalConfig, evaluate
 from .loss import group_advantages, policy_loss
 from .metrics import RunLog, rollout_token_metrics, sample_rows, step_metrics, truncate_log
-from .profiling import phase, profiled
-from .profiling import prepare as prepare_profiler
+from .profiling import phase, profiled, prepare as prepare_profiler
 from .rewards import RewardSet
 from .rollout import Rollout, collect, completion_logprobs, row_generators
 from .tree_rollout import collect_tree, merge, use_tree
