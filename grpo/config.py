@@ -18,7 +18,7 @@ class TrainConfig:
     model: str | None = field(default=None, metadata={"help": "policy to start from: hub id, HF dir, .gguf file, checkpoint dir or training run dir; default: the embedded SmolLM2-135M-Instruct"})
     gsm8k: str | None = field(default=None, metadata={"help": "GSM8K directory holding train.jsonl and test.jsonl, or one of those files where one split is enough; default: $GSM8K_DIR, else the hub"})
     out_dir: str = field(default="runs/train", metadata={"help": "run directory: config, logs, TensorBoard events, checkpoints, final export"})
-    resume: str | None = field(default=None, metadata={"help": "continue the run in this directory from its last checkpoint, with its saved config; only flags that do not change the training itself may be given beside it (RESUME_MAY_CHANGE: time and token limits, evaluation, checkpointing, logging, device, where GSM8K is read from)"})
+    resume: str | None = field(default=None, metadata={"help": "continue the run in this directory from its last checkpoint, with its saved config; only flags that do not change the training itself may be given beside it (RESUME_MAY_CHANGE: time and token limits, evaluation, checkpointing, logging, device, sampling path (--decode), where GSM8K is read from)"})
     preset: str = field(default="", metadata={"help": "'smoke': a tiny run (< 2 min on a 2-core CPU) for a first look and CI; flags you give override it"})
     steps: int = field(default=500, metadata={"help": "optimizer steps (each on prompts_per_step x group_size completions)"})
     max_minutes: float = field(default=0.0, metadata={"help": "also stop before a step that would end past this many minutes of training, judged by the last step's time (0: no limit; the first step always runs); the final evaluation and export still run"})
@@ -138,11 +138,13 @@ def check_top_p(top_p: float) -> None:
 
 
 # What may differ from a run's config.json when it is resumed: when it stops, how it is evaluated, saved and
-# logged, where it runs and where it reads GSM8K from; none of them changes a training step. Everything else (learning rate and its schedule
-# over --steps, batch, group, loss, sampling, seed, ...) is the run itself: changing it mid-run would make the run
-# neither the one its config.json describes nor one that could be reproduced.
+# logged, where it runs and by which sampling path (--decode: the same distribution, drawn and multiplied in
+# another order, as on another device), and where it reads GSM8K from; none of them changes a training step.
+# Everything else (learning rate and its schedule over --steps, batch, group, loss, sampling, seed, ...) is the run
+# itself: changing it mid-run would make the run neither the one its config.json describes nor one that could be
+# reproduced.
 RESUME_MAY_CHANGE = ("max_minutes", "token_budget", "eval_every", "eval_limit", "eval_at_start", "eval_batch_size",
-                     "log_samples", "save_every", "keep_checkpoints", "device", "gsm8k", "profile_step")
+                     "log_samples", "save_every", "keep_checkpoints", "device", "decode", "gsm8k", "profile_step")
 
 
 def _same(name: str, old, new) -> bool:
