@@ -287,9 +287,13 @@ def step_estimate(per_step: float, cfg: TrainConfig, step: int, world: int) -> s
     total = left * per_step / 3600
     limit = (f"; --max-minutes {cfg.max_minutes:g} stops it sooner" if cfg.max_minutes and cfg.max_minutes * 60 < left * per_step
              else "")
-    return (f"estimated time per step on this CPU: about {per_step:.0f} s or less ({world} process(es), {cfg.prompts_per_step} "
-            f"prompts x {cfg.group_size} completions, up to {cfg.max_new_tokens} tokens); the {left} step{'s' * (left != 1)} to go: "
-            f"about {f'{total:.1f} hours' if total >= 2 else f'{total * 60:.0f} minutes'} or less, evaluations aside{limit}")
+    step_time = f"about {per_step:.0f} s or less" if per_step >= 0.5 else "under a second"  # (a tiny model's: not "0 s")
+    minutes = round(total * 60)
+    run_time = (f"about {total:.1f} hours or less" if total >= 2 else f"about {minutes} minute{'s' * (minutes != 1)} or less"
+                if minutes else "under a minute")
+    return (f"estimated time per step on this CPU: {step_time} ({world} process(es), {cfg.prompts_per_step} prompts x "
+            f"{cfg.group_size} completions, up to {cfg.max_new_tokens} tokens); the {left} step{'s' * (left != 1)} to go: "
+            f"{run_time}, evaluations aside{limit}")
 
 
 @dataclass

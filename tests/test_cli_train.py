@@ -423,6 +423,10 @@ def test_the_cpu_estimate_says_the_whole_runs_time_too():
     resumed = dataclasses.replace(cfg, steps=3, max_minutes=2.5)  # 2 steps of 100 s left: 3.3 minutes, past --max-minutes
     assert run.step_estimate(100.0, resumed, 1, 2).endswith(
         "the 2 steps to go: about 3 minutes or less, evaluations aside; --max-minutes 2.5 stops it sooner")
+    tiny = dataclasses.replace(cfg, steps=50)  # a tiny model's steps: not "about 0 s", "about 0 minutes"
+    assert run.step_estimate(0.2, tiny, 0, 2).startswith("estimated time per step on this CPU: under a second (2 process(es)")
+    assert run.step_estimate(0.2, tiny, 0, 2).endswith("the 50 steps to go: under a minute, evaluations aside")
+    assert "to go: about 1 minute or less" in run.step_estimate(1.2, tiny, 0, 1)  # 60 s
 
 
 def test_sigterm_ends_a_run_as_ctrl_c_does(tiny_ckpt, tmp_path):
