@@ -3,7 +3,10 @@
 Strategies (`search`), all comparable at their generated-token cost per question:
   greedy      one answer, argmax decoding
   sample      n sampled answers; reports their mean accuracy, pass@n and majority@n
-  majority    n sampled answers; the answer is the majority vote (self-consistency, Wang et al. 2023)
+  majority    n sampled answers; the answer is the majority vote (self-consistency, Wang et al. 2023) of the
+              lenient answers of those that finished (one cut by the token limit has no answer, as in best-of-n's
+              and tree search's value), and of the texts giving the winning number one in the format if any
+              (majority@n_strict in `sample`'s summary is another count: a vote among the strict answers)
   best-of-n   n sampled answers; the answer is the one with the highest value, the same gold-free value
               as tree search uses (format + agreement with the other answers)
   mcts        tree search over reasoning steps (mcts/search.py); with --mcts-when always | every:K | entropy:H,
@@ -142,6 +145,14 @@ def majority(answers: Sequence[str | None]) -> str | None:
     return max(votes, key=lambda a: (votes[a], -answers.index(a))) if votes else None
 
 
+def finished_answers(answers: Sequence[str | None], finish: Sequence[str]) -> list[str | None]:
+    """The answers that vote: a completion cut by the token limit has none. The last number of a cut text is an
+    intermediate result of reasoning that never ended, not an answer; best-of-n and tree search score cut answers
+    the same way (no agreement, not in the pool), so the three strategies compare under one rule."""
+    assert len(answers) == len(finish), f"{len(answers)} answers, {len(finish)} finish reasons"
+    return [None if f == "length" else a for a, f in zip(answers, finish)]
+
+
 def summarize(results: Sequence[QuestionResult], seconds: float) -> dict:
     n_q = max(len(results), 1)
     chosen = [(r, i) for r in results for i in (range(len(r.completions)) if r.final < 0 else [r.final])]
@@ -166,7 +177,7 @@ def summarize(results: Sequence[QuestionResult], seconds: float) -> dict:
     if any(len(r.completions) > 1 for r in results):
         for key in ("strict", "lenient"):
             out[f"pass_at_n_{key}"] = sum(any(p == r.gold for p in getattr(r, key)) for r in results) / n_q
-            out[f"majority_at_n_{key}"] = sum(majority(getattr(r, key)) == r.gold for r in results) / n_q
+            out[f"majority_at_n_{key}"] = sum(majority(finished_answers(getattr(r, key), r.finish)) == r.gold for r in results) / n_q
     return out
 
 
@@ -175,12 +186,13 @@ def choose(strategy: str, texts: list[str], lenient: list[str | None], format_we
     if strategy == "sample":
         return -1
     if strategy == "majority":
-        m = majority(lenient)
-        if m is None:
+        votes = finished_answers(lenient, finish)  # (cut answers do not vote)
+        m = majority(votes)
+        if m is None:  # every answer cut or without a number: the first, as greedy would give
             return 0
         # the vote gives a number; of the answers that gave it, one in the format if any (as tree search's vote takes
         # its best-valued one), so that strict accuracy does not depend on which of them happened to be sampled first
-        same = [i for i, a in enumerate(lenient) if a == m]
+        same = [i for i, a in enumerate(votes) if a == m]
         return next((i for i in same if parse_strict(texts[i]) == m), same[0])
     if strategy == "best-of-n":
         # tree search's value exactly: an answer cut by the token limit has no answer (no agreement, not in the pool)

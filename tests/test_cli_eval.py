@@ -1,5 +1,6 @@
 """`run.py eval` end to end on a tiny checkpoint (greedy, sampling, majority, best-of-n, tree search and its dumps,
 --decode), EvalConfig's checks, and `run.py inspect-tree`."""
+import dataclasses
 import json
 
 import pytest
@@ -230,3 +231,22 @@ def test_eval_mcts_rescore_reaches_the_search(tiny_ckpt, tmp_path, monkeypatch):
     assert run.main(["eval", "--model", tiny_ckpt, "--search", "mcts", "--limit", "1", "--max-new-tokens", "6", "--n-simulations", "2",
                      "--children", "2", "--step", "tokens:3", "--mcts-rescore", "--out-dir", str(out), "--device", "cpu"]) == 0
     assert seen == [True] and json.loads((out / "config.json").read_text())["mcts_rescore"] is True
+
+
+def test_majority_does_not_count_answers_cut_by_the_token_limit():
+    """Seen (a review): two completions cut mid-reasoning ending '48/2 = 24' outvoted a finished '<answer>72</answer>'
+    (gold 72): majority scored 0 where best-of-n, which gives a cut answer no answer as tree search does, scored 1.
+    The vote, and sample's majority@n, now count finished answers only."""
+    from grpo.evaluate import QuestionResult, choose, summarize
+
+    texts = ["48 + 48 = 96, 96/2 = 48. 48/2 = 24", "so 48/2 = 24", "<reasoning>r</reasoning>\n<answer>\n72\n</answer>"]
+    lenient, strict, finish = ["24", "24", "72"], [None, None, "72"], ["length", "length", "stop"]
+    assert choose("majority", texts, lenient, 0.3, finish) == 2
+    assert choose("majority", texts, lenient, 0.3, ["stop"] * 3) == 0  # finished, the two 24s do outvote it
+    assert choose("majority", texts[:2], lenient[:2], 0.3, finish[:2]) == 0  # none finished: the first, as before
+    r = QuestionResult(0, "q", "72", texts, strict, lenient, [64, 64, 30], finish, -1, 158, 200)
+    s = summarize([r], 1.0)
+    assert s["majority_at_n_lenient"] == 1.0 and s["majority_at_n_strict"] == 1.0
+    assert s["pass_at_n_lenient"] == 1.0 and abs(s["accuracy_lenient"] - 1 / 3) < 1e-12  # (lenient reads cut texts)
+    s = summarize([dataclasses.replace(r, finish=["stop"] * 3)], 1.0)
+    assert s["majority_at_n_lenient"] == 0.0 and s["majority_at_n_strict"] == 1.0
