@@ -126,7 +126,7 @@ def cmd_eval(cfg: EvalConfig, given: set[str] = frozenset()) -> None:
     cfg = dataclasses.replace(cfg, device=str(device) if cfg.device == "auto" else cfg.device, precision=precision)
     partial = out / "predictions.jsonl.partial"
     trees = out / "trees.jsonl.partial" if cfg.search == "mcts" and cfg.mcts_when == "tree" else None
-    done = answered(out, trees is not None, [p.index for p in problems]) if cfg.resume else []
+    done = answered(out, trees is not None, problems) if cfg.resume else []
     model, tok = load_spec(cfg.model, device, weights_dtype(precision))
     check_context(model, tok, [p.question for p in problems], shots, cfg.max_new_tokens)
     if not cfg.resume:

@@ -11,6 +11,7 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
+from data import Problem
 from model_io import ModelSpecError
 from model_io.checkpoint import write_text_atomic
 
@@ -66,11 +67,13 @@ def same_run_model(typed: str | None, saved: str | None) -> bool:
     return held is not None and held.resolve() == Path(saved).expanduser().resolve()
 
 
-def answered(out: Path, with_trees: bool, indices: list[int]) -> list[QuestionResult]:
+def answered(out: Path, with_trees: bool, problems: list[Problem]) -> list[QuestionResult]:
     """The questions the interrupted eval in `out` finished, in order; its partial files cut to exactly them.
     A line cut short by the interruption ends the list (that question is answered again), and so does a
-    question whose tree (`with_trees`) never reached trees.jsonl.partial. `indices`: the eval's questions, of
-    which the answered ones must be the first (checked before the files are touched)."""
+    question whose tree (`with_trees`) never reached trees.jsonl.partial. `problems`: the eval's questions, of
+    which the answered ones must be the first, the same question and gold answer at the same index (checked
+    before the files are touched: `--gsm8k` may change on resume, and another file's questions are numbered
+    0, 1, 2... as well)."""
     lines = (out / PARTIAL).read_text(encoding="utf-8").splitlines()
     trees: dict[int, str] = {}
     if with_trees:
@@ -93,9 +96,9 @@ def answered(out: Path, with_trees: bool, indices: list[int]) -> list[QuestionRe
             break
         done.append(q)
         kept.append(line)
-    if [q.index for q in done] != indices[: len(done)]:
+    if [(q.index, q.question, q.gold) for q in done] != [(p.index, p.question, p.answer) for p in problems[: len(done)]]:
         raise ValueError(f"--resume: the questions in {out / PARTIAL} are not the first of the eval's split (its data "
-                         f"changed since?): run the eval again without --resume")
+                         f"changed since, or --gsm8k names other files?): run the eval again without --resume")
     write_text_atomic(out / PARTIAL, "".join(line + "\n" for line in kept))  # a second interruption: old or new
     if with_trees:
         write_text_atomic(out / TREES, "".join(trees[q.index] + "\n" for q in done))

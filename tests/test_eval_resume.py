@@ -1,6 +1,7 @@
 """`run.py eval --resume`: an interrupted eval continues where it stopped and ends with the files an uninterrupted
 one writes; what cannot be resumed is refused in one line before anything loads."""
 import json
+from pathlib import Path
 
 import pytest
 from conftest import gsm8k_dir
@@ -139,6 +140,16 @@ def test_what_cannot_be_resumed_is_one_line_before_loading(tiny_ckpt, tmp_path, 
     assert "are not the first of the eval's split" in refused(["eval", "--resume", "--out-dir", str(out)])
     assert partial.read_text() == before  # refused before anything is cut
     partial.write_text(kept)
+    # --gsm8k may change on resume (the same files elsewhere), but other files' questions are numbered 0, 1, ...
+    # too: a review's resume through --gsm8k with other questions mixed the two files' answers in one summary
+    other = tmp_path / "other"
+    other.mkdir()
+    real_dir = Path(gsm8k_dir())
+    (other / "train.jsonl").write_text((real_dir / "train.jsonl").read_text())
+    (other / "test.jsonl").write_text("".join(real_dir.joinpath("test.jsonl").read_text().splitlines(True)[100:104]))
+    assert "are not the first of the eval's split (its data changed since, or --gsm8k names other files?)" in refused(
+        ["eval", "--resume", "--out-dir", str(out), "--gsm8k", str(other)])
+    assert partial.read_text() == kept
     import errno
     import tempfile
 
