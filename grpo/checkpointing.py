@@ -102,10 +102,17 @@ def disk_note(run_dir: Path, model, count: int) -> str | None:
         return None
     if free >= need:
         return None
-    gb = lambda n: f"{n / 1e9:.2f} GB"  # noqa: E731
-    return (f"note: {run_dir} has {gb(free)} free, but this run's checkpoints need {gb(need)} more there ({count} of "
-            f"{gb(3 * weights)}: float32 weights and AdamW's two moments): free space before the first checkpoint, or "
-            f"the run stops there")
+    return (f"note: {run_dir} has {size_text(free)} free, but this run's checkpoints need {size_text(need)} more there "
+            f"({count} of {size_text(3 * weights)}: float32 weights and AdamW's two moments): free space before the first "
+            f"checkpoint, or the run stops there")
+
+
+def size_text(n: int) -> str:
+    """Bytes as a person reads them: '1.62 GB', '41.3 MB', '392 kB' (a tiny model's checkpoint is not '0.00 GB')."""
+    for unit, scale, digits in (("GB", 1e9, 2), ("MB", 1e6, 1), ("kB", 1e3, 0)):
+        if n >= scale:
+            return f"{n / scale:.{digits}f} {unit}"
+    return f"{n} B"
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, dict]:

@@ -2,7 +2,9 @@
 files, samples.jsonl. Rank 0 writes; others no-op."""
 from __future__ import annotations
 
+import errno
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -84,6 +86,18 @@ def sample_rows(ro: Rollout, n: int) -> list[dict]:
     return rows
 
 
+@contextmanager
+def naming(path: Path):
+    """A write that fails with the disk full (or over quota) names the file: Python's error for a failed write() or
+    close() has no filename, so the run's one-line stop said only "No space left on device" (grpo/stops.py)."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
+
+
 class RunLog:
     """metrics.jsonl, samples.jsonl and TensorBoard events of a run (rank 0 only). The TensorBoard writer opens at
     the first event, so that a command that logs nothing (resuming a finished run) leaves no empty event file."""
@@ -108,16 +122,17 @@ class RunLog:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
-        with self.metrics_path.open("a") as f:  # opened per step: a killed run loses no finished line
+        with naming(self.metrics_path), self.metrics_path.open("a") as f:  # opened per step: a killed run loses no finished line
             f.write(json.dumps({"step": step, **metrics}) + "\n")
         for k, v in metrics.items():
             self.tb.add_scalar(k, v, step)
-        self.tb.flush()
+        with naming(self.tb_dir):
+            self.tb.flush()
 
     def log_samples(self, step: int, rows: list[dict]) -> None:
         if not self.enabled:
             return
-        with self.samples_path.open("a") as f:
+        with naming(self.samples_path), self.samples_path.open("a") as f:
             f.writelines(json.dumps({"step": step, **r}) + "\n" for r in rows)
 
     def text(self, tag: str, text: str, step: int) -> None:

@@ -249,7 +249,7 @@ def test_the_disk_note_counts_the_checkpoints_a_run_keeps_at_once(tmp_path, monk
     import shutil
     from collections import namedtuple
 
-    from grpo.checkpointing import checkpoints_at_once, disk_note
+    from grpo.checkpointing import checkpoints_at_once, disk_note, size_text
 
     assert checkpoints_at_once(0, 500, 50, keep=2, have=0) == 3  # the default run
     assert checkpoints_at_once(0, 3, 3, keep=2, have=0) == 1  # the smoke preset: one, at the end
@@ -264,5 +264,7 @@ def test_the_disk_note_counts_the_checkpoints_a_run_keeps_at_once(tmp_path, monk
         note = disk_note(tmp_path, model, 3)
         assert (note is not None) == said
         if said:
-            assert note.startswith(f"note: {tmp_path} has {free / 1e9:.2f} GB free, but this run's checkpoints need "
-                                   f"{9 * weights / 1e9:.2f} GB more there (3 of {3 * weights / 1e9:.2f} GB")
+            assert note.startswith(f"note: {tmp_path} has {size_text(free)} free, but this run's checkpoints need "
+                                   f"{size_text(9 * weights)} more there (3 of {size_text(3 * weights)}:")
+    # sizes as a person reads them: a tiny model's checkpoints were "0.00 GB"
+    assert [size_text(n) for n in (1_617_891_457, 41_300_000, 392_000, 999, 0)] == ["1.62 GB", "41.3 MB", "392 kB", "999 B", "0 B"]

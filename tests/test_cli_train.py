@@ -1,6 +1,7 @@
 """run.py train: run directories, resume (what it takes, refuses and restores), train-time refusals."""
 import dataclasses
 import json
+import os
 import shutil
 
 import pytest
@@ -372,7 +373,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_that_says_how_to_go_on(tiny_ckp
                      "--max-new-tokens", "4", "--eval-every", "0", "--out-dir", str(out), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     # said before the first step: 3 checkpoints at once (--keep-checkpoints 2, and the one being written)
-    assert f"note: {out} has 0.00 GB free, but this run's checkpoints need " in err and "(3 of " in err
+    assert f"note: {out} has 0 B free, but this run's checkpoints need " in err and "(3 of " in err
     assert err.splitlines()[-1] == (
         f"error: no space left on the disk of {out / 'checkpoints' / 'step-000002'} (0 MiB free when the write failed; "
         f"nothing was left half-written): free space there; `run.py train --resume {out}` continues from its last "
@@ -413,6 +414,22 @@ def test_out_of_memory_is_one_line_naming_the_flags_that_use_less(tiny_ckpt, tmp
     monkeypatch.setattr(run, "load_spec", lambda *a: (_ for _ in ()).throw(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug"):  # any other RuntimeError keeps its traceback
         run.main(["eval", "--limit", "1", "--out-dir", str(tmp_path / "ev")])
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux), whose every write fails with ENOSPC")
+@pytest.mark.parametrize("log", ["samples.jsonl", "metrics.jsonl"])
+def test_a_full_disk_under_the_step_logs_names_the_file(log, tiny_ckpt, tmp_path, monkeypatch, capsys):
+    """Seen on a full 8 MB tmpfs: a failed write() or close() has no filename, and the run's one line said only
+    "error: No space left on device"; now it names the log it was writing."""
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / log).symlink_to("/dev/full")
+    assert run.main(["train", "--model", tiny_ckpt, "--preset", "smoke", "--max-new-tokens", "4", "--eval-every", "0",
+                     "--out-dir", str(out), "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: No space left on device: {out / log}; no checkpoint was written yet, so there is nothing to resume "
+        "(the same command starts it again)")
 
 
 def test_the_cpu_estimate_says_the_whole_runs_time_too():
