@@ -94,7 +94,8 @@ def lookahead_decode(model: Transformer, tokenizer, prompts: Sequence[Sequence[i
                                   model.device)
         res = generate(model, [list(prompts[r]) + committed[r] for r in rows],
                        SamplingConfig(max_new_tokens=max(caps), temperature=cfg.temperature, top_p=cfg.top_p, eos_ids=eos, **kw),
-                       keys, stop=stop, pad_id=tokenizer.pad_token_id, max_tokens=torch.tensor(caps))
+                       keys, stop=stop, pad_id=tokenizer.pad_token_id, max_tokens=torch.tensor(caps),
+                       stop_context=[committed[r] for r in rows])  # (a stretch may have ended inside the stop string)
         return [res.row(i) for i in range(len(rows))], list(res.finish)
 
     stuck: set[int] = set()  # rows whose search could expand nothing (no room): their answer is as long as it gets

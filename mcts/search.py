@@ -197,9 +197,12 @@ def search(
         pre = extend(model, root.fork(act, room=path.shape[1] + (0 if share else T)), path, pmask)
         pre = pre.share(K, room=T) if share else pre.fork(torch.arange(A).repeat_interleave(K))
         gens = row_generators(seed, [qids[int(a)] for a in act], sim, K, model.device)
+        # what each continuation resumes, for the stop check: the answer before the search and the leaf's path (a
+        # step may end inside "</answer>": its children must stop where they complete it, not run on past it)
+        ctx = None if stop is None else [before[int(act[i])] + path[i][pmask[i]].tolist() for i in range(A) for _ in range(K)]
         # each row stops at its own leaf's room (a leaf deeper in the tree has less), not at the batch's longest
         res = decode(model, pre, SamplingConfig(max_new_tokens=T, temperature=cfg.temperature, top_p=cfg.top_p, eos_ids=eos),
-                     gens, stop=stop, pad_id=pad, max_tokens=room.clamp(max=T).repeat_interleave(K))
+                     gens, stop=stop, pad_id=pad, max_tokens=room.clamp(max=T).repeat_interleave(K), stop_context=ctx)
         lengths = res.lengths.cpu()  # [A*K] tokens each row sampled (all of them paid for), none past its room
         toks, lps = res.tokens.cpu(), res.logprobs.cpu()
         finished = torch.tensor([f != "length" for f in res.finish])

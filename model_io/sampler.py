@@ -72,6 +72,28 @@ class StopFn(Protocol):
     def __call__(self, tails: list[list[int]]) -> list[bool]: ...
 
 
+def stop_heads(stop: StopFn | None, context: Sequence[Sequence[int]] | None, R: int) -> list[list[int]] | None:
+    """decode's `stop_context` as the stop check reads it: each row's last window - 1 tokens before this call, so
+    that a stop string begun before the call (a tree node's path ending in "</", a committed answer cut
+    mid-string by a plain stretch) ends the row on the token that completes it; without them the call never saw
+    the string whole, and the row ran on past its answer. A row whose context already holds a whole stop string
+    gets none: every match must be completed by the call's own tokens (one completed before is its caller's)."""
+    if stop is None or context is None:
+        return None
+    if len(context) != R:
+        raise ValueError(f"stop_context has {len(context)} rows, the batch {R}")
+    heads = [list(c[max(0, len(c) - (stop.window - 1)) :]) for c in context]
+    held = stop(heads) if any(heads) else [False] * R
+    return [[] if h else head for head, h in zip(heads, held)]
+
+
+def with_heads(tails: list[list[int]], rows: Sequence[int], heads: list[list[int]] | None, window: int) -> list[list[int]]:
+    """Stop-check tails [r] of fewer than `window` generated tokens, led by their row's context (stop_heads)."""
+    if heads is None:
+        return tails
+    return [heads[r][max(0, len(heads[r]) - (window - len(t))) :] + t if len(t) < window else t for r, t in zip(rows, tails)]
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     max_new_tokens: int = 256
@@ -276,11 +298,14 @@ def decode(
     pad_id: int = 0,
     static: bool | None = None,
     max_tokens: torch.Tensor | None = None,
+    stop_context: Sequence[Sequence[int]] | None = None,
 ) -> SampleResult:
     """Sample up to cfg.max_new_tokens per row after `prefix` (which is consumed: fork it first to keep it).
     max_tokens (LongTensor [R], each in [1, max_new_tokens]): a row's own cap, where rows of one batch have
     different room (tree leaves at different depths); a row reaching it ends with finish "length", and on this
     path leaves the batch like a finished row instead of sampling on to the batch's longest cap.
+    stop_context ([R] token lists): what each row continues that `stop` must see too, where the call resumes an
+    answer begun earlier (tree search's paths, lookahead's committed steps): see stop_heads. Not the prompt.
 
     static: fixed shapes and a CUDA graph per step (model_io/static_decode.py) instead of dropping finished rows,
     which suits a compute-bound CPU. Default (None): as set_decode_mode says; "auto" is static on CUDA with one
@@ -292,8 +317,9 @@ def decode(
         from .static_decode import decode_static
 
         return decode_static(model, prefix, cfg, generator, stop, pad_id, compiled=_decode_mode == "compiled",
-                             max_tokens=max_tokens)
+                             max_tokens=max_tokens, stop_context=stop_context)
     R, T = prefix.rows, cfg.max_new_tokens
+    heads = stop_heads(stop, stop_context, R)  # [R] each row's context for the stop check, or None
     caps = row_caps(max_tokens, R, T, prefix.logits.device)  # [R]
     if prefix.cache.capacity - prefix.cache.length < T - 1:
         raise ValueError(f"prefix has room for {prefix.cache.capacity - prefix.cache.length} tokens, needs {T - 1}")
@@ -323,7 +349,7 @@ def decode(
         ended = torch.isin(tok, eos) & alive  # [r]
         stopped = torch.zeros_like(alive)
         if stop is not None:
-            tails = tokens[live, max(0, t + 1 - stop.window) : t + 1].tolist()
+            tails = with_heads(tokens[live, max(0, t + 1 - stop.window) : t + 1].tolist(), live.tolist(), heads, stop.window)
             stopped[alive] = torch.tensor(stop(tails), dtype=torch.bool, device=dev) & ~ended[alive]
         for r in (ended | stopped).nonzero().flatten().tolist():  # at most R times over the whole call
             lengths[int(rows[r])] = t + 1
@@ -367,11 +393,13 @@ def generate(
     static: bool | None = None,
     max_tokens: torch.Tensor | None = None,
     share_prompt: bool | None = None,
+    stop_context: Sequence[Sequence[int]] | None = None,
 ) -> SampleResult:
     """`n` completions per prompt, rows grouped by prompt: row b*n + g is completion g of prompt b.
     Each prompt is run through the model once; its n rows then read its keys/values in place (Prefix.share), or
     with `share_prompt=False` continue from copies of them (default: shared for n > 1, except with
-    --decode compiled, whose compiled step knows only a plain cache). max_tokens: per-row caps [B * n] (see decode)."""
+    --decode compiled, whose compiled step knows only a plain cache). max_tokens: per-row caps [B * n] (see decode).
+    stop_context: per prompt [B], the tokens of an answer the prompt ends in (see decode), for each of its n rows."""
     if max(map(len, prompts), default=0) + cfg.max_new_tokens > model.cfg.max_position_embeddings and not _warned_positions:
         _warned_positions.append(True)  # once per process (a run samples thousands of batches); RoPE runs on past the
         print(f"warning: prompt + new tokens run past the model's max_position_embeddings "  # context, untrained there
@@ -384,6 +412,7 @@ def generate(
         prefix = prefix.share(n, room=cfg.max_new_tokens)
     elif n > 1:
         prefix = prefix.fork(torch.arange(len(prompts)).repeat_interleave(n))
-    res = decode(model, prefix, cfg, generator, stop, pad_id, static=static, max_tokens=max_tokens)
+    rows_context = None if stop_context is None else [c for c in stop_context for _ in range(n)]  # [B * n]
+    res = decode(model, prefix, cfg, generator, stop, pad_id, static=static, max_tokens=max_tokens, stop_context=rows_context)
     res.forward_tokens += sum(len(p) for p in prompts)
     return res

@@ -144,13 +144,14 @@ def _end_step(norm, x, head):
 
 @torch.no_grad()
 def decode_static(model: Transformer, prefix, cfg, generator=None, stop=None, pad_id: int = 0, check_every: int = 16,
-                  graph: bool = True, compiled: bool = False, max_tokens: torch.Tensor | None = None):
+                  graph: bool = True, compiled: bool = False, max_tokens: torch.Tensor | None = None, stop_context=None):
     """Same contract as sampler.decode (returns a SampleResult), with static shapes: every row runs every step
     until the host, every `check_every` tokens, sees all rows finished. Finished rows keep their slot (masked),
     as do rows that reached their own cap in `max_tokens` [R]."""
-    from .sampler import EOS, LENGTH, STOP, SampleResult, _pick, row_caps
+    from .sampler import EOS, LENGTH, STOP, SampleResult, _pick, row_caps, stop_heads
 
     R, T = prefix.rows, cfg.max_new_tokens
+    heads = stop_heads(stop, stop_context, R)  # [R] each row's context for the stop check, or None
     dev = prefix.logits.device
     caps = row_caps(max_tokens, R, T, dev)  # [R] or None
     if prefix.cache.capacity - prefix.cache.length < T - 1:
@@ -178,7 +179,7 @@ def decode_static(model: Transformer, prefix, cfg, generator=None, stop=None, pa
             done |= capped
         if (t + 1) % check_every == 0 or t == T - 1:  # the only host synchronisation: every check_every tokens
             if stop is not None:
-                _stop_strings(tokens, lengths, reason, done, stop, checked, t + 1)
+                _stop_strings(tokens, lengths, reason, done, stop, checked, t + 1, heads)
             checked = t + 1
             if bool(done.all()):
                 t_end = t + 1
@@ -193,8 +194,11 @@ def decode_static(model: Transformer, prefix, cfg, generator=None, stop=None, pa
     return SampleResult(tokens, logprobs, lengths, [names[int(x)] for x in reason.tolist()], forward_tokens)
 
 
-def _stop_strings(tokens, lengths, reason, done, stop, t0: int, t1: int) -> None:
-    """Rows that completed a stop string at a position in [t0, t1): end them there (in place)."""
+def _stop_strings(tokens, lengths, reason, done, stop, t0: int, t1: int, heads=None) -> None:
+    """Rows that completed a stop string at a position in [t0, t1): end them there (in place). heads: each row's
+    context (sampler.stop_heads), read before its first tokens."""
+    from .sampler import with_heads
+
     toks, L, fin, why = tokens[:, :t1].tolist(), lengths.tolist(), done.tolist(), reason.tolist()
     pairs, tails = [], []
     for r in range(len(toks)):
@@ -202,7 +206,7 @@ def _stop_strings(tokens, lengths, reason, done, stop, t0: int, t1: int) -> None
         end = (L[r] - 1 if why[r] == 1 else L[r]) if fin[r] else t1
         for t in range(t0, min(t1, end)):
             pairs.append((r, t))
-            tails.append(toks[r][max(0, t + 1 - stop.window) : t + 1])
+            tails += with_heads([toks[r][max(0, t + 1 - stop.window) : t + 1]], [r], heads, stop.window)
     if not tails:
         return
     hit = stop(tails)

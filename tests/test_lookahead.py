@@ -1,4 +1,6 @@
 """Lookahead decoding (search only at decision points) and the seed plan's mcts_rollout interface."""
+from dataclasses import replace
+
 import pytest
 import torch
 from helpers import tiny_hf_model, tiny_tokenizer
@@ -135,3 +137,25 @@ def test_the_value_function_sees_the_whole_answer_so_far(setup, monkeypatch, whe
         assert ids[:m] == res[row].tokens[:m]  # the answer so far, in front
         assert 0 < len(ids) - m <= 3 * (cfg.n_simulations + cfg.rollout_depth)  # then the search's path and rollout
         assert text == tok.decode(ids, skip_special_tokens=True)
+
+
+def test_plain_stretches_give_the_stop_check_the_answer_so_far(setup, monkeypatch):
+    """Seen (a review): with --mcts-when every:13 a plain stretch ended inside "</answer>" and the next stretch,
+    which saw only its own tokens, ran on to max_new_tokens past the answer. Each plain stretch now hands the
+    stop check the row's committed answer (the search gets it as its answer_prefix)."""
+    import mcts.lookahead as la
+
+    model, tok, prompts = setup
+    real, seen = la.generate, []
+
+    def spy(model_, rows, cfg, keys, **k):
+        seen.append(([list(r) for r in rows], [list(c) for c in k["stop_context"]]))  # (copies: the answers grow)
+        return real(model_, rows, cfg, keys, **k)
+
+    monkeypatch.setattr(la, "generate", spy)
+    res = lookahead_decode(model, tok, prompts, replace(CFG, stop="</answer>"), When.parse("every:3"))
+    assert len(seen) >= 2 and any(ctx for _, ctx in seen)
+    for rows, ctx in seen:
+        for row, c in zip(rows, ctx):
+            q = next(i for i, p in enumerate(prompts) if row[: len(p)] == p)
+            assert row == prompts[q] + c and c == res[q].tokens[: len(c)]  # what the row continues: its answer so far

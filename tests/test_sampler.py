@@ -133,6 +133,43 @@ def test_stop_criterion_ends_rows_and_sees_only_its_window():
     assert max(stop.seen) <= 2
 
 
+class StopAtSequence:
+    """A stop criterion on token ids: a tail that holds `seq` (in order, adjacent) is finished."""
+
+    def __init__(self, seq):
+        self.seq, self.window = list(seq), len(seq) + 1
+
+    def __call__(self, tails):
+        n = len(self.seq)
+        return [any(t[i : i + n] == self.seq for i in range(len(t) - n + 1)) for t in tails]
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_a_stop_string_begun_in_the_context_ends_the_row_that_completes_it(static):
+    """Seen (a review): tree search decodes each node's continuation in its own call, and a node's step may end
+    inside "</answer>" ('</' | 'answer>'): the next call saw only its own tokens, never the string whole, and
+    the rollout ran on past the answer (unfinished, no answer, trained on). decode's stop_context gives the stop
+    check what the row continues; a stop held whole by the context alone does not end the row."""
+    ours = from_hf_model(tiny_hf_model())
+    prompts = random_prompts([5, 7])
+    free = generate(ours, prompts, SamplingConfig(max_new_tokens=10, **GREEDY), static=static)
+    g = [free.row(r) for r in range(2)]  # [2][10] greedy continuations
+    stop = StopAtSequence(g[0][3:6])  # three tokens: the call resumes after the first two of them
+    resumed = [p + row[:5] for p, row in zip(prompts, g)]
+    cfg = SamplingConfig(max_new_tokens=5, **GREEDY)
+    blind = generate(ours, resumed, cfg, stop=stop, static=static)
+    assert blind.finish[0] == "length" and blind.row(0) == g[0][5:10]  # (the old behaviour: it ran on)
+    seen = generate(ours, resumed, cfg, stop=stop, static=static, stop_context=[row[:5] for row in g])
+    assert seen.row(0) == [g[0][5]] and seen.finish[0] == "stop"  # ended by the token that completes it
+    assert seen.row(1) == blind.row(1) and seen.finish[1] == blind.finish[1]  # (not row 1's context: no match)
+    # a context that holds the stop whole ended before this call: it ends nothing here
+    whole = [p + row[:6] for p, row in zip(prompts, g)]
+    after = generate(ours, whole, cfg, stop=stop, static=static, stop_context=[row[:6] for row in g])
+    assert after.row(0) == generate(ours, whole, cfg, static=static).row(0) and after.finish[0] == "length"
+    with pytest.raises(ValueError, match="stop_context has 1 rows, the batch 2"):
+        generate(ours, resumed, cfg, stop=stop, static=static, stop_context=[[1]], n=1)
+
+
 def test_max_new_tokens_and_config_validation():
     ours = from_hf_model(tiny_hf_model())
     res = generate(ours, random_prompts([4]), SamplingConfig(max_new_tokens=5, **GREEDY))

@@ -417,3 +417,39 @@ def test_rescoring_scores_every_rollout_against_the_answers_found_so_far(setup, 
     if rescore:
         made = [len(k.texts) for k in calls[0:10:2]]  # creation calls alternate with rescoring from the second on
         assert [len(k.texts) for k in calls[1:11:2]] == [sum(made[: i + 1]) for i in range(5)]
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_a_stop_string_across_a_step_boundary_ends_the_rollout(setup, monkeypatch, static):
+    """Seen (a review): with --step tokens:N a step may end inside "</answer>"; the node's children were decoded
+    in a call that saw only their own tokens, so they never stopped: rollouts ran on past the answer (unfinished,
+    no answer, trained on by tree GRPO) and the tree grew beyond it. Here the stop is three tokens that the first
+    two-token step splits; every rollout that holds it must end where it completes."""
+    import mcts.search as ms
+    from model_io.sampler import decode_mode
+
+    model, tok, prompts = setup
+    c = cfg(n_simulations=3, children=1, step="tokens:2", rollout_depth=8, max_new_tokens=16, temperature=0.0, stop="")
+    with decode_mode("static" if static else "dynamic"):
+        g = search(model, tok, prompts[:1], c)[0].records[0].ids  # the greedy answer
+        seq = g[1:4]  # token 1 ends the first step, tokens 2-3 begin the second
+
+        class Stop:
+            window = 4
+
+            def __init__(self, *_):
+                pass
+
+            def __call__(self, tails):
+                return [any(t[i : i + 3] == seq for i in range(len(t) - 2)) for t in tails]
+
+        monkeypatch.setattr(ms, "StopOnText", Stop)
+        res = search(model, tok, prompts[:1], cfg(n_simulations=3, children=1, step="tokens:2", rollout_depth=8,
+                                                   max_new_tokens=16, temperature=0.0, stop="x"), keep_trees=True)[0]
+    # the root's child (its rollout saw the stop whole), then that child's child, which completes the stop and is
+    # a finished leaf (the third simulation revisits it); before, that one ran on and the tree grew past the answer
+    assert len(res.records) == 2 and res.nodes == 3
+    for rec in res.records:
+        assert rec.ids[:4] == g[:4] and rec.ids[1:4] == seq
+        assert rec.finished and len(rec.ids) == 4, (rec.ids, rec.finished)  # ended where the stop completes
+    assert res.finish == "stop"
