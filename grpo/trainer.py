@@ -102,6 +102,11 @@ class Trainer:
                  run_dir: Path, rewards: RewardSet | None = None, dist: D.Dist = D.Dist(), progress: bool = True):
         self.cfg, self.model, self.tok = cfg, model, tokenizer
         self.shots, train = split_shots(train, cfg.shots)
+        if cfg.prompts_per_step > len(train):  # (a small --gsm8k file) a batch would repeat problems, and a problem's
+            # completions are keyed by (seed, step, problem, g): its copies would sample the same G completions
+            raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} is more than the {len(train)} training problems "
+                             f"(after the --shots examples): a step would ask some twice, whose groups sample the same "
+                             f"completions; lower --prompts-per-step to at most {len(train)}")
         self.train_set, self.test_set = train, test
         self.run_dir, self.dist, self.progress = run_dir, dist, progress
         self.rewards = rewards or RewardSet.parse(cfg.rewards)

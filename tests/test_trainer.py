@@ -455,3 +455,12 @@ def test_the_profiler_starts_once_before_the_runs_first_cuda_graph(tmp_path, mon
         with pytest.raises(KeyboardInterrupt):
             t.train()
         assert seen == expected
+
+
+def test_more_prompts_per_step_than_problems_is_refused(tmp_path):
+    """A review: with --prompts-per-step above the training problems (a small --gsm8k file) a batch repeats
+    problems, and a problem's completions are keyed by (seed, step, problem, g): its two groups sampled the same
+    completions, one group counted twice. Now one line naming the flag and the bound."""
+    with pytest.raises(ValueError, match=r"^--prompts-per-step 17 is more than the 16 training problems .* at most 16$"):
+        make_trainer(tmp_path / "run", prompts_per_step=17)
+    make_trainer(tmp_path / "ok", prompts_per_step=16)  # every problem once
