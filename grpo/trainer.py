@@ -39,7 +39,8 @@ reference. Departures from the paper's eq. 3, all deliberate:
 11. With `--rollouts mcts` a prompt's group is G distinct rollouts of a tree search (finished ones first, then
     those cut off by the token limit, repeated in turn if fewer than G) instead of G independent samples
     (grpo/tree_rollout.py), and `--tree-advantage step|mix` gives per-token advantages from the tree
-    (TreeRL-style V(node) - V(parent)) in place of eq. 3's one advantage per completion.
+    (V(node) - V(parent), TreeRL's local term alone, without its global term and 1/sqrt(leaves) weight) in
+    place of eq. 3's one advantage per completion.
 """
 from __future__ import annotations
 

@@ -6,9 +6,12 @@ its finished rollouts are whole answers from the root, and G distinct ones (in c
 Advantages (`--tree-advantage`):
   outcome  the GRPO group advantage of each trajectory (DeepSeekMath eq. 3), given to all its tokens
   step     each token gets the advantage of the node that produced it,  A(n) = V(n) - V(parent(n)),  where V(n)
-           is the mean reward of the rollouts through n, finished or cut off by the token limit (TreeRL, Hou et
-           al. 2025, eq. 4-6; TreeRPO, Yang et al. 2025): a step is credited with how much it changed the expected outcome. Tokens of the
-           rollout's tail after its last node take that node's advantage.
+           is the mean reward of the rollouts through n, finished or cut off by the token limit: a step is
+           credited with how much it changed the expected outcome. This is the local term of TreeRL's process
+           signal (Hou et al. 2025, arXiv 2506.11902, sec. 3; TreeRPO, Yang et al. 2025) alone: TreeRL adds a
+           global term V(n) - V(root) and divides the sum by sqrt(leaves under n); here `mix` adds the
+           trajectory's outcome advantage instead. Tokens of the rollout's tail after its last node take that
+           node's advantage.
   mix      outcome + weight * step
 Sibling trajectories share their path's tokens, which were generated once (counted in the metrics).
 """
