@@ -148,7 +148,8 @@ def search(
     gen_tokens = [0] * B
     fwd_tokens = [len(p) for p in prompts]
 
-    root = prefill(model, prompts, room=int(caps.max()) + roll_cap, pad_id=pad)  # each prompt read once
+    # each prompt read once; no room: every simulation forks the rows it expands into caches with their own room
+    root = prefill(model, prompts, room=0, pad_id=pad)
     b_all = torch.arange(B)
     gumbel = cfg.root == "gumbel"
     if gumbel:  # simulation 0 creates the root's children; Sequential Halving schedules the n - 1 after it
