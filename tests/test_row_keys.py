@@ -84,9 +84,9 @@ def test_a_grpo_step_with_row_keys_is_the_same_on_the_static_path(tmp_path, monk
     weights, calls = {}, []
     real = sampler.decode
     for static in (False, True):
-        def forced(model, prefix, cfg, generator=None, stop=None, pad_id=0, static=None, max_tokens=None, _s=static):
+        def forced(model, prefix, cfg, generator=None, stop=None, pad_id=0, static=None, _s=static, **kw):
             calls.append((_s, type(generator).__name__))
-            return real(model, prefix, cfg, generator, stop, pad_id, static=_s, max_tokens=max_tokens)
+            return real(model, prefix, cfg, generator, stop, pad_id, static=_s, **kw)
 
         monkeypatch.setattr(sampler, "decode", forced)
         tr = make_trainer(tmp_path / str(static), dtype=torch.float64, steps=1)
