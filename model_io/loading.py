@@ -356,15 +356,30 @@ def _load_gguf(path: Path):
         raise ModelSpecError(f"reading GGUF needs the gguf package ({e}): pip install gguf") from None
     except Exception:
         damage = _gguf_damage(path)
-        if damage is None:
-            raise
-        raise ModelSpecError(f"GGUF file {path} is damaged or truncated ({damage}): download or copy it again") from None
+        if damage is not None:
+            raise ModelSpecError(f"GGUF file {path} is damaged or truncated ({damage}): download or copy it again") from None
+        arch = _gguf_architecture(path)  # one transformers cannot read GGUF of either (bert, gptneox: its ValueError)
+        if arch is not None and arch not in SUPPORTED_ARCHS:
+            raise ModelSpecError(f"{path}: unsupported architecture {arch!r}; supported are {', '.join(SUPPORTED_ARCHS)} "
+                                 "(Llama and Qwen2 families)") from None
+        raise
     try:
         save_model(model, tok, cached)
     except OSError as e:  # a read-only home is no reason to fail, but each load then converts again: say so
         print(f"warning: cannot write the converted model to the cache {cached.parent} ({e.strerror or e}): every load "
               "converts the GGUF again; set $MCTS_GRPO_CACHE to a writable directory", file=sys.stderr)
     return model, tok
+
+
+def _gguf_architecture(path: Path) -> str | None:
+    """A readable GGUF file's `general.architecture` (e.g. 'llama'), else None."""
+    import gguf
+
+    try:
+        field = gguf.GGUFReader(str(path)).get_field("general.architecture")
+        return None if field is None else bytes(field.parts[field.data[0]]).decode()
+    except Exception:  # noqa: BLE001 (unreadable: _gguf_damage says why)
+        return None
 
 
 def _gguf_damage(path: Path) -> str | None:
