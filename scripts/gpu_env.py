@@ -6,6 +6,7 @@ and its figures are missing for that reason).
     python3 scripts/gpu_env.py OUT_DIR/env.json
 """
 import argparse
+import datetime
 import json
 import importlib.metadata
 import math
@@ -61,7 +62,8 @@ def first_calls(dev: torch.device) -> dict:
 def measure(out: str) -> None:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    info = {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
+    info = {"date": datetime.datetime.now(datetime.timezone.utc).date().isoformat(),  # (the summary's date)
+            "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
             "memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if dev.type == "cuda" else None,
             "torch": torch.__version__, "transformers": transformers.__version__, **toolchain()}
     info.update(first_calls(dev))

@@ -11,7 +11,7 @@ import re
 import sys
 from pathlib import Path
 
-SAMPLER_LINES = ("transformers generate:", "ours", "decode step", "compiled decode step", "ratio")
+SAMPLER_LINES = ("transformers generate:", "ours", "decode step", "compiled decode step", "ratio", "rows with identical")
 OPS_LINES = ("eager", "compiled", "ratio eager")
 GROUP_LINES = ("copied:", "shared:", "rows with identical", "speed-up")
 ATTENTION_LINES = ("decode", "train")
@@ -56,7 +56,8 @@ def pytest_rows(path: Path, label: str) -> list[str]:
 
 def summary(out: Path) -> list[str]:
     env = load(out / "env.json") or {}
-    lines = [f"# GPU run: {env.get('device', '?')}, {datetime.date.today()}", "", "| figure | value |", "|---|---|"]
+    # the run's date, as scripts/gpu_env.py recorded it (a summary rewritten by hand later keeps it)
+    lines = [f"# GPU run: {env.get('device', '?')}, {env.get('date', datetime.date.today())}", "", "| figure | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in env.items()]
     for f in sorted(out.glob("2-sampler-*.log")):
         lines += log_rows(f, SAMPLER_LINES, f"{f.stem}: ")
