@@ -240,13 +240,16 @@ def main(argv=None) -> None:
              f"temperature {a.temperature}; tree search K={a.children}, rollout depth {a.rollout_depth}, answer by {a.mcts_answer} (mcts: PUCT at the root; "
              f"mcts-gumbel: Gumbel + Sequential Halving at the root)."
              + (" Budget \"tokens of ...\": each question's first samples, as many as come nearest in tokens to what that tree "
-                "search generated on it." if a.equal_tokens and trees else ""), "",
+                "search generated on it." if a.equal_tokens and trees else "")
+             + f" Seconds: measured for greedy and tree search; for sample, majority and best-of-n, the time of sampling "
+               f"{max(ns)} answers a question (and any more drawn for the equal-token rows) shared out by generated tokens, "
+               f"an estimate, low for small n (answers sampled in one large batch cost less each than in a small one).", "",
              "| strategy | budget | accuracy (strict) | accuracy (lenient) | soft format | generated tokens / question | forward tokens / question | s / question |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['strategy']} | {r['budget']} | {r['accuracy_strict']:.3f} | {r['accuracy_lenient']:.3f} | "
                      f"{r['format_soft_rate']:.2f} | {r['generated_tokens_per_question']:.0f} | {r['forward_tokens_per_question']:.0f} | "
-                     f"{r['seconds_per_question']:.1f} |")
+                     f"{r['seconds_per_question']:.3g} |")  # (3 figures: a GPU's are hundredths of a second)
     for r in rows:
         if "samples_per_question" in r and r["strategy"] == "majority":
             lines.append(f"\n{r['budget']}: {r['samples_per_question']:.1f} samples a question on average; "

@@ -67,3 +67,24 @@ def test_first_sample_draws_more_of_the_same_pool():
     assert [r.completions for r in merged] == [r.completions for r in three]
     assert [r.tokens for r in merged] == [r.tokens for r in three]
     assert len({c for r in three for c in r.completions}) > 2  # the samples differ: the test can tell them apart
+
+
+def test_the_grid_runs_end_to_end_and_says_which_seconds_are_estimates(tiny_ckpt, tmp_path, monkeypatch):
+    """The whole grid on a tiny checkpoint (seconds): every strategy's row, the equal-token rows, and the caption
+    that says the sampled rows' seconds are shared out, not measured (a review: they stood beside measured ones)."""
+    import json
+
+    from conftest import gsm8k_dir
+
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    out = tmp_path / "cmp"
+    compare.main(["--model", tiny_ckpt, "--limit", "2", "--n", "1,2", "--sims", "1", "--roots", "puct", "--max-new-tokens", "6",
+                  "--batch-size", "2", "--out", str(out), "--device", "cpu"])
+    md = (out / "compare.md").read_text()
+    assert "Seconds: measured for greedy and tree search; for sample, majority and best-of-n, the time of sampling 2 " in md
+    rows = json.loads((out / "compare.json").read_text())["rows"]
+    assert [(r["strategy"], r["budget"]) for r in rows] == [
+        ("greedy", "1"), ("sample", "n=1"), ("majority", "n=1"), ("best-of-n", "n=1"), ("sample", "n=2"), ("majority", "n=2"),
+        ("best-of-n", "n=2"), ("mcts", "sims=1, K=4"), ("majority", "tokens of mcts sims=1, K=4"),
+        ("best-of-n", "tokens of mcts sims=1, K=4")]
+    assert md.count("\n| ") == 1 + len(rows)  # the header and one line a row
