@@ -5,7 +5,9 @@
 
 Same model (the embedded SmolLM2-135M-Instruct; TRL gets an HF-format export of the same float32 weights, since
 a GGUF load is flagged as quantized and TRL refuses to train it), same GSM8K prompts and chat template, same G,
-completion limit (EOS only for both), micro-batch, beta, learning rate and the same five reward functions.
+completion limit (EOS only for both), micro-batch, beta, learning rate and the same five reward functions. Both
+train on the same problems in the same order (ours' seeded order, grpo/batches.py, handed to TRL unshuffled);
+sampling draws differ, so completion lengths differ: the time per completion token is printed beside each step time.
 Each side runs in its own process (so that peak memory is its own): `--warmup` steps, then `--steps` timed.
 Peak memory is the process's maximum resident set size over the training steps (model loading excluded).
 """
@@ -89,6 +91,16 @@ def run_ours(a) -> dict:
     return {"step_seconds": times[a.warmup:], "mean_completion_length": lengths[a.warmup:]}
 
 
+def problems_in_our_order(train: list, prompts: int, steps: int, seed: int) -> list:
+    """The problems our trainer's first `steps` steps train on, step by step (shots=0: the whole train split, in
+    grpo.batches' seeded order): TRL, given them unshuffled, takes the same prompts at each step (it took the
+    file's first ones, other prompts than ours, before a review noticed)."""
+    from grpo.batches import EpochOrder
+
+    order = EpochOrder(len(train), prompts, seed)
+    return [train[i] for s in range(steps) for i in order.step(s)]
+
+
 def run_trl(a) -> dict:
     import torch
     from datasets import Dataset
@@ -99,7 +111,8 @@ def run_trl(a) -> dict:
     from grpo.rewards import DEFAULT_REWARDS
 
     torch.manual_seed(a.seed)
-    probs = load_gsm8k("train", a.gsm8k)[: a.prompts * (a.warmup + a.steps)]
+    train = load_gsm8k("train", a.gsm8k)
+    probs = problems_in_our_order(train, a.prompts, a.warmup + a.steps, a.seed)  # (TRL reads them unshuffled)
     ds = Dataset.from_list([{"prompt": build_messages(p.question), "answer": p.answer} for p in probs])
 
     def wrap(name, fn):
@@ -198,13 +211,17 @@ def main(argv=None) -> None:
           f"two sides ran, {copy_bandwidth(torch.device('cpu')) / 1e9:.1f} GB/s after")
     print(f"settings: B={a.prompts} G={a.group} max_new_tokens={a.max_new_tokens} micro_batch={a.micro_batch} "
           f"beta={a.beta} lr={a.lr} precision={a.precision}; {a.steps} timed steps after {a.warmup} warm-up")
-    mean = {}
+    mean, per_token = {}, {}
     for side, r in res.items():
         mean[side] = sum(r["step_seconds"]) / len(r["step_seconds"])
+        length = sum(r["mean_completion_length"]) / max(len(r["mean_completion_length"]), 1)
+        # (the same prompts, other draws: a side whose completions ran longer did more work in its step)
+        per_token[side] = mean[side] / max(length * a.prompts * a.group, 1e-9)
         print(f"{side:4s}: {mean[side]:.2f} s/step (steps {', '.join(f'{t:.2f}' for t in r['step_seconds'])}; "
-              f"mean completion length {sum(r['mean_completion_length']) / max(len(r['mean_completion_length']), 1):.1f}); "
+              f"mean completion length {length:.1f}; {per_token[side] * 1e3:.1f} ms per completion token); "
               f"peak memory {r['peak_rss_mb']:.0f} MB")
     print(f"peak memory ratio ours/TRL: {res['ours']['peak_rss_mb'] / res['trl']['peak_rss_mb']:.2f}")
+    print(f"time per completion token ratio ours/TRL: {per_token['ours'] / per_token['trl']:.2f}")
     print(f"step time ratio ours/TRL: {mean['ours'] / mean['trl']:.2f}")
 
 

@@ -241,3 +241,14 @@ def test_attention_bench_prints_both_forms_side_by_side(capsys):
         assert [line.split(":")[0] for line in out if line.startswith(kind)] == [
             kind, f"{kind} enable_gqa", f"{kind} stacked", f"{kind} enable_gqa / stacked"]
     assert "decode: 2 rows x 1 queries over 10 keys" in out
+
+
+def test_grpo_step_gives_trl_the_problems_our_trainer_trains_on(tmp_path):
+    """A review: TRL got the train file's first problems, ours its seeded order: the step-time ratio compared
+    different prompts. TRL now gets, unshuffled, the problems our trainer's steps take, step by step."""
+    from helpers import make_trainer
+
+    tr = make_trainer(tmp_path / "run", prompts_per_step=4, seed=3)  # (shots 0, as the benchmark's side runs)
+    ours = [tr.train_set[i] for s in range(5) for i in tr.step_indices(s)]  # 5 steps of 4: past the 16 problems' epoch
+    assert bench("grpo_step").problems_in_our_order(tr.train_set, 4, 5, 3) == ours
+    assert [p.index for p in ours[:4]] != [0, 1, 2, 3]  # (not the file's order)
