@@ -174,7 +174,7 @@ def test_max_new_tokens_and_config_validation():
     ours = from_hf_model(tiny_hf_model())
     res = generate(ours, random_prompts([4]), SamplingConfig(max_new_tokens=5, **GREEDY))
     assert res.tokens.shape == (1, 5) and res.finish == ["length"] and int(res.lengths[0]) == 5
-    for bad in (dict(max_new_tokens=0), dict(temperature=-1.0), dict(top_p=0.0)):
+    for bad in (dict(max_new_tokens=0), dict(temperature=-1.0), dict(top_p=0.0), dict(top_k=-1)):
         with pytest.raises(ValueError):
             SamplingConfig(**bad)
     with pytest.raises(ValueError, match="empty prompt"):
