@@ -33,6 +33,7 @@ import torch
 from data import DataError, encode_prompts, load_gsm8k, parse_strict
 from data.gsm8k import check_one_file, questions_and_shots
 from grpo import distributed as D
+from grpo.batches import split_shots
 from grpo.checkpointing import checkpoint_dirs, checkpoints_at_once, disk_note, is_training_run, model_of_run
 from grpo.config import RESUME_MAY_CHANGE, TrainConfig, apply_preset, check_ranges, check_top_p, flag_name, resumed_config
 from grpo.eval_resume import answered, resumed_eval_config
@@ -41,7 +42,7 @@ from grpo.flags import OneLineParser, add_config_args, config_from_args, given_f
 from grpo.out_dir import (EVAL_OUTPUTS, MADE_DIRS, TRAIN_OUTPUTS, clear_outputs, holds_a_model, lets_go, make_out_dir,
                           refuse_foreign_out_dir, remove_made_dirs, take)
 from grpo.stops import stop_line, terminate
-from grpo.trainer import Trainer, TrainingError, split_shots
+from grpo.trainer import Trainer, TrainingError
 from mcts.inspect import InspectConfig, log_tree_stats, print_tree
 from model_io import ModelSpecError, SamplingConfig, export_hf, generate, load
 from model_io.checkpoint import write_text_atomic
@@ -238,7 +239,7 @@ def _train_in_group(cfg: TrainConfig, run_dir: Path, d: D.Dist, device: torch.de
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
     torch.manual_seed(cfg.seed)
     train = load_gsm8k("train", cfg.gsm8k)
-    split_shots(train, cfg.shots)  # the trainer's own check, here before the model loads
+    split_shots(train, cfg.shots, cfg.prompts_per_step)  # the trainer's own checks, here before the model loads
     test = load_gsm8k("test", cfg.gsm8k) if cfg.eval_every else []
     model, tok = load_spec(cfg.model, device, torch.float32)  # float32 master weights (+ bf16 autocast)
     trainer = Trainer(cfg, model, tok, train, test, run_dir, dist=d, progress=until_step is None)

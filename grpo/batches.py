@@ -13,7 +13,28 @@ problem twice when B <= n (with B > n a batch must repeat problems; nothing is r
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from data import Problem
+
+
+def split_shots(train: list[Problem], shots: int, prompts_per_step: int = 1) -> tuple[list[Problem], list[Problem]]:
+    """-> (the prompt's worked examples, the problems to train on): the first `shots` train problems are not asked
+    (their answers are in every prompt), as eval leaves them out. A step's batch must fit in the rest: with more
+    prompts than problems (a small --gsm8k file) a batch repeats problems, and a problem's completions are keyed by
+    (seed, step, problem, g), so its copies would sample the same G completions, one group counted twice."""
+    examples, rest = train[:shots], train[shots:]
+    if not rest:
+        raise ValueError(f"--shots {shots}: the train split holds {len(train)} problems, all of them the prompt's worked "
+                         "examples: no training questions left; lower --shots")
+    if prompts_per_step > len(rest):
+        raise ValueError(f"--prompts-per-step {prompts_per_step} is more than the {len(rest)} training problems (after the "
+                         f"--shots examples): a step would ask some twice, whose groups sample the same completions; "
+                         f"lower --prompts-per-step to at most {len(rest)}")
+    return examples, rest
 
 
 class EpochOrder:

@@ -61,7 +61,7 @@ from model_io.linear import drop_packed, set_packed, unpacked
 from model_io.precision import mixed_precision, resolve_precision, store_frozen_linears_in
 
 from . import distributed as D
-from .batches import EpochOrder
+from .batches import EpochOrder, split_shots
 from .checkpointing import checkpoint_dirs, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .evaluate import EvalConfig, evaluate
@@ -88,26 +88,11 @@ def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
     return f
 
 
-def split_shots(train: list[Problem], shots: int) -> tuple[list[Problem], list[Problem]]:
-    """-> (the prompt's worked examples, the problems to train on): the first `shots` train problems are not asked
-    (their answers are in every prompt), as eval leaves them out."""
-    examples, rest = train[:shots], train[shots:]
-    if not rest:
-        raise ValueError(f"--shots {shots}: the train split holds {len(train)} problems, all of them the prompt's worked "
-                         "examples: no training questions left; lower --shots")
-    return examples, rest
-
-
 class Trainer:
     def __init__(self, cfg: TrainConfig, model: Transformer, tokenizer, train: list[Problem], test: list[Problem],
                  run_dir: Path, rewards: RewardSet | None = None, dist: D.Dist = D.Dist(), progress: bool = True):
         self.cfg, self.model, self.tok = cfg, model, tokenizer
-        self.shots, train = split_shots(train, cfg.shots)
-        if cfg.prompts_per_step > len(train):  # (a small --gsm8k file) a batch would repeat problems, and a problem's
-            # completions are keyed by (seed, step, problem, g): its copies would sample the same G completions
-            raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} is more than the {len(train)} training problems "
-                             f"(after the --shots examples): a step would ask some twice, whose groups sample the same "
-                             f"completions; lower --prompts-per-step to at most {len(train)}")
+        self.shots, train = split_shots(train, cfg.shots, cfg.prompts_per_step)
         self.train_set, self.test_set = train, test
         self.run_dir, self.dist, self.progress = run_dir, dist, progress
         self.rewards = rewards or RewardSet.parse(cfg.rewards)

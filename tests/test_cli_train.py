@@ -475,3 +475,22 @@ def test_sigterm_ends_a_run_as_ctrl_c_does(tiny_ckpt, tmp_path):
     assert not (out / ".lock").exists() and checkpoint_dirs(out)
     assert not [d for d in (out / "checkpoints").iterdir() if d.name.startswith(".")]  # no half-written checkpoint
     assert run.main(["train", "--resume", str(out), "--max-minutes", "0.001", "--gsm8k", gsm8k_dir()]) == 0
+
+
+def test_more_prompts_per_step_than_training_problems_is_one_line_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    """A small --gsm8k file: 5 train problems, 2 of them the prompt's worked examples, 3 left for a step's 8
+    prompts (grpo/batches.py split_shots). Refused before anything loads, the out-dir it made removed."""
+    from pathlib import Path
+
+    real = Path(gsm8k_dir())
+    small = tmp_path / "gsm8k"
+    small.mkdir()
+    (small / "train.jsonl").write_text("".join(real.joinpath("train.jsonl").read_text().splitlines(True)[:5]))
+    (small / "test.jsonl").write_text("".join(real.joinpath("test.jsonl").read_text().splitlines(True)[:3]))
+    monkeypatch.setattr(run, "load_spec", lambda *a: pytest.fail("the model loaded before the refusal"))
+    out = tmp_path / "run"
+    assert run.main(["train", "--gsm8k", str(small), "--out-dir", str(out), "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == ("error: --prompts-per-step 8 is more than the 3 training problems (after the --shots "
+                                       "examples): a step would ask some twice, whose groups sample the same completions; "
+                                       "lower --prompts-per-step to at most 3\n")
+    assert not out.exists()
