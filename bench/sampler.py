@@ -91,7 +91,7 @@ def main(argv=None) -> None:
     # all a static step must read: the weights as it reads them, and its whole KV cache, which it attends under a
     # mask (slots not yet filled too): the floor counts the weights alone
     full_floor = floor_s + (head_extra + kv_bytes) / bw
-    print(f"decode step floor with the KV cache it reads ({slots} slots x {len(prompts)} rows: +{kv_bytes / 1e6:.1f} MB, "
+    print(f"decode step floor with the KV cache it reads ({slots} slots x {len(prompts)} rows, +{kv_bytes / 1e6:.1f} MB, "  # (one colon: the summary's split)
           f"{kv_bytes / (floor_s * bw):.2f}x the weights) and the float32 head: {full_floor * 1e3:.3f} ms; step / that "
           f"floor = {step_s / full_floor:.1f}", flush=True)
 

@@ -16,7 +16,7 @@ def test_summary_of_a_run_cut_off_after_two_steps(tmp_path):
                                                 "ours                 : 100 tokens in 0.10s = 1000.0 tokens/s\n"
                                                 "decode step compiled (batch 64): 1.50 ms; step / floor = 9.0\n"
                                                 "compiled decode step failed: never printed with the line above\n"
-                                                "decode step floor with the KV cache it reads (427 slots x 64 rows: "
+                                                "decode step floor with the KV cache it reads (427 slots x 64 rows, "
                                                 "+629.6 MB, 2.34x the weights) and the float32 head: 0.465 ms; step / that floor = 5.9\n"
                                                 "rows with identical greedy tokens: 11/64; rows ended by EOS: 0/64\n"
                                                 "ratio ours/transformers tokens/s: 10.00\n")
@@ -25,7 +25,9 @@ def test_summary_of_a_run_cut_off_after_two_steps(tmp_path):
     text = (tmp_path / "summary.md").read_text()
     assert text.startswith("# GPU run: NVIDIA H100 80GB HBM3, ")
     # the floor with the KV cache, and how many rows the two sides agree on (bf16: they part at near-ties)
-    assert "step / that floor = 5.9 |" in text and "| 2-sampler-b64: rows with identical greedy tokens | 11/64;" in text
+    assert ("| 2-sampler-b64: decode step floor with the KV cache it reads (427 slots x 64 rows, +629.6 MB, 2.34x the "
+            "weights) and the float32 head | 0.465 ms; step / that floor = 5.9 |") in text
+    assert "| 2-sampler-b64: rows with identical greedy tokens | 11/64; rows ended by EOS: 0/64 |" in text
     (tmp_path / "env.json").write_text(json.dumps({"device": "NVIDIA H100 80GB HBM3", "date": "2026-12-04"}))
     gpu_summary.main([str(tmp_path)])  # rewritten later by hand: the run's own date (scripts/gpu_env.py records it)
     assert (tmp_path / "summary.md").read_text().startswith("# GPU run: NVIDIA H100 80GB HBM3, 2026-12-04\n")
