@@ -3,7 +3,9 @@
 Each is `fn(completions: list[str], **kw) -> list[float]`, with the gold answers passed as `answers=`. No input
 string makes any of them raise: they only search, count and compare strings. Two departures from the recipe's
 code, each because as written a reward could not reach what it pays for:
-- All regexes use DOTALL: the recipe's strict pattern without it could never match a multi-line reasoning.
+- All regexes use DOTALL: the recipe's strict pattern without it could never match a multi-line reasoning. The
+  strict pattern keeps the rest of what the recipe's matched: one reasoning block, an answer on one line, nothing
+  after the layout (with DOTALL alone it also took a repeated reasoning block, a multi-line answer, a second newline).
 - A text may end right at its closing `</answer>`, where the recipe's layout ends with a newline after it. The
   sampler stops a completion at `</answer>` (`--stop`, the default) and SmolLM2's vocabulary has no `>\n` token,
   so no stopped completion has that newline: the strict format paid 0.5 to none of them, and xmlcount charged
@@ -28,7 +30,10 @@ from data.answers import answer_content, normalize_number, parse_strict
 
 RewardFn = Callable[..., list[float]]
 
-STRICT_FORMAT = re.compile(r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n?$", re.DOTALL)
+# reasoning over any lines, but one block of it (no reasoning tag inside); the answer on one line, as the recipe's
+# pattern without DOTALL had it; nothing after the last newline (\Z: `$` also matched before a second one)
+STRICT_FORMAT = re.compile(r"^<reasoning>\n(?:(?!</?reasoning>).)*?\n</reasoning>\n<answer>\n(?:(?!</?answer>)[^\n])*\n</answer>\n?\Z",
+                           re.DOTALL)
 SOFT_FORMAT = re.compile(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", re.DOTALL)
 INTEGER = re.compile(r"[+-]?\d+")
 

@@ -37,6 +37,12 @@ def test_strict_format_needs_the_exact_layout():
     # a completion stopped at "</answer>" (the default --stop) ends without the final newline and still matches
     assert strict_format_reward_func([PERFECT, multi, NO_NEWLINE_END, LOOSE, " " + PERFECT, PERFECT + "x"]) == \
         [0.5, 0.5, 0.5, 0.0, 0.0, 0.0]
+    # what the recipe's pattern (no DOTALL past the reasoning) never took, and DOTALL alone did (a review): a second
+    # reasoning block, an answer over two lines or holding a tag, a second trailing newline
+    twice = "<reasoning>\na\n</reasoning>\n<reasoning>\nb\n</reasoning>\n<answer>\n42\n</answer>"
+    two_lines = "<reasoning>\na\n</reasoning>\n<answer>\n42\ndollars\n</answer>"
+    tagged = "<reasoning>\na\n</reasoning>\n<answer>\n42</answer>\n</answer>"
+    assert strict_format_reward_func([twice, two_lines, tagged, PERFECT + "\n"]) == [0.0] * 4
 
 
 def test_soft_format_matches_from_the_start():
