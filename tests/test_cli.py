@@ -311,7 +311,6 @@ def test_an_out_dir_in_use_by_another_command_is_refused_and_a_dead_holder_does_
     import fcntl
     import os
     import signal
-    import time
 
     monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
     early = tmp_path / "early"
@@ -344,9 +343,8 @@ def test_an_out_dir_in_use_by_another_command_is_refused_and_a_dead_holder_does_
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait()
     assert (out / ".lock").is_file()
-    t0 = time.time()
     assert run.main(["eval", "--model", tiny_ckpt, "--limit", "1", "--max-new-tokens", "2", "--out-dir", str(out), "--device", "cpu"]) == 0
-    assert ".lock" not in [p.name for p in out.iterdir()] and time.time() - t0 < 60
+    assert ".lock" not in [p.name for p in out.iterdir()]
     # under torchrun rank 0 alone takes it (the other ranks share its directory)
     monkeypatch.setenv("RANK", "1")
     out_dir.take(out, "train")

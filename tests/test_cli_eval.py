@@ -80,7 +80,7 @@ def test_inspect_tree_refuses_a_file_that_holds_no_trees_and_reads_an_eval_direc
 
 
 def test_eval_config_validation():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^--limit must be >= 0, got -1$"):
         EvalConfig(limit=-1)
 
 

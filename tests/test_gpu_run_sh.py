@@ -18,7 +18,15 @@ def gpu_run(tmp_path, minutes: int, has_pytest: bool = True):
     fake = tmp_path / "fake-python"
     fake.write_text(FAKE)
     fake.chmod(0o755)
-    env = {**os.environ, "PYTHON": str(fake), "CALLS": str(tmp_path / "calls"), "HAS_PYTEST": str(int(has_pytest))}
+    # a clock that stands still (`date +%s`; any other `date` is the real one): the limits the script works out
+    # depend on the seconds gone, which on a loaded machine could be several (a review)
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "date").write_text(CLOCK_BIN["date"])
+    (bin_ / "date").chmod(0o755)
+    (tmp_path / "clock").write_text("1000000\n")
+    env = {**os.environ, "PYTHON": str(fake), "CALLS": str(tmp_path / "calls"), "HAS_PYTEST": str(int(has_pytest)),
+           "CLOCK": str(tmp_path / "clock"), "PATH": f"{bin_}:{os.environ['PATH']}"}
     env.pop("SMALL", None)
     p = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_run.sh"), "MODEL", str(tmp_path / "out"), str(minutes)],
                        env=env, capture_output=True, text=True, timeout=120)
@@ -35,8 +43,8 @@ def test_with_time_every_step_runs_in_order(tmp_path):
                      "5-mcts-dynamic"]
     train = next(c for c in calls if c.startswith("run.py train") and "--max-minutes" in c)
     # 60 minutes less the 130 s kept for what follows and the 40 s of the run's own start and end, less the seconds
-    # gone (nothing here), as a fraction of a minute
-    assert 57.1 <= float(re.search(r"--max-minutes (\S+) ", train).group(1)) <= 57.2
+    # gone (none: the clock stands still), as a fraction of a minute: 3430 s
+    assert re.search(r"--max-minutes (\S+) ", train).group(1) == "57.166"
     assert any("--decode static" in c and "--search mcts --limit 16" in c for c in calls)
     assert calls[-1].startswith("scripts/gpu_summary.py") and calls[-1].endswith("--print")
 

@@ -18,7 +18,7 @@ def test_group_advantages_hand_worked():
     std = math.sqrt(5.5 / 7)
     assert torch.allclose(group_advantages(r, "batch", eps=0.0)[0], torch.tensor([0.5, -0.5, -0.5, 0.5]) / std)
     assert torch.allclose(group_advantages(r, "group")[0, 0], torch.tensor(0.5 / (math.sqrt(1 / 3) + 1e-4)))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown advantage scale 'rank'"):
         group_advantages(r, "rank")
 
 

@@ -174,8 +174,9 @@ def test_max_new_tokens_and_config_validation():
     ours = from_hf_model(tiny_hf_model())
     res = generate(ours, random_prompts([4]), SamplingConfig(max_new_tokens=5, **GREEDY))
     assert res.tokens.shape == (1, 5) and res.finish == ["length"] and int(res.lengths[0]) == 5
-    for bad in (dict(max_new_tokens=0), dict(temperature=-1.0), dict(top_p=0.0), dict(top_k=-1)):
-        with pytest.raises(ValueError):
+    for bad, says in ((dict(max_new_tokens=0), "max_new_tokens must be >= 1"), (dict(temperature=-1.0), "temperature must be >= 0"),
+                      (dict(top_p=0.0), r"top_p must be in \(0, 1\]"), (dict(top_k=-1), "top_k must be >= 0")):
+        with pytest.raises(ValueError, match=says):
             SamplingConfig(**bad)
     with pytest.raises(ValueError, match="empty prompt"):
         generate(ours, [[1, 2], []], SamplingConfig(max_new_tokens=2))

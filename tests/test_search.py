@@ -121,8 +121,9 @@ def test_path_tokens_are_right_aligned_root_first():
 
 
 def test_bad_search_settings():
-    for bad in (dict(answer="best"), dict(step="words:3"), dict(step="tokens:0"), dict(n_simulations=0)):
-        with pytest.raises(ValueError):
+    for bad, says in ((dict(answer="best"), "unknown answer selection 'best'"), (dict(step="words:3"), "unknown --step 'words:3'"),
+                      (dict(step="tokens:0"), "unknown --step 'tokens:0'"), (dict(n_simulations=0), "n_simulations, children")):
+        with pytest.raises(ValueError, match=says):
             SearchConfig(**bad)
 
 
@@ -232,9 +233,10 @@ def test_each_prompt_keeps_its_own_answer_budget(setup):
 
 
 def test_generated_tokens_count_every_sampled_token(setup, monkeypatch):
-    """Rows decoded together run to the longest row's room; the tokens a short row samples past its own room are
-    cut from its tree but were paid for, so they count (as lookahead's plain stretches count them). Seen: with
-    caps [2, 12, 6] the results reported 174 generated tokens while the decodes sampled 233."""
+    """Every token the decodes sample is counted in the results' generated tokens, with questions of different
+    answer budgets decoded together. Seen when rows ran to the longest row's room (before decode took per-row caps):
+    with caps [2, 12, 6] the results reported 174 generated tokens while the decodes sampled 233; rows now stop at
+    their own room, and the counts must still agree."""
     import mcts.search as ms
 
     model, tok, prompts = setup

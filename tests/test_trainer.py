@@ -1,6 +1,5 @@
 """The GRPO loop on tiny random models: it learns, every parameter moves, resume is exact, bad updates are skipped."""
 import json
-import time
 
 import pytest
 import torch
@@ -349,9 +348,33 @@ def test_bf16_recomputed_old_logprobs_give_ratio_exactly_one(tmp_path, fp32_ref)
     tr = make_trainer(tmp_path, beta=0.04 if fp32_ref else 0.0, precision="bf16", mu=1, steps=2, model_kw=wide,
                       prompts_per_step=2, group_size=4, max_new_tokens=64, micro_batch=8)
     assert tr.recompute_old
-    for _ in range(2):
-        m = tr.train_step()
-        assert m["ratio_mean"] == 1.0 and m["clip_ratio/low_mean"] == 0.0 and m["clip_ratio/high_mean"] == 0.0, m
+    # and structurally, whatever this CPU's kernels do (a review: on a CPU whose packed and plain bf16 kernels round
+    # alike at this shape, or that packs no bf16, the ratio alone passed with the recompute taking packed matmuls):
+    # in the policy's teacher-forced pass no Linear may take its packed copy
+    import grpo.trainer as T
+    from model_io.linear import Linear
+
+    allowed, inside, real_tf, real_fwd = [], [], T.Trainer._teacher_forced, Linear.forward
+
+    def teacher_forced(self, model, *a, **k):
+        inside.append(model is self.model)
+        try:
+            return real_tf(self, model, *a, **k)
+        finally:
+            inside.pop()
+
+    def forward(self, x):
+        if inside and inside[-1]:
+            allowed.append(self.allow_packed)
+        return real_fwd(self, x)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(T.Trainer, "_teacher_forced", teacher_forced)
+        mp.setattr(Linear, "forward", forward)
+        for _ in range(2):
+            m = tr.train_step()
+            assert m["ratio_mean"] == 1.0 and m["clip_ratio/low_mean"] == 0.0 and m["clip_ratio/high_mean"] == 0.0, m
+    assert allowed and not any(allowed)  # the recompute's Linears ran, every one on the plain matmul
 
 
 def test_a_run_stopped_by_its_time_limit_says_so(tmp_path, capsys):
@@ -362,10 +385,18 @@ def test_a_run_stopped_by_its_time_limit_says_so(tmp_path, capsys):
     assert f"stopped by --max-minutes at step 1 of 3; final_hf holds the model so far; `run.py train --resume {tmp_path}` continues" in out
 
 
-def test_the_time_limit_stops_before_a_step_that_would_end_past_it(tmp_path):
+def test_the_time_limit_stops_before_a_step_that_would_end_past_it(tmp_path, monkeypatch):
+    import types
+
+    import grpo.trainer
+
     tr = make_trainer(tmp_path, steps=3, max_minutes=0.25)  # 15 s
     assert not tr.budget_spent()
-    tr._t_start, tr._last_step_s = time.perf_counter() - 10, 4.0  # 10 s gone, the last step took 4: one more fits
+    # on a clock that stands at 1000 s (the real one, on a loaded machine, could add a second between two lines)
+    monkeypatch.setattr(grpo.trainer, "time", types.SimpleNamespace(perf_counter=lambda: 1000.0))
+    tr._t_start, tr._last_step_s = 990.0, 4.0  # 10 s gone, the last step took 4: one more fits
+    assert not tr.budget_spent()
+    tr._last_step_s = 5.0  # the next step would end at exactly 15 s: still within
     assert not tr.budget_spent()
     tr._last_step_s = 6.0  # the next step would end at 16 s
     assert tr.budget_spent()
