@@ -175,10 +175,12 @@ def resumed_config(saved: dict, cfg: "TrainConfig", given: set[str], run_dir: st
                          f"{run_dir} --out-dir NEW_DIR")
     saved_fields = {k: v for k, v in saved.items() if k in fields}  # (a field since removed: dropped)
     try:
-        return TrainConfig(**{**saved_fields, **{k: new for k, (_, new) in changed.items()}, "resume": run_dir}), changed
+        TrainConfig(**{**saved_fields, "resume": run_dir})
     except (TypeError, ValueError) as e:  # a value edited by hand: its check's message, or a str where a number goes
         raise ValueError(f"--resume {run_dir}: its config.json holds a config that cannot run ({e}): restore it from the "
                          "train_config.json of its newest checkpoint") from None
+    # the saved config runs: a failure now is a flag's (--profile-step past the run's --steps), said as a new run says it
+    return TrainConfig(**{**saved_fields, **{k: new for k, (_, new) in changed.items()}, "resume": run_dir}), changed
 
 
 # A tiny run for newcomers and CI: the embedded model, 3 steps of 2 prompts x 4 completions of 48 tokens.

@@ -1,4 +1,4 @@
-"""A step's metrics (reduced over ranks) and the run logs: metrics.jsonl (one line per step), TensorBoard event
+"""A step's metrics (reduced over ranks) and the run logs: metrics.jsonl (one line per step, one per evaluation), TensorBoard event
 files, samples.jsonl. Rank 0 writes; others no-op."""
 from __future__ import annotations
 

@@ -382,11 +382,18 @@ class Trainer:
                 self._warn_if_no_signal(last)
                 spent = self._budget_spent_everywhere()
                 final = self.step == cfg.steps or spent
-                if cfg.eval_every and (self.step % cfg.eval_every == 0 or final) and self.dist.main:
-                    last.update(self.evaluate())
+                # the step's metrics and checkpoint before its evaluation, which takes minutes on a CPU: a Ctrl-C,
+                # SIGTERM or out-of-memory there cost every step since the last checkpoint (a review: with the
+                # defaults, --eval-every = --save-every = 50, a stop in an evaluation lost 50 steps)
                 self.log.log(self.step, last)
                 if self.step % cfg.save_every == 0 or final:
                     self.save()
+                if cfg.eval_every and (self.step % cfg.eval_every == 0 or final) and self.dist.main:
+                    ev = self.evaluate()
+                    # a line of its own, as the evaluation of the start (step 0), at the tokens generated so far (the
+                    # curves' x-axis)
+                    self.log.log(self.step, {**ev, "rollout/generated_tokens_total": float(self.generated_total)})
+                    last.update(ev)
                 bar.update(min(int(last["rollout/generated_tokens"]), bar.total - bar.n) if by_tokens else 1)
                 bar.set_postfix(**({"step": self.step} if by_tokens else {}), reward=f"{last['reward']:.3f}", kl=f"{last.get('kl', 0.0):.4f}",
                                 **({"acc": f"{last['eval/accuracy_strict']:.3f}"} if "eval/accuracy_strict" in last else {}))

@@ -101,7 +101,7 @@ def test_train_cli_writes_a_complete_run_and_refuses_to_overwrite_it(tiny_ckpt, 
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["steps"], cfg["group_size"], cfg["max_new_tokens"]) == (3, 4, 8)  # preset, and the flag over it
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [l["step"] for l in lines] == [1, 2, 3] and "eval/accuracy_strict" in lines[-1]
+    assert [l["step"] for l in lines] == [1, 2, 3, 3] and "eval/accuracy_strict" in lines[-1]  # (the evaluation's own line)
     assert (out / "samples.jsonl").read_text().count("\n") == 3
     assert list((out / "tb").glob("events.out.tfevents.*"))
     assert (out / "checkpoints" / "step-000003" / "trainer_state.pt").is_file()
@@ -131,6 +131,10 @@ def test_resume_takes_limits_and_logging_flags_and_refuses_the_rest(tiny_ckpt, t
     assert err.count("\n") == 1 and "--lr (the run has 1e-05) would change the training itself" in err
     assert "--model" in err and "--token-budget" in err  # the way out, and what may change
     assert (out / "config.json").read_text() == before and steps() == [1]
+    # a flag that may change, past what the run allows: its own message, as a new run gives it (a review: it was
+    # "its config.json holds a config that cannot run ...: restore it", blaming a file that was fine)
+    assert run.main(["train", "--resume", str(out), "--profile-step", "9"]) == 2
+    assert capsys.readouterr().err == "error: --profile-step 9 is past the run's last step (--steps 3)\n"
     # the sampling path may change (a run begun with --decode auto on a CPU, resumed on a GPU whose CUDA graphs
     # fail, or to compile the step): the same distribution, its arithmetic in another order
     assert run.main(["train", "--resume", str(out), "--token-budget", "0", "--lr", "1e-05", "--seed", "0",

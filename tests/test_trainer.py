@@ -204,8 +204,10 @@ def test_evaluation_of_the_start_is_logged_as_step_0(tmp_path, at_start):
     tr.test_set = tr.train_set[:2]
     tr.train()
     rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == ([0, 1, 2] if at_start else [1, 2])
-    assert "eval/accuracy_strict" in rows[-1] and "reward" in rows[-1]
+    # each evaluation a line of its own after its step's (logged, and checkpointed, before the evaluation runs)
+    assert [r["step"] for r in rows] == ([0, 1, 2, 2] if at_start else [1, 2, 2])
+    assert "eval/accuracy_strict" in rows[-1] and "reward" not in rows[-1] and "reward" in rows[-2]
+    assert rows[-1]["rollout/generated_tokens_total"] == rows[-2]["rollout/generated_tokens_total"] > 0
     if at_start:
         assert "eval/format_soft_rate" in rows[0] and "reward" not in rows[0] and rows[0]["rollout/generated_tokens_total"] == 0
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
@@ -213,6 +215,19 @@ def test_evaluation_of_the_start_is_logged_as_step_0(tmp_path, at_start):
 
     row = table({"run": rows})[-1]
     assert row.startswith("| run | 2 |") and "nan" not in row
+
+
+def test_a_stop_during_an_evaluation_keeps_the_steps_before_it(tmp_path):
+    """A review: the evaluation ran before the step was logged and checkpointed, so a Ctrl-C, SIGTERM or
+    out-of-memory in it (minutes on a CPU, at the defaults' every 50 steps) lost every step since the last
+    checkpoint. Now the step is logged and saved first."""
+    tr = make_trainer(tmp_path, steps=4, eval_every=2, save_every=2, eval_limit=1, eval_at_start=False)
+    tr.test_set = tr.train_set[:1]
+    tr.evaluate = lambda: (_ for _ in ()).throw(KeyboardInterrupt)  # stopped in the first evaluation, at step 2
+    with pytest.raises(KeyboardInterrupt):
+        tr.train()
+    assert [d.name for d in (tmp_path / "checkpoints").iterdir()] == ["step-000002"]
+    assert [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
 def test_a_run_without_learning_signal_says_so_once(tmp_path, capsys):
