@@ -164,6 +164,9 @@ def main(argv=None) -> None:
     if not roots or any(r not in ("puct", "gumbel") for r in roots):
         ap.error(f"--roots takes puct and/or gumbel, comma-separated; got {a.roots!r}")
     check_args(ap, a, at_least_1=("limit", "max_n"))
+    if a.equal_tokens and a.max_n < max(ns):  # (the pool already holds max(n) a question: the cap would be broken)
+        ap.error(f"--max-n {a.max_n} is below the largest --n ({max(ns)}): the equal-token rows read from the n={max(ns)} "
+                 f"samples already drawn; raise --max-n to at least {max(ns)}")
     a.device = check_device(ap, a.device)
     try:  # the remaining flags are EvalConfig's, checked (and named) there, before anything loads
         base = EvalConfig(limit=a.limit, max_new_tokens=a.max_new_tokens, temperature=a.temperature, batch_size=a.batch_size,

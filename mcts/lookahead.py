@@ -43,7 +43,8 @@ class When:
                 return cls("entropy", h=float(spec[8:]))
         except ValueError:
             pass
-        raise ValueError(f"bad --mcts-when {spec!r}: use always, every:K (K >= 1) or entropy:H (H > 0, nats)")
+        raise ValueError(f"bad --mcts-when {spec!r}: use tree (the default: one search builds each answer), always, "
+                         "every:K (K >= 1) or entropy:H (H > 0, nats)")
 
 
 @dataclass
