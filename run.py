@@ -332,6 +332,9 @@ def cmd_sample(cfg: SampleConfig) -> None:
     scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                           eos_ids=stop_token_ids(tok, model.cfg.eos_token_ids))
     gen = torch.Generator(device=model.device).manual_seed(cfg.seed)
+    # one batch, printed when it ends: say what is running meanwhile (minutes on a CPU for 256 tokens)
+    print(f"sampling {len(problems)} answer{'s' * (len(problems) != 1)} of up to {cfg.max_new_tokens} tokens at once on "
+          f"{device}...", file=sys.stderr, flush=True)
     res = generate(model, encode_prompts(tok, [p.question for p in problems], examples), scfg, gen,
                    stop=StopOnText(tok, [cfg.stop]) if cfg.stop else None, pad_id=tok.pad_token_id)
     for i, p in enumerate(problems):

@@ -310,7 +310,9 @@ class Trainer:
         ecfg = EvalConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size, stop=cfg.stop, limit=cfg.eval_limit)
         self.model.eval()
         with self.autocast():
-            summary, _ = evaluate(self.model, self.tok, self.test_set[: cfg.eval_limit], ecfg, self.shots, progress=False)
+            # its own bar (rank 0 evaluates): 100 questions take minutes on a CPU, and the training bar stands still
+            summary, _ = evaluate(self.model, self.tok, self.test_set[: cfg.eval_limit], ecfg, self.shots,
+                                  progress=self.progress and self.dist.main)
         return {f"eval/{k}": summary[k] for k in ("accuracy_strict", "accuracy_lenient", "format_soft_rate", "generated_tokens_per_answer")}
 
     def save(self) -> None:

@@ -250,3 +250,13 @@ def test_majority_does_not_count_answers_cut_by_the_token_limit():
     assert s["pass_at_n_lenient"] == 1.0 and abs(s["accuracy_lenient"] - 1 / 3) < 1e-12  # (lenient reads cut texts)
     s = summarize([dataclasses.replace(r, finish=["stop"] * 3)], 1.0)
     assert s["majority_at_n_lenient"] == 0.0 and s["majority_at_n_strict"] == 1.0
+
+
+def test_sample_prints_each_answer_and_says_what_runs_meanwhile(tiny_ckpt, monkeypatch, capsys):
+    """`run.py sample` end to end (a user walk found it silent for minutes on the embedded model: one batch, printed
+    when it ends): a line on stderr as it starts, then each question, its completion and its parsed answer."""
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    assert run.main(["sample", "--model", tiny_ckpt, "--limit", "2", "--max-new-tokens", "4", "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert "sampling 2 answers of up to 4 tokens at once on cpu..." in err
+    assert out.count("=== Q") == 2 and out.count("--- completion (") == 2 and out.count(", gold '") == 2

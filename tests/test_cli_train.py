@@ -98,6 +98,7 @@ def test_train_cli_writes_a_complete_run_and_refuses_to_overwrite_it(tiny_ckpt, 
     argv = ["train", "--model", tiny_ckpt, "--preset", "smoke", "--max-new-tokens", "8", "--eval-limit", "2",
             "--out-dir", str(out), "--device", "cpu"]
     assert run.main(argv) == 0
+    assert "eval greedy: 100%" in capsys.readouterr().err  # the evaluation's own bar (the training bar stands still)
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["steps"], cfg["group_size"], cfg["max_new_tokens"]) == (3, 4, 8)  # preset, and the flag over it
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
