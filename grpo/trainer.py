@@ -46,6 +46,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
 import math
 import time
 from pathlib import Path
@@ -107,6 +109,8 @@ class Trainer:
         self.ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.beta > 0 else None
         # the KL term's anchor: a resume rebuilds the reference from --model and checks it against this record
         self.ref_fingerprint = weights_fingerprint(model) if self.ref is not None else None
+        # ...and the data: --gsm8k may change on resume (the same files elsewhere), but not to other problems
+        self.data_fingerprint = hashlib.sha256(json.dumps([[p.question, p.answer] for p in self.shots + train]).encode()).hexdigest()
         if self.ref is not None:
             set_packed(self.ref, False)  # teacher-forced passes only: not worth a second copy of its weights
             store_frozen_linears_in(self.ref, self.precision)  # bf16: what autocast would cast them to, once
@@ -317,7 +321,8 @@ class Trainer:
 
     def save(self) -> None:
         if self.dist.main:
-            counters = {"bad_steps": self.bad_steps, "generated_total": self.generated_total, "flat_steps": self.flat_steps}
+            counters = {"bad_steps": self.bad_steps, "generated_total": self.generated_total, "flat_steps": self.flat_steps,
+                        "data_sha256": self.data_fingerprint}
             if self.ref_fingerprint is not None:
                 counters["reference_sha256"] = self.ref_fingerprint
             save_checkpoint(self.run_dir, self.step, self.model, self.tok, self.opt, self.sched, counters,
@@ -340,6 +345,13 @@ class Trainer:
                                  "the model the run started from: its weights changed since; restore them, or train on "
                                  f"from the checkpoint in a new run (its weights become the reference): --model "
                                  f"{found[-1] / 'model'} --out-dir NEW_DIR")
+        data_was = extra.get("data_sha256")  # (absent: a checkpoint from before this record)
+        if data_was is not None and data_was != self.data_fingerprint and not self.finished():
+            # a step's prompts are positions in the train split: other problems there, and the run trains on them,
+            # silently (a review resumed with --gsm8k naming a 5-problem file and trained step 3 on it)
+            raise ValueError(f"--resume {self.run_dir}: the GSM8K train split read now ({self.cfg.gsm8k or 'GSM8K_DIR, else the hub'}) "
+                             "holds other problems than the run trained on (or other --shots examples): point --gsm8k at the "
+                             f"run's data, or train on from the checkpoint in a new run: --model {found[-1] / 'model'} --out-dir NEW_DIR")
         if self.dist.main:
             for name in ("metrics.jsonl", "samples.jsonl"):
                 truncate_log(self.run_dir / name, self.step)

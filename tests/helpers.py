@@ -104,7 +104,7 @@ def count_calls(monkeypatch, owner, name: str) -> list:
     return calls
 
 
-def make_trainer(run_dir, dtype=torch.float32, rewards=None, seed=0, dist=None, model_kw=None, **overrides):
+def make_trainer(run_dir, dtype=torch.float32, rewards=None, seed=0, dist=None, model_kw=None, problems=None, **overrides):
     from data import Problem
     from grpo.config import TrainConfig
     from grpo.distributed import Dist
@@ -114,7 +114,7 @@ def make_trainer(run_dir, dtype=torch.float32, rewards=None, seed=0, dist=None, 
 
     tok = tiny_tokenizer()
     model = from_hf_model(tiny_hf_model("llama", seed=seed, dtype=dtype, **(model_kw or {})))
-    problems = [Problem(f"question {i}", "0", "", i) for i in range(16)]
+    problems = problems if problems is not None else [Problem(f"question {i}", "0", "", i) for i in range(16)]
     kw = dict(steps=6, prompts_per_step=4, group_size=8, max_new_tokens=8, micro_batch=12, lr=3e-3, warmup_steps=0,
               beta=0.0, stop="", eval_every=0, save_every=100, log_samples=1, seed=seed, device="cpu", shots=0,
               precision="fp32")  # explicit: 'auto' would pick bf16 on an AMX CPU, float32 on others

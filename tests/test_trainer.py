@@ -510,3 +510,21 @@ def test_more_prompts_per_step_than_problems_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"^--prompts-per-step 17 is more than the 16 training problems .* at most 16$"):
         make_trainer(tmp_path / "run", prompts_per_step=17)
     make_trainer(tmp_path / "ok", prompts_per_step=16)  # every problem once
+
+
+def test_resume_refuses_other_training_problems(tmp_path):
+    """A user walk: `--resume RUN --gsm8k OTHER` (--gsm8k may change on resume: the same files elsewhere) with a
+    file of other problems trained on them, silently, from the next step. Each checkpoint records the problems'
+    fingerprint: other problems are refused in one line before anything is touched; the same ones resume."""
+    from data import Problem
+
+    run = tmp_path / "run"
+    make_trainer(run, steps=3, save_every=1).train(until_step=2)
+    metrics = (run / "metrics.jsonl").read_text()
+    other = [Problem(f"another question {i}", "0", "", i) for i in range(16)]
+    with pytest.raises(ValueError, match=r"holds other problems than the run trained on .* --out-dir NEW_DIR$") as e:
+        make_trainer(run, steps=3, save_every=1, problems=other).resume()
+    assert "\n" not in str(e.value)
+    assert (run / "metrics.jsonl").read_text() == metrics  # nothing cut back
+    again = make_trainer(run, steps=3, save_every=1)
+    assert again.resume() and again.step == 2
