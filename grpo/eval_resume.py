@@ -47,6 +47,14 @@ def resumed_eval_config(cfg: EvalConfig, given: set[str], out: Path) -> EvalConf
         was = ", ".join(f"--{k.replace('_', '-')} (it has {saved.get(k)!r})" for k in differ)
         raise ValueError(f"--resume {out}: {was} would change the answers mid-eval; only --batch-size and --gsm8k may change "
                          f"on resume: leave the others out, or start a new eval in another --out-dir")
+    model = saved.get("model")
+    held = Path(model).expanduser() if isinstance(model, str) and model else None
+    if held is not None and held.name == "model" and held.parent.parent.name == "checkpoints" and not held.exists():
+        # an eval of a training run records the checkpoint it read; the run, training on, rotates its checkpoints
+        # (--keep-checkpoints): those weights are gone, and no other ones give the same answers
+        raise ValueError(f"--resume {out}: the checkpoint this eval read, {held.parent}, has since been removed (its "
+                         f"training run keeps only its newest --keep-checkpoints): the eval cannot go on with the same "
+                         f"weights; start it again without --resume")
     keep = {k: getattr(cfg, k) for k in given & set(EVAL_RESUME_MAY_CHANGE)}
     try:
         return EvalConfig(**{**saved, **keep, "resume": True, "out_dir": cfg.out_dir})

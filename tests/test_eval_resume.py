@@ -200,6 +200,20 @@ def test_an_eval_of_a_training_run_resumes_with_the_checkpoint_it_started_with(t
     assert "--model (it has " + repr(str(first)) + ") would change the answers" in capsys.readouterr().err
     assert run.main(["eval", "--resume", "--out-dir", str(tmp_path / "cut2")]) == 0
     assert stripped(tmp_path / "cut2" / "predictions.jsonl") == stripped(tmp_path / "whole" / "predictions.jsonl")
+    # the run rotated that checkpoint away (--keep-checkpoints) before the eval was resumed: said as what it is (a
+    # user walk got "model path ... does not exist: check the path", and --model beside --resume is refused)
+    with monkeypatch.context() as m:
+        interrupt_at_batch(m, 2)
+        assert run.main(common + ["--out-dir", str(tmp_path / "cut3")]) == 130  # (reads step 2, the newest)
+    import shutil
+
+    shutil.rmtree(rd / "checkpoints" / "step-000002")
+    capsys.readouterr()
+    assert run.main(["eval", "--resume", "--out-dir", str(tmp_path / "cut3")]) == 2
+    assert capsys.readouterr().err == (f"error: --resume {tmp_path / 'cut3'}: the checkpoint this eval read, "
+                                       f"{rd / 'checkpoints' / 'step-000002'}, has since been removed (its training run "
+                                       f"keeps only its newest --keep-checkpoints): the eval cannot go on with the same "
+                                       f"weights; start it again without --resume\n")
 
 
 @pytest.mark.parametrize("stopped", ["before the renames", "between the renames"])
