@@ -115,7 +115,9 @@ class RunLog:
         if self._tb is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.tb_dir), purge_step=self._purge_step)
+            quiet_full_disk_in_tensorboard_thread()
+            with naming(self.tb_dir):
+                self._tb = SummaryWriter(str(self.tb_dir), purge_step=self._purge_step)
             self._purge_step = None  # once: a writer reopened after close() must not purge again
         return self._tb
 
@@ -124,9 +126,9 @@ class RunLog:
             return
         with naming(self.metrics_path), self.metrics_path.open("a") as f:  # opened per step: a killed run loses no finished line
             f.write(json.dumps({"step": step, **metrics}) + "\n")
-        for k, v in metrics.items():
-            self.tb.add_scalar(k, v, step)
-        with naming(self.tb_dir):
+        with naming(self.tb_dir):  # (the writer thread's error comes back here, without a filename)
+            for k, v in metrics.items():
+                self.tb.add_scalar(k, v, step)
             self.tb.flush()
 
     def log_samples(self, step: int, rows: list[dict]) -> None:
@@ -137,7 +139,8 @@ class RunLog:
 
     def text(self, tag: str, text: str, step: int) -> None:
         if self.enabled:
-            self.tb.add_text(tag, text, step)
+            with naming(self.tb_dir):
+                self.tb.add_text(tag, text, step)
 
     def purge_after(self, step: int) -> None:
         """On resume: TensorBoard drops the events of steps > `step` (they are about to be run again)."""
@@ -147,8 +150,31 @@ class RunLog:
 
     def close(self) -> None:
         if self._tb is not None:
-            self._tb.close()
-            self._tb = None  # a later event opens a new writer
+            tb, self._tb = self._tb, None  # a later event opens a new writer
+            with naming(self.tb_dir):
+                tb.close()
+
+
+def quiet_full_disk_in_tensorboard_thread() -> None:
+    """TensorBoard writes its events from a thread: on a full disk that thread printed its own 16-line traceback
+    before the main thread, at its next event, met the same error (named there by `naming`, said in one line by
+    run.py). Its full-disk error is left to the main thread; any other keeps the traceback."""
+    import threading
+
+    from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+
+    before = threading.excepthook
+    if getattr(before, "_quiet_full_disk", False):
+        return
+
+    def hook(args):
+        if isinstance(args.thread, _AsyncWriterThread) and isinstance(args.exc_value, OSError) and \
+                args.exc_value.errno in (errno.ENOSPC, errno.EDQUOT):
+            return
+        before(args)
+
+    hook._quiet_full_disk = True
+    threading.excepthook = hook
 
 
 def truncate_log(path: Path, last_step: int) -> None:

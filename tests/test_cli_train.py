@@ -437,6 +437,27 @@ def test_a_full_disk_under_the_step_logs_names_the_file(log, tiny_ckpt, tmp_path
         "(the same command starts it again)")
 
 
+def test_a_full_disk_under_tensorboard_is_one_line_naming_its_directory(tiny_ckpt, tmp_path, monkeypatch, capfd):
+    """Seen on a full tmpfs: TensorBoard's writer thread printed a 16-line traceback, then the next event raised
+    its error again in the main thread, with no filename. Now one line naming tb/, no traceback."""
+    import errno
+
+    from tensorboard.summary.writer import record_writer
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    monkeypatch.setattr(record_writer.RecordWriter, "write", full)
+    out = tmp_path / "run"
+    assert run.main(["train", "--model", tiny_ckpt, "--preset", "smoke", "--max-new-tokens", "4", "--eval-every", "0",
+                     "--out-dir", str(out), "--device", "cpu"]) == 2
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == (f"error: No space left on device: {out / 'tb'}; no checkpoint was written yet, so "
+                                    "there is nothing to resume (the same command starts it again)")
+
+
 def test_the_cpu_estimate_says_the_whole_runs_time_too():
     cfg = TrainConfig()  # 500 steps of 8 prompts x 8 completions
     assert run.step_estimate(300.0, cfg, 0, 1) == (
