@@ -190,8 +190,13 @@ def main(argv=None) -> None:
 
     def write(complete: bool) -> None:  # atomically: a grid cut off (a time limit) keeps every row it finished
         tmp = out / "compare.json.tmp"
-        tmp.write_text(json.dumps({"settings": vars(a), "complete": complete, "rows": rows}, indent=2) + "\n")
-        tmp.replace(out / "compare.json")
+        try:
+            tmp.write_text(json.dumps({"settings": vars(a), "complete": complete, "rows": rows}, indent=2) + "\n")
+            tmp.replace(out / "compare.json")
+        except OSError as e:  # a full disk, a read-only directory: one line, not a traceback (the rows are printed)
+            tmp.unlink(missing_ok=True)
+            sys.exit(f"error: cannot write {out / 'compare.json'} ({e.strerror}): free space there or pass another --out; "
+                     "the rows so far are printed above")
 
     def add(strategy: str, budget: str, summary: dict, **extra) -> None:
         rows.append({"strategy": strategy, "budget": budget, **{k: summary[k] for k in (

@@ -88,3 +88,29 @@ def test_the_grid_runs_end_to_end_and_says_which_seconds_are_estimates(tiny_ckpt
         ("best-of-n", "n=2"), ("mcts", "sims=1, K=4"), ("majority", "tokens of mcts sims=1, K=4"),
         ("best-of-n", "tokens of mcts sims=1, K=4")]
     assert md.count("\n| ") == 1 + len(rows)  # the header and one line a row
+
+
+def test_the_grid_on_a_full_disk_is_one_line(tiny_ckpt, tmp_path, monkeypatch):
+    """A user walk: compare.py on a full disk ended in a traceback from its first write of compare.json."""
+    import errno
+    import pathlib
+
+    import pytest
+    from conftest import gsm8k_dir
+
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    real = pathlib.Path.write_text
+
+    def write_text(self, *a, **k):
+        if self.name == "compare.json.tmp":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", write_text)
+    out = tmp_path / "cmp"
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--model", tiny_ckpt, "--limit", "1", "--n", "1", "--sims", "1", "--roots", "puct",
+                      "--max-new-tokens", "4", "--batch-size", "1", "--out", str(out), "--device", "cpu"])
+    assert str(e.value) == (f"error: cannot write {out / 'compare.json'} (No space left on device): free space there or "
+                            "pass another --out; the rows so far are printed above")
+    assert not (out / "compare.json.tmp").exists()
