@@ -34,6 +34,7 @@ from model_io.precision import check_precision, precision_field
 from model_io.sampler import check_decode_mode, row_rng
 
 from .config import check_ranges, check_top_p
+from .metrics import naming
 from .rewards import soft_format_reward_func, strict_format_reward_func
 
 SEARCHES = ("greedy", "sample", "majority", "best-of-n", "mcts")
@@ -249,9 +250,10 @@ def evaluate(
                                keep_trees=trees is not None, on_simulation=lambda s, n_sim: bar.set_postfix_str(f"simulation {s}/{n_sim}"))
                 new = [one_answer(p, f.text, f.answer_tokens, f.finish, f.generated_tokens, f.forward_tokens) for p, f in zip(batch, found)]
                 if trees:  # each batch's trees reach the disk before its predictions (a resumed eval needs both)
-                    for p, f in zip(batch, found):
-                        trees.write(json.dumps({"index": p.index, "question": p.question, "gold": p.answer, "answer": f.answer, **f.tree}) + "\n")
-                    trees.flush()
+                    with naming(tree_path):  # (a full disk: the stop line names the file)
+                        for p, f in zip(batch, found):
+                            trees.write(json.dumps({"index": p.index, "question": p.question, "gold": p.answer, "answer": f.answer, **f.tree}) + "\n")
+                        trees.flush()
             else:
                 # one random stream per answer, named by its question: a question's answers do not depend on the
                 # batch it is in, so a resumed eval (`run.py eval --resume`) gives the answers of an uninterrupted one
@@ -272,13 +274,15 @@ def evaluate(
                 q.seconds = share
             results += new
             if sink:
-                sink.writelines(json.dumps(asdict(q)) + "\n" for q in new)
-                sink.flush()
+                with naming(out_path):
+                    sink.writelines(json.dumps(asdict(q)) + "\n" for q in new)
+                    sink.flush()
             bar.update(len(batch))
             bar.set_postfix(acc=f"{summarize(results, 1.0)['accuracy_strict']:.3f}")
     finally:
         bar.close()
-        for f in (sink, trees):
+        for f, path in ((sink, out_path), (trees, tree_path)):
             if f:
-                f.close()
+                with naming(path):  # (closing flushes what a full disk refused again)
+                    f.close()
     return summarize(results, sum(q.seconds for q in done) + time.perf_counter() - t0), results

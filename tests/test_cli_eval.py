@@ -2,6 +2,7 @@
 --decode), EvalConfig's checks, and `run.py inspect-tree`."""
 import dataclasses
 import json
+import os
 
 import pytest
 from conftest import gsm8k_dir
@@ -260,3 +261,21 @@ def test_sample_prints_each_answer_and_says_what_runs_meanwhile(tiny_ckpt, monke
     out, err = capsys.readouterr()
     assert "sampling 2 answers of up to 4 tokens at once on cpu..." in err
     assert out.count("=== Q") == 2 and out.count("--- completion (") == 2 and out.count(", gold '") == 2
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux), whose every write fails with ENOSPC")
+def test_a_full_disk_under_the_predictions_names_the_file(tmp_path):
+    """A user walk: eval's full-disk line named no file (a failed write() has none)."""
+    import torch
+    from helpers import tiny_hf_model, tiny_tokenizer
+
+    from data import Problem
+    from grpo.evaluate import evaluate
+    from model_io.convert import from_hf_model
+
+    path = tmp_path / "predictions.jsonl.partial"
+    path.symlink_to("/dev/full")
+    model, tok = from_hf_model(tiny_hf_model(dtype=torch.float32)), tiny_tokenizer()
+    with pytest.raises(OSError) as e:
+        evaluate(model, tok, [Problem("q", "1", "", 0)], EvalConfig(max_new_tokens=2), out_path=path, progress=False)
+    assert e.value.filename == str(path) and "No space left" in e.value.strerror
