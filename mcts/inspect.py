@@ -17,6 +17,9 @@ def load_trees(path: str | Path) -> list[dict]:
     """The trees of a trees.jsonl (or of the one in an eval output directory)."""
     p = Path(path)
     if p.is_dir():
+        if not (p / "trees.jsonl").is_file() and (p / "trees.jsonl.partial").is_file():  # an interrupted eval's
+            raise ValueError(f"{p} holds an interrupted eval (trees.jsonl.partial): `run.py eval --resume --out-dir {p}` "
+                             f"finishes it, or pass {p / 'trees.jsonl.partial'} for the trees so far")
         if not (p / "trees.jsonl").is_file():
             raise ValueError(f"{p} has no trees.jsonl: `run.py eval --search mcts --mcts-when tree --out-dir {p}` writes one")
         p = p / "trees.jsonl"

@@ -219,6 +219,11 @@ def test_inspect_tree_skips_blank_lines_and_names_what_is_missing(tmp_path, caps
     f.unlink()
     assert run.main(["inspect-tree", str(tmp_path)]) == 2
     assert "has no trees.jsonl: `run.py eval --search mcts --mcts-when tree" in capsys.readouterr().err
+    (tmp_path / "trees.jsonl.partial").write_text("")  # an interrupted eval's directory (a user walk: it said the above)
+    assert run.main(["inspect-tree", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path} holds an interrupted eval (trees.jsonl.partial): `run.py eval "
+                                       f"--resume --out-dir {tmp_path}` finishes it, or pass {tmp_path / 'trees.jsonl.partial'} "
+                                       "for the trees so far\n")
 
 
 def test_eval_mcts_rescore_reaches_the_search(tiny_ckpt, tmp_path, monkeypatch):
