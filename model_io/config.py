@@ -89,8 +89,15 @@ class ModelConfig:
                 f"unsupported architecture {arch!r}: supported are {', '.join(SUPPORTED_ARCHS)} "
                 "(Llama family incl. SmolLM2 and Llama-3.x, Qwen2 family incl. Qwen2.5)"
             )
-        if getattr(hf, "use_sliding_window", False):
-            raise ModelSpecError("Qwen2 sliding-window attention is not supported: use a checkpoint with use_sliding_window=false")
+        # Qwen2 slides its window only in layers from max_window_layers on (transformers' layer_types): with
+        # use_sliding_window set but max_window_layers >= the layer count, every layer attends fully, as here
+        types = getattr(hf, "layer_types", None) or []
+        n = getattr(hf, "num_hidden_layers", 0)
+        sliding = (any(t != "full_attention" for t in types) if types else
+                   getattr(hf, "use_sliding_window", False) and getattr(hf, "max_window_layers", 0) < n)
+        if sliding:
+            raise ModelSpecError("Qwen2 sliding-window attention is not supported: use a checkpoint with use_sliding_window=false "
+                                 "(or max_window_layers >= num_hidden_layers, where no layer slides)")
         if getattr(hf, "hidden_act", "silu") != "silu":
             raise ModelSpecError(f"unsupported activation {hf.hidden_act!r}: only SwiGLU (silu) models are supported")
         if getattr(hf, "mlp_bias", False) or (arch == "llama" and getattr(hf, "attention_bias", False)):

@@ -315,3 +315,26 @@ def test_an_unwritable_cache_is_named_once_per_load(fake_gguf, tmp_path, monkeyp
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("warning: cannot write the converted model to the cache") and "$MCTS_GRPO_CACHE" in line
     assert str(tmp_path / "afile" / "cache") in line
+
+
+def test_qwen2_sliding_window_is_refused_only_where_a_layer_slides():
+    """A review: use_sliding_window=true was refused even with max_window_layers >= the layers, where transformers
+    runs every layer with full attention (its layer_types), as our model does."""
+    from helpers import tiny_hf_config
+
+    from model_io.config import ModelConfig
+
+    n = tiny_hf_config("qwen2").num_hidden_layers
+    full = tiny_hf_config("qwen2", use_sliding_window=True, max_window_layers=n, sliding_window=4)
+    assert ModelConfig.from_hf(full).n_layers == n
+    from helpers import tiny_hf_model
+
+    from model_io.convert import from_hf_model
+
+    hf = tiny_hf_model("qwen2", dtype=torch.float64, use_sliding_window=True, max_window_layers=n, sliding_window=4)
+    x = torch.randint(0, 200, (1, 12))  # longer than the window: a sliding layer would differ
+    with torch.no_grad():
+        assert torch.allclose(from_hf_model(hf)(x), hf(x).logits, atol=1e-5)  # (as tests/test_model.py: RoPE in float32)
+    slides = tiny_hf_config("qwen2", use_sliding_window=True, max_window_layers=n - 1, sliding_window=4)
+    with pytest.raises(ModelSpecError, match="^Qwen2 sliding-window attention is not supported: use a checkpoint with "):
+        ModelConfig.from_hf(slides)
