@@ -159,7 +159,12 @@ def _check_arch(spec: str, note: str = "", **kw) -> None:
         why = " ".join(str(e).split()) or type(e).__name__
         raise _not_a_model_config(Path(spec, "config.json") if Path(spec).is_dir() else Path(spec), why) from None
     if cfg.model_type not in SUPPORTED_ARCHS:
-        raise ModelSpecError(f"{name}: unsupported architecture {cfg.model_type!r}; supported are {', '.join(SUPPORTED_ARCHS)} (Llama and Qwen2 families)")
+        raise unsupported_arch(name, cfg.model_type)
+
+
+def unsupported_arch(name, arch: str) -> ModelSpecError:
+    """The one line for a model of another architecture (`name`: its spec or file)."""
+    return ModelSpecError(f"{name}: unsupported architecture {arch!r}; supported are {', '.join(SUPPORTED_ARCHS)} (Llama and Qwen2 families)")
 
 
 def _load_hf(spec: str, note: str = "", **kw):
@@ -355,13 +360,11 @@ def _load_gguf(path: Path):
     except ImportError as e:
         raise ModelSpecError(f"reading GGUF needs the gguf package ({e}): pip install gguf") from None
     except Exception:
-        damage = _gguf_damage(path)
+        damage, arch = _gguf_read(path)
         if damage is not None:
             raise ModelSpecError(f"GGUF file {path} is damaged or truncated ({damage}): download or copy it again") from None
-        arch = _gguf_architecture(path)  # one transformers cannot read GGUF of either (bert, gptneox: its ValueError)
-        if arch is not None and arch not in SUPPORTED_ARCHS:
-            raise ModelSpecError(f"{path}: unsupported architecture {arch!r}; supported are {', '.join(SUPPORTED_ARCHS)} "
-                                 "(Llama and Qwen2 families)") from None
+        if arch is not None and arch not in SUPPORTED_ARCHS:  # one transformers cannot read GGUF of either (bert, gptneox)
+            raise unsupported_arch(path, arch) from None
         raise
     try:
         save_model(model, tok, cached)
@@ -371,23 +374,13 @@ def _load_gguf(path: Path):
     return model, tok
 
 
-def _gguf_architecture(path: Path) -> str | None:
-    """A readable GGUF file's `general.architecture` (e.g. 'llama'), else None."""
+def _gguf_read(path: Path) -> tuple[str | None, str | None]:
+    """(why the gguf package cannot read `path` (bad magic, cut header or tensor data), else None; its
+    `general.architecture`, e.g. 'llama', where it reads and names one), from one read of the file."""
     import gguf
 
     try:
         field = gguf.GGUFReader(str(path)).get_field("general.architecture")
-        return None if field is None else bytes(field.parts[field.data[0]]).decode()
-    except Exception:  # noqa: BLE001 (unreadable: _gguf_damage says why)
-        return None
-
-
-def _gguf_damage(path: Path) -> str | None:
-    """Why the gguf package cannot read `path` (bad magic, cut header or tensor data), else None."""
-    import gguf
-
-    try:
-        gguf.GGUFReader(str(path))
     except Exception as e:
-        return str(e).splitlines()[0] if str(e) else type(e).__name__
-    return None
+        return (str(e).splitlines()[0] if str(e) else type(e).__name__), None
+    return None, None if field is None else bytes(field.parts[field.data[0]]).decode(errors="replace")
