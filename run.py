@@ -42,7 +42,8 @@ from grpo.flags import OneLineParser, add_config_args, config_from_args, given_f
 from grpo.out_dir import (EVAL_OUTPUTS, MADE_DIRS, TRAIN_OUTPUTS, clear_outputs, holds_a_model, lets_go, make_out_dir,
                           refuse_foreign_out_dir, remove_made_dirs, take)
 from grpo.stops import stop_line, terminate
-from grpo.trainer import Trainer, TrainingError
+from grpo.limits import TrainingError
+from grpo.trainer import Trainer
 from mcts.inspect import InspectConfig, log_tree_stats, print_tree
 from model_io import ModelSpecError, SamplingConfig, export_hf, generate, load
 from model_io.checkpoint import write_text_atomic

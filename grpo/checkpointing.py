@@ -8,6 +8,7 @@ containers, and is read with torch.load(weights_only=True): nothing is unpickled
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -141,3 +142,28 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, dict]
     r = random.getstate()
     random.setstate((r[0], tuple(state["python_rng"]), state.get("python_gauss")))  # (older checkpoints: none cached)
     return int(state["step"]), state["extra"]
+
+
+def data_fingerprint(problems) -> str:
+    """What a run trains on (the shots, then the train split), recorded in each checkpoint: --gsm8k may change on
+    resume (the same files elsewhere), but not to other problems."""
+    return hashlib.sha256(json.dumps([[p.question, p.answer] for p in problems]).encode()).hexdigest()
+
+
+def refuse_other_anchors(run_dir: Path, ckpt: Path, extra: dict, cfg, ref_fp: str | None, data_fp: str) -> None:
+    """A resume of an unfinished run must train towards the same reference on the same problems as the run did; the
+    checkpoint's `extra` records both (absent in checkpoints from before these records, or a run without a
+    reference). Checked before the logs are cut back to the checkpoint."""
+    was = extra.get("reference_sha256")
+    if ref_fp is not None and was is not None and was != ref_fp:
+        # the same shapes, other weights: trained on, the KL term would pull towards another model, silently
+        raise ModelSpecError(f"--resume {run_dir}: --model {cfg.model} (the run's frozen reference) is not the model the "
+                             "run started from: its weights changed since; restore them, or train on from the checkpoint "
+                             f"in a new run (its weights become the reference): --model {ckpt / 'model'} --out-dir NEW_DIR")
+    data_was = extra.get("data_sha256")
+    if data_was is not None and data_was != data_fp:
+        # a step's prompts are positions in the train split: other problems there, and the run trains on them,
+        # silently (a review resumed with --gsm8k naming a 5-problem file and trained step 3 on it)
+        raise ValueError(f"--resume {run_dir}: the GSM8K train split read now ({cfg.gsm8k or 'GSM8K_DIR, else the hub'}) "
+                         "holds other problems than the run trained on (or other --shots examples): point --gsm8k at the "
+                         f"run's data, or train on from the checkpoint in a new run: --model {ckpt / 'model'} --out-dir NEW_DIR")

@@ -46,8 +46,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import math
 import time
 from pathlib import Path
@@ -57,14 +55,14 @@ import torch
 from tqdm import tqdm
 
 from data import Problem, StopOnText, encode_prompts, stop_token_ids
-from model_io import ModelSpecError, SamplingConfig, Transformer, export_hf
+from model_io import SamplingConfig, Transformer, export_hf
 from model_io.checkpoint import weights_fingerprint
 from model_io.linear import drop_packed, set_packed, unpacked
 from model_io.precision import mixed_precision, resolve_precision, store_frozen_linears_in
 
-from . import distributed as D
+from . import distributed as D, limits
 from .batches import EpochOrder, split_shots
-from .checkpointing import checkpoint_dirs, load_checkpoint, save_checkpoint
+from .checkpointing import checkpoint_dirs, data_fingerprint, load_checkpoint, refuse_other_anchors, save_checkpoint
 from .config import TrainConfig
 from .evaluate import EvalConfig, evaluate
 from .loss import group_advantages, policy_loss
@@ -72,12 +70,7 @@ from .metrics import RunLog, rollout_token_metrics, sample_rows, step_metrics, t
 from .profiling import phase, profiled, prepare as prepare_profiler
 from .rewards import RewardSet
 from .rollout import Rollout, collect, completion_logprobs, row_generators
-from .tree_rollout import collect_tree, merge, use_tree
-from .tree_rollout import search_config as tree_search_config
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. repeated non-finite updates); the message says why and what to try."""
+from .tree_rollout import collect_tree, merge, search_config as tree_search_config, use_tree, with_batch_std
 
 
 def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
@@ -110,7 +103,7 @@ class Trainer:
         # the KL term's anchor: a resume rebuilds the reference from --model and checks it against this record
         self.ref_fingerprint = weights_fingerprint(model) if self.ref is not None else None
         # ...and the data: --gsm8k may change on resume (the same files elsewhere), but not to other problems
-        self.data_fingerprint = hashlib.sha256(json.dumps([[p.question, p.answer] for p in self.shots + train]).encode()).hexdigest()
+        self.data_fingerprint = data_fingerprint(self.shots + train)
         if self.ref is not None:
             set_packed(self.ref, False)  # teacher-forced passes only: not worth a second copy of its weights
             store_frozen_linears_in(self.ref, self.precision)  # bf16: what autocast would cast them to, once
@@ -177,13 +170,8 @@ class Trainer:
             idx = plain_idx + tree_idx  # the rollout's prompt order
             rewards_all = D.gather_cat(ro.rewards.to(model.device), d).cpu()  # [B, G] over all ranks
             if cfg.adv_scale == "batch" and (d.on or len(parts) > 1):  # the batch std is over the whole global batch
-                new = group_advantages(rewards_all, "batch")[d.rank * len(idx) : (d.rank + 1) * len(idx)]  # [B, G]
-                if ro.token_advantages is not None:  # tree rows carry their outcome advantage inside the per-token ones
-                    outcome_in_tokens = torch.ones(len(idx) * G)  # [B*G] plain rows first, then tree rows
-                    outcome_in_tokens[len(plain_idx) * G :] = float(cfg.tree_advantage != "step")
-                    shift = (new - ro.advantages).flatten() * outcome_in_tokens  # [B*G]
-                    ro.token_advantages = ro.token_advantages + shift[:, None] * ro.mask
-                ro.advantages = new
+                with_batch_std(ro, group_advantages(rewards_all, "batch")[d.rank * len(idx) : (d.rank + 1) * len(idx)],
+                               len(plain_idx), cfg.tree_advantage)
         t_rollout = time.perf_counter() - t0
 
         with phase("grpo/logprobs"):
@@ -272,9 +260,7 @@ class Trainer:
             norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
         else:
             norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.params if p.grad is not None])))
-        bad_loss = not math.isfinite(loss)
-        if self.dist.on:
-            bad_loss = bool(D.all_reduce_sum(torch.tensor([float(bad_loss)], device=self.model.device), self.dist) > 0)
+        bad_loss = limits.on_any_rank(not math.isfinite(loss), self.dist, self.model.device)
         if not bad_loss and math.isfinite(norm):
             self.opt.step()
             # the gradients (one more copy of the weights) are freed now, not kept through the next sampling
@@ -288,11 +274,7 @@ class Trainer:
         self.bad_steps += 1
         tqdm.write(f"step {self.step}: non-finite loss ({loss}) or gradient norm ({norm}); update skipped")
         if self.bad_steps >= cfg.max_bad_steps:
-            clip = ("clip gradients (--max-grad-norm 1)" if not cfg.max_grad_norm
-                    else f"clip harder (--max-grad-norm below {cfg.max_grad_norm:g})")
-            raise TrainingError(f"{self.bad_steps} non-finite update{'s in a row' if self.bad_steps > 1 else ''} at step {self.step}: lower --lr, "
-                                f"{clip} or check the rewards; "
-                                + ("checkpoints so far are intact" if checkpoint_dirs(self.run_dir) else "no checkpoint was written yet"))
+            raise limits.non_finite_error(cfg, self.bad_steps, self.step, bool(checkpoint_dirs(self.run_dir)))
         return norm
 
     def _metrics(self, ro: Rollout, rewards_all, agg, grad_norm, t0, t_rollout, t_logprobs) -> dict[str, float]:
@@ -337,21 +319,8 @@ class Trainer:
         self.bad_steps = int(extra.get("bad_steps", 0))
         self.generated_total = int(extra.get("generated_total", 0))
         self.flat_steps = int(extra.get("flat_steps", 0))  # so that the no-signal note comes at the same step
-        was = extra.get("reference_sha256")  # (absent: a run without a reference, or from before this record)
-        if self.ref_fingerprint is not None and was is not None and was != self.ref_fingerprint and not self.finished():
-            # the same shapes, other weights: trained on, the KL term would pull towards another model, silently.
-            # Said before the logs are cut back to the checkpoint (a finished run trains nothing: it may go on)
-            raise ModelSpecError(f"--resume {self.run_dir}: --model {self.cfg.model} (the run's frozen reference) is not "
-                                 "the model the run started from: its weights changed since; restore them, or train on "
-                                 f"from the checkpoint in a new run (its weights become the reference): --model "
-                                 f"{found[-1] / 'model'} --out-dir NEW_DIR")
-        data_was = extra.get("data_sha256")  # (absent: a checkpoint from before this record)
-        if data_was is not None and data_was != self.data_fingerprint and not self.finished():
-            # a step's prompts are positions in the train split: other problems there, and the run trains on them,
-            # silently (a review resumed with --gsm8k naming a 5-problem file and trained step 3 on it)
-            raise ValueError(f"--resume {self.run_dir}: the GSM8K train split read now ({self.cfg.gsm8k or 'GSM8K_DIR, else the hub'}) "
-                             "holds other problems than the run trained on (or other --shots examples): point --gsm8k at the "
-                             f"run's data, or train on from the checkpoint in a new run: --model {found[-1] / 'model'} --out-dir NEW_DIR")
+        if not self.finished():  # (a finished run trains nothing: it may go on, to its export or an evaluation)
+            refuse_other_anchors(self.run_dir, found[-1], extra, self.cfg, self.ref_fingerprint, self.data_fingerprint)
         if self.dist.main:
             for name in ("metrics.jsonl", "samples.jsonl"):
                 truncate_log(self.run_dir / name, self.step)
@@ -360,7 +329,7 @@ class Trainer:
 
     def finished(self) -> bool:
         """All --steps done, or the --token-budget spent (a resumed run may be either: then it trains nothing)."""
-        return self.step >= self.cfg.steps or bool(self.cfg.token_budget and self.generated_total >= self.cfg.token_budget)
+        return limits.finished(self.cfg, self.step, self.generated_total)
 
     def train(self, until_step: int | None = None) -> dict[str, float]:
         """Run to cfg.steps (or stop after `until_step`, as a kill would); returns the last metrics."""
@@ -377,15 +346,13 @@ class Trainer:
             if cfg.eval_every and cfg.eval_at_start and self.step == 0 and self.dist.main:
                 start = self.evaluate()
                 self.log.log(0, {**start, "rollout/generated_tokens_total": 0.0})  # the baseline
-                if start.get("eval/format_soft_rate", 1.0) == 0 and cfg.shots == 0:  # say it now, not 5 steps later
-                    tqdm.write("note: the starting model wrote no answer in the <reasoning>/<answer> format on the "
-                               f"{cfg.eval_limit} evaluation questions; most rewards may be 0 and leave GRPO nothing to "
-                               "learn from: few-shot prompts (--shots 2) or a stronger --model help")
+                if note := limits.no_format_note(cfg, start):  # said now, not FLAT_STEPS_HINT steps later
+                    tqdm.write(note)
             if 0 < cfg.profile_step <= self.step and self.dist.main:  # a resumed run past the step asked for
                 tqdm.write(f"note: --profile-step {cfg.profile_step}: this run is past step {cfg.profile_step} already "
                            f"(resumed at step {self.step}); nothing will be profiled")
             # a resumed run may have spent its token budget already (generated_total is the same on every rank)
-            spent = bool(cfg.token_budget) and self.generated_total >= cfg.token_budget
+            spent = limits.budget_spent(cfg, self.generated_total)
             while self.step < end and not spent:
                 if cfg.profile_step == self.step + 1 and self.dist.main:
                     with profiled(self.step + 1, self.run_dir, self.model.device):
@@ -393,8 +360,10 @@ class Trainer:
                     tqdm.write(f"step {self.step}: profile written to {self.run_dir / 'profile'}")
                 else:
                     last = self.train_step()
-                self._warn_if_no_signal(last)
-                spent = self._budget_spent_everywhere()
+                self.flat_steps = self.flat_steps + 1 if last["frac_reward_zero_std"] == 1.0 else 0
+                if self.dist.main and (note := limits.no_signal_note(self.flat_steps, last["reward"], cfg.shots)):
+                    tqdm.write(note)
+                spent = limits.on_any_rank(self.budget_spent(), self.dist, self.model.device)
                 final = self.step == cfg.steps or spent
                 # the step's metrics and checkpoint before its evaluation, which takes minutes on a CPU: a Ctrl-C,
                 # SIGTERM or out-of-memory there cost every step since the last checkpoint (a review: with the
@@ -413,36 +382,15 @@ class Trainer:
                                 **({"acc": f"{last['eval/accuracy_strict']:.3f}"} if "eval/accuracy_strict" in last else {}))
             if (self.step == cfg.steps or spent) and self.dist.main:
                 export_hf(self.model, self.tok, self.run_dir / "final_hf")
-                if self.step < cfg.steps:
-                    by = "its --token-budget" if cfg.token_budget and self.generated_total >= cfg.token_budget else "--max-minutes"
-                    tqdm.write(f"stopped by {by} at step {self.step} of {cfg.steps}; final_hf holds the model so far"
-                               + ("" if by != "--max-minutes" else f"; `run.py train --resume {self.run_dir}` continues"))
+                if line := limits.early_end_line(cfg, self.step, self.generated_total, self.run_dir):
+                    tqdm.write(line)
         finally:
             bar.close()
             self.log.close()
         return last
 
-    FLAT_STEPS_HINT = 5
-
-    def _warn_if_no_signal(self, m: dict[str, float]) -> None:
-        """Say once, early, when every group's rewards are identical (zero advantages: only the KL term moves the
-        weights), as for the default 135M model zero-shot, which never writes the rewarded format (RESULTS.md)."""
-        self.flat_steps = self.flat_steps + 1 if m["frac_reward_zero_std"] == 1.0 else 0
-        if self.flat_steps == self.FLAT_STEPS_HINT and self.dist.main:
-            fix = "few-shot prompts (--shots 2) or a stronger --model give" if self.cfg.shots == 0 else "a stronger --model gives"
-            tqdm.write(f"note: for {self.flat_steps} steps every group's completions got the same reward (mean "
-                       f"{m['reward']:.3f}): zero advantages, no learning signal; {fix} the policy rewards to tell apart")
-
-    def _budget_spent_everywhere(self) -> bool:  # one decision for all ranks (clocks differ): none waits forever
-        flag = torch.tensor([float(self.budget_spent())], device=self.model.device)
-        return bool(D.all_reduce_sum(flag, self.dist).item() > 0)
-
-    def budget_spent(self) -> bool:
-        # --max-minutes stops before a step that would end past it, by the last step's time (a limit checked only
-        # after each step overruns it by up to a step: on a slow machine more than a caller's time limit left)
-        over_time = bool(self.cfg.max_minutes) and (time.perf_counter() - self._t_start + self._last_step_s
-                                                    > 60 * self.cfg.max_minutes)
-        return over_time or (bool(self.cfg.token_budget) and self.generated_total >= self.cfg.token_budget)
+    def budget_spent(self) -> bool:  # this rank's view (grpo/limits.py)
+        return limits.over_limits(self.cfg, self.generated_total, time.perf_counter() - self._t_start, self._last_step_s)
 
     def estimate_step_seconds(self) -> float:
         """A rough upper estimate of one step on this machine, from short probes (grpo/estimate.py)."""

@@ -180,6 +180,19 @@ def merge(parts: list[Rollout], pad_id: int) -> Rollout:
         token_advantages=tok_adv)
 
 
+def with_batch_std(ro: Rollout, advantages: torch.Tensor, n_plain: int, tree_advantage: str) -> None:
+    """Put `advantages` [B, G] (scaled by the global batch's std: --adv-scale batch) in place of the rollout's own,
+    which each part scaled by its own rewards. Tree rows carry their outcome advantage inside the per-token ones
+    (all but --tree-advantage step): those move by the same shift. `n_plain`: the plain prompts, which come first."""
+    B, G = advantages.shape
+    if ro.token_advantages is not None:
+        outcome_in_tokens = torch.ones(B * G)  # [B*G] plain rows first, then tree rows
+        outcome_in_tokens[n_plain * G :] = float(tree_advantage != "step")
+        shift = (advantages - ro.advantages).flatten() * outcome_in_tokens  # [B*G]
+        ro.token_advantages = ro.token_advantages + shift[:, None] * ro.mask
+    ro.advantages = advantages
+
+
 def search_config(G: int, max_new_tokens: int, temperature: float, top_p: float, stop: str, sims: int, K: int,
                   c_puct: float, step: str, step_tokens: int, root: str = "puct") -> SearchConfig:
     """Enough simulations for G rollouts (two per needed expansion by default), and rollouts that run to the end."""

@@ -8,7 +8,8 @@ from helpers import count_calls, make_trainer, tiny_hf_model, use_row_keys
 import model_io.static_decode
 from grpo.checkpointing import checkpoint_dirs
 from grpo.rewards import RewardSet
-from grpo.trainer import TrainingError, warmup_cosine
+from grpo.limits import FLAT_STEPS_HINT, TrainingError
+from grpo.trainer import warmup_cosine
 from model_io.convert import from_hf_model
 from model_io.sampler import decode_mode
 
@@ -128,6 +129,7 @@ def test_packed_weights_are_made_once_a_step_and_gone_before_the_loss(tmp_path, 
         assert len(packs) == len(want) and set(map(id, packs)) == set(map(id, want))
     assert left_at_loss and set(left_at_loss) == {0}
 
+
 def test_the_count_of_flat_steps_survives_a_resume(tmp_path, capsys):
     """The 'every group got the same reward' note comes after FLAT_STEPS_HINT flat steps, resumed or not."""
     flat = RewardSet({"zero": 1.0}, {"zero": lambda completions, **_: [0.0] * len(completions)})
@@ -136,8 +138,8 @@ def test_the_count_of_flat_steps_survives_a_resume(tmp_path, capsys):
     again = make_trainer(tmp_path, rewards=flat, save_every=1, steps=8)
     assert again.resume() and again.step == 2 and again.flat_steps == 2
     capsys.readouterr()
-    again.train(until_step=again.FLAT_STEPS_HINT)
-    assert f"for {again.FLAT_STEPS_HINT} steps every group's completions got the same reward" in capsys.readouterr().out
+    again.train(until_step=FLAT_STEPS_HINT)
+    assert f"for {FLAT_STEPS_HINT} steps every group's completions got the same reward" in capsys.readouterr().out
 
 
 def test_non_finite_updates_are_skipped_then_stop(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from helpers import make_trainer
 
-from grpo.tree_rollout import collect_tree, merge, node_values, step_advantages, use_tree
+from grpo.tree_rollout import collect_tree, merge, node_values, step_advantages, use_tree, with_batch_std
 
 
 def test_step_advantages_on_a_fixed_tree_by_hand():
@@ -205,5 +205,28 @@ def test_merge_puts_a_gpu_plain_part_and_a_cpu_tree_part_together(tmp_path):
     for t in (both.completions, both.old_logp, both.mask, both.token_advantages):
         assert type(t) is torch.Tensor
     assert torch.equal(both.token_advantages[: len(idx) * 4], tree.advantages.flatten()[:, None] * tree.mask)
-    shift = torch.ones(both.mask.shape[0])
-    both.token_advantages + shift[:, None] * both.mask  # grpo/trainer.py with --adv-scale batch
+    with_batch_std(both, both.advantages + 1.0, len(idx), "mix")  # grpo/trainer.py with --adv-scale batch
+    assert torch.equal(both.token_advantages[: len(idx) * 4], (tree.advantages + 1.0).flatten()[:, None] * tree.mask)
+
+
+@pytest.mark.parametrize("tree_advantage", ["mix", "step"])
+def test_the_batch_std_shift_moves_outcome_advantages_only(tree_advantage):
+    """--adv-scale batch with plain and tree prompts in one step: the global batch's advantages replace each part's
+    own. A plain row's per-token advantage is its outcome advantage on every token: it moves by the shift. A tree
+    row's moves by the same shift with --tree-advantage mix (the outcome term is in it), not with step (none is)."""
+    from grpo.rollout import Rollout
+
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0]], dtype=torch.bool)  # [B*G, T] B=2, G=2
+    old = torch.tensor([[1.0, -1.0], [0.5, -0.5]])  # [B, G] prompt 0 plain, prompt 1 tree
+    tok = torch.tensor([[1.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.75, 0.25, 0.5], [-0.5, -0.25, 0.0]])  # [B*G, T]
+    ro = Rollout(problems=[], prompts=[], completions=torch.zeros(4, 3, dtype=torch.long), old_logp=torch.zeros(4, 3),
+                 mask=mask, finish=[], texts=[], rewards=torch.zeros(2, 2), per_fn={}, advantages=old,
+                 forward_tokens=0, token_advantages=tok.clone())
+    new = torch.tensor([[2.0, -2.0], [1.0, -1.0]])
+    with_batch_std(ro, new, 1, tree_advantage)
+    assert torch.equal(ro.advantages, new)
+    tree_shift = [0.5, -0.5] if tree_advantage == "mix" else [0.0, 0.0]
+    want = torch.tensor([[2.0, 2.0, 0.0], [-2.0, 0.0, 0.0],  # plain: the new outcome advantage on each token
+                         [0.75 + tree_shift[0], 0.25 + tree_shift[0], 0.5 + tree_shift[0]],
+                         [-0.5 + tree_shift[1], -0.25 + tree_shift[1], 0.0]])
+    assert torch.equal(ro.token_advantages, want)
