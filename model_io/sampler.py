@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Sequence
 
 import torch
 
@@ -22,6 +22,7 @@ from .kv_cache import KVCache
 from .model import Transformer, run_dtype
 from .row_keys import RowKeys, key_hash
 from .shared_kv import share
+from .stop_check import StopFn, stop_heads, with_heads
 
 # which decode path `decode(static=None)` takes: auto (static shapes + CUDA graphs on a GPU, the dynamic path that
 # drops finished rows on a CPU), static or dynamic everywhere, or compiled (static with the step through
@@ -60,38 +61,6 @@ def shares_prompts() -> bool:
 
 # finish reasons, as stored in SampleResult.finish ("unsure": the next token's entropy passed max_entropy)
 EOS, STOP, LENGTH, UNSURE = "eos", "stop", "length", "unsure"
-
-
-
-class StopFn(Protocol):
-    """Says which live rows are finished, from the newest `window` generated tokens of each (as plain lists, so
-    that text-level stops such as "</answer>" can live in data/, which knows text and not tensors)."""
-
-    window: int
-
-    def __call__(self, tails: list[list[int]]) -> list[bool]: ...
-
-
-def stop_heads(stop: StopFn | None, context: Sequence[Sequence[int]] | None, R: int) -> list[list[int]] | None:
-    """decode's `stop_context` as the stop check reads it: each row's last window - 1 tokens before this call, so
-    that a stop string begun before the call (a tree node's path ending in "</", a committed answer cut
-    mid-string by a plain stretch) ends the row on the token that completes it; without them the call never saw
-    the string whole, and the row ran on past its answer. A row whose context already holds a whole stop string
-    gets none: every match must be completed by the call's own tokens (one completed before is its caller's)."""
-    if stop is None or context is None:
-        return None
-    if len(context) != R:
-        raise ValueError(f"stop_context has {len(context)} rows, the batch {R}")
-    heads = [list(c[max(0, len(c) - (stop.window - 1)) :]) for c in context]
-    held = stop(heads) if any(heads) else [False] * R
-    return [[] if h else head for head, h in zip(heads, held)]
-
-
-def with_heads(tails: list[list[int]], rows: Sequence[int], heads: list[list[int]] | None, window: int) -> list[list[int]]:
-    """Stop-check tails [r] of fewer than `window` generated tokens, led by their row's context (stop_heads)."""
-    if heads is None:
-        return tails
-    return [heads[r][max(0, len(heads[r]) - (window - len(t))) :] + t if len(t) < window else t for r, t in zip(rows, tails)]
 
 
 @dataclass(frozen=True)

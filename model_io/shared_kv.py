@@ -49,7 +49,7 @@ class SharedKV:
     def _grid(self, x: torch.Tensor) -> torch.Tensor:
         """Rows to prompts: [R, H_kv, g, X] -> [U, H_kv, G*g, X], each prompt's G rows stacked (a dropped row's
         place left as zeros)."""
-        U, G, (R, Hkv, g, X) = self.prompts, self.group_size, x.shape
+        U, G, (_, Hkv, g, X) = self.prompts, self.group_size, x.shape  # x: [R, H_kv, g, X]
         full = x if self.dense else x.new_zeros(U * G, Hkv, g, X).index_copy_(0, self.member, x)
         return full.view(U, G, Hkv, g, X).transpose(1, 2).reshape(U, Hkv, G * g, X)
 

@@ -20,6 +20,7 @@ import torch
 
 from .kv_cache import KVCache
 from .model import Transformer
+from .stop_check import stop_heads, with_heads
 
 
 class StaticStep:
@@ -148,7 +149,7 @@ def decode_static(model: Transformer, prefix, cfg, generator=None, stop=None, pa
     """Same contract as sampler.decode (returns a SampleResult), with static shapes: every row runs every step
     until the host, every `check_every` tokens, sees all rows finished. Finished rows keep their slot (masked),
     as do rows that reached their own cap in `max_tokens` [R]."""
-    from .sampler import EOS, LENGTH, STOP, SampleResult, _pick, row_caps, stop_heads
+    from .sampler import EOS, LENGTH, STOP, SampleResult, _pick, row_caps
 
     R, T = prefix.rows, cfg.max_new_tokens
     heads = stop_heads(stop, stop_context, R)  # [R] each row's context for the stop check, or None
@@ -196,8 +197,7 @@ def decode_static(model: Transformer, prefix, cfg, generator=None, stop=None, pa
 
 def _stop_strings(tokens, lengths, reason, done, stop, t0: int, t1: int, heads=None) -> None:
     """Rows that completed a stop string at a position in [t0, t1): end them there (in place). heads: each row's
-    context (sampler.stop_heads), read before its first tokens."""
-    from .sampler import with_heads
+    context (stop_check.stop_heads), read before its first tokens."""
 
     toks, L, fin, why = tokens[:, :t1].tolist(), lengths.tolist(), done.tolist(), reason.tolist()
     pairs, tails = [], []
