@@ -22,10 +22,10 @@ class TrainingError(RuntimeError):
 
 def finished(cfg: TrainConfig, step: int, generated_total: int) -> bool:
     """All --steps done, or the --token-budget spent."""
-    return step >= cfg.steps or budget_spent(cfg, generated_total)
+    return step >= cfg.steps or tokens_spent(cfg, generated_total)
 
 
-def budget_spent(cfg: TrainConfig, generated_total: int) -> bool:
+def tokens_spent(cfg: TrainConfig, generated_total: int) -> bool:
     return bool(cfg.token_budget) and generated_total >= cfg.token_budget
 
 
@@ -33,7 +33,7 @@ def over_limits(cfg: TrainConfig, generated_total: int, elapsed_s: float, last_s
     """--max-minutes stops before a step that would end past it, forecast by the last step's time (a limit checked
     only after each step overruns it by up to a step: on a slow machine more than a caller's time limit left)."""
     over_time = bool(cfg.max_minutes) and elapsed_s + last_step_s > 60 * cfg.max_minutes
-    return over_time or budget_spent(cfg, generated_total)
+    return over_time or tokens_spent(cfg, generated_total)
 
 
 def on_any_rank(flag: bool, dist: D.Dist, device: torch.device) -> bool:
@@ -45,7 +45,7 @@ def early_end_line(cfg: TrainConfig, step: int, generated_total: int, run_dir) -
     """What a run that ended before --steps says (None if it ran them all)."""
     if step >= cfg.steps:
         return None
-    by = "its --token-budget" if budget_spent(cfg, generated_total) else "--max-minutes"
+    by = "its --token-budget" if tokens_spent(cfg, generated_total) else "--max-minutes"
     return (f"stopped by {by} at step {step} of {cfg.steps}; final_hf holds the model so far"
             + ("" if by != "--max-minutes" else f"; `run.py train --resume {run_dir}` continues"))
 

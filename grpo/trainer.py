@@ -352,7 +352,7 @@ class Trainer:
                 tqdm.write(f"note: --profile-step {cfg.profile_step}: this run is past step {cfg.profile_step} already "
                            f"(resumed at step {self.step}); nothing will be profiled")
             # a resumed run may have spent its token budget already (generated_total is the same on every rank)
-            spent = limits.budget_spent(cfg, self.generated_total)
+            spent = limits.tokens_spent(cfg, self.generated_total)
             while self.step < end and not spent:
                 if cfg.profile_step == self.step + 1 and self.dist.main:
                     with profiled(self.step + 1, self.run_dir, self.model.device):
