@@ -301,7 +301,7 @@ def step_estimate(per_step: float, cfg: TrainConfig, step: int, world: int) -> s
 @dataclass
 class SampleConfig:
     model: str | None = field(default=None, metadata={"help": "model spec; default: the embedded SmolLM2-135M-Instruct"})
-    limit: int = field(default=3, metadata={"help": "answer the first N questions of the split (as eval's --limit)"})
+    limit: int = field(default=3, metadata={"help": "answer the first N questions of the split (N >= 1: every question is answered at once)"})
     shots: int = field(default=2, metadata={"help": "k-shot examples from the train split in each prompt (as train and eval)"})
     split: str = field(default="test", metadata={"help": "GSM8K split"})
     temperature: float = field(default=0.7, metadata={"help": "0 for greedy"})

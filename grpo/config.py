@@ -18,7 +18,7 @@ class TrainConfig:
     model: str | None = field(default=None, metadata={"help": "policy to start from: hub id, HF dir, .gguf file, checkpoint dir or training run dir; default: the embedded SmolLM2-135M-Instruct"})
     gsm8k: str | None = field(default=None, metadata={"help": "GSM8K directory holding train.jsonl and test.jsonl, or one of those files where one split is enough; default: $GSM8K_DIR, else the hub"})
     out_dir: str = field(default="runs/train", metadata={"help": "run directory: config, logs, TensorBoard events, checkpoints, final export"})
-    resume: str | None = field(default=None, metadata={"help": "continue the run in this directory from its last checkpoint, with its saved config; only flags that do not change the training itself may be given beside it (RESUME_MAY_CHANGE: time and token limits, evaluation, checkpointing, logging, device, sampling path (--decode), where GSM8K is read from)"})
+    resume: str | None = field(default=None, metadata={"help": "continue the run in this directory from its last checkpoint, with its saved config; only flags that do not change the training itself may be given beside it (time and token limits, evaluation, checkpointing, logging, --profile-step, device, sampling path (--decode), where GSM8K is read from)"})
     preset: str = field(default="", metadata={"help": "'smoke': a tiny run (< 2 min on a 2-core CPU) for a first look and CI; flags you give override it"})
     steps: int = field(default=500, metadata={"help": "optimizer steps (each on prompts_per_step x group_size completions)"})
     max_minutes: float = field(default=0.0, metadata={"help": "also stop before a step that would end past this many minutes of training, judged by the last step's time (0: no limit; the first step always runs); the final evaluation and export still run"})
@@ -32,7 +32,7 @@ class TrainConfig:
     shots: int = field(default=2, metadata={"help": "k-shot examples (the first train problems, then not trained on) in every prompt; "
                                             "zero-shot the default 135M model never writes the rewarded format, every reward is 0 "
                                             "and GRPO learns nothing (docs/RESULTS.md); 0 gives the recipe's zero-shot prompt"})
-    rewards: str = field(default="", metadata={"help": "reward weights, e.g. 'correctness=1,xmlcount=0.5'; '' = all five at weight 1"})
+    rewards: str = field(default="", metadata={"help": "the rewards used and their weights, e.g. 'correctness=1,xmlcount=0.5' (a reward not named is not used); '' = all five at weight 1"})
     adv_scale: str = field(default="group", metadata={"help": f"advantage normalisation: {' | '.join(ADV_SCALES)}"})
     loss_agg: str = field(default="seq-mean-token-mean", metadata={"help": f"loss aggregation: {' | '.join(AGGREGATIONS)}"})
     beta: float = field(default=0.04, metadata={"help": "KL penalty weight; 0 skips the reference model entirely"})

@@ -6,7 +6,7 @@ Strategies (`search`), all comparable at their generated-token cost per question
   majority    n sampled answers; the answer is the majority vote (self-consistency, Wang et al. 2023) of the
               lenient answers of those that finished (one cut by the token limit has no answer, as in best-of-n's
               and tree search's value), and of the texts giving the winning number one in the format if any
-              (majority@n_strict in `sample`'s summary is another count: a vote among the strict answers)
+              (majority_at_n_strict in `sample`'s summary is another count: a vote among the strict answers)
   best-of-n   n sampled answers; the answer is the one with the highest value, the same gold-free value
               as tree search uses (format + agreement with the other answers)
   mcts        tree search over reasoning steps (mcts/search.py); with --mcts-when always | every:K | entropy:H,

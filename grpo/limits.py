@@ -2,7 +2,8 @@
 from. (How a command is stopped from outside, by a signal, a full disk or memory: grpo/stops.py.)
 
 A run ends at --steps, or earlier when its --token-budget (rollout tokens, all processes) is spent or the next step
-would end past --max-minutes; a resumed run may be at either already (it then trains nothing). Clocks differ between
+would end past --max-minutes; a resumed run may be at its steps or its budget already (it then trains nothing),
+while --max-minutes counts from the resume. Clocks differ between
 processes, so the ranks take one decision together: a rank that stopped alone would leave the others waiting in
 their next all-reduce for ever.
 """
@@ -60,7 +61,7 @@ def no_format_note(cfg: TrainConfig, start: dict[str, float]) -> str | None:
 
 
 def no_signal_note(flat_steps: int, reward: float, shots: int) -> str | None:
-    """Said once, early (at FLAT_STEPS_HINT flat steps in a row), when every group's rewards were identical: zero
+    """Said early, at FLAT_STEPS_HINT flat steps in a row (once per such streak), when every group's rewards were identical: zero
     advantages, only the KL term moves the weights, as for the default 135M model zero-shot, which never writes the
     rewarded format (RESULTS.md)."""
     if flat_steps != FLAT_STEPS_HINT:

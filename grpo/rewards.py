@@ -112,7 +112,7 @@ class RewardSet:
 
     @classmethod
     def parse(cls, spec: str) -> "RewardSet":
-        """'correctness=1,xmlcount=0.5' -> RewardSet; an empty spec means all five at weight 1."""
+        """'correctness=1,xmlcount=0.5' -> RewardSet of those two alone; an empty spec means all five at weight 1."""
         if not spec.strip():
             return cls()
         weights = {}

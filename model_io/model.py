@@ -5,7 +5,7 @@ Embedding -> L x [RMSNorm -> grouped-query attention with RoPE -> residual -> RM
 (RMSNorm computed in float32, RoPE cos/sin in float32) so that logits match it to float tolerance.
 
 Two fusions do less work than the reference: q/k/v are one matmul, gate/up are one matmul. The LM head is applied
-only where the caller asks (`logits_at`), since on a 49k-token vocabulary it is a large part of each forward.
+only where the caller asks (`forward(last_only=True)`, or `hidden` then `logits` on chosen positions), since on a 49k-token vocabulary it is a large part of each forward.
 Fewer operations where each is a kernel launch (a GPU decode step: docs/RESULTS.md): RMSNorm's weight inside
 F.rms_norm, RoPE's last product and sum in one addcmul, and on a GPU the residual adds inside the output
 projections' matmuls (Linear.add_into) and a decode step's attention through SDPA's enable_gqa (GQA_AT_DECODE).
@@ -96,8 +96,9 @@ def stacked_mask(allowed: torch.Tensor, g: int, dtype: torch.dtype) -> torch.Ten
 @dataclass
 class SharedPrefix:
     """Keys/values of U prompts, run once, that many rows continue from (GRPO's G completions of one prompt:
-    "Prefix Grouper", 2025). First pass the prompts with `collect=True`; then pass the rows with `rows` [B] naming
-    each row's prompt and `key_mask` [U, P] marking the prompts' real tokens. The prompt tokens go through the
+    "Prefix Grouper", 2025). Made with `key_mask` [U, P] marking the prompts' real tokens, it first collects: a pass
+    of the prompts stores their keys/values in `kv`; then, with `rows` [B] set to each row's prompt, a pass of the
+    rows attends to them (grpo/rollout.py). The prompt tokens go through the
     linear layers once per prompt instead of once per row, and gradients flow back into the shared pass."""
 
     key_mask: torch.Tensor  # [U, P] bool

@@ -1,6 +1,6 @@
 """The KV-cached sampler: token ids in, token ids and log-probs out.
 
-    prefix = prefill(model, prompts, room=max_new_tokens)   # one forward over the left-padded prompts
+    prefix = prefill(model, prompts, room=max_new_tokens)   # the prompts, left-padded, into a new cache
     prefix = prefix.fork(rows)                              # e.g. G copies of each prompt: rows repeated by index
     result = decode(model, prefix, cfg, generator)          # one token per step for every live row
 
@@ -137,7 +137,7 @@ _warned_positions: list[bool] = []  # generate's warning of positions past the c
 
 @torch.no_grad()
 def prefill(model: Transformer, prompts: Sequence[Sequence[int]], room: int, pad_id: int = 0, per_row: bool | None = None) -> Prefix:
-    """Run the prompts through the model once, left-aligned so that every row's next token lands in slot P
+    """Run the prompts through the model once, left-padded (right-aligned) so that every row's next token lands in slot P
     (the longest prompt's length); leave `room` cache slots for new tokens.
 
     per_row (default: on CPU): each prompt alone, its keys/values copied into its cache row. On a compute-bound CPU
