@@ -262,6 +262,8 @@ def _train_in_group(cfg: TrainConfig, run_dir: Path, d: D.Dist, device: torch.de
             late = not (run_dir / "final_hf" / "config.json").is_file()
             if late:  # stopped (Ctrl-C, a kill) between its last checkpoint and the export: the export is owed
                 export_hf(trainer.model, tok, run_dir / "final_hf")
+            trainer.evaluate_if_owed()  # (stopped during its final evaluation: that is owed too)
+            trainer.log.close()
             print(f"{run_dir} has finished (step {trainer.step} of {cfg.steps}"
                   + (f", token budget {cfg.token_budget} spent" if trainer.step < cfg.steps else "")
                   + f"): nothing to train; its model is {run_dir / 'final_hf'}"

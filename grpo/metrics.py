@@ -131,6 +131,19 @@ class RunLog:
                 self.tb.add_scalar(k, v, step)
             self.tb.flush()
 
+    def logged_evaluation(self, step: int) -> bool:
+        """Whether metrics.jsonl holds an evaluation's line for `step` (a torn line does not count)."""
+        if not self.metrics_path.is_file():
+            return False
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("step") == step and any(k.startswith("eval/") for k in row):
+                return True
+        return False
+
     def log_samples(self, step: int, rows: list[dict]) -> None:
         if not self.enabled:
             return

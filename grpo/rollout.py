@@ -126,3 +126,17 @@ def completion_logprobs(
         positions = torch.cat([ppos, cpos], dim=1)
         hidden = model.hidden(tokens, positions=positions, key_mask=key_mask)[:, P - 1 : P + T - 1]  # [n, T, C]
     return logprobs_from_hidden(hidden, model.lm_head.weight, comp, chunk, with_entropy=with_entropy)
+
+
+@torch.no_grad()
+def teacher_forced_logprobs(model: Transformer, rollout: Rollout, micro: list[torch.Tensor], pad_id: int, chunk: int,
+                            autocast) -> torch.Tensor:
+    """log pi(completion tokens) [B*G, T] of every row in the micro-batches `micro` (each [n] rows), without grad,
+    under `autocast` (the training pass's precision): the old policy's (recomputed) or the reference's; 0 elsewhere."""
+    out = torch.zeros_like(rollout.old_logp)  # [B*G, T]
+    for rows in micro:
+        T = int(rollout.mask[rows].sum(-1).max())
+        with autocast():
+            lp = completion_logprobs(model, rollout, rows, T, pad_id, chunk, with_entropy=False)  # [n, T]
+        out[rows, :T] = lp.to(out.device)
+    return out

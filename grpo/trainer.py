@@ -69,7 +69,7 @@ from .loss import group_advantages, policy_loss
 from .metrics import RunLog, rollout_token_metrics, sample_rows, step_metrics, truncate_log
 from .profiling import phase, profiled, prepare as prepare_profiler
 from .rewards import RewardSet
-from .rollout import Rollout, collect, completion_logprobs, row_generators
+from .rollout import Rollout, collect, completion_logprobs, row_generators, teacher_forced_logprobs
 from .tree_rollout import collect_tree, merge, search_config as tree_search_config, use_tree, with_batch_std
 
 
@@ -120,12 +120,10 @@ class Trainer:
                                              cfg.mcts_simulations, cfg.mcts_children, cfg.mcts_c_puct, cfg.mcts_step, cfg.mcts_step_tokens,
                                              cfg.mcts_root)
         self.recompute_old = cfg.old_logprobs == "recompute" or (cfg.old_logprobs == "auto" and self.precision == "bf16")
-        self.step = 0
-        self.bad_steps = 0
+        self.step, self.bad_steps = 0, 0
         self.generated_total = 0  # tokens sampled for rollouts so far, all processes
         self.flat_steps = 0  # consecutive steps in which no group had any reward spread (nothing to learn from)
-        self._t_start = time.perf_counter()
-        self._last_step_s = 0.0  # seconds the last training step took
+        self._t_start, self._last_step_s = time.perf_counter(), 0.0  # the last training step's seconds
         self._prompt_cache: dict[int, list[int]] = {}
         self.order = EpochOrder(len(train), cfg.prompts_per_step, cfg.seed)
         self.log = RunLog(run_dir, enabled=dist.main)
@@ -192,10 +190,11 @@ class Trainer:
             drop_packed(model)
             if self.recompute_old:
                 with unpacked(model):
-                    old_logp = self._teacher_forced(model, ro, micro)
+                    old_logp = teacher_forced_logprobs(model, ro, micro, self.tok.pad_token_id, cfg.logprob_chunk, self.autocast)
             else:
                 old_logp = ro.old_logp
-            ref_logp = self._teacher_forced(self.ref, ro, micro) if self.ref is not None else None
+            ref_logp = (teacher_forced_logprobs(self.ref, ro, micro, self.tok.pad_token_id, cfg.logprob_chunk, self.autocast)
+                        if self.ref is not None else None)
             if model.device.type == "cuda":  # (once a step: the passes' kernels counted here, not in the update's time)
                 torch.cuda.synchronize(model.device)
         t_logprobs = time.perf_counter() - t0 - t_rollout
@@ -241,16 +240,6 @@ class Trainer:
         m["rollout/generated_tokens_total"] = float(self.generated_total)
         return m
 
-    @torch.no_grad()
-    def _teacher_forced(self, model: Transformer, ro: Rollout, micro: list[torch.Tensor]) -> torch.Tensor:
-        out = torch.zeros_like(ro.old_logp)
-        for rows in micro:
-            T = int(ro.mask[rows].sum(-1).max())
-            with self.autocast():
-                lp = completion_logprobs(model, ro, rows, T, self.tok.pad_token_id, self.cfg.logprob_chunk, with_entropy=False)
-            out[rows, :T] = lp.to(out.device)
-        return out
-
     def _clip_and_step(self, loss: float) -> float:
         """`loss`: this rank's part of the update's loss. The gradient (and so its norm) is already averaged over the
         ranks; the loss is not, and a rank whose loss alone is non-finite must not skip an update the others take
@@ -292,6 +281,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation, checkpoints, the loop
     def evaluate(self) -> dict[str, float]:
+        """Evaluate the policy on the test split's first --eval-limit questions, logged as a line of its own (the step's
+        metrics are logged before it) at the tokens generated so far (the curves' x-axis)."""
         cfg = self.cfg
         ecfg = EvalConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size, stop=cfg.stop, limit=cfg.eval_limit)
         self.model.eval()
@@ -299,7 +290,17 @@ class Trainer:
             # its own bar (rank 0 evaluates): 100 questions take minutes on a CPU, and the training bar stands still
             summary, _ = evaluate(self.model, self.tok, self.test_set[: cfg.eval_limit], ecfg, self.shots,
                                   progress=self.progress and self.dist.main)
-        return {f"eval/{k}": summary[k] for k in ("accuracy_strict", "accuracy_lenient", "format_soft_rate", "generated_tokens_per_answer")}
+        ev = {f"eval/{k}": summary[k] for k in ("accuracy_strict", "accuracy_lenient", "format_soft_rate", "generated_tokens_per_answer")}
+        self.log.log(self.step, {**ev, "rollout/generated_tokens_total": float(self.generated_total)})
+        return ev
+
+    def evaluate_if_owed(self) -> None:
+        """A run stopped during the evaluation after a step (which was logged and checkpointed before it: train)
+        owes that evaluation: a resume runs it first, so that a stopped run's evaluations are an unstopped one's."""
+        due = bool(self.cfg.eval_every) and (self.step % self.cfg.eval_every == 0 or self.finished())
+        if due and self.step > 0 and self.dist.main and not self.log.logged_evaluation(self.step):
+            tqdm.write(f"step {self.step}: evaluating it now (no evaluation of it was logged)")
+            self.evaluate()
 
     def save(self) -> None:
         if self.dist.main:
@@ -344,10 +345,10 @@ class Trainer:
             if cfg.profile_step > self.step and self.dist.main:
                 prepare_profiler(self.model.device)  # before this process's first CUDA graph
             if cfg.eval_every and cfg.eval_at_start and self.step == 0 and self.dist.main:
-                start = self.evaluate()
-                self.log.log(0, {**start, "rollout/generated_tokens_total": 0.0})  # the baseline
+                start = self.evaluate()  # the baseline
                 if note := limits.no_format_note(cfg, start):  # said now, not FLAT_STEPS_HINT steps later
                     tqdm.write(note)
+            self.evaluate_if_owed()
             if 0 < cfg.profile_step <= self.step and self.dist.main:  # a resumed run past the step asked for
                 tqdm.write(f"note: --profile-step {cfg.profile_step}: this run is past step {cfg.profile_step} already "
                            f"(resumed at step {self.step}); nothing will be profiled")
@@ -372,11 +373,7 @@ class Trainer:
                 if self.step % cfg.save_every == 0 or final:
                     self.save()
                 if cfg.eval_every and (self.step % cfg.eval_every == 0 or final) and self.dist.main:
-                    ev = self.evaluate()
-                    # a line of its own, as the evaluation of the start (step 0), at the tokens generated so far (the
-                    # curves' x-axis)
-                    self.log.log(self.step, {**ev, "rollout/generated_tokens_total": float(self.generated_total)})
-                    last.update(ev)
+                    last.update(self.evaluate())
                 bar.update(min(int(last["rollout/generated_tokens"]), bar.total - bar.n) if by_tokens else 1)
                 bar.set_postfix(**({"step": self.step} if by_tokens else {}), reward=f"{last['reward']:.3f}", kl=f"{last.get('kl', 0.0):.4f}",
                                 **({"acc": f"{last['eval/accuracy_strict']:.3f}"} if "eval/accuracy_strict" in last else {}))

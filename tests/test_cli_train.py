@@ -181,7 +181,7 @@ def _tiny_run(tmp_path, monkeypatch, steps: int, until_step: int | None = None, 
     base, out = tmp_path / "base", tmp_path / "run"
     save_model(from_hf_model(tiny_hf_model("qwen2")), tiny_tokenizer(), base)
     run.cmd_train(TrainConfig(model=str(base), steps=steps, prompts_per_step=1, group_size=2, max_new_tokens=2,
-                              eval_every=0, out_dir=str(out), device="cpu", precision="fp32", **kw), until_step=until_step)
+                              out_dir=str(out), device="cpu", precision="fp32", **{"eval_every": 0, **kw}), until_step=until_step)
     return base, out
 
 
@@ -253,6 +253,28 @@ def test_resuming_a_run_stopped_before_its_export_writes_final_hf(tmp_path, monk
         assert torch.allclose(m(x), ckpt(x), atol=1e-5)
     assert run.main(["train", "--resume", str(out)]) == 0
     assert "exported now" not in capsys.readouterr().out
+
+
+def test_resuming_a_run_stopped_in_its_final_evaluation_runs_it(tmp_path, monkeypatch, capsys):
+    """The last step is checkpointed before its evaluation: a run stopped there has finished, and its resume trained
+    nothing and never made the evaluation. It now runs it (once: a second resume has nothing owed)."""
+    from grpo.trainer import Trainer
+
+    real = Trainer.evaluate
+    with monkeypatch.context() as mp:
+        mp.setattr(Trainer, "evaluate", lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            _tiny_run(tmp_path, monkeypatch, steps=1, eval_every=1, eval_limit=1, eval_batch_size=1, eval_at_start=False)
+    out = tmp_path / "run"
+    evals = lambda: [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "eval/accuracy_strict" in r]  # noqa: E731
+    assert evals() == []
+    capsys.readouterr()
+    assert Trainer.evaluate is real and run.main(["train", "--resume", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "step 1: evaluating it now (no evaluation of it was logged)" in said and "has finished" in said
+    assert evals() == [1] and list((out / "tb").iterdir())
+    assert run.main(["train", "--resume", str(out)]) == 0
+    assert "evaluating it now" not in capsys.readouterr().out and evals() == [1]
 
 
 def test_resume_names_a_damaged_run_config_and_the_copy_to_restore_it_from(tmp_path, monkeypatch, capsys):

@@ -232,6 +232,42 @@ def test_a_stop_during_an_evaluation_keeps_the_steps_before_it(tmp_path):
     assert [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
+
+def test_a_resume_runs_the_evaluation_a_stop_cut_short(tmp_path, capsys):
+    """A review: the step is checkpointed before its evaluation, so a stop during that evaluation resumed after it,
+    and the run's evaluation at that step was never made (at the last step either: the run had finished). The
+    resume now runs it first: the evaluations, and every other line, are those of a run never stopped."""
+    def rows(run):
+        drop = ("step_time", "time/rollout", "time/logprobs", "time/update", "tokens_per_sec")
+        return [{k: v for k, v in json.loads(l).items() if k not in drop} for l in (run / "metrics.jsonl").read_text().splitlines()]
+
+    kw = dict(steps=4, eval_every=2, save_every=2, eval_limit=2, eval_batch_size=2, eval_at_start=False)
+    straight = make_trainer(tmp_path / "a", **kw)
+    straight.test_set = straight.train_set[:2]
+    straight.train()
+    for stop_at in (2, 4):  # an evaluation mid-run, and the final one
+        run = tmp_path / f"stop{stop_at}"
+        tr = make_trainer(run, **kw)
+        tr.test_set = tr.train_set[:2]
+        tr.evaluate = lambda real=tr.evaluate, tr=tr: real() if tr.step != stop_at else (_ for _ in ()).throw(KeyboardInterrupt)
+        with pytest.raises(KeyboardInterrupt):
+            tr.train()
+        again = make_trainer(run, **kw)
+        again.test_set = again.train_set[:2]
+        assert again.resume() and again.step == stop_at
+        if again.finished():  # what run.py does for a finished run
+            again.evaluate_if_owed()
+        else:
+            again.train()
+        assert rows(run) == rows(tmp_path / "a"), stop_at
+        assert f"step {stop_at}: evaluating it now (no evaluation of it was logged)" in capsys.readouterr().out
+        done = make_trainer(run, **kw)  # resumed once more: nothing owed, nothing run
+        done.test_set = done.train_set[:2]
+        assert done.resume() and done.finished()
+        done.evaluate_if_owed()
+        assert rows(run) == rows(tmp_path / "a") and "evaluating it now" not in capsys.readouterr().out
+
+
 def test_a_run_without_learning_signal_says_so_once(tmp_path, capsys):
     """Rewards that never differ inside a group give zero advantages: after 5 such steps the trainer says why
     and what helps, once."""
@@ -371,12 +407,12 @@ def test_bf16_recomputed_old_logprobs_give_ratio_exactly_one(tmp_path, fp32_ref)
     import grpo.trainer as T
     from model_io.linear import Linear
 
-    allowed, inside, real_tf, real_fwd = [], [], T.Trainer._teacher_forced, Linear.forward
+    allowed, inside, real_tf, real_fwd = [], [], T.teacher_forced_logprobs, Linear.forward
 
-    def teacher_forced(self, model, *a, **k):
-        inside.append(model is self.model)
+    def teacher_forced(model, *a, **k):
+        inside.append(model is tr.model)
         try:
-            return real_tf(self, model, *a, **k)
+            return real_tf(model, *a, **k)
         finally:
             inside.pop()
 
@@ -386,7 +422,7 @@ def test_bf16_recomputed_old_logprobs_give_ratio_exactly_one(tmp_path, fp32_ref)
         return real_fwd(self, x)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(T.Trainer, "_teacher_forced", teacher_forced)
+        mp.setattr(T, "teacher_forced_logprobs", teacher_forced)
         mp.setattr(Linear, "forward", forward)
         for _ in range(2):
             m = tr.train_step()
