@@ -37,7 +37,7 @@ from grpo.batches import split_shots
 from grpo.checkpointing import checkpoint_dirs, checkpoints_at_once, disk_note, is_training_run, model_of_run
 from grpo.config import RESUME_MAY_CHANGE, TrainConfig, apply_preset, check_ranges, check_top_p, flag_name, resumed_config
 from grpo.eval_resume import answered, resumed_eval_config
-from grpo.evaluate import EvalConfig, evaluate
+from grpo.evaluate import EvalConfig, answers_per_question, evaluate
 from grpo.flags import OneLineParser, add_config_args, config_from_args, given_fields, more_than_asked, note, unused_flags_note
 from grpo.out_dir import (EVAL_OUTPUTS, MADE_DIRS, TRAIN_OUTPUTS, clear_outputs, holds_a_model, lets_go, make_out_dir,
                           refuse_foreign_out_dir, remove_made_dirs, take)
@@ -128,7 +128,7 @@ def cmd_eval(cfg: EvalConfig, given: set[str] = frozenset()) -> None:
     cfg = dataclasses.replace(cfg, device=str(device) if cfg.device == "auto" else cfg.device, precision=precision)
     partial = out / "predictions.jsonl.partial"
     trees = out / "trees.jsonl.partial" if cfg.search == "mcts" and cfg.mcts_when == "tree" else None
-    done = answered(out, trees is not None, problems) if cfg.resume else []
+    done = answered(out, trees is not None, problems, answers_per_question(cfg)) if cfg.resume else []
     model, tok = load_spec(cfg.model, device, weights_dtype(precision))
     check_context(model, tok, [p.question for p in problems], shots, cfg.max_new_tokens)
     if not cfg.resume:

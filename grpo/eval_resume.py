@@ -17,10 +17,17 @@ from model_io.checkpoint import write_text_atomic
 
 from .checkpointing import model_of_run
 from .evaluate import EvalConfig, QuestionResult
+from .out_dir import is_eval_config
 
 PARTIAL, TREES = "predictions.jsonl.partial", "trees.jsonl.partial"
 # flags that may differ from the interrupted eval's: they change neither the questions nor any answer
 EVAL_RESUME_MAY_CHANGE = ("batch_size", "gsm8k", "resume")
+
+
+def start_over(out: Path) -> str:
+    """The way to begin an eval that cannot be resumed again in its directory (an eval without --resume refuses to
+    replace an interrupted one's answers: out_dir.refuse_to_replace_an_eval)."""
+    return f"start it over by removing {out / PARTIAL} and running the eval without --resume, or in another --out-dir"
 
 
 def resumed_eval_config(cfg: EvalConfig, given: set[str], out: Path) -> EvalConfig:
@@ -35,9 +42,9 @@ def resumed_eval_config(cfg: EvalConfig, given: set[str], out: Path) -> EvalConf
         saved = json.loads((out / "config.json").read_text())
     except (OSError, ValueError) as e:
         raise ValueError(f"--resume: {out}/config.json is missing or not JSON ({type(e).__name__}): the interrupted "
-                         f"eval's settings are unknown, so run it again without --resume") from None
-    if not isinstance(saved, dict) or not {"search", "n", "limit"} <= saved.keys() or not saved.keys() <= names:
-        raise ValueError(f"--resume: {out}/config.json is not the config of a `run.py eval`: run it again without --resume")
+                         f"eval's settings are unknown: {start_over(out)}") from None
+    if not is_eval_config(saved) or not saved.keys() <= names:
+        raise ValueError(f"--resume: {out}/config.json is not the config of a `run.py eval`: {start_over(out)}")
     # --device auto and --precision auto (the command the eval started with, typed again) stand for what the saved
     # config holds: what 'auto' resolved to when it started
     differ = [k for k in sorted(given & names) if k not in EVAL_RESUME_MAY_CHANGE and saved.get(k) != getattr(cfg, k)
@@ -54,13 +61,13 @@ def resumed_eval_config(cfg: EvalConfig, given: set[str], out: Path) -> EvalConf
         # (--keep-checkpoints): those weights are gone, and no other ones give the same answers
         raise ValueError(f"--resume {out}: the checkpoint this eval read, {held.parent}, has since been removed (its "
                          f"training run keeps only its newest --keep-checkpoints): the eval cannot go on with the same "
-                         f"weights; start it again without --resume")
+                         f"weights: {start_over(out)}")
     keep = {k: getattr(cfg, k) for k in given & set(EVAL_RESUME_MAY_CHANGE)}
     try:
         return EvalConfig(**{**saved, **keep, "resume": True, "out_dir": cfg.out_dir})
     except (TypeError, ValueError) as e:
-        raise ValueError(f"--resume: {out}/config.json holds a config that cannot run ({e}): run the eval again "
-                         f"without --resume") from None
+        raise ValueError(f"--resume: {out}/config.json holds a config that cannot run ({e}): "
+                         f"{start_over(out)}") from None
 
 
 def same_run_model(typed: str | None, saved: str | None) -> bool:
@@ -75,20 +82,21 @@ def same_run_model(typed: str | None, saved: str | None) -> bool:
     return held is not None and held.resolve() == Path(saved).expanduser().resolve()
 
 
-def answered(out: Path, with_trees: bool, problems: list[Problem]) -> list[QuestionResult]:
+def answered(out: Path, with_trees: bool, problems: list[Problem], n_answers: int) -> list[QuestionResult]:
     """The questions the interrupted eval in `out` finished, in order; its partial files cut to exactly them.
     A line cut short by the interruption ends the list (that question is answered again), and so does a
     question whose tree (`with_trees`) never reached trees.jsonl.partial. `problems`: the eval's questions, of
     which the answered ones must be the first, the same question and gold answer at the same index (checked
     before the files are touched: `--gsm8k` may change on resume, and another file's questions are numbered
-    0, 1, 2... as well)."""
+    0, 1, 2... as well). A whole line that no eval wrote (edited: a field of another type, `n_answers` answers
+    not given) is refused in one line: read as it stands, it would fail the summary after every other answer."""
     lines = (out / PARTIAL).read_text(encoding="utf-8").splitlines()
     trees: dict[int, str] = {}
     if with_trees:
         if not (out / TREES).is_file() and (out / "trees.jsonl").is_file():
             (out / "trees.jsonl").replace(out / TREES)  # stopped between the end's two renames: the trees are whole
         if not (out / TREES).is_file():
-            raise ValueError(f"--resume: {out} has no {TREES} beside its {PARTIAL}: run the eval again without --resume")
+            raise ValueError(f"--resume: {out} has no {TREES} beside its {PARTIAL}: {start_over(out)}")
         for line in (out / TREES).read_text(encoding="utf-8").splitlines():
             try:
                 trees.setdefault(int(json.loads(line)["index"]), line)
@@ -100,14 +108,42 @@ def answered(out: Path, with_trees: bool, problems: list[Problem]) -> list[Quest
             q = QuestionResult(**json.loads(line))
         except (ValueError, TypeError):
             break
+        bad = malformed(q, n_answers)
+        if bad:
+            raise ValueError(f"--resume: {out / PARTIAL}:{len(done) + 1} is not a line an eval wrote ({bad}): remove "
+                             f"it and the lines after it to answer those questions again, or {start_over(out)}")
         if with_trees and q.index not in trees:
             break
         done.append(q)
         kept.append(line)
     if [(q.index, q.question, q.gold) for q in done] != [(p.index, p.question, p.answer) for p in problems[: len(done)]]:
         raise ValueError(f"--resume: the questions in {out / PARTIAL} are not the first of the eval's split (its data "
-                         f"changed since, or --gsm8k names other files?): run the eval again without --resume")
+                         f"changed since, or --gsm8k names other files?): {start_over(out)}")
     write_text_atomic(out / PARTIAL, "".join(line + "\n" for line in kept))  # a second interruption: old or new
     if with_trees:
         write_text_atomic(out / TREES, "".join(trees[q.index] + "\n" for q in done))
     return done
+
+
+def malformed(q: QuestionResult, n_answers: int) -> str | None:
+    """What in a parsed predictions line no eval writes (None: nothing): each field's type, and `n_answers`
+    answers, each with its parsed answers, token count and finish reason."""
+    def ints(xs):
+        return all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in xs)
+
+    per_answer = {"completions": (str,), "strict": (str, type(None)), "lenient": (str, type(None)), "finish": (str,)}
+    if not ints([q.index, q.generated_tokens, q.forward_tokens]):
+        return "index, generated_tokens and forward_tokens must be counts"
+    if not isinstance(q.question, str) or not isinstance(q.gold, str):
+        return "question and gold must be text"
+    for name, kinds in {**per_answer, "tokens": (int,)}.items():
+        xs = getattr(q, name)
+        if not isinstance(xs, list) or len(xs) != n_answers:
+            return f"{name} must list {n_answers} answer(s)"
+        if not all(isinstance(x, kinds) for x in xs) or (name == "tokens" and not ints(xs)):
+            return f"{name} holds a value of another type"
+    if not isinstance(q.final, int) or isinstance(q.final, bool) or not -1 <= q.final < n_answers:
+        return f"final must be an answer's index below {n_answers}, or -1"
+    if not isinstance(q.seconds, (int, float)) or isinstance(q.seconds, bool) or not 0 <= q.seconds < float("inf"):
+        return "seconds must be a time"
+    return None

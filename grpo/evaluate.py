@@ -134,6 +134,11 @@ class QuestionResult:
     seconds: float = 0.0  # its share of its batch's wall time (a resumed eval's summary adds the earlier run's)
 
 
+def answers_per_question(cfg: EvalConfig) -> int:
+    """The answers a strategy gives per question: n sampled ones, or one (greedy, tree search)."""
+    return cfg.n if cfg.search in ("sample", "majority", "best-of-n") else 1
+
+
 def one_answer(p: Problem, text: str, n_tokens: int, finish: str, generated: int, forward: int) -> QuestionResult:
     """The result of a strategy that gives one answer per question (tree search, lookahead decoding)."""
     return QuestionResult(p.index, p.question, p.answer, [text], [parse_strict(text)], [parse_lenient(text)], [n_tokens],
@@ -225,7 +230,7 @@ def evaluate(
     `first_sample`: sampled answers are numbered from it (each has its own random stream, named by its question
     and number), so a second call with first_sample=n draws answers n, n+1, ... of the same questions, more of the
     same pool (bench/compare.py's samples at equal tokens)."""
-    n = cfg.n if cfg.search in ("sample", "majority", "best-of-n") else 1
+    n = answers_per_question(cfg)
     scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=0.0 if cfg.search == "greedy" else cfg.temperature,
                           top_k=cfg.top_k, top_p=cfg.top_p, eos_ids=stop_token_ids(tokenizer, model.cfg.eos_token_ids))
     stop = StopOnText(tokenizer, [cfg.stop]) if cfg.stop else None

@@ -138,9 +138,38 @@ def refuse_foreign_out_dir(out: Path, command: str) -> None:
         what = "a training run, whose config.json and tb/"
     elif command == "train" and any((out / f).is_file() for f in ("summary.json", "predictions.jsonl", "predictions.jsonl.partial")):
         what = "an eval's outputs, whose config.json"
+    elif command == "eval":
+        return refuse_to_replace_an_eval(out)
     else:
         return
     raise ValueError(f"--out-dir {out} holds {what} {command} would replace: pass another --out-dir (e.g. {out / command})")
+
+
+def is_eval_config(saved) -> bool:
+    """A parsed config.json that `run.py eval` wrote (EvalConfig's fields)."""
+    return isinstance(saved, dict) and {"search", "n", "limit"} <= saved.keys()
+
+
+def refuse_to_replace_an_eval(out: Path) -> None:
+    """eval replaces an earlier eval's outputs in its --out-dir (clear_outputs), but not the answers of one that was
+    interrupted (`--resume` continues it: hours of tree search, perhaps), and nothing another program put there:
+    a tb/ or config.json beside no eval's config.json."""
+    partial = out / "predictions.jsonl.partial"
+    n = len(partial.read_text(encoding="utf-8", errors="replace").splitlines()) if partial.is_file() else 0
+    if n:
+        raise ValueError(f"--out-dir {out} holds an interrupted eval ({n} question(s) answered): continue it with "
+                         f"`run.py eval --resume --out-dir {out}`, or pass another --out-dir (or remove its "
+                         f"{partial.name} to start it over)")
+    found = [name for name in ("config.json", *EVAL_OUTPUTS) if (out / name).exists()]
+    if not found:
+        return
+    try:
+        if is_eval_config(json.loads((out / "config.json").read_text())):
+            return
+    except (OSError, ValueError):
+        pass
+    raise ValueError(f"--out-dir {out} holds {', '.join(found)}, not written by an eval (no eval's config.json beside "
+                     f"them), which eval would replace: pass another --out-dir (e.g. {out / 'eval'})")
 
 
 def clear_outputs(out: Path, outputs: tuple[str, ...]) -> None:

@@ -150,6 +150,19 @@ def test_what_cannot_be_resumed_is_one_line_before_loading(tiny_ckpt, tmp_path, 
     assert "are not the first of the eval's split (its data changed since, or --gsm8k names other files?)" in refused(
         ["eval", "--resume", "--out-dir", str(out), "--gsm8k", str(other)])
     assert partial.read_text() == kept
+    # a whole line in another shape (edited by hand): resumed as it stood, the summary failed after every other
+    # answer, and on each resume after (an audit's TypeError/IndexError tracebacks); refused, naming the line
+    line = json.loads(kept.splitlines()[0])
+    for edit in ({"tokens": ["5"]}, {"final": 5}, {"strict": None}, {"finish": ["eos", "eos"]}, {"seconds": None},
+                 {"completions": [1]}, {"index": True}):
+        partial.write_text(json.dumps({**line, **edit}) + "\n")
+        assert f"--resume: {partial}:1 is not a line an eval wrote (" in refused(["eval", "--resume", "--out-dir", str(out)])
+        assert partial.read_text() == json.dumps({**line, **edit}) + "\n"
+    partial.write_text(kept)
+    # the eval's command again without --resume: the interrupted eval's answers are not thrown away
+    assert (f"--out-dir {out} holds an interrupted eval (1 question(s) answered): continue it with `run.py eval "
+            f"--resume --out-dir {out}`") in refused(common)
+    assert partial.read_text() == kept
     import errno
     import tempfile
 
@@ -213,7 +226,9 @@ def test_an_eval_of_a_training_run_resumes_with_the_checkpoint_it_started_with(t
     assert capsys.readouterr().err == (f"error: --resume {tmp_path / 'cut3'}: the checkpoint this eval read, "
                                        f"{rd / 'checkpoints' / 'step-000002'}, has since been removed (its training run "
                                        f"keeps only its newest --keep-checkpoints): the eval cannot go on with the same "
-                                       f"weights; start it again without --resume\n")
+                                       f"weights: start it over by removing "
+                                       f"{tmp_path / 'cut3' / 'predictions.jsonl.partial'} and running the eval without "
+                                       f"--resume, or in another --out-dir\n")
 
 
 @pytest.mark.parametrize("stopped", ["before the renames", "between the renames"])
@@ -242,3 +257,25 @@ def test_an_eval_stopped_as_it_ends_is_finished_by_resume(stopped, tiny_ckpt, tm
     assert (cut / "trees.jsonl").read_text() == (whole / "trees.jsonl").read_text()
     assert sorted(p.name for p in cut.iterdir()) == sorted(p.name for p in whole.iterdir())
     assert len(list((cut / "tb").iterdir())) == 1  # the tree statistics written once, not once per attempt
+
+
+def test_eval_replaces_an_earlier_eval_but_not_what_no_eval_wrote(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    """An eval's --out-dir is cleared of an earlier eval's outputs; an audit's eval into a directory holding a
+    TensorBoard folder and a config.json of its own deleted the one and overwrote the other, without a word."""
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    common = ["eval", "--model", tiny_ckpt, "--limit", "1", "--max-new-tokens", "3", "--device", "cpu"]
+    for name, files in {"tb+config": {"tb/logs/events.out": "data", "config.json": '{"editor": "vim"}'},
+                        "tb": {"tb/events.out": "data"}, "config": {"config.json": "{"}}.items():
+        out = tmp_path / name
+        for f, text in files.items():
+            (out / f).parent.mkdir(parents=True, exist_ok=True)
+            (out / f).write_text(text)
+        assert run.main(common + ["--out-dir", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --out-dir {out} holds ") and "not written by an eval" in err and err.count("\n") == 1
+        assert {f: (out / f).read_text() for f in files} == files
+    out = tmp_path / "ev"
+    assert run.main(common + ["--out-dir", str(out)]) == 0
+    (out / "tb").mkdir()  # an earlier eval's (as tree search writes)
+    assert run.main(common + ["--out-dir", str(out), "--max-new-tokens", "2"]) == 0
+    assert not (out / "tb").exists() and json.loads((out / "config.json").read_text())["max_new_tokens"] == 2
