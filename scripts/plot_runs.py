@@ -8,13 +8,54 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
+
+USAGE = "usage: python3 scripts/plot_runs.py OUT/curves.png RUN_DIR [RUN_DIR ...]"
+
+
+def refuse(message: str) -> NoReturn:
+    print(message, file=sys.stderr)
+    raise SystemExit(2)  # (sys.exit(message) would exit 1)
+
+
+def row(line: str):
+    """A metrics.jsonl line as its dict; None if it is not one (cut off, garbled, not an object)."""
+    try:
+        m = json.loads(line)
+    except ValueError:
+        return None
+    return m if isinstance(m, dict) and "step" in m else None  # every row run.py writes has its step
 
 
 def read(run: Path) -> list[dict]:
+    """A run's metrics rows. A line that is not one is skipped with a note naming it: a run killed mid-write, or
+    one still writing, leaves its last line cut off, and the rows before it still plot."""
     f = run / "metrics.jsonl"
     if not f.is_file():
-        sys.exit(f"error: {f} not found: pass run directories of `run.py train`")
-    return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        refuse(f"error: {f} not found: pass run directories of `run.py train`")
+    rows = []
+    for i, line in enumerate(f.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        m = row(line)
+        if m is None:
+            print(f"note: {f}:{i} is cut off or damaged (not a metrics row): skipped", file=sys.stderr)
+        else:
+            rows.append(m)
+    return rows
+
+
+def with_metrics(data: dict[str, list[dict]], runs: list[Path]) -> dict[str, list[dict]]:
+    """The runs that have logged a step; each one that has not (stopped before its first step) is left out with a
+    note, so that the others still plot."""
+    kept = {name: ms for name, ms in data.items() if ms}
+    if not kept:
+        refuse("error: no run has metrics yet: pass runs that have logged at least one step")
+    for (name, ms), r in zip(data.items(), runs):
+        if not ms:
+            print(f"note: {r / 'metrics.jsonl'} has no metrics rows (a run stopped before its first step has none): "
+                  f"{name} left out", file=sys.stderr)
+    return kept
 
 
 def labels(runs: list[Path]) -> list[str]:
@@ -51,22 +92,34 @@ def table(data: dict[str, list[dict]], k: int = 3) -> list[str]:
     return rows
 
 
+def check(argv: list[str]) -> tuple[Path, list[Path]]:
+    """OUT and the run directories, refused in one line where they cannot be meant: OUT comes first, so an OUT that
+    is a directory is a run given without one (`plot_runs.py runs/a runs/b` would write runs/a.md, plot runs/b alone
+    and save the PNG onto runs/a)."""
+    flag = next((a for a in argv if a.startswith("-")), None)
+    if flag is not None:
+        refuse(f"error: unknown flag {flag}: {USAGE}")
+    if len(argv) < 2:
+        refuse(f"error: pass OUT and at least one run directory: {USAGE}")
+    out, runs = Path(argv[0]), [Path(a) for a in argv[1:]]
+    if out.is_dir():
+        refuse(f"error: OUT {out} is a directory (the first argument is the PNG to write): {USAGE}")
+    if len({r.resolve() for r in runs}) < len(runs):
+        refuse("error: a run directory is given twice: pass each run once")
+    return out, runs
+
+
 def main(argv: list[str]) -> None:
     if argv[:1] in (["-h"], ["--help"]):
         print(__doc__)
         return
-    if len(argv) < 2:
-        sys.exit(__doc__)
-    out, runs = Path(argv[0]), [Path(a) for a in argv[1:]]
-    same = {r.resolve() for r in runs}
-    if len(same) < len(runs):
-        sys.exit("error: a run directory is given twice: pass each run once")
-    data = {name: read(r) for name, r in zip(labels(runs), runs)}
+    out, runs = check(argv)
+    data = with_metrics({name: read(r) for name, r in zip(labels(runs), runs)}, runs)
     rows = table(data)
     try:  # an OUT in a new directory is made, as run.py makes its --out-dir
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        sys.exit(f"error: cannot make {out.parent} for {out} ({e.strerror}): pass a writable path")
+        refuse(f"error: cannot make {out.parent} for {out} ({e.strerror}): pass a writable path")
     out.with_suffix(".md").write_text("\n".join(rows) + "\n")
     print("\n".join(rows))
     try:

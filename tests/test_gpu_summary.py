@@ -116,10 +116,68 @@ def test_an_evaluation_without_its_config_gets_no_shots_label(tmp_path):
     assert "| eval-start accuracy strict / lenient / format rate (4 questions) | 0.000 / 0.250 / 1.00 |" in text
 
 
-def test_a_missing_out_dir_is_one_line(tmp_path):
+def refusal(argv, capsys) -> str:
+    """The one line main(argv) refuses with (exit 2)."""
     with pytest.raises(SystemExit) as e:
-        gpu_summary.main([str(tmp_path / "nope")])
-    assert e.value.code == f"error: no directory {tmp_path / 'nope'}: pass the OUT_DIR of a scripts/gpu_run.sh run"
+        gpu_summary.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    return err
+
+
+def test_a_missing_out_dir_is_one_line(tmp_path, capsys):
+    assert refusal([str(tmp_path / "nope")], capsys) == (
+        f"error: no directory {tmp_path / 'nope'}: pass the OUT_DIR of a scripts/gpu_run.sh run")
+
+
+def test_unknown_flags_are_refused(tmp_path, capsys):
+    assert refusal([str(tmp_path), "--bogus"], capsys) == (
+        "error: unknown flag --bogus: usage: python3 scripts/gpu_summary.py OUT_DIR [--print]")
+    assert "pass one OUT_DIR (2 given)" in refusal([str(tmp_path), str(tmp_path)], capsys)
+    assert not (tmp_path / "summary.md").exists()
+    gpu_summary.main(["--print", str(tmp_path)])  # --print before OUT_DIR is fine
+    assert (tmp_path / "summary.md").is_file()
+
+
+# A run cut off by its time limit may leave any file half-written: each damaged one is left out (a row or a note
+# saying so) and summary.md is still written, with the rest (the summary is what such a run must still leave).
+def test_a_cut_off_metrics_line_is_skipped_with_a_note(tmp_path, capsys):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "metrics.jsonl").write_text(
+        '{"step": 1, "reward": 0.5, "step_time": 3.0}\n"a string"\n{"step": 2, "reward": 0.25, "step_time": 2.0}\n{"step": 3, "re')
+    gpu_summary.main([str(tmp_path)])
+    assert "| GRPO steps / reward, mean of first 2 / of last 2 | 2 / 0.375 / 0.375 |" in (tmp_path / "summary.md").read_text()
+    err = capsys.readouterr().err
+    assert f"note: {tmp_path}/train/metrics.jsonl:2 is cut off or damaged" in err and "metrics.jsonl:4" in err
+
+
+def test_an_evaluation_without_its_figures_is_a_damaged_row(tmp_path, capsys):
+    (tmp_path / "eval-start").mkdir()
+    (tmp_path / "eval-start" / "summary.json").write_text(json.dumps({"questions": 4}))
+    (tmp_path / "steps.txt").write_text("3-eval-start rc=124 seconds=60\n")
+    gpu_summary.main([str(tmp_path)])
+    text = (tmp_path / "summary.md").read_text()
+    assert "| eval-start | damaged (KeyError: 'accuracy_strict'), left out |" in text and "3-eval-start rc=124" in text
+    assert "note: eval-start is damaged (KeyError: 'accuracy_strict'): left out of the summary" in capsys.readouterr().err
+
+
+def test_a_log_line_without_a_colon_is_all_figure(tmp_path):
+    (tmp_path / "2-sampler-b64.log").write_text("ours: 100 tokens/s\ncompiled decode step skipped\n")
+    gpu_summary.main([str(tmp_path)])
+    text = (tmp_path / "summary.md").read_text()
+    assert "| 2-sampler-b64: ours | 100 tokens/s |" in text and "| 2-sampler-b64: compiled decode step skipped | - |" in text
+
+
+def test_json_cut_off_or_not_an_object_is_a_damaged_row(tmp_path):
+    (tmp_path / "env.json").write_text('{"device": "NVIDIA H1')
+    (tmp_path / "compare").mkdir()
+    (tmp_path / "compare" / "compare.json").write_text("[]")
+    gpu_summary.main([str(tmp_path)])
+    text = (tmp_path / "summary.md").read_text()
+    assert text.startswith("# GPU run: ?, ")
+    assert "| environment | damaged (ValueError: env.json: Unterminated string" in text
+    assert "| compare | damaged (ValueError: compare.json: not a JSON object), left out |" in text
 
 
 def test_help_prints_the_usage_and_exits_0(capsys):

@@ -1,4 +1,5 @@
-"""scripts/plot_runs.py: runs with the same directory name stay apart, and OUT may be in a new directory."""
+"""scripts/plot_runs.py: runs with the same directory name stay apart, OUT may be in a new directory, and bad input
+(a forgotten OUT, a cut-off or empty metrics.jsonl) is one line, not a traceback."""
 import importlib.util
 import json
 
@@ -28,11 +29,49 @@ def test_runs_named_alike_are_told_apart_by_their_paths(tmp_path, capsys):
     assert "| b/plain | 2 | 200 | 0.750 | 0.750 | - | - |" in table
 
 
-def test_the_same_run_twice_is_refused(tmp_path):
-    a = run_dir(tmp_path / "plain", 0.5)
+def refusal(argv, capsys) -> str:
+    """The one line main(argv) refuses with (exit 2)."""
     with pytest.raises(SystemExit) as e:
-        plot_runs.main([str(tmp_path / "c.png"), a, a + "/"])
-    assert e.value.code == "error: a run directory is given twice: pass each run once"
+        plot_runs.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    return err
+
+
+def test_the_same_run_twice_is_refused(tmp_path, capsys):
+    a = run_dir(tmp_path / "plain", 0.5)
+    assert refusal([str(tmp_path / "c.png"), a, a + "/"], capsys) == "error: a run directory is given twice: pass each run once"
+
+
+def test_a_forgotten_out_is_refused_not_written_into_the_first_run(tmp_path, capsys):
+    a, b = run_dir(tmp_path / "a", 0.25), run_dir(tmp_path / "b", 0.75)
+    err = refusal([a, b], capsys)  # OUT forgotten: runs/a would be OUT
+    assert f"OUT {a} is a directory" in err and "plot_runs.py OUT/curves.png RUN_DIR" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]  # no a.md written beside it
+    assert "unknown flag --out" in refusal(["--out", str(tmp_path / "c.png"), a], capsys)
+
+
+@pytest.mark.parametrize("bad", ['{"step": 3, "rew', "[1, 2]\n", "garbled\n"])  # a run killed mid-line; not objects
+def test_a_cut_off_or_garbled_line_is_skipped_with_a_note(tmp_path, capsys, bad):
+    a = run_dir(tmp_path / "live", 0.5)
+    with open(tmp_path / "live" / "metrics.jsonl", "a") as f:
+        f.write(bad)
+    plot_runs.main([str(tmp_path / "c.png"), a])
+    assert f"note: {a}/metrics.jsonl:3 is cut off or damaged (not a metrics row): skipped" in capsys.readouterr().err
+    assert "| live | 2 | 200 | 0.500 | 0.500 | - | - |" in (tmp_path / "c.md").read_text()
+
+
+def test_a_run_without_metrics_is_left_out_with_a_note(tmp_path, capsys):
+    a = run_dir(tmp_path / "plain", 0.5)
+    (tmp_path / "mcts").mkdir()
+    (tmp_path / "mcts" / "metrics.jsonl").write_text("")  # stopped before its first step
+    plot_runs.main([str(tmp_path / "c.png"), a, str(tmp_path / "mcts")])
+    assert "mcts left out" in capsys.readouterr().err
+    table = (tmp_path / "c.md").read_text()
+    assert "| plain | 2 |" in table and "mcts" not in table
+    err = refusal([str(tmp_path / "d.png"), str(tmp_path / "mcts")], capsys)
+    assert err == "error: no run has metrics yet: pass runs that have logged at least one step"
 
 
 def test_help_prints_the_usage_and_exits_0(capsys):
