@@ -77,7 +77,9 @@ _SAMPLES = lambda c: c.search in ("sample", "majority", "best-of-n")  # noqa: E7
 EVAL_FLAG_USED = {
     "temperature": lambda c: c.search != "greedy", "top_p": lambda c: c.search != "greedy", "top_k": _SAMPLES,
     **dict.fromkeys(("n_simulations", "children", "c_puct", "mcts_root", "step", "step_tokens", "rollout_depth",
-                     "mcts_answer", "mcts_rescore", "mcts_when"), _MCTS),
+                     "mcts_rescore", "mcts_when"), _MCTS),
+    # lookahead decoding commits each decision's most visited first step: no answer is chosen among the tree's
+    "mcts_answer": lambda c: c.search == "mcts" and c.mcts_when == "tree",
     "fallback_p": lambda c: c.search == "mcts" and c.mcts_when != "tree",
     "format_weight": lambda c: c.search in ("mcts", "best-of-n"),
 }
@@ -90,7 +92,9 @@ TRAIN_FLAG_USED = {
 
 def unused_flags_note(cfg, given: set[str]) -> str | None:
     """A note naming the given flags that these settings do not read."""
-    used, context = ((EVAL_FLAG_USED, f"--search {cfg.search}") if isinstance(cfg, EvalConfig) else
+    lookahead = isinstance(cfg, EvalConfig) and cfg.search == "mcts" and cfg.mcts_when != "tree"
+    used, context = ((EVAL_FLAG_USED, f"--search {cfg.search}" + (f", --mcts-when {cfg.mcts_when}" if lookahead else ""))
+                     if isinstance(cfg, EvalConfig) else
                      (TRAIN_FLAG_USED, f"--rollouts {cfg.rollouts}" + (f", --tree-advantage {cfg.tree_advantage}"
                                                                         if cfg.rollouts == "mcts" else "")))
     unused = [flag_name(k) for k in sorted(given) if k in used and not used[k](cfg)]

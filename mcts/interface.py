@@ -42,9 +42,9 @@ class SearchConfig:
 
     def __post_init__(self):
         if self.answer not in ANSWER_MODES:
-            raise ValueError(f"unknown answer selection {self.answer!r}: use one of {', '.join(ANSWER_MODES)}")
+            raise ValueError(f"unknown --mcts-answer {self.answer!r}: use one of {', '.join(ANSWER_MODES)}")
         if self.root not in ROOT_RULES:
-            raise ValueError(f"unknown root selection {self.root!r}: use one of {', '.join(ROOT_RULES)}")
+            raise ValueError(f"unknown --mcts-root {self.root!r}: use one of {', '.join(ROOT_RULES)}")
         check_step(self.step)
         if self.n_simulations < 1 or self.children < 1 or self.rollout_depth < 0 or self.step_tokens < 1:
             raise ValueError("n_simulations, children and step_tokens must be >= 1, rollout_depth >= 0")

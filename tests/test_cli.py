@@ -188,6 +188,10 @@ def test_given_flags_these_settings_do_not_read_are_noted(tmp_path, monkeypatch,
         "note: --mcts-when, --temperature, --top-k have no effect with --search greedy")
     assert note(EvalConfig(search="mcts"), {"temperature", "top_k", "fallback_p", "children"}) == (
         "note: --fallback-p, --top-k have no effect with --search mcts")  # (--top-k 0: refused when set, noted when given)
+    # lookahead decoding commits the most visited first step: --mcts-answer chose nothing there, unsaid (an audit)
+    assert note(EvalConfig(search="mcts", mcts_when="every:3"), {"mcts_answer", "children"}) == (
+        "note: --mcts-answer has no effect with --search mcts, --mcts-when every:3")
+    assert note(EvalConfig(search="mcts"), {"mcts_answer"}) is None
     assert note(EvalConfig(search="best-of-n", n=4), {"format_weight", "top_k", "children"}) == (
         "note: --children has no effect with --search best-of-n")
     assert note(EvalConfig(search="sample", n=2), {"temperature", "top_k", "n"}) is None

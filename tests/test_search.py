@@ -121,7 +121,7 @@ def test_path_tokens_are_right_aligned_root_first():
 
 
 def test_bad_search_settings():
-    for bad, says in ((dict(answer="best"), "unknown answer selection 'best'"), (dict(step="words:3"), "unknown --step 'words:3'"),
+    for bad, says in ((dict(answer="best"), "unknown --mcts-answer 'best'"), (dict(step="words:3"), "unknown --step 'words:3'"),
                       (dict(step="tokens:0"), "unknown --step 'tokens:0'"), (dict(n_simulations=0), "n_simulations, children")):
         with pytest.raises(ValueError, match=says):
             SearchConfig(**bad)
@@ -190,7 +190,7 @@ def test_gumbel_answer_modes_and_one_simulation(setup, mode):
 
 
 def test_bad_root_rule():
-    with pytest.raises(ValueError, match="root selection"):
+    with pytest.raises(ValueError, match="unknown --mcts-root .ucb."):
         SearchConfig(root="ucb")
 
 
