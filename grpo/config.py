@@ -124,6 +124,11 @@ def check_ranges(cfg, at_least_1=(), at_least_0=(), in_0_1=(), below_1=()) -> No
     for name, v in vars(cfg).items():
         if isinstance(v, float) and not math.isfinite(v):
             raise ValueError(f"{flag_name(name)} must be a finite number, got {v}")
+        # a count past 2**31 is a typo, and asked of a tensor's shape it fails late: a traceback past 2**63 (an
+        # audit's --n-simulations 99999999999999999999), an out-of-memory line after the model loaded, or an eval
+        # that runs on without a word (--n 1e11); the seed and a token budget may be larger
+        if type(v) is int and v >= 2**31 and name not in ("seed", "token_budget"):
+            raise ValueError(f"{flag_name(name)} must be below 2**31, got {v}")
     for names, ok, rule in ((at_least_1, lambda v: v >= 1, "be >= 1"), (at_least_0, lambda v: v >= 0, "be >= 0"),
                             (in_0_1, lambda v: 0 <= v <= 1, "be in [0, 1]"), (below_1, lambda v: 0 <= v < 1, "be in [0, 1)"),
                             (("seed",) if hasattr(cfg, "seed") else (), lambda v: 0 <= v < 2**63, "be in [0, 2**63)")):

@@ -65,6 +65,10 @@ def test_help_documents_every_field_with_its_default(command, capsys):
     (["eval", "--temperature", "inf"], "--temperature must be a finite number, got inf"),
     (["sample", "--temperature", "inf"], "--temperature must be a finite number, got inf"),
     (["train", "--lr", "nan"], "--lr must be a finite number, got nan"),
+    # past a tensor size: a traceback after the model loaded (an audit), or an eval that ran on without a word
+    (["eval", "--search", "mcts", "--n-simulations", "99999999999999999999"], "--n-simulations must be below 2**31, got 99999999999999999999"),
+    (["eval", "--search", "sample", "--n", "100000000000"], "--n must be below 2**31, got 100000000000"),
+    (["train", "--steps", "3000000000"], "--steps must be below 2**31, got 3000000000"),
     (["train", "--max-minutes", "inf"], "--max-minutes must be a finite number, got inf"),
     (["train", "--out-dir", ""], "--out-dir is empty: give a path"),
     (["eval", "--gsm8k", " "], "--gsm8k is empty: give a path"),  # it read the working directory

@@ -436,7 +436,8 @@ def test_out_of_memory_is_one_line_naming_the_flags_that_use_less(tiny_ckpt, tmp
             f"continues from its last checkpoint\n")
         assert run.main(["eval", "--limit", "1", "--out-dir", str(tmp_path / "ev")]) == 2
         assert capsys.readouterr().err == (f"error: out of memory ({what}): lower --batch-size (questions at once; each with "
-                                           f"--n answers, or tree search's --children rows)\n")
+                                           f"--n answers, or tree search's --children rows and --n-simulations x --children "
+                                           f"nodes)\n")
         assert not (tmp_path / "ev").exists()
     monkeypatch.setattr(run, "load_spec", lambda *a: (_ for _ in ()).throw(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug"):  # any other RuntimeError keeps its traceback
