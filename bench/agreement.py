@@ -33,7 +33,7 @@ sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # bench/, last (ben
 
 import torch  # noqa: E402
 
-from cli import add_device, add_gsm8k, add_model, check_args, check_device, user_errors  # noqa: E402
+from cli import add_device, add_gsm8k, add_model, check_args, check_device, parser, user_errors  # noqa: E402
 from data import encode_prompts, load_gsm8k, stop_token_ids  # noqa: E402
 from model_io import SamplingConfig, generate, load  # noqa: E402
 
@@ -107,7 +107,7 @@ def reference_margins(model, prompts, ref, test, firsts: list[int], tokens: int)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     add_model(ap)
     ap.add_argument("--batch", type=int, default=16, help="GSM8K test questions (default: 16)")
     ap.add_argument("--tokens", type=int, default=32, help="tokens that must agree in every row (default: 32)")

@@ -17,7 +17,6 @@ forward now makes once for all its layers (so its making is not timed).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -27,7 +26,7 @@ sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # bench/, last (ben
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from cli import add_device, check_args, check_device  # noqa: E402
+from cli import add_device, check_args, check_device, parser  # noqa: E402
 from machine import ms_per_call  # noqa: E402
 from model_io.model import grouped_attention, stacked_mask  # noqa: E402
 
@@ -75,7 +74,7 @@ def fused(fn, q, k, v, mask, backward: bool) -> str:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--heads", type=int, default=9, help="query heads H (default: 9, SmolLM2-135M's)")
     ap.add_argument("--kv-heads", type=int, default=3, help="key/value heads H_kv (default: 3)")
     ap.add_argument("--head-dim", type=int, default=64, help="D (default: 64)")

@@ -10,8 +10,15 @@ from contextlib import contextmanager
 
 from data import DataError
 from grpo.config import check_ranges
+from grpo.flags import OneLineParser
 from model_io import ModelSpecError
 from run import resolve_device
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """A bench script's parser: its docstring as the description, and a usage error in one line (run.py's
+    OneLineParser), not argparse's usage block above it."""
+    return OneLineParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def add_model(ap: argparse.ArgumentParser) -> None:

@@ -18,6 +18,7 @@ committed results in docs/compare/ and docs/compare-2shot/ are rewritten only by
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -30,11 +31,12 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # bench/, last (bench/mcts.py must not hide mcts)
 
-from cli import add_device, add_gsm8k, add_model, check_args, check_device, user_errors  # noqa: E402
+from cli import add_device, add_gsm8k, add_model, check_args, check_device, parser, user_errors  # noqa: E402
 from data.gsm8k import questions_and_shots  # noqa: E402
 from grpo.evaluate import EvalConfig, QuestionResult, choose, evaluate, summarize  # noqa: E402
 from mcts.interface import ANSWER_MODES  # noqa: E402
 from model_io import load  # noqa: E402
+from run import check_context  # noqa: E402
 
 
 def prefix_results(results: list[QuestionResult], n: int | Sequence[int], strategy: str,
@@ -123,7 +125,7 @@ def plot(rows: list[dict], limit: int, device: str, out: Path) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     add_model(ap)
     ap.add_argument("--limit", type=int, default=16, help="test questions (default: 16)")
     ap.add_argument("--n", default="1,4,8", help="sample budgets for sample / majority / best-of-n (default: 1,4,8)")
@@ -171,18 +173,33 @@ def main(argv=None) -> None:
     try:  # the remaining flags are EvalConfig's, checked (and named) there, before anything loads
         base = EvalConfig(limit=a.limit, max_new_tokens=a.max_new_tokens, temperature=a.temperature, batch_size=a.batch_size,
                           children=a.children, rollout_depth=a.rollout_depth, shots=a.shots, mcts_answer=a.mcts_answer)
+        # each row's own settings too (--temperature 0 with n > 1 failed after the model loaded and the greedy row ran)
+        replace(base, search="sample", n=max(ns))
+        for root in roots:
+            replace(base, search="mcts", n_simulations=max(sims), mcts_root=root)
     except ValueError as e:
         ap.error(str(e))
+    made = not out.exists()
     try:  # before the model loads: a wrong --out must not cost a run
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         ap.error(f"--out {out} cannot be made ({e.strerror}): pass a writable directory")
 
-    with user_errors(ap):
-        # first: a wrong --gsm8k costs no model load; as eval: --shots beyond the train split is refused, and
-        # zero-shot needs no train split (a test.jsonl alone serves)
-        problems, shots = questions_and_shots("test", a.gsm8k, a.shots, a.limit)
-        model, tok = load(a.model, device=a.device)
+    try:
+        with user_errors(ap):
+            # first: a wrong --gsm8k costs no model load; as eval: --shots beyond the train split is refused, and
+            # zero-shot needs no train split (a test.jsonl alone serves)
+            problems, shots = questions_and_shots("test", a.gsm8k, a.shots, a.limit)
+            model, tok = load(a.model, device=a.device)
+        try:  # as eval refuses it: past the context the KV cache is sized for it, and RoPE runs on unseen positions
+            check_context(model, tok, [p.question for p in problems], shots, a.max_new_tokens)
+        except ValueError as e:
+            ap.error(str(e))
+    except SystemExit:
+        if made:  # (an --out this run made stays only once it holds something)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     # untimed: the first call pays one-off costs (CUDA context, kernel choice, allocator growth) that were counted
     # in the greedy row's seconds, the first timed, making greedy look several times slower per token than sampling
     evaluate(model, tok, problems[:2], replace(base, search="greedy", max_new_tokens=8), shots, progress=False)

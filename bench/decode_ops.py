@@ -14,7 +14,6 @@ Prints both and the ratio last; the compiled line ends with the time the compile
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import os
 import re
@@ -26,7 +25,7 @@ sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # bench/, last (ben
 
 import torch  # noqa: E402
 
-from cli import add_device, add_model, check_args, check_device, user_errors  # noqa: E402
+from cli import add_device, add_model, check_args, check_device, parser, user_errors  # noqa: E402
 from model_io import load, prefill  # noqa: E402
 from model_io.static_decode import StaticStep  # noqa: E402
 
@@ -77,7 +76,7 @@ def compiled_ops(step: StaticStep, tok: torch.Tensor) -> collections.Counter:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     add_model(ap)
     ap.add_argument("--batch", type=int, default=4, help="rows decoded together (default: 4)")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="weights' dtype (default: bfloat16)")

@@ -11,7 +11,6 @@ so a near-tie between two tokens may rarely go the other way): the count is prin
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -23,12 +22,12 @@ import torch  # noqa: E402
 
 from data import encode_prompts, load_gsm8k, stop_token_ids  # noqa: E402
 from model_io import SamplingConfig, generate, load  # noqa: E402
-from cli import add_device, add_gsm8k, add_model, check_args, check_device, user_errors  # noqa: E402
+from cli import add_device, add_gsm8k, add_model, check_args, check_device, parser, user_errors  # noqa: E402
 from machine import copy_bandwidth  # noqa: E402
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     add_model(ap)
     ap.add_argument("--prompts", type=int, default=8, help="U: prompts (default: 8, as run.py train)")
     ap.add_argument("--group", type=int, default=8, help="G: completions per prompt (default: 8, as run.py train)")

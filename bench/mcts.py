@@ -8,7 +8,6 @@ Prints the forward tokens of the search against what re-reading the prompt for e
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -20,7 +19,7 @@ import torch  # noqa: E402
 
 from data import encode_prompts, load_gsm8k  # noqa: E402
 from mcts.search import SearchConfig, search  # noqa: E402
-from cli import add_device, add_gsm8k, add_model, check_args, check_device, user_errors  # noqa: E402
+from cli import add_device, add_gsm8k, add_model, check_args, check_device, parser, user_errors  # noqa: E402
 from model_io import load  # noqa: E402
 from model_io.model import Transformer  # noqa: E402
 from model_io.static_decode import StaticStep  # noqa: E402
@@ -50,7 +49,7 @@ def timed(fn, sync, inside: dict):
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     add_model(ap)
     ap.add_argument("--batch", type=int, default=8, help="B: questions searched together (default: 8)")
     ap.add_argument("--simulations", type=int, default=4, help="default: 4")

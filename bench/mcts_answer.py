@@ -11,7 +11,6 @@ changed.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -21,7 +20,7 @@ sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # bench/, last (thi
 
 from tqdm import tqdm  # noqa: E402
 
-from cli import add_device, add_gsm8k, add_model, check_args, check_device, user_errors  # noqa: E402
+from cli import add_device, add_gsm8k, add_model, check_args, check_device, parser, user_errors  # noqa: E402
 from data import encode_prompts, parse_lenient, parse_strict  # noqa: E402
 from data.gsm8k import questions_and_shots  # noqa: E402
 from grpo.evaluate import EvalConfig  # noqa: E402
@@ -40,7 +39,7 @@ def scores(texts: list[str], golds: list[str]) -> dict[str, float]:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     add_model(ap)
     ap.add_argument("--limit", type=int, default=32, help="first N test questions (default: 32)")
     ap.add_argument("--batch", type=int, default=8, help="B: questions searched together (default: 8)")

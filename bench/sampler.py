@@ -23,7 +23,6 @@ then) transformers'.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -37,7 +36,7 @@ import torch  # noqa: E402
 from data import encode_prompts, load_gsm8k, stop_token_ids  # noqa: E402
 from model_io import SamplingConfig, export_hf, generate, load  # noqa: E402
 from model_io.loading import embedded_gguf  # noqa: E402
-from cli import add_device, add_gsm8k, add_model, check_args, check_device, user_errors  # noqa: E402
+from cli import add_device, add_gsm8k, add_model, check_args, check_device, parser, user_errors  # noqa: E402
 from machine import copy_bandwidth  # noqa: E402
 
 
@@ -46,7 +45,7 @@ def useful_length(row: list[int], eos: tuple[int, ...]) -> int:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     add_model(ap)
     ap.add_argument("--batch", type=int, default=32, help="prompts per batch (default: 32)")
     ap.add_argument("--max-new-tokens", type=int, default=256, help="default: 256")

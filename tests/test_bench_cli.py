@@ -68,6 +68,9 @@ def refused(name: str, argv: list[str], capsys) -> str:
     ("compare", ["--temperature", "-1"], "--temperature must be >= 0, got -1.0"),
     ("compare", ["--model", "/nonexistent", "--device", "cpu", "--out", "OUT"], "model path /nonexistent does not exist"),
     ("compare", ["--shots", "100000", "--device", "cpu", "--out", "OUT"], "--shots 100000: the train split holds only 7473"),
+    # a row's own settings, before the model loads (was a traceback after the model and the greedy row)
+    ("compare", ["--temperature", "0", "--model", "/nonexistent", "--device", "cpu", "--out", "OUT"],
+     "--temperature 0 draws the same answer all --n 8 times"),
 ])
 def test_bad_input_is_one_line_naming_it(name, argv, says, capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
@@ -75,10 +78,36 @@ def test_bad_input_is_one_line_naming_it(name, argv, says, capsys, tmp_path, mon
     assert says in refused(name, argv, capsys)
 
 
+@pytest.mark.parametrize("name", ["agreement", "attention", "compare", "decode_ops", "group_sampling", "mcts",
+                                  "mcts_answer", "sampler"])
+def test_a_usage_error_is_one_line_without_the_usage_block(name, capsys):
+    """As run.py's: argparse printed its usage block (3-8 lines) above the one line that matters."""
+    with pytest.raises(SystemExit) as e:
+        bench(name).main(["--bogus"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and ": error: unrecognized arguments: --bogus (see " in err
+
+
+def test_compare_leaves_no_out_it_made_when_refused_and_refuses_a_context_overrun(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    out = tmp_path / "new"
+    refused("compare", ["--model", "/nonexistent", "--device", "cpu", "--out", str(out)], capsys)
+    assert not out.exists()  # (an empty directory was left behind)
+    mod = bench("compare")
+    model = from_hf_model(tiny_hf_model())
+    monkeypatch.setattr(mod, "load", lambda spec, **kw: (model, tiny_tokenizer()))
+    monkeypatch.setattr(mod, "evaluate", lambda *a, **k: pytest.fail("a row ran past the model's context"))
+    too_many = str(model.cfg.max_position_embeddings)
+    with pytest.raises(SystemExit) as e:  # (run.py eval refuses this; compare only warned, then ran)
+        mod.main(["--device", "cpu", "--limit", "1", "--shots", "0", "--max-new-tokens", too_many, "--out", str(out)])
+    assert e.value.code == 2 and f"--max-new-tokens {too_many} after a prompt of" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_cuda_asked_for_where_there_is_none(capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     line = refused("sampler", ["--device", "cuda"], capsys)
-    assert line.endswith("error: --device cuda asked for but CUDA is not available here: use --device cpu")
+    assert "error: --device cuda asked for but CUDA is not available here: use --device cpu (see " in line
 
 
 def test_sampler_reads_a_gguf_in_the_working_directory_by_its_bare_name(tmp_path, monkeypatch):
@@ -146,8 +175,8 @@ def test_mcts_answer_bench_picks_both_ways_from_one_search(capsys, monkeypatch):
 
 def test_compare_replot_needs_an_earlier_run_and_rewrites_only_the_png(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default --out is runs/compare, not the committed docs/compare
-    assert refused("compare", ["--replot"], capsys).endswith(
-        "error: --replot: no runs/compare/compare.json: pass the --out of an earlier run of this script")
+    assert "error: --replot: no runs/compare/compare.json: pass the --out of an earlier run of this script (see " in refused(
+        "compare", ["--replot"], capsys)
     pytest.importorskip("matplotlib")
     out = tmp_path / "runs" / "compare"
     out.mkdir(parents=True)
