@@ -261,9 +261,10 @@ class Trainer:
             return norm
         self.opt.zero_grad(set_to_none=True)  # skip: the weights stay as they were
         self.bad_steps += 1
-        tqdm.write(f"step {self.step}: non-finite loss ({loss}) or gradient norm ({norm}); update skipped")
+        # (the step being trained: self.step counts those done, and the logs number this one self.step + 1)
+        tqdm.write(f"step {self.step + 1}: non-finite loss ({loss}) or gradient norm ({norm}); update skipped")
         if self.bad_steps >= cfg.max_bad_steps:
-            raise limits.non_finite_error(cfg, self.bad_steps, self.step, bool(checkpoint_dirs(self.run_dir)))
+            raise limits.non_finite_error(cfg, self.bad_steps, self.step + 1, bool(checkpoint_dirs(self.run_dir)))
         return norm
 
     def _metrics(self, ro: Rollout, rewards_all, agg, grad_norm, t0, t_rollout, t_logprobs) -> dict[str, float]:

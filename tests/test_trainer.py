@@ -142,7 +142,7 @@ def test_the_count_of_flat_steps_survives_a_resume(tmp_path, capsys):
     assert f"for {FLAT_STEPS_HINT} steps every group's completions got the same reward" in capsys.readouterr().out
 
 
-def test_non_finite_updates_are_skipped_then_stop(tmp_path):
+def test_non_finite_updates_are_skipped_then_stop(tmp_path, capsys):
     calls = {"n": 0}
 
     def flaky(completions, **_):
@@ -152,10 +152,13 @@ def test_non_finite_updates_are_skipped_then_stop(tmp_path):
     tr = make_trainer(tmp_path, rewards=RewardSet({"flaky": 1.0}, {"flaky": flaky}), save_every=1, max_bad_steps=2)
     tr.train(until_step=1)
     good = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
+    capsys.readouterr()
     tr.train_step()  # NaN advantages: the update is skipped
     for n, p in tr.model.named_parameters():
         assert torch.equal(good[n], p), n
-    with pytest.raises(TrainingError, match=r"non-finite.*lower --lr, clip harder \(--max-grad-norm below 1\)"):
+    # numbered as metrics.jsonl and the checkpoints number the step (an audit saw each one lower)
+    assert "step 2: non-finite loss (nan)" in capsys.readouterr().out
+    with pytest.raises(TrainingError, match=r"non-finite updates in a row at step 3: lower --lr, clip harder \(--max-grad-norm below 1\)"):
         tr.train_step()
     assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step-000001"]
     tr.cfg.max_grad_norm, tr.bad_steps = 0.0, 0  # clipping off: the advice is to turn it on
