@@ -34,8 +34,9 @@ from data import DataError, encode_prompts, load_gsm8k, parse_strict
 from data.gsm8k import check_one_file, questions_and_shots
 from grpo import distributed as D
 from grpo.batches import split_shots
-from grpo.checkpointing import checkpoint_dirs, checkpoints_at_once, disk_note, is_training_run, model_of_run
-from grpo.config import RESUME_MAY_CHANGE, TrainConfig, apply_preset, check_ranges, check_top_p, flag_name, resumed_config
+from grpo.checkpointing import (check_against_checkpoint, checkpoint_dirs, checkpoints_at_once, disk_note,
+                                is_training_run, model_of_run, remove_leftovers)
+from grpo.config import TrainConfig, apply_preset, check_ranges, check_top_p, resumed_config
 from grpo.eval_resume import answered, resumed_eval_config
 from grpo.evaluate import EvalConfig, answers_per_question, evaluate
 from grpo.flags import OneLineParser, add_config_args, config_from_args, given_fields, more_than_asked, note, unused_flags_note
@@ -153,25 +154,6 @@ def cmd_eval(cfg: EvalConfig, given: set[str] = frozenset()) -> None:
     print(f"wrote {', '.join(map(str, wrote[:-1]))} and {wrote[-1]}")
 
 
-def check_against_checkpoint(saved: dict, run_dir: Path) -> None:
-    """A run's config.json must describe the run its newest checkpoint continues: one edited by hand, or checkpoints
-    copied in from another run, would resume as one run while config.json (and every later checkpoint's copy of it)
-    recorded another."""
-    newest = checkpoint_dirs(run_dir)[-1] / "train_config.json"
-    try:
-        ck = json.loads(newest.read_text())
-    except (OSError, ValueError):
-        return  # (a damaged copy: the checkpoint's own checks name it when it loads)
-    if not isinstance(saved, dict) or not isinstance(ck, dict):
-        return
-    free = set(RESUME_MAY_CHANGE) | {"resume", "out_dir"}  # (a resume records itself; a run directory may move)
-    differ = sorted(k for k in set(saved) & set(ck) & set(TrainConfig.__dataclass_fields__) - free if saved[k] != ck[k])
-    if differ:
-        what = ", ".join(f"{flag_name(k)} ({saved[k]!r} there, {ck[k]!r} in the checkpoint)" for k in differ)
-        raise ValueError(f"--resume {run_dir}: its config.json and its newest checkpoint disagree on {what}: config.json "
-                         f"was edited, or the checkpoints come from another run; restore config.json from {newest}")
-
-
 @lets_go
 def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int | None = None) -> dict:
     """GRPO on the GSM8K train split; `until_step` stops early as a kill would (used by the resume test)."""
@@ -195,10 +177,12 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
                                  f"--out-dir {cfg.out_dir}")
             given = set(given) - {"out_dir"}  # (written 'runs/x/', or the run directory moved since it started)
         try:
-            saved = json.loads((run_dir / "config.json").read_text())
-        except ValueError as e:  # (UnicodeDecodeError too) each checkpoint keeps a copy of the config it was written with
-            raise ValueError(f"--resume {run_dir}: its config.json is not readable JSON ({e}): restore it from "
-                             f"{checkpoint_dirs(run_dir)[-1] / 'train_config.json'}") from None
+            saved, why = json.loads((run_dir / "config.json").read_text()), "is not a JSON object"
+        except ValueError as e:  # (UnicodeDecodeError too)
+            saved, why = None, f"is not readable JSON ({e})"
+        if not isinstance(saved, dict):  # each checkpoint keeps a copy of the config it was written with
+            raise ValueError(f"--resume {run_dir}: its config.json {why}: restore it from "
+                             f"{checkpoint_dirs(run_dir)[-1] / 'train_config.json'}")
         legacy = "precision" not in saved  # a run from before --precision: bf16 autocast on a GPU, float32 on a CPU
         if "precision" in given:  # 'auto' is recorded as what it resolved to: compare like with like
             cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, resolve_device(cfg.device)))
@@ -217,6 +201,8 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
                    cfg.gsm8k)
     if not cfg.resume and D.reports():
         note(unused_flags_note(cfg, set(given)))
+    if D.reports():  # (the lock is held: no writer is live)
+        note(remove_leftovers(run_dir))
     restart = not cfg.resume and is_training_run(run_dir)  # stopped (Ctrl-C, an error) before its first checkpoint
     d, device = D.init_from_env(cfg.device)
     set_decode_mode(cfg.decode)

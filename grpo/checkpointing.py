@@ -20,6 +20,8 @@ import torch
 from model_io import ModelSpecError, load_model, save_model
 from model_io.checkpoint import atomic_dir
 
+from .config import RESUME_MAY_CHANGE, TrainConfig, flag_name
+
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -57,6 +59,41 @@ def model_of_run(run_dir: Path) -> Path | None:
         return run_dir / "final_hf"
     raise ModelSpecError(f"{run_dir} is a training run with no finished checkpoint or final_hf yet: pass it once its first "
                          "checkpoint is written (--save-every), or pass a model spec")
+
+
+def check_against_checkpoint(saved: dict, run_dir: Path) -> None:
+    """A run's config.json must describe the run its newest checkpoint continues: one edited by hand, or checkpoints
+    copied in from another run, would resume as one run while config.json (and every later checkpoint's copy of it)
+    recorded another."""
+    newest = checkpoint_dirs(run_dir)[-1] / "train_config.json"
+    try:
+        ck = json.loads(newest.read_text())
+    except (OSError, ValueError):
+        return  # (a damaged copy: the checkpoint's own checks name it when it loads)
+    if not isinstance(saved, dict) or not isinstance(ck, dict):
+        return
+    free = set(RESUME_MAY_CHANGE) | {"resume", "out_dir"}  # (a resume records itself; a run directory may move)
+    differ = sorted(k for k in set(saved) & set(ck) & set(TrainConfig.__dataclass_fields__) - free if saved[k] != ck[k])
+    if differ:
+        what = ", ".join(f"{flag_name(k)} ({saved[k]!r} there, {ck[k]!r} in the checkpoint)" for k in differ)
+        raise ValueError(f"--resume {run_dir}: its config.json and its newest checkpoint disagree on {what}: config.json "
+                         f"was edited, or the checkpoints come from another run; restore config.json from {newest}")
+
+
+def remove_leftovers(run_dir: Path) -> str | None:
+    """Remove what a killed writer left half-written (`kill -9`, a lost machine: atomic_dir's except never ran), a
+    whole checkpoint's size each (1.6 GB for the default model) that rotation and the disk note never count:
+    checkpoints/.step-N.tmp-* and .final_hf.tmp-*. Called with the run's lock held, so no writer is live. A note
+    saying what went, or None. (An `.old-PID` copy is left: it may be the only whole one, see atomic_dir.)"""
+    found = [*(run_dir / "checkpoints").glob(".step-*.tmp-*"), *run_dir.glob(".final_hf.tmp-*")]
+    found = [p for p in found if p.is_dir()]
+    if not found:
+        return None
+    size = sum(f.stat().st_size for p in found for f in p.rglob("*") if f.is_file())
+    for p in found:
+        shutil.rmtree(p, ignore_errors=True)
+    return (f"note: removed {len(found)} half-written checkpoint{'s' * (len(found) > 1)} ({size_text(size)}) that a "
+            f"killed run left in {run_dir}")
 
 
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, extra: dict, keep: int,
@@ -118,7 +155,10 @@ def size_text(n: int) -> str:
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, dict]:
     """Restore everything in place; returns (step, extra)."""
-    saved = load_model(path / "model", device=model.device, dtype=model.embed.weight.dtype)
+    try:
+        saved = load_model(path / "model", device=model.device, dtype=model.embed.weight.dtype)
+    except ModelSpecError as e:  # damaged after it was written (disk, copy), as trainer_state.pt can be below
+        raise ModelSpecError(f"checkpoint {path}'s model is damaged ({e}): {way_on(path, False)}") from None
     wrong = [(n, list(p.shape), list(q.shape)) for (n, p), q in zip(model.named_parameters(), saved.parameters()) if p.shape != q.shape]
     if wrong or saved.cfg.n_layers != model.cfg.n_layers:  # (copy_ would raise a size mismatch traceback)
         what = f"{wrong[0][0]} is {wrong[0][2]} there but {wrong[0][1]} in the model" if wrong else "its layers differ"
@@ -131,17 +171,22 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, dict]
         state = torch.load(path / "trainer_state.pt", weights_only=True, map_location="cpu")
     except Exception as e:  # a file damaged after it was written (disk, copy): the checkpoint before it is whole
         why = str(e).splitlines()[0].split(". ")[0] if str(e) else type(e).__name__
-        earlier = [p for p in checkpoint_dirs(path.parent.parent) if p.name < path.name]
-        raise ModelSpecError(f"{path / 'trainer_state.pt'} is damaged ({why}): "
-                             + (f"delete {path} to resume from {earlier[-1].name}" if earlier else
-                                f"no earlier checkpoint is kept; start the run again, or a new run from its weights: "
-                                f"--model {path / 'model'} --out-dir NEW_DIR")) from None
+        raise ModelSpecError(f"{path / 'trainer_state.pt'} is damaged ({why}): {way_on(path)}") from None
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     r = random.getstate()
     random.setstate((r[0], tuple(state["python_rng"]), state.get("python_gauss")))  # (older checkpoints: none cached)
     return int(state["step"]), state["extra"]
+
+
+def way_on(path: Path, weights_whole: bool = True) -> str:
+    """How a run goes on past its damaged newest checkpoint `path`: from the one before it, if one is kept."""
+    earlier = [p for p in checkpoint_dirs(path.parent.parent) if p.name < path.name]
+    if earlier:
+        return f"delete {path} to resume from {earlier[-1].name}"
+    return "no earlier checkpoint is kept; start the run again" + (
+        f", or a new run from its weights: --model {path / 'model'} --out-dir NEW_DIR" if weights_whole else "")
 
 
 def data_fingerprint(problems) -> str:

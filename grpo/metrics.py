@@ -135,12 +135,8 @@ class RunLog:
         """Whether metrics.jsonl holds an evaluation's line for `step` (a torn line does not count)."""
         if not self.metrics_path.is_file():
             return False
-        for line in self.metrics_path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if row.get("step") == step and any(k.startswith("eval/") for k in row):
+        for line in self.metrics_path.read_text(errors="replace").splitlines():
+            if step_of(line) == step and any(k.startswith("eval/") for k in json.loads(line)):
                 return True
         return False
 
@@ -190,17 +186,22 @@ def quiet_full_disk_in_tensorboard_thread() -> None:
     threading.excepthook = hook
 
 
+def step_of(line: str) -> int | None:
+    """The step of a metrics.jsonl line; None for a line that is not one (torn by a kill mid-write, or damaged:
+    not a JSON object with a whole-number step)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    step = row.get("step") if isinstance(row, dict) else None
+    return step if type(step) is int else None
+
+
 def truncate_log(path: Path, last_step: int) -> None:
     """On resume: drop lines of steps after the checkpoint (they will be run again), keeping the file consistent.
-    A line that does not parse (the torn last line of a run killed mid-write) is dropped with them."""
+    A line that is not a step's (the torn last line of a run killed mid-write, or a damaged one) is dropped too."""
     if not path.is_file():
         return
-
-    def step_of(line: str) -> float:
-        try:
-            return json.loads(line).get("step", 0)
-        except json.JSONDecodeError:
-            return float("inf")
-
-    keep = [l for l in path.read_text().splitlines() if l.strip() and step_of(l) <= last_step]
+    steps = [(line, step_of(line)) for line in path.read_text(errors="replace").splitlines()]
+    keep = [line for line, step in steps if step is not None and step <= last_step]
     path.write_text("".join(l + "\n" for l in keep))

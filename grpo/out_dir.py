@@ -132,6 +132,10 @@ def holds_a_model(out: Path) -> bool:
 def refuse_foreign_out_dir(out: Path, command: str) -> None:
     """An --out-dir holding what another command wrote (or a model) is refused before any slow work: the
     command's config.json would replace theirs, and its outputs would sit beside theirs."""
+    run = inside_a_run(out)
+    if run is not None:
+        raise ValueError(f"--out-dir {out} is inside the training run {run}, whose own files are there (its checkpoints "
+                         f"are deleted as it trains on): pass a directory outside it (e.g. {run / command})")
     if holds_a_model(out):
         what = "a model, whose config.json"
     elif command == "eval" and is_training_run(out):
@@ -140,9 +144,31 @@ def refuse_foreign_out_dir(out: Path, command: str) -> None:
         what = "an eval's outputs, whose config.json"
     elif command == "eval":
         return refuse_to_replace_an_eval(out)
+    elif not is_training_config(out) and any((out / name).exists() for name in TRAIN_OUTPUTS):
+        # a run stopped before its first checkpoint is started over there (its outputs cleared): only one that
+        # `run.py train` began, whose config.json it wrote first; another program's checkpoints/ are not cleared
+        found = ", ".join(name for name in TRAIN_OUTPUTS if (out / name).exists())
+        what = f"{found}, not written by `run.py train` (no training config.json beside them), which"
     else:
         return
     raise ValueError(f"--out-dir {out} holds {what} {command} would replace: pass another --out-dir (e.g. {out / command})")
+
+
+def is_training_config(out: Path) -> bool:
+    """`out`/config.json is one that `run.py train` wrote (with group_size; a model's has a model_type)."""
+    try:
+        saved = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and "group_size" in saved and "model_type" not in saved
+
+
+def inside_a_run(out: Path) -> Path | None:
+    """The training run whose checkpoints/, tb/ or final_hf/ holds `out` (its rotation deletes checkpoints)."""
+    for parent in (out.resolve(), *out.resolve().parents):
+        if parent.name in ("checkpoints", "tb", "final_hf") and is_training_config(parent.parent):
+            return parent.parent
+    return None
 
 
 def is_eval_config(saved) -> bool:

@@ -235,6 +235,15 @@ def test_resume_names_a_damaged_trainer_state_and_the_checkpoint_before_it(tmp_p
     assert err.startswith(f"error: {state} is damaged (PytorchStreamReader failed reading zip archive") and err.count("\n") == 1
     assert err.endswith(f"delete {state.parent} to resume from step-000001\n")
     shutil.rmtree(state.parent)
+    # its model damaged: the same way on (it said "copy or download it again", or to restore it from where it came)
+    weights = out / "checkpoints" / "step-000001" / "model" / "model.safetensors"
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[:1000])
+    assert run.main(["train", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: checkpoint {weights.parent.parent}'s model is damaged (") and err.count("\n") == 1
+    assert err.endswith("): no earlier checkpoint is kept; start the run again\n"), err
+    weights.write_bytes(whole)
     assert run.main(["train", "--resume", str(out)]) == 0 and "resumed" in capsys.readouterr().out
 
 
@@ -283,6 +292,8 @@ def test_resume_names_a_damaged_run_config_and_the_copy_to_restore_it_from(tmp_p
     copy = out / "checkpoints" / "step-000001" / "train_config.json"
     good = json.loads(copy.read_text())
     for text, says in [('{"steps": 3,', ("is not readable JSON (Expecting property name", f"): restore it from {copy}\n")),
+                       ("null", ("is not a JSON object: restore it from", f"{copy}\n")),  # (was a TypeError traceback)
+                       ("[1]", ("is not a JSON object: restore it from", f"{copy}\n")),
                        (json.dumps({**good, "steps": "x"}), ("holds a config that cannot run ('>=' not supported", "newest checkpoint\n")),
                        (json.dumps({**good, "adv_scale": "zzz"}), ("holds a config that cannot run (unknown --adv-scale 'zzz'", "newest checkpoint\n"))]:
         (out / "config.json").write_text(text)
@@ -543,3 +554,35 @@ def test_more_prompts_per_step_than_training_problems_is_one_line_before_the_mod
                                        "examples): a step would ask some twice, whose groups sample the same completions; "
                                        "lower --prompts-per-step to at most 3\n")
     assert not out.exists()
+
+
+def test_train_clears_only_what_a_train_began_and_removes_a_killed_writers_leftovers(tmp_path, monkeypatch, capsys):
+    """A CLI audit: training into a directory holding a checkpoints/ folder of another program's (or a metrics.jsonl)
+    took it for a run stopped before its first checkpoint and deleted it; a directory inside a run's checkpoints/
+    was taken as --out-dir (its run's rotation deletes it); and a checkpoint half-written when `kill -9` came stayed
+    on disk for good (1.6 GB each for the default model), unseen by rotation and the disk note."""
+    _, out = _tiny_run(tmp_path, monkeypatch, steps=2, until_step=1, save_every=1)
+    base = tmp_path / "base"
+    tiny = ["train", "--model", str(base), "--steps", "1", "--prompts-per-step", "1", "--group-size", "2",
+            "--max-new-tokens", "2", "--eval-every", "0", "--device", "cpu"]
+    proj = tmp_path / "proj"
+    files = {"checkpoints/best.ckpt": "weights", "config.json": '{"lr": 0.1}'}
+    for f, text in files.items():
+        (proj / f).parent.mkdir(parents=True, exist_ok=True)
+        (proj / f).write_text(text)
+    capsys.readouterr()
+    assert run.main(tiny + ["--out-dir", str(proj)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out-dir {proj} holds config.json, checkpoints, not written by `run.py train`") and err.count("\n") == 1
+    assert {f: (proj / f).read_text() for f in files} == files
+    for inner in (out / "checkpoints" / "step-000001", out / "checkpoints", out / "tb" / "x"):
+        assert run.main(tiny + ["--out-dir", str(inner)]) == 2
+        assert f"is inside the training run {out}," in capsys.readouterr().err
+    assert run.main(["eval", "--model", str(base), "--limit", "1", "--out-dir", str(out / "checkpoints" / "ev")]) == 2
+    assert f"is inside the training run {out}," in capsys.readouterr().err and not (out / "checkpoints" / "ev").exists()
+    left = out / "checkpoints" / ".step-000002.tmp-x1y2"  # as atomic_dir names its temporary directory
+    (left / "model").mkdir(parents=True)
+    (left / "model" / "model.safetensors").write_bytes(b"\0" * 5000)
+    assert run.main(["train", "--resume", str(out)]) == 0
+    assert f"note: removed 1 half-written checkpoint (5 kB) that a killed run left in {out}" in capsys.readouterr().err
+    assert not left.exists() and [p.name for p in checkpoint_dirs(out)] == ["step-000001", "step-000002"]

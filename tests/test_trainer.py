@@ -569,3 +569,21 @@ def test_resume_refuses_other_training_problems(tmp_path):
     assert (run / "metrics.jsonl").read_text() == metrics  # nothing cut back
     again = make_trainer(run, steps=3, save_every=1)
     assert again.resume() and again.step == 2
+
+
+def test_a_resume_cuts_the_logs_back_past_torn_and_damaged_lines(tmp_path):
+    """On resume the steps after the checkpoint are dropped from metrics.jsonl, and with them any line that is not a
+    step's: a CLI audit's hand-damaged lines (`5`, a step "x", a byte that is not UTF-8) raised AttributeError,
+    TypeError or a decode error naming no file."""
+    from grpo.metrics import RunLog, truncate_log
+
+    path = tmp_path / "metrics.jsonl"
+    lines = ['{"step": 0, "eval/a": 1}', '{"step": 1, "loss": 0.5}', "5", '{"step": "x"}', '[1]', '{"loss": 1}',
+             '{"step": 2.0}', '{"step": 2, "loss": 0.1}', '{"step": 3, "loss"']
+    path.write_bytes(("\n".join(lines) + "\n\xff\n").encode("utf-8").replace(b"\xc3\xbf", b"\xff"))
+    truncate_log(path, 2)
+    assert path.read_text().splitlines() == ['{"step": 0, "eval/a": 1}', '{"step": 1, "loss": 0.5}', '{"step": 2, "loss": 0.1}']
+    path.write_bytes(b'5\n{"step": "x"}\n\xff\n{"step": 0, "eval/a": 1}\n')
+    log = RunLog.__new__(RunLog)
+    log.metrics_path = path
+    assert log.logged_evaluation(0) and not log.logged_evaluation(1)
