@@ -164,7 +164,18 @@ def load_model(path: str | os.PathLike, device="cpu", dtype: torch.dtype | None 
         raise ModelSpecError(f"checkpoint {p} does not match its config: {k} is {list(got)} in {WEIGHTS_FILE} but "
                              f"{list(need)} by {CONFIG_FILE}{more}; restore the {CONFIG_FILE} it was saved with")
     model.load_state_dict(sd, strict=True)
+    check_finite(str(p), model)
     return model
+
+
+def check_finite(spec: str, model: torch.nn.Module) -> None:
+    """Weights holding NaN or inf (a file damaged in place, a run that diverged) are refused as they load: they run,
+    and every loss, update and answer after them is NaN (an audit's training run skipped each update, then blamed
+    the learning rate, and exported NaN weights)."""
+    bad = [name for name, w in model.named_parameters() if not bool(torch.isfinite(w).all())]
+    if bad:
+        raise ModelSpecError(f"{spec}: {len(bad)} weight tensor{'s' * (len(bad) > 1)} hold NaN or inf (first: {bad[0]}): its "
+                             f"weights file is damaged, or the training that wrote it diverged; pass another model")
 
 
 def read_config(path: Path) -> ModelConfig:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import WEIGHTS_FILE, is_checkpoint, load_model, save_model
+from .checkpoint import WEIGHTS_FILE, check_finite, is_checkpoint, load_model, save_model
 from .config import SUPPORTED_ARCHS, ModelSpecError
 from .convert import from_hf_model
 
@@ -98,6 +98,8 @@ def load(spec: str | os.PathLike | None = None, device="cpu", dtype: torch.dtype
         raise ModelSpecError(f"the tokenizer of {spec_str} has no chat template, which this project's prompts need: pass "
                              f"an instruct (chat) model, or add a chat_template to its tokenizer_config.json")
     check_vocab(spec_str, tok, model.cfg.vocab_size)
+    if not is_checkpoint(path):  # (load_model checks its own)
+        check_finite(spec_str, model)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token  # left padding is masked out, so any id serves; eos is what HF uses too
     return model.to(device=device, dtype=dtype).eval(), tok

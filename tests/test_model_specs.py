@@ -338,3 +338,24 @@ def test_qwen2_sliding_window_is_refused_only_where_a_layer_slides():
     slides = tiny_hf_config("qwen2", use_sliding_window=True, max_window_layers=n - 1, sliding_window=4)
     with pytest.raises(ModelSpecError, match="^Qwen2 sliding-window attention is not supported: use a checkpoint with "):
         ModelConfig.from_hf(slides)
+
+
+def test_weights_holding_nan_or_inf_are_refused_as_they_load(tmp_path):
+    """A CLI audit trained from a checkpoint whose weights file held 0xff bytes: every update was skipped as
+    non-finite, the stop blamed the learning rate, and final_hf was exported with NaN weights."""
+    import pytest
+    import torch
+    from helpers import tiny_hf_model, tiny_tokenizer
+
+    from model_io import ModelSpecError, export_hf, load, save_model
+    from model_io.convert import from_hf_model
+
+    model = from_hf_model(tiny_hf_model("qwen2"))
+    with torch.no_grad():
+        model.layers[1].mlp.down.weight[3, 4] = float("nan")
+    save_model(model, tiny_tokenizer(), tmp_path / "ours")
+    with pytest.raises(ModelSpecError, match=r"ours: 1 weight tensor hold NaN or inf \(first: layers\.1\.mlp\.down\.weight\)"):
+        load(str(tmp_path / "ours"))
+    export_hf(model, tiny_tokenizer(), tmp_path / "hf")  # transformers' format: checked as it loads too
+    with pytest.raises(ModelSpecError, match=r"hf: 1 weight tensor hold NaN or inf"):
+        load(str(tmp_path / "hf"))
