@@ -137,6 +137,9 @@ def _check_json(path: Path) -> None:
         # said here, not left to AutoConfig: for a JSON list 4.x names model_type, 5.x says "list indices must be integers"
         # (a dict without model_type goes on to AutoConfig, which may still place it by its directory's name)
         raise _not_a_model_config(path, f"a JSON {type(cfg).__name__}, not an object with a model_type")
+    arch = cfg.get("model_type")
+    if isinstance(arch, str) and arch not in SUPPORTED_ARCHS:  # (one transformers does not know: its 600-character advice
+        raise unsupported_arch(str(path.parent), arch)       # to upgrade, for a model this project could not run anyway)
 
 
 def _not_a_model_config(config: Path, why: str) -> ModelSpecError:

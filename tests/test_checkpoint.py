@@ -1,5 +1,6 @@
 """Model files: our checkpoints, HF export, and every kind of spec `model_io.load` takes."""
 import importlib.util
+import json
 
 import pytest
 import torch
@@ -149,6 +150,10 @@ def test_unsupported_architecture_in_a_directory(tmp_path):
 
     GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path)
     with pytest.raises(ModelSpecError, match="unsupported architecture 'gpt2'"):
+        load(tmp_path)
+    # one transformers does not know either: the same line (was "not a model config", with its advice to upgrade)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "foobar", "hidden_size": 8}))
+    with pytest.raises(ModelSpecError, match=f"^{tmp_path}: unsupported architecture 'foobar'; supported are llama, qwen2"):
         load(tmp_path)
 
 
