@@ -28,6 +28,13 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Ctrl-C while torch imports (its first half second) can be swallowed by numpy's import inside it, leaving numpy
+# half-imported: the run then trains for hours and fails at its export (a CLI audit saw it three times). Held until
+# the imports are done, then honoured: one line, exit 130.
+_EARLY_STOP: list[int] = []
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, lambda *_: _EARLY_STOP.append(1))
+
 import torch
 
 from data import DataError, encode_prompts, load_gsm8k, parse_strict
@@ -382,5 +389,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if _EARLY_STOP:
+        print("interrupted", file=sys.stderr)  # (before any work: nothing to continue)
+        sys.exit(128 + signal.SIGINT)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sys.exit(main())

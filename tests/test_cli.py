@@ -368,3 +368,18 @@ def test_an_out_dir_in_use_by_another_command_is_refused_and_a_dead_holder_does_
     monkeypatch.setattr(fcntl, "flock", no_locks)
     out_dir.take(out, "train")
     assert not (out / ".lock").exists() and not out_dir.LOCKS
+
+
+def test_ctrl_c_while_torch_imports_ends_the_command_in_one_line():
+    """Ctrl-C in a command's first second, while torch imports, could be swallowed by numpy's import inside it (the
+    command then ran for hours and failed at its export, a CLI audit found); it now ends the command at once."""
+    import signal
+    import subprocess
+    import time
+
+    p = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "sample", "--help"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # (past the interpreter's start, inside `import torch`: over a second on any machine here)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert (p.returncode, err, out) == (130, "interrupted\n", "")
