@@ -70,7 +70,7 @@ def load(spec: str | os.PathLike | None = None, device="cpu", dtype: torch.dtype
         raise ModelSpecError("the model spec (--model) is empty: leave it out for the embedded default, or give a hub id, "
                              "directory or .gguf file")
     path = Path(spec_str).expanduser()
-    if spec_str.endswith(".gguf"):
+    if path.suffix == ".gguf":  # (as typed, or 'model.gguf/' from a shell's completion)
         if not path.is_file():
             raise ModelSpecError(f"GGUF file {path} not found: check the path")
         model, tok = _load_gguf(path)

@@ -225,6 +225,8 @@ def test_a_truncated_gguf_is_named(tmp_path):
         with pytest.raises(ModelSpecError, match="is damaged or truncated") as e:
             load(tmp_path / name)
         assert str(tmp_path / name) in one_line(e)
+    with pytest.raises(ModelSpecError, match="is damaged or truncated"):  # a shell's completion ('file.gguf/'): read as
+        load(str(tmp_path / "noise.gguf") + "/")                            # the GGUF (was "a file but not a .gguf")
     # whole, but its one tensor is not the model its metadata describes (transformers 5.25 sizes the config so that
     # the embedding differs, 5.17 so that it fits and the layers are missing); and another architecture: each names
     # the file
