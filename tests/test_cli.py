@@ -323,7 +323,7 @@ def test_an_out_dir_in_use_by_another_command_is_refused_and_a_dead_holder_does_
     monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
     early = tmp_path / "early"
     early.mkdir()
-    (early / "config.json").write_text("{}")
+    (early / "config.json").write_text('{"group_size": 2}')  # (a training config: train writes it first)
     (early / "metrics.jsonl").write_text('{"step": 1}\n')  # a run before its first checkpoint: restartable
     before = sorted(p.name for p in early.iterdir())
     with open(early / ".lock", "a+") as held:  # the first command, still running

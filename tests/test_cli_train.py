@@ -23,7 +23,7 @@ def test_train_run_dirs_that_cannot_go_on_say_so_and_a_finished_one_is_left_alon
     monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
     early = tmp_path / "early"
     early.mkdir()
-    (early / "config.json").write_text("{}")
+    (early / "config.json").write_text(json.dumps(dataclasses.asdict(TrainConfig())))  # what train writes first
     (early / "metrics.jsonl").write_text('{"step": 1}\n')
     capsys.readouterr()
     assert run.main(["train", "--resume", str(early)]) == 2
@@ -460,10 +460,13 @@ def test_out_of_memory_is_one_line_naming_the_flags_that_use_less(tiny_ckpt, tmp
 def test_a_full_disk_under_the_step_logs_names_the_file(log, tiny_ckpt, tmp_path, monkeypatch, capsys):
     """Seen on a full 8 MB tmpfs: a failed write() or close() has no filename, and the run's one line said only
     "error: No space left on device"; now it names the log it was writing."""
+    from pathlib import Path
+
     monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
     out = tmp_path / "run"
-    out.mkdir()
-    (out / log).symlink_to("/dev/full")
+    real = Path.open
+    # the log's writes go to /dev/full (a symlink put there beforehand is, rightly, a file train did not write)
+    monkeypatch.setattr(Path, "open", lambda self, *a, **k: real(Path("/dev/full") if self == out / log else self, *a, **k))
     assert run.main(["train", "--model", tiny_ckpt, "--preset", "smoke", "--max-new-tokens", "4", "--eval-every", "0",
                      "--out-dir", str(out), "--device", "cpu"]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
