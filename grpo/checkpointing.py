@@ -39,8 +39,13 @@ def is_training_run(run_dir: Path) -> bool:
     its first step) only its config.json, a training config (with group_size; a model's has a model_type)."""
     if (run_dir / "checkpoints").is_dir() or (run_dir / "metrics.jsonl").is_file() or (run_dir / "final_hf").is_dir():
         return True
+    return is_training_config(run_dir)
+
+
+def is_training_config(out: Path) -> bool:
+    """`out`/config.json is one that `run.py train` wrote (with group_size; a model's has a model_type)."""
     try:
-        saved = json.loads((run_dir / "config.json").read_text())
+        saved = json.loads((out / "config.json").read_text())
     except (OSError, ValueError):
         return False
     return isinstance(saved, dict) and "group_size" in saved and "model_type" not in saved

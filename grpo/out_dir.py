@@ -19,7 +19,7 @@ except ImportError:  # (not on Windows: no lock there)
     fcntl = None
 
 from grpo import distributed as D
-from grpo.checkpointing import is_training_run
+from grpo.checkpointing import is_training_config, is_training_run
 from model_io.checkpoint import is_checkpoint
 
 TRAIN_OUTPUTS = ("config.json", "metrics.jsonl", "samples.jsonl", "tb", "checkpoints")  # all a run writes before final_hf
@@ -152,15 +152,6 @@ def refuse_foreign_out_dir(out: Path, command: str) -> None:
     else:
         return
     raise ValueError(f"--out-dir {out} holds {what} {command} would replace: pass another --out-dir (e.g. {out / command})")
-
-
-def is_training_config(out: Path) -> bool:
-    """`out`/config.json is one that `run.py train` wrote (with group_size; a model's has a model_type)."""
-    try:
-        saved = json.loads((out / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(saved, dict) and "group_size" in saved and "model_type" not in saved
 
 
 def inside_a_run(out: Path) -> Path | None:

@@ -121,3 +121,15 @@ def make_trainer(run_dir, dtype=torch.float32, rewards=None, seed=0, dist=None, 
     cfg = TrainConfig(**{**kw, **overrides})
     rs = rewards or RewardSet({"letters": 1.0}, {"letters": letter_fraction(tok)})
     return Trainer(cfg, model, tok, problems, [], run_dir, rewards=rs, dist=dist or Dist(), progress=False)
+
+
+def one_line_refusal(main, argv, capsys) -> str:
+    """The one `error: ...` line a script's main(argv) refuses `argv` with (exit 2, nothing more on stderr)."""
+    import pytest
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    return err

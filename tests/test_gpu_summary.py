@@ -2,8 +2,8 @@
 import importlib.util
 import json
 
-import pytest
 from conftest import ROOT
+from helpers import one_line_refusal
 
 spec = importlib.util.spec_from_file_location("gpu_summary", ROOT / "scripts" / "gpu_summary.py")
 gpu_summary = importlib.util.module_from_spec(spec)
@@ -117,13 +117,7 @@ def test_an_evaluation_without_its_config_gets_no_shots_label(tmp_path):
 
 
 def refusal(argv, capsys) -> str:
-    """The one line main(argv) refuses with (exit 2)."""
-    with pytest.raises(SystemExit) as e:
-        gpu_summary.main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err
-    return err
+    return one_line_refusal(gpu_summary.main, argv, capsys)
 
 
 def test_a_missing_out_dir_is_one_line(tmp_path, capsys):

@@ -5,6 +5,7 @@ import json
 
 import pytest
 from conftest import ROOT
+from helpers import one_line_refusal
 
 spec = importlib.util.spec_from_file_location("plot_runs", ROOT / "scripts" / "plot_runs.py")
 plot_runs = importlib.util.module_from_spec(spec)
@@ -30,13 +31,7 @@ def test_runs_named_alike_are_told_apart_by_their_paths(tmp_path, capsys):
 
 
 def refusal(argv, capsys) -> str:
-    """The one line main(argv) refuses with (exit 2)."""
-    with pytest.raises(SystemExit) as e:
-        plot_runs.main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err
-    return err
+    return one_line_refusal(plot_runs.main, argv, capsys)
 
 
 def test_the_same_run_twice_is_refused(tmp_path, capsys):
