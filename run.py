@@ -32,7 +32,8 @@ from pathlib import Path
 # half-imported: the run then trains for hours and fails at its export (a CLI audit saw it three times). Held until
 # the imports are done, then honoured: one line, exit 130.
 _EARLY_STOP: list[int] = []
-if __name__ == "__main__":
+_SIGINT_WAS = signal.getsignal(signal.SIGINT)  # (SIG_IGN for a background job of a script: it stays ignored)
+if __name__ == "__main__" and _SIGINT_WAS is not signal.SIG_IGN:
     signal.signal(signal.SIGINT, lambda *_: _EARLY_STOP.append(1))
 
 import torch
@@ -389,7 +390,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, _SIGINT_WAS)
     if _EARLY_STOP:
         print("interrupted", file=sys.stderr)  # (before any work: nothing to continue)
         sys.exit(128 + signal.SIGINT)

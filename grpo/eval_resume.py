@@ -24,10 +24,11 @@ PARTIAL, TREES = "predictions.jsonl.partial", "trees.jsonl.partial"
 EVAL_RESUME_MAY_CHANGE = ("batch_size", "gsm8k", "resume")
 
 
-def start_over(out: Path) -> str:
+def start_over(out: Path, config_too: bool = False) -> str:
     """The way to begin an eval that cannot be resumed again in its directory (an eval without --resume refuses to
-    replace an interrupted one's answers: out_dir.refuse_to_replace_an_eval)."""
-    return f"start it over by removing {out / PARTIAL} and running the eval without --resume, or in another --out-dir"
+    replace an interrupted one's answers, and a config.json that is not an eval's: out_dir.refuse_to_replace_an_eval)."""
+    what = f"{out / PARTIAL} and {out / 'config.json'}" if config_too else str(out / PARTIAL)
+    return f"start it over by removing {what} and running the eval without --resume, or in another --out-dir"
 
 
 def resumed_eval_config(cfg: EvalConfig, given: set[str], out: Path) -> EvalConfig:
@@ -42,9 +43,9 @@ def resumed_eval_config(cfg: EvalConfig, given: set[str], out: Path) -> EvalConf
         saved = json.loads((out / "config.json").read_text())
     except (OSError, ValueError) as e:
         raise ValueError(f"--resume: {out}/config.json is missing or not JSON ({type(e).__name__}): the interrupted "
-                         f"eval's settings are unknown: {start_over(out)}") from None
+                         f"eval's settings are unknown: {start_over(out, True)}") from None
     if not is_eval_config(saved) or not saved.keys() <= names:
-        raise ValueError(f"--resume: {out}/config.json is not the config of a `run.py eval`: {start_over(out)}")
+        raise ValueError(f"--resume: {out}/config.json is not the config of a `run.py eval`: {start_over(out, True)}")
     # --device auto and --precision auto (the command the eval started with, typed again) stand for what the saved
     # config holds: what 'auto' resolved to when it started
     differ = [k for k in sorted(given & names) if k not in EVAL_RESUME_MAY_CHANGE and saved.get(k) != getattr(cfg, k)

@@ -156,7 +156,11 @@ def refuse_foreign_out_dir(out: Path, command: str) -> None:
 
 def inside_a_run(out: Path) -> Path | None:
     """The training run whose checkpoints/, tb/ or final_hf/ holds `out` (its rotation deletes checkpoints)."""
-    for parent in (out.resolve(), *out.resolve().parents):
+    try:
+        where = out.resolve()
+    except (OSError, RuntimeError):  # (a symlink loop: make_out_dir names it in its line)
+        return None
+    for parent in (where, *where.parents):
         if parent.name in ("checkpoints", "tb", "final_hf") and is_training_config(parent.parent):
             return parent.parent
     return None

@@ -9,7 +9,8 @@
 # OUT_DIR defaults to runs/experiment. GSM8K from GSM8K_DIR (or the hub); the embedded model unless MODEL is set.
 # Relative OUT_DIR, GSM8K_DIR and MODEL paths are taken from the directory you run it in. Results:
 # OUT_DIR/summary.md. Run again after an interruption: a training run with a checkpoint resumes from it
-# (`run.py train --resume`; a finished one trains nothing), one stopped before its first checkpoint starts again.
+# (`run.py train --resume`; a finished one trains nothing), one stopped before its first checkpoint starts again;
+# an eval cut short continues (`run.py eval --resume`).
 # CPU-small prompts are 2-shot: zero-shot, the embedded 135M model never writes the <reasoning>/<answer> format,
 # so every reward is 0 and neither run can learn anything (the first run of this script showed exactly that).
 set -euo pipefail
@@ -63,7 +64,10 @@ for kind in start plain mcts; do
   spec=(); [ "$kind" != start ] && spec=(--model "$OUT/$kind") || spec=("${MODEL_FLAG[@]}")
   for search in greedy majority mcts; do
     s=(--search "$search"); [ "$search" = majority ] && s+=(--n "$N"); [ "$search" = mcts ] && s+=(--n-simulations "$SIMS")
-    "$PY" run.py eval "${spec[@]}" "${EVAL[@]}" "${s[@]}" --out-dir "$OUT/eval-$kind-$search" > /dev/null
+    d="$OUT/eval-$kind-$search"
+    # an eval cut short continues where it stopped (eval refuses to start over on an interrupted eval's answers)
+    [ -f "$d/predictions.jsonl.partial" ] && s+=(--resume)
+    "$PY" run.py eval "${spec[@]}" "${EVAL[@]}" "${s[@]}" --out-dir "$d" > /dev/null
   done
 done
 {

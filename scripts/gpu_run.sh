@@ -42,6 +42,9 @@ step() {  # step NAME CMD...: run, time, keep the log; a failed step is recorded
   tail -n 5 "$OUT/$name.log"
   "$PY" scripts/gpu_summary.py "$OUT" > /dev/null 2>&1 || true  # a run cut off later still has its summary
 }
+fresh() {  # fresh DIR CMD...: CMD on an empty DIR: a step run again measures again (eval refuses to start over on
+  rm -rf "$1"; shift; "$@"  # an interrupted eval's answers, and a resumed one's seconds would add the first run's)
+}
 diag() {  # diag NAME LIMIT CMD...: a diagnostic step, skipped once fewer than 30 s of MINUTES are left
   local name=$1 limit=$2; shift 2
   wanted "$name" || return 0
@@ -66,7 +69,7 @@ step 2-sampler-b$B1 timeout $(cap 240 $(( KEEP + 150 ))) "$PY" bench/sampler.py 
 step 2-sampler-b$B2 timeout $(cap 120 $(( KEEP + 90 ))) "$PY" bench/sampler.py --model "$MODEL" --batch $B2 --max-new-tokens $NEW
 # the fast path's greedy tokens against the CPU float32 path: first TA tokens, log-probs against the CPU's own bf16
 step 2-agreement timeout $(cap 90 $(( KEEP + 30 ))) "$PY" bench/agreement.py --model "$MODEL" --batch $BA --tokens $TA --max-new-tokens $(( 2 * TA ))
-step 3-eval-start timeout $(cap 150 $KEEP) "$PY" run.py eval --model "$MODEL" --shots $SHOTS --limit $Q --max-new-tokens $NEW --batch-size 128 --out-dir "$OUT/eval-start"
+step 3-eval-start fresh "$OUT/eval-start" timeout $(cap 150 $KEEP) "$PY" run.py eval --model "$MODEL" --shots $SHOTS --limit $Q --max-new-tokens $NEW --batch-size 128 --out-dir "$OUT/eval-start"
 TRAIN_S=$(( $(left) - POST - TRAIN_SLACK ))  # seconds of training steps (--max-minutes takes a fraction)
 if ! wanted 4-train; then
   :
@@ -76,7 +79,7 @@ elif [ "$TRAIN_S" -ge "$TRAIN_MIN" ]; then
   step 4-train timeout $(( TRAIN_S + TRAIN_SLACK )) "$PY" run.py train --model "$MODEL" --shots $SHOTS \
        --max-minutes "$(( TRAIN_S / 60 )).$(printf %03d $(( TRAIN_S % 60 * 1000 / 60 )))" --steps 100000 --eval-every 0 --save-every 100000 \
        --out-dir "$OUT/train" $( [ "${SMALL:-0}" = 1 ] && echo --prompts-per-step 1 --group-size 2 --max-new-tokens $NEW )
-  STEPS=${STEPS:+$STEPS 4-eval-trained} step 4-eval-trained timeout $(cap 150 $(( POST - 45 ))) "$PY" run.py eval --model "$OUT/train/final_hf" --shots $SHOTS --limit $Q --max-new-tokens $NEW --batch-size 128 --out-dir "$OUT/eval-trained"
+  STEPS=${STEPS:+$STEPS 4-eval-trained} step 4-eval-trained fresh "$OUT/eval-trained" timeout $(cap 150 $(( POST - 45 ))) "$PY" run.py eval --model "$OUT/train/final_hf" --shots $SHOTS --limit $Q --max-new-tokens $NEW --batch-size 128 --out-dir "$OUT/eval-trained"
 else
   echo "4-train skipped: no time left" | tee -a "$OUT/steps.txt"
 fi
@@ -125,7 +128,7 @@ elif [ "$(left)" -lt 60 ]; then
   echo "5-mcts-static, 5-mcts-dynamic skipped: no time left for the pair" | tee -a "$OUT/steps.txt"
 else
   for mode in static dynamic; do
-    step 5-mcts-$mode timeout $(cap 120 $([ $mode = static ] && echo 30 || echo 0)) "$PY" run.py eval --model "$MODEL" \
+    step 5-mcts-$mode fresh "$OUT/mcts-$mode" timeout $(cap 120 $([ $mode = static ] && echo 30 || echo 0)) "$PY" run.py eval --model "$MODEL" \
          --shots $SHOTS --search mcts --limit $QD --n-simulations 4 --max-new-tokens $NEW --batch-size $QD --decode $mode \
          --out-dir "$OUT/mcts-$mode"
   done

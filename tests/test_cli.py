@@ -383,3 +383,19 @@ def test_ctrl_c_while_torch_imports_ends_the_command_in_one_line():
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)
     assert (p.returncode, err, out) == (130, "interrupted\n", "")
+    # a background job of a script starts with SIGINT ignored: it stays ignored (the guard switched it back on)
+    p = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "sample", "--help"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    time.sleep(0.3)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0 and "usage:" in out, err
+
+
+def test_an_out_dir_through_a_symlink_loop_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "loop").symlink_to("loop")
+    for command in ("eval", "train"):
+        assert run.main([command, "--out-dir", "loop/x"]) == 2  # (was a RuntimeError traceback)
+        err = capsys.readouterr().err
+        assert err.startswith("error: --out-dir loop/x cannot be made (") and err.count("\n") == 1, err

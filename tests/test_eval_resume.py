@@ -129,7 +129,9 @@ def test_what_cannot_be_resumed_is_one_line_before_loading(tiny_ckpt, tmp_path, 
     assert "ran on cuda, which this machine lacks: resume it on a machine with one" in refused(
         ["eval", "--resume", "--out-dir", str(out)])
     (out / "config.json").write_text(json.dumps({"steps": 3}))
-    assert "is not the config of a `run.py eval`" in refused(["eval", "--resume", "--out-dir", str(out)])
+    # (its advice names config.json too: removing the partial file alone, the eval is refused for that config.json)
+    assert (f"is not the config of a `run.py eval`: start it over by removing {out / 'predictions.jsonl.partial'} and "
+            f"{out / 'config.json'} and running") in refused(["eval", "--resume", "--out-dir", str(out)])
     (out / "config.json").write_text("{")
     assert "config.json is missing or not JSON" in refused(["eval", "--resume", "--out-dir", str(out)])
     (out / "config.json").write_text(json.dumps(config))

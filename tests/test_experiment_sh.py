@@ -44,6 +44,8 @@ def test_relative_paths_are_the_callers_and_an_interrupted_run_resumes(tmp_path)
     (out / "plain" / "checkpoints" / "step-000004" / "trainer_state.pt").write_bytes(b"")
     (out / "mcts").mkdir()
     (out / "mcts" / "metrics.jsonl").write_text("{}\n")  # stopped before its first checkpoint
+    (out / "eval-plain-mcts").mkdir()
+    (out / "eval-plain-mcts" / "predictions.jsonl.partial").write_text("{}\n")  # an eval cut short
     p, train = experiment(tmp_path, "rel")
     assert p.returncode == 0, p.stderr
     assert train[0] == f"GSM8K_DIR={tmp_path}/g run.py train --resume {out}/plain"
@@ -53,3 +55,5 @@ def test_relative_paths_are_the_callers_and_an_interrupted_run_resumes(tmp_path)
     # the trained policies are evaluated from their run directories (the final checkpoint), final_hf or not
     evals = [c for c in (tmp_path / "calls").read_text().splitlines() if " run.py eval " in c]
     assert sum(f"--model {out}/plain " in c for c in evals) == 3 and sum(f"--model {out}/mcts " in c for c in evals) == 3
+    # the eval cut short continues (run again without --resume, it is refused: its answers are kept)
+    assert [c.endswith(f"--resume --out-dir {out}/eval-plain-mcts") for c in evals] == [False] * 5 + [True] + [False] * 3

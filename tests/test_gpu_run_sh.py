@@ -107,11 +107,17 @@ def test_steps_runs_only_the_named_steps(tmp_path):
     env = {**os.environ, "PYTHON": str(fake), "CALLS": str(tmp_path / "calls"), "HAS_PYTEST": "1",
            "STEPS": "2-sampler-b64 1-cuda 5-mcts"}
     env.pop("SMALL", None)
+    for d in ("mcts-static", "eval-start"):  # a first run's outputs, one of them an eval cut short by its limit
+        (tmp_path / "out" / d).mkdir(parents=True)
+        (tmp_path / "out" / d / "predictions.jsonl.partial").write_text("{}\n")
     p = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_run.sh"), "MODEL", str(tmp_path / "out"), "5"],
                        env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     steps = [s.split(" rc=")[0] for s in (tmp_path / "out" / "steps.txt").read_text().splitlines()]
     assert steps == ["1-env", "2-sampler-b64", "1-cuda-tests", "5-mcts-static", "5-mcts-dynamic"]  # (the card's name)
+    # a step run again measures again, on an empty directory (eval refuses an interrupted eval's); others are kept
+    assert not (tmp_path / "out" / "mcts-static" / "predictions.jsonl.partial").exists()
+    assert (tmp_path / "out" / "eval-start" / "predictions.jsonl.partial").exists()
     calls = (tmp_path / "calls").read_text().splitlines()
     assert not any("run.py train" in c for c in calls)
     # nothing kept for training it will not run: the sampler step gets its whole 240 s
