@@ -15,7 +15,8 @@ from grpo.checkpointing import checkpoint_dirs
 
 LESS_MEMORY = {  # what holds each command's largest tensors at once
     "train": "lower --micro-batch (completions per forward/backward) or --logprob-chunk, or --prompts-per-step x "
-             "--group-size (the completions sampled at once, per process)",
+             "--group-size (the completions sampled at once, per process), or tree search's --mcts-simulations x "
+             "--mcts-children",
     "eval": "lower --batch-size (questions at once; each with --n answers, or tree search's --children rows and "
             "--n-simulations x --children nodes)",
     "sample": "lower --limit (every question is answered at once)",

@@ -98,6 +98,31 @@ def parse_answer(text: str) -> str | None:
 
 
 @torch.no_grad()
+def check_trees_fit(B: int, N: int, K: int, S: int) -> None:
+    """B trees of N nodes are allocated whole before the first simulation (the tree, each node's S tokens and
+    log-probs, the rollout records: about 8K + 12S + 81 bytes a node). Past the memory free, say so as an
+    out-of-memory error (one line, naming the flags) rather than touch it: on Linux the zero-filled tensors are
+    taken page by page, and the kernel's OOM killer ends the process with no line at all (an audit's
+    --mcts-simulations 100000000)."""
+    need = B * N * (8 * K + 12 * S + 81)
+    free = available_memory()
+    if free is not None and need > free:
+        size = lambda n: f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n} bytes"  # noqa: E731
+        raise torch.OutOfMemoryError(f"tree search's {B} tree(s) of {N} nodes need {size(need)}, {size(free)} are free")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (Linux's MemAvailable); None where it does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def search(
     model: Transformer,
     tokenizer,
@@ -131,6 +156,7 @@ def search(
     nl = newline_table(tokenizer) if cfg.step == "newline" else None
     roll_cap = S * (1 + cfg.rollout_depth)  # tokens one expansion samples at most: the step and its rollout
 
+    check_trees_fit(B, 1 + cfg.n_simulations * K, K, S)
     tree = Tree.empty(B, 1 + cfg.n_simulations * K, K)
     N = tree.max_nodes
     steps = torch.full((B, N, S), pad, dtype=torch.long)  # [B, N, S] each node's own tokens

@@ -284,3 +284,19 @@ def test_a_full_disk_under_the_predictions_names_the_file(tmp_path):
     with pytest.raises(OSError) as e:
         evaluate(model, tok, [Problem("q", "1", "", 0)], EvalConfig(max_new_tokens=2), out_path=path, progress=False)
     assert e.value.filename == str(path) and "No space left" in e.value.strerror
+
+
+def test_trees_larger_than_the_free_memory_are_one_out_of_memory_line(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    """A CLI audit's --mcts-simulations 100000000 allocated the trees page by page until the kernel's OOM killer
+    ended the process, with no line of ours (and the machine's other processes at risk): refused before allocating."""
+    import mcts.search as S
+
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    assert S.available_memory() > 0  # (Linux: read from /proc/meminfo)
+    monkeypatch.setattr(S, "available_memory", lambda: 100)
+    out = tmp_path / "ev"
+    assert run.main(["eval", "--model", tiny_ckpt, "--search", "mcts", "--n-simulations", "3", "--children", "2",
+                     "--step", "tokens:4", "--limit", "1", "--max-new-tokens", "8", "--device", "cpu", "--out-dir", str(out)]) == 2
+    line = capsys.readouterr().err.splitlines()[-1]  # (after the progress bar)
+    assert line.startswith("error: out of memory (tree search's 1 tree(s) of 7 nodes need 1015 bytes, 100 bytes are "
+                           "free): lower --batch-size") and "--n-simulations x --children nodes" in line, line

@@ -443,7 +443,8 @@ def test_out_of_memory_is_one_line_naming_the_flags_that_use_less(tiny_ckpt, tmp
         assert run.main(["train", "--resume", str(out), "--max-minutes", "9"]) == 2
         assert capsys.readouterr().err == (
             f"error: out of memory ({what}): lower --micro-batch (completions per forward/backward) or --logprob-chunk, or "
-            f"--prompts-per-step x --group-size (the completions sampled at once, per process); `run.py train --resume {out}` "
+            f"--prompts-per-step x --group-size (the completions sampled at once, per process), or tree search's "
+            f"--mcts-simulations x --mcts-children; `run.py train --resume {out}` "
             f"continues from its last checkpoint\n")
         assert run.main(["eval", "--limit", "1", "--out-dir", str(tmp_path / "ev")]) == 2
         assert capsys.readouterr().err == (f"error: out of memory ({what}): lower --batch-size (questions at once; each with "
