@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -124,8 +125,11 @@ class RunLog:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
+        # a non-finite value (a skipped update's loss) is written as null: JSON has no NaN, and strict readers (jq)
+        # refuse the bare NaN json.dumps writes; TensorBoard below gets the value itself
+        row = {"step": step, **{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}}
         with naming(self.metrics_path), self.metrics_path.open("a") as f:  # opened per step: a killed run loses no finished line
-            f.write(json.dumps({"step": step, **metrics}) + "\n")
+            f.write(json.dumps(row) + "\n")
         with naming(self.tb_dir):  # (the writer thread's error comes back here, without a filename)
             for k, v in metrics.items():
                 self.tb.add_scalar(k, v, step)

@@ -85,8 +85,10 @@ def damaged(what: str, e: Exception) -> list[str]:
     return [f"| {what} | damaged ({why}), left out |"]
 
 
-def mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs)
+def mean(xs: list[float | None]) -> float:
+    """The mean of the values logged (metrics.jsonl writes a non-finite one, a skipped update's, as null)."""
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else float("nan")
 
 
 def log_rows(path: Path, prefixes: tuple[str, ...], label: str = "") -> list[str]:

@@ -72,7 +72,13 @@ def labels(runs: list[Path]) -> list[str]:
     return names if len(set(names)) == len(names) else [str(r) for r in runs]
 
 
-def mean(xs: list[float]) -> float:
+def nan_for_null(x: float | None) -> float:
+    return float("nan") if x is None else x  # (a gap in the curve)
+
+
+def mean(xs: list[float | None]) -> float:
+    """The mean of the values logged (metrics.jsonl writes a non-finite one, a skipped update's, as null)."""
+    xs = [x for x in xs if x is not None]
     return sum(xs) / len(xs) if xs else float("nan")
 
 
@@ -133,7 +139,7 @@ def main(argv: list[str]) -> None:
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(15, 4))
     for name, ms in data.items():
         st = [m for m in ms if "reward" in m]
-        a1.plot([m.get("rollout/generated_tokens_total", m["step"]) for m in st], [m["reward"] for m in st], marker=".", label=name)
+        a1.plot([m.get("rollout/generated_tokens_total", m["step"]) for m in st], [nan_for_null(m["reward"]) for m in st], marker=".", label=name)
         ev = [(m.get("rollout/generated_tokens_total", m["step"]), m["eval/accuracy_lenient"], m["eval/accuracy_strict"],
                m.get("eval/format_soft_rate", float("nan"))) for m in ms if "eval/accuracy_strict" in m]
         if ev:

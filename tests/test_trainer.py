@@ -587,3 +587,30 @@ def test_a_resume_cuts_the_logs_back_past_torn_and_damaged_lines(tmp_path):
     log = RunLog.__new__(RunLog)
     log.metrics_path = path
     assert log.logged_evaluation(0) and not log.logged_evaluation(1)
+
+
+def test_a_non_finite_metric_is_null_in_metrics_jsonl_and_the_summaries_read_it(tmp_path):
+    """json.dumps wrote a skipped update's loss as a bare NaN, which is not JSON: strict readers (jq) refused the
+    file (a CLI audit). It is null there now, and the scripts that read the file average around it."""
+    import importlib.util
+    import json
+
+    from conftest import ROOT
+
+    from grpo.metrics import RunLog
+
+    log = RunLog(tmp_path)
+    log.log(1, {"loss": float("nan"), "reward": 0.5, "grad_norm": float("inf")})
+    log.log(2, {"loss": 0.25, "reward": float("nan")})
+    log.close()
+
+    def strict(text):
+        raise ValueError(f"not JSON: {text}")
+
+    rows = [json.loads(line, parse_constant=strict) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [{"step": 1, "loss": None, "reward": 0.5, "grad_norm": None}, {"step": 2, "loss": 0.25, "reward": None}]
+    for name in ("plot_runs", "gpu_summary"):
+        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        assert mod.mean([r["reward"] for r in rows]) == 0.5
