@@ -58,6 +58,7 @@ def take(out: Path, command: str) -> None:
     checkpoint clears its outputs, two evals append to one partial file. An flock on OUT/.lock, which the OS
     releases when the process ends, however it ends (a crash leaves no stale lock); the file is removed when the
     command ends. Under torchrun rank 0 takes it for the group."""
+    refuse_misshapen_outputs(out, command)
     if fcntl is None or D.launch_rank() != 0:
         return
     path = out / LOCK_FILE
@@ -86,6 +87,21 @@ def take(out: Path, command: str) -> None:
     f.write(f"pid {os.getpid()} on {socket.gethostname()}: run.py {command}\n")
     f.flush()
     LOCKS.append((path, f))
+
+
+# what each command appends to (its logs, its partial answers) and whether it is a file or a directory
+APPENDED = {"train": {"metrics.jsonl": True, "samples.jsonl": True, "tb": False},
+            "eval": {"predictions.jsonl.partial": True, "trees.jsonl.partial": True}}
+
+
+def refuse_misshapen_outputs(out: Path, command: str) -> None:
+    """A log a command appends to that is a directory (or its TensorBoard directory a file) failed with a traceback,
+    after a training step had run (a CLI audit): one line now, before anything loads."""
+    for name, is_file in APPENDED.get(command, {}).items():
+        path = out / name
+        if path.exists() and path.is_file() != is_file:
+            raise ValueError(f"{path} is {'a directory' if is_file else 'a file'}, where {command} keeps its "
+                             f"{'log' if name != 'tb' else 'TensorBoard events'}: move it away, or pass another --out-dir")
 
 
 def release_locks() -> None:

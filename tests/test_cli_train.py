@@ -590,3 +590,21 @@ def test_train_clears_only_what_a_train_began_and_removes_a_killed_writers_lefto
     assert run.main(["train", "--resume", str(out)]) == 0
     assert f"note: removed 1 half-written checkpoint (5 kB) that a killed run left in {out}" in capsys.readouterr().err
     assert not left.exists() and [p.name for p in checkpoint_dirs(out)] == ["step-000001", "step-000002"]
+
+
+def test_a_log_replaced_by_a_directory_is_one_line_before_anything_runs(tmp_path, monkeypatch, capsys):
+    """metrics.jsonl or samples.jsonl replaced by a directory, or tb/ by a file: a traceback after a step had run."""
+    _, out = _tiny_run(tmp_path, monkeypatch, steps=2, until_step=1, save_every=1)
+    for name, make in (("metrics.jsonl", "mkdir"), ("tb", "file")):
+        path = out / name
+        moved = path.with_name(name + ".real")
+        path.rename(moved)
+        path.mkdir() if make == "mkdir" else path.write_text("x")
+        capsys.readouterr()
+        assert run.main(["train", "--resume", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {path} is a {'directory' if make == 'mkdir' else 'file'}, where train keeps its ")
+        assert err.count("\n") == 1 and len(checkpoint_dirs(out)) == 1
+        path.rmdir() if make == "mkdir" else path.unlink()
+        moved.rename(path)
+    assert run.main(["train", "--resume", str(out)]) == 0
