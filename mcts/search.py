@@ -97,7 +97,6 @@ def parse_answer(text: str) -> str | None:
     return a if a is not None else parse_lenient(text)
 
 
-@torch.no_grad()
 def check_trees_fit(B: int, N: int, K: int, S: int) -> None:
     """B trees of N nodes are allocated whole before the first simulation (the tree, each node's S tokens and
     log-probs, the rollout records: about 8K + 12S + 81 bytes a node). Past the memory free, say so as an
@@ -123,6 +122,7 @@ def available_memory() -> int | None:
     return None
 
 
+@torch.no_grad()
 def search(
     model: Transformer,
     tokenizer,
@@ -156,9 +156,9 @@ def search(
     nl = newline_table(tokenizer) if cfg.step == "newline" else None
     roll_cap = S * (1 + cfg.rollout_depth)  # tokens one expansion samples at most: the step and its rollout
 
-    check_trees_fit(B, 1 + cfg.n_simulations * K, K, S)
-    tree = Tree.empty(B, 1 + cfg.n_simulations * K, K)
-    N = tree.max_nodes
+    N = 1 + cfg.n_simulations * K  # the root, then K children per simulation at most
+    check_trees_fit(B, N, K, S)
+    tree = Tree.empty(B, N, K)
     steps = torch.full((B, N, S), pad, dtype=torch.long)  # [B, N, S] each node's own tokens
     step_lp = torch.zeros(B, N, S)  # [B, N, S] their log-probs when sampled
     step_len = torch.zeros(B, N, dtype=torch.long)  # [B, N]
