@@ -75,7 +75,7 @@ def check_against_checkpoint(saved: dict, run_dir: Path) -> None:
         ck = json.loads(newest.read_text())
     except (OSError, ValueError):
         return  # (a damaged copy: the checkpoint's own checks name it when it loads)
-    if not isinstance(saved, dict) or not isinstance(ck, dict):
+    if not isinstance(ck, dict):  # (`saved` is one: cmd_train refuses a config.json that is not)
         return
     free = set(RESUME_MAY_CHANGE) | {"resume", "out_dir"}  # (a resume records itself; a run directory may move)
     differ = sorted(k for k in set(saved) & set(ck) & set(TrainConfig.__dataclass_fields__) - free if saved[k] != ck[k])

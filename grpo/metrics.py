@@ -139,10 +139,8 @@ class RunLog:
         """Whether metrics.jsonl holds an evaluation's line for `step` (a torn line does not count)."""
         if not self.metrics_path.is_file():
             return False
-        for line in self.metrics_path.read_text(errors="replace").splitlines():
-            if step_of(line) == step and any(k.startswith("eval/") for k in json.loads(line)):
-                return True
-        return False
+        rows = map(metrics_row, self.metrics_path.read_text(errors="replace").splitlines())
+        return any(row is not None and row["step"] == step and any(k.startswith("eval/") for k in row) for row in rows)
 
     def log_samples(self, step: int, rows: list[dict]) -> None:
         if not self.enabled:
@@ -190,15 +188,14 @@ def quiet_full_disk_in_tensorboard_thread() -> None:
     threading.excepthook = hook
 
 
-def step_of(line: str) -> int | None:
-    """The step of a metrics.jsonl line; None for a line that is not one (torn by a kill mid-write, or damaged:
+def metrics_row(line: str) -> dict | None:
+    """A metrics.jsonl line as its row; None for a line that is not one (torn by a kill mid-write, or damaged:
     not a JSON object with a whole-number step)."""
     try:
         row = json.loads(line)
     except ValueError:
         return None
-    step = row.get("step") if isinstance(row, dict) else None
-    return step if type(step) is int else None
+    return row if isinstance(row, dict) and type(row.get("step")) is int else None
 
 
 def truncate_log(path: Path, last_step: int) -> None:
@@ -206,6 +203,6 @@ def truncate_log(path: Path, last_step: int) -> None:
     A line that is not a step's (the torn last line of a run killed mid-write, or a damaged one) is dropped too."""
     if not path.is_file():
         return
-    steps = [(line, step_of(line)) for line in path.read_text(errors="replace").splitlines()]
-    keep = [line for line, step in steps if step is not None and step <= last_step]
+    rows = [(line, metrics_row(line)) for line in path.read_text(errors="replace").splitlines()]
+    keep = [line for line, row in rows if row is not None and row["step"] <= last_step]
     path.write_text("".join(l + "\n" for l in keep))
