@@ -32,7 +32,7 @@ class TrainConfig:
     shots: int = field(default=2, metadata={"help": "k-shot examples (the first train problems, then not trained on) in every prompt; "
                                             "zero-shot the default 135M model never writes the rewarded format, every reward is 0 "
                                             "and GRPO learns nothing (docs/RESULTS.md); 0 gives the recipe's zero-shot prompt"})
-    rewards: str = field(default="", metadata={"help": "the rewards used and their weights, e.g. 'correctness=1,xmlcount=0.5' (a reward not named is not used); '' = all five at weight 1"})
+    rewards: str = field(default="", metadata={"help": "the rewards used and their weights, e.g. 'correctness=1,xmlcount=0.5' (a reward not named is not used; a negative weight makes a reward a penalty); '' = all five at weight 1"})
     adv_scale: str = field(default="group", metadata={"help": f"advantage normalisation: {' | '.join(ADV_SCALES)}"})
     loss_agg: str = field(default="seq-mean-token-mean", metadata={"help": f"loss aggregation: {' | '.join(AGGREGATIONS)}"})
     beta: float = field(default=0.04, metadata={"help": "KL penalty weight; 0 skips the reference model entirely"})

@@ -71,6 +71,8 @@ def test_reward_set_weights_and_reports_each_function():
     assert out.total == [pytest.approx(2.0 + 0.25), 0.0]
     full = RewardSet()([PERFECT], answers=["42"])
     assert full.total == [pytest.approx(2.0 + 0.5 + 0.5 + 0.5 + 0.5)]
+    # a negative weight is a penalty (the help says so): a correct answer with correctness=-1 costs its 2.0
+    assert RewardSet.parse("correctness=-1,xmlcount=0.5")([PERFECT], answers=["42"]).total == [pytest.approx(-2.0 + 0.25)]
     with pytest.raises(ValueError, match="unknown reward"):
         RewardSet.parse("accuracy=1")
     with pytest.raises(ValueError, match="bad reward weight"):
