@@ -24,7 +24,6 @@ import os
 import shutil
 import signal
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +49,7 @@ from grpo.evaluate import EvalConfig, answers_per_question, evaluate
 from grpo.flags import OneLineParser, add_config_args, config_from_args, given_fields, more_than_asked, note, unused_flags_note
 from grpo.out_dir import (EVAL_OUTPUTS, MADE_DIRS, TRAIN_OUTPUTS, clear_outputs, holds_a_model, lets_go, make_out_dir,
                           refuse_foreign_out_dir, remove_made_dirs, take)
-from grpo.stops import stop_line, terminate
+from grpo.stops import stop_line, stop_signals
 from grpo.limits import TrainingError
 from grpo.trainer import Trainer
 from mcts.inspect import InspectConfig, log_tree_stats, print_tree
@@ -362,30 +361,27 @@ def main(argv=None) -> int:
     cls, fn, _ = COMMANDS[args.command]
     given = given_fields(sys.argv[1:] if argv is None else argv, cls)
     MADE_DIRS.clear()
-    before = signal.signal(signal.SIGTERM, terminate) if threading.current_thread() is threading.main_thread() else None
-    try:
-        cfg = config_from_args(cls, args)
-        fn(cfg, given) if fn in (cmd_train, cmd_eval) else fn(cfg)
-    except (ModelSpecError, DataError, ValueError, FileNotFoundError, TrainingError) as e:
-        remove_made_dirs()
-        if D.reports(e):  # under torchrun every rank meets a bad flag: one line, not one per process
-            print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (RuntimeError, OSError, KeyboardInterrupt) as e:  # stopped part-way (grpo/stops.py): Ctrl-C, SIGTERM, out of
-        remove_made_dirs()                                   # memory, a full disk: one line, and what continues it
-        said = stop_line(e, args)
-        if said is None:
-            raise  # (an unforeseen failure: its traceback, as below)
-        line, code, every_rank = said
-        if every_rank or D.reports():
-            print(line, file=sys.stderr)
-        return code
-    except BaseException:  # a bug or a failure nobody foresaw: its traceback, but no empty --out-dir left behind
-        remove_made_dirs()
-        raise
-    finally:
-        if before is not None:
-            signal.signal(signal.SIGTERM, before)
+    with stop_signals():  # Ctrl-C and SIGTERM: one stop, its cleanup not cut short by a second
+        try:
+            cfg = config_from_args(cls, args)
+            fn(cfg, given) if fn in (cmd_train, cmd_eval) else fn(cfg)
+        except (ModelSpecError, DataError, ValueError, FileNotFoundError, TrainingError) as e:
+            remove_made_dirs()
+            if D.reports(e):  # under torchrun every rank meets a bad flag: one line, not one per process
+                print(f"error: {e}", file=sys.stderr)
+            return 2
+        except (RuntimeError, OSError, KeyboardInterrupt) as e:  # stopped part-way (grpo/stops.py): Ctrl-C, SIGTERM, out of
+            remove_made_dirs()                                   # memory, a full disk: one line, and what continues it
+            said = stop_line(e, args)
+            if said is None:
+                raise  # (an unforeseen failure: its traceback, as below)
+            line, code, every_rank = said
+            if every_rank or D.reports():
+                print(line, file=sys.stderr)
+            return code
+        except BaseException:  # a bug or a failure nobody foresaw: its traceback, but no empty --out-dir left behind
+            remove_made_dirs()
+            raise
     return 0
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import errno
 import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -54,8 +56,36 @@ class Terminated(KeyboardInterrupt):
     ends as Ctrl-C does: its files closed, its out-dir let go, one line that says how to continue."""
 
 
-def terminate(signum, frame):
-    raise Terminated
+@contextmanager
+def stop_signals():
+    """Within: SIGTERM raises Terminated and Ctrl-C KeyboardInterrupt where the command is, once. The first of
+    either sets both to be ignored, so that a second Ctrl-C, pressed while the stop closes the command's files and
+    lets its out-dir go, cannot cut that short: it did, with a traceback from inside run.py's own cleanup, or the
+    process killed by SIGINT at exit. A signal already ignored (SIGINT in a script's background job) stays
+    ignored. Off the main thread, where handlers cannot be set: nothing. The handlers from before are put back
+    unless a signal came (the process is then on its way out)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    before = {s: signal.getsignal(s) for s in sigs}
+    came: list[int] = []
+
+    def stop(signum, frame):
+        came.append(signum)
+        for s in sigs:
+            signal.signal(s, signal.SIG_IGN)
+        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+    for s in sigs:
+        if before[s] is not signal.SIG_IGN:
+            signal.signal(s, stop)
+    try:
+        yield
+    finally:
+        if not came:
+            for s in sigs:
+                signal.signal(s, before[s])
 
 
 def stop_line(e: BaseException, args) -> tuple[str, int, bool] | None:

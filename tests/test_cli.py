@@ -392,6 +392,45 @@ def test_ctrl_c_while_torch_imports_ends_the_command_in_one_line():
     assert p.returncode == 0 and "usage:" in out, err
 
 
+def test_a_second_ctrl_c_during_the_stop_is_ignored_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """Ctrl-C pressed twice: the second landed in run.py's own cleanup after the first (removing the dirs it made),
+    a KeyboardInterrupt traceback instead of the one line (seen at 0.02 s apart on the smoke preset), or later the
+    process killed by SIGINT at exit. Real signals here, sent by the command to itself: the first stops it, the second
+    comes in the cleanup and is ignored; SIGTERM too, once one of them came. Handlers are put back after a command
+    that no signal stopped."""
+    import os
+    import signal
+
+    def first(*a, **k):
+        os.kill(os.getpid(), signal.SIGINT)  # (its handler runs at the next bytecode: raised here)
+        pytest.fail("the first Ctrl-C did not stop the command")
+
+    def second():
+        os.kill(os.getpid(), signal.SIGINT)  # would raise KeyboardInterrupt out of main, past its one line
+        os.kill(os.getpid(), signal.SIGTERM)  # would raise Terminated
+        cleaned.append(True)
+
+    cleaned = []
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    monkeypatch.setattr(run, "load_spec", first)
+    monkeypatch.setattr(run, "remove_made_dirs", second)
+    sigint, sigterm = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        try:
+            assert run.main(["eval", "--limit", "1", "--out-dir", str(tmp_path / "ev")]) == 130
+        except KeyboardInterrupt:
+            pytest.fail("the second Ctrl-C, in the stop's cleanup, escaped main: a traceback")
+        assert cleaned == [True] and capsys.readouterr().err.splitlines()[-1] == "interrupted"
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # on its way out: stays ignored
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+        signal.signal(signal.SIGTERM, sigterm)
+    monkeypatch.setattr(run, "load_spec", lambda *a, **k: (_ for _ in ()).throw(ValueError("no such model")))
+    monkeypatch.setattr(run, "remove_made_dirs", lambda: None)
+    assert run.main(["eval", "--limit", "1", "--out-dir", str(tmp_path / "ev2")]) == 2
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == (sigint, sigterm)
+
+
 def test_an_out_dir_through_a_symlink_loop_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "loop").symlink_to("loop")
