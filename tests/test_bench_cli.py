@@ -47,6 +47,8 @@ def refused(name: str, argv: list[str], capsys) -> str:
     ("agreement", ["--tokens", "0"], "--tokens must be >= 1, got 0"),
     ("agreement", ["--model", "/nonexistent", "--device", "cpu"], "model path /nonexistent does not exist"),
     ("decode_ops", ["--batch", "-1"], "--batch must be >= 1, got -1"),
+    ("decode_split", ["--slots", "0"], "--slots must be >= 1, got 0"),
+    ("decode_split", ["--batch", "6", "--group", "4"], "--group 4 does not divide --batch 6: use a --batch of whole groups"),
     ("grpo_step", ["--micro-batch", "0"], "--micro-batch must be >= 1, got 0"),
     ("grpo_step", ["--gsm8k", "/nonexistent"], "--gsm8k /nonexistent: no such file or directory"),
     ("precision", ["--decode-rows", "0"], "--decode-rows must be >= 1, got 0"),
@@ -78,7 +80,7 @@ def test_bad_input_is_one_line_naming_it(name, argv, says, capsys, tmp_path, mon
     assert says in refused(name, argv, capsys)
 
 
-@pytest.mark.parametrize("name", ["agreement", "attention", "compare", "decode_ops", "group_sampling", "mcts",
+@pytest.mark.parametrize("name", ["agreement", "attention", "compare", "decode_ops", "decode_split", "group_sampling", "mcts",
                                   "mcts_answer", "sampler"])
 def test_a_usage_error_is_one_line_without_the_usage_block(name, capsys):
     """As run.py's: argparse printed its usage block (3-8 lines) above the one line that matters."""
@@ -261,6 +263,47 @@ def test_linear_bench_measures_each_path_it_names(capsys, monkeypatch):
         assert [(r[0], r[1]) for r in rows] == [("8x16", "1"), ("8x16", "3"), ("16x4", "1"), ("16x4", "3")]
         assert all((r[5] == "n/a") != can for r in rows)
         assert out[-1].startswith("float32 packed/plain over all rows and shapes: ")
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_decode_split_replays_each_part_and_splits_the_step_into_three(group, capsys, monkeypatch):
+    """bench/decode_split.py: while a part is replayed its real function is not called (no matmul, no attention, in
+    the plain or the shared form as --group picks); the three parts printed add up to the whole step."""
+    mod = bench("decode_split")
+    models, made = [], []
+    monkeypatch.setattr(mod, "load", lambda spec, **kw: (models.append(from_hf_model(tiny_hf_model())) or models[-1], tiny_tokenizer()))
+
+    class Recorded(mod.Replay):
+        def __init__(self, fn):
+            super().__init__(fn)
+            made.append(self)
+
+    monkeypatch.setattr(mod, "Replay", Recorded)
+    mod.main(["--device", "cpu", "--batch", "4", "--group", str(group), "--slots", "5", "--steps", "2"])
+    out = capsys.readouterr().out.splitlines()
+    L = models[0].cfg.n_layers
+    lin, plain, shared = made
+    # 3 warm-up steps and 2 timed whole steps call the linear layers (4 a layer and the LM head); 2 more steps with
+    # them replayed call attention too; the last 2 call neither
+    assert lin.calls == 5 * (4 * L + 1)
+    assert (plain.calls, shared.calls) == ((7 * L, 0) if group == 1 else (0, 7 * L))
+    assert out[0].endswith(f"rows=4 ({4 // group} prompts x {group}{', sharing their keys/values' if group > 1 else ''}) "
+                           "cached slots=5 steps=2 (medians)")
+    ms = lambda line, key: float(line.split(key)[1].split(" ms")[0])  # noqa: E731
+    whole, no_linear, rest = ms(out[1], "whole step: "), ms(out[2], "linear layers replayed: "), ms(out[3], "attention replayed too: ")
+    assert ms(out[2], "the linear layers: ") == pytest.approx(whole - no_linear, abs=0.011)
+    assert ms(out[3], "attention: ") == pytest.approx(no_linear - rest, abs=0.011) and ms(out[3], "the rest: ") == rest
+
+
+def test_a_replay_hands_back_what_was_recorded_in_order_without_calling():
+    mod = bench("decode_split")
+    calls = []
+    r = mod.Replay(lambda x: calls.append(x) or x * 10)
+    r.start_step()
+    assert [r(1), r(2)] == [10, 20] and r.calls == 2
+    r.replaying = True
+    r.start_step()
+    assert [r(7), r(8)] == [10, 20] and calls == [1, 2] and r.calls == 2  # the kept outputs, the function not called
 
 
 def test_attention_bench_prints_both_forms_side_by_side(capsys):
