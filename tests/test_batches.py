@@ -50,3 +50,25 @@ def test_a_batch_larger_than_the_data_repeats_problems_rather_than_failing():
     order = EpochOrder(3, 5, seed=0)
     flat = [i for s in range(3) for i in order.step(s)]
     assert all(sorted(flat[e * 3 : e * 3 + 3]) == [0, 1, 2] for e in range(5))
+
+
+@pytest.mark.parametrize("n,B", [(10, 4), (7, 3), (5, 2), (10, 6)])
+def test_the_boundary_swap_follows_the_documented_rule(n, B):
+    """The rule written out as a loop: epoch e's head (the straddling batch's B - a positions, a = e*n mod B) gives
+    each problem that the batch already took from epoch e-1's tail to the first later position (from B - a on) whose
+    problem is not in that tail, in order; nothing else moves. Every other order would also avoid repeats, but a run
+    resumed under another order would train on other prompts."""
+    for seed in range(20):
+        order = EpochOrder(n, B, seed)
+        for e in range(1, 6):
+            a = (e * n) % B
+            if a == 0:
+                continue
+            prev = order.permutation(e - 1).tolist()
+            want = torch.randperm(n, generator=torch.Generator().manual_seed(seed + e)).tolist()
+            tail, head = set(prev[n - a :]), B - a
+            for i in range(head):
+                if want[i] in tail:
+                    j = next(j for j in range(head, n) if want[j] not in tail)
+                    want[i], want[j] = want[j], want[i]
+            assert order.permutation(e).tolist() == want, (seed, e)

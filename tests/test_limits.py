@@ -37,6 +37,7 @@ def test_the_notes_come_once_and_only_when_they_apply():
     zero_shot = TrainConfig(shots=0, eval_limit=7)
     assert "format on the 7 evaluation questions" in no_format_note(zero_shot, {"eval/format_soft_rate": 0.0})
     assert no_format_note(zero_shot, {"eval/format_soft_rate": 0.1}) is None
+    assert no_format_note(zero_shot, {}) is None  # no format rate measured (no evaluation of the start): no claim
     assert no_format_note(TrainConfig(shots=2), {"eval/format_soft_rate": 0.0}) is None
 
 

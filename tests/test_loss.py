@@ -134,3 +134,71 @@ def test_padding_cannot_poison_the_loss():
     loss, st = policy_loss(logp, old, ref, torch.tensor([1.0]), mask, beta=0.04)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logp.grad).all() and logp.grad[0, 2] == 0
+
+
+def test_policy_and_old_logprobs_at_padding_cannot_poison_the_loss_either():
+    """The padding's policy and old log-probs (the training pass's and the recomputed old pass's log-probs of pad
+    tokens) are arbitrary too: on a row with A < 0, logp = +100 or old = -100 there makes ratio = e^100 = inf and
+    -min(-inf, -0.8) = +inf; logp = -100 with a reference makes the k3 term e^(0 + 100) = inf. All must be zeroed
+    before the exp(), or inf * 0 = NaN reaches the loss and the gradient."""
+    logp = torch.tensor([[-1.0, 100.0], [-1.0, -100.0]], requires_grad=True)
+    old = torch.tensor([[-1.0, -100.0], [-1.0, 0.0]])
+    ref = torch.tensor([[-1.0, 0.0], [-1.0, 0.0]])
+    mask = torch.tensor([[True, False], [True, False]])
+    loss, st = policy_loss(logp, old, ref, torch.tensor([-1.0, 1.0]), mask, beta=0.04)
+    loss.backward()
+    # on the two real tokens ratio = 1 and KL = 0: per-token losses +1 and -1, mean 0
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(0.0, abs=1e-7)
+    assert torch.isfinite(logp.grad).all() and (logp.grad[:, 1] == 0).all()
+
+
+def test_asymmetric_clip_bounds_by_hand():
+    """Clip-higher (DAPO, Yu et al. 2025, eq. 10): the ratio is clipped to [1 - eps_low, 1 + eps_high], here
+    [0.8, 1.28]. Row 0 (A = +1) ratios 1.25, 1.3: -min(1.25, 1.28) = -1.25 (unclipped, d/dlogp = -ratio * A = -1.25)
+    and -min(1.3, 1.28) = -1.28 (clipped, no gradient). Row 1 (A = -1) ratios 0.75, 0.85: -min(-0.75, -0.8) = 0.8
+    (clipped, no gradient) and 0.85 (unclipped, d/dlogp = +0.85). seq-mean-token-mean: ((-1.25 - 1.28) / 2 +
+    (0.8 + 0.85) / 2) / 2 = -0.22; each token's gradient is divided by 2 tokens x 2 sequences."""
+    logp = torch.log(torch.tensor([[1.25, 1.3], [0.75, 0.85]])).requires_grad_()
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    loss, st = policy_loss(logp, torch.zeros(2, 2), None, torch.tensor([1.0, -1.0]), mask, eps_low=0.2, eps_high=0.28,
+                           beta=0.0)
+    loss.backward()
+    assert loss.item() == pytest.approx(-0.22, abs=1e-6)
+    assert torch.allclose(logp.grad, torch.tensor([[-1.25 / 4, 0.0], [0.0, 0.85 / 4]]), atol=1e-6)
+    # one token above 1 + eps_high with A > 0, one below 1 - eps_low with A < 0 (1.25 > 1.2 is not clipped here)
+    assert st.clip_high == pytest.approx(1 / 4) and st.clip_low == pytest.approx(1 / 4)
+
+
+def test_per_token_advantages_by_hand():
+    """Tree rollouts give each token its own advantage ([N, T]); clipping and the stats then go token by token.
+    Ratios [[1, 1.5, pad], [0.5, 0.5, 1]], A [[1, 0, pad], [-1, 0, 3]]:
+      (0,0) -min(1, 1) = -1, grad -1;  (0,1) A = 0: 0, grad 0;  (1,0) -min(-0.5, -0.8) = 0.8, clipped, grad 0;
+      (1,1) A = 0: 0;  (1,2) -3, grad -3.
+    seq-mean-token-mean: ((-1 + 0) / 2 + (0.8 + 0 - 3) / 3) / 2 = -37/60; token-mean: (-1 + 0.8 - 3) / 5 = -0.64."""
+    logp = torch.log(torch.tensor([[1.0, 1.5, 1.0], [0.5, 0.5, 1.0]])).requires_grad_()
+    A = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 3.0]])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    loss, st = policy_loss(logp, torch.zeros(2, 3), None, A, mask, beta=0.0)
+    loss.backward()
+    assert loss.item() == pytest.approx(-37 / 60)
+    assert torch.allclose(logp.grad, torch.tensor([[-1 / 4, 0.0, 0.0], [0.0, 0.0, -3 / 6]]), atol=1e-6)
+    assert policy_loss(logp, torch.zeros(2, 3), None, A, mask, beta=0.0, agg="token-mean")[0].item() == pytest.approx(-0.64)
+    # stats over the 5 real tokens: a token with A = 0 is clipped in neither direction, whatever its ratio
+    assert st.clip_low == pytest.approx(1 / 5) and st.clip_high == 0.0
+    assert st.ratio == pytest.approx((1 + 1.5 + 0.5 + 0.5 + 1) / 5) and st.tokens == 5  # padding's ratio not counted
+    # a per-sequence advantage [N] is the same as that value on every token [N, T]
+    a = torch.tensor([0.7, -1.3])
+    one, _ = policy_loss(logp.detach(), torch.zeros(2, 3), None, a, mask, beta=0.0)
+    each, _ = policy_loss(logp.detach(), torch.zeros(2, 3), None, a[:, None].expand(2, 3), mask, beta=0.0)
+    assert torch.equal(one, each)
+
+
+def test_a_row_without_tokens_adds_nothing():
+    """seq-mean-token-mean divides each row's token sum by its token count: a row with none (0 / 0) must count 0,
+    not NaN. Row 0: one token, ratio 1, A = 1 -> -1; row 1 empty; mean over the 2 sequences: -0.5."""
+    logp = torch.zeros(2, 2, requires_grad=True)
+    mask = torch.tensor([[True, False], [False, False]])
+    loss, _ = policy_loss(logp, torch.zeros(2, 2), torch.zeros(2, 2), torch.tensor([1.0, 1.0]), mask, beta=0.04)
+    loss.backward()
+    assert loss.item() == pytest.approx(-0.5) and torch.isfinite(logp.grad).all()
+    assert torch.equal(logp.grad, torch.tensor([[-0.5, 0.0], [0.0, 0.0]]))

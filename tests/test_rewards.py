@@ -25,6 +25,10 @@ def test_correctness():
     assert got == [2.0, 2.0, 0.0, 0.0, 2.0, 0.0]
     with pytest.raises(ValueError):
         correctness_reward_func([PERFECT], answers=[])
+    with pytest.raises(ValueError):  # one answer too many is as wrong as one too few
+        correctness_reward_func([PERFECT], answers=["42", "42"])
+    # the gold is normalised too: "1,000" and "7.50" are the numbers 1000 and 7.5
+    assert correctness_reward_func(["<answer>\n1000\n</answer>", "<answer>$7.5</answer>"], answers=["1,000", "7.50"]) == [2.0, 2.0]
 
 
 def test_int():
@@ -61,6 +65,9 @@ def test_xmlcount_hand_worked():
     opened = "<reasoning>\nx\n</reasoning>\n<answer>\n42"
     assert count_xml(opened) == pytest.approx(0.375 - len(opened) * 0.001)
     assert count_xml("<reasoning>\n<reasoning>\n") == 0.0  # twice is not once
+    # two closing tags: that term pays nothing; the opening tag's term charges what follows the LAST one ("c": 1 char)
+    twice_closed = "<reasoning>\nx\n</reasoning>\n<answer>\n42\n</answer>\nab\n</answer>\nc"
+    assert count_xml(twice_closed) == pytest.approx(0.375 - 0.001)
     assert xmlcount_reward_func([PERFECT, ""]) == [pytest.approx(0.5), 0.0]
 
 
@@ -77,6 +84,20 @@ def test_reward_set_weights_and_reports_each_function():
         RewardSet.parse("accuracy=1")
     with pytest.raises(ValueError, match="bad reward weight"):
         RewardSet.parse("correctness=high")
+
+
+def test_reward_spec_parsing():
+    """A name without '=w' weighs 1; a zero weight beside a nonzero one is allowed (that reward is computed and
+    logged, and adds 0 to the total); all zero, a repeated name or a non-finite weight is refused."""
+    rs = RewardSet.parse("correctness,xmlcount=0")
+    assert rs.weights == {"correctness": 1.0, "xmlcount": 0.0}
+    out = rs([PERFECT], answers=["42"])
+    assert out.total == [2.0] and out.per_fn["xmlcount"] == [pytest.approx(0.5)]
+    assert RewardSet.parse(" ").weights == {name: 1.0 for name in ("correctness", "int", "strict_format", "soft_format", "xmlcount")}
+    for bad, msg in [("correctness=0,int=0", "weighs every reward 0"), ("int=1,int=2", "given twice"),
+                     ("correctness=nan", "finite"), ("correctness=inf", "finite")]:
+        with pytest.raises(ValueError, match=msg):
+            RewardSet.parse(bad)
 
 
 def test_no_string_makes_any_reward_raise():

@@ -48,6 +48,78 @@ def test_step_credit_counts_rollouts_cut_off_by_the_token_limit(monkeypatch):
     assert ro.token_advantages.tolist() == [[pytest.approx(w)] * 4 for w in want]
 
 
+def _fake_tree_search(monkeypatch, seen_values):
+    """A search that returns a fixed tree, scoring its rollouts with the value function collect_tree passes it.
+    Root 0 -> a 1 (2 tokens), b 2 (1 token); a -> c 3 (1 token). Rollouts in creation order:
+      r0 path a,c, 6 ids, "win",  finished      r1 path a, 4 ids, "lose", finished
+      r2 path b,   3 ids, "win",  cut off       r3 path a,c, 5 ids, "lose", finished"""
+    import grpo.tree_rollout as tr_mod
+    from mcts.interface import Candidates, RolloutRecord, SearchResult
+
+    spec = [(3, [1, 3], 6, "win", True), (1, [1], 4, "lose", True), (2, [2], 3, "win", False), (3, [1, 3], 5, "lose", True)]
+
+    def search(model, tok, prompts, scfg, seeds, seed, value):
+        ids = [[10 * i + t + 1 for t in range(n)] for i, (_, _, n, _, _) in enumerate(spec)]
+        texts = [text for *_, text, _ in spec]
+        vals = value(Candidates(texts, [None] * 4, [f for *_, f in spec], [[]] * 4, [0] * 4, ids))
+        seen_values.extend(vals)
+        recs = [RolloutRecord(node, text, None, v, fin, len(i), i, [-1.0] * len(i), path)
+                for (node, path, _, text, fin), i, v in zip(spec, ids, vals)]
+        return [SearchResult("win", None, 6, "stop", 10, 10, 4, records=recs, step_len=[0, 2, 1, 1], parent=[-1, 0, 0, 1])]
+
+    monkeypatch.setattr(tr_mod, "search", search)
+
+
+@pytest.mark.parametrize("advantage", ["step", "mix"])
+def test_token_advantages_follow_each_rollouts_path_by_hand(monkeypatch, advantage):
+    """Rewards: "win" 2 x 1 = 2, "lose" 0 (weights score=2, penalty=-1; the penalty pays 0). The search sees each
+    reward divided by the sum of the positive weights, 2: values 1, 0, 1, 0; collect_tree multiplies them back.
+    V (mean reward of the rollouts through a node): root (2+0+2+0)/4 = 1, a (r0, r1, r3) 2/3, b (r2) 2, c (r0, r3) 1.
+    A(n) = V(n) - V(parent): A(a) = -1/3, A(b) = +1, A(c) = +1/3. Rows: finished first (r0, r1, r3), then r2.
+    A token takes its node's A; tokens after the path (the rollout's tail) take the last node's:
+      r0: a a c | tail x3 -> [-1/3, -1/3, 1/3, 1/3, 1/3, 1/3];  r1: a a | tail x2 -> [-1/3] * 4
+      r3: a a c | tail x2 -> [-1/3, -1/3, 1/3, 1/3, 1/3];       r2: b | tail x2 -> [1] * 3
+    Outcome (--adv-scale none, Dr. GRPO: r - mean): group rewards [2, 0, 0, 2], mean 1 -> [1, -1, -1, 1].
+    mix = outcome + 0.5 * step."""
+    from data import Problem
+    from grpo.rewards import RewardSet
+    from grpo.tree_rollout import collect_tree
+    from mcts.interface import SearchConfig
+
+    seen = []
+    _fake_tree_search(monkeypatch, seen)
+
+    class Tok:
+        pad_token_id = 0
+
+    rs = RewardSet({"score": 2.0, "penalty": -1.0}, {"score": lambda texts, **_: [float(t == "win") for t in texts],
+                                                     "penalty": lambda texts, **_: [0.0] * len(texts)})
+    ro, _ = collect_tree(None, Tok(), [Problem("q", "0", "", 0)], [[1, 2]], [0], 4, SearchConfig(), rs, 0, 0, advantage,
+                         0.5, "none")
+    assert seen == [1.0, 0.0, 1.0, 0.0]  # rewards / 2, the sum of the positive weights
+    assert ro.finish == ["stop", "stop", "stop", "length"]
+    assert ro.rewards.tolist() == [[2.0, 0.0, 0.0, 2.0]] and ro.advantages.tolist() == [[1.0, -1.0, -1.0, 1.0]]
+    t = 1 / 3
+    step = [[-t, -t, t, t, t, t], [-t] * 4, [-t, -t, t, t, t], [1.0] * 3]
+    outcome = [1.0, -1.0, -1.0, 1.0]
+    want = step if advantage == "step" else [[o + 0.5 * a for a in row] for o, row in zip(outcome, step)]
+    for r in range(4):
+        n = len(want[r])
+        assert ro.mask[r].sum() == n and (ro.token_advantages[r, n:] == 0).all()
+        assert ro.token_advantages[r, :n].tolist() == pytest.approx(want[r]), r
+
+
+def test_search_config_sizes_the_search_for_the_group():
+    """--mcts-sims 0: two simulations per needed expansion, ceil(G / K) expansions: G = 8, K = 3 -> 2 * 3 = 6.
+    Rollouts run to the token limit: rollout_depth = ceil(max_new_tokens / step) = ceil(10 / 4) = 3 steps."""
+    from grpo.tree_rollout import search_config
+
+    cfg = search_config(8, 10, 1.0, 1.0, "", 0, 3, 1.0, "tokens:4", 48)
+    assert cfg.n_simulations == 6 and cfg.rollout_depth == 3 and cfg.children == 3
+    assert search_config(8, 10, 1.0, 1.0, "", 5, 3, 1.0, "tokens:4", 48).n_simulations == 5  # given: kept
+    assert search_config(8, 100, 1.0, 1.0, "", 0, 8, 1.0, "newline", 48).rollout_depth == 3  # a newline step: its cap, 48
+
+
 def test_use_tree_probability():
     assert not any(use_tree(0, s, i, 0.0) for s in range(10) for i in range(10))
     assert all(use_tree(0, s, i, 1.0) for s in range(10) for i in range(10))
@@ -209,11 +281,12 @@ def test_merge_puts_a_gpu_plain_part_and_a_cpu_tree_part_together(tmp_path):
     assert torch.equal(both.token_advantages[: len(idx) * 4], (tree.advantages + 1.0).flatten()[:, None] * tree.mask)
 
 
-@pytest.mark.parametrize("tree_advantage", ["mix", "step"])
+@pytest.mark.parametrize("tree_advantage", ["mix", "step", "outcome"])
 def test_the_batch_std_shift_moves_outcome_advantages_only(tree_advantage):
     """--adv-scale batch with plain and tree prompts in one step: the global batch's advantages replace each part's
     own. A plain row's per-token advantage is its outcome advantage on every token: it moves by the shift. A tree
-    row's moves by the same shift with --tree-advantage mix (the outcome term is in it), not with step (none is)."""
+    row's moves by the same shift with --tree-advantage mix or outcome (the outcome term is in it), not with step
+    (none is)."""
     from grpo.rollout import Rollout
 
     mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0]], dtype=torch.bool)  # [B*G, T] B=2, G=2
@@ -225,7 +298,7 @@ def test_the_batch_std_shift_moves_outcome_advantages_only(tree_advantage):
     new = torch.tensor([[2.0, -2.0], [1.0, -1.0]])
     with_batch_std(ro, new, 1, tree_advantage)
     assert torch.equal(ro.advantages, new)
-    tree_shift = [0.5, -0.5] if tree_advantage == "mix" else [0.0, 0.0]
+    tree_shift = [0.5, -0.5] if tree_advantage != "step" else [0.0, 0.0]  # outcome: the tokens hold it alone
     want = torch.tensor([[2.0, 2.0, 0.0], [-2.0, 0.0, 0.0],  # plain: the new outcome advantage on each token
                          [0.75 + tree_shift[0], 0.25 + tree_shift[0], 0.5 + tree_shift[0]],
                          [-0.5 + tree_shift[1], -0.25 + tree_shift[1], 0.0]])
