@@ -66,3 +66,57 @@ def test_bandit_halving_finds_the_best_arm():
     pick = final_root_child(root_scores(g, logp, total / sims, valid, sims, 50.0, 1.0), valid, sims)
     assert (pick == 3).float().mean() > 0.6  # uniform guessing: 0.25
     assert sims[:, 3].float().mean() > sims[:, 0].float().mean() + 2
+
+
+def test_root_scores_add_gumbel_noise_log_prior_and_sigma_hand_worked():
+    """Eq. 8 of Danihelka et al. 2022 at the root: g(a) + logits(a) + sigma(q_hat(a)), with logits = log prior.
+    g = [1.5, 0, -3], prior [0.5, 0.25, 0.25]: log prior = [-0.6931, -1.3863, -1.3863]; q = [0.2, 0.6, 1.0] ->
+    q_hat = [0, 0.5, 1]; sims [1, 2, 1]: (c_visit + max n) * c_scale = (50 + 2) * 0.1 = 5.2 -> sigma = [0, 2.6, 5.2].
+    Sum: [0.8069, 1.2137, 0.8137]. Each term enters with its own sign and weight: without g the order changes
+    (child 2 best: 3.81 > 1.21 > -0.69), with -log prior the values change."""
+    g = torch.tensor([[1.5, 0.0, -3.0]])
+    log_prior = torch.tensor([[0.5, 0.25, 0.25]]).log()
+    q = torch.tensor([[0.2, 0.6, 1.0]])
+    valid = torch.ones(1, 3, dtype=torch.bool)
+    sims = torch.tensor([[1, 2, 1]])
+    s = root_scores(g, log_prior, q, valid, sims, 50.0, 0.1)
+    assert torch.allclose(s, torch.tensor([[0.8069, 1.2137, 0.8137]]), atol=1e-4)
+    assert choose_root_child(s, valid, sims, torch.tensor([1])).item() == 2  # due: children 0 and 2; 0.8137 > 0.8069
+    assert final_root_child(s, valid, sims).item() == 1  # the most simulated child
+
+
+def test_sigma_q_min_max_ignores_invalid_slots_on_both_sides():
+    """q_hat = (q - min) / (max - min) over the valid children only: q [0.2, 0.6, 1.0] valid, an invalid slot
+    holding -5 (below them) must not stretch the range: q_hat stays [0, 0.5, 1] -> sigma (50 + 1) * [0, .5, 1]."""
+    q = torch.tensor([[0.2, 0.6, 1.0, -5.0]])
+    valid = torch.tensor([[True, True, True, False]])
+    sims = torch.ones(1, 4, dtype=torch.long)
+    assert torch.allclose(sigma_q(q, valid, sims, 50.0, 1.0)[0, :3], torch.tensor([0.0, 25.5, 51.0]))
+
+
+def test_only_children_with_exactly_the_scheduled_count_are_due():
+    """Sequential Halving (Danihelka et al. 2022, section 4): within a round, a child that already had this round's
+    simulation (count above the schedule's) waits, even if it scores best. sims [2, 1, 1, 2], considered 1: due are
+    children 1 and 2 only -> child 2 (score 3), not child 0 (score 9, count 2) nor child 3."""
+    scores = torch.tensor([[9.0, 1.0, 3.0, 0.0]])
+    valid = torch.ones(1, 4, dtype=torch.bool)
+    sims = torch.tensor([[2, 1, 1, 2]])
+    assert choose_root_child(scores, valid, sims, torch.tensor([1])).item() == 2
+    assert choose_root_child(scores, valid, sims, torch.tensor([2])).item() == 0
+
+
+def test_search_scores_its_root_children_with_log_prior_and_mean_value():
+    """mcts/search.py's `_gumbel_scores` reads eq. 8's inputs off the tree: logit = log prior, q = each root child's
+    mean value. Root children with priors [0.5, 0.3, 0.2] and one backed-up value each, [0.2, 0.6, 1.0]; one
+    simulation each (max n 1), c_visit 50, c_scale 0.1: sigma = 5.1 * [0, 0.5, 1] = [0, 2.55, 5.1];
+    g = [0.3, -0.4, 0.1], log prior = [-0.6931, -1.2040, -1.6094] -> [-0.3931, 0.9460, 3.5906]."""
+    from mcts.interface import SearchConfig
+    from mcts.search import _gumbel_scores
+    from mcts.tree import Tree, backup, expand
+
+    t = Tree.empty(1, 5, 3)
+    expand(t, torch.tensor([0]), torch.tensor([[0.5, 0.3, 0.2]]))
+    backup(t, torch.tensor([[1, 2, 3]]), torch.tensor([[0.2, 0.6, 1.0]]))
+    cfg = SearchConfig(root="gumbel", gumbel_c_visit=50.0, gumbel_c_scale=0.1)
+    s = _gumbel_scores(t, torch.tensor([[0.3, -0.4, 0.1]]), torch.ones(1, 3, dtype=torch.bool), torch.ones(1, 3, dtype=torch.long), cfg)
+    assert torch.allclose(s, torch.tensor([[-0.3931, 0.9460, 3.5906]]), atol=1e-4)

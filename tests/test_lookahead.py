@@ -159,3 +159,40 @@ def test_plain_stretches_give_the_stop_check_the_answer_so_far(setup, monkeypatc
         for row, c in zip(rows, ctx):
             q = next(i for i, p in enumerate(prompts) if row[: len(p)] == p)
             assert row == prompts[q] + c and c == res[q].tokens[: len(c)]  # what the row continues: its answer so far
+
+
+def test_a_fallback_step_commits_one_newline_step(setup, monkeypatch):
+    """A plain (fallback) step at a decision point samples up to step_tokens tokens and commits its first step only:
+    through the first newline token (here a quarter of the vocabulary), as a searched step would. The answer is
+    then each fallback's tokens cut there, in order."""
+    import mcts.lookahead as la
+
+    model, tok, prompts = setup
+    every_fourth = torch.arange(len(tok)) % 4 == 0
+    monkeypatch.setattr(la, "newline_table", lambda _: every_fourth)
+    real, sampled = la.generate, []
+
+    def spy(*a, **k):
+        res = real(*a, **k)
+        sampled.append(res.row(0))
+        return res
+
+    monkeypatch.setattr(la, "generate", spy)
+    cfg = SearchConfig(step="newline", step_tokens=4, max_new_tokens=12, temperature=1.0, stop="")
+    res = lookahead_decode(model, tok, prompts[:1], cfg, When.parse("always"), fallback_p=1.0)[0]
+    cut = [next((i + 1 for i, t in enumerate(s) if every_fourth[t]), len(s)) for s in sampled]
+    assert res.tokens == [t for s, n in zip(sampled, cut) for t in s[:n]] and res.searches == 0
+    assert any(n < len(s) for s, n in zip(sampled, cut))  # some step ended before its sampled tokens did
+
+
+def test_the_committed_step_is_the_most_visited_then_the_best_valued_child():
+    """Without Gumbel's pick, a decision commits the root's most visited child; ties go to the higher mean value,
+    then to the lower node id (mcts/interface.py, SearchResult.best_first_step)."""
+    from mcts.interface import SearchResult
+
+    def best(steps):
+        return SearchResult("", None, 0, "length", 0, 0, 0, first_steps=[dict(node=n, visits=v, value=q) for n, v, q in steps]).best_first_step()["node"]
+
+    assert best([(1, 4.0, 0.1), (2, 6.0, 0.0), (3, 6.0, 0.5)]) == 3  # visits 6 twice: value 0.5 > 0.0
+    assert best([(1, 6.0, 0.5), (2, 6.0, 0.5), (3, 2.0, 0.9)]) == 1  # and on equal values the lower id
+    assert best([(1, 2.0, 0.9), (2, 6.0, 0.1)]) == 2  # visits first

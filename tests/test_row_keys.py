@@ -115,3 +115,24 @@ def test_rows_sharing_one_key_word_draw_differently():
     k = RowKeys(torch.tensor([[7, 1], [7, 2]]))
     u = torch.stack([k.uniform(torch.arange(2), t) for t in range(50)])  # [T, 2]
     assert (u[:, 0] - u[:, 1]).abs().mean() > 0.1
+
+
+def test_uniforms_follow_the_documented_construction():
+    """The reference in Python integers (model_io/row_keys.py's docstrings): a name's 64-bit key_hash split into
+    its low and high 32-bit words (w0, w1); h1 = lowbias32(w0 ^ lowbias32(w1 ^ lowbias32(t))), h2 = lowbias32(w1 ^ h1);
+    u = (h1 * 2^21 + h2 // 2^11) / 2^53. Every draw depends on both words and on t in all of its 53 bits; pinned here
+    because recorded runs reproduce only with these exact draws."""
+    from model_io.row_keys import key_hash
+
+    names = ["mcts/0/3/1/2", "grpo/7/0/5", "x"]
+    keys = RowKeys.from_names(names)
+    for t in (0, 1, 2, 1000):
+        got = keys.uniform(torch.arange(len(names)), t).tolist()
+        want = []
+        for n in names:
+            k = key_hash(n)
+            w0, w1 = k & 0xFFFFFFFF, k >> 32
+            h1 = lowbias32(w0 ^ lowbias32(w1 ^ lowbias32(t)))
+            h2 = lowbias32(w1 ^ h1)
+            want.append(((h1 << 21) + (h2 >> 11)) / 2**53)
+        assert got == want

@@ -5,6 +5,7 @@ from helpers import left_pad, random_prompts, tiny_hf_model
 
 from model_io import SamplingConfig, generate, prefill, token_logprobs
 from model_io.convert import from_hf_model
+from model_io.row_keys import RowKeys
 from model_io.sampler import decode
 
 GREEDY = dict(temperature=0.0)
@@ -168,6 +169,22 @@ def test_a_stop_string_begun_in_the_context_ends_the_row_that_completes_it(stati
     assert after.row(0) == generate(ours, whole, cfg, static=static).row(0) and after.finish[0] == "length"
     with pytest.raises(ValueError, match="stop_context has 1 rows, the batch 2"):
         generate(ours, resumed, cfg, stop=stop, static=static, stop_context=[[1]], n=1)
+
+
+def test_stop_heads_and_with_heads_by_hand():
+    """stop_heads keeps each row's last window - 1 context tokens (none where the context already holds the stop
+    whole); with_heads leads each live row's tail with its own row's head, trimmed so that head + tail is at most
+    `window` long. Window 4, stop [7, 8, 9]: contexts [1..5], [7, 8, 9], [30..33] -> heads [3, 4, 5], [] (held
+    whole), [31, 32, 33]. Rows 0 and 2 live (row 1 finished, so cached row 1 is result row 2): tails [6] and
+    [10, 11] -> [3, 4, 5, 6] and [32, 33, 10, 11]; a tail of `window` tokens takes no head."""
+    from model_io.stop_check import stop_heads, with_heads
+
+    stop = StopAtSequence([7, 8, 9])
+    heads = stop_heads(stop, [[1, 2, 3, 4, 5], [7, 8, 9], [30, 31, 32, 33]], 3)
+    assert heads == [[3, 4, 5], [], [31, 32, 33]]
+    assert with_heads([[6], [10, 11]], [0, 2], heads, stop.window) == [[3, 4, 5, 6], [32, 33, 10, 11]]
+    assert with_heads([[6, 7, 8, 9]], [2], heads, stop.window) == [[6, 7, 8, 9]]
+    assert stop_heads(None, [[1]], 1) is None and with_heads([[6]], [0], None, 4) == [[6]]
 
 
 def test_max_new_tokens_and_config_validation():
@@ -334,3 +351,81 @@ def test_rare_tokens_are_drawn_with_their_own_probability():
                     At(mid), torch.arange(len(picks)))
     assert tok.tolist() == picks.tolist()
     assert torch.allclose(lp.double(), p[picks].log(), rtol=1e-5)
+
+
+class _FixedDraws(RowKeys):
+    """Row r draws u[r] at every t: _pick's inverse-CDF step becomes deterministic."""
+
+    def __init__(self, u):
+        self.u = torch.tensor(u, dtype=torch.float64)
+
+    def uniform(self, rows, t):
+        return self.u[rows]
+
+
+def test_temperature_divides_the_logits_hand_worked():
+    """Sampling at temperature T draws from softmax(logits / T). probs [0.5, 0.3, 0.15, 0.05]:
+    T = 2: p^(1/2) = [0.7071, 0.5477, 0.3873, 0.2236] / 1.8657 = [0.3790, 0.2936, 0.2076, 0.1199],
+           CDF [0.3790, 0.6726, 0.8801, 1];
+    T = 0.5: p^2 = [0.25, 0.09, 0.0225, 0.0025] / 0.365 = [0.6849, 0.2466, 0.0616, 0.0068], CDF [0.6849, 0.9315, 0.9932, 1].
+    Draws u on either side of each CDF step pick the token whose slice holds u; log-probs stay those at T = 1."""
+    from model_io.sampler import _pick
+
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    u = [0.37, 0.39, 0.66, 0.68, 0.87, 0.89, 0.92, 0.94, 0.995]
+    logits = probs.log().expand(len(u), 4).contiguous()
+    rows = torch.arange(len(u))
+    tok, lp = _pick(logits, SamplingConfig(temperature=2.0), _FixedDraws(u), rows)
+    assert tok.tolist() == [0, 1, 1, 2, 2, 3, 3, 3, 3]
+    assert torch.allclose(lp, probs.log()[tok])
+    tok, _ = _pick(logits, SamplingConfig(temperature=0.5), _FixedDraws(u), rows)
+    assert tok.tolist() == [0, 0, 0, 0, 1, 1, 1, 2, 3]
+
+
+def test_a_draw_of_zero_never_picks_a_token_without_mass():
+    """u = 0 (torch.rand and RowKeys can both give it): the pick is the first token whose cumulative mass exceeds 0.
+    logits [0, 5, 4]: p = [0.0049, 0.7275, 0.2676]; top_p 0.9 keeps {1, 2} (the mass before token 0, in sorted
+    order, is 0.995), so token 0, first in vocabulary order, has no mass: CDF [0, 0.731, 1] and u = 0 must draw
+    token 1, not token 0 (searchsorted's left side would). The same with top_k = 2."""
+    from model_io.sampler import _pick
+
+    logits = torch.tensor([[0.0, 5.0, 4.0]])
+    for cfg in (SamplingConfig(top_p=0.9), SamplingConfig(top_k=2)):
+        tok, _ = _pick(logits, cfg, _FixedDraws([0.0]), torch.tensor([0]))
+        assert tok.tolist() == [1]
+
+
+def test_top_p_at_exactly_p_keeps_the_smallest_set():
+    """Holtzman et al. 2020: the nucleus is the smallest set of top tokens whose mass is >= p. Four equal logits
+    give p = 0.25 each, exactly in float32, so the mass before the k-th token is exactly 0.25 (k - 1): top_p 0.25
+    keeps 1 token, 0.5 keeps 2, 0.75 keeps 3 (a token is dropped once the mass before it reaches p, equality
+    included; transformers' TopPLogitsWarper agrees). Draws over [0, 1) then reach exactly the kept tokens."""
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    from model_io.sampler import _pick
+
+    u = torch.linspace(0.01, 0.99, 50).tolist()
+    logits = torch.zeros(len(u), 4)
+    for top_p, kept in ((0.25, 1), (0.5, 2), (0.75, 3)):
+        assert int(torch.isfinite(TopPLogitsWarper(top_p)(None, torch.zeros(1, 4))).sum()) == kept
+        tok, _ = _pick(logits, SamplingConfig(top_p=top_p), _FixedDraws(u), torch.arange(len(u)))
+        assert len(set(tok.tolist())) == kept
+
+
+def test_a_finished_row_still_in_the_batch_is_not_finished_again():
+    """Dynamic path: a finished row stays in the cached batch until a quarter of the rows are done (then the cache
+    is compacted), and it still gets a token each step. That token must not end it again: here row r is capped at
+    c tokens (finish "length") while the 5 other rows go on, and its next greedy token is made an EOS, one that no
+    row samples before step c (so that nothing else ends and the capped row is not compacted away first). Nor is
+    that token written into the result: pad_id (0) and log-prob 0 after the row's length."""
+    model = from_hf_model(tiny_hf_model(dtype=torch.float64, vocab=40, eos_token_id=3, pad_token_id=0))
+    prompts = random_prompts([5, 9, 2, 7, 4, 6], vocab=40)
+    free = generate(model, prompts, SamplingConfig(max_new_tokens=8, **GREEDY), static=False)
+    rows = [free.row(i) for i in range(6)]
+    r, c = next((r, c) for r in range(6) for c in range(1, 7) if all(rows[r][c] not in row[: c + 1] for row in rows[:r] + rows[r + 1 :])
+                and rows[r][c] not in rows[r][:c])
+    caps = torch.full((6,), 8)
+    caps[r] = c
+    got = generate(model, prompts, SamplingConfig(max_new_tokens=8, eos_ids=(rows[r][c],), **GREEDY), static=False, max_tokens=caps)
+    assert got.row(r) == rows[r][:c] and got.finish[r] == "length" and int(got.lengths[r]) == c
+    assert (got.tokens[r, c:] == 0).all() and not got.logprobs[r, c:].any()

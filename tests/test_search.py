@@ -210,6 +210,50 @@ def test_identical_sibling_steps_are_one_child(setup):
         assert len(set(kids)) == len(kids)
 
 
+def test_child_priors_are_the_softmax_of_their_steps_mean_log_probs(setup):
+    """mcts/search.py step 2: a new child's prior is the softmax over its K siblings of its step's mean token
+    log-prob (length-normalised), twins summed. One simulation of K = 4 from the root: continuation i's step is the
+    first step_len[node] of its record's log-probs (no path yet), m_i = their mean, prior(node) = sum over the
+    continuations through node of softmax(m)_i. Newline steps (a quarter of the vocabulary ends one) give steps of
+    different lengths, where the mean and the sum would order the children differently."""
+    import mcts.search as ms
+
+    model, tok, prompts = setup
+    every_fourth = torch.arange(len(tok)) % 4 == 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ms, "newline_table", lambda _: every_fourth)
+        res = search(model, tok, prompts, cfg(n_simulations=1, children=4, step="newline", step_tokens=6), keep_trees=True)
+    lengths = set()
+    for r in res:
+        assert len(r.records) == 4
+        m = torch.tensor([sum(x.logprobs[: r.step_len[x.node]]) / r.step_len[x.node] for x in r.records], dtype=torch.float64)
+        w = m.softmax(0)
+        for node in {x.node for x in r.records}:
+            want = sum(float(w[i]) for i, x in enumerate(r.records) if x.node == node)
+            assert r.tree["nodes"][node]["prior"] == pytest.approx(want, rel=1e-4)
+        lengths |= {r.step_len[x.node] for x in r.records}
+    assert len(lengths) > 1  # steps of different lengths: the normalisation matters
+
+
+def test_siblings_with_one_newline_step_are_one_child_whatever_follows(setup):
+    """Twins are judged on the step only (its first step_len tokens), not on the continuation after it: with every
+    token ending a step, a step is one token, and siblings that sampled the same first token are one child even
+    though their rollouts differ. Every rollout is recorded through the child its step became."""
+    import mcts.search as ms
+
+    model, tok, prompts = setup
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ms, "newline_table", lambda _: torch.ones(len(tok), dtype=torch.bool))
+        res = search(model, tok, prompts, cfg(n_simulations=2, children=8, step="newline", step_tokens=4), keep_trees=True)
+    merged = 0
+    for r in res:
+        steps = {s["node"]: s["tokens"] for s in r.first_steps}  # the root's children's steps (token ids)
+        assert all(len(t) == 1 for t in steps.values()) and len(set(map(tuple, steps.values()))) == len(steps)
+        assert all(x.ids[:1] == steps[x.path[0]] for x in r.records)  # each rollout went through its own step's child
+        merged += sum(len(x.path) == 1 for x in r.records) - len(steps)  # the first simulation's K rollouts
+    assert merged > 0  # some siblings did share their step
+
+
 @pytest.mark.parametrize("root", ["puct", "gumbel"])
 def test_every_simulation_backs_up_k_values(setup, root):
     """An expansion backs up K values (one per continuation); a simulation that ends on a finished leaf (here: no

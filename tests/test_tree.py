@@ -43,6 +43,18 @@ def test_puct_hand_worked():
     assert select(t, 0.0).tolist() == [2]
 
 
+def test_a_node_with_a_missing_child_slot_is_expanded_and_the_slot_never_scores():
+    """Tree search leaves a child slot empty where a sibling's step repeats an earlier one (mcts/search.py). Root
+    with N = 1, Q = 0: slot 0 (prior 0.2) and slot 2 (prior 0.1) hold unvisited children, slot 1 (prior 0.7) none.
+    PUCT: Q = parent's 0, u = 1.0 * P * sqrt(1) / (1 + 0) -> [0.2, -inf, 0.1]; the root is not a leaf, so selection
+    descends to node 1 (slot 0)."""
+    t = Tree.empty(1, 10, 3)
+    expand(t, torch.tensor([0]), torch.tensor([[0.2, 0.7, 0.1]]), valid=torch.tensor([[True, False, True]]))
+    backup(t, torch.tensor([0]), torch.tensor([0.0]))
+    assert puct_scores(t, torch.tensor([0]), 1.0)[0].tolist() == pytest.approx([0.2, float("-inf"), 0.1])
+    assert not t.is_leaf(torch.tensor([0])).item() and select(t, 1.0).tolist() == [1]
+
+
 def test_ties_go_to_the_lowest_child():
     t = Tree.empty(1, 5, 3)
     expand(t, torch.tensor([0]), torch.full((1, 3), 1 / 3))
