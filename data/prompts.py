@@ -54,12 +54,15 @@ class StopOnText:
     """Sampler stop criterion: a row is finished once its decoded text contains one of `strings`.
 
     The sampler passes only the newest `window` tokens of each row (a stop string is found on the step that completes it),
-    so the cost per step does not grow with the completion."""
+    so the cost per step does not grow with the completion. The window is counted in UTF-8 bytes, not characters:
+    a byte-level tokenizer may spend a token per byte of a non-ASCII character, and every token holds at least one
+    byte, so a stop string spans at most its byte count of tokens (counted in characters, "答案" (6 bytes) got a
+    window of 4 tokens and was never found); +2 for the tokens it shares with the text around it."""
 
     def __init__(self, tokenizer, strings: Sequence[str]):
         self.tokenizer = tokenizer
         self.strings = tuple(strings)
-        self.window = max(len(s) for s in self.strings) + 2 if self.strings else 0
+        self.window = max(len(s.encode("utf-8")) for s in self.strings) + 2 if self.strings else 0
 
     def __call__(self, tails: list[list[int]]) -> list[bool]:
         texts = self.tokenizer.batch_decode(tails, skip_special_tokens=False)

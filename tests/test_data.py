@@ -72,6 +72,14 @@ def test_a_file_saved_with_a_bom_or_crlf_reads_as_the_original(tmp_path):
     assert load_gsm8k("test", tmp_path) == load_gsm8k("train", tmp_path)
 
 
+def test_blank_lines_do_not_shift_indices_and_questions_are_stripped(tmp_path):
+    """A problem's index is its position among the split's problems (the sampler's random streams and a resumed eval's
+    question check are keyed by it), not its line number: a blank line between rows does not shift it."""
+    rows = [json.dumps({"question": "  q0?\n", "answer": "#### 1"}), "", "   ", json.dumps({"question": "q1?", "answer": "#### 2"})]
+    (tmp_path / "test.jsonl").write_text("\n".join(rows) + "\n")
+    assert [(p.index, p.question) for p in load_gsm8k("test", tmp_path)] == [(0, "q0?"), (1, "q1?")]
+
+
 @pytest.mark.parametrize("content,why", [
     (b'{"question": 5, "answer": "#### 5"}\n', r"train\.jsonl:2: malformed GSM8K line \(field 'question' is int, not a string\)"),
     (b'{"question": null, "answer": "#### 5"}\n', r"train\.jsonl:2: .*field 'question' is NoneType"),
@@ -265,6 +273,18 @@ def test_gold_strict_and_lenient_parsing():
     assert parse_lenient("12 0000") == "0"  # not a thousands group: the last number is 0000
 
 
+def test_lenient_signs_bare_decimals_trailing_periods_and_the_last_gold_mark():
+    # (worked by hand) a minus after a closing bracket is subtraction: "f(x)-3" and "a[2]-1" end with 3 and 1
+    assert parse_lenient("f(x)-3") == "3" and parse_lenient("a[2]-1") == "1"
+    # a bare decimal keeps its sign: "-.5" is -0.5 and "-$.75" is -0.75, not 0.5 and 0.75
+    assert parse_lenient("it dropped by -.5") == "-0.5" and parse_lenient("down -$.75") == "-0.75"
+    # a sentence's period after a decimal answer: "2.5." is 2.5 (as "18." is 18), with commas too
+    assert normalize_number("2.5.") == "2.5" and parse_strict("<answer>2.5.</answer>") == "2.5"
+    assert normalize_number("1,000.5.") == "1000.5"
+    # the gold is the number after the last '####' (the worked solution is the text before it)
+    assert extract_gold("first guess #### 3\nchecked: #### 5") == "5"
+
+
 def test_prompts_render_through_the_chat_template():
     from helpers import tiny_tokenizer
 
@@ -281,6 +301,34 @@ def test_prompts_render_through_the_chat_template():
     assert ids[0] == tok.bos_token_id and tok.decode(ids) == text
 
 
+def test_every_shot_reaches_the_prompt_and_each_calculator_note_goes_alone():
+    from helpers import tiny_tokenizer
+
+    from data import Problem
+
+    tok = tiny_tokenizer()
+    # two notes on one line: each <<...>> is removed alone, the text between them kept
+    shot = Problem("Two sums?", "6", "1+1=<<1+1=2>>2 and 2*3=<<2*3=6>>6", 0)
+    assert format_solution(shot) == "<reasoning>\n1+1=2 and 2*3=6\n</reasoning>\n<answer>\n6\n</answer>"
+    shots = [shot, Problem("Three?", "3", "1+2=3", 1)]
+    ids = encode_prompts(tok, ["Q?"], shots)[0]
+    text = render_prompt(tok, "Q?", shots)
+    assert tok.decode(ids) == text and text.index("Two sums?") < text.index("Three?") < text.index("Q?")
+    # each shot: its question as the user's turn, its worked solution as the assistant's
+    assert build_messages("Q?", shots[:1])[1:] == [{"role": "user", "content": "Two sums?"},
+                                                  {"role": "assistant", "content": format_solution(shot)},
+                                                  {"role": "user", "content": "Q?"}]
+
+
+def test_stop_token_ids_are_the_models_and_the_tokenizers():
+    from helpers import tiny_tokenizer
+
+    from data import stop_token_ids
+
+    tok = tiny_tokenizer()  # its EOS is 258
+    assert stop_token_ids(tok, [300, 5, 258]) == (5, 258, 300) and stop_token_ids(tok) == (258,)
+
+
 def test_stop_on_text_finds_strings_split_across_tokens():
     from helpers import tiny_tokenizer
 
@@ -289,3 +337,14 @@ def test_stop_on_text_finds_strings_split_across_tokens():
     assert stop.window == len("</answer>") + 2
     ids = tok("x</answer>", add_special_tokens=False)["input_ids"]  # one token per byte here
     assert stop([ids[-stop.window:], ids[:-1]]) == [True, False]
+    # found anywhere in the tail, not only at its end: a token may carry text past the stop string ("</answer>\n")
+    tail = tok("</answer>\n", add_special_tokens=False)["input_ids"]
+    assert stop([tail]) == [True]
+    two = StopOnText(tok, ["</answer>", "STOP"])
+    assert two([tok("xSTOP", add_special_tokens=False)["input_ids"], tok("x</answ", add_special_tokens=False)["input_ids"]]) == [True, False]
+    # a non-ASCII stop string: the window counts its UTF-8 bytes, one token each here ("答案" is 6 bytes, 2
+    # characters: a window of 2 + 2 = 4 tokens never held it whole, and the row ran on to its token limit)
+    cn = StopOnText(tok, ["答案"])
+    ids = tok("x答案", add_special_tokens=False)["input_ids"]
+    assert len(tok("答案", add_special_tokens=False)["input_ids"]) == 6 and cn.window == 8
+    assert cn([ids[-cn.window:]]) == [True]
