@@ -300,3 +300,64 @@ def test_trees_larger_than_the_free_memory_are_one_out_of_memory_line(tiny_ckpt,
     line = capsys.readouterr().err.splitlines()[-1]  # (after the progress bar)
     assert line.startswith("error: out of memory (tree search's 1 tree(s) of 7 nodes need 1015 bytes, 100 bytes are "
                            "free): lower --batch-size") and "--n-simulations x --children nodes" in line, line
+
+
+def test_the_summary_by_hand():
+    """summarize() on one question of two answers, worked by hand: a formatted '4' (10 tokens, finished) and a cut
+    'so 2+2 = 4' (30 tokens, no strict answer). Scored as the strategy's one chosen answer (final 1) and as
+    `sample`'s (final -1, both count)."""
+    from grpo.evaluate import QuestionResult, summarize
+
+    texts = ["<reasoning>\nr\n</reasoning>\n<answer>\n4\n</answer>\n", "so 2+2 = 4"]
+    r = QuestionResult(0, "q", "4", texts, ["4", None], ["4", "4"], [10, 30], ["stop", "length"], 1, 40, 52)
+    every = {"questions": 1, "answers_per_question": 2.0, "generated_tokens_per_question": 40.0,
+             "forward_tokens_per_question": 52.0, "seconds": 2.0, "seconds_per_question": 2.0,
+             "seconds_per_generated_token": 0.05,  # 2 s / 40 tokens
+             # any answer right; the vote among the finished ones only: '4' (strict and lenient)
+             "pass_at_n_strict": 1.0, "pass_at_n_lenient": 1.0, "majority_at_n_strict": 1.0, "majority_at_n_lenient": 1.0}
+    assert summarize([r], 2.0) == {**every, "accuracy_strict": 0.0, "accuracy_lenient": 1.0, "format_strict_rate": 0.0,
+                                   "format_soft_rate": 0.0, "truncated_rate": 1.0, "generated_tokens_per_answer": 30.0}
+    # sample: each answer counts, so rates are over 2 answers: strict 1/2, lenient 2/2, format 1/2, cut 1/2, (10+30)/2 tokens
+    assert summarize([dataclasses.replace(r, final=-1)], 2.0) == {
+        **every, "accuracy_strict": 0.5, "accuracy_lenient": 1.0, "format_strict_rate": 0.5, "format_soft_rate": 0.5,
+        "truncated_rate": 0.5, "generated_tokens_per_answer": 20.0}
+
+
+def test_an_answer_ended_by_eos_votes():
+    """Only a completion cut by the token limit ('length') loses its vote: one ended by the model's EOS ('eos') is
+    as finished as one ended by the stop string ('stop')."""
+    from grpo.evaluate import choose, finished_answers
+
+    assert finished_answers(["1", "2", "3"], ["eos", "length", "stop"]) == ["1", None, "3"]
+    texts = ["so 24", "then 24", "<reasoning>r</reasoning>\n<answer>\n72\n</answer>"]
+    assert choose("majority", texts, ["24", "24", "72"], 0.3, ["eos", "eos", "stop"]) == 0  # two 24s outvote one 72
+
+
+def test_a_resumed_evaluation_counts_the_questions_and_seconds_before_it():
+    import torch
+    from helpers import tiny_hf_model, tiny_tokenizer
+
+    from grpo.evaluate import QuestionResult, evaluate
+    from model_io.convert import from_hf_model
+
+    model, tok = from_hf_model(tiny_hf_model(dtype=torch.float32)), tiny_tokenizer()
+    before = QuestionResult(0, "q", "4", ["4"], [None], ["4"], [1], ["stop"], 0, 1, 9, seconds=100.0)
+    summary, results = evaluate(model, tok, [], EvalConfig(max_new_tokens=2), done=[before], progress=False)
+    assert results == [before] and summary["questions"] == 1 and summary["accuracy_lenient"] == 1.0
+    assert summary["seconds"] >= 100.0  # the earlier run's 100 s, plus this call's own
+
+
+def test_forward_tokens_count_the_prompt_once_and_every_sampled_token():
+    import torch
+    from helpers import tiny_hf_model, tiny_tokenizer
+
+    from data import Problem, encode_prompts
+    from grpo.evaluate import evaluate
+    from model_io.convert import from_hf_model
+
+    model, tok = from_hf_model(tiny_hf_model(dtype=torch.float32)), tiny_tokenizer()
+    problems = [Problem("What is 2+2?", "4", "", 0), Problem("And 3+3?", "6", "", 1)]
+    _, results = evaluate(model, tok, problems, EvalConfig(search="sample", n=2, max_new_tokens=3), progress=False)
+    for p, r in zip(problems, results):
+        prompt = len(encode_prompts(tok, [p.question])[0])
+        assert r.generated_tokens == sum(r.tokens) and r.forward_tokens == prompt + sum(r.tokens), (prompt, r)

@@ -1,5 +1,6 @@
 """`run.py eval --resume`: an interrupted eval continues where it stopped and ends with the files an uninterrupted
 one writes; what cannot be resumed is refused in one line before anything loads."""
+import dataclasses
 import json
 from pathlib import Path
 
@@ -281,3 +282,37 @@ def test_eval_replaces_an_earlier_eval_but_not_what_no_eval_wrote(tiny_ckpt, tmp
     (out / "tb").mkdir()  # an earlier eval's (as tree search writes)
     assert run.main(common + ["--out-dir", str(out), "--max-new-tokens", "2"]) == 0
     assert not (out / "tb").exists() and json.loads((out / "config.json").read_text())["max_new_tokens"] == 2
+
+
+def test_the_answered_questions_end_at_the_first_unreadable_line_or_missing_tree(tmp_path):
+    """answered() directly, on files written here: a line that does not parse ends the list even with whole lines
+    after it (they are answered again, not kept around a gap), and so does the first question without a tree."""
+    from data import Problem
+    from grpo.eval_resume import answered
+
+    problems = [Problem(f"q{i}", str(i), "", i) for i in range(3)]
+
+    def line(i):  # a `sample --n 2` question: final -1, every answer counts
+        return json.dumps(dataclasses.asdict(E.QuestionResult(i, f"q{i}", str(i), ["a", "b"], [None, "1"], ["1", "1"],
+                                                              [3, 4], ["stop", "length"], -1, 7, 12, 0.5)))
+
+    partial = tmp_path / "predictions.jsonl.partial"
+    partial.write_text(line(0) + "\n" + '{"index": 1, "quest' + "\n" + line(2) + "\n")
+    assert [q.index for q in answered(tmp_path, False, problems, 2)] == [0]
+    assert partial.read_text() == line(0) + "\n"
+    tree = lambda i: json.dumps({"index": i, "nodes": []})
+    partial.write_text("".join(line(i) + "\n" for i in range(3)))
+    (tmp_path / "trees.jsonl.partial").write_text(tree(0) + "\n" + tree(2) + "\n")  # question 1's tree lost
+    assert [q.index for q in answered(tmp_path, True, problems, 2)] == [0]
+    assert partial.read_text() == line(0) + "\n" and (tmp_path / "trees.jsonl.partial").read_text() == tree(0) + "\n"
+
+
+def test_malformed_accepts_what_an_eval_writes_and_nothing_past_it():
+    from grpo.eval_resume import malformed
+
+    ok = E.QuestionResult(0, "q", "1", ["a", "b"], [None, "1"], ["1", "1"], [3, 4], ["stop", "length"], -1, 7, 12, 0.5)
+    assert malformed(ok, 2) is None  # sample's final -1: every answer counts
+    assert malformed(dataclasses.replace(ok, final=1), 2) is None
+    for edit in (dict(final=2), dict(final=-2), dict(tokens=[-1, 4]), dict(generated_tokens=-7), dict(index=-1),
+                 dict(seconds=float("inf")), dict(seconds=-0.5), dict(lenient=["1"])):
+        assert malformed(dataclasses.replace(ok, **edit), 2) is not None, edit

@@ -59,6 +59,37 @@ def test_reward_metrics_by_hand():
     assert m["reward"] == 0.75 and m["reward_std"] == pytest.approx(0.5 ** 0.5 / 2) and m["frac_reward_zero_std"] == 0.5
 
 
+def test_step_and_rollout_token_metrics_by_hand():
+    """Completion lengths, truncation (finish "length" only: "eos" and "stop" both finished) and the loss's
+    per-token means, worked by hand; the tree rollouts' tokens saved are trajectory minus searched tokens."""
+    from data import Problem
+    from grpo.distributed import Dist
+    from grpo.metrics import rollout_token_metrics, sample_rows, step_metrics
+    from grpo.rollout import Rollout
+    from grpo.tree_rollout import TreeStats
+
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 0]], dtype=torch.bool)  # lengths 3, 1, 2, 2
+    rewards = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    ro = Rollout([Problem("q0", "1", "", 0), Problem("q1", "2", "", 1)], [[5], [6]], torch.zeros(4, 3, dtype=torch.long),
+                 torch.zeros(4, 3), mask, ["eos", "length", "stop", "length"],
+                 ["a", "b", "c", "d"], rewards, {"fmt": rewards.clone()}, torch.zeros(2, 2), 0)
+    agg = dict(loss=2.0, clip_low=1.0, clip_high=3.0, ratio=8.0, kl=0.4, entropy=4.0, tokens=8)
+    m = step_metrics(ro, rewards, agg, Dist(), torch.device("cpu"), 2)
+    assert (m["completions/mean_length"], m["completions/min_length"], m["completions/max_length"]) == (2.0, 1.0, 3.0)
+    assert m["completions/tokens"] == 8.0 and m["completions/clipped_ratio"] == 0.5  # 2 of 4 cut
+    assert m["loss"] == 1.0  # 2 / (mu 2 x world 1)
+    # per token of the 8: clipped low 1, high 3, ratio sum 8, entropy sum 4, kl sum 0.4
+    assert (m["clip_ratio/low_mean"], m["clip_ratio/high_mean"], m["ratio_mean"], m["entropy"]) == (0.125, 0.375, 1.0, 0.5)
+    assert m["kl"] == pytest.approx(0.05)
+    # rewards [1, 0, 0, 0]: mean 0.25, unbiased std sqrt((0.5625 + 3 x 0.0625) / 3) = 0.5
+    assert m["rewards/fmt/mean"] == 0.25 and m["rewards/fmt/std"] == pytest.approx(0.5)
+    assert len(sample_rows(ro, 10)) == 4  # --log-samples above the step's completions: all of them
+    m = rollout_token_metrics(10, TreeStats(groups=2, generated_tokens=100, trajectory_tokens=160), True, Dist(), torch.device("cpu"))
+    assert m == {"rollout/generated_tokens": 110.0, "rollout/tree_groups": 2.0, "rollout/tree_generated_tokens_per_group": 50.0,
+                 "rollout/tree_tokens_saved_per_group": 30.0}  # (160 - 100) / 2
+    assert rollout_token_metrics(10, None, False, Dist(), torch.device("cpu")) == {"rollout/generated_tokens": 10.0}
+
+
 def test_kl_is_logged_only_where_it_is_measured(tmp_path):
     """With beta = 0 there is no reference model and no KL: a logged 0 read as a policy that never left the
     reference (README: `kl` with --beta > 0). With beta > 0 it is logged, and positive once the policy moved."""
@@ -587,6 +618,10 @@ def test_a_resume_cuts_the_logs_back_past_torn_and_damaged_lines(tmp_path):
     log = RunLog.__new__(RunLog)
     log.metrics_path = path
     assert log.logged_evaluation(0) and not log.logged_evaluation(1)
+    path.write_text('{"step": 0, "eval/a": 1}\n{"step": 1, "loss": 0.5}\n{"step": true, "eval/a": 1}\n')
+    assert not log.logged_evaluation(1)  # step 1 logged a training step, not an evaluation
+    truncate_log(path, 5)  # a step true (JSON's boolean) is not a step: dropped
+    assert path.read_text().splitlines() == ['{"step": 0, "eval/a": 1}', '{"step": 1, "loss": 0.5}']
 
 
 def test_a_non_finite_metric_is_null_in_metrics_jsonl_and_the_summaries_read_it(tmp_path):
