@@ -187,7 +187,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, dict]
 
 def way_on(path: Path, weights_whole: bool = True) -> str:
     """How a run goes on past its damaged newest checkpoint `path`: from the one before it, if one is kept."""
-    earlier = [p for p in checkpoint_dirs(path.parent.parent) if p.name < path.name]
+    step = lambda p: int(STEP_DIR.match(p.name).group(1))  # noqa: E731 (by number, as checkpoint_dirs sorts: by
+    earlier = [p for p in checkpoint_dirs(path.parent.parent) if step(p) < step(path)]  # name, step-1000000 < step-999999)
     if earlier:
         return f"delete {path} to resume from {earlier[-1].name}"
     return "no earlier checkpoint is kept; start the run again" + (
