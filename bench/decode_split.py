@@ -103,23 +103,22 @@ def main(argv=None) -> None:
         cache, pos = pre.cache, pre.next_pos[:, None]  # [B, 1]
         tokens = pre.logits.argmax(-1)[:, None]  # [B, 1]
         length = cache.length
-
-        def step():
-            cache.length = length  # every step at the same length: it writes one slot past the cached tokens
-            for r in replays:
-                r.start_step()
-            model(tokens, positions=pos, cache=cache, last_only=True)
-
-        def timed() -> float:
-            times = []
-            for _ in range(args.steps):
-                sync(); t0 = time.perf_counter()
-                step()
-                sync(); times.append(time.perf_counter() - t0)
-            return statistics.median(times) * 1e3
-
         with replayable() as (lin, atts):
-            replays = (lin, *atts)
+
+            def step():
+                cache.length = length  # every step at the same length: it writes one slot past the cached tokens
+                for r in (lin, *atts):
+                    r.start_step()
+                model(tokens, positions=pos, cache=cache, last_only=True)
+
+            def timed() -> float:
+                times = []
+                for _ in range(args.steps):
+                    sync(); t0 = time.perf_counter()
+                    step()
+                    sync(); times.append(time.perf_counter() - t0)
+                return statistics.median(times) * 1e3
+
             for _ in range(3):
                 step()  # warm-up (packed weights made), and the outputs each replay hands back
             whole = timed()

@@ -30,8 +30,15 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     root = run_dir / "checkpoints"
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and (p / "trainer_state.pt").is_file()]
+    found = [(n, p) for p in root.iterdir() if (n := step_of(p)) is not None and (p / "trainer_state.pt").is_file()]
     return [p for _, p in sorted(found)]
+
+
+def step_of(path: Path) -> int | None:
+    """The step of a checkpoint folder step-N, or None for another name. Checkpoints are ordered by it, never by
+    name: past six digits "step-1000000" < "step-999999"."""
+    m = STEP_DIR.match(path.name)
+    return int(m.group(1)) if m else None
 
 
 def is_training_run(run_dir: Path) -> bool:
@@ -187,8 +194,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, dict]
 
 def way_on(path: Path, weights_whole: bool = True) -> str:
     """How a run goes on past its damaged newest checkpoint `path`: from the one before it, if one is kept."""
-    step = lambda p: int(STEP_DIR.match(p.name).group(1))  # noqa: E731 (by number, as checkpoint_dirs sorts: by
-    earlier = [p for p in checkpoint_dirs(path.parent.parent) if step(p) < step(path)]  # name, step-1000000 < step-999999)
+    earlier = [p for p in checkpoint_dirs(path.parent.parent) if step_of(p) < step_of(path)]
     if earlier:
         return f"delete {path} to resume from {earlier[-1].name}"
     return "no earlier checkpoint is kept; start the run again" + (
