@@ -97,6 +97,11 @@ def load(spec: str | os.PathLike | None = None, device="cpu", dtype: torch.dtype
     if not getattr(tok, "chat_template", None):  # every prompt here is a chat (data/prompts.py): say so before any work
         raise ModelSpecError(f"the tokenizer of {spec_str} has no chat template, which this project's prompts need: pass "
                              f"an instruct (chat) model, or add a chat_template to its tokenizer_config.json")
+    if not tok.encode("12 apples", add_special_tokens=False):  # transformers builds an empty tokenizer (one token) from
+        # files it does not read for the model's class (a *.tiktoken, vocab.txt or tokenizer.model beside a Qwen2 model)
+        raise ModelSpecError(f"the tokenizer of {spec_str} encodes text to no tokens: transformers read none of its files "
+                             f"for a {model.cfg.arch} model; copy in the tokenizer files (tokenizer.json, tokenizer_config.json) "
+                             "of the model the weights came from")
     check_vocab(spec_str, tok, model.cfg.vocab_size)
     if not is_checkpoint(path):  # (load_model checks its own)
         check_finite(spec_str, model)

