@@ -325,3 +325,35 @@ def test_grpo_step_gives_trl_the_problems_our_trainer_trains_on(tmp_path):
     ours = [tr.train_set[i] for s in range(5) for i in tr.step_indices(s)]  # 5 steps of 4: past the 16 problems' epoch
     assert bench("grpo_step").problems_in_our_order(tr.train_set, 4, 5, 3) == ours
     assert [p.index for p in ours[:4]] != [0, 1, 2, 3]  # (not the file's order)
+
+
+def test_shared_flags_default_to_cuda_where_there_is_one_and_a_rate_outside_0_1_is_one_line(monkeypatch, capsys):
+    cli = bench("cli")
+    for available, device in ((True, "cuda"), (False, "cpu")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+        ap = cli.parser("doc")
+        cli.add_device(ap)
+        assert ap.parse_args([]).device == device
+    ap = cli.parser("doc")
+    ap.add_argument("--top-p", type=float, default=1.0)
+    with pytest.raises(SystemExit) as e:
+        cli.check_args(ap, ap.parse_args(["--top-p", "1.5"]), in_0_1=("top_p",))
+    assert e.value.code == 2 and "--top-p must be in [0, 1], got 1.5" in capsys.readouterr().err
+
+
+def test_machine_rates_by_a_clock_that_moves_only_where_the_benchmark_reads_it(monkeypatch):
+    """ms_per_call: milliseconds a timed call after the untimed warm-ups; copy_bandwidth: bytes copied (each read once
+    and written once) a second, over a CPU buffer of 256 MiB. (A clock of our own: no timing is asserted.)"""
+    machine = bench("machine")
+    clock = [0.0]
+    monkeypatch.setattr(machine.time, "perf_counter", lambda: clock[0])
+    calls = []
+
+    def fn():
+        calls.append(1)
+        clock[0] += 0.002
+
+    assert machine.ms_per_call(fn, 5) == pytest.approx(2.0) and len(calls) == 7  # 2 warm-ups, then 5 of 2 ms
+    ticks = iter(range(10))
+    monkeypatch.setattr(machine.time, "perf_counter", lambda: float(next(ticks)))  # 1 s between the two readings
+    assert machine.copy_bandwidth(torch.device("cpu"), reps=2) == 2 * 256 * 2**20

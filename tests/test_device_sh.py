@@ -20,6 +20,7 @@ set -eu
 OUT=$2
 mkdir -p "$OUT"/eval-start "$OUT"/train/checkpoints/step-000001/model "$OUT"/train/final_hf "$OUT"/train/tb \
          "$OUT"/nccl/checkpoints/step-000002/model
+echo '{"model_type": "llama"}' > "$OUT/train/final_hf/config.json"  # (an exported model's JSON: not given back either)
 echo "$*" > "$OUT/args.txt"; echo "$PYTHONPATH" > "$OUT/pythonpath.txt"; echo "$GSM8K_DIR" > "$OUT/gsm8k.txt"
 python3 -c "import fakegguf" && echo "gguf importable" > "$OUT/1-env.log"
 echo "| figure | value |" > "$OUT/summary.md"
@@ -56,7 +57,14 @@ def wheel(path, module):
         z.writestr(f"{module}/__init__.py", "")
 
 
-def device_run(tmp_path, minutes="8", predictions_mib=1, cut_off=False, **env_extra):
+NO_PYTEST_PYTHON = """#!/usr/bin/env bash
+# python3 as on an image without pytest
+if [ "$*" = "-c import pytest" ]; then exit 1; fi
+exec {real} "$@"
+"""
+
+
+def device_run(tmp_path, minutes="8", predictions_mib=1, cut_off=False, no_pytest=False, **env_extra):
     repo = tmp_path / "repo"
     (repo / "scripts").mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "scripts" / "device.sh", repo / "scripts")
@@ -83,8 +91,14 @@ def device_run(tmp_path, minutes="8", predictions_mib=1, cut_off=False, **env_ex
         (bin_ / "timeout").write_text(FAKE_TIMEOUT)
         (bin_ / "timeout").chmod(0o755)
         env.update(PATH=f"{bin_}:{env['PATH']}", TIMEOUT_LIMIT=str(tmp_path / "limit"))
+    if no_pytest:
+        bin_ = tmp_path / "nopytest"
+        bin_.mkdir(exist_ok=True)
+        (bin_ / "python3").write_text(NO_PYTEST_PYTHON.format(real=shutil.which("python3")))
+        (bin_ / "python3").chmod(0o755)
+        env.update(PATH=f"{bin_}:{env['PATH']}")
     out = tmp_path / "device-out"  # the device's $OUT
-    p = subprocess.run(["bash", str(repo / "scripts" / "device.sh"), "run", str(out / "run"), minutes],
+    p = subprocess.run(["bash", str(repo / "scripts" / "device.sh"), "run", str(out / "run"), *([minutes] if minutes else [])],
                        env=env, capture_output=True, text=True, timeout=120)
     return p, out, tmp_path / "work"
 
@@ -133,7 +147,7 @@ def test_a_run_cut_off_still_gives_back_its_summary_and_logs_within_the_limits(t
     p, out, work = device_run(tmp_path, minutes="8", predictions_mib=20, cut_off=True, TRACE_KIB=str(17 * 1024))
     assert not (out / "run" / "step_2.trace.json.gz").exists()
     assert p.returncode == 124, p.stderr
-    assert (tmp_path / "limit").read_text().strip() == "560"  # 8 min + 80 s is over the device call's 600 s: 560
+    assert (tmp_path / "limit").read_text().strip() == "560"  # 8 min + 80 s: the device call's 600 s less 40 s
     assert (work / "resummarised").exists()  # the summary redone for what ran
     assert (work / "steps.txt").read_text().splitlines()[-1] == "run cut off after 560 s (the device call's limit)"
     assert "logs and JSON only" in p.stderr
@@ -147,6 +161,8 @@ def test_a_run_cut_off_still_gives_back_its_summary_and_logs_within_the_limits(t
 def test_short_runs_are_limited_by_their_minutes_and_a_missing_first_half_is_one_line(tmp_path):
     p, _, _ = device_run(tmp_path, minutes="2", cut_off=True)
     assert (tmp_path / "limit").read_text().strip() == str(2 * 60 + 80)
+    p, _, _ = device_run(tmp_path, minutes="9", cut_off=True)  # 9 min + 80 s is past the 600 s call less 40 s
+    assert (tmp_path / "limit").read_text().strip() == "560"
     shutil.rmtree(tmp_path / "bin")
     p, _, _ = device_run(tmp_path, minutes="15", cut_off=True, DEVICE_CALL_S="2000")  # a rehearsal on a slow CPU
     assert (tmp_path / "limit").read_text().strip() == str(15 * 60 + 80)
@@ -165,3 +181,29 @@ def test_each_out_gets_its_own_run_folder_by_default(tmp_path):
     assert p.returncode == 0, p.stderr
     work = tmp_path / "tmp" / "gpu_run_run"  # OUT is .../run
     assert (work / "args.txt").read_text().split()[1] == str(work) and (out / "run" / "run.tgz").is_file()
+
+
+def test_minutes_default_to_8_and_an_image_without_pytest_gets_the_staged_one(tmp_path):
+    p, _, work = device_run(tmp_path, minutes=None, no_pytest=True)
+    assert p.returncode == 0, p.stderr
+    assert (work / "args.txt").read_text().split()[2] == "8"
+    assert (tmp_path / "site" / "stagedpytest").is_dir() and (tmp_path / "site" / "fakegguf").is_dir()
+
+
+def test_a_failed_run_keeps_its_status_and_a_damaged_model_runs_nothing(tmp_path):
+    p, out, work = device_run(tmp_path, GPU_RUN_RC="3")  # failed, not cut off: no cut-off line, no summary redone
+    assert p.returncode == 3
+    assert "run cut off" not in (work / "steps.txt").read_text() and not (work / "resummarised").exists()
+    assert (out / "run" / "run.tgz").is_file()  # what it wrote still comes back
+    shutil.rmtree(work)
+    (tmp_path / "repo" / ".dev_model" / "b" / "SHA256").write_text("0" * 64 + "\n")  # halves that do not join
+    p = subprocess.run(["bash", str(tmp_path / "repo" / "scripts" / "device.sh"), "run", str(tmp_path / "o")],
+                       env={**os.environ, "DEVICE_MODEL_DIR": str(tmp_path / "m"), "DEVICE_SITE_DIR": str(tmp_path / "site"),
+                            "DEVICE_RUN_DIR": str(work)}, capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode != 0 and "FAILED" in p.stdout and not work.exists()
+
+
+def test_no_or_an_unknown_command_prints_the_usage_and_exits_2():
+    for args in ([], ["bogus"]):
+        p = subprocess.run(["bash", str(ROOT / "scripts" / "device.sh"), *args], capture_output=True, text=True)
+        assert p.returncode == 2 and "bash scripts/device.sh run OUT [MINUTES]" in p.stdout

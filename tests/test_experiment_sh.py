@@ -18,12 +18,13 @@ fi
 """
 
 
-def experiment(tmp_path, *args):
+def experiment(tmp_path, *args, **env_extra):
     fake = tmp_path / "fake-python"
     fake.write_text(FAKE)
     fake.chmod(0o755)
     env = {**os.environ, "PYTHON": str(fake), "CALLS": str(tmp_path / "calls"), "REAL_PY": sys.executable, "GSM8K_DIR": "g"}
     env.pop("MODEL", None)
+    env.update(env_extra)
     p = subprocess.run(["bash", str(ROOT / "scripts" / "experiment.sh"), *args], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=120)
     calls = (tmp_path / "calls").read_text().splitlines() if (tmp_path / "calls").exists() else []
@@ -35,6 +36,8 @@ def test_help_and_bad_arguments_print_usage_and_touch_nothing(tmp_path):
     assert p.returncode == 0 and "bash scripts/experiment.sh --gpu [OUT_DIR]" in p.stdout and not p.stderr
     p, _ = experiment(tmp_path, "--bogus")
     assert p.returncode == 2 and p.stderr.strip() == "error: unknown option --bogus: use --gpu, or -h for help"
+    p, _ = experiment(tmp_path, "a", "b")
+    assert p.returncode == 2 and p.stderr.strip() == "error: one OUT_DIR at most (got a and b): see -h"
     assert sorted(x.name for x in tmp_path.iterdir()) == ["fake-python"]
 
 
@@ -57,3 +60,29 @@ def test_relative_paths_are_the_callers_and_an_interrupted_run_resumes(tmp_path)
     assert sum(f"--model {out}/plain " in c for c in evals) == 3 and sum(f"--model {out}/mcts " in c for c in evals) == 3
     # the eval cut short continues (run again without --resume, it is refused: its answers are kept)
     assert [c.endswith(f"--resume --out-dir {out}/eval-plain-mcts") for c in evals] == [False] * 5 + [True] + [False] * 3
+
+
+def test_each_run_and_evaluation_gets_its_flags_and_a_finished_run_is_left_as_it_is(tmp_path):
+    out = tmp_path / "o"
+    (out / "plain" / "final_hf").mkdir(parents=True)
+    (out / "plain" / "final_hf" / "config.json").write_text("{}")  # finished and exported
+    (tmp_path / "m").mkdir()  # MODEL, a relative path to a model here
+    p, train = experiment(tmp_path, "o", MODEL="m")
+    assert p.returncode == 0, p.stderr
+    assert f"{out}/plain done already" in p.stdout and len(train) == 1
+    assert f" run.py train --model {tmp_path}/m --shots 2 " in train[0]
+    assert "--rollouts mcts --tree-advantage mix --tree-advantage-weight 0.5 --seed 0 --out-dir" in train[0]
+    evals = [c.split(" run.py eval ")[1] for c in (tmp_path / "calls").read_text().splitlines() if " run.py eval " in c]
+    assert [e.split(" --shots ")[0] for e in evals] == [f"--model {tmp_path}/m"] * 3 + [f"--model {out}/plain"] * 3 + [f"--model {out}/mcts"] * 3
+    assert [e.split(" --search ")[1].split(" --out-dir ")[0] for e in evals[:3]] == ["greedy", "majority --n 4", "mcts --n-simulations 2"]
+    plots = [c for c in (tmp_path / "calls").read_text().splitlines() if "plot_runs.py" in c]
+    assert plots == [f"GSM8K_DIR={tmp_path}/g scripts/plot_runs.py {out}/curves.png {out}/plain {out}/mcts"]
+
+
+def test_gpu_sizes_and_a_hub_model_id(tmp_path):
+    p, train = experiment(tmp_path, "--gpu", "o", MODEL="org/model")  # not a path here: a hub id, as given
+    assert p.returncode == 0, p.stderr
+    assert all(" run.py train --model org/model --prompts-per-step 16 " in t for t in train) and len(train) == 2
+    evals = [c for c in (tmp_path / "calls").read_text().splitlines() if " run.py eval " in c]
+    assert " --limit 500 " in evals[0] and " --search majority --n 8 " in evals[1] and " --n-simulations 8 " in evals[2]
+    assert "(gpu settings, " in (tmp_path / "o" / "summary.md").read_text()

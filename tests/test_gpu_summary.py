@@ -20,10 +20,13 @@ def test_summary_of_a_run_cut_off_after_two_steps(tmp_path):
                                                 "+629.6 MB, 2.34x the weights) and the float32 head: 0.465 ms; step / that floor = 5.9\n"
                                                 "rows with identical greedy tokens: 11/64; rows ended by EOS: 0/64\n"
                                                 "ratio ours/transformers tokens/s: 10.00\n")
+    (tmp_path / "2-sampler-b256.log").write_text("ours: 400 tokens in 0.20s = 2000.0 tokens/s\n")  # (each batch its rows)
     (tmp_path / "steps.txt").write_text("1-env rc=0 seconds=3\n2-sampler-b64 rc=0 seconds=30\n")
     gpu_summary.main([str(tmp_path)])
     text = (tmp_path / "summary.md").read_text()
     assert text.startswith("# GPU run: NVIDIA H100 80GB HBM3, ")
+    assert "| copy_gb_per_s | 1800.0 |" in text  # the environment's figures, each a row
+    assert "| 2-sampler-b256: ours | 400 tokens in 0.20s = 2000.0 tokens/s |" in text
     # the floor with the KV cache, and how many rows the two sides agree on (bf16: they part at near-ties)
     assert ("| 2-sampler-b64: decode step floor with the KV cache it reads (427 slots x 64 rows, +629.6 MB, 2.34x the "
             "weights) and the float32 head | 0.465 ms; step / that floor = 5.9 |") in text
@@ -130,8 +133,9 @@ def test_unknown_flags_are_refused(tmp_path, capsys):
         "error: unknown flag --bogus: usage: python3 scripts/gpu_summary.py OUT_DIR [--print]")
     assert "pass one OUT_DIR (2 given)" in refusal([str(tmp_path), str(tmp_path)], capsys)
     assert not (tmp_path / "summary.md").exists()
+    assert "pass one OUT_DIR (0 given)" in refusal(["--print"], capsys)
     gpu_summary.main(["--print", str(tmp_path)])  # --print before OUT_DIR is fine
-    assert (tmp_path / "summary.md").is_file()
+    assert capsys.readouterr().out == (tmp_path / "summary.md").read_text()  # and prints what it wrote
 
 
 # A run cut off by its time limit may leave any file half-written: each damaged one is left out (a row or a note
@@ -177,3 +181,44 @@ def test_json_cut_off_or_not_an_object_is_a_damaged_row(tmp_path):
 def test_help_prints_the_usage_and_exits_0(capsys):
     gpu_summary.main(["--help"])  # returns: exit 0, nothing written
     assert "OUT_DIR [--print]" in capsys.readouterr().out
+
+
+def test_rows_of_later_steps_nulls_and_a_single_step(tmp_path):
+    """A skipped update's null reward is left out of the means; the steps are the last row's (a damaged line's row
+    is not counted back); a split only where every step after the first has one; a run of one step has no others."""
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "metrics.jsonl").write_text(
+        '{"step": 1, "reward": 0.5, "step_time": 3.0}\n{"step": 2, "rew\n{"step": 3, "reward": null, "step_time": 2.0}\n'
+        '{"step": 4, "reward": 0.25, "step_time": 1.0, "time/rollout": 0.5, "time/logprobs": 0.25, "time/update": 0.25}\n')
+    (tmp_path / "train-mb64").mkdir()
+    (tmp_path / "train-mb64" / "metrics.jsonl").write_text(json.dumps(
+        {"step": 1, "reward": 0.5, "step_time": 3.0, "time/rollout": 1.0, "time/logprobs": 0.5, "time/update": 0.25}) + "\n")
+    (tmp_path / "mcts-dynamic").mkdir()  # the second of the pair
+    (tmp_path / "mcts-dynamic" / "summary.json").write_text(json.dumps(
+        {"questions": 16, "seconds_per_question": 2.5, "generated_tokens_per_question": 1000.0, "accuracy_lenient": 0.5}))
+    (tmp_path / "2-agreement-fp32.log").write_text("rows whose first 32 greedy tokens agree: 16/16\n")
+    (tmp_path / "1-cuda-tests.log").write_text("F..\nFAILED tests/test_x.py::test_cuda\n=== 1 failed, 2 passed in 3.00s ===\n")
+    (tmp_path / "train-profile" / "profile").mkdir(parents=True)  # on a CPU: no device line after the first
+    (tmp_path / "train-profile" / "profile" / "step_2.txt").write_text("training step 2: 4.000 s wall\n\nby host time (self):\n")
+    text = "\n".join(gpu_summary.summary(tmp_path))
+    assert "| GRPO steps / reward, mean of first 3 / of last 3 | 4 / 0.375 / 0.375 |" in text
+    assert "| GRPO step time (s) | first: 3.00, mean of the other 2: 1.50 |" in text
+    assert "| GRPO step time split" not in text  # step 3 has none
+    assert "| GRPO at --micro-batch 64 (a diagnostic) step time (s) | first: 3.00 |" in text
+    assert ("| GRPO at --micro-batch 64 (a diagnostic) step time split, mean over steps after the first: rollout / "
+            "log-probs / update (s) | 1.00 / 0.50 / 0.25 |") in text  # its only step, as there is no other
+    assert "| tree search, --decode dynamic (16 questions): s/question, generated tokens/question, accuracy lenient | 2.50, 1000, 0.500 |" in text
+    assert "| agreement, the GPU in float32 with CPU float32: rows whose first 32 greedy tokens agree | 16/16 |" in text
+    assert "| CUDA-only tests (-k cuda: CUDA graphs against eager decoding, fused attention) | 1 failed, 2 passed in 3.00s |" in text
+    assert "| GRPO step under the profiler | 4.000 s wall |" in text and "profiler, device" not in text
+
+
+def test_a_log_cut_mid_character_and_a_null_figure_still_leave_a_summary(tmp_path, capsys):
+    (tmp_path / "2-sampler-b64.log").write_bytes("ours: 100 tokens/s\nratio ours/transformers tokens/s: 1\u00b7".encode()[:-1])
+    (tmp_path / "eval-start").mkdir()
+    (tmp_path / "eval-start" / "summary.json").write_text(json.dumps(
+        {"questions": 4, "accuracy_strict": None, "accuracy_lenient": 0.25, "format_soft_rate": 1.0}))
+    gpu_summary.main([str(tmp_path)])
+    text = (tmp_path / "summary.md").read_text()
+    assert "| 2-sampler-b64: ours | 100 tokens/s |" in text and "| 2-sampler-b64: ratio ours/transformers tokens/s | 1\ufffd |" in text
+    assert "| eval-start | damaged (TypeError: " in text

@@ -34,6 +34,7 @@ def one_error(capsys) -> str:
     ([ROOT, node(1, 0, visits="x")], 'nodes[1].visits is "x", not a number'),  # was "Unknown format code 'f'"
     ([ROOT, node(1, 0, terminal="yes")], 'nodes[1].terminal is "yes", not true or false'),
     ([ROOT, node(1, 0, id=True)], "nodes[1].id is true, not an integer"),
+    ([{**ROOT, "parent": 0}, node(1, 0)], "nodes[0] is not the root: its id is 0 and its parent 0, not 0 and -1"),  # would recurse
 ])
 def test_a_tree_whose_nodes_do_not_fit_says_what_in_one_line(nodes, what, tmp_path, capsys):
     f = tmp_path / "trees.jsonl"
@@ -87,7 +88,70 @@ def test_a_cut_line_before_the_last_of_a_partial_file_is_still_an_error(tmp_path
 def test_an_empty_name_and_a_device_are_refused_in_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "trees.jsonl").write_text(tree_line([ROOT]) + "\n")  # "" was read as ".", and this shown
-    assert run.main(["inspect-tree", ""]) == 2
-    assert "inspect-tree's FILE is empty" in one_error(capsys)
+    for blank in ("", " "):
+        assert run.main(["inspect-tree", blank]) == 2
+        assert "inspect-tree's FILE is empty" in one_error(capsys)
     assert run.main(["inspect-tree", "/dev/null"]) == 2
     assert one_error(capsys).startswith("error: /dev/null is not a regular file: pass the trees.jsonl")
+
+
+def test_a_cut_line_followed_by_blank_lines_is_still_the_last(tmp_path, capsys):
+    f = tmp_path / "trees.jsonl.partial"
+    f.write_text(tree_line([ROOT]) + "\n" + tree_line([ROOT])[:30] + "\n\n \n")
+    assert run.main(["inspect-tree", str(f)]) == 0
+    assert capsys.readouterr().err.startswith(f"note: {f}:2: skipped, cut off")
+
+
+def test_nodes_that_are_not_a_list_and_an_unreadable_file_are_one_line(tmp_path, monkeypatch, capsys):
+    f = tmp_path / "trees.jsonl"
+    f.write_text(tree_line(5) + "\n")
+    assert run.main(["inspect-tree", str(f)]) == 2
+    assert one_error(capsys).startswith(f"error: {f}:1: not a search tree")
+    f.write_text(tree_line([ROOT]) + "\n")
+
+    def unreadable(self, *a, **k):
+        raise PermissionError(13, "Permission denied")  # (a chmod 000 file: this suite may run as root, who reads it)
+
+    monkeypatch.setattr(type(f), "read_text", unreadable)
+    assert run.main(["inspect-tree", str(f)]) == 2
+    assert one_error(capsys) == f"error: cannot read {f} (Permission denied): pass a trees.jsonl you may read\n"
+
+
+# a tree as `run.py eval` writes one (visits and values floats; a value of 1 written by hand is still a number): a
+# root; a step with a newline, and under it a finished rollout's long step; an unvisited step of exactly 70 characters
+TREE = {"index": 1, "question": "x" * 75, "gold": "1", "answer": "7", "nodes": [
+    {**ROOT, "visits": 3.0, "value": 0.5},
+    node(1, 0, text="a\nb", visits=2.0, value=0.25, prior=0.6),
+    node(2, 1, text="y" * 80, visits=1.0, value=1, prior=0.3, answer="7", terminal=True),
+    node(3, 0, text="c" * 70, visits=0.0, value=0.0, prior=0.4)]}
+
+
+def test_inspect_tree_prints_the_chosen_tree_and_its_statistics(tmp_path, capsys):
+    f = tmp_path / "trees.jsonl"
+    f.write_text(tree_line([ROOT], answer=None) + "\n" + json.dumps(TREE) + "\n")  # (no answer found: null)
+    assert run.main(["inspect-tree", str(f), "--index", "1"]) == 0
+    *lines, stats = capsys.readouterr().out.splitlines()
+    assert lines == ["Q1: " + "x" * 70,
+                     "gold 1, search answer 7",
+                     "[0] N=3 Q=0.500 root",
+                     '|- [1] N=2 Q=0.250 P=0.60 "a\\nb"',
+                     '|  `- [2] N=1 Q=1.000 P=0.30 "' + "y" * 67 + '..." -> 7 [end]',
+                     '`- [3] N=0 Q=0.000 P=0.40 "' + "c" * 70 + '"']
+    assert json.loads(stats) == {"tree/nodes": 4, "tree/max_depth": 2, "tree/terminal_nodes": 1,
+                                 "tree/root_children_visited": 1, "tree/root_value": 0.5, "tree/answered_nodes": 1}
+    assert run.main(["inspect-tree", str(f), "--index", "1", "--max-depth", "1"]) == 0  # the root's children, not theirs
+    assert [line.split(" N=")[0] for line in capsys.readouterr().out.splitlines()[2:-1]] == ["[0]", "|- [1]", "`- [3]"]
+
+
+def test_each_trees_statistics_are_logged_at_its_question(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mcts.inspect import log_tree_stats
+
+    f = tmp_path / "trees.jsonl"
+    f.write_text(tree_line([ROOT]) + "\n" + json.dumps(TREE) + "\n")
+    log_tree_stats(f, tmp_path / "tb")
+    ea = EventAccumulator(str(tmp_path / "tb"))
+    ea.Reload()
+    assert [(e.step, e.value) for e in ea.Scalars("tree/nodes")] == [(0, 1.0), (1, 4.0)]
+    assert [(e.step, e.value) for e in ea.Scalars("tree/max_depth")] == [(0, 0.0), (1, 2.0)]

@@ -196,3 +196,7 @@ def test_the_committed_step_is_the_most_visited_then_the_best_valued_child():
     assert best([(1, 4.0, 0.1), (2, 6.0, 0.0), (3, 6.0, 0.5)]) == 3  # visits 6 twice: value 0.5 > 0.0
     assert best([(1, 6.0, 0.5), (2, 6.0, 0.5), (3, 2.0, 0.9)]) == 1  # and on equal values the lower id
     assert best([(1, 2.0, 0.9), (2, 6.0, 0.1)]) == 2  # visits first
+    steps = [dict(node=n, visits=v, value=q) for n, v, q in [(1, 6.0, 0.5), (2, 6.0, 0.1), (3, 2.0, 0.9)]]
+    gumbel = lambda choice: SearchResult("", None, 0, "length", 0, 0, 0, first_steps=steps, root_choice=choice).best_first_step()["node"]  # noqa: E731
+    assert gumbel(2) == 2 and gumbel(3) == 3  # Sequential Halving's choice, whatever the visits say
+    assert gumbel(9) == 1  # (a choice among no first steps: the most visited)

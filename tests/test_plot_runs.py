@@ -34,9 +34,11 @@ def refusal(argv, capsys) -> str:
     return one_line_refusal(plot_runs.main, argv, capsys)
 
 
-def test_the_same_run_twice_is_refused(tmp_path, capsys):
+def test_the_same_run_twice_is_refused(tmp_path, capsys, monkeypatch):
     a = run_dir(tmp_path / "plain", 0.5)
     assert refusal([str(tmp_path / "c.png"), a, a + "/"], capsys) == "error: a run directory is given twice: pass each run once"
+    monkeypatch.chdir(tmp_path)  # the same directory by a relative path and by its absolute one
+    assert refusal([str(tmp_path / "c.png"), "plain", a], capsys) == "error: a run directory is given twice: pass each run once"
 
 
 def test_a_forgotten_out_is_refused_not_written_into_the_first_run(tmp_path, capsys):
@@ -47,7 +49,8 @@ def test_a_forgotten_out_is_refused_not_written_into_the_first_run(tmp_path, cap
     assert "unknown flag --out" in refusal(["--out", str(tmp_path / "c.png"), a], capsys)
 
 
-@pytest.mark.parametrize("bad", ['{"step": 3, "rew', "[1, 2]\n", "garbled\n"])  # a run killed mid-line; not objects
+@pytest.mark.parametrize("bad", ['{"step": 3, "rew', "[1, 2]\n", "garbled\n", '{"reward": 1}\n'])  # a run killed mid-line; not
+# objects; not a row of run.py's (every one has its step)
 def test_a_cut_off_or_garbled_line_is_skipped_with_a_note(tmp_path, capsys, bad):
     a = run_dir(tmp_path / "live", 0.5)
     with open(tmp_path / "live" / "metrics.jsonl", "a") as f:
@@ -72,3 +75,30 @@ def test_a_run_without_metrics_is_left_out_with_a_note(tmp_path, capsys):
 def test_help_prints_the_usage_and_exits_0(capsys):
     plot_runs.main(["-h"])  # returns: exit 0, no file named -h written
     assert "plot_runs.py OUT/curves.png" in capsys.readouterr().out
+
+
+def test_the_table_reads_first_and_last_steps_and_evaluations(tmp_path):
+    """Evaluations are rows of their own, without a reward (the start's is step 0); a skipped update's reward is
+    null: left out of the means."""
+    (tmp_path / "r").mkdir()
+    rows = [{"step": 0, "eval/accuracy_strict": 0.1, "eval/accuracy_lenient": 0.2, "eval/format_soft_rate": 0.3,
+             "rollout/generated_tokens_total": 0}]
+    rows += [{"step": i, "reward": r, "rollout/generated_tokens_total": 100 * i} for i, r in ((1, 0.1), (2, 0.2), (3, None), (4, 0.8))]
+    rows += [{"step": 4, "eval/accuracy_strict": 0.4, "eval/accuracy_lenient": 0.5, "eval/format_soft_rate": 0.9,
+              "rollout/generated_tokens_total": 400}]
+    (tmp_path / "r" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plot_runs.main([str(tmp_path / "c.png"), str(tmp_path / "r")])
+    header, _, row = (tmp_path / "c.md").read_text().splitlines()
+    assert "| reward, first 3 steps | reward, last 3 steps |" in header
+    # rewards 0.1, 0.2, (null) then (null), 0.8: first 3 and last 3
+    assert row == "| r | 4 | 400 | 0.150 | 0.500 | 0.100 / 0.200 -> 0.400 / 0.500 | 0.30 -> 0.90 |"
+
+
+def test_a_run_without_metrics_file_out_missing_or_unmakeable_are_one_line(tmp_path, capsys):
+    a = run_dir(tmp_path / "a", 0.5)
+    (tmp_path / "b").mkdir()
+    assert refusal([str(tmp_path / "c.png"), a, str(tmp_path / "b")], capsys) == (
+        f"error: {tmp_path / 'b' / 'metrics.jsonl'} not found: pass run directories of `run.py train`")
+    assert refusal([str(tmp_path / "c.png")], capsys).startswith("error: pass OUT and at least one run directory: usage: ")
+    (tmp_path / "file").write_text("")
+    assert refusal([str(tmp_path / "file" / "c.png"), a], capsys).startswith(f"error: cannot make {tmp_path / 'file'} for ")

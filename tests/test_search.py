@@ -122,7 +122,10 @@ def test_path_tokens_are_right_aligned_root_first():
 
 def test_bad_search_settings():
     for bad, says in ((dict(answer="best"), "unknown --mcts-answer 'best'"), (dict(step="words:3"), "unknown --step 'words:3'"),
-                      (dict(step="tokens:0"), "unknown --step 'tokens:0'"), (dict(n_simulations=0), "n_simulations, children")):
+                      (dict(step="tokens:0"), "unknown --step 'tokens:0'"), (dict(n_simulations=0), "n_simulations, children"),
+                      (dict(step="newlines"), "unknown --step 'newlines'"), (dict(children=0), "n_simulations, children"),
+                      (dict(step_tokens=0), "n_simulations, children"), (dict(rollout_depth=-1), "n_simulations, children"),
+                      (dict(c_puct=-0.5), r"c_puct must be >= 0 \(got -0.5\)"), (dict(format_weight=1.5), r"format_weight in \[0, 1\] \(got 1.5\)")):
         with pytest.raises(ValueError, match=says):
             SearchConfig(**bad)
 
@@ -347,6 +350,8 @@ def test_pick_finished_by_hand():
     # 7 -> 1.0 wins; within it rollouts 0 and 2 tie at 0.5: the first
     assert pick_finished(recs, [0.5, 0.2, 0.5, 0.1], "vote") is recs[0]
     assert pick_finished(recs, [0.5, 0.2, 0.6, 0.1], "vote") is recs[2]
+    # the votes add up: 7 twice at 0.4 (0.8) outvotes 9 once at 0.6, though 9's rollout is the best valued
+    assert pick_finished(recs[:3], [0.4, 0.6, 0.4], "vote") is recs[0] and pick_finished(recs[:3], [0.4, 0.6, 0.4], "value") is recs[1]
     assert pick_finished([], [], "vote") is None
     with pytest.raises(AssertionError):
         pick_finished(recs, [0.1], "vote")
