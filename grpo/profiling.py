@@ -64,7 +64,11 @@ def report(prof, wall: float, cuda: bool, step: int) -> str:
     split = ", ".join(f"{name.split('/')[1]} {phases[name]:.3f} s" for name in PHASES if name in phases)
     lines = [f"training step {step}: {wall:.3f} s wall under the profiler ({split})"]
     if cuda:
-        kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+        # (not the device-side copies of record_function ranges, torch.profiler's gpu_user_annotation events: each
+        # spans the kernels it launched, and counted as one it doubled the busy time; torch's own tables leave them
+        # out too, pytorch/pytorch#130730)
+        kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA
+                   and not getattr(e, "is_user_annotation", False)]
         busy = sum(e.device_time for e in kernels) / 1e6  # (microseconds; kernels of one stream do not overlap)
         lines.append(f"device busy {busy:.3f} s of {wall:.3f} s ({100 * busy / wall:.1f}%) in {len(kernels)} kernels "
                      f"({1e6 * busy / max(len(kernels), 1):.1f} us a kernel): the rest of the wall time the device "

@@ -203,6 +203,11 @@ def test_given_flags_these_settings_do_not_read_are_noted(tmp_path, monkeypatch,
     assert note(TrainConfig(rollouts="mcts"), {"mcts_prob", "tree_advantage_weight"}) == (
         "note: --tree-advantage-weight has no effect with --rollouts mcts, --tree-advantage outcome")
     assert note(TrainConfig(rollouts="mcts", tree_advantage="mix"), {"tree_advantage_weight", "mcts_children"}) is None
+    tree = {"mcts_prob", "tree_advantage", "tree_advantage_weight", "mcts_simulations", "mcts_children", "mcts_c_puct",
+            "mcts_root", "mcts_step", "mcts_step_tokens"}
+    assert note(TrainConfig(), tree | {"steps", "beta"}) == (
+        "note: --mcts-c-puct, --mcts-children, --mcts-prob, --mcts-root, --mcts-simulations, --mcts-step, --mcts-step-tokens, "
+        "--tree-advantage, --tree-advantage-weight have no effect with --rollouts plain")
 
     def stop(*a, **k):
         raise KeyboardInterrupt
@@ -227,6 +232,18 @@ def test_the_context_check_takes_the_longest_prompt_in_tokens_and_names_a_prompt
     with pytest.raises(ValueError, match=r"--max-new-tokens 200 after a prompt of 19\d\d tokens \(--shots 0\)"):
         run.check_context(model, tok, questions, [], 200)
     run.check_context(model, tok, questions[:1], [], 200)
+    from data import encode_prompts
+
+    P = len(encode_prompts(tok, questions[:1], [])[0])
+    model.cfg.max_position_embeddings = P + 10
+    run.check_context(model, tok, questions[:1], [], 10)  # the context filled exactly
+    with pytest.raises(ValueError, match=rf"^--max-new-tokens 11 after a prompt of {P} tokens .* \(at most 10 here\)"):
+        run.check_context(model, tok, questions[:1], [], 11)
+    model.cfg.max_position_embeddings = P + 1
+    run.check_context(model, tok, questions[:1], [], 1)
+    model.cfg.max_position_embeddings = P
+    with pytest.raises(ValueError, match=rf"^a prompt of {P} tokens \(--shots 0\) already fills"):
+        run.check_context(model, tok, questions[:1], [], 1)
     model.cfg.max_position_embeddings = 1500
     with pytest.raises(ValueError, match=r"^a prompt of 19\d\d tokens \(--shots 0\) already fills the model's context of "
                                          r"1500 positions: lower --shots$"):
@@ -301,6 +318,25 @@ def test_an_out_dir_holding_a_model_or_an_eval_is_refused_and_left_as_it_was(tmp
         err = capsys.readouterr().err
         assert err.startswith(f"error: --out-dir {tmp_path / out} holds {what}") and f"--out-dir (e.g. {tmp_path / out / command})" in err
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_flags_parse_to_their_fields_types_and_booleans_both_ways():
+    """Each flag typed from its field's annotation (an optional one from its type), its default the field's; a boolean
+    is --x / --no-x, the last one given winning."""
+    from grpo.config import TrainConfig
+
+    parser = argparse.ArgumentParser()
+    flags.add_config_args(parser, TrainConfig)
+
+    def cfg(*argv):
+        return flags.config_from_args(TrainConfig, parser.parse_args(list(argv)))
+
+    assert cfg() == TrainConfig()
+    c = cfg("--steps", "7", "--lr", "1e-3", "--model", "m", "--no-eval-at-start", "--no-deterministic", "--stop", "")
+    assert (c.steps, c.lr, c.model, c.eval_at_start, c.deterministic, c.stop) == (7, 0.001, "m", False, False, "")
+    assert type(c.steps) is int and type(c.lr) is float
+    assert cfg("--eval-at-start").eval_at_start is True and cfg("--no-eval-at-start", "--eval-at-start").eval_at_start is True
+    assert cfg("--eval-at-start", "--no-eval-at-start").eval_at_start is False
 
 
 def test_a_path_flag_expands_the_tilde_the_shell_leaves(monkeypatch, tmp_path):
@@ -429,6 +465,52 @@ def test_a_second_ctrl_c_during_the_stop_is_ignored_not_a_traceback(tmp_path, mo
     monkeypatch.setattr(run, "remove_made_dirs", lambda: None)
     assert run.main(["eval", "--limit", "1", "--out-dir", str(tmp_path / "ev2")]) == 2
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == (sigint, sigterm)
+
+
+def test_an_ignored_ctrl_c_stays_ignored_while_a_command_runs():
+    """A background job of a script starts with SIGINT ignored: stop_signals leaves it so (SIGTERM still stops the
+    command), and puts SIGTERM's handler back after a command that no signal stopped."""
+    import signal
+
+    from grpo.stops import stop_signals
+
+    sigint, sigterm = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with stop_signals():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and callable(signal.getsignal(signal.SIGTERM))
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == (signal.SIG_IGN, sigterm)
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+        signal.signal(signal.SIGTERM, sigterm)
+
+
+def test_a_full_quota_is_one_line_and_out_of_memory_is_said_by_the_rank_that_ran_out(tmp_path, monkeypatch, capsys):
+    """Over a disk quota (EDQUOT) reads as a full disk does; out of memory is said by the rank that met it (the others
+    are not told), and only rank 0 says how to go on (it alone writes checkpoints)."""
+    import errno
+
+    from grpo.stops import stop_line
+
+    args = argparse.Namespace(command="train", resume=None, out_dir=str(tmp_path / "run"))
+    assert stop_line(OSError(errno.EDQUOT, "Disk quota exceeded", "/x/f"), args) == (
+        "error: Disk quota exceeded: /x/f; no checkpoint was written yet, so there is nothing to resume (the same command "
+        "starts it again)", 2, False)
+    oom = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
+                       "to allocate 8 bytes. Error code 12 (Cannot allocate memory)")
+    line, code, every_rank = stop_line(oom, args)
+    assert line.startswith("error: out of memory (can't allocate memory: you tried to allocate 8 bytes): lower --micro-batch")
+    assert line.endswith("; no checkpoint was written yet, so there is nothing to resume (the same command starts it again)")
+    monkeypatch.setenv("RANK", "1"), monkeypatch.setenv("WORLD_SIZE", "2"), monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    line, code, every_rank = stop_line(oom, args)
+    assert line.startswith("error: out of memory on rank 1 (can't allocate") and line.endswith("--mcts-children")
+    assert (code, every_rank) == (2, True)
+    monkeypatch.setattr(run, "load_spec", lambda *a: (_ for _ in ()).throw(oom))
+    capsys.readouterr()
+    assert run.main(["eval", "--limit", "1", "--device", "cpu", "--out-dir", str(tmp_path / "ev")]) == 2
+    assert capsys.readouterr().err == ("error: out of memory on rank 1 (can't allocate memory: you tried to allocate 8 bytes): "
+                                       "lower --batch-size (questions at once; each with --n answers, or tree search's "
+                                       "--children rows and --n-simulations x --children nodes)\n")
 
 
 def test_an_out_dir_through_a_symlink_loop_is_one_line(tmp_path, monkeypatch, capsys):

@@ -379,6 +379,11 @@ def test_train_refuses_bad_out_dirs_data_files_and_batches_before_loading(tmp_pa
     assert not (tmp_path / "r1").exists()  # made for the run, removed with its error
     assert run.main(["sample", "--gsm8k", test_file]) == 2
     assert "is one file" in capsys.readouterr().err
+    # a run that never evaluates needs the train split alone: past the data, to the model (stopped there)
+    monkeypatch.setattr(run, "load_spec", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert run.main(["train", "--gsm8k", f"{gsm8k_dir()}/train.jsonl", "--eval-every", "0", "--out-dir", str(tmp_path / "r3"),
+                     "--device", "cpu"]) == 130
+    monkeypatch.setattr(run, "load_spec", lambda *a: pytest.fail("the model loaded before the inputs were checked"))
     monkeypatch.setattr(run.D, "init_from_env", lambda device: (Dist(rank=0, world=2), torch.device("cpu")))
     assert run.main(["train", "--prompts-per-step", "3", "--gsm8k", gsm8k_dir(), "--out-dir", str(tmp_path / "r2")]) == 2
     err = capsys.readouterr().err
@@ -506,8 +511,11 @@ def test_the_cpu_estimate_says_the_whole_runs_time_too():
         "the 2 steps to go: about 3 minutes or less, evaluations aside; --max-minutes 2.5 stops it sooner")
     tiny = dataclasses.replace(cfg, steps=50)  # a tiny model's steps: not "about 0 s", "about 0 minutes"
     assert run.step_estimate(0.2, tiny, 0, 2).startswith("estimated time per step on this CPU: under a second (2 process(es)")
+    assert run.step_estimate(0.7, tiny, 0, 2).startswith("estimated time per step on this CPU: about 1 s or less (2 process(es)")
     assert run.step_estimate(0.2, tiny, 0, 2).endswith("the 50 steps to go: under a minute, evaluations aside")
     assert "to go: about 1 minute or less" in run.step_estimate(1.2, tiny, 0, 1)  # 60 s
+    roomy = dataclasses.replace(cfg, steps=3, max_minutes=60)  # 3 steps of 100 s: within the hour, said of nothing
+    assert run.step_estimate(100.0, roomy, 0, 1).endswith("the 3 steps to go: about 5 minutes or less, evaluations aside")
 
 
 def test_sigterm_ends_a_run_as_ctrl_c_does(tiny_ckpt, tmp_path):

@@ -1,4 +1,5 @@
 """Two gloo processes under torchrun take the same steps as one process with the same global batch."""
+import datetime
 import json
 import os
 import re
@@ -96,6 +97,10 @@ def test_a_cuda_device_the_machine_lacks_is_one_line(monkeypatch):
     with pytest.raises(ValueError, match=r"^--device cuda:2 asks for cuda:2, but this machine has 1 CUDA device "
                                          r"\(only cuda:0\): pick one of them$"):
         init_from_env("cuda:2")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match=r"^--device cuda:2 asks for cuda:2, but this machine has 2 CUDA devices \(cuda:0 to cuda:1\)"):
+        init_from_env("cuda:2")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ValueError, match="--device cuda:1 asks for cuda:1"):
         run.resolve_device("cuda:1")
     assert run.resolve_device("cuda:0") == torch.device("cuda:0")
@@ -143,8 +148,26 @@ def test_device_cuda_under_torchrun_joins_on_the_local_gpu(monkeypatch):
     monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: backends.append(backend))
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
     monkeypatch.setenv("RANK", "0"), monkeypatch.setenv("WORLD_SIZE", "1"), monkeypatch.setenv("LOCAL_RANK", "0")
+    kws = []
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: backends.append(backend) or kws.append(kw))
     _, device = init_from_env("cuda")
     assert device == torch.device("cuda:0") and set_to == [0] and backends == ["nccl"]
+    # rank 0 alone evaluates while the others wait in a barrier: minutes, past NCCL's default 10-minute timeout
+    assert kws[0]["timeout"] >= datetime.timedelta(minutes=60)
+    # two processes: each on its own local GPU, whichever --device cuda:N was given to all
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("RANK", "1"), monkeypatch.setenv("WORLD_SIZE", "2"), monkeypatch.setenv("LOCAL_RANK", "1")
+    d, device = init_from_env("cuda:0")
+    assert device == torch.device("cuda:1") and set_to == [0, 1] and (d.rank, d.world, d.local_rank) == (1, 2, 1)
+
+
+def test_each_process_takes_its_contiguous_share_of_the_batch():
+    from grpo.distributed import Dist, shard
+
+    assert [shard(list(range(8)), Dist(rank=r, world=4)) for r in range(4)] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert shard([5, 6, 7], Dist()) == [5, 6, 7]
+    with pytest.raises(ValueError, match=r"^--prompts-per-step 6 must be a multiple of the 4 processes$"):
+        shard(list(range(6)), Dist(rank=0, world=4))
 
 
 def test_a_run_that_ended_well_meets_every_rank_before_leaving(tmp_path, monkeypatch):

@@ -96,3 +96,57 @@ def test_the_lm_head_runs_in_float32_under_bf16():
         model.lm_head.weight.mul_(2)  # weights change (an optimizer step): the copy is made again
         assert torch.equal(model.head_weight(torch.float32), model.lm_head.weight.float())
     assert model.head_weight(torch.float32).requires_grad
+
+
+def test_float32_weights_under_bf16_autocast_keep_a_float32_head():
+    """GRPO samples under bf16 autocast over float32 master weights: the layers run in bf16, the LM head does not
+    (Transformer.logits), so the logits are float32 and equal the float32 head applied to the hidden states."""
+    model = from_hf_model(tiny_hf_model())
+    x = torch.randint(0, 259, (2, 7))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+        h = model.hidden(x)
+    want = h.float() @ model.lm_head.weight.T
+    assert logits.dtype == torch.float32
+    assert torch.allclose(logits, want, atol=1e-4) and not torch.equal(logits, logits.bfloat16().float())
+    with torch.no_grad():  # bf16 hidden states given to the float32 head: upcast, not refused
+        hb = h.bfloat16()
+        assert torch.allclose(model.logits(hb), hb.float() @ model.lm_head.weight.T, atol=1e-4)
+
+
+def test_gradients_reach_whichever_input_needs_them():
+    """A frozen LM head (the hidden states need gradients, the weight not) and the reverse: the hand-written
+    backward gives each input that needs one autograd's gradient. T = 9 in chunks of 4: a last chunk of one."""
+    torch.manual_seed(1)
+    B, T, C, V = 2, 9, 6, 30
+    y = torch.randint(0, V, (B, T))
+    g = torch.randn(B, T, dtype=torch.float64)
+    for needs_h, needs_w in ((True, False), (False, True)):
+        h = torch.randn(B, T, C, dtype=torch.float64, requires_grad=needs_h)
+        w = torch.randn(V, C, dtype=torch.float64, requires_grad=needs_w)
+        x = h if needs_h else w
+        ref = (h @ w.T).log_softmax(-1).gather(-1, y[..., None]).squeeze(-1)
+        (want,) = torch.autograd.grad((ref * g).sum(), x)
+        lp = logprobs_from_hidden(h, w, y, chunk=4)
+        assert lp.shape == (B, T) and torch.allclose(lp.double(), ref.detach(), atol=1e-5)
+        (got,) = torch.autograd.grad((lp.double() * g).sum(), x)
+        assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_bf16_weights_give_float32_log_probs():
+    """bf16 weights (eval --precision bf16) without autocast: the head still runs in float32 (logits of ~25 in bf16
+    would be off by up to 0.06), as Transformer.logits does; so does its backward, whose gradients come back in
+    bf16."""
+    torch.manual_seed(0)
+    h = torch.randn(2, 5, 64).bfloat16().requires_grad_(True)
+    W = (torch.randn(300, 64) * 3).bfloat16().requires_grad_(True)
+    y = torch.randint(0, 300, (2, 5))
+    h32, W32 = h.detach().float().requires_grad_(True), W.detach().float().requires_grad_(True)
+    exact = torch.log_softmax(h32 @ W32.T, -1).gather(-1, y[..., None]).squeeze(-1)
+    lp = logprobs_from_hidden(h, W, y)
+    assert lp.dtype == torch.float32 and torch.allclose(lp, exact.detach(), atol=1e-4)
+    gh, gW = torch.autograd.grad(lp.sum(), (h, W))
+    want_h, want_W = torch.autograd.grad(exact.sum(), (h32, W32))
+    assert gh.dtype == gW.dtype == torch.bfloat16
+    torch.testing.assert_close(gh.float(), want_h, atol=2e-2, rtol=1e-2)
+    torch.testing.assert_close(gW.float(), want_W, atol=2e-2, rtol=1e-2)

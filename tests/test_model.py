@@ -360,3 +360,78 @@ def test_residual_added_in_the_matmul_gives_the_same_model(arch, monkeypatch):
     assert calls == []
     lin.add_into(torch.zeros(2, lin.out_features), torch.ones(2, lin.in_features))  # (and without autocast it is)
     assert calls == [1]
+
+
+def test_cached_tokens_without_positions_continue_from_the_cache():
+    """With a cache and no positions, the new tokens take the positions of their slots [length, length + T):
+    a prompt read in two parts, the second without positions, gives the one-pass logits."""
+    ours = from_hf_model(tiny_hf_model(dtype=torch.float64))
+    x = torch.randint(0, 259, (2, 10))
+    with torch.no_grad():
+        full = ours(x)
+        cache = KVCache.empty(ours.cfg, 2, 10, "cpu", torch.float64)
+        parts = torch.cat([ours(x[:, :6], cache=cache), ours(x[:, 6:], cache=cache)], dim=1)
+    assert torch.allclose(parts, full, atol=1e-10)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_no_query_row_of_the_mask_is_fully_masked(arch, monkeypatch):
+    """A padding query (left padding, key_mask False) still sees its own slot: a mask row of -inf only would give
+    NaN in the fused GPU kernels (CPU SDPA returns 0 there, so only the mask itself shows it). Training's pass over
+    left-padded rows and a decode step over a padded cache both."""
+    import model_io.model as mm
+    from model_io import prefill
+
+    seen = []
+    plain = mm.grouped_attention
+    monkeypatch.setattr(mm, "grouped_attention", lambda q, k, v, mask: seen.append(mask) or plain(q, k, v, mask))
+    ours = from_hf_model(tiny_hf_model(arch, dtype=torch.float64))
+    prompts = random_prompts([2, 7])
+    ids, mask = left_pad(prompts, pad=0)
+    with torch.no_grad():
+        ours(ids, positions=(mask.long().cumsum(-1) - 1).clamp(min=0), key_mask=mask.bool())
+        pre = prefill(ours, prompts, room=2, per_row=False)
+        ours(pre.logits.argmax(-1)[:, None], positions=pre.next_pos[:, None], cache=pre.cache)
+    assert len(seen) == 3 * ours.cfg.n_layers and all(m is not None for m in seen)
+    for m in seen:
+        assert (m > float("-inf")).any(-1).all()
+
+
+def test_a_shared_prefix_refuses_a_cache_and_missing_positions():
+    """Rows after a shared prefix take neither a KV cache nor default positions (their prompt's padding decides
+    where each row's tokens sit): both are refused by name."""
+    from model_io.model import SharedPrefix
+
+    model = from_hf_model(tiny_hf_model())
+    prompts = random_prompts([3, 5])
+    ptok, pmask = left_pad(prompts, pad=0)
+    shared = SharedPrefix(key_mask=pmask.bool())
+    with torch.no_grad():
+        model.hidden(ptok, positions=(pmask.cumsum(-1) - 1).clamp(min=0), key_mask=pmask.bool(), shared=shared)
+        shared.rows = torch.tensor([0, 1])
+        comp = torch.randint(0, 256, (2, 2))
+        with pytest.raises(ValueError, match="need explicit positions"):
+            model.hidden(comp, shared=shared)
+        cache = KVCache.empty(model.cfg, 2, 8, "cpu", torch.float32)
+        with pytest.raises(AssertionError, match="do not mix"):
+            model.hidden(comp, positions=torch.zeros(2, 2, dtype=torch.long), cache=cache, shared=shared)
+
+
+def test_rows_after_a_shared_prefix_honour_their_own_key_mask():
+    """A row's own tokens may hold padding (key_mask False) too: no later token of the row attends to it. Prompt
+    of 3 tokens shared by two rows, [pad, a, b] and [c, d, e]: each row's real tokens equal prompt + them alone."""
+    from model_io.model import SharedPrefix
+
+    model = from_hf_model(tiny_hf_model(dtype=torch.float64))
+    prompt = random_prompts([3], seed=4)[0]
+    own = torch.tensor([[0, 11, 12], [21, 22, 23]])
+    omask = torch.tensor([[False, True, True], [True, True, True]])
+    shared = SharedPrefix(key_mask=torch.ones(1, 3, dtype=torch.bool))
+    with torch.no_grad():
+        model.hidden(torch.tensor([prompt]), shared=shared)
+        shared.rows = torch.tensor([0, 0])
+        pos = 3 + (omask.long().cumsum(-1) - 1).clamp(min=0)
+        got = model.hidden(own, positions=pos, key_mask=omask, shared=shared)
+        for r, n in ((0, 2), (1, 3)):
+            alone = model.hidden(torch.tensor([prompt + own[r, 3 - n:].tolist()]))[0, 3:]
+            assert torch.allclose(got[r, 3 - n:], alone, atol=1e-10), r

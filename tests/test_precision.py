@@ -225,3 +225,64 @@ def test_bf16_on_a_cpu_without_amx_says_it_is_slow(tiny_ckpt, tmp_path, monkeypa
     steps = [json.loads(line).get("step") for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 2 and json.loads((tmp_path / "part" / "config.json").read_text())["precision"] == "bf16"
     assert sum(line.startswith("note: bf16 on a CPU without AMX-BF16") for line in err.splitlines()) == 1, err[-500:]
+
+
+def test_a_frozen_linear_passes_gradients_to_its_input():
+    """A frozen layer (GRPO's reference, or the policy's frozen parts) under autograd with an input that needs
+    gradients: the plain matmul, so the input gets its gradient (the packed op has no backward)."""
+    m = _linear(True).requires_grad_(False)
+    x = torch.randn(3, 24, requires_grad=True)
+    y = m(x)
+    assert y.requires_grad
+    (g,) = torch.autograd.grad(y.square().sum(), x)
+    xr = x.detach().requires_grad_(True)
+    (want,) = torch.autograd.grad(torch.nn.functional.linear(xr, m.weight, m.bias).square().sum(), xr)
+    assert torch.allclose(g, want, atol=1e-5)
+
+
+def test_one_linear_called_in_float32_and_under_bf16_autocast():
+    """Sampling runs a model under bf16 autocast and evaluation without: one layer, packed in float32 by one call,
+    packs again in bf16 for the other, each giving what F.linear gives there."""
+    m, x = _linear(True), torch.randn(5, 24)
+    with torch.no_grad():
+        plain = m(x)
+        assert plain.dtype == torch.float32 and torch.allclose(plain, torch.nn.functional.linear(x, m.weight, m.bias), atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got, want = m(x), torch.nn.functional.linear(x, m.weight, m.bias)
+        assert got.dtype == want.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)
+        assert torch.allclose(m(x), plain)  # and back
+
+
+def test_a_bias_changed_in_place_alone_is_seen_by_the_packed_linear():
+    """The packed copy carries the bias (a bf16 copy under bf16 autocast): an optimizer step that moves only the
+    bias (in place) must reach it."""
+    m, x = _linear(True), torch.randn(3, 24)
+    for autocast in (False, True):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            m(x)
+            m.bias.add_(1.0)
+            got, want = m(x), torch.nn.functional.linear(x, m.weight, m.bias)
+        torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_the_packed_linear_keeps_f_linears_dtype_rules():
+    """Packed or plain, a call whose input dtype is not the weight's (outside autocast) is refused as F.linear
+    refuses it: the CPU's packed path does not quietly cast what a GPU or autograd would reject."""
+    m, x = _linear(False), torch.randn(3, 24)
+    with torch.no_grad():
+        with pytest.raises(RuntimeError):
+            torch.nn.functional.linear(x.bfloat16(), m.weight)
+        with pytest.raises(RuntimeError):
+            m(x.bfloat16())
+
+
+def test_add_into_with_a_bias_adds_it(monkeypatch):
+    """Linear.add_into folds the residual into the matmul only where the layer has no bias (addmm has room for one
+    addend): with a bias, forced onto the CPU's GPU path, it is still residual + the layer's output, bias included."""
+    monkeypatch.setattr(linear, "RESIDUAL_IN_GEMM", ("cpu",))
+    m = _linear(True)
+    with torch.no_grad():
+        m.bias.fill_(3.0)
+        x, r = torch.randn(2, 4, 24), torch.randn(2, 4, 40)
+        assert torch.allclose(m.add_into(r, x), r + torch.nn.functional.linear(x, m.weight, m.bias), atol=1e-5)

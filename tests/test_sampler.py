@@ -429,3 +429,17 @@ def test_a_finished_row_still_in_the_batch_is_not_finished_again():
     got = generate(model, prompts, SamplingConfig(max_new_tokens=8, eos_ids=(rows[r][c],), **GREEDY), static=False, max_tokens=caps)
     assert got.row(r) == rows[r][:c] and got.finish[r] == "length" and int(got.lengths[r]) == c
     assert (got.tokens[r, c:] == 0).all() and not got.logprobs[r, c:].any()
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_decode_needs_room_for_all_but_the_last_token(static):
+    """The last token is sampled from the previous step's logits and never run through the model, so a prefix with
+    max_new_tokens - 1 free slots suffices (and gives generate's tokens); one slot fewer is refused up front."""
+    model = from_hf_model(tiny_hf_model(vocab=40, pad_token_id=0))
+    prompts = random_prompts([5, 2], vocab=40)
+    cfg = SamplingConfig(max_new_tokens=6, **GREEDY)
+    want = generate(model, prompts, cfg, static=static)
+    got = decode(model, prefill(model, prompts, room=5), cfg, static=static)
+    assert torch.equal(got.tokens, want.tokens) and got.lengths.tolist() == [6, 6]
+    with pytest.raises(ValueError, match="prefix has room for 4 tokens, needs 5"):
+        decode(model, prefill(model, prompts, room=4), cfg, static=static)

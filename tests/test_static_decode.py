@@ -244,3 +244,114 @@ def test_the_gpu_only_paths_compile_and_match_eager(monkeypatch):
     assert torch.equal(plain.tokens, eager.tokens) and torch.equal(eager.tokens, comp.tokens)
     assert torch.allclose(plain.logprobs, eager.logprobs, atol=1e-5)
     assert torch.allclose(eager.logprobs, comp.logprobs, atol=1e-4) and (comp.lengths > 1).all()
+
+
+def test_static_step_ignores_whatever_the_unwritten_slots_held():
+    """The static step attends to every slot of the cache under a mask; slots not yet written come from
+    torch.empty and may hold anything, NaN included (0 * NaN is NaN). Filled with NaN here: the step's logits are
+    still finite and those of the dynamic step."""
+    from model_io import prefill
+    from model_io.static_decode import StaticStep
+
+    model = from_hf_model(tiny_hf_model(vocab=40, pad_token_id=0)).eval()
+    prompts = random_prompts([5, 9], vocab=40)
+    tok = prefill(model, prompts, room=4).logits.argmax(-1)
+    pre = prefill(model, prompts, room=4)
+    pre.cache.k[:, :, :, pre.cache.length:] = float("nan")
+    pre.cache.v[:, :, :, pre.cache.length:] = float("nan")
+    logits = StaticStep(model, pre.cache, pre.next_pos)(tok)
+    with torch.no_grad():
+        ref = model(tok[:, None], positions=pre.next_pos[:, None], cache=prefill(model, prompts, room=4).cache, last_only=True)
+    assert torch.isfinite(logits).all() and torch.allclose(logits, ref, atol=1e-5)
+
+
+def test_static_decoding_counts_the_tokens_it_runs():
+    """forward_tokens on the static path: every row runs every step but the first token's (read from the prefill's
+    logits): R * (max_new_tokens - 1) when no row ends, as on the dynamic path, plus the prompts' tokens."""
+    model = from_hf_model(tiny_hf_model(vocab=40, pad_token_id=0))
+    prompts = random_prompts([5, 3], vocab=40)
+    cfg = SamplingConfig(max_new_tokens=6, temperature=0.0)
+    for static in (False, True):
+        assert generate(model, prompts, cfg, static=static).forward_tokens == 8 + 2 * 5
+
+
+class StopAtExactWindow:
+    """A stop on three adjacent tokens that looks at exactly three: the tails must hold the newest `window`
+    tokens, not one fewer. Records the longest tail it was handed."""
+
+    window = 3
+
+    def __init__(self, seq):
+        self.seq, self.longest = list(seq), 0
+
+    def __call__(self, tails):
+        self.longest = max([self.longest] + [len(t) for t in tails])
+        return [t[-3:] == self.seq for t in tails]
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_a_stop_as_long_as_its_window_is_seen_whole(static):
+    model = from_hf_model(tiny_hf_model(vocab=40, pad_token_id=0))
+    prompts = random_prompts([5, 7], vocab=40)
+    cfg = SamplingConfig(max_new_tokens=10, temperature=0.0)
+    free = generate(model, prompts, cfg, static=static)
+    stop = StopAtExactWindow(free.row(0)[3:6])
+    res = generate(model, prompts, cfg, static=static, stop=stop)
+    assert res.row(0) == free.row(0)[:6] and res.finish[0] == "stop"
+    assert stop.longest == 3
+
+
+def test_static_sampling_with_row_keys_matches_dynamic_as_rows_end():
+    """Counter-based RowKeys draw row r's t-th number from r's key alone: the static path (every row in its slot)
+    and the dynamic path (finished rows dropped, the batch compacted) give the same samples and log-probs, rows
+    ending at different times on an EOS; also for two rows per prompt, forked (copies of the prompt's cache,
+    with room) or sharing the prompt's keys/values."""
+    from model_io.row_keys import RowKeys
+
+    model = from_hf_model(tiny_hf_model(dtype=torch.float64, vocab=24, eos_token_id=3, pad_token_id=0))
+    prompts = random_prompts([4, 6, 3, 5], vocab=24, seed=1)
+    cfg = SamplingConfig(max_new_tokens=12, temperature=1.0, eos_ids=(3, 5))
+    for n, share in ((1, False), (2, False), (2, True)):
+        keys = RowKeys.from_names([f"row{i}" for i in range(4 * n)], torch.device("cpu"))
+        dyn = generate(model, prompts[: 4 // n], cfg, keys, n=n, share_prompt=share, static=False)
+        sta = generate(model, prompts[: 4 // n], cfg, keys, n=n, share_prompt=share, static=True)
+        assert len(set(dyn.lengths.tolist())) > 1 and len(set(dyn.tokens[:, 0].tolist())) > 1
+        assert torch.equal(dyn.tokens, sta.tokens) and dyn.finish == sta.finish
+        assert torch.allclose(dyn.logprobs, sta.logprobs, atol=1e-6)
+
+
+def test_the_compiled_steps_end_gives_bf16_weights_a_float32_head():
+    """The compiled step's last region (final norm, LM head), run eagerly: a bf16 model's hidden states meet the
+    float32 head weight (Transformer.head_weight) and give the model's own float32 logits."""
+    from model_io.static_decode import _end_step
+
+    model = from_hf_model(tiny_hf_model(vocab=40, pad_token_id=0)).to(torch.bfloat16)
+    x = torch.randn(3, 1, model.cfg.dim).bfloat16()
+    with torch.no_grad():
+        got = _end_step(model.norm, x, model.head_weight(torch.float32))
+        want = model.logits(model.norm(x)[:, -1])
+    assert got.dtype == want.dtype == torch.float32 and torch.equal(got, want)
+
+
+def test_static_checks_every_few_tokens_end_rows_once_and_stop_when_all_are_done():
+    """decode_static looks at the rows every `check_every` tokens (4 here). A row that completes a stop in one chunk
+    ends there, even if the stop comes again in a later chunk (here the dynamic path's tokens and finishes); and
+    once every row is finished (caps 2, 3, 4) no further step runs: 3 steps of 3 rows, not 11."""
+    from model_io import prefill
+    from model_io.static_decode import decode_static
+
+    model = from_hf_model(tiny_hf_model(vocab=40, eos_token_id=3, pad_token_id=0))
+    prompts = random_prompts([5, 7, 3], vocab=40)
+    cfg = SamplingConfig(max_new_tokens=12, temperature=0.0)
+    free = generate(model, prompts, cfg, static=False)
+    rows = [free.row(r) for r in range(3)]
+    token = next(t for row in rows for t in row[:4] if t in row[4:])  # seen in the first chunk and a later one
+    want = generate(model, prompts, cfg, static=False, stop=StopAt(token))
+    assert "stop" in want.finish
+    got = decode_static(model, prefill(model, prompts, room=12), cfg, stop=StopAt(token), check_every=4, graph=False)
+    assert torch.equal(got.tokens, want.tokens) and got.finish == want.finish
+    assert torch.equal(got.lengths.cpu(), want.lengths.cpu())
+    capped = decode_static(model, prefill(model, prompts, room=12), cfg, check_every=4, graph=False,
+                           max_tokens=torch.tensor([2, 3, 4]))
+    assert [capped.row(r) for r in range(3)] == [rows[0][:2], rows[1][:3], rows[2][:4]]
+    assert capped.forward_tokens == 3 * 3

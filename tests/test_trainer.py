@@ -1,5 +1,6 @@
 """The GRPO loop on tiny random models: it learns, every parameter moves, resume is exact, bad updates are skipped."""
 import json
+import math
 
 import pytest
 import torch
@@ -36,6 +37,8 @@ def test_every_parameter_changes_after_one_step(tmp_path):
                       "rewards/letters/mean", "frac_reward_zero_std"}
     parts = [m["time/rollout"], m["time/logprobs"], m["time/update"]]  # where the step's time went
     assert all(t > 0 for t in parts) and abs(sum(parts) - m["step_time"]) < 1e-9
+    # the rate is of the step's whole time: every completion token sampled in it over its seconds
+    assert m["tokens_per_sec"] * m["step_time"] == pytest.approx(m["rollout/generated_tokens"], rel=1e-9)
 
 
 def test_reward_metrics_by_hand():
@@ -331,14 +334,25 @@ def test_a_step_with_nothing_to_run_still_steps_adamw(tmp_path, max_grad_norm):
         return [float(len(calls) == 1 and i % 2) for i in range(len(completions))]
 
     rs = RewardSet({"r": 1.0}, {"r": first_step_only})
+    import copy
+
     tr = make_trainer(tmp_path, steps=2, rewards=rs, max_grad_norm=max_grad_norm)
     tr.train_step()
     before = [p.detach().clone() for p in tr.model.parameters()]
+    # the update the full computation gives: AdamW, in its state after step 1, on gradients of exactly 0
+    shadow = [p.detach().clone().requires_grad_(True) for p in tr.params]
+    adamw = torch.optim.AdamW(shadow, lr=tr.cfg.lr, betas=(tr.cfg.adam_beta1, tr.cfg.adam_beta2), weight_decay=tr.cfg.weight_decay,
+                              eps=1e-8, fused=True)
+    adamw.load_state_dict(copy.deepcopy(tr.opt.state_dict()))  # (a copy: loaded as is, the two would share the state)
+    for p in shadow:
+        p.grad = torch.zeros_like(p)
+    adamw.step()
     m = tr.train_step()
     assert m["frac_reward_zero_std"] == 1.0 and "entropy" not in m  # no row ran: no token statistics
     moved = max((p - b).abs().max().item() for p, b in zip(tr.model.parameters(), before))
     assert moved > 1e-4  # Adam's momentum from step 1 (lr 3e-3)
     assert all(int(st["step"]) == 2 for st in tr.opt.state.values())
+    assert all(torch.equal(p, q) for p, q in zip(tr.params, shadow))
 
 
 def test_a_start_that_never_writes_the_format_is_reported_before_training(tmp_path, capsys):
@@ -367,6 +381,8 @@ def test_resume_drops_the_steps_after_the_checkpoint_from_every_log(tmp_path):
     resumed.train()
     steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+    samples = [json.loads(l)["step"] for l in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert samples == [1, 2, 3, 4, 5, 6]  # --log-samples 1: each step's first completion, numbered as its metrics
     ea = EventAccumulator(str(tmp_path / "tb"))
     ea.Reload()
     assert [e.step for e in ea.Scalars("reward")] == [1, 2, 3, 4, 5, 6]
@@ -465,9 +481,14 @@ def test_bf16_recomputed_old_logprobs_give_ratio_exactly_one(tmp_path, fp32_ref)
 
 
 def test_a_run_stopped_by_its_time_limit_says_so(tmp_path, capsys):
-    tr = make_trainer(tmp_path, steps=3, max_minutes=1e-9)
+    """...and its last step is checkpointed and evaluated as a run's last step is, off --save-every and --eval-every."""
+    tr = make_trainer(tmp_path, steps=3, max_minutes=1e-9, eval_every=2, eval_limit=1, eval_at_start=False)
+    tr.test_set = tr.train_set[:1]
     tr.train()
     assert tr.step == 1 and (tmp_path / "final_hf").is_dir()
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step-000001"]
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 1] and "eval/accuracy_strict" in rows[1]
     out = capsys.readouterr().out
     assert f"stopped by --max-minutes at step 1 of 3; final_hf holds the model so far; `run.py train --resume {tmp_path}` continues" in out
 
@@ -514,6 +535,13 @@ def test_the_step_estimate_counts_prefill_once_per_prompt_and_probes_the_trainin
     assert all(p.grad is None for p in tr.model.parameters())
     assert all(m._packed is None for m in tr.model.modules() if isinstance(m, Linear))
     assert all(torch.equal(a, b) for a, b in zip(before, tr.model.parameters())) and torch.equal(torch.get_rng_state(), rng)
+    # mu updates, and the policy's recomputed old log-probs a forward pass more; each process samples its own
+    # share of the prompts: 2 of 4 here, in 2 micro-batches (16 rows of 12)
+    from grpo.distributed import Dist
+
+    tr = make_trainer(tmp_path / "b", mu=2, old_logprobs="recompute", dist=Dist(rank=1, world=2))
+    ticks = iter([0.0, 1.0, 10.0, 11.4, 20.0, 23.0])
+    assert tr.estimate_step_seconds() == pytest.approx(2 * 1.0 + 2 * (0.05 * 8 + 3.0 * (2 + 1 / 3)))
 
 
 def test_gradients_are_freed_once_the_update_is_made(tmp_path):
@@ -649,3 +677,193 @@ def test_a_non_finite_metric_is_null_in_metrics_jsonl_and_the_summaries_read_it(
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         assert mod.mean([r["reward"] for r in rows]) == 0.5
+
+
+def test_each_step_logs_the_learning_rate_it_took(tmp_path):
+    """warmup_cosine over the run's own --warmup-steps and --steps, the scheduler stepped once per step: with 2 of 4
+    steps warming up, steps 1-4 take lr x 1/3, 2/3, then the cosine from the peak, x 1 and x 0.5 (progress 0, 1/2)."""
+    tr = make_trainer(tmp_path, steps=4, warmup_steps=2, lr=0.03, prompts_per_step=2, group_size=2, max_new_tokens=2)
+    assert [tr.train_step()["learning_rate"] for _ in range(4)] == pytest.approx([0.01, 0.02, 0.03, 0.015], rel=1e-12)
+
+
+def _half_flat_rewards():
+    """Letters (helpers.letter_fraction) for problems whose answer is "1", 0 for the rest: half the groups flat."""
+    from helpers import letter_fraction, tiny_tokenizer
+
+    letters = letter_fraction(tiny_tokenizer())
+
+    def half_flat(completions, answers, completion_ids, **_):
+        return [x if a == "1" else 0.0 for x, a in zip(letters(completions, completion_ids), answers)]
+
+    return RewardSet({"half": 1.0}, {"half": half_flat})
+
+
+@pytest.mark.parametrize("agg,beta", [("seq-mean-token-mean", 0.04), ("token-mean", 0.0), ("seq-mean-token-sum-norm", 0.0)])
+def test_the_micro_batched_update_is_the_whole_batchs_gradient(tmp_path, monkeypatch, agg, beta):
+    """Micro-batches of 5 rows (the last one short), gradients summed over them with the whole batch's normalisers,
+    zero-advantage rows skipped where beta = 0 (departure 6) and run where beta > 0 (their KL term has a gradient):
+    AdamW steps on the gradient of the whole batch's loss in one pass (grpo.loss.policy_loss over every row), here at
+    the second step, where the policy has left the reference. The logged loss, entropy and ratio are that pass's,
+    the entropy over the rows that ran. --max-grad-norm 0: the gradient is not clipped."""
+    import copy
+
+    import grpo.trainer as T
+    from data import Problem
+    from grpo.loss import policy_loss
+    from grpo.rollout import completion_logprobs
+
+    problems = [Problem(f"question {i}", str(i % 2), "", i) for i in range(16)]
+    tr = make_trainer(tmp_path, beta=beta, loss_agg=agg, micro_batch=5, max_grad_norm=0.0, problems=problems,
+                      rewards=_half_flat_rewards(), group_size=4, seed=1)
+    rollouts, grads, real_merge = [], [], T.merge
+    monkeypatch.setattr(T, "merge", lambda parts, pad: rollouts.append(real_merge(parts, pad)) or rollouts[-1])
+    tr.opt.register_step_pre_hook(lambda *_: grads.append([p.grad.clone() for p in tr.params]))
+    tr.train_step()
+    before = copy.deepcopy(tr.model)
+    m = tr.train_step()
+    ro, cfg = rollouts[-1], tr.cfg
+    adv = ro.advantages.flatten()
+    assert (adv == 0).any() and (adv != 0).any()  # flat groups and groups with a spread
+
+    T_ = int(ro.mask.sum(-1).max())
+    rows, pad = torch.arange(adv.numel()), tr.tok.pad_token_id
+    logp, ent = completion_logprobs(before, ro, rows, T_, pad, cfg.logprob_chunk)
+    with torch.no_grad():
+        ref = completion_logprobs(tr.ref, ro, rows, T_, pad, cfg.logprob_chunk, with_entropy=False) if beta else None
+    mask = ro.mask[:, :T_]
+    loss, st = policy_loss(logp, ro.old_logp[:, :T_], ref, adv, mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high, beta=beta,
+                           agg=agg, max_len=cfg.max_new_tokens)
+    loss.backward()
+    want = [p.grad if p.grad is not None else torch.zeros_like(p) for p in before.parameters() if p.requires_grad]
+    assert len(grads) == 2 and len(grads[1]) == len(want)
+    for g, w in zip(grads[1], want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6 * float(w.abs().max()) + 1e-12)
+    assert m["loss"] == pytest.approx(loss.item(), rel=1e-5, abs=1e-7)
+    assert m["grad_norm"] == pytest.approx(float(torch.linalg.vector_norm(torch.stack([w.norm() for w in want]))), rel=1e-4)
+    ran = mask if beta else mask & (adv != 0)[:, None]  # beta = 0: the statistics of the rows that ran
+    assert m["entropy"] == pytest.approx(float((ent * ran).sum() / ran.sum()), rel=1e-5)
+    assert m["ratio_mean"] == pytest.approx(1.0, abs=1e-5)  # mu = 1: the sampling policy's weights
+    if beta:
+        assert m["kl"] == pytest.approx(st.kl, rel=1e-4) and m["kl"] > 0
+
+
+@pytest.mark.parametrize("max_grad_norm", [1e-3, 0.0])
+def test_adamw_steps_on_the_gradient_clipped_to_max_grad_norm(tmp_path, max_grad_norm):
+    """grad_norm logs the norm before clipping; the update takes the gradient scaled down to --max-grad-norm (0: as is)."""
+    tr = make_trainer(tmp_path, max_grad_norm=max_grad_norm)
+    seen = []
+    tr.opt.register_step_pre_hook(lambda *_: seen.append(float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in tr.params])))))
+    m = tr.train_step()
+    assert m["grad_norm"] > 1e-2
+    assert seen == [pytest.approx(max_grad_norm or m["grad_norm"], rel=1e-4)]
+
+
+def test_a_non_finite_gradient_alone_skips_the_update_and_a_taken_one_starts_the_count_over(tmp_path, capsys):
+    """A finite loss whose gradient is not (here: one weight's, made infinite by a hook): the update is skipped and its
+    gradients freed; an update taken between two skipped ones starts the count of skips in a row over."""
+    tr = make_trainer(tmp_path, max_bad_steps=2)
+    poison = [True]
+    tr.params[0].register_hook(lambda g: g * float("inf") if poison[0] else g)
+    before = [p.detach().clone() for p in tr.params]
+    m = tr.train_step()
+    assert math.isfinite(m["loss"]) and not math.isfinite(m["grad_norm"])
+    assert all(torch.equal(a, p) for a, p in zip(before, tr.params)) and all(p.grad is None for p in tr.params)
+    assert "step 1: non-finite loss" in capsys.readouterr().out
+    poison[0] = False
+    tr.train_step()
+    assert not all(torch.equal(a, p) for a, p in zip(before, tr.params))
+    poison[0] = True
+    tr.train_step()  # one skipped in a row: goes on
+    with pytest.raises(TrainingError, match="^2 non-finite updates in a row at step 4"):
+        tr.train_step()
+
+
+def test_a_resume_counts_the_skipped_updates_before_its_checkpoint(tmp_path):
+    nan = RewardSet({"nan": 1.0}, {"nan": lambda completions, **_: [float("nan")] * len(completions)})
+    kw = dict(rewards=nan, max_bad_steps=2, save_every=1, steps=4, prompts_per_step=2, group_size=2, max_new_tokens=2)
+    make_trainer(tmp_path, **kw).train(until_step=1)  # skipped, and checkpointed
+    again = make_trainer(tmp_path, **kw)
+    assert again.resume() and again.step == 1
+    with pytest.raises(TrainingError, match="^2 non-finite updates in a row at step 2"):
+        again.train_step()
+
+
+def test_an_evaluation_asks_the_first_eval_limit_test_questions(tmp_path, monkeypatch):
+    import grpo.trainer as T
+
+    asked = []
+    summary = dict.fromkeys(("accuracy_strict", "accuracy_lenient", "format_soft_rate", "generated_tokens_per_answer"), 0.0)
+    monkeypatch.setattr(T, "evaluate", lambda model, tok, problems, *a, **k: asked.append([p.question for p in problems]) or (summary, []))
+    tr = make_trainer(tmp_path, eval_every=1, eval_limit=2)
+    tr.test_set = tr.train_set[3:8]
+    assert tr.evaluate() == {f"eval/{k}": 0.0 for k in summary}
+    assert asked == [["question 3", "question 4"]]
+
+
+def test_evaluations_are_owed_at_multiples_of_eval_every_and_the_last_step_and_a_resume_skips_the_starts(tmp_path, monkeypatch):
+    """(None logged yet in this run directory: every due one is owed.) The start's evaluation (step 0) is --eval-at-start's,
+    made by a run that starts at step 0, not by a resumed one."""
+    tr = make_trainer(tmp_path, steps=5, eval_every=2, eval_at_start=True)
+    ran = []
+    monkeypatch.setattr(tr, "evaluate", lambda: ran.append(tr.step) or {})
+    for step in range(6):
+        tr.step = step
+        tr.evaluate_if_owed()
+    assert ran == [2, 4, 5]
+    tr.step, ran[:] = 3, []  # as resumed at step 3: owes nothing
+    monkeypatch.setattr(tr, "train_step", lambda: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        tr.train()
+    assert ran == []
+
+
+def test_the_count_of_flat_steps_starts_over_at_a_step_with_a_learning_signal(tmp_path, monkeypatch):
+    calls = []
+
+    def signal_at_step_3(completions, **_):
+        calls.append(1)
+        return [float(len(calls) == 3 and i % 2) for i in range(len(completions))]
+
+    tr = make_trainer(tmp_path, steps=4, rewards=RewardSet({"r": 1.0}, {"r": signal_at_step_3}), prompts_per_step=2,
+                      group_size=2, max_new_tokens=2)
+    counts, real = [], tr.train_step
+    monkeypatch.setattr(tr, "train_step", lambda: counts.append(tr.flat_steps) or real())
+    tr.train()
+    assert counts + [tr.flat_steps] == [0, 1, 2, 0, 1]
+
+
+def test_the_time_limit_forecasts_the_next_step_by_the_last_ones_time(tmp_path, monkeypatch):
+    """On a clock that moves only while the rollout samples (25 s a step): the step's time and its split are by hand,
+    and the run stops before a step that would end past --max-minutes 1 by that time."""
+    import types
+
+    import grpo.trainer as T
+
+    now = [0.0]
+    monkeypatch.setattr(T, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    real = T.collect
+
+    def slow_collect(*a, **k):
+        now[0] += 25.0
+        return real(*a, **k)
+
+    monkeypatch.setattr(T, "collect", slow_collect)
+    tr = make_trainer(tmp_path, max_minutes=1.0)
+    m = tr.train_step()
+    assert (m["step_time"], m["time/rollout"], m["time/logprobs"], m["time/update"]) == (25.0, 25.0, 0.0, 0.0)
+    assert not tr.budget_spent()  # 25 s gone, a step of 25 s more ends at 50 s
+    now[0] = 40.0
+    assert tr.budget_spent()  # 40 + 25 > 60
+
+
+@pytest.mark.parametrize("old,precision,recomputed", [("recompute", "fp32", True), ("auto", "fp32", False),
+                                                      ("sampler", "bf16", False)])
+def test_old_logprobs_are_recomputed_where_asked(tmp_path, monkeypatch, old, precision, recomputed):
+    """--old-logprobs recompute: one teacher-forced pass of the policy before the update; sampler, or auto in float32:
+    none (the sampler's). (auto in bf16: test_bf16_recomputed_old_logprobs_give_ratio_exactly_one.)"""
+    import grpo.trainer as T
+
+    tr = make_trainer(tmp_path, old_logprobs=old, precision=precision, prompts_per_step=2, group_size=2, max_new_tokens=2)
+    calls = count_calls(monkeypatch, T, "teacher_forced_logprobs")
+    tr.train_step()
+    assert [a[0] is tr.model for a in calls] == ([True] if recomputed else [])
