@@ -413,16 +413,28 @@ def test_ctrl_c_while_torch_imports_ends_the_command_in_one_line():
     import subprocess
     import time
 
+    def inside_torch_import(p):
+        """Wait until torch's library is mapped: run.py's guard is then in place (it comes before `import torch`) and
+        the import has a second to go. (A fixed 0.3 s could still be the interpreter's start on a loaded machine.)"""
+        maps = Path(f"/proc/{p.pid}/maps")
+        for _ in range(6000):
+            if not maps.exists():  # (not Linux: the old fixed wait)
+                time.sleep(0.3)
+                return
+            if "libtorch" in maps.read_text(errors="replace"):
+                return
+            time.sleep(0.01)
+
     p = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "sample", "--help"], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
-    time.sleep(0.3)  # (past the interpreter's start, inside `import torch`: over a second on any machine here)
+    inside_torch_import(p)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)
     assert (p.returncode, err, out) == (130, "interrupted\n", "")
     # a background job of a script starts with SIGINT ignored: it stays ignored (the guard switched it back on)
     p = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "sample", "--help"], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    time.sleep(0.3)
+    inside_torch_import(p)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0 and "usage:" in out, err
