@@ -383,6 +383,7 @@ def test_train_refuses_bad_out_dirs_data_files_and_batches_before_loading(tmp_pa
     monkeypatch.setattr(run, "load_spec", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
     assert run.main(["train", "--gsm8k", f"{gsm8k_dir()}/train.jsonl", "--eval-every", "0", "--out-dir", str(tmp_path / "r3"),
                      "--device", "cpu"]) == 130
+    assert capsys.readouterr().err.startswith("interrupted: no checkpoint was written yet")
     monkeypatch.setattr(run, "load_spec", lambda *a: pytest.fail("the model loaded before the inputs were checked"))
     monkeypatch.setattr(run.D, "init_from_env", lambda device: (Dist(rank=0, world=2), torch.device("cpu")))
     assert run.main(["train", "--prompts-per-step", "3", "--gsm8k", gsm8k_dir(), "--out-dir", str(tmp_path / "r2")]) == 2
