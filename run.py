@@ -284,7 +284,7 @@ def step_estimate(per_step: float, cfg: TrainConfig, step: int, world: int) -> s
     total = left * per_step / 3600
     limit = (f"; --max-minutes {cfg.max_minutes:g} stops it sooner" if cfg.max_minutes and cfg.max_minutes * 60 < left * per_step
              else "")
-    step_time = f"about {per_step:.0f} s or less" if per_step >= 0.5 else "under a second"  # (a tiny model's: not "0 s")
+    step_time = f"about {max(per_step, 1):.0f} s or less" if per_step >= 0.5 else "under a second"  # (never "0 s")
     minutes = round(total * 60)
     run_time = (f"about {total:.1f} hours or less" if total >= 2 else f"about {minutes} minute{'s' * (minutes != 1)} or less"
                 if minutes else "under a minute")

@@ -42,3 +42,13 @@ def tiny_ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("m") / "tiny"
     save_model(from_hf_model(tiny_hf_model("qwen2")), tiny_tokenizer(), path)
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A tiny random Qwen2-shaped model of ours and its tokenizer, made once per test module."""
+    from helpers import tiny_hf_model, tiny_tokenizer
+
+    from model_io.convert import from_hf_model
+
+    return from_hf_model(tiny_hf_model("qwen2")), tiny_tokenizer()

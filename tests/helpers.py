@@ -133,3 +133,26 @@ def one_line_refusal(main, argv, capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
     return err
+
+
+def one_line(e) -> str:
+    """The message of a pytest.raises ExceptionInfo, checked to be one line."""
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg
+
+
+def tiny_run(tmp_path, monkeypatch, steps: int, until_step: int | None = None, **kw):
+    """A tiny trained run for the resume tests: -> (its --model directory, its run directory)."""
+    import run
+    from conftest import gsm8k_dir
+    from grpo.config import TrainConfig
+    from model_io import save_model
+    from model_io.convert import from_hf_model
+
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    base, out = tmp_path / "base", tmp_path / "run"
+    save_model(from_hf_model(tiny_hf_model("qwen2")), tiny_tokenizer(), base)
+    run.cmd_train(TrainConfig(model=str(base), steps=steps, prompts_per_step=1, group_size=2, max_new_tokens=2,
+                              out_dir=str(out), device="cpu", precision="fp32", **{"eval_every": 0, **kw}), until_step=until_step)
+    return base, out

@@ -100,7 +100,8 @@ def test_the_lm_head_runs_in_float32_under_bf16():
 
 def test_float32_weights_under_bf16_autocast_keep_a_float32_head():
     """GRPO samples under bf16 autocast over float32 master weights: the layers run in bf16, the LM head does not
-    (Transformer.logits), so the logits are float32 and equal the float32 head applied to the hidden states."""
+    (Transformer.logits), so the logits are float32 and equal the float32 head applied to the hidden states; bf16
+    hidden states handed to the float32 head are upcast."""
     model = from_hf_model(tiny_hf_model())
     x = torch.randint(0, 259, (2, 7))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -150,3 +151,17 @@ def test_bf16_weights_give_float32_log_probs():
     assert gh.dtype == gW.dtype == torch.bfloat16
     torch.testing.assert_close(gh.float(), want_h, atol=2e-2, rtol=1e-2)
     torch.testing.assert_close(gW.float(), want_W, atol=2e-2, rtol=1e-2)
+
+
+def test_backward_inside_bf16_autocast_stays_float32():
+    """A backward run inside the autocast block (as a training loop may) recomputes the logits in float32 too:
+    the gradients are float32 autograd's, not bf16's (off by ~1e-2 for logits of ~25)."""
+    torch.manual_seed(0)
+    h = torch.randn(2, 5, 64, requires_grad=True)
+    W = (torch.randn(300, 64) * 3).requires_grad_(True)
+    y = torch.randint(0, 300, (2, 5))
+    want = torch.autograd.grad(torch.log_softmax(h @ W.T, -1).gather(-1, y[..., None]).sum(), (h, W))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = torch.autograd.grad(logprobs_from_hidden(h, W, y).sum(), (h, W))
+    for a, b in zip(got, want):
+        assert a.dtype == torch.float32 and torch.allclose(a, b, atol=1e-4)

@@ -286,3 +286,17 @@ def test_add_into_with_a_bias_adds_it(monkeypatch):
         m.bias.fill_(3.0)
         x, r = torch.randn(2, 4, 24), torch.randn(2, 4, 40)
         assert torch.allclose(m.add_into(r, x), r + torch.nn.functional.linear(x, m.weight, m.bias), atol=1e-5)
+
+
+def test_unpacked_restores_each_layers_own_setting():
+    """Within `unpacked` no layer makes a packed copy; after it each layer is as it was: one allowed packs again,
+    one forbidden by set_packed (GRPO's reference) still does not."""
+    on, off, x = _linear(True), _linear(True), torch.randn(3, 24)
+    linear.set_packed(off, False)
+    model = torch.nn.Sequential(on, off)
+    with torch.no_grad():
+        with linear.unpacked(model):
+            on(x), off(x)
+            assert on._packed is None and off._packed is None
+        on(x), off(x)
+    assert on._packed is not None and off._packed is None

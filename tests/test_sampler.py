@@ -169,6 +169,10 @@ def test_a_stop_string_begun_in_the_context_ends_the_row_that_completes_it(stati
     assert after.row(0) == generate(ours, whole, cfg, static=static).row(0) and after.finish[0] == "length"
     with pytest.raises(ValueError, match="stop_context has 1 rows, the batch 2"):
         generate(ours, resumed, cfg, stop=stop, static=static, stop_context=[[1]], n=1)
+    # n rows per prompt: each row gets its own prompt's context (rows 0, 1: prompt 0's; rows 2, 3: prompt 1's)
+    two = generate(ours, resumed, cfg, stop=stop, static=static, stop_context=[row[:5] for row in g], n=2)
+    assert [two.row(r) for r in range(4)] == [seen.row(0)] * 2 + [seen.row(1)] * 2
+    assert two.finish == [seen.finish[0]] * 2 + [seen.finish[1]] * 2
 
 
 def test_stop_heads_and_with_heads_by_hand():
@@ -238,7 +242,9 @@ def test_extend_continues_like_a_longer_prompt():
         if p:
             toks[i, L - len(p):], mask[i, L - len(p):] = torch.tensor(p), True
     cfg = SamplingConfig(max_new_tokens=6, **GREEDY)
-    pre = extend(ours, prefill(ours, prompts, room=L + 6), toks, mask)
+    root = prefill(ours, prompts, room=L + 6)
+    assert root.forward_tokens == 5 + 8 + 3  # the prompts' tokens, not their padding
+    pre = extend(ours, root, toks, mask)
     assert pre.forward_tokens == 4
     got = decode(ours, pre, cfg)
     want = generate(ours, [p + q for p, q in zip(prompts, paths)], cfg)
@@ -262,6 +268,11 @@ def test_max_entropy_ends_rows_before_an_uncertain_token():
         cut = next((t for t in range(8) if ent[r][t] > h), 8)
         assert res.row(r) == free.row(r)[:cut]
         assert res.finish[r] == ("unsure" if cut < 8 else "length")
+    from model_io.sampler import decode_mode
+
+    with decode_mode("static"):  # (the static path has no entropy check: such calls take the dynamic one)
+        again = generate(ours, prompts, SamplingConfig(max_new_tokens=8, max_entropy=h, **GREEDY))
+    assert again.finish == res.finish and torch.equal(again.tokens, res.tokens)
 
 
 def test_decode_mode_block_restores_the_previous_mode_even_on_error():
@@ -297,8 +308,9 @@ def test_per_row_caps_end_rows_at_their_own_room(static):
         assert torch.equal(got.logprobs[r, :n], free.logprobs[r, :n]) and not got.logprobs[r, n:].any()
     if not static:  # the dynamic path drops capped rows from the batch
         assert got.forward_tokens < free.forward_tokens
-    with pytest.raises(ValueError, match=r"max_tokens must be 4 caps in \[1, 16\]"):
-        generate(model, prompts, cfg, static=static, max_tokens=torch.tensor([0, 1, 1, 1]))
+    for bad in ([0, 1, 1, 1], [1, 17, 1, 1], [1, 1, 1]):  # below 1, past max_new_tokens, not one per row
+        with pytest.raises(ValueError, match=r"max_tokens must be 4 caps in \[1, 16\]"):
+            generate(model, prompts, cfg, static=static, max_tokens=torch.tensor(bad))
 
 
 def test_top_p_keeps_the_token_that_crosses_p_and_log_probs_stay_untruncated():
@@ -443,3 +455,27 @@ def test_decode_needs_room_for_all_but_the_last_token(static):
     assert torch.equal(got.tokens, want.tokens) and got.lengths.tolist() == [6, 6]
     with pytest.raises(ValueError, match="prefix has room for 4 tokens, needs 5"):
         decode(model, prefill(model, prompts, room=4), cfg, static=static)
+
+
+def test_per_row_prefill_ignores_whatever_the_padding_slots_held(monkeypatch):
+    """A per-row prefill writes each prompt's slots only; the left padding before a short prompt is masked but
+    still multiplied (0 * NaN is NaN), and a new cache comes from torch.empty, which may hold anything. Caches
+    filled with NaN here: per-row and batched prefills agree, and decoding from them is finite."""
+    import model_io.sampler as S
+    from model_io import KVCache
+
+    real = KVCache.empty
+
+    def nan_cache(*a, **k):
+        c = real(*a, **k)
+        c.k.fill_(float("nan")), c.v.fill_(float("nan"))
+        return c
+
+    monkeypatch.setattr(S.KVCache, "empty", nan_cache)
+    ours = from_hf_model(tiny_hf_model(dtype=torch.float64))
+    prompts = random_prompts([2, 7])
+    cfg = SamplingConfig(max_new_tokens=4, **GREEDY)
+    a = decode(ours, prefill(ours, prompts, room=4, per_row=True), cfg)
+    b = decode(ours, prefill(ours, prompts, room=4, per_row=False), cfg)
+    assert torch.isfinite(a.logprobs).all() and torch.equal(a.tokens, b.tokens)
+    assert torch.allclose(a.logprobs, b.logprobs, atol=1e-6)
