@@ -48,6 +48,7 @@ import copy
 import dataclasses
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -231,7 +232,9 @@ class Trainer:
                 agg["loss"] += pass_loss
                 norms.append(self._clip_and_step(pass_loss))
         self.lr_used = self.opt.param_groups[0]["lr"]
-        self.sched.step()
+        with warnings.catch_warnings():  # (the schedule follows the step count: torch's warning, after a skipped
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)  # first update, that
+            self.sched.step()  # the schedule's first value was lost is wrong here: that step took it, as lr_used says)
         self.step += 1
         m = self._metrics(ro, rewards_all, agg, sum(norms) / len(norms), t0, t_rollout, t_logprobs)
         m.update(rollout_token_metrics(int(ro.lengths[: len(plain_idx) * G].sum()), tree_stats, cfg.rollouts == "mcts",
