@@ -28,7 +28,7 @@ class _ChunkLogProb(torch.autograd.Function):
             ent = None
             if want_entropy:  # for logging only: H = -sum p log p, with log p = logits - lse
                 logp = logits.sub_(lse[..., None])  # in place: logits are not needed any more
-                ent = -(logp.exp() * logp).sum(-1)  # [B, c]
+                ent = -logp.exp().mul_(logp).sum(-1)  # [B, c] (p log p in p's memory: one [B, c, V] temporary)
         ctx.save_for_backward(h, weight, targets, lse)
         ctx.dtype = dtype
         ctx.mark_non_differentiable(*([ent] if ent is not None else []))
