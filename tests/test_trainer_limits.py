@@ -97,8 +97,8 @@ def test_the_time_limit_stops_before_a_step_that_would_end_past_it(tmp_path, mon
 
 
 def test_the_step_estimate_counts_prefill_once_per_prompt_and_probes_the_training_pass(tmp_path, monkeypatch):
-    """run.py's 'estimated time per step' on a CPU, on a fake clock: the prompt's prefill (generate with one token)
-    counts once per prompt, the decode time per token (9 tokens less 1) once per token of each micro-batch, and
+    """run.py's 'estimated time per step' on a CPU, on a fake clock: a first generate call is not timed (its one-time
+    costs), then the prompt's prefill (generate with one token) counts once per prompt, the decode time per token (9 tokens less 1) once per token of each micro-batch, and
     the forward+backward probe is the shared-prompt training pass; the probe leaves no gradient, no packed weight
     copy, the weights and the global RNG as they were."""
     import types
@@ -107,7 +107,8 @@ def test_the_step_estimate_counts_prefill_once_per_prompt_and_probes_the_trainin
     from model_io.linear import Linear
 
     tr = make_trainer(tmp_path, beta=0.04)  # 4 prompts x 8 rows, micro-batch 12: 3 micro-batches; a reference
-    ticks = iter([0.0, 1.0, 10.0, 11.4, 20.0, 23.0])  # prefill 1 s, 9 tokens 1.4 s, forward+backward 3 s
+    # an untimed first call (its one-time costs), then prefill 1 s, 9 tokens 1.4 s, forward+backward 3 s
+    ticks = iter([0.0, 5.0, 6.0, 7.0, 10.0, 11.4, 20.0, 23.0])
     monkeypatch.setattr(grpo.estimate, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
     seen = []
     real = grpo.estimate.completion_logprobs
@@ -126,7 +127,7 @@ def test_the_step_estimate_counts_prefill_once_per_prompt_and_probes_the_trainin
     from grpo.distributed import Dist
 
     tr = make_trainer(tmp_path / "b", mu=2, old_logprobs="recompute", dist=Dist(rank=1, world=2))
-    ticks = iter([0.0, 1.0, 10.0, 11.4, 20.0, 23.0])
+    ticks = iter([0.0, 5.0, 6.0, 7.0, 10.0, 11.4, 20.0, 23.0])
     assert tr.estimate_step_seconds() == pytest.approx(2 * 1.0 + 2 * (0.05 * 8 + 3.0 * (2 + 1 / 3)))
 
 
