@@ -108,10 +108,7 @@ def test_sigterm_ends_a_run_as_ctrl_c_does(tiny_ckpt, tmp_path):
     import os
     import signal
     import subprocess
-    import sys
     import time
-
-    from conftest import ROOT
 
     out = tmp_path / "run"
     env = {"GSM8K_DIR": gsm8k_dir(), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}

@@ -2,16 +2,14 @@
 hand-set values."""
 import pytest
 
+from mcts.interface import Candidates, RolloutRecord, pick_finished, self_consistency_value
+
 
 def _finished(answers):
-    from mcts.interface import RolloutRecord
-
     return [RolloutRecord(node=i + 1, text=f"t{i}", answer=a, value=0.0, finished=True, tokens=1) for i, a in enumerate(answers)]
 
 
 def test_pick_finished_by_hand():
-    from mcts.interface import pick_finished
-
     recs = _finished(["7", "9", "7", "3"])
     # vote: 7 -> 0.2 + 0.5 = 0.7, 9 -> 0.9, 3 -> 0.9: 9 and 3 tie, 9 was found first
     assert pick_finished(recs, [0.2, 0.9, 0.5, 0.9], "vote") is recs[1]
@@ -30,8 +28,6 @@ def test_pick_finished_with_the_whole_pool_prefers_the_formatted_rollout():
     """The case the pool-at-creation values got wrong, by hand (format weight 0.3). Simulation 1 found "7" twice,
     unformatted (format 0, agreement 2/2: value 0.7); simulation 2 found "7" in the format and "9" three times
     (pool 7, 7, 7, 9, 9, 9: agreement 1/2 for both answers, so 0.3 + 0.35 and 0.35)."""
-    from mcts.interface import Candidates, pick_finished, self_consistency_value
-
     good = "<reasoning>\nadd\n</reasoning>\n<answer>\n7\n</answer>\n"
     texts, answers = ["7", "seven is 7", good, "9", "it is 9", "9 it is"], ["7", "7", "7", "9", "9", "9"]
     recs = _finished(answers)
