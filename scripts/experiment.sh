@@ -3,7 +3,7 @@
 # rollout tokens; learning curves (PNG + TensorBoard), then both final policies evaluated with greedy decoding,
 # majority vote and tree search on the same test questions.
 #
-#   bash scripts/experiment.sh [OUT_DIR]          CPU-small (about 45 minutes on a 2-core CPU)
+#   bash scripts/experiment.sh [OUT_DIR]          CPU-small (26-28 minutes measured on 2-core CPUs)
 #   bash scripts/experiment.sh --gpu [OUT_DIR]    GPU-sized (hours on one H100-class GPU)
 #
 # OUT_DIR defaults to runs/experiment. GSM8K from GSM8K_DIR (or the hub); the embedded model unless MODEL is set.

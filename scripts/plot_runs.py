@@ -137,15 +137,17 @@ def main(argv: list[str]) -> None:
         print("matplotlib not installed: no PNG (pip install -r bench/requirements.txt)")
         return
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(15, 4))
-    for name, ms in data.items():
+    for i, (name, ms) in enumerate(data.items()):
+        c = f"C{i}"  # one colour per run in every panel (strict accuracy dashed beside lenient)
         st = [m for m in ms if "reward" in m]
-        a1.plot([m.get("rollout/generated_tokens_total", m["step"]) for m in st], [nan_for_null(m["reward"]) for m in st], marker=".", label=name)
+        a1.plot([m.get("rollout/generated_tokens_total", m["step"]) for m in st], [nan_for_null(m["reward"]) for m in st],
+                marker=".", color=c, label=name)
         ev = [(m.get("rollout/generated_tokens_total", m["step"]), m["eval/accuracy_lenient"], m["eval/accuracy_strict"],
                m.get("eval/format_soft_rate", float("nan"))) for m in ms if "eval/accuracy_strict" in m]
         if ev:
-            a2.plot([e[0] for e in ev], [e[1] for e in ev], marker="o", label=f"{name} (lenient)")
-            a2.plot([e[0] for e in ev], [e[2] for e in ev], marker="x", linestyle="--", label=f"{name} (strict)")
-            a3.plot([e[0] for e in ev], [e[3] for e in ev], marker="o", label=name)
+            a2.plot([e[0] for e in ev], [e[1] for e in ev], marker="o", color=c, label=f"{name} (lenient)")
+            a2.plot([e[0] for e in ev], [e[2] for e in ev], marker="x", linestyle="--", color=c, label=f"{name} (strict)")
+            a3.plot([e[0] for e in ev], [e[3] for e in ev], marker="o", color=c, label=name)
     a1.set(xlabel="generated tokens (rollouts)", ylabel="mean reward per completion", title="training reward")
     a2.set(xlabel="generated tokens (rollouts)", ylabel="GSM8K test accuracy", title="evaluation: accuracy")
     a3.set(xlabel="generated tokens (rollouts)", ylabel="answers in the <reasoning>/<answer> format", title="evaluation: format")

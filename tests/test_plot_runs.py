@@ -102,3 +102,35 @@ def test_a_run_without_metrics_file_out_missing_or_unmakeable_are_one_line(tmp_p
     assert refusal([str(tmp_path / "c.png")], capsys).startswith("error: pass OUT and at least one run directory: usage: ")
     (tmp_path / "file").write_text("")
     assert refusal([str(tmp_path / "file" / "c.png"), a], capsys).startswith(f"error: cannot make {tmp_path / 'file'} for ")
+
+
+def test_each_run_keeps_one_colour_in_every_panel(tmp_path, monkeypatch):
+    """The accuracy panel draws two lines a run (lenient, strict dashed): both in the run's colour of the other
+    panels, so that a reader matches them by colour (a new colour per line paired one run's strict accuracy with
+    the other run's colour)."""
+    plt = pytest.importorskip("matplotlib.pyplot")
+    figs, subplots = [], plt.subplots
+
+    def keep(*a, **k):  # plot_runs' figure and axes, kept to read its lines back
+        figs.append(subplots(*a, **k))
+        return figs[-1]
+
+    monkeypatch.setattr(plt, "subplots", keep)
+    runs = []
+    for name in ("plain", "mcts"):
+        (tmp_path / name).mkdir()
+        rows = [{"step": 0, "eval/accuracy_strict": 0.0, "eval/accuracy_lenient": 0.0, "eval/format_soft_rate": 0.2,
+                 "rollout/generated_tokens_total": 0}]
+        rows += [{"step": i, "reward": 0.5, "rollout/generated_tokens_total": 100 * i} for i in (1, 2)]
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        runs.append(str(tmp_path / name))
+    plot_runs.main([str(tmp_path / "c.png"), *runs])
+    assert (tmp_path / "c.png").stat().st_size > 0
+    _, axes = figs[0]
+    colour = {}  # run -> the colour of its lines, over all three panels
+    for ax in axes:
+        for line in ax.get_lines():
+            run = line.get_label().split(" (")[0]
+            colour.setdefault(run, set()).add(line.get_color())
+    assert set(colour) == {"plain", "mcts"}
+    assert all(len(c) == 1 for c in colour.values()) and colour["plain"] != colour["mcts"], colour
