@@ -157,6 +157,7 @@ def main(argv: list[str]) -> None:
             a.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=110)
+    plt.close(fig)  # (main is also called in-process, by the tests: pyplot keeps every open figure)
     print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
