@@ -39,8 +39,9 @@ def estimate_step_seconds(trainer: Trainer) -> float:
                     mask=torch.ones(B * G, T, dtype=torch.bool), finish=[], texts=[], rewards=torch.zeros(B, G),
                     per_fn={}, advantages=torch.zeros(B, G), forward_tokens=0)
     with trainer.autocast():
-        # untimed: a first call's one-time costs (packing the weights) made the prefill probe 1.8x a later one and
-        sampling(1)  # the decode probe, a difference, 20-40% short (2-shot prompt x 8 rows: docs/RESULTS.md)
+        # Untimed first: a first call's one-time costs (packing the weights) made the prefill probe 1.8x a later
+        # one and the decode probe, a difference, 20-40% short (2-shot prompt x 8 rows: docs/RESULTS.md).
+        sampling(1)
         prefill = sampling(1)  # the prompt's prefill and one token
         per_token = max(sampling(9) - prefill, 0.0) / 8
         t = time.perf_counter()
