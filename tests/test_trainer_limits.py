@@ -98,9 +98,10 @@ def test_the_time_limit_stops_before_a_step_that_would_end_past_it(tmp_path, mon
 
 def test_the_step_estimate_counts_prefill_once_per_prompt_and_probes_the_training_pass(tmp_path, monkeypatch):
     """run.py's 'estimated time per step' on a CPU, on a fake clock: a first generate call is not timed (its one-time
-    costs), then the prompt's prefill (generate with one token) counts once per prompt, the decode time per token (9 tokens less 1) once per token of each micro-batch, and
-    the forward+backward probe is the shared-prompt training pass; the probe leaves no gradient, no packed weight
-    copy, the weights and the global RNG as they were."""
+    costs), then the prompt's prefill (generate with one token) counts once per prompt, the decode time per token
+    (9 tokens less 1) once per token of each micro-batch, and the forward+backward probe is the shared-prompt
+    training pass; the probe leaves no gradient, no packed weight copy, the weights and the global RNG as they
+    were."""
     import types
 
     import grpo.estimate
