@@ -18,6 +18,8 @@ Three more, in what counts as an answer (data/answers.py), so that the rewards a
 - the integer reward accepts a sign ("-3" earns 0.5), where the recipe's `str.isdigit()` paid 0 for a negative;
 - the answer is the content of the last closed <answer>...</answer> pair, where the recipe's split also read an
   unclosed tag's text to the end (a completion cut off by the token limit inside its answer was paid as finished).
+  A pair opens at the first <answer> after the previous pair: "<answer>\n<answer>\n7\n</answer>" holds the
+  second tag, no number, where the recipe's split read 7 after the last opening tag.
 """
 from __future__ import annotations
 

@@ -214,6 +214,7 @@ def test_the_hub_path_reads_a_cached_copy_offline_first(monkeypatch, tmp_path, c
     (" $1,234.50 ", "1234.5"), ("0.0", "0"), ("+3", "3"), (".5", "0.5"), ("abc", None), ("18 dollars", None),
     ("", None), (None, None), ("1e5", None), ("--3", None), ("1 000", "1000"), ("$ 12 500.5", "12500.5"),
     ("3 4", None), ("1 00", None), ("12 000 5", None), ("-0.0", "0"), ("-.50", "-0.5"), ("1,000.000", "1000"),
+    ("\uff17\uff12", "72"),  # full-width digits: any Unicode decimal digit counts (the module docstring says so)
 ])
 def test_normalize_number(text, expected):
     assert normalize_number(text) == expected
