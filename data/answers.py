@@ -5,7 +5,7 @@
             period and surrounding spaces allowed)
   lenient:  the last number anywhere in the text
 All three are normalised the same way, so "18.00", "$18" and "18." compare equal to "18".
-A digit is any Unicode decimal digit (Python's `\d`, which `Decimal` reads too): a full-width "７２" is 72.
+A digit is any Unicode decimal digit (a Python regex's digit class, which `Decimal` reads too): a full-width "７２" is 72.
 """
 from __future__ import annotations
 
