@@ -68,6 +68,13 @@ class Linear(nn.Linear):
             return torch.ops.mkldnn._linear_pointwise(x.to(dt), w, b, "none", [], "")
         return F.linear(x, self.weight, self.bias)
 
+    def __getstate__(self):
+        """A copy (copy.deepcopy, pickle) leaves the packed weight behind: oneDNN's opaque tensor has no storage to
+        copy (deepcopy raised after any no-grad pass), and the copy packs its own weight on first use."""
+        state = super().__getstate__()
+        state.pop("_packed", None)
+        return state
+
     def add_into(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """residual + self(x). On a GPU, without autocast and all in one dtype, one addmm: the GEMM adds the residual
         in its epilogue (and rounds once), so a decode step launches 2 kernels fewer a layer (60 in SmolLM2-135M, of

@@ -191,6 +191,15 @@ class Transformer(nn.Module):
         # out of the module's buffers (which .to(dtype) would cast); one copy per device, made on first use.
         self._inv_freq: dict[torch.device, torch.Tensor] = {}  # device -> [D/2]
 
+    def __getstate__(self):
+        """A copy (copy.deepcopy, pickle) leaves the caches made from these weights behind: the compiled decode step
+        (static_decode.compiled_step) is a closure over this model, so a copy holding it would run this model's
+        layers; the float32 head copy is remade from the copy's own weight on use."""
+        state = super().__getstate__()
+        for cache in ("_compiled_step", "_head_key", "_head_copy"):
+            state.pop(cache, None)
+        return state
+
     @classmethod
     def empty(cls, cfg: ModelConfig, device="cpu", dtype: torch.dtype = torch.float32) -> "Transformer":
         """Uninitialised weights (to be loaded), allocated once on `device` without a random init first."""

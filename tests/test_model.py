@@ -435,3 +435,28 @@ def test_rows_after_a_shared_prefix_honour_their_own_key_mask():
         for r, n in ((0, 2), (1, 3)):
             alone = model.hidden(torch.tensor([prompt + own[r, 3 - n:].tolist()]))[0, 3:]
             assert torch.allclose(got[r, 3 - n:], alone, atol=1e-10), r
+
+
+def test_a_copy_leaves_the_packed_weights_and_the_compiled_step_behind(monkeypatch):
+    """Seen in review: after any no-grad CPU pass a Linear holds a oneDNN-packed weight, and copy.deepcopy(model)
+    raised NotImplementedError (an opaque tensor has no storage); a copy made after `--decode compiled` shared the
+    original's compiled step, a closure over the original's layers, so the copy decoded with the original's weights."""
+    import copy
+
+    from model_io import SamplingConfig, generate
+    from model_io.sampler import decode_mode
+
+    monkeypatch.setattr(torch, "compile", lambda f, **kw: f)  # the closure is what matters here, not inductor
+    model = from_hf_model(tiny_hf_model("llama"))
+    prompts, cfg = random_prompts([6, 9], seed=0), SamplingConfig(max_new_tokens=8, temperature=0)
+    with decode_mode("compiled"):
+        generate(model, prompts, cfg)  # packs the CPU linears (if oneDNN is there) and makes the compiled step
+        twin = copy.deepcopy(model)
+        assert not hasattr(twin, "_compiled_step") and all(getattr(m, "_packed", None) is None for m in twin.modules())
+        with torch.no_grad():
+            for p in twin.parameters():
+                p.mul_(-1.0)  # the copy's weights only
+        compiled = generate(twin, prompts, cfg)
+    with decode_mode("dynamic"):
+        assert torch.equal(compiled.tokens, generate(twin, prompts, cfg).tokens)
+    assert model._compiled_step is not twin._compiled_step
