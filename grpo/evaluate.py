@@ -8,7 +8,8 @@ Strategies (`search`), all comparable at their generated-token cost per question
               and tree search's value), and of the texts giving the winning number one in the format if any
               (majority_at_n_strict in `sample`'s summary is another count: a vote among the strict answers)
   best-of-n   n sampled answers; the answer is the one with the highest value, the same gold-free value
-              as tree search uses (format + agreement with the other answers)
+              as tree search uses (format + agreement with the other answers), among the finished ones with a
+              number if there are any, as tree search's final answer is chosen
   mcts        tree search over reasoning steps (mcts/search.py); with --mcts-when always | every:K | entropy:H,
               plain decoding that searches only at decision points (mcts/lookahead.py)
 The trainer calls `evaluate` too, so the accuracy it logs is the number `run.py eval` prints.
@@ -58,7 +59,7 @@ class EvalConfig:
     mcts_root: str = field(default="puct", metadata={"help": f"mcts: root selection, {' | '.join(ROOT_RULES)} (Gumbel scores with Sequential Halving, Danihelka et al. 2022; PUCT below the root)"})
     step: str = field(default="newline", metadata={"help": "mcts: a node is a line ('newline', capped at --step-tokens) or exactly N tokens ('tokens:N')"})
     step_tokens: int = field(default=48, metadata={"help": "mcts: cap on a newline step"})
-    rollout_depth: int = field(default=4, metadata={"help": "mcts: a rollout runs at most this many steps' worth of tokens (a step's cap each) after its new node, or to the answer's end"})
+    rollout_depth: int = field(default=4, metadata={"help": "mcts: a new node's step and its rollout run at most 1 + this many step caps of tokens together (a short step leaves the rollout the rest), or to the answer's end"})
     mcts_answer: str = field(default="vote", metadata={"help": f"mcts: final answer by {' | '.join(ANSWER_MODES)}"})
     mcts_rescore: bool = field(default=False, metadata={"help": "mcts: before each simulation's selection, score every finished "
                                                                "rollout again against its tree's answers so far and rebuild the tree's values "
@@ -95,6 +96,9 @@ class EvalConfig:
             raise ValueError(f"--search {self.search} chooses among --n answers per question: give --n >= 2 (e.g. --n 8)")
         if self.search != "greedy" and self.temperature == 0 and self.n > 1:
             raise ValueError(f"--temperature 0 draws the same answer all --n {self.n} times: give --temperature > 0 "
+                             "(e.g. 0.7), or use --search greedy")
+        if self.search == "mcts" and self.temperature == 0 and self.children > 1:  # K equal steps merge into one child
+            raise ValueError(f"--temperature 0 samples the same step for all --children {self.children}: give --temperature > 0 "
                              "(e.g. 0.7), or use --search greedy")
         # flags that look as if they applied to tree search but do not (config.json would record them as if they had)
         if self.search == "mcts" and self.top_k:
@@ -207,7 +211,9 @@ def choose(strategy: str, texts: list[str], lenient: list[str | None], format_we
         pool = [a for a in answers if a is not None]
         values = self_consistency_value(format_weight)(Candidates(texts, answers, finished, [pool] * len(texts),
                                                                   [0] * len(texts), [[] for _ in texts]))
-        return max(range(len(texts)), key=lambda i: (values[i], -i))
+        # and as tree search's final answer (pick_finished), the choice is among finished texts with an answer when
+        # there is one: a formatted text without a number outscored five answered ones on format alone
+        return max(range(len(texts)), key=lambda i: (answers[i] is not None, values[i], -i))
     return 0
 
 

@@ -27,7 +27,7 @@ class SearchConfig:
     gumbel_c_scale: float = 1.0
     step: str = "newline"  # "newline" or "tokens:N"
     step_tokens: int = 48  # cap on a newline step
-    rollout_depth: int = 4  # a rollout may run rollout_depth * step_tokens tokens after its new node's step
+    rollout_depth: int = 4  # a new node's step and its rollout: (1 + rollout_depth) * step_tokens tokens at most
     temperature: float = 0.8
     top_p: float = 1.0
     max_new_tokens: int = 256  # cap on a whole answer (path + rollout)

@@ -9,9 +9,10 @@ A node is one reasoning step: the tokens up to and including the first newline, 
                continuations are sampled in one batched decode (B x K rows); each continuation's first step is
                a new child, its prior the softmax over siblings of the step's mean token log-prob (identical
                sibling steps become one child)
-  3. evaluate  the rest of each continuation is the rollout, up to the end of the answer or a token cap of
-               `rollout_depth` more steps' worth (step_tokens each: tokens are capped, newlines not counted);
-               a value function scores the whole answer
+  3. evaluate  the rest of each continuation is the rollout, up to the end of the answer or a token cap: the
+               step and its rollout together at most (1 + rollout_depth) x step_tokens tokens (newlines not
+               counted, so a step that ends early leaves its rollout the rest); a value function scores the
+               whole answer
   4. backup    every new child's value goes up to the root, all K children of all B trees at once
 With `rescore`, before each selection after the first, every finished rollout is scored again against its tree's
 answers so far and the value sums are rebuilt from those scores (tree.revalue): the values then follow the pool

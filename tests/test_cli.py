@@ -77,6 +77,7 @@ def test_help_documents_every_field_with_its_default(command, capsys):
     (["eval", "--search", "majority"], "--search majority chooses among --n answers per question: give --n >= 2"),
     (["eval", "--search", "best-of-n", "--n", "1"], "--search best-of-n chooses among --n answers"),
     (["eval", "--search", "sample", "--n", "8", "--temperature", "0"], "--temperature 0 draws the same answer all --n 8 times"),
+    (["eval", "--search", "mcts", "--temperature", "0"], "--temperature 0 samples the same step for all --children 4"),
     # checked with the config, before the model loads (they failed after it, in the library's words, or not at all)
     (["train", "--mcts-step", "tokens:0"], "unknown --mcts-step 'tokens:0': use newline or tokens:N (N >= 1)"),
     (["train", "--adam-beta1", "1"], "--adam-beta1 must be in [0, 1), got 1.0"),

@@ -174,6 +174,19 @@ def test_best_of_n_scores_cut_answers_as_tree_search_does():
     assert choose("best-of-n", texts, lenient, 0.3, ["stop"] * 4) == 1  # finished, the three 15s do outvote it
 
 
+def test_best_of_n_chooses_among_answered_texts_as_tree_search_does():
+    """Seen in review: a formatted text without a number (value 0.3, format alone) outscored five answered texts that
+    each agreed with nobody (0.14), so best-of-n answered nothing where tree search's value mode (pick_finished,
+    which takes finished rollouts with an answer) answered one of them."""
+    from grpo.evaluate import choose
+
+    texts = ["<reasoning>\nthinking\n</reasoning>\n<answer>\nI am not sure\n</answer>"] + [
+        f"The answer is {i}</answer>" for i in range(1, 6)]
+    lenient = [None, "1", "2", "3", "4", "5"]
+    assert choose("best-of-n", texts, lenient, 0.3, ["stop"] * 6) == 1  # the first of the equally valued answers
+    assert choose("best-of-n", texts[:1] + ["so", "no"], [None] * 3, 0.3, ["stop"] * 3) == 0  # none answered: best value
+
+
 @pytest.mark.parametrize("mode", ["static", "dynamic"])
 def test_decode_flag_picks_the_sampling_path(tiny_ckpt, tmp_path, monkeypatch, mode):
     """--decode static runs the GPU's static-shape path (eagerly, on this CPU); both give the same greedy answers."""
