@@ -74,18 +74,44 @@ def open_to_umask(root: Path) -> None:
             Path(d, name).chmod(0o666 & ~mask)
 
 
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file's or a directory's contents to the disk. A rename is atomic against a crash of the process, but
+    after a power cut or a kernel crash the new name may point at data never written (ext4 and xfs order a rename
+    before the data it names) unless that data was synced first. A file system that refuses a directory's fsync
+    (EINVAL on some network mounts) is left at what it offers."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if not (os.path.isdir(path) and e.errno in (errno.EINVAL, errno.ENOTSUP, errno.EBADF)):
+            raise
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """Every file under `root`, then each directory that holds them, flushed to the disk (fsync_path)."""
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            fsync_path(os.path.join(dirpath, name))
+        fsync_path(dirpath)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    """`text` into `path` through a sibling file renamed over it: a reader, or a run interrupted here, finds the
-    old file or the new one, never half of one."""
+    """`text` into `path` through a sibling file renamed over it: a reader, or a run interrupted here (or the
+    machine losing power), finds the old file or the new one, never half of one."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
+    fsync_path(tmp)
     tmp.replace(path)
+    fsync_path(path.parent)
 
 
 @contextmanager
 def atomic_dir(path: str | os.PathLike):
     """Yields a temporary sibling directory to fill; on success it is renamed over `path`, on any error removed,
-    so a crash never leaves half a model (nor replaces a good one with one). What it holds gets the umask's modes.
+    so a crash never leaves half a model (nor replaces a good one with one); its files are synced to the disk
+    before the rename (fsync_tree), so a power cut does not either. What it holds gets the umask's modes.
     Replacing an existing directory takes two renames (POSIX rename cannot swap two directories): a crash in the
     instant between them leaves `path` missing and the old copy whole, beside it as `.NAME.old-PID`."""
     final = Path(path)
@@ -94,6 +120,7 @@ def atomic_dir(path: str | os.PathLike):
     try:
         yield tmp
         open_to_umask(tmp)
+        fsync_tree(tmp)
     except BaseException as e:
         full = disk_full(final, e)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -107,6 +134,7 @@ def atomic_dir(path: str | os.PathLike):
         shutil.rmtree(old)
     else:
         tmp.rename(final)
+    fsync_path(final.parent)  # the rename itself
 
 
 FULL_BELOW = 64 << 20  # bytes: a write that failed with less than this left on its disk is taken as the disk filling

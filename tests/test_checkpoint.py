@@ -51,6 +51,35 @@ def test_a_failed_save_keeps_the_previous_model_and_leaves_no_temp_dir(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "hf"]  # no temp or half-written directory
 
 
+def test_saved_files_reach_the_disk_before_their_rename(tmp_path, monkeypatch):
+    """A rename is atomic against a killed process, not against a power cut: ext4 and xfs may commit the rename
+    before the data it names, unless that was fsynced first. Every file of a saved model and of a text written
+    atomically is synced before its rename, and the directory holding the new name after it."""
+    import os
+
+    from model_io.checkpoint import write_text_atomic
+
+    synced, real_fsync = [], os.fsync
+
+    def recording(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    save_model(from_hf_model(tiny_hf_model()), tiny_tokenizer(), tmp_path / "ckpt")
+    files = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert "model.safetensors" in files
+    tmp_dir = os.path.dirname(next(s for s in synced if s.endswith("model.safetensors")))
+    assert os.path.basename(tmp_dir).startswith(".ckpt.tmp-")  # synced under its temporary name, before the rename
+    assert sorted(os.path.basename(s) for s in synced if os.path.dirname(s) == tmp_dir) == files
+    assert synced[-2:] == [tmp_dir, str(tmp_path)]  # the directory's entries, then the rename into its parent
+
+    synced.clear()
+    write_text_atomic(tmp_path / "config.json", "{}\n")
+    assert synced == [str(tmp_path / "config.json.tmp"), str(tmp_path)]
+    assert (tmp_path / "config.json").read_text() == "{}\n"
+
+
 def test_a_write_that_fills_the_disk_says_so_and_leaves_the_old_copy(tmp_path, monkeypatch):
     """torch.save on a full disk says only "[enforce fail at inline_container.cc] unexpected pos", safetensors
     "I/O error ... (os error 28)": atomic_dir turns such a failure into OSError(ENOSPC) naming the directory, with
