@@ -2,6 +2,7 @@
 and what a value function sees (mcts/search.py runs the search itself)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -50,6 +51,10 @@ class SearchConfig:
             raise ValueError("n_simulations, children and step_tokens must be >= 1, rollout_depth >= 0")
         if self.c_puct < 0 or not 0 <= self.format_weight <= 1:
             raise ValueError(f"c_puct must be >= 0 (got {self.c_puct}) and format_weight in [0, 1] (got {self.format_weight})")
+        if not (0 <= self.gumbel_c_visit < math.inf and 0 <= self.gumbel_c_scale < math.inf):  # a negative scale turns
+            # sigma(q) around: the root would prefer its worst-valued children
+            raise ValueError(f"gumbel_c_visit and gumbel_c_scale must be finite and >= 0 (got {self.gumbel_c_visit}, "
+                             f"{self.gumbel_c_scale})")
 
     @property
     def step_len(self) -> int:
