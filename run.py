@@ -42,7 +42,7 @@ from data.gsm8k import check_one_file, questions_and_shots
 from grpo import distributed as D
 from grpo.batches import split_shots
 from grpo.checkpointing import (check_against_checkpoint, checkpoint_dirs, checkpoints_at_once, disk_note,
-                                is_training_run, model_of_run, remove_leftovers)
+                                is_training_run, model_of_run, refuse_incomplete_checkpoints, remove_leftovers)
 from grpo.config import TrainConfig, apply_preset, check_ranges, check_top_p, resumed_config
 from grpo.eval_resume import answered, resumed_eval_config
 from grpo.evaluate import EvalConfig, answers_per_question, evaluate
@@ -170,10 +170,14 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
         if holds_a_model(run_dir):
             raise ValueError(f"--resume {run_dir} is a model directory, not a training run: train from it with --model {run_dir}")
         if not (run_dir / "config.json").is_file():
+            if checkpoint_dirs(run_dir):  # each checkpoint keeps a copy of the config it was written with
+                raise ValueError(f"--resume {run_dir}: its config.json is missing: restore it from "
+                                 f"{checkpoint_dirs(run_dir)[-1] / 'train_config.json'}")
             raise ValueError(f"--resume {run_dir}: no config.json there, so it is not a run directory of `run.py train`")
         if not is_training_run(run_dir):
             raise ValueError(f"--resume {run_dir} is not a run directory of `run.py train` (its config.json is not a training "
                              f"config and it has no checkpoints): pass the --out-dir of the run to continue")
+        refuse_incomplete_checkpoints(run_dir, "--resume")
         if not checkpoint_dirs(run_dir):
             raise ValueError(f"--resume {run_dir}: the run stopped before its first checkpoint, so there is nothing to "
                              f"resume: start it over with its train command and --out-dir {run_dir} (without --resume)")
@@ -199,6 +203,7 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
         run_dir, legacy, changed = Path(cfg.out_dir), False, {}
         if checkpoint_dirs(run_dir):
             raise ValueError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pass another --out-dir")
+        refuse_incomplete_checkpoints(run_dir, "--out-dir")  # a restart would clear them
         if (run_dir / "final_hf").is_dir():
             raise ValueError(f"{run_dir} holds a finished run's model (final_hf): pass another --out-dir")
         refuse_foreign_out_dir(run_dir, "train")

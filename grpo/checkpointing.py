@@ -34,6 +34,20 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def refuse_incomplete_checkpoints(run_dir: Path, flag: str) -> None:
+    """Refuse a run directory whose only checkpoints lack their trainer_state.pt (never written so, see atomic_dir:
+    damaged or partly deleted since): it cannot be resumed exactly, and starting over in it would clear weights
+    that may be the only copy of those steps. A run with a whole checkpoint resumes from its newest whole one."""
+    root = run_dir / "checkpoints"
+    broken = sorted((n, p) for p in root.iterdir() if (n := step_of(p)) is not None and p.is_dir()
+                    and not (p / "trainer_state.pt").is_file()) if root.is_dir() else []
+    if broken and not checkpoint_dirs(run_dir):
+        last = broken[-1][1]
+        raise ValueError(f"{flag} {run_dir}: its checkpoint {last.name} has no trainer_state.pt (damaged or partly deleted), so "
+                         f"the run cannot continue exactly: train on from its weights in a new run, --model {last / 'model'} "
+                         f"--out-dir NEW_DIR")
+
+
 def step_of(path: Path) -> int | None:
     """The step of a checkpoint folder step-N, or None for another name. Checkpoints are ordered by it, never by
     name: past six digits "step-1000000" < "step-999999"."""

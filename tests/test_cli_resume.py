@@ -202,3 +202,29 @@ def test_resume_names_a_damaged_run_config_and_the_copy_to_restore_it_from(tmp_p
     assert run.main(["train", "--resume", str(out)]) == 0 and "has finished" in capsys.readouterr().out
     shutil.copy(copy, out / "config.json")
     assert run.main(["train", "--resume", str(out)]) == 0 and "has finished" in capsys.readouterr().out
+
+
+def test_a_checkpoint_without_its_trainer_state_is_named_and_never_cleared(tmp_path, monkeypatch, capsys):
+    """Seen in a fuzz: a run's only checkpoint with its trainer_state.pt deleted read as 'stopped before its first
+    checkpoint', whose advice (the train command again, without --resume) then cleared checkpoints/, weights and all.
+    And a run whose config.json was deleted was 'not a run directory', where a checkpoint holds a copy to restore."""
+    base, out = tiny_run(tmp_path, monkeypatch, steps=2, until_step=1, save_every=1)
+    ckpt = out / "checkpoints" / "step-000001"
+    (out / "config.json").rename(tmp_path / "config.json")
+    capsys.readouterr()
+    assert run.main(["train", "--resume", str(out)]) == 2
+    assert capsys.readouterr().err == (f"error: --resume {out}: its config.json is missing: restore it from "
+                                       f"{ckpt / 'train_config.json'}\n")
+    (tmp_path / "config.json").rename(out / "config.json")
+    (ckpt / "trainer_state.pt").unlink()
+    says = (f"{out}: its checkpoint step-000001 has no trainer_state.pt (damaged or partly deleted), so the run cannot "
+            f"continue exactly: train on from its weights in a new run, --model {ckpt / 'model'} --out-dir NEW_DIR\n")
+    assert run.main(["train", "--resume", str(out)]) == 2
+    assert capsys.readouterr().err == "error: --resume " + says
+    assert run.main(["train", "--model", str(base), "--steps", "2", "--prompts-per-step", "1", "--group-size", "2",
+                     "--max-new-tokens", "2", "--eval-every", "0", "--device", "cpu", "--out-dir", str(out)]) == 2
+    assert capsys.readouterr().err == "error: --out-dir " + says
+    assert load_model(ckpt / "model") is not None  # left whole, and the way on that the error gives works
+    assert run.main(["train", "--model", str(ckpt / "model"), "--steps", "1", "--prompts-per-step", "1", "--group-size", "2",
+                     "--max-new-tokens", "2", "--eval-every", "0", "--device", "cpu", "--precision", "fp32",
+                     "--out-dir", str(tmp_path / "new")]) == 0
