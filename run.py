@@ -45,7 +45,7 @@ from grpo.checkpointing import (check_against_checkpoint, checkpoint_dirs, check
                                 is_training_run, model_of_run, refuse_incomplete_checkpoints, remove_leftovers)
 from grpo.config import TrainConfig, apply_preset, check_ranges, check_top_p, resumed_config
 from grpo.eval_resume import answered, resumed_eval_config
-from grpo.evaluate import EvalConfig, answers_per_question, evaluate
+from grpo.evaluate import EvalConfig, answers_per_question, check_search_fits, evaluate
 from grpo.flags import OneLineParser, add_config_args, config_from_args, given_fields, more_than_asked, note, unused_flags_note
 from grpo.out_dir import (EVAL_OUTPUTS, MADE_DIRS, TRAIN_OUTPUTS, clear_outputs, holds_a_model, lets_go, make_out_dir,
                           refuse_foreign_out_dir, remove_made_dirs, take)
@@ -139,6 +139,7 @@ def cmd_eval(cfg: EvalConfig, given: set[str] = frozenset()) -> None:
     done = answered(out, trees is not None, problems, answers_per_question(cfg)) if cfg.resume else []
     model, tok = load_spec(cfg.model, device, weights_dtype(precision))
     check_context(model, tok, [p.question for p in problems], shots, cfg.max_new_tokens)
+    check_search_fits(cfg, len(problems))
     if not cfg.resume:
         clear_outputs(out, EVAL_OUTPUTS)
     write_json(out / "config.json", dataclasses.asdict(cfg))

@@ -98,6 +98,12 @@ def parse_answer(text: str) -> str | None:
     return a if a is not None else parse_lenient(text)
 
 
+def step_slots(cfg: SearchConfig, longest: int) -> int:
+    """S, the token slots a node's step is given: the step's cap, but no more than the longest answer allowed
+    (a step is part of one), so that a `--step tokens:N` or `--step-tokens` past the answer's cap costs nothing."""
+    return max(1, min(cfg.step_len, longest))
+
+
 def check_trees_fit(B: int, N: int, K: int, S: int) -> None:
     """B trees of N nodes are allocated whole before the first simulation (the tree, each node's S tokens and
     log-probs, the rollout records: about 8K + 12S + 81 bytes a node). Past the memory free, say so as an
@@ -144,9 +150,10 @@ def search(
     decoding searches from the answer so far): answers are parsed from, and the value function sees, the prefix
     followed by the path and the continuation, the whole answer (a format check reads it from its first character,
     and an answer opened in the prefix closes in the continuation). Records keep the search's own tokens in `ids`."""
-    B, K, S = len(prompts), cfg.children, cfg.step_len
+    B, K = len(prompts), cfg.children
     caps = torch.tensor(list(max_new_tokens) if max_new_tokens is not None else [cfg.max_new_tokens] * B)  # [B]
     assert caps.shape == (B,), f"max_new_tokens needs one cap per prompt, got {tuple(caps.shape)} for {B}"
+    S = step_slots(cfg, int(caps.max()))
     qids = list(question_ids) if question_ids is not None else list(range(B))
     before = [list(p) for p in answer_prefix] if answer_prefix is not None else [[] for _ in range(B)]
     assert len(before) == B, f"answer_prefix needs one list of ids per prompt, got {len(before)} for {B}"

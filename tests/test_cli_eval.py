@@ -306,13 +306,30 @@ def test_trees_larger_than_the_free_memory_are_one_out_of_memory_line(tiny_ckpt,
 
     monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
     assert S.available_memory() > 0  # (Linux: read from /proc/meminfo)
-    monkeypatch.setattr(S, "available_memory", lambda: 100)
     out = tmp_path / "ev"
+    assert run.main(["eval", "--model", tiny_ckpt, "--limit", "1", "--max-new-tokens", "2", "--device", "cpu", "--out-dir", str(out)]) == 0
+    before = {f: (out / f).read_bytes() for f in ("predictions.jsonl", "summary.json")}
+    monkeypatch.setattr(S, "available_memory", lambda: 100)
+    capsys.readouterr()
     assert run.main(["eval", "--model", tiny_ckpt, "--search", "mcts", "--n-simulations", "3", "--children", "2",
                      "--step", "tokens:4", "--limit", "1", "--max-new-tokens", "8", "--device", "cpu", "--out-dir", str(out)]) == 2
-    line = capsys.readouterr().err.splitlines()[-1]  # (after the progress bar)
-    assert line.startswith("error: out of memory (tree search's 1 tree(s) of 7 nodes need 1015 bytes, 100 bytes are "
-                           "free): lower --batch-size") and "--n-simulations x --children nodes" in line, line
+    assert capsys.readouterr().err == ("error: out of memory (tree search's 1 tree(s) of 7 nodes need 1015 bytes, 100 bytes are "
+                                       "free): lower --batch-size (questions at once; each with --n answers, or tree search's "
+                                       "--children rows and --n-simulations x --children nodes)\n")
+    # refused before the eval cleared the one before it in its --out-dir (seen in a fuzz: its answers were gone, and
+    # the line said to --resume an eval that would fail the same way)
+    assert {f: (out / f).read_bytes() for f in before} == before and not (out / "predictions.jsonl.partial").exists()
+
+
+def test_a_step_cap_past_the_answer_cap_costs_nothing(tiny_ckpt, tmp_path, monkeypatch):
+    """Seen in a fuzz: --step tokens:3000000000 (or --step-tokens 2000000000) gave each node that many token slots,
+    refused as 324 GB of trees; a step is part of one answer, so --max-new-tokens slots are all it can use."""
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    for step in (["--step", "tokens:3000000000"], ["--step-tokens", "2000000000"]):
+        out = tmp_path / step[0].strip("-")
+        assert run.main(["eval", "--model", tiny_ckpt, "--search", "mcts", "--n-simulations", "2", "--children", "2", *step,
+                         "--limit", "1", "--max-new-tokens", "6", "--device", "cpu", "--out-dir", str(out)]) == 0
+        assert all(1 <= n["tokens"] <= 6 for t in (out / "trees.jsonl").read_text().splitlines() for n in json.loads(t)["nodes"][1:])
 
 
 def test_the_summary_by_hand():
