@@ -61,7 +61,7 @@ from model_io.sampler import set_decode_mode
 
 def run_model(spec: str | None) -> str | None:
     """A model spec, where a training run directory (`--model runs/train`) stands for the model it holds now."""
-    held = model_of_run(Path(spec).expanduser()) if spec else None
+    held = model_of_run(Path(os.path.expanduser(spec))) if spec else None
     if held is None:
         return spec
     print(f"{spec} is a training run: loading {held}", file=sys.stderr)

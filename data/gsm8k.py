@@ -132,7 +132,7 @@ def check_one_file(splits: set[str], why: str, source: str | os.PathLike | None 
     """A GSM8K file holds one split: refuse one where a command needs two, before any slow work. (Serving both from
     one file once put test questions, answers included, into test prompts as their worked examples.)"""
     src = source if source is not None else os.environ.get("GSM8K_DIR")
-    if src and len(splits) > 1 and Path(src).expanduser().is_file():
+    if src and len(splits) > 1 and Path(os.path.expanduser(src)).is_file():
         via = "--gsm8k" if source is not None else "GSM8K_DIR"
         raise DataError(f"{via} {src} is one file, but the {' and '.join(sorted(splits))} splits are needed ({why}): "
                         "pass the directory holding train.jsonl and test.jsonl")
@@ -143,10 +143,10 @@ def load_gsm8k(split: str, source: str | os.PathLike | None = None) -> list[Prob
     if split not in SPLITS:
         raise DataError(f"unknown GSM8K split {split!r}: use one of {', '.join(SPLITS)}")
     if source is not None:
-        return _from_path(Path(source).expanduser(), split)
+        return _from_path(Path(os.path.expanduser(source)), split)
     env = os.environ.get("GSM8K_DIR")
     if env:
-        return _from_path(Path(env).expanduser(), split, "GSM8K_DIR")
+        return _from_path(Path(os.path.expanduser(env)), split, "GSM8K_DIR")
     return _from_hub(split)
 
 

@@ -8,6 +8,7 @@ uninterrupted eval writes (each question's answers depend on its own index and t
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import fields
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def resumed_eval_config(cfg: EvalConfig, given: set[str], out: Path) -> EvalConf
         raise ValueError(f"--resume {out}: {was} would change the answers mid-eval; only --batch-size and --gsm8k may change "
                          f"on resume: leave the others out, or start a new eval in another --out-dir")
     model = saved.get("model")
-    held = Path(model).expanduser() if isinstance(model, str) and model else None
+    held = Path(os.path.expanduser(model)) if isinstance(model, str) and model else None
     if held is not None and held.name == "model" and held.parent.parent.name == "checkpoints" and not held.exists():
         # an eval of a training run records the checkpoint it read; the run, training on, rotates its checkpoints
         # (--keep-checkpoints): those weights are gone, and no other ones give the same answers
@@ -77,10 +78,10 @@ def same_run_model(typed: str | None, saved: str | None) -> bool:
     if not typed or not saved:
         return False
     try:
-        held = model_of_run(Path(typed).expanduser())
+        held = model_of_run(Path(os.path.expanduser(typed)))
     except ModelSpecError:
         return False
-    return held is not None and held.resolve() == Path(saved).expanduser().resolve()
+    return held is not None and held.resolve() == Path(os.path.expanduser(saved)).resolve()
 
 
 def answered(out: Path, with_trees: bool, problems: list[Problem], n_answers: int) -> list[QuestionResult]:

@@ -50,7 +50,7 @@ def embedded_gguf() -> Path:
 
 def cache_dir() -> Path:
     """Where converted GGUF models are kept: $MCTS_GRPO_CACHE, else ~/.cache/mcts_grpo (also when it is set empty)."""
-    return Path(os.environ.get("MCTS_GRPO_CACHE") or Path.home() / ".cache" / "mcts_grpo").expanduser()
+    return Path(os.path.expanduser(os.environ.get("MCTS_GRPO_CACHE") or Path.home() / ".cache" / "mcts_grpo"))
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -69,7 +69,7 @@ def load(spec: str | os.PathLike | None = None, device="cpu", dtype: torch.dtype
     if not spec_str.strip():
         raise ModelSpecError("the model spec (--model) is empty: leave it out for the embedded default, or give a hub id, "
                              "directory or .gguf file")
-    path = Path(spec_str).expanduser()
+    path = Path(os.path.expanduser(spec_str))  # (Path.expanduser raises for '~nouser/x')
     if path.suffix == ".gguf":  # (as typed, or 'model.gguf/' from a shell's completion)
         if not path.is_file():
             raise ModelSpecError(f"GGUF file {path} not found: check the path")

@@ -218,6 +218,7 @@ def test_bad_specs_fail_in_one_line(tmp_path):
         "./no/such/dir": "does not exist",
         str(tmp_path / "no" / "such"): "does not exist",  # an absolute path, and one from home: no hub look-up
         "~/no/such/dir": "does not exist",
+        "~no-such-user-mcts/x": "does not exist",  # (pathlib's expanduser raised RuntimeError: a traceback)
     }
     for spec, why in cases.items():
         with pytest.raises(ModelSpecError, match=why) as e:

@@ -72,6 +72,8 @@ def test_help_documents_every_field_with_its_default(command, capsys):
     (["train", "--max-minutes", "inf"], "--max-minutes must be a finite number, got inf"),
     (["train", "--out-dir", ""], "--out-dir is empty: give a path"),
     (["eval", "--gsm8k", " "], "--gsm8k is empty: give a path"),  # it read the working directory
+    (["eval", "--model", "~no-such-user-mcts/x", "--out-dir", "{tmp}"], "model path ~no-such-user-mcts/x does not exist"),  # was a traceback
+    (["eval", "--gsm8k", "~no-such-user-mcts/x", "--out-dir", "{tmp}"], "--gsm8k ~no-such-user-mcts/x: no such file or directory"),
     (["train", "--rewards", "correctness=nan"], "bad reward weight 'correctness=nan': a weight must be a finite number"),
     (["train", "--rewards", "foo=1"], "unknown reward functions ['foo']"),  # before the model loads, not after
     (["eval", "--search", "majority"], "--search majority chooses among --n answers per question: give --n >= 2"),
