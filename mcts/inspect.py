@@ -129,7 +129,9 @@ def render(tree: dict, max_depth: int = 0, width: int = 70) -> str:
         kids.setdefault(n["parent"], []).append(n["id"])
     lines = [f"Q{tree['index']}: {tree['question'][:width]}", f"gold {tree['gold']}, search answer {tree['answer']}"]
 
-    def walk(i: int, prefix: str, last: bool, depth: int):
+    todo = [(0, "", True, 0)]  # (node, prefix, last child, depth): depth first by a stack, not recursion, which
+    while todo:                # stopped a tree ~1,000 levels deep (one-token steps, many simulations) at Python's limit
+        i, prefix, last, depth = todo.pop()
         n = nodes[i]
         text = n["text"].replace("\n", "\\n")
         text = text if len(text) <= width else text[: width - 3] + "..."
@@ -137,12 +139,10 @@ def render(tree: dict, max_depth: int = 0, width: int = 70) -> str:
         tail = "root" if i == 0 else f'P={n["prior"]:.2f} "{text}"' + (f" -> {n['answer']}" if n["answer"] else "") + (" [end]" if n["terminal"] else "")
         lines.append(f"{head}[{i}] N={n['visits']:.0f} Q={n['value']:.3f} {tail}")
         if max_depth and depth >= max_depth:
-            return
+            continue
         children = kids.get(i, [])
-        for j, c in enumerate(children):
-            walk(c, prefix + ("" if i == 0 else ("   " if last else "|  ")), j == len(children) - 1, depth + 1)
-
-    walk(0, "", True, 0)
+        below = prefix + ("" if i == 0 else ("   " if last else "|  "))
+        todo.extend((c, below, j == len(children) - 1, depth + 1) for j, c in reversed(list(enumerate(children))))
     return "\n".join(lines)
 
 

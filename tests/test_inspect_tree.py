@@ -155,3 +155,14 @@ def test_each_trees_statistics_are_logged_at_its_question(tmp_path):
     ea.Reload()
     assert [(e.step, e.value) for e in ea.Scalars("tree/nodes")] == [(0, 1.0), (1, 4.0)]
     assert [(e.step, e.value) for e in ea.Scalars("tree/max_depth")] == [(0, 0.0), (1, 2.0)]
+
+
+def test_a_tree_thousands_of_levels_deep_is_printed(tmp_path, capsys):
+    """Seen in a fuzz: a valid tree 1,000 levels deep (one-token steps, many simulations) ended in a RecursionError
+    traceback; 980 levels printed."""
+    f = tmp_path / "trees.jsonl"
+    f.write_text(tree_line([ROOT] + [node(i, i - 1) for i in range(1, 3001)]) + "\n")
+    assert run.main(["inspect-tree", str(f)]) == 0
+    *lines, stats = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 + 3001 and lines[-1].startswith(" " * 3 * 2999 + "`- [3000] N=2")
+    assert json.loads(stats)["tree/max_depth"] == 3000
