@@ -48,7 +48,7 @@ def reports(e: BaseException | None = None) -> bool:
 
 def check_device(name: str) -> str:
     """A --device value: cpu, cuda, cuda:N or auto (a one-line error otherwise, before anything loads)."""
-    if not (name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())):
+    if not (name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isascii() and name[5:].isdigit())):
         raise ValueError(f"unknown --device {name!r}: use cpu, cuda, cuda:N or auto")
     return name
 

@@ -92,14 +92,14 @@ def answered(out: Path, with_trees: bool, problems: list[Problem], n_answers: in
     before the files are touched: `--gsm8k` may change on resume, and another file's questions are numbered
     0, 1, 2... as well). A whole line that no eval wrote (edited: a field of another type, `n_answers` answers
     not given) is refused in one line: read as it stands, it would fail the summary after every other answer."""
-    lines = (out / PARTIAL).read_text(encoding="utf-8").splitlines()
+    lines = (out / PARTIAL).read_text(encoding="utf-8", errors="replace").splitlines()  # (bytes no eval wrote: refused below)
     trees: dict[int, str] = {}
     if with_trees:
         if not (out / TREES).is_file() and (out / "trees.jsonl").is_file():
             (out / "trees.jsonl").replace(out / TREES)  # stopped between the end's two renames: the trees are whole
         if not (out / TREES).is_file():
             raise ValueError(f"--resume: {out} has no {TREES} beside its {PARTIAL}: {start_over(out)}")
-        for line in (out / TREES).read_text(encoding="utf-8").splitlines():
+        for line in (out / TREES).read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 trees.setdefault(int(json.loads(line)["index"]), line)
             except (ValueError, KeyError, TypeError):

@@ -14,7 +14,7 @@ ROOT_RULES = ("puct", "gumbel")
 
 def check_step(step: str, flag: str = "--step") -> None:
     """A tree node's extent: "newline" or "tokens:N" with N >= 1."""
-    if not (step == "newline" or (step.startswith("tokens:") and step[7:].isdigit() and int(step[7:]) > 0)):
+    if not (step == "newline" or (step.startswith("tokens:") and step[7:].isascii() and step[7:].isdigit() and int(step[7:]) > 0)):
         raise ValueError(f"unknown {flag} {step!r}: use newline or tokens:N (N >= 1)")
 
 

@@ -12,6 +12,7 @@ the seed plan's one-step interface on top of it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
@@ -39,12 +40,12 @@ class When:
                 return cls("always")
             if spec.startswith("every:") and int(spec[6:]) > 0:
                 return cls("every", k=int(spec[6:]))
-            if spec.startswith("entropy:") and float(spec[8:]) > 0:
+            if spec.startswith("entropy:") and 0 < float(spec[8:]) < math.inf:  # (inf: no token's entropy passes it)
                 return cls("entropy", h=float(spec[8:]))
         except ValueError:
             pass
         raise ValueError(f"bad --mcts-when {spec!r}: use tree (the default: one search builds each answer), always, "
-                         "every:K (K >= 1) or entropy:H (H > 0, nats)")
+                         "every:K (K >= 1) or entropy:H (H > 0 and finite, nats)")
 
 
 @dataclass

@@ -72,6 +72,10 @@ def test_help_documents_every_field_with_its_default(command, capsys):
     (["train", "--max-minutes", "inf"], "--max-minutes must be a finite number, got inf"),
     (["train", "--out-dir", ""], "--out-dir is empty: give a path"),
     (["eval", "--gsm8k", " "], "--gsm8k is empty: give a path"),  # it read the working directory
+    (["eval", "--search", "mcts", "--step", "tokens:\u00b2", "--model", "{tmp}", "--out-dir", "{tmp}"], "unknown --step 'tokens:\u00b2'"),  # int() refused it
+    (["eval", "--device", "cuda:\u00b2", "--model", "{tmp}", "--out-dir", "{tmp}"], "unknown --device 'cuda:\u00b2'"),
+    (["eval", "--search", "mcts", "--mcts-when", "entropy:inf", "--model", "{tmp}", "--out-dir", "{tmp}"],
+     "bad --mcts-when 'entropy:inf'"),  # never searched (--model: accepted, it fails at once, not after an eval)
     (["eval", "--model", "~no-such-user-mcts/x", "--out-dir", "{tmp}"], "model path ~no-such-user-mcts/x does not exist"),  # was a traceback
     (["eval", "--gsm8k", "~no-such-user-mcts/x", "--out-dir", "{tmp}"], "--gsm8k ~no-such-user-mcts/x: no such file or directory"),
     (["train", "--rewards", "correctness=nan"], "bad reward weight 'correctness=nan': a weight must be a finite number"),

@@ -153,6 +153,10 @@ def test_what_cannot_be_resumed_is_one_line_before_loading(tiny_ckpt, tmp_path, 
     assert "are not the first of the eval's split (its data changed since, or --gsm8k names other files?)" in refused(
         ["eval", "--resume", "--out-dir", str(out), "--gsm8k", str(other)])
     assert partial.read_text() == kept
+    # bytes that are not UTF-8 (a disk, a copy): the decoder's error named no file (seen in a fuzz); read as they are
+    partial.write_bytes(kept.encode().replace(b'"question": "', b'"question": "\xc8', 1))
+    assert "are not the first of the eval's split" in refused(["eval", "--resume", "--out-dir", str(out)])
+    partial.write_text(kept)
     # a whole line in another shape (edited by hand): resumed as it stood, the summary failed after every other
     # answer, and on each resume after (an audit's TypeError/IndexError tracebacks); refused, naming the line
     line = json.loads(kept.splitlines()[0])
