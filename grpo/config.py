@@ -113,6 +113,18 @@ class TrainConfig:
         check_device(self.device)
 
 
+def warmup_note(cfg: TrainConfig) -> str | None:
+    """A note when the warm-up does not end before the run does: the learning rate never reaches --lr (the last step
+    runs at steps / (warmup + 1) of it, trainer.warmup_cosine) and never decays. Not an error: a short trial run may
+    want it so."""
+    if cfg.warmup_steps < cfg.steps:
+        return None
+    e_g = f"{cfg.steps // 10}, a tenth of the run" if cfg.steps >= 10 else "0"
+    return (f"note: --warmup-steps {cfg.warmup_steps} is not below --steps {cfg.steps}: every step is in the warm-up, so the "
+            f"learning rate reaches {cfg.steps}/{cfg.warmup_steps + 1} of --lr at most and never decays: give a smaller "
+            f"--warmup-steps (e.g. {e_g})")
+
+
 def flag_name(name: str) -> str:  # a config field's command-line flag: max_new_tokens -> --max-new-tokens
     return "--" + name.replace("_", "-")
 

@@ -62,10 +62,11 @@ def config_from_args(cls, args: argparse.Namespace):
     return cls(**values)
 
 
-def note(line: str | None) -> None:
-    """A one-line note for the user on stderr (nothing for None)."""
-    if line:
-        print(line, file=sys.stderr)
+def note(*lines: str | None) -> None:
+    """One-line notes for the user on stderr (nothing for None)."""
+    for line in lines:
+        if line:
+            print(line, file=sys.stderr)
 
 
 # Flags that only some settings read, and when they are read. Given where they are not, each is named in a note

@@ -117,3 +117,23 @@ def test_a_resume_takes_the_runs_model_written_another_way():
         assert changed == {} and new.model == "runs/base", spec
     with pytest.raises(ValueError, match=r"--model \(the run has 'runs/base'\)"):
         resumed_config(saved, TrainConfig(model="runs/other"), {"model"}, "run")
+
+
+def test_a_warm_up_as_long_as_the_run_is_noted(tmp_path, monkeypatch, capsys):
+    """Seen in a fuzz: `train --steps 5` with the default --warmup-steps 10 never got past 5/11 of --lr and never
+    decayed, without a word. A note, not an error (a short trial may want it); worked by hand: the last step, i = 4,
+    runs at (4 + 1) / (10 + 1) of --lr (trainer.warmup_cosine)."""
+    from helpers import tiny_run
+
+    from grpo.config import warmup_note
+    from grpo.trainer import warmup_cosine
+
+    assert warmup_cosine(10, 5)(4) == 5 / 11
+    assert warmup_note(TrainConfig(steps=5)) == ("note: --warmup-steps 10 is not below --steps 5: every step is in the warm-up, "
+                                                 "so the learning rate reaches 5/11 of --lr at most and never decays: give a "
+                                                 "smaller --warmup-steps (e.g. 0)")
+    assert warmup_note(TrainConfig(steps=40, warmup_steps=40)).endswith("40/41 of --lr at most and never decays: give a smaller "
+                                                                         "--warmup-steps (e.g. 4, a tenth of the run)")
+    assert warmup_note(TrainConfig(steps=11)) is None and warmup_note(TrainConfig(steps=10, warmup_steps=0)) is None
+    tiny_run(tmp_path, monkeypatch, steps=1)  # (warm-up 10 by default)
+    assert "note: --warmup-steps 10 is not below --steps 1" in capsys.readouterr().err
