@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import typing
 from dataclasses import dataclass, field
 
 from model_io.precision import check_precision, precision_field
@@ -76,6 +77,7 @@ class TrainConfig:
                                                           "through torch.compile: fewer kernels per step on a GPU, ~12 s to compile on a CPU)"})
 
     def __post_init__(self):
+        check_types(self)
         check_decode_mode(self.decode)
         check_precision(self.precision)
         if self.adv_scale not in ADV_SCALES:
@@ -127,6 +129,19 @@ def warmup_note(cfg: TrainConfig) -> str | None:
 
 def flag_name(name: str) -> str:  # a config field's command-line flag: max_new_tokens -> --max-new-tokens
     return "--" + name.replace("_", "-")
+
+
+def check_types(cfg) -> None:
+    """Each field's value of the type its annotation names (an int where a float goes too). The command line types
+    its flags; a config read back from JSON (a resume) may have been edited by hand, and a string where a path or a
+    number goes failed later, with a traceback ('model': 5, 'stop': 5)."""
+    for name, t in typing.get_type_hints(type(cfg)).items():
+        v, kinds = getattr(cfg, name), typing.get_args(t) or (t,)  # str | None -> (str, NoneType)
+        if not any(v is None if k is type(None) else isinstance(v, bool) if k is bool else
+                   (isinstance(v, (int, float) if k is float else k) and not isinstance(v, bool)) for k in kinds):
+            names = {type(None): "null", float: "a number", int: "an integer", str: "a string", bool: "true or false"}
+            want = " or ".join(names.get(k, k.__name__) for k in kinds)
+            raise TypeError(f"{flag_name(name)} is {v!r}, not {want}")
 
 
 def check_ranges(cfg, at_least_1=(), at_least_0=(), in_0_1=(), below_1=()) -> None:

@@ -34,7 +34,7 @@ from model_io import SamplingConfig, Transformer, generate
 from model_io.precision import check_precision, precision_field
 from model_io.sampler import check_decode_mode, row_rng
 
-from .config import check_ranges, check_top_p
+from .config import check_ranges, check_top_p, check_types
 from .metrics import naming
 from .rewards import soft_format_reward_func, strict_format_reward_func
 
@@ -82,6 +82,7 @@ class EvalConfig:
     precision: str = precision_field()
 
     def __post_init__(self):
+        check_types(self)
         check_decode_mode(self.decode)
         check_precision(self.precision)
         if self.search not in SEARCHES:

@@ -183,7 +183,8 @@ def test_resume_names_a_damaged_run_config_and_the_copy_to_restore_it_from(tmp_p
     for text, says in [('{"steps": 3,', ("is not readable JSON (Expecting property name", f"): restore it from {copy}\n")),
                        ("null", ("is not a JSON object: restore it from", f"{copy}\n")),  # (was a TypeError traceback)
                        ("[1]", ("is not a JSON object: restore it from", f"{copy}\n")),
-                       (json.dumps({**good, "steps": "x"}), ("holds a config that cannot run ('>=' not supported", "newest checkpoint\n")),
+                       (json.dumps({**good, "steps": "x"}), ("holds a config that cannot run (--steps is 'x', not an integer)", "newest checkpoint\n")),
+                       (json.dumps({**good, "model": 5}), ("holds a config that cannot run (--model is 5, not a string or null)", "newest checkpoint\n")),
                        (json.dumps({**good, "adv_scale": "zzz"}), ("holds a config that cannot run (unknown --adv-scale 'zzz'", "newest checkpoint\n"))]:
         (out / "config.json").write_text(text)
         capsys.readouterr()

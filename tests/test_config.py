@@ -1,6 +1,7 @@
 """TrainConfig's checks (grpo/config.py), without the command line: every number refused one past its bound in one
 line naming its flag, every choice refused by name; what a preset and a resume may and may not change."""
 import dataclasses
+import re
 
 import pytest
 
@@ -137,3 +138,18 @@ def test_a_warm_up_as_long_as_the_run_is_noted(tmp_path, monkeypatch, capsys):
     assert warmup_note(TrainConfig(steps=11)) is None and warmup_note(TrainConfig(steps=10, warmup_steps=0)) is None
     tiny_run(tmp_path, monkeypatch, steps=1)  # (warm-up 10 by default)
     assert "note: --warmup-steps 10 is not below --steps 1" in capsys.readouterr().err
+
+
+def test_each_field_must_hold_its_annotated_type():
+    """A config read back from JSON (a resume) may have been edited by hand: a value of another type is refused when
+    the config is made, naming the flag, where a string for a number or a path failed later with a traceback."""
+    from grpo.evaluate import EvalConfig
+
+    assert TrainConfig(lr=1).lr == 1 and TrainConfig(resume=None).resume is None  # an int is a number; null where optional
+    for cls, kw, says in ((TrainConfig, dict(lr="1e-6"), "--lr is '1e-6', not a number"),
+                          (TrainConfig, dict(steps=True), "--steps is True, not an integer"),  # (bool is an int in Python)
+                          (TrainConfig, dict(eval_at_start=1), "--eval-at-start is 1, not true or false"),
+                          (EvalConfig, dict(gsm8k=5), "--gsm8k is 5, not a string or null"),
+                          (EvalConfig, dict(temperature=None), "--temperature is None, not a number")):
+        with pytest.raises(TypeError, match=re.escape(says)):
+            cls(**kw)

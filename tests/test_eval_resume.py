@@ -135,6 +135,10 @@ def test_what_cannot_be_resumed_is_one_line_before_loading(tiny_ckpt, tmp_path, 
             f"{out / 'config.json'} and running") in refused(["eval", "--resume", "--out-dir", str(out)])
     (out / "config.json").write_text("{")
     assert "config.json is missing or not JSON" in refused(["eval", "--resume", "--out-dir", str(out)])
+    for field, value, says in (("model", 5, "a string or null"), ("stop", 5, "a string"), ("n", "2", "an integer")):
+        (out / "config.json").write_text(json.dumps({**config, field: value}))  # edited by hand: were tracebacks
+        assert (f"config.json holds a config that cannot run (--{field} is {value!r}, not {says})"
+                in refused(["eval", "--resume", "--out-dir", str(out)]))
     (out / "config.json").write_text(json.dumps(config))
     partial = out / "predictions.jsonl.partial"
     kept = partial.read_text()
