@@ -76,7 +76,7 @@ def open_to_umask(root: Path) -> None:
 
 def fsync_path(path: str | os.PathLike) -> None:
     """Flush a file's or a directory's contents to the disk. A rename is atomic against a crash of the process, but
-    after a power cut or a kernel crash the new name may point at data never written (ext4 and xfs order a rename
+    after a power cut or a kernel crash the new name may point at data never written (ext4 and xfs may commit a rename
     before the data it names) unless that data was synced first. A file system that refuses a directory's fsync
     (EINVAL on some network mounts) is left at what it offers."""
     fd = os.open(path, os.O_RDONLY)
