@@ -55,7 +55,8 @@ for kind in plain mcts; do
   fi
   extra=()
   if [ "$kind" = mcts ]; then extra=(--rollouts mcts --tree-advantage mix --tree-advantage-weight 0.5); fi
-  rm -rf "$OUT/$kind"  # stopped before its first checkpoint: nothing to resume, so it starts again
+  # (a run stopped before its first checkpoint: run.py train starts it over in its directory itself, and refuses a
+  # directory that holds anything else; this script once removed the directory, whatever it held)
   "$PY" run.py train "${MODEL_FLAG[@]}" "${TRAIN[@]}" "${extra[@]}" --seed 0 --out-dir "$OUT/$kind"
 done
 "$PY" scripts/plot_runs.py "$OUT/curves.png" "$OUT/plain" "$OUT/mcts"

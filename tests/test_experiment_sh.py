@@ -53,7 +53,10 @@ def test_relative_paths_are_the_callers_and_an_interrupted_run_resumes(tmp_path)
     assert p.returncode == 0, p.stderr
     assert train[0] == f"GSM8K_DIR={tmp_path}/g run.py train --resume {out}/plain"
     assert train[1].startswith(f"GSM8K_DIR={tmp_path}/g run.py train --shots 2 ")
-    assert train[1].endswith(f"--seed 0 --out-dir {out}/mcts") and not (out / "mcts" / "metrics.jsonl").exists()
+    assert train[1].endswith(f"--seed 0 --out-dir {out}/mcts")
+    # left to run.py train, which starts such a run over itself and refuses a directory holding anything else (the
+    # script removed the directory, whatever it held: a fuzz lost a file of its own put there)
+    assert (out / "mcts" / "metrics.jsonl").exists()
     assert (out / "summary.md").read_text().count("| 0.000 | 0.000 | 1.00 | 9 |") == 9
     # the trained policies are evaluated from their run directories (the final checkpoint), final_hf or not
     evals = [c for c in (tmp_path / "calls").read_text().splitlines() if " run.py eval " in c]
