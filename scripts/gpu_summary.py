@@ -215,8 +215,11 @@ def main(argv: list[str]) -> None:
     if len(dirs) != 1:
         refuse(f"error: pass one OUT_DIR ({len(dirs)} given): {USAGE}")
     out = Path(dirs[0])
-    if not out.is_dir():
-        refuse(f"error: no directory {out}: pass the OUT_DIR of a scripts/gpu_run.sh run")
+    if not dirs[0].strip() or not out.is_dir():
+        refuse(f"error: no directory {dirs[0]!r}: pass the OUT_DIR of a scripts/gpu_run.sh run")
+    mine = out / "summary.md"
+    if mine.is_file() and not text(mine).startswith("# GPU run"):  # (experiment.sh writes a summary.md too)
+        refuse(f"error: {mine} is not a GPU run's summary (it would be replaced): pass the OUT_DIR of a scripts/gpu_run.sh run")
     lines = summary(out)
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     if "--print" in argv:

@@ -110,6 +110,8 @@ def check(argv: list[str]) -> tuple[Path, list[Path]]:
     out, runs = Path(argv[0]), [Path(a) for a in argv[1:]]
     if out.is_dir():
         refuse(f"error: OUT {out} is a directory (the first argument is the PNG to write): {USAGE}")
+    if out.suffix.lower() not in (".png", ".svg", ".pdf"):  # the table goes to OUT's name with .md: OUT itself, for a .md
+        refuse(f"error: OUT {out} is not a .png, .svg or .pdf (the figure to write; its table goes beside it as .md): {USAGE}")
     if len({r.resolve() for r in runs}) < len(runs):
         refuse("error: a run directory is given twice: pass each run once")
     return out, runs

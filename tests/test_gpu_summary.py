@@ -125,7 +125,21 @@ def refusal(argv, capsys) -> str:
 
 def test_a_missing_out_dir_is_one_line(tmp_path, capsys):
     assert refusal([str(tmp_path / "nope")], capsys) == (
-        f"error: no directory {tmp_path / 'nope'}: pass the OUT_DIR of a scripts/gpu_run.sh run")
+        f"error: no directory {str(tmp_path / 'nope')!r}: pass the OUT_DIR of a scripts/gpu_run.sh run")
+    assert refusal([""], capsys) == "error: no directory '': pass the OUT_DIR of a scripts/gpu_run.sh run"  # (it wrote ./summary.md)
+
+
+def test_a_summary_md_it_did_not_write_is_not_replaced(tmp_path, capsys):
+    """Seen in a fuzz: run on experiment.sh's OUT_DIR, it replaced that experiment's results table with an empty
+    GPU summary."""
+    (tmp_path / "summary.md").write_text("# Plain GRPO vs MCTS-GRPO\n")
+    assert refusal([str(tmp_path)], capsys) == (f"error: {tmp_path / 'summary.md'} is not a GPU run's summary (it would be "
+                                                "replaced): pass the OUT_DIR of a scripts/gpu_run.sh run")
+    assert (tmp_path / "summary.md").read_text() == "# Plain GRPO vs MCTS-GRPO\n"
+    (tmp_path / "summary.md").unlink()
+    gpu_summary.main([str(tmp_path)])
+    gpu_summary.main([str(tmp_path)])  # its own summary: rewritten
+    assert (tmp_path / "summary.md").read_text().startswith("# GPU run: ?")
 
 
 def test_unknown_flags_are_refused(tmp_path, capsys):

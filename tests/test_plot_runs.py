@@ -134,3 +134,14 @@ def test_each_run_keeps_one_colour_in_every_panel(tmp_path, monkeypatch):
             colour.setdefault(run, set()).add(line.get_color())
     assert set(colour) == {"plain", "mcts"}
     assert all(len(c) == 1 for c in colour.values()) and colour["plain"] != colour["mcts"], colour
+
+
+def test_an_out_that_is_not_a_figure_is_refused_and_left_as_it_was(tmp_path, capsys):
+    """Seen in a fuzz: `plot_runs.py notes.md a b` wrote its table to OUT's name with .md, notes.md itself."""
+    a = run_dir(tmp_path / "a", 0.5)
+    (tmp_path / "notes.md").write_text("mine\n")
+    for out in ("notes.md", "curves"):
+        assert refusal([str(tmp_path / out), a], capsys) == (
+            f"error: OUT {tmp_path / out} is not a .png, .svg or .pdf (the figure to write; its table goes beside it as "
+            f".md): {plot_runs.USAGE}")
+    assert (tmp_path / "notes.md").read_text() == "mine\n" and not (tmp_path / "curves").exists()
