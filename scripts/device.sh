@@ -60,6 +60,7 @@ case "${1:-}" in
   run)
     OUT=${2:?usage: scripts/device.sh run OUT [MINUTES]}
     MINUTES=${3:-8}
+    [[ $MINUTES =~ ^(0|[1-9][0-9]*)$ ]] || { echo "error: MINUTES must be a whole number of minutes (0 runs each step at its 30 s floor), got '$MINUTES'" >&2; exit 2; }
     [ -f "$M/part_aa" ] || { echo "error: $M/part_aa is missing: the machine was handed back since 'part1' (it stays warm 30 s); run 'part1' again, then 'run' at once" >&2; exit 2; }
     cat "$M/part_aa" .dev_model/b/part_ab > "$GGUF"
     echo "$(cat .dev_model/b/SHA256)  $GGUF" | sha256sum -c -

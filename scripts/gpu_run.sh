@@ -17,10 +17,12 @@ cd "$(dirname "$0")/.."
 MODEL=${1:?usage: scripts/gpu_run.sh MODEL OUT_DIR [MINUTES]}
 OUT=${2:?usage: scripts/gpu_run.sh MODEL OUT_DIR [MINUTES]}
 MINUTES=${3:-8}
+# checked before anything runs: bash's arithmetic on "abc" or "1.5" failed in every step, which then ran anyway
+[[ $MINUTES =~ ^(0|[1-9][0-9]*)$ ]] || { echo "error: MINUTES must be a whole number of minutes (0 runs each step at its 30 s floor), got '$MINUTES'" >&2; exit 2; }
 SHOTS=${SHOTS:-2}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-mkdir -p "$OUT"
+mkdir -p "$OUT" 2>/dev/null && [ -w "$OUT" ] || { echo "error: cannot write into OUT_DIR '$OUT' (a file there, or no permission): pass a directory" >&2; exit 2; }
 START=$(date +%s)
 if [ "${SMALL:-0}" = 1 ]; then B1=4; B2=8; NEW=16; Q=4; QM=2; QD=2; SIMS=1; BA=2; TA=8; else B1=64; B2=256; NEW=256; Q=500; QM=128; QD=16; SIMS=2,8; BA=16; TA=32; fi
 left() { echo $(( MINUTES * 60 - ($(date +%s) - START) )); }

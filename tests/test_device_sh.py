@@ -171,6 +171,13 @@ def test_short_runs_are_limited_by_their_minutes_and_a_missing_first_half_is_one
                        env={**os.environ, "DEVICE_MODEL_DIR": str(tmp_path / "m")}, capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "run 'part1' again" in p.stderr
     assert not (tmp_path / "o").exists()
+    # MINUTES that is not a whole number: one line before anything is joined or run (a fuzz: "abc" ended in bash's
+    # "unbound variable", -5 in timeout's "invalid option" and an empty run.tgz)
+    for bad in ("abc", "-5", "1.5", "08"):
+        p = subprocess.run(["bash", str(tmp_path / "repo" / "scripts" / "device.sh"), "run", str(tmp_path / "o"), bad],
+                           env={**os.environ, "DEVICE_MODEL_DIR": str(tmp_path / "m")}, capture_output=True, text=True)
+        assert p.returncode == 2 and p.stderr == f"error: MINUTES must be a whole number of minutes (0 runs each step at its 30 s floor), got '{bad}'\n"
+    assert not (tmp_path / "o").exists()
 
 
 def test_each_out_gets_its_own_run_folder_by_default(tmp_path):

@@ -201,3 +201,18 @@ def test_small_shrinks_every_size(tmp_path):
     assert "bench/sampler.py --model MODEL --batch 4 --max-new-tokens 16 --compiled" in calls
     assert any(c.startswith("run.py eval --model MODEL --shots 2 --limit 4 --max-new-tokens 16 ") for c in calls)
     assert any(c.startswith("bench/compare.py") and "--limit 2 --n 1,4,8 --sims 1 " in c for c in calls)
+
+
+def test_bad_minutes_or_an_out_dir_that_is_a_file_are_one_line_before_any_step(tmp_path):
+    """Seen in a fuzz: MINUTES "abc" or "1.5" gave ~32 bash errors and then ran every step with a 30 s limit (exit 0);
+    an OUT_DIR that is a file ran every step into "Not a directory"."""
+    env = {**os.environ, "PYTHON": "false"}  # (nothing may run)
+    (tmp_path / "file").write_text("mine\n")
+    for out, minutes, says in ((tmp_path / "o", "abc", "MINUTES must be a whole number of minutes (0 runs each step at its 30 s floor), got 'abc'"),
+                               (tmp_path / "o", "1.5", "MINUTES must be a whole number of minutes (0 runs each step at its 30 s floor), got '1.5'"),
+                               (tmp_path / "file", "5", f"cannot write into OUT_DIR '{tmp_path / 'file'}' (a file there, or "
+                                                        "no permission): pass a directory")):
+        p = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_run.sh"), "MODEL", str(out), minutes],
+                           env=env, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2 and p.stderr == f"error: {says}\n" and not p.stdout, p
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["file"] and (tmp_path / "file").read_text() == "mine\n"
