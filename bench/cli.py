@@ -12,7 +12,7 @@ from data import DataError
 from grpo.config import check_ranges
 from grpo.flags import OneLineParser
 from model_io import ModelSpecError
-from run import resolve_device
+from run import check_context, resolve_device
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
@@ -50,6 +50,16 @@ def check_device(ap: argparse.ArgumentParser, name: str) -> str:
     refused in one line; -> the device's name, 'auto' resolved."""
     try:
         return str(resolve_device(name))
+    except ValueError as e:
+        ap.error(str(e))
+
+
+def check_fits(ap: argparse.ArgumentParser, model, tok, questions: list[str], shots, max_new_tokens: int) -> None:
+    """The prompts plus --max-new-tokens within the model's context, refused in one line as eval refuses them
+    (run.check_context): past it the KV cache is sized for them (a traceback after loading) and RoPE runs on positions
+    the model never saw."""
+    try:
+        check_context(model, tok, questions, shots, max_new_tokens)
     except ValueError as e:
         ap.error(str(e))
 

@@ -22,7 +22,7 @@ import torch  # noqa: E402
 
 from data import encode_prompts, load_gsm8k, stop_token_ids  # noqa: E402
 from model_io import SamplingConfig, generate, load  # noqa: E402
-from cli import add_device, add_gsm8k, add_model, check_args, check_device, parser, user_errors  # noqa: E402
+from cli import add_device, add_gsm8k, add_model, check_args, check_device, check_fits, parser, user_errors  # noqa: E402
 from machine import copy_bandwidth  # noqa: E402
 
 
@@ -44,6 +44,7 @@ def main(argv=None) -> None:
         train = load_gsm8k("train", args.gsm8k)  # first: a wrong --gsm8k costs no model load
         model, tok = load(args.model, device=args.device)
     problems = train[args.shots : args.shots + args.prompts]
+    check_fits(ap, model, tok, [p.question for p in problems], train[: args.shots], args.max_new_tokens)
     prompts = encode_prompts(tok, [p.question for p in problems], train[: args.shots])
     cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=0.0, eos_ids=stop_token_ids(tok, model.cfg.eos_token_ids))
     dev = torch.device(args.device)

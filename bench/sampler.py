@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from data import encode_prompts, load_gsm8k, stop_token_ids  # noqa: E402
 from model_io import SamplingConfig, export_hf, generate, load  # noqa: E402
 from model_io.loading import embedded_gguf  # noqa: E402
-from cli import add_device, add_gsm8k, add_model, check_args, check_device, parser, user_errors  # noqa: E402
+from cli import add_device, add_gsm8k, add_model, check_args, check_device, check_fits, parser, user_errors  # noqa: E402
 from machine import copy_bandwidth  # noqa: E402
 
 
@@ -60,6 +60,7 @@ def main(argv=None) -> None:
     with user_errors(ap):
         problems = load_gsm8k("test", args.gsm8k)[: args.batch]  # first: a wrong --gsm8k costs no model load
         model, tok = load(args.model, device=args.device)
+    check_fits(ap, model, tok, [p.question for p in problems], (), args.max_new_tokens)
     prompts = encode_prompts(tok, [p.question for p in problems])
     eos = stop_token_ids(tok, model.cfg.eos_token_ids)
     pad = tok.pad_token_id

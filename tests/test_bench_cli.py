@@ -357,3 +357,14 @@ def test_machine_rates_by_a_clock_that_moves_only_where_the_benchmark_reads_it(m
     ticks = iter(range(10))
     monkeypatch.setattr(machine.time, "perf_counter", lambda: float(next(ticks)))  # 1 s between the two readings
     assert machine.copy_bandwidth(torch.device("cpu"), reps=2) == 2 * 256 * 2**20
+
+
+@pytest.mark.parametrize("name,extra", [("sampler", ["--batch", "1"]), ("group_sampling", ["--prompts", "1", "--group", "2"])])
+def test_new_tokens_past_the_models_context_are_one_line(name, extra, capsys, monkeypatch):
+    """Seen in a fuzz: --max-new-tokens 2000000000 was a traceback once the model had loaded (its KV cache asked for);
+    refused as eval refuses it."""
+    mod = bench(name)
+    monkeypatch.setenv("GSM8K_DIR", gsm8k_dir())
+    monkeypatch.setattr(mod, "load", lambda spec, **kw: (from_hf_model(tiny_hf_model()), tiny_tokenizer()))
+    line = refused(name, ["--device", "cpu", "--max-new-tokens", "2000000000", *extra], capsys)
+    assert "--max-new-tokens 2000000000 after a prompt of " in line and "runs past the model's context of" in line
