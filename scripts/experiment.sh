@@ -22,6 +22,7 @@ for arg in "$@"; do
     -h|--help) usage; exit 0 ;;
     --gpu) SIZE=gpu ;;
     -*) echo "error: unknown option $arg: use --gpu, or -h for help" >&2; exit 2 ;;
+    "") echo "error: OUT_DIR is empty: give a directory, or leave it out for runs/experiment" >&2; exit 2 ;;
     *) if [ -n "$OUT" ]; then echo "error: one OUT_DIR at most (got $OUT and $arg): see -h" >&2; exit 2; fi; OUT=$arg ;;
   esac
 done

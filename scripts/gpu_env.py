@@ -88,6 +88,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", metavar="OUT", help="JSON file to write (its directory must exist)")
     a = ap.parse_args(argv)
+    if not a.out.strip() or Path(a.out).is_dir():  # (refused now, not after the measurement)
+        ap.error(f"OUT {a.out!r} is {'empty' if not a.out.strip() else 'a directory'}: give the JSON file to write")
     if not Path(a.out).resolve().parent.is_dir():
         ap.error(f"no directory {Path(a.out).parent} for {a.out}: create it first")
     measure(a.out)

@@ -36,6 +36,8 @@ def test_help_and_bad_arguments_print_usage_and_touch_nothing(tmp_path):
     assert p.returncode == 0 and "bash scripts/experiment.sh --gpu [OUT_DIR]" in p.stdout and not p.stderr
     p, _ = experiment(tmp_path, "--bogus")
     assert p.returncode == 2 and p.stderr.strip() == "error: unknown option --bogus: use --gpu, or -h for help"
+    p, _ = experiment(tmp_path, "")  # (it ran into runs/experiment, as if none had been given)
+    assert p.returncode == 2 and p.stderr.strip() == "error: OUT_DIR is empty: give a directory, or leave it out for runs/experiment"
     p, _ = experiment(tmp_path, "a", "b")
     assert p.returncode == 2 and p.stderr.strip() == "error: one OUT_DIR at most (got a and b): see -h"
     assert sorted(x.name for x in tmp_path.iterdir()) == ["fake-python"]

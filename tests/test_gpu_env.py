@@ -18,7 +18,10 @@ def test_help_and_missing_or_unwritable_out_measure_nothing(tmp_path, monkeypatc
     (tmp_path / "file").write_text("")
     for argv, says in (([], "the following arguments are required: OUT"),
                        ([str(tmp_path / "no" / "env.json")], f"no directory {tmp_path / 'no'} for"),
-                       ([str(tmp_path / "file" / "env.json")], f"no directory {tmp_path / 'file'} for")):  # a file, not a directory
+                       ([str(tmp_path / "file" / "env.json")], f"no directory {tmp_path / 'file'} for"),  # a file, not a directory
+                       # refused before the measurement, not an IsADirectoryError after it (a fuzz)
+                       ([str(tmp_path)], f"OUT {str(tmp_path)!r} is a directory: give the JSON file to write"),
+                       ([""], "OUT '' is empty: give the JSON file to write")):
         with pytest.raises(SystemExit) as e:
             gpu_env.main(argv)
         assert e.value.code == 2 and says in capsys.readouterr().err
