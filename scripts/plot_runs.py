@@ -19,12 +19,17 @@ def refuse(message: str) -> NoReturn:
 
 
 def row(line: str):
-    """A metrics.jsonl line as its dict; None if it is not one (cut off, garbled, not an object)."""
+    """A metrics.jsonl line as its dict; None if it is not one (cut off, garbled, not an object, a value that is not
+    a number or null, an evaluation without both accuracies: the table's arithmetic raised on them)."""
     try:
         m = json.loads(line)
     except ValueError:
         return None
-    return m if isinstance(m, dict) and "step" in m else None  # every row run.py writes has its step
+    if not (isinstance(m, dict) and "step" in m):  # every row run.py writes has its step
+        return None
+    numbers = all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in m.values())
+    accuracies = ("eval/accuracy_strict" in m) == ("eval/accuracy_lenient" in m)
+    return m if numbers and isinstance(m["step"], int) and accuracies else None
 
 
 def read(run: Path) -> list[dict]:

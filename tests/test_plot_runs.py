@@ -49,8 +49,9 @@ def test_a_forgotten_out_is_refused_not_written_into_the_first_run(tmp_path, cap
     assert "unknown flag --out" in refusal(["--out", str(tmp_path / "c.png"), a], capsys)
 
 
-@pytest.mark.parametrize("bad", ['{"step": 3, "rew', "[1, 2]\n", "garbled\n", '{"reward": 1}\n'])  # a run killed mid-line; not
-# objects; not a row of run.py's (every one has its step)
+@pytest.mark.parametrize("bad", ['{"step": 3, "rew', "[1, 2]\n", "garbled\n", '{"reward": 1}\n',  # a run killed mid-line; not
+    # objects; not a row of run.py's (every one has its step); edited by hand, each a traceback in the table (a fuzz)
+    '{"step": 3, "reward": "x"}\n', '{"step": 3, "rollout/generated_tokens_total": "9"}\n', '{"step": 3, "eval/accuracy_strict": 1}\n'])
 def test_a_cut_off_or_garbled_line_is_skipped_with_a_note(tmp_path, capsys, bad):
     a = run_dir(tmp_path / "live", 0.5)
     with open(tmp_path / "live" / "metrics.jsonl", "a") as f:
