@@ -157,7 +157,9 @@ def run_trl(a) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from grpo.flags import OneLineParser  # (a usage error in one line, as in run.py)
+
+    ap = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=2, help="B: prompts per step (default: 2)")
     ap.add_argument("--group", type=int, default=4, help="G: completions per prompt (default: 4)")
     ap.add_argument("--max-new-tokens", type=int, default=64, help="completion limit (default: 64)")

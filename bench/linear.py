@@ -22,6 +22,7 @@ sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # bench/, last (ben
 import torch  # noqa: E402
 
 import model_io.linear as linear  # noqa: E402
+from grpo.flags import OneLineParser  # noqa: E402  (a usage error in one line, as in run.py)
 from machine import ms_per_call  # noqa: E402
 from model_io.precision import cpu_has_fast_bf16  # noqa: E402
 
@@ -54,7 +55,7 @@ def measure(k: int, n: int, rows: int, dtype: torch.dtype, packed: bool, reps: i
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated INxOUT linear shapes")
     ap.add_argument("--rows", default="1,8,32,64", help="comma-separated row counts (decode's live rows)")
     ap.add_argument("--reps", type=int, default=20, help="timed calls per figure, after 2 warm-ups")

@@ -57,7 +57,9 @@ def run_side(a) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from grpo.flags import OneLineParser  # (a usage error in one line, as in run.py)
+
+    ap = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2-135M-Instruct)")
     ap.add_argument("--prompts", type=int, default=2, help="B: prompts per step (default: 2)")
     ap.add_argument("--group", type=int, default=8, help="G: completions per prompt, also the micro-batch (default: 8)")

@@ -368,3 +368,12 @@ def test_new_tokens_past_the_models_context_are_one_line(name, extra, capsys, mo
     monkeypatch.setattr(mod, "load", lambda spec, **kw: (from_hf_model(tiny_hf_model()), tiny_tokenizer()))
     line = refused(name, ["--device", "cpu", "--max-new-tokens", "2000000000", *extra], capsys)
     assert "--max-new-tokens 2000000000 after a prompt of " in line and "runs past the model's context of" in line
+
+
+@pytest.mark.parametrize("name", ["linear", "grpo_step", "precision"])
+def test_an_unknown_flag_is_one_line_not_a_usage_block(name, capsys):
+    """Seen in a fuzz: these three used plain argparse, which prints its usage block (2-7 lines) above the error."""
+    with pytest.raises(SystemExit) as e:
+        bench(name).main(["--bogus"])
+    err = capsys.readouterr().err  # (its program name is pytest's here)
+    assert e.value.code == 2 and err.count("\n") == 1 and "error: unrecognized arguments: --bogus (see " in err, err
