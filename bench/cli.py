@@ -6,6 +6,7 @@ Import it after the repository root is on sys.path (bench/ last: bench/mcts.py m
 from __future__ import annotations
 
 import argparse
+import os
 from contextlib import contextmanager
 
 from data import DataError
@@ -26,7 +27,14 @@ def add_model(ap: argparse.ArgumentParser) -> None:
 
 
 def add_gsm8k(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--gsm8k", default=None, help="GSM8K file or directory (default: $GSM8K_DIR, else the hub)")
+    ap.add_argument("--gsm8k", default=None, type=a_path, help="GSM8K file or directory (default: $GSM8K_DIR, else the hub)")
+
+
+def a_path(text: str) -> str:
+    """A path flag's value, as run.py takes it: an empty one is refused (it read the working directory), '~' expanded."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: give a path, or leave the flag out for its default")
+    return os.path.expanduser(text)
 
 
 def add_device(ap: argparse.ArgumentParser, what: str = "") -> None:
