@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import math
 import os
@@ -96,7 +97,8 @@ def budgets(ap: argparse.ArgumentParser, flag: str, text: str) -> list[int]:
     return vals
 
 
-def plot(rows: list[dict], limit: int, device: str, out: Path) -> None:
+def plot(rows: list[dict], limit: int, device: str, out: Path) -> bool:
+    """OUT/compare.png; False where matplotlib is not installed (no PNG)."""
     try:
         import matplotlib
 
@@ -105,7 +107,7 @@ def plot(rows: list[dict], limit: int, device: str, out: Path) -> None:
         from matplotlib.ticker import NullFormatter, ScalarFormatter
     except ImportError:
         print("matplotlib not installed: no PNG (pip install -r bench/requirements.txt)")
-        return
+        return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for strategy, marker in (("greedy", "s"), ("sample", "o"), ("majority", "^"), ("best-of-n", "v"), ("mcts", "D"), ("mcts-gumbel", "P")):
         pts = sorted((r["generated_tokens_per_question"], r["accuracy_lenient"]) for r in rows if r["strategy"] == strategy)
@@ -122,6 +124,7 @@ def plot(rows: list[dict], limit: int, device: str, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "compare.png", dpi=120)
     print(f"wrote {out / 'compare.png'}")
+    return True
 
 
 def main(argv=None) -> None:
@@ -157,8 +160,15 @@ def main(argv=None) -> None:
         try:
             saved = json.loads(src.read_text())
             rows, limit, device = saved["rows"], saved["settings"]["limit"], saved["settings"]["device"]
+            if not (isinstance(rows, list) and all(isinstance(r, dict) and isinstance(r.get("strategy"), str) and all(
+                    isinstance(r.get(k), (int, float)) for k in ("generated_tokens_per_question", "accuracy_lenient")) for r in rows)):
+                raise TypeError("its rows are not the rows this script writes")  # (plot's arithmetic raised on them)
         except (ValueError, KeyError, TypeError) as e:
             ap.error(f"--replot: {src} is not a compare.json written by this script ({type(e).__name__}: {e})")
+        try:
+            importlib.import_module("matplotlib")  # (the PNG is --replot's one output: without it, an error, not exit 0)
+        except ImportError:
+            ap.error("--replot draws OUT/compare.png with matplotlib, which is not installed: pip install -r bench/requirements.txt")
         plot(rows, limit, device, out)
         return
     ns, sims = budgets(ap, "--n", a.n), budgets(ap, "--sims", a.sims)
@@ -283,7 +293,9 @@ def main(argv=None) -> None:
     (out / "compare.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {out / 'compare.md'}, {out / 'compare.json'}")
-    plot(rows, a.limit, a.device, out)
+    if not plot(rows, a.limit, a.device, out) and (out / "compare.png").is_file():  # it showed an earlier run's rows
+        (out / "compare.png").unlink()
+        print(f"removed {out / 'compare.png'}: it plotted an earlier run of this script")
 
 
 if __name__ == "__main__":

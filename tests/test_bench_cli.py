@@ -198,6 +198,9 @@ def test_compare_runs_the_grid_after_an_untimed_warm_up(tmp_path, capsys, monkey
     real = compare.evaluate
     monkeypatch.setattr(compare, "evaluate", lambda m, t, problems, cfg, *a, **k: calls.append((len(problems), cfg.search,
                         cfg.max_new_tokens, cfg.mcts_answer)) or real(m, t, problems, cfg, *a, **k))
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "compare.png").write_bytes(b"an earlier run's figure")  # without matplotlib: removed, not kept
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # beside the new rows (a fuzz)
     compare.main(["--model", str(tmp_path / "m"), "--device", "cpu", "--gsm8k", f"{gsm8k_dir()}/test.jsonl", "--limit", "2", "--n", "1,2",
                   "--sims", "1", "--roots", "puct", "--shots", "0", "--max-new-tokens", "6", "--batch-size", "2", "--out", str(tmp_path / "o"),
                   "--mcts-answer", "value"])
@@ -211,6 +214,7 @@ def test_compare_runs_the_grid_after_an_untimed_warm_up(tmp_path, capsys, monkey
     assert rows[-1]["samples_per_question"] >= 1 and "tokens of mcts sims=1, K=4:" in (tmp_path / "o" / "compare.md").read_text()
     assert (tmp_path / "o" / "compare.md").is_file() and "compare.md" in capsys.readouterr().out
     assert json.loads((tmp_path / "o" / "compare.json").read_text())["complete"] is True
+    assert not (tmp_path / "o" / "compare.png").exists()
 
     def cut_off(m, t, problems, cfg, *a, **k):  # a time limit reached during tree search
         if cfg.search == "mcts":
@@ -379,3 +383,22 @@ def test_an_unknown_flag_is_one_line_not_a_usage_block(name, capsys):
         bench(name).main(["--bogus"])
     err = capsys.readouterr().err  # (its program name is pytest's here)
     assert e.value.code == 2 and err.count("\n") == 1 and "error: unrecognized arguments: --bogus (see " in err, err
+
+
+def test_compare_replot_refuses_rows_it_did_not_write_and_a_missing_matplotlib(tmp_path, capsys, monkeypatch):
+    """Seen in a fuzz: rows of another shape were a TypeError/KeyError in the plot, and without matplotlib --replot,
+    whose one output is the PNG, exited 0."""
+    import sys
+
+    out = tmp_path / "c"
+    out.mkdir()
+    good = json.loads((ROOT / "docs" / "compare" / "compare.json").read_text())
+    for rows in (5, [{"strategy": "greedy"}], [{**good["rows"][0], "accuracy_lenient": "x"}]):
+        (out / "compare.json").write_text(json.dumps({**good, "rows": rows}))
+        assert "is not a compare.json written by this script (TypeError: its rows are not the rows this script writes)" in (
+            refused("compare", ["--replot", "--out", str(out)], capsys))
+    (out / "compare.json").write_text(json.dumps(good))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # (an import of it raises ImportError)
+    assert "--replot draws OUT/compare.png with matplotlib, which is not installed: pip install" in refused(
+        "compare", ["--replot", "--out", str(out)], capsys)
+    assert sorted(p.name for p in out.iterdir()) == ["compare.json"]
