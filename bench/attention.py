@@ -26,7 +26,7 @@ sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # bench/, last (ben
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from cli import add_device, check_args, check_device, parser  # noqa: E402
+from cli import add_device, check_args, check_device, out_of_memory, parser  # noqa: E402
 from machine import ms_per_call  # noqa: E402
 from model_io.model import grouped_attention, stacked_mask  # noqa: E402
 
@@ -95,6 +95,12 @@ def main(argv=None) -> None:
     dtype = getattr(torch, a.dtype or ("bfloat16" if cuda else "float32"))
     name = torch.cuda.get_device_name(a.device) if cuda else "CPU"
     print(f"device {name}, {dtype}, H={a.heads}, H_kv={a.kv_heads}, D={a.head_dim}, prompt {a.prompt_len} + {a.new_tokens} new tokens")
+    with out_of_memory(ap, "--batch, --train-rows, --prompt-len, --new-tokens, --heads or --head-dim"):
+        measure_all(a, dtype, cuda)
+
+
+def measure_all(a, dtype: torch.dtype, cuda: bool) -> None:
+    """Each attention form's time for a decode step and a training pass, printed as measured."""
     for kind in ("decode", "train"):
         q, k, v, masks = inputs(kind, a, dtype, a.device)
         backward = kind == "train"

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from data import DataError
 from grpo.config import check_ranges
 from grpo.flags import OneLineParser
+from grpo.stops import out_of_memory as oom_words
 from model_io import ModelSpecError
 from run import check_context, resolve_device
 
@@ -70,6 +71,19 @@ def check_fits(ap: argparse.ArgumentParser, model, tok, questions: list[str], sh
         check_context(model, tok, questions, shots, max_new_tokens)
     except ValueError as e:
         ap.error(str(e))
+
+
+@contextmanager
+def out_of_memory(ap: argparse.ArgumentParser, flags: str):
+    """Within: running out of memory (a GPU's, or a CPU allocation that fails) is one line naming the flags that
+    use less, as in run.py (grpo/stops.py), not a traceback."""
+    try:
+        yield
+    except (RuntimeError, OSError) as e:
+        said = oom_words(e) if isinstance(e, RuntimeError) else None
+        if said is None:
+            raise
+        ap.error(f"out of memory ({said}): lower {flags}")
 
 
 @contextmanager

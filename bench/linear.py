@@ -23,6 +23,7 @@ import torch  # noqa: E402
 
 import model_io.linear as linear  # noqa: E402
 from grpo.flags import OneLineParser  # noqa: E402  (a usage error in one line, as in run.py)
+from grpo.stops import out_of_memory  # noqa: E402
 from machine import ms_per_call  # noqa: E402
 from model_io.precision import cpu_has_fast_bf16  # noqa: E402
 
@@ -36,8 +37,8 @@ def parse_ints(ap: argparse.ArgumentParser, flag: str, text: str, sep: str = ","
         vals = [int(v) for v in text.split(sep)]
     except ValueError:
         vals = []
-    if not vals or min(vals) < 1:
-        ap.error(f"{flag} takes whole numbers >= 1, separated by '{sep}'; got {text!r}")
+    if not vals or min(vals) < 1 or max(vals) >= 2**31:
+        ap.error(f"{flag} takes whole numbers >= 1 and below 2**31, separated by '{sep}'; got {text!r}")
     return vals
 
 
@@ -64,8 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     if any(len(s) != 2 for s in shapes):
         ap.error(f"--shapes takes INxOUT pairs like 576x1536, comma-separated; got {a.shapes!r}")
     rows = parse_ints(ap, "--rows", a.rows)
-    if a.reps < 1:
-        ap.error(f"--reps must be >= 1, got {a.reps}")
+    if not 1 <= a.reps < 2**31:
+        ap.error(f"--reps must be {'>= 1' if a.reps < 1 else 'below 2**31'}, got {a.reps}")
     if not linear.ENABLED:
         ap.error("packed linears are off here (MCTS_GRPO_PACKED_LINEAR=0, or torch without oneDNN): nothing to compare")
 
@@ -85,7 +86,12 @@ def main(argv: list[str] | None = None) -> None:
     pack_ratios = []
     for k, n in shapes:
         for r in rows:
-            t = {(dt, p): measure(k, n, r, dt, p, a.reps) for dt in (torch.float32, torch.bfloat16) for p in (False, True)}
+            try:  # a shape past the memory: one line naming the flags, as in run.py (grpo/stops.py)
+                t = {(dt, p): measure(k, n, r, dt, p, a.reps) for dt in (torch.float32, torch.bfloat16) for p in (False, True)}
+            except RuntimeError as e:
+                if out_of_memory(e) is None:
+                    raise
+                ap.error(f"out of memory ({out_of_memory(e)}): lower --shapes or --rows")
             f32, b16 = t[torch.float32, False], t[torch.bfloat16, False]
             f32p, b16p = t[torch.float32, True], t[torch.bfloat16, True]
             best32, best16 = min(f32, f32p), min(v for v in (b16, b16p) if v is not None)

@@ -59,8 +59,9 @@ def refused(name: str, argv: list[str], capsys) -> str:
     ("precision", ["--shots", "8000"], "--shots 8000: the train split holds only 7473 problems"),
     # refused in the side's own process (where the model loads): still exit status 2, its one line
     ("precision", ["--model", "/nonexistent", "--steps", "1", "--warmup", "0"], "fp32: precision.py: error: model path /nonexistent does not exist"),
-    ("linear", ["--rows", "0,8"], "--rows takes whole numbers >= 1, separated by ','; got '0,8'"),
-    ("linear", ["--shapes", "576x"], "--shapes takes whole numbers >= 1, separated by 'x'; got '576x'"),
+    ("linear", ["--rows", "0,8"], "--rows takes whole numbers >= 1 and below 2**31, separated by ','; got '0,8'"),
+    ("linear", ["--shapes", "576x"], "--shapes takes whole numbers >= 1 and below 2**31, separated by 'x'; got '576x'"),
+    ("linear", ["--shapes", "99999999999x2"], "--shapes takes whole numbers >= 1 and below 2**31"),  # (a traceback: a fuzz)
     ("linear", ["--shapes", "576x1x2"], "--shapes takes INxOUT pairs like 576x1536"),
     ("linear", ["--reps", "0"], "--reps must be >= 1, got 0"),
     ("attention", ["--kv-heads", "0"], "--kv-heads must be >= 1, got 0"),
@@ -402,3 +403,34 @@ def test_compare_replot_refuses_rows_it_did_not_write_and_a_missing_matplotlib(t
     assert "--replot draws OUT/compare.png with matplotlib, which is not installed: pip install" in refused(
         "compare", ["--replot", "--out", str(out)], capsys)
     assert sorted(p.name for p in out.iterdir()) == ["compare.json"]
+
+
+def test_linear_refuses_reps_past_2_to_the_31_before_measuring(capsys, monkeypatch):
+    """Seen in a fuzz: --reps 99999999999999 was taken, and ran until its time limit."""
+    mod = bench("linear")
+    monkeypatch.setattr(mod, "measure", lambda *a, **k: pytest.fail("measured"))
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--reps", "99999999999999"])
+    assert e.value.code == 2 and "error: --reps must be below 2**31, got 99999999999999 (see " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,argv,flags", [
+    ("linear", ["--shapes", "576x576", "--rows", "1", "--reps", "1"], "lower --shapes or --rows"),
+    ("attention", ["--device", "cpu", "--reps", "1"], "lower --batch, --train-rows, --prompt-len, --new-tokens, --heads or --head-dim")])
+def test_running_out_of_memory_is_one_line_naming_the_flags(name, argv, flags, capsys, monkeypatch):
+    """Seen in a fuzz: a shape past the memory (--shapes 200000x200000, --prompt-len 2000000000) was the allocator's
+    traceback."""
+    mod = bench(name)
+    if name == "linear" and not mod.linear.ENABLED:
+        pytest.skip("packed linears are off here: linear.py refuses to run")
+
+    def no_memory(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] . DefaultCPUAllocator: can't allocate memory: you tried to "
+                           "allocate 160000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(mod, "measure" if name == "linear" else "inputs", no_memory)
+    with pytest.raises(SystemExit) as e:
+        mod.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    assert f"error: out of memory (can't allocate memory: you tried to allocate 160000000000 bytes): {flags} (see " in err
