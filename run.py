@@ -82,7 +82,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_context(model, tok, questions: list[str], shots, max_new_tokens: int) -> None:
+def check_context(model, tok, questions: list[str], shots, max_new_tokens: int, shots_flag: bool = True) -> None:
     """The longest of these prompts (found by its question's tokens alone: one batched call, not thousands of chat
     templates) plus --max-new-tokens must fit the model's context, checked once the model is loaded and before
     anything is written: past it the KV cache is sized for it (--max-new-tokens 1e8: 51 GB asked for) and RoPE runs
@@ -93,9 +93,9 @@ def check_context(model, tok, questions: list[str], shots, max_new_tokens: int) 
     if P >= ctx:
         raise ValueError(f"a prompt of {P} tokens (--shots {len(shots)}) already fills the model's context of {ctx} positions: "
                          f"lower --shots")
-    if P + max_new_tokens > ctx:
-        raise ValueError(f"--max-new-tokens {max_new_tokens} after a prompt of {P} tokens (--shots {len(shots)}) runs past the "
-                         f"model's context of {ctx} positions: lower --max-new-tokens (at most {ctx - P} here) or --shots")
+    if P + max_new_tokens > ctx:  # (shots_flag: the command has a --shots for the line to name)
+        raise ValueError(f"--max-new-tokens {max_new_tokens} after a prompt of {P} tokens{f' (--shots {len(shots)})' * shots_flag} runs "
+                         f"past the model's context of {ctx} positions: lower --max-new-tokens (at most {ctx - P} here){' or --shots' * shots_flag}")
 
 
 def write_json(path: Path, obj) -> None:

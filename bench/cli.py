@@ -63,12 +63,13 @@ def check_device(ap: argparse.ArgumentParser, name: str) -> str:
         ap.error(str(e))
 
 
-def check_fits(ap: argparse.ArgumentParser, model, tok, questions: list[str], shots, max_new_tokens: int) -> None:
+def check_fits(ap: argparse.ArgumentParser, model, tok, questions: list[str], shots, max_new_tokens: int,
+               shots_flag: bool = True) -> None:
     """The prompts plus --max-new-tokens within the model's context, refused in one line as eval refuses them
     (run.check_context): past it the KV cache is sized for them (a traceback after loading) and RoPE runs on positions
     the model never saw."""
     try:
-        check_context(model, tok, questions, shots, max_new_tokens)
+        check_context(model, tok, questions, shots, max_new_tokens, shots_flag)
     except ValueError as e:
         ap.error(str(e))
 

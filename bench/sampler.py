@@ -60,7 +60,7 @@ def main(argv=None) -> None:
     with user_errors(ap):
         problems = load_gsm8k("test", args.gsm8k)[: args.batch]  # first: a wrong --gsm8k costs no model load
         model, tok = load(args.model, device=args.device)
-    check_fits(ap, model, tok, [p.question for p in problems], (), args.max_new_tokens)
+    check_fits(ap, model, tok, [p.question for p in problems], (), args.max_new_tokens, shots_flag=False)  # (no --shots)
     prompts = encode_prompts(tok, [p.question for p in problems])
     eos = stop_token_ids(tok, model.cfg.eos_token_ids)
     pad = tok.pad_token_id

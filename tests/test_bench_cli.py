@@ -375,6 +375,7 @@ def test_new_tokens_past_the_models_context_are_one_line(name, extra, capsys, mo
     monkeypatch.setattr(mod, "load", lambda spec, **kw: (from_hf_model(tiny_hf_model()), tiny_tokenizer()))
     line = refused(name, ["--device", "cpu", "--max-new-tokens", "2000000000", *extra], capsys)
     assert "--max-new-tokens 2000000000 after a prompt of " in line and "runs past the model's context of" in line
+    assert ("--shots" in line) == (name == "group_sampling")  # (sampler.py has no --shots to lower)
 
 
 @pytest.mark.parametrize("name", ["linear", "grpo_step", "precision"])
