@@ -176,6 +176,8 @@ def main(argv=None) -> None:
     ap.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--hf-dir", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.gsm8k is not None and not a.gsm8k.strip():  # (as run.py and the other benches: it read the working directory)
+        ap.error("argument --gsm8k: is empty: give a path, or leave the flag out for its default")
     if a.side:  # (flags checked by the parent; the TRL side imports nothing of ours it does not need)
         out = run_ours(a) if a.side == "ours" else run_trl(a)
         out["peak_rss_mb"] = peak_rss_mb()

@@ -72,6 +72,8 @@ def main(argv=None) -> None:
     ap.add_argument("--gsm8k", default=None, help="GSM8K file or directory (default: $GSM8K_DIR, else the hub)")
     ap.add_argument("--side", choices=["fp32", "bf16"], help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.gsm8k is not None and not a.gsm8k.strip():  # (as run.py and the other benches: it read the working directory)
+        ap.error("argument --gsm8k: is empty: give a path, or leave the flag out for its default")
     from cli import check_args, user_errors
 
     check_args(ap, a, at_least_1=("prompts", "group", "max_new_tokens", "decode_rows", "steps"), at_least_0=("shots", "warmup"))

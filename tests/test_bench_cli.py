@@ -36,6 +36,8 @@ def refused(name: str, argv: list[str], capsys) -> str:
     ("sampler", ["--gsm8k", "/nonexistent", "--device", "cpu"], "--gsm8k /nonexistent: no such file or directory"),
     ("sampler", ["--gsm8k", ""], "argument --gsm8k: is empty: give a path"),  # (it read the working directory)
     ("compare", ["--gsm8k", " ", "--out", "OUT"], "argument --gsm8k: is empty: give a path"),
+    ("grpo_step", ["--gsm8k", ""], "argument --gsm8k: is empty: give a path"),
+    ("precision", ["--gsm8k", ""], "argument --gsm8k: is empty: give a path"),
     ("mcts", ["--batch", "0"], "--batch must be >= 1, got 0"),
     ("compare", ["--n", "1,4", "--max-n", "2"], "--max-n 2 is below the largest --n (4): the equal-token rows read from"),
     ("mcts_answer", ["--limit", "0"], "--limit must be >= 1, got 0"),
