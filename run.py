@@ -43,7 +43,7 @@ from grpo import distributed as D
 from grpo.batches import split_shots
 from grpo.checkpointing import (check_against_checkpoint, checkpoint_dirs, checkpoints_at_once, disk_note,
                                 is_training_run, model_of_run, refuse_incomplete_checkpoints, remove_leftovers)
-from grpo.config import TrainConfig, apply_preset, check_ranges, check_top_p, resumed_config, warmup_note
+from grpo.config import TrainConfig, apply_preset, check_ranges, check_top_p, resumed_config, small_tree_note, warmup_note
 from grpo.eval_resume import answered, resumed_eval_config
 from grpo.evaluate import EvalConfig, answers_per_question, check_search_fits, evaluate
 from grpo.flags import OneLineParser, add_config_args, config_from_args, given_fields, more_than_asked, note, unused_flags_note
@@ -213,7 +213,7 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
     check_one_file({"train"} | ({"test"} if cfg.eval_every else set()), "training, and evaluating every --eval-every steps",
                    cfg.gsm8k)
     if not cfg.resume and D.reports():
-        note(unused_flags_note(cfg, set(given)), warmup_note(cfg))
+        note(unused_flags_note(cfg, set(given)), warmup_note(cfg), small_tree_note(cfg))
     if D.reports():  # (the lock is held: no writer is live)
         note(remove_leftovers(run_dir))
     restart = not cfg.resume and is_training_run(run_dir)  # stopped (Ctrl-C, an error) before its first checkpoint

@@ -127,6 +127,20 @@ def warmup_note(cfg: TrainConfig) -> str | None:
             f"--warmup-steps (e.g. {e_g})")
 
 
+def small_tree_note(cfg: TrainConfig) -> str | None:
+    """A note when a tree cannot give a group's G distinct rollouts: each simulation adds K at most, so --mcts-simulations
+    x --mcts-children below --group-size repeats them in turn (tree_rollout.py): a repeated rollout counts more than
+    once in its group's mean and std, and with 1 x 1 every row of a group is the same (no advantage: a tree teaches
+    nothing)."""
+    n = cfg.mcts_simulations * cfg.mcts_children
+    if cfg.rollouts != "mcts" or not cfg.mcts_prob or not cfg.mcts_simulations or n >= cfg.group_size:
+        return None  # (0 simulations: the default, 2 * ceil(G / K), enough for G)
+    return (f"note: --mcts-simulations {cfg.mcts_simulations} x --mcts-children {cfg.mcts_children} give a tree {n} rollout"
+            f"{'s' * (n > 1)} at most, fewer than --group-size {cfg.group_size}: they are repeated to fill the group"
+            f"{' (every row the same: no advantage, nothing learnt from a tree)' if n == 1 else ''}; leave --mcts-simulations "
+            f"out for enough")
+
+
 def flag_name(name: str) -> str:  # a config field's command-line flag: max_new_tokens -> --max-new-tokens
     return "--" + name.replace("_", "-")
 

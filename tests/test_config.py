@@ -153,3 +153,24 @@ def test_each_field_must_hold_its_annotated_type():
                           (EvalConfig, dict(temperature=None), "--temperature is None, not a number")):
         with pytest.raises(TypeError, match=re.escape(says)):
             cls(**kw)
+
+
+def test_a_tree_too_small_for_its_group_is_noted(tmp_path, monkeypatch, capsys):
+    """Seen in a combination fuzz: --rollouts mcts --mcts-simulations 1 --mcts-children 1 gave each group one rollout
+    repeated G times (tree_rollout.py's cycle_to), so reward_std, loss and grad_norm were 0 at every step, without a word."""
+    from helpers import tiny_run
+
+    from grpo.config import small_tree_note
+
+    assert small_tree_note(TrainConfig(rollouts="mcts", mcts_simulations=1, mcts_children=4, group_size=8)) == (
+        "note: --mcts-simulations 1 x --mcts-children 4 give a tree 4 rollouts at most, fewer than --group-size 8: they are "
+        "repeated to fill the group; leave --mcts-simulations out for enough")
+    for fine in (TrainConfig(rollouts="mcts", mcts_simulations=2, mcts_children=4, group_size=8),  # 8 rollouts: enough
+                 TrainConfig(rollouts="mcts", mcts_children=1, group_size=8),  # the default simulations, 2 * ceil(G / K)
+                 TrainConfig(rollouts="mcts", mcts_simulations=1, mcts_children=1, mcts_prob=0.0),  # no tree at all
+                 TrainConfig(mcts_simulations=1, mcts_children=1)):  # plain rollouts
+        assert small_tree_note(fine) is None
+    tiny_run(tmp_path, monkeypatch, steps=1, rollouts="mcts", mcts_simulations=1, mcts_children=1, warmup_steps=0)
+    assert ("note: --mcts-simulations 1 x --mcts-children 1 give a tree 1 rollout at most, fewer than --group-size 2: they "
+            "are repeated to fill the group (every row the same: no advantage, nothing learnt from a tree)"
+            in capsys.readouterr().err)
