@@ -22,8 +22,8 @@ sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # bench/, last (ben
 import torch  # noqa: E402
 
 import model_io.linear as linear  # noqa: E402
+from cli import out_of_memory  # noqa: E402
 from grpo.flags import OneLineParser  # noqa: E402  (a usage error in one line, as in run.py)
-from grpo.stops import out_of_memory  # noqa: E402
 from machine import ms_per_call  # noqa: E402
 from model_io.precision import cpu_has_fast_bf16  # noqa: E402
 
@@ -86,12 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     pack_ratios = []
     for k, n in shapes:
         for r in rows:
-            try:  # a shape past the memory: one line naming the flags, as in run.py (grpo/stops.py)
+            with out_of_memory(ap, "--shapes or --rows"):  # a shape past the memory: one line naming the flags
                 t = {(dt, p): measure(k, n, r, dt, p, a.reps) for dt in (torch.float32, torch.bfloat16) for p in (False, True)}
-            except RuntimeError as e:
-                if out_of_memory(e) is None:
-                    raise
-                ap.error(f"out of memory ({out_of_memory(e)}): lower --shapes or --rows")
             f32, b16 = t[torch.float32, False], t[torch.bfloat16, False]
             f32p, b16p = t[torch.float32, True], t[torch.bfloat16, True]
             best32, best16 = min(f32, f32p), min(v for v in (b16, b16p) if v is not None)

@@ -57,10 +57,10 @@ def run_side(a) -> dict:
 
 
 def main(argv=None) -> None:
-    from grpo.flags import OneLineParser  # (a usage error in one line, as in run.py)
+    from cli import add_gsm8k, add_model, check_args, parser, user_errors
 
-    ap = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2-135M-Instruct)")
+    ap = parser(__doc__)
+    add_model(ap)
     ap.add_argument("--prompts", type=int, default=2, help="B: prompts per step (default: 2)")
     ap.add_argument("--group", type=int, default=8, help="G: completions per prompt, also the micro-batch (default: 8)")
     ap.add_argument("--max-new-tokens", type=int, default=256, help="completion limit, also of the greedy decode (default: 256)")
@@ -69,12 +69,9 @@ def main(argv=None) -> None:
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first (default: 1)")
     ap.add_argument("--steps", type=int, default=2, help="timed steps (default: 2)")
     ap.add_argument("--seed", type=int, default=0, help="default: 0")
-    ap.add_argument("--gsm8k", default=None, help="GSM8K file or directory (default: $GSM8K_DIR, else the hub)")
+    add_gsm8k(ap)
     ap.add_argument("--side", choices=["fp32", "bf16"], help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    if a.gsm8k is not None and not a.gsm8k.strip():  # (as run.py and the other benches: it read the working directory)
-        ap.error("argument --gsm8k: is empty: give a path, or leave the flag out for its default")
-    from cli import check_args, user_errors
 
     check_args(ap, a, at_least_1=("prompts", "group", "max_new_tokens", "decode_rows", "steps"), at_least_0=("shots", "warmup"))
     if a.group < 2:  # (else each side's TrainConfig refuses it, in a traceback)
