@@ -29,7 +29,7 @@ from tqdm import tqdm
 from data import Problem, StopOnText, encode_prompts, parse_lenient, parse_strict, stop_token_ids
 from mcts.lookahead import When, lookahead_decode
 from mcts.interface import ANSWER_MODES, ROOT_RULES, Candidates, SearchConfig, self_consistency_value
-from mcts.search import check_trees_fit, parse_answer, search, step_slots
+from mcts.search import parse_answer, search, tree_sizes
 from model_io import SamplingConfig, Transformer, generate
 from model_io.precision import check_precision, precision_field
 from model_io.sampler import check_decode_mode, row_rng
@@ -194,11 +194,9 @@ def summarize(results: Sequence[QuestionResult], seconds: float) -> dict:
 
 def check_search_fits(cfg: EvalConfig, questions: int) -> None:
     """Tree search's trees for one batch of questions, checked before an eval clears the answers of the one before it
-    in its out-dir: the search makes the same check (check_trees_fit) when it starts, by then with those gone."""
+    in its out-dir: the search makes the same check (tree_sizes) when it starts, by then with those gone."""
     if cfg.search == "mcts":
-        sc = cfg.search_config()
-        check_trees_fit(min(cfg.batch_size, questions), 1 + sc.n_simulations * sc.children, sc.children,
-                        step_slots(sc, cfg.max_new_tokens))
+        tree_sizes(cfg.search_config(), min(cfg.batch_size, questions), cfg.max_new_tokens)
 
 
 def choose(strategy: str, texts: list[str], lenient: list[str | None], format_weight: float, finish: list[str]) -> int:

@@ -98,23 +98,23 @@ def parse_answer(text: str) -> str | None:
     return a if a is not None else parse_lenient(text)
 
 
-def step_slots(cfg: SearchConfig, longest: int) -> int:
-    """S, the token slots a node's step is given: the step's cap, but no more than the longest answer allowed
-    (a step is part of one), so that a `--step tokens:N` or `--step-tokens` past the answer's cap costs nothing."""
-    return max(1, min(cfg.step_len, longest))
+def tree_sizes(cfg: SearchConfig, B: int, longest: int) -> tuple[int, int]:
+    """(N, S) of B trees whose longest answer may run `longest` tokens: N nodes, the root and K children per
+    simulation at most; S token slots for a node's step, its cap but no more than `longest` (a step is part of one
+    answer, so a `--step tokens:N` or `--step-tokens` past the answer's cap costs nothing).
 
-
-def check_trees_fit(B: int, N: int, K: int, S: int) -> None:
-    """B trees of N nodes are allocated whole before the first simulation (the tree, each node's S tokens and
-    log-probs, the rollout records: about 8K + 12S + 81 bytes a node). Past the memory free, say so as an
-    out-of-memory error (one line, naming the flags) rather than touch it: on Linux the zero-filled tensors are
-    taken page by page, and the kernel's OOM killer ends the process with no line at all (an audit's
-    --mcts-simulations 100000000)."""
+    The trees are allocated whole before the first simulation (the tree, each node's S tokens and log-probs, the
+    rollout records: about 8K + 12S + 81 bytes a node). Past the memory free, say so as an out-of-memory error (one
+    line, naming the flags) rather than touch it: on Linux the zero-filled tensors are taken page by page, and the
+    kernel's OOM killer ends the process with no line at all (an audit's --mcts-simulations 100000000)."""
+    K = cfg.children
+    N, S = 1 + cfg.n_simulations * K, max(1, min(cfg.step_len, longest))
     need = B * N * (8 * K + 12 * S + 81)
     free = available_memory()
     if free is not None and need > free:
         size = lambda n: f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n} bytes"  # noqa: E731
         raise torch.OutOfMemoryError(f"tree search's {B} tree(s) of {N} nodes need {size(need)}, {size(free)} are free")
+    return N, S
 
 
 def available_memory() -> int | None:
@@ -153,7 +153,7 @@ def search(
     B, K = len(prompts), cfg.children
     caps = torch.tensor(list(max_new_tokens) if max_new_tokens is not None else [cfg.max_new_tokens] * B)  # [B]
     assert caps.shape == (B,), f"max_new_tokens needs one cap per prompt, got {tuple(caps.shape)} for {B}"
-    S = step_slots(cfg, int(caps.max()))
+    N, S = tree_sizes(cfg, B, int(caps.max()))  # (the trees' memory checked here, before any work)
     qids = list(question_ids) if question_ids is not None else list(range(B))
     before = [list(p) for p in answer_prefix] if answer_prefix is not None else [[] for _ in range(B)]
     assert len(before) == B, f"answer_prefix needs one list of ids per prompt, got {len(before)} for {B}"
@@ -164,8 +164,6 @@ def search(
     nl = newline_table(tokenizer) if cfg.step == "newline" else None
     roll_cap = S * (1 + cfg.rollout_depth)  # tokens one expansion samples at most: the step and its rollout
 
-    N = 1 + cfg.n_simulations * K  # the root, then K children per simulation at most
-    check_trees_fit(B, N, K, S)
     tree = Tree.empty(B, N, K)
     steps = torch.full((B, N, S), pad, dtype=torch.long)  # [B, N, S] each node's own tokens
     step_lp = torch.zeros(B, N, S)  # [B, N, S] their log-probs when sampled
