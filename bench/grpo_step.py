@@ -178,7 +178,8 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     if a.gsm8k is not None and not a.gsm8k.strip():  # (as run.py and the other benches: it read the working directory)
         ap.error("argument --gsm8k: is empty: give a path, or leave the flag out for its default")
-    if a.side:  # (flags checked by the parent; the TRL side imports nothing of ours it does not need)
+    if a.side:  # (flags checked by the parent; the TRL side imports of ours only the parser, the data and the rewards:
+        # the parser's modules hold 1.2 MB of its ~4.6 GB peak, docs/RESULTS.md session 28)
         out = run_ours(a) if a.side == "ours" else run_trl(a)
         out["peak_rss_mb"] = peak_rss_mb()
         print("RESULT " + json.dumps(out))
