@@ -99,9 +99,11 @@ def check_against_checkpoint(saved: dict, run_dir: Path) -> None:
     if not isinstance(ck, dict):  # (`saved` is one: cmd_train refuses a config.json that is not)
         return
     free = set(RESUME_MAY_CHANGE) | {"resume", "out_dir"}  # (a resume records itself; a run directory may move)
-    differ = sorted(k for k in set(saved) & set(ck) & set(TrainConfig.__dataclass_fields__) - free if saved[k] != ck[k])
+    # (a field config.json lacks but the checkpoint has was deleted: resumed_config would give it its default)
+    differ = sorted(k for k in set(ck) & set(TrainConfig.__dataclass_fields__) - free if k not in saved or saved[k] != ck[k])
     if differ:
-        what = ", ".join(f"{flag_name(k)} ({saved[k]!r} there, {ck[k]!r} in the checkpoint)" for k in differ)
+        what = ", ".join(f"{flag_name(k)} ({repr(saved[k]) if k in saved else 'missing'} there, {ck[k]!r} in the checkpoint)"
+                         for k in differ)
         raise ValueError(f"--resume {run_dir}: its config.json and its newest checkpoint disagree on {what}: config.json "
                          f"was edited, or the checkpoints come from another run; restore config.json from {newest}")
 

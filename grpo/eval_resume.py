@@ -47,6 +47,10 @@ def resumed_eval_config(cfg: EvalConfig, given: set[str], out: Path) -> EvalConf
                          f"eval's settings are unknown: {start_over(out, True)}") from None
     if not is_eval_config(saved) or not saved.keys() <= names:
         raise ValueError(f"--resume: {out}/config.json is not the config of a `run.py eval`: {start_over(out, True)}")
+    lacks = sorted(names - saved.keys() - set(EVAL_RESUME_MAY_CHANGE))  # (eval writes every field: one was deleted)
+    if lacks:  # its default is not what the answers so far were made with
+        raise ValueError(f"--resume: {out}/config.json lacks {', '.join('--' + k.replace('_', '-') for k in lacks)}: the "
+                         f"interrupted eval's settings are unknown: {start_over(out, True)}")
     # --device auto and --precision auto (the command the eval started with, typed again) stand for what the saved
     # config holds: what 'auto' resolved to when it started
     differ = [k for k in sorted(given & names) if k not in EVAL_RESUME_MAY_CHANGE and saved.get(k) != getattr(cfg, k)

@@ -31,6 +31,10 @@ def test_check_against_checkpoint_reads_the_newest_checkpoints_config(tmp_path):
     with pytest.raises(ValueError, match="disagree on --lr") as e:
         check_against_checkpoint({"lr": 0.1, "steps": 10}, tmp_path)
     assert str(newest / "train_config.json") in str(e.value)
+    # a field deleted from config.json by hand: resumed_config gave it its default (256 tokens where the run had 48)
+    with pytest.raises(ValueError, match=r"disagree on --steps \(missing there, 10 in the checkpoint\)"):
+        check_against_checkpoint({"lr": 0.2}, tmp_path)
+    check_against_checkpoint({"lr": 0.2, "steps": 10, "eval_every": 5}, tmp_path)  # (a field the checkpoint lacks: an older run's)
 
 
 def test_the_data_fingerprint_covers_questions_answers_and_order():

@@ -139,6 +139,12 @@ def test_what_cannot_be_resumed_is_one_line_before_loading(tiny_ckpt, tmp_path, 
         (out / "config.json").write_text(json.dumps({**config, field: value}))  # edited by hand: were tracebacks
         assert (f"config.json holds a config that cannot run (--{field} is {value!r}, not {says})"
                 in refused(["eval", "--resume", "--out-dir", str(out)]))
+    # a field deleted by hand resumed with its default (256 tokens where the first answers had 8; a fuzz)
+    (out / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k not in ("max_new_tokens", "top_p")}))
+    assert (f"--resume: {out}/config.json lacks --max-new-tokens, --top-p: the interrupted eval's settings are unknown: "
+            "start it over by removing") in refused(["eval", "--resume", "--out-dir", str(out)])
+    (out / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "batch_size"}))
+    assert "lacks" not in refused(["eval", "--resume", "--out-dir", str(out), "--temperature", "0.5"])  # may change: not needed
     (out / "config.json").write_text(json.dumps(config))
     partial = out / "predictions.jsonl.partial"
     kept = partial.read_text()
