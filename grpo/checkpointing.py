@@ -200,12 +200,20 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, dict]
     except Exception as e:  # a file damaged after it was written (disk, copy): the checkpoint before it is whole
         why = str(e).splitlines()[0].split(". ")[0] if str(e) else type(e).__name__
         raise ModelSpecError(f"{path / 'trainer_state.pt'} is damaged ({why}): {way_on(path)}") from None
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    r = random.getstate()
-    random.setstate((r[0], tuple(state["python_rng"]), state.get("python_gauss")))  # (older checkpoints: none cached)
-    return int(state["step"]), state["extra"]
+    try:  # a whole file of another shape (another program's, edited): a KeyError or TypeError traceback otherwise
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        r = random.getstate()
+        random.setstate((r[0], tuple(state["python_rng"]), state.get("python_gauss")))  # (older checkpoints: none cached)
+        step, extra = int(state["step"]), state["extra"]
+        if not isinstance(extra, dict):
+            raise TypeError(f"'extra' is a {type(extra).__name__}")
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+        why = f"no {e.args[0]!r} in it" if isinstance(e, KeyError) else (str(e).splitlines() or [type(e).__name__])[0]
+        raise ModelSpecError(f"{path / 'trainer_state.pt'} is not a trainer state this project wrote ({why}): "
+                             f"{way_on(path)}") from None
+    return step, extra
 
 
 def way_on(path: Path, weights_whole: bool = True) -> str:

@@ -123,6 +123,12 @@ def test_resume_names_a_damaged_trainer_state_and_the_checkpoint_before_it(tmp_p
     err = capsys.readouterr().err
     assert err.startswith(f"error: {state} is damaged (PytorchStreamReader failed reading zip archive") and err.count("\n") == 1
     assert err.endswith(f"delete {state.parent} to resume from step-000001\n")
+    # a whole file of another shape (a KeyError or TypeError traceback, a fuzz found)
+    for other, why in (({}, "no 'optimizer' in it"), ([1, 2], "list indices must be integers or slices, not str")):
+        torch.save(other, state)
+        assert run.main(["train", "--resume", str(out)]) == 2
+        assert capsys.readouterr().err == (f"error: {state} is not a trainer state this project wrote ({why}): delete "
+                                           f"{state.parent} to resume from step-000001\n")
     shutil.rmtree(state.parent)
     # its model damaged: the same way on (it said "copy or download it again", or to restore it from where it came)
     weights = out / "checkpoints" / "step-000001" / "model" / "model.safetensors"
