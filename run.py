@@ -190,7 +190,7 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
             given = set(given) - {"out_dir"}  # (written 'runs/x/', or the run directory moved since it started)
         try:
             saved, why = json.loads((run_dir / "config.json").read_text()), "is not a JSON object"
-        except ValueError as e:  # (UnicodeDecodeError too)
+        except (ValueError, RecursionError) as e:  # (UnicodeDecodeError too; RecursionError: JSON nested past Python's limit)
             saved, why = None, f"is not readable JSON ({e})"
         if not isinstance(saved, dict):  # each checkpoint keeps a copy of the config it was written with
             raise ValueError(f"--resume {run_dir}: its config.json {why}: restore it from "

@@ -61,7 +61,7 @@ def _read_jsonl(path: Path) -> list[Problem]:
             if bad:
                 raise TypeError(f"field {bad[0]!r} is {type(row[bad[0]]).__name__}, not a string")
             out.append(_problem(row["question"], row["answer"], len(out)))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, RecursionError) as e:  # (RecursionError: nested past Python's limit)
             what = f"missing field {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
             raise DataError(f"{path}:{n}: malformed GSM8K line ({what}); expected JSON with 'question' and 'answer'") from None
     if not out:

@@ -67,7 +67,7 @@ def is_training_config(out: Path) -> bool:
     """`out`/config.json is one that `run.py train` wrote (with group_size; a model's has a model_type)."""
     try:
         saved = json.loads((out / "config.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
     return isinstance(saved, dict) and "group_size" in saved and "model_type" not in saved
 
@@ -94,7 +94,7 @@ def check_against_checkpoint(saved: dict, run_dir: Path) -> None:
     newest = checkpoint_dirs(run_dir)[-1] / "train_config.json"
     try:
         ck = json.loads(newest.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return  # (a damaged copy: the checkpoint's own checks name it when it loads)
     if not isinstance(ck, dict):  # (`saved` is one: cmd_train refuses a config.json that is not)
         return

@@ -42,7 +42,7 @@ def resumed_eval_config(cfg: EvalConfig, given: set[str], out: Path) -> EvalConf
     names = {f.name for f in fields(EvalConfig)}
     try:
         saved = json.loads((out / "config.json").read_text())
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise ValueError(f"--resume: {out}/config.json is missing or not JSON ({type(e).__name__}): the interrupted "
                          f"eval's settings are unknown: {start_over(out, True)}") from None
     if not is_eval_config(saved) or not saved.keys() <= names:
@@ -106,13 +106,13 @@ def answered(out: Path, with_trees: bool, problems: list[Problem], n_answers: in
         for line in (out / TREES).read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 trees.setdefault(int(json.loads(line)["index"]), line)
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 break  # the interrupted last line
     done, kept = [], []
     for line in lines:
         try:
             q = QuestionResult(**json.loads(line))
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):
             break
         bad = malformed(q, n_answers)
         if bad:

@@ -193,7 +193,7 @@ def metrics_row(line: str) -> dict | None:
     not a JSON object with a whole-number step)."""
     try:
         row = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return row if isinstance(row, dict) and type(row.get("step")) is int else None
 

@@ -141,7 +141,7 @@ def holds_a_model(out: Path) -> bool:
         return True
     try:
         return "model_type" in json.loads((out / "config.json").read_text())
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, RecursionError):
         return False
 
 
@@ -203,7 +203,7 @@ def refuse_to_replace_an_eval(out: Path) -> None:
     try:
         if is_eval_config(json.loads((out / "config.json").read_text())):
             return
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         pass
     raise ValueError(f"--out-dir {out} holds {', '.join(found)}, not written by an eval (no eval's config.json beside "
                      f"them), which eval would replace: pass another --out-dir (e.g. {out / 'eval'})")

@@ -42,7 +42,7 @@ def trees_and_note(path: str | Path) -> tuple[list[dict], str]:
             continue
         try:
             tree = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # (RecursionError: nested past Python's limit)
             if n == last and p.name.endswith(".partial"):  # the eval stopped part-way through writing this tree
                 cut = n
                 break

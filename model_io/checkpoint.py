@@ -218,7 +218,7 @@ def read_config(path: Path) -> ModelConfig:
         return ModelConfig.from_dict(d)
     except ModelSpecError as e:
         raise ModelSpecError(f"{path}: {e}") from None
-    except (ValueError, TypeError, UnicodeDecodeError) as e:
+    except (ValueError, TypeError, RecursionError) as e:  # (UnicodeDecodeError is a ValueError)
         raise ModelSpecError(f"{path} is not a readable model config ({e}): restore it from the checkpoint it came "
                              "from, or pass another model") from None
 

@@ -117,7 +117,7 @@ def _check_tokenizer_files(path: Path) -> None:
 def _check_json(path: Path) -> None:
     try:
         cfg = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # (UnicodeDecodeError is a ValueError)
         raise ModelSpecError(f"{path} is not valid JSON ({e}): restore it from the model it came from") from None
     if not isinstance(cfg, dict):
         # said here, not left to AutoConfig: for a JSON list 4.x names model_type, 5.x says "list indices must be integers"

@@ -85,6 +85,8 @@ def test_blank_lines_do_not_shift_indices_and_questions_are_stripped(tmp_path):
     (b'{"question": null, "answer": "#### 5"}\n', r"train\.jsonl:2: .*field 'question' is NoneType"),
     (b'[1, 2]\n', r"train\.jsonl:2: .*a JSON object was expected, not list"),
     (b'{"question": "caf\xe9", "answer": "#### 5"}\n', r"train\.jsonl:2: not UTF-8 text .*save the file as UTF-8"),
+    pytest.param(b'[' * 100_000 + b'\n', r"train\.jsonl:2: malformed GSM8K line \(maximum recursion depth exceeded",
+                 id="nested-past-the-recursion-limit"),  # a RecursionError traceback (a fuzz)
 ])
 def test_wrong_types_and_encodings_name_file_and_line(tmp_path, content, why):
     f = tmp_path / "train.jsonl"

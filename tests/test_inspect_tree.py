@@ -83,6 +83,11 @@ def test_a_cut_line_before_the_last_of_a_partial_file_is_still_an_error(tmp_path
     f.write_text(tree_line([ROOT])[:30] + "\n" + tree_line([ROOT]) + "\n")
     assert run.main(["inspect-tree", str(f)]) == 2
     assert f"{f}:1: not a JSON tree line" in one_error(capsys)
+    # nested past Python's recursion limit, or an integer past its digit limit: tracebacks (a fuzz), or no file named
+    for line in ("[" * 100_000, '{"index": ' + "9" * 5000 + "}"):
+        f.write_text(line + "\n" + tree_line([ROOT]) + "\n")
+        assert run.main(["inspect-tree", str(f)]) == 2
+        assert f"{f}:1: not a JSON tree line" in one_error(capsys)
 
 
 def test_an_empty_name_and_a_device_are_refused_in_one_line(tmp_path, monkeypatch, capsys):
