@@ -14,6 +14,7 @@ from pathlib import Path
 
 from data import Problem
 from model_io import ModelSpecError
+from mcts.inspect import tree_fault
 from model_io.checkpoint import write_text_atomic
 
 from .checkpointing import model_of_run
@@ -103,11 +104,16 @@ def answered(out: Path, with_trees: bool, problems: list[Problem], n_answers: in
             (out / "trees.jsonl").replace(out / TREES)  # stopped between the end's two renames: the trees are whole
         if not (out / TREES).is_file():
             raise ValueError(f"--resume: {out} has no {TREES} beside its {PARTIAL}: {start_over(out)}")
-        for line in (out / TREES).read_text(encoding="utf-8", errors="replace").splitlines():
+        for n, line in enumerate((out / TREES).read_text(encoding="utf-8", errors="replace").splitlines(), 1):
             try:
-                trees.setdefault(int(json.loads(line)["index"]), line)
-            except (ValueError, KeyError, TypeError, RecursionError):
+                tree = json.loads(line)
+            except (ValueError, RecursionError):
                 break  # the interrupted last line
+            fault = tree_fault(tree)  # a whole line no eval wrote: its summary (log_tree_stats) failed after every answer
+            if fault:
+                raise ValueError(f"--resume: {out / TREES}:{n} is {fault}: remove it and the lines after it to answer "
+                                 f"those questions again, or {start_over(out)}")
+            trees.setdefault(tree["index"], line)
     done, kept = [], []
     for line in lines:
         try:

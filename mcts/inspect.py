@@ -86,13 +86,20 @@ def read_lines(p: Path) -> list[str]:
 
 def check_tree(tree, where: str) -> None:
     """A line's tree has the fields render and tree_stats use, of their types, and its nodes form one tree."""
+    fault = tree_fault(tree)
+    if fault:
+        fix = f"pass the trees.jsonl that {EVAL} writes" if fault.startswith("not") else f"run {EVAL} again for an undamaged file"
+        raise ValueError(f"{where}: {fault}: {fix}")
+
+
+def tree_fault(tree) -> str | None:
+    """Why a parsed trees.jsonl line is not a search tree as eval writes it, or None (also eval --resume's check)."""
     if not (isinstance(tree, dict) and TREE_KEYS <= tree.keys() and isinstance(tree["nodes"], list) and tree["nodes"]
             and all(isinstance(x, dict) and NODE_KEYS <= x.keys() for x in tree["nodes"])):
-        raise ValueError(f"{where}: not a search tree (it needs {', '.join(sorted(TREE_KEYS))} and nodes with "
-                         f"{', '.join(sorted(NODE_KEYS))}): pass the trees.jsonl that {EVAL} writes")
+        return (f"not a search tree (it needs {', '.join(sorted(TREE_KEYS))} and nodes with "
+                f"{', '.join(sorted(NODE_KEYS))})")
     what = damage(tree)
-    if what:
-        raise ValueError(f"{where}: tree damaged ({what}): run {EVAL} again for an undamaged file")
+    return f"tree damaged ({what})" if what else None
 
 
 def damage(tree: dict) -> str | None:

@@ -2,6 +2,7 @@
 one writes; what cannot be resumed is refused in one line before anything loads."""
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -314,11 +315,20 @@ def test_the_answered_questions_end_at_the_first_unreadable_line_or_missing_tree
     partial.write_text(line(0) + "\n" + '{"index": 1, "quest' + "\n" + line(2) + "\n")
     assert [q.index for q in answered(tmp_path, False, problems, 2)] == [0]
     assert partial.read_text() == line(0) + "\n"
-    tree = lambda i: json.dumps({"index": i, "nodes": []})
+    root = {"id": 0, "parent": -1, "tokens": 0, "text": "", "visits": 2.0, "value": 0.5, "prior": 1.0, "terminal": False,
+            "answer": None}
+    tree = lambda i, **kw: json.dumps({"index": i, "question": f"q{i}", "gold": str(i), "answer": None, "nodes": [root], **kw})
     partial.write_text("".join(line(i) + "\n" for i in range(3)))
-    (tmp_path / "trees.jsonl.partial").write_text(tree(0) + "\n" + tree(2) + "\n")  # question 1's tree lost
+    trees = tmp_path / "trees.jsonl.partial"
+    trees.write_text(tree(0) + "\n" + tree(2) + "\n")  # question 1's tree lost
     assert [q.index for q in answered(tmp_path, True, problems, 2)] == [0]
-    assert partial.read_text() == line(0) + "\n" and (tmp_path / "trees.jsonl.partial").read_text() == tree(0) + "\n"
+    assert partial.read_text() == line(0) + "\n" and trees.read_text() == tree(0) + "\n"
+    # a whole tree line no eval wrote was kept, and failed the summary after every other answer (a fuzz): refused
+    partial.write_text("".join(line(i) + "\n" for i in range(2)))
+    for bad, fault in ((tree(1, nodes="x"), "not a search tree (it needs"), (tree(1, index="1"), "tree damaged (its index is")):
+        trees.write_text(tree(0) + "\n" + bad + "\n")
+        with pytest.raises(ValueError, match=f"^--resume: {trees}:2 is {re.escape(fault)}.*: remove it and the lines after it"):
+            answered(tmp_path, True, problems, 2)
 
 
 def test_malformed_accepts_what_an_eval_writes_and_nothing_past_it():
