@@ -92,10 +92,10 @@ def check_context(model, tok, questions: list[str], shots, max_new_tokens: int, 
     P = len(encode_prompts(tok, [questions[lengths.index(max(lengths))]], shots)[0])  # the longest, in its prompt
     if P >= ctx:
         raise ValueError(f"a prompt of {P} tokens (--shots {len(shots)}) already fills the model's context of {ctx} positions: "
-                         f"lower --shots")
+                         + ("lower --shots" if shots else "pass a model with a longer context, or questions that fit it"))
     if P + max_new_tokens > ctx:  # (shots_flag: the command has a --shots for the line to name)
         raise ValueError(f"--max-new-tokens {max_new_tokens} after a prompt of {P} tokens{f' (--shots {len(shots)})' * shots_flag} runs "
-                         f"past the model's context of {ctx} positions: lower --max-new-tokens (at most {ctx - P} here){' or --shots' * shots_flag}")
+                         f"past the model's context of {ctx} positions: lower --max-new-tokens (at most {ctx - P} here){' or --shots' * (shots_flag and bool(shots))}")
 
 
 def write_json(path: Path, obj) -> None:
