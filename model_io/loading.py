@@ -303,8 +303,10 @@ def _local(path: Path, read):
         raise
     except Exception as e:
         what = "tokenizer" if read is _tokenizer else "model"
+        held = sorted(p.name for p in (*path.glob("*.safetensors"), *path.glob("*.bin")))  # (a pytorch_model.bin: named)
         fix = (f"restore its tokenizer files ({', '.join(TOKENIZER_FILES[:2])}) from the model it came from" if what == "tokenizer"
-               else "it needs the config.json its weights were saved with, and those weights beside it (model.safetensors)")
+               else f"it needs the config.json its weights were saved with, and those weights, whole, beside it "
+                    f"({', '.join(held[:3]) or WEIGHTS_FILE})")
         raise ModelSpecError(f"transformers cannot read the {what} in {path} ({type(e).__name__}: {first_line(e)}): {fix}") from None
 
 

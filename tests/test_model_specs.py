@@ -67,6 +67,10 @@ def test_what_transformers_cannot_read_in_a_directory_is_one_line_naming_it(tmp_
         load(d)
     one_line(e)
     assert (loading.first_line(ValueError("first\nsecond")), loading.first_line(ValueError())) == ("first", "no message")
+    d = edited("b", lambda d: (d / "model.safetensors").rename(d / "pytorch_model.bin"))  # (not a torch pickle: damaged)
+    with pytest.raises(ModelSpecError, match=f"transformers cannot read the model in {d} .*those weights, whole, beside it "
+                                             r"\(pytorch_model\.bin\)$"):  # it named model.safetensors (a fuzz)
+        load(d)
     d = edited("c", lambda d: (d / "tokenizer.json").write_text("{bad"))
     with pytest.raises(ModelSpecError, match=f"transformers cannot read the tokenizer in {d} .*restore its tokenizer files") as e:
         load(d)
