@@ -95,8 +95,8 @@ def answered(out: Path, with_trees: bool, problems: list[Problem], n_answers: in
     question whose tree (`with_trees`) never reached trees.jsonl.partial. `problems`: the eval's questions, of
     which the answered ones must be the first, the same question and gold answer at the same index (checked
     before the files are touched: `--gsm8k` may change on resume, and another file's questions are numbered
-    0, 1, 2... as well). A whole line that no eval wrote (edited: a field of another type, `n_answers` answers
-    not given) is refused in one line: read as it stands, it would fail the summary after every other answer."""
+    0, 1, 2... as well). A whole line that no eval wrote (edited: a field of another type, one added or deleted,
+    `n_answers` answers not given) is refused in one line: read as it stands, it would fail the summary after every other answer."""
     lines = (out / PARTIAL).read_text(encoding="utf-8", errors="replace").splitlines()  # (bytes no eval wrote: refused below)
     trees: dict[int, str] = {}
     if with_trees:
@@ -117,10 +117,13 @@ def answered(out: Path, with_trees: bool, problems: list[Problem], n_answers: in
     done, kept = [], []
     for line in lines:
         try:
-            q = QuestionResult(**json.loads(line))
-        except (ValueError, TypeError, RecursionError):
-            break
-        bad = malformed(q, n_answers)
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            break  # cut short by the interruption
+        # a whole line of other fields (one added or deleted by hand) was taken for a cut one, and dropped silently
+        bad = other_fields(row)
+        q = QuestionResult(**row) if bad is None else None
+        bad = bad or malformed(q, n_answers)
         if bad:
             raise ValueError(f"--resume: {out / PARTIAL}:{len(done) + 1} is not a line an eval wrote ({bad}): remove "
                              f"it and the lines after it to answer those questions again, or {start_over(out)}")
@@ -135,6 +138,15 @@ def answered(out: Path, with_trees: bool, problems: list[Problem], n_answers: in
     if with_trees:
         write_text_atomic(out / TREES, "".join(trees[q.index] + "\n" for q in done))
     return done
+
+
+def other_fields(row) -> str | None:
+    """How a parsed predictions line's fields differ from those an eval writes (None: they are the same)."""
+    if not isinstance(row, dict):
+        return f"a JSON object was expected, not {type(row).__name__}"
+    want = {f.name for f in fields(QuestionResult)}
+    extra, lacks = sorted(row.keys() - want), sorted(want - row.keys())
+    return "; ".join([f"no eval writes {', '.join(extra)}"] * bool(extra) + [f"it lacks {', '.join(lacks)}"] * bool(lacks)) or None
 
 
 def malformed(q: QuestionResult, n_answers: int) -> str | None:

@@ -176,6 +176,12 @@ def test_what_cannot_be_resumed_is_one_line_before_loading(tiny_ckpt, tmp_path, 
         partial.write_text(json.dumps({**line, **edit}) + "\n")
         assert f"--resume: {partial}:1 is not a line an eval wrote (" in refused(["eval", "--resume", "--out-dir", str(out)])
         assert partial.read_text() == json.dumps({**line, **edit}) + "\n"
+    # a field added or deleted: taken for a line cut by the kill, it and every line after were dropped (a README walk)
+    lacking = {k: v for k, v in line.items() if k != "gold"}
+    for edited, why in (({**line, "note": "x"}, "no eval writes note"), (lacking, "it lacks gold"), ([line], "a JSON object was expected, not list")):
+        partial.write_text(json.dumps(edited) + "\n")
+        assert (f"--resume: {partial}:1 is not a line an eval wrote (" + why) in refused(["eval", "--resume", "--out-dir", str(out)])
+        assert partial.read_text() == json.dumps(edited) + "\n"
     partial.write_text(kept)
     # the eval's command again without --resume: the interrupted eval's answers are not thrown away
     assert (f"--out-dir {out} holds an interrupted eval (1 question(s) answered): continue it with `run.py eval "
