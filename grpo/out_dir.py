@@ -151,7 +151,8 @@ def refuse_foreign_out_dir(out: Path, command: str) -> None:
     run = inside_a_run(out)
     if run is not None:
         raise ValueError(f"--out-dir {out} is inside the training run {run}, whose own files are there (its checkpoints "
-                         f"are deleted as it trains on): pass a directory outside it (e.g. {run / command})")
+                         f"are deleted as it trains on): pass a directory outside its checkpoints/, tb/ and final_hf/ "
+                         f"(e.g. {run / command})")
     if holds_a_model(out):
         what = "a model, whose config.json"
     elif command == "eval" and is_training_run(out):

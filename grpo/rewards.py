@@ -121,16 +121,19 @@ class RewardSet:
         for part in filter(str.strip, spec.split(",")):  # (a trailing comma names no reward)
             name, _, w = part.partition("=")
             if name.strip() in weights:  # which weight would count?
-                raise ValueError(f"reward {name.strip()!r} given twice in {spec!r}: give each reward once")
+                raise ValueError(f"--rewards {spec!r}: reward {name.strip()!r} given twice: give each reward once")
             try:
                 weights[name.strip()] = float(w) if w else 1.0
             except ValueError:
-                raise ValueError(f"bad reward weight {part!r}: write name=weight, e.g. correctness=1,xmlcount=0.5") from None
+                raise ValueError(f"--rewards {spec!r}: bad reward weight {part!r}: write name=weight, e.g. correctness=1,xmlcount=0.5") from None
             if not math.isfinite(weights[name.strip()]):  # nan or inf: every reward, advantage and update would be nan
-                raise ValueError(f"bad reward weight {part!r}: a weight must be a finite number, e.g. correctness=1,xmlcount=0.5")
+                raise ValueError(f"--rewards {spec!r}: bad reward weight {part!r}: a weight must be a finite number, e.g. correctness=1,xmlcount=0.5")
         if not any(weights.values()):  # every reward 0: no advantage, nothing to learn
             raise ValueError(f"--rewards {spec!r} weighs every reward 0: give at least one a nonzero weight")
-        return cls(weights)
+        try:
+            return cls(weights)
+        except ValueError as e:  # (an unknown name: the constructor's line, with the flag that gave it)
+            raise ValueError(f"--rewards {spec!r}: {e}") from None
 
     def __call__(self, completions: Sequence[str], answers: Sequence[str], **kw) -> RewardBreakdown:
         """kw (e.g. completion_ids) is passed on to every function; the five GSM8K ones ignore it."""

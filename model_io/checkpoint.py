@@ -205,7 +205,7 @@ def check_finite(spec: str, model: torch.nn.Module) -> None:
     bad = [name for name, w in model.named_parameters()
            if not torch.isfinite(w.detach().sum(dtype=torch.float32)) and not bool(torch.isfinite(w).all())]
     if bad:
-        raise ModelSpecError(f"{spec}: {len(bad)} weight tensor{'s' * (len(bad) > 1)} hold NaN or inf (first: {bad[0]}): its "
+        raise ModelSpecError(f"{spec}: {len(bad)} weight tensor{'s hold' if len(bad) > 1 else ' holds'} NaN or inf (first: {bad[0]}): its "
                              f"weights file is damaged, or the training that wrote it diverged; pass another model")
 
 

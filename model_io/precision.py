@@ -58,8 +58,9 @@ def slow_bf16_note(precision: str, device: torch.device) -> str | None:
     """A line for bf16 asked for (or recorded by a resumed run) on a CPU where it is slow; None elsewhere."""
     if precision != "bf16" or device.type != "cpu" or cpu_has_fast_bf16():
         return None
-    return ("note: bf16 on a CPU without AMX-BF16 runs emulated matmuls, 2-8x slower than float32 at decode's sizes on "
-            "an AVX2 CPU (python3 bench/linear.py measures this one); --precision fp32, what auto picks here, is faster")
+    return ("note: bf16 on a CPU without AMX-BF16 is slower than float32 at most of decode's and training's sizes (2-8x on "
+            "an AVX2 CPU, up to 1.5x with AVX512-BF16; python3 bench/linear.py measures this one); --precision fp32, what "
+            "auto picks here, is faster")
 
 
 def weights_dtype(precision: str) -> torch.dtype:

@@ -78,8 +78,8 @@ def test_help_documents_every_field_with_its_default(command, capsys):
      "bad --mcts-when 'entropy:inf'"),  # never searched (--model: accepted, it fails at once, not after an eval)
     (["eval", "--model", "~no-such-user-mcts/x", "--out-dir", "{tmp}"], "model path ~no-such-user-mcts/x does not exist"),  # was a traceback
     (["eval", "--gsm8k", "~no-such-user-mcts/x", "--out-dir", "{tmp}"], "--gsm8k ~no-such-user-mcts/x: no such file or directory"),
-    (["train", "--rewards", "correctness=nan"], "bad reward weight 'correctness=nan': a weight must be a finite number"),
-    (["train", "--rewards", "foo=1"], "unknown reward functions ['foo']"),  # before the model loads, not after
+    (["train", "--rewards", "correctness=nan"], "--rewards 'correctness=nan': bad reward weight 'correctness=nan': a weight must be a finite number"),
+    (["train", "--rewards", "foo=1"], "--rewards 'foo=1': unknown reward functions ['foo']"),  # before the model loads; named the flag
     (["eval", "--search", "majority"], "--search majority chooses among --n answers per question: give --n >= 2"),
     (["eval", "--search", "best-of-n", "--n", "1"], "--search best-of-n chooses among --n answers"),
     (["eval", "--search", "sample", "--n", "8", "--temperature", "0"], "--temperature 0 draws the same answer all --n 8 times"),
@@ -92,7 +92,7 @@ def test_help_documents_every_field_with_its_default(command, capsys):
     (["train", "--seed", "99999999999999999999999"], "--seed must be in [0, 2**63), got 99999999999999999999999"),
     (["eval", "--seed", "-1"], "--seed must be in [0, 2**63), got -1"),
     (["train", "--rewards", "correctness=0"], "weighs every reward 0: give at least one a nonzero weight"),
-    (["train", "--rewards", "correctness=1,correctness=2"], "reward 'correctness' given twice"),
+    (["train", "--rewards", "correctness=1,correctness=2"], "--rewards 'correctness=1,correctness=2': reward 'correctness' given twice"),
     (["train", "--rewards", "correctness=0,"], "weighs every reward 0"),  # (a trailing comma is no reward named '')
     (["train", "--shots", "7473", "--device", "cpu", "--out-dir", "{tmp}"], "--shots 7473: the train split holds 7473 problems"),
 ])

@@ -360,7 +360,9 @@ def test_train_clears_only_what_a_train_began_and_removes_a_killed_writers_lefto
         assert run.main(tiny + ["--out-dir", str(inner)]) == 2
         assert f"is inside the training run {out}," in capsys.readouterr().err
     assert run.main(["eval", "--model", str(base), "--limit", "1", "--out-dir", str(out / "checkpoints" / "ev")]) == 2
-    assert f"is inside the training run {out}," in capsys.readouterr().err and not (out / "checkpoints" / "ev").exists()
+    err = capsys.readouterr().err  # (it said "a directory outside it", then named one inside the run: a README walk)
+    assert f"is inside the training run {out}," in err and not (out / "checkpoints" / "ev").exists()
+    assert err.endswith(f"pass a directory outside its checkpoints/, tb/ and final_hf/ (e.g. {out / 'eval'})\n")
     left = out / "checkpoints" / ".step-000002.tmp-x1y2"  # as atomic_dir names its temporary directory
     (left / "model").mkdir(parents=True)
     (left / "model" / "model.safetensors").write_bytes(b"\0" * 5000)

@@ -154,7 +154,7 @@ def test_a_gguf_with_nan_weights_is_refused_before_it_is_cached(fake_gguf, tmp_p
         return model
 
     monkeypatch.setattr(loading, "_load_hf", nan_model)
-    with pytest.raises(ModelSpecError, match=f"^{gguf_file}: 1 weight tensor hold NaN or inf"):
+    with pytest.raises(ModelSpecError, match=f"^{gguf_file}: 1 weight tensor holds NaN or inf"):
         load(gguf_file)
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())  # (517 MB for the default model)
 

@@ -377,10 +377,10 @@ def test_weights_holding_nan_or_inf_are_refused_as_they_load(tmp_path):
     with torch.no_grad():
         model.layers[1].mlp.down.weight[3, 4] = float("nan")
     save_model(model, tiny_tokenizer(), tmp_path / "ours")
-    with pytest.raises(ModelSpecError, match=r"ours: 1 weight tensor hold NaN or inf \(first: layers\.1\.mlp\.down\.weight\)"):
+    with pytest.raises(ModelSpecError, match=r"ours: 1 weight tensor holds NaN or inf \(first: layers\.1\.mlp\.down\.weight\)"):
         load(str(tmp_path / "ours"))
     export_hf(model, tiny_tokenizer(), tmp_path / "hf")  # transformers' format: checked as it loads too
-    with pytest.raises(ModelSpecError, match=r"hf: 1 weight tensor hold NaN or inf"):
+    with pytest.raises(ModelSpecError, match=r"hf: 1 weight tensor holds NaN or inf"):
         load(str(tmp_path / "hf"))
 
 
