@@ -382,7 +382,7 @@ def main(argv=None) -> int:
             if said is None:
                 raise  # (an unforeseen failure: its traceback, as below)
             line, code, every_rank = said
-            if every_rank or D.reports():
+            if line and (every_rank or D.reports()):
                 print(line, file=sys.stderr)
             return code
         except BaseException:  # a bug or a failure nobody foresaw: its traceback, but no empty --out-dir left behind

@@ -5,7 +5,9 @@ run.py's main catches them and prints stop_line's line; the work itself never ne
 from __future__ import annotations
 
 import errno
+import os
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -97,6 +99,9 @@ def stop_line(e: BaseException, args) -> tuple[str, int, bool] | None:
     if isinstance(e, KeyboardInterrupt):
         word, sig = ("terminated", signal.SIGTERM) if isinstance(e, Terminated) else ("interrupted", signal.SIGINT)
         return word + (f": {then}" if then else ""), 128 + int(sig), False
+    if isinstance(e, BrokenPipeError):  # `run.py inspect-tree ... | head`: the reader has all it wanted; stop quietly,
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # and let the exit's flush write nowhere
+        return "", 128 + int(signal.SIGPIPE), False  # (the shell's code for a writer the pipe stopped)
     end = f"; {then}" if then else ""
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"error: {e.strerror if e.filename is None else f'{e.strerror}: {e.filename}'}{end}", 2, False

@@ -171,3 +171,18 @@ def test_a_tree_thousands_of_levels_deep_is_printed(tmp_path, capsys):
     *lines, stats = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 + 3001 and lines[-1].startswith(" " * 3 * 2999 + "`- [3000] N=2")
     assert json.loads(stats)["tree/max_depth"] == 3000
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
+    """`run.py inspect-tree FILE | head` ended in a BrokenPipeError traceback once head had its lines (a README walk)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    f = tmp_path / "trees.jsonl"
+    f.write_text(tree_line([ROOT] + [node(i, 0, text=f"step {i} " * 5) for i in range(1, 5000)]) + "\n")  # ~300 kB of text
+    script = Path(__file__).resolve().parents[1] / "run.py"
+    p = subprocess.run(f"'{sys.executable}' '{script}' inspect-tree '{f}' | head -1; exit ${{PIPESTATUS[0]}}", shell=True,
+                       executable="/bin/bash", capture_output=True, text=True, timeout=120)
+    assert p.stdout.startswith("Q0: q?") and p.stdout.count("\n") == 1
+    assert (p.returncode, p.stderr) == (141, "")  # 128 + SIGPIPE, as a shell reports a writer its pipe stopped
