@@ -41,8 +41,8 @@ from data import DataError, encode_prompts, load_gsm8k, parse_strict
 from data.gsm8k import check_one_file, questions_and_shots
 from grpo import distributed as D
 from grpo.batches import split_shots
-from grpo.checkpointing import (check_against_checkpoint, checkpoint_dirs, checkpoints_at_once, disk_note,
-                                is_training_run, model_of_run, refuse_incomplete_checkpoints, remove_leftovers)
+from grpo.checkpointing import (check_against_checkpoint, checkpoint_dirs, checkpoints_at_once, disk_note, is_training_run,
+                                model_of_run, refuse_incomplete_checkpoints, remove_leftovers, with_checkpoint_fields)
 from grpo.config import TrainConfig, apply_preset, check_ranges, check_top_p, resumed_config, small_tree_note, warmup_note
 from grpo.eval_resume import answered, resumed_eval_config
 from grpo.evaluate import EvalConfig, answers_per_question, check_search_fits, evaluate
@@ -198,7 +198,7 @@ def cmd_train(cfg: TrainConfig, given: set[str] = frozenset(), until_step: int |
         legacy = "precision" not in saved  # a run from before --precision: bf16 autocast on a GPU, float32 on a CPU
         if "precision" in given:  # 'auto' is recorded as what it resolved to: compare like with like
             cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, resolve_device(cfg.device)))
-        cfg, changed = resumed_config(saved, cfg, set(given), str(run_dir))
+        cfg, changed = resumed_config(with_checkpoint_fields(saved, run_dir), cfg, set(given), str(run_dir))
         check_against_checkpoint(saved, run_dir)
     else:
         run_dir, legacy, changed = Path(cfg.out_dir), False, {}

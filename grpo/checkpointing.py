@@ -20,7 +20,7 @@ import torch
 from model_io import ModelSpecError, load_model, save_model
 from model_io.checkpoint import atomic_dir
 
-from .config import RESUME_MAY_CHANGE, TrainConfig, flag_name
+from .config import RESUME_MAY_CHANGE, TrainConfig, flag_name, is_train_config
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -87,23 +87,35 @@ def model_of_run(run_dir: Path) -> Path | None:
                          "checkpoint is written (--save-every), or pass a model spec")
 
 
+def checkpoint_config(run_dir: Path) -> dict:
+    """The newest checkpoint's train_config.json ({} where it is damaged: its own checks name it when it loads)."""
+    try:
+        ck = json.loads((checkpoint_dirs(run_dir)[-1] / "train_config.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return ck if isinstance(ck, dict) else {}
+
+
+def with_checkpoint_fields(saved: dict, run_dir: Path) -> dict:
+    """config.json's fields, and any it lacks from the newest checkpoint's copy: the value the run last trained
+    with, not the field's default (a field deleted by hand took its default: --max-new-tokens 256 where the run had
+    48; a field newer than an older run's config.json is in the checkpoints a resume wrote since)."""
+    if not is_train_config(saved):  # (another command's config.json over it: resumed_config names that)
+        return saved
+    fields = TrainConfig.__dataclass_fields__
+    return {**{k: v for k, v in checkpoint_config(run_dir).items() if k in fields}, **saved}
+
+
 def check_against_checkpoint(saved: dict, run_dir: Path) -> None:
     """A run's config.json must describe the run its newest checkpoint continues: one edited by hand, or checkpoints
     copied in from another run, would resume as one run while config.json (and every later checkpoint's copy of it)
     recorded another."""
+    ck = checkpoint_config(run_dir)
     newest = checkpoint_dirs(run_dir)[-1] / "train_config.json"
-    try:
-        ck = json.loads(newest.read_text())
-    except (OSError, ValueError, RecursionError):
-        return  # (a damaged copy: the checkpoint's own checks name it when it loads)
-    if not isinstance(ck, dict):  # (`saved` is one: cmd_train refuses a config.json that is not)
-        return
     free = set(RESUME_MAY_CHANGE) | {"resume", "out_dir"}  # (a resume records itself; a run directory may move)
-    # (a field config.json lacks but the checkpoint has was deleted: resumed_config would give it its default)
-    differ = sorted(k for k in set(ck) & set(TrainConfig.__dataclass_fields__) - free if k not in saved or saved[k] != ck[k])
+    differ = sorted(k for k in set(saved) & set(ck) & set(TrainConfig.__dataclass_fields__) - free if saved[k] != ck[k])
     if differ:
-        what = ", ".join(f"{flag_name(k)} ({repr(saved[k]) if k in saved else 'missing'} there, {ck[k]!r} in the checkpoint)"
-                         for k in differ)
+        what = ", ".join(f"{flag_name(k)} ({saved[k]!r} there, {ck[k]!r} in the checkpoint)" for k in differ)
         raise ValueError(f"--resume {run_dir}: its config.json and its newest checkpoint disagree on {what}: config.json "
                          f"was edited, or the checkpoints come from another run; restore config.json from {newest}")
 

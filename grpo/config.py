@@ -202,12 +202,17 @@ def _same(name: str, old, new) -> bool:
     return False
 
 
+def is_train_config(saved) -> bool:
+    """A parsed config.json that `run.py train` wrote, by the fields every version of it had."""
+    return isinstance(saved, dict) and {"steps", "group_size", "prompts_per_step", "lr"} <= saved.keys()
+
+
 def resumed_config(saved: dict, cfg: "TrainConfig", given: set[str], run_dir: str) -> tuple["TrainConfig", dict]:
     """The config to continue a run with: its saved config, plus the flags given beside --resume that may change
     (RESUME_MAY_CHANGE). -> (config, {field: (old, new)} of what changed). A flag that would change the training
     itself is an error naming it, and the way to train on with new settings: a new run from a checkpoint's weights."""
     fields = TrainConfig.__dataclass_fields__
-    if not isinstance(saved, dict) or not {"steps", "group_size", "prompts_per_step", "lr"} <= saved.keys():
+    if not is_train_config(saved):
         raise ValueError(f"--resume {run_dir}: its config.json is not the config of a `run.py train` run (another "
                          "command wrote over it?): the run cannot be continued as it was")
     was = {k: saved.get(k, fields[k].default) for k in fields}  # (a config.json older than a field: its default)

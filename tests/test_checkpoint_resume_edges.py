@@ -31,10 +31,20 @@ def test_check_against_checkpoint_reads_the_newest_checkpoints_config(tmp_path):
     with pytest.raises(ValueError, match="disagree on --lr") as e:
         check_against_checkpoint({"lr": 0.1, "steps": 10}, tmp_path)
     assert str(newest / "train_config.json") in str(e.value)
-    # a field deleted from config.json by hand: resumed_config gave it its default (256 tokens where the run had 48)
-    with pytest.raises(ValueError, match=r"disagree on --steps \(missing there, 10 in the checkpoint\)"):
-        check_against_checkpoint({"lr": 0.2}, tmp_path)
+    # a field config.json lacks (an older run's, resumed since by a newer version; or deleted by hand): not a
+    # disagreement, with_checkpoint_fields fills it from the checkpoint
+    check_against_checkpoint({"lr": 0.2}, tmp_path)
     check_against_checkpoint({"lr": 0.2, "steps": 10, "eval_every": 5}, tmp_path)  # (a field the checkpoint lacks: an older run's)
+
+
+def test_with_checkpoint_fields_fills_only_what_config_json_lacks(tmp_path):
+    from grpo.checkpointing import with_checkpoint_fields
+
+    run = {"steps": 10, "group_size": 2, "prompts_per_step": 1, "lr": 0.2}
+    _fake_checkpoint(tmp_path, 1, {**run, "max_new_tokens": 8, "lr": 0.1, "gone": 1})
+    _fake_checkpoint(tmp_path, 2, {**run, "max_new_tokens": 48, "lr": 0.3, "gone": 1})
+    assert with_checkpoint_fields(run, tmp_path) == {**run, "max_new_tokens": 48}  # the newest's; config.json's own lr
+    assert with_checkpoint_fields({"steps": 3}, tmp_path) == {"steps": 3}  # not a train config: left to be refused
 
 
 def test_the_data_fingerprint_covers_questions_answers_and_order():

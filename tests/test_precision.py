@@ -147,6 +147,24 @@ def test_train_records_the_resolved_precision_and_old_runs_resume_in_float32(tin
     assert run.main(["train", "--resume", str(out)]) == 0
     printed = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("config: "))
     assert json.loads(printed[len("config: "):])["precision"] == "fp32"
+    # resumed again: config.json (not rewritten: nothing changed) still lacks the field its new checkpoint has
+    # (a review: the second resume was refused, "config.json was edited")
+    assert "precision" not in json.loads((out / "config.json").read_text())
+    newest = out / "checkpoints" / "step-000003" / "train_config.json"
+    assert json.loads(newest.read_text())["precision"] == "fp32"
+    for f, c in ((out / "config.json", cfg), (newest, json.loads(newest.read_text()))):
+        f.write_text(json.dumps({**c, "steps": 4}))
+    assert run.main(["train", "--resume", str(out)]) == 0
+    printed = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("config: "))
+    assert json.loads(printed[len("config: "):])["precision"] == "fp32"
+    # a field deleted from config.json by hand takes the newest checkpoint's value, not its default (256 tokens
+    # where the run had 4)
+    newest = out / "checkpoints" / "step-000004" / "train_config.json"
+    for f, c in ((out / "config.json", {k: v for k, v in cfg.items() if k != "max_new_tokens"}), (newest, json.loads(newest.read_text()))):
+        f.write_text(json.dumps({**c, "steps": 5}))
+    assert run.main(["train", "--resume", str(out)]) == 0
+    printed = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("config: "))
+    assert json.loads(printed[len("config: "):])["max_new_tokens"] == 4
 
 
 def test_precision_benchmark_side_runs_and_reports(tiny_ckpt, monkeypatch):
