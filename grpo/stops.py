@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import signal
 import sys
 import threading
@@ -90,6 +91,18 @@ def stop_signals():
                 signal.signal(s, before[s])
 
 
+def stdout_reader_gone() -> bool:
+    """stdout is a pipe whose reader has closed it (poll reports an error on it), not another broken pipe (a
+    socket, a subprocess's) whose traceback says more."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # (captured in-process: no file descriptor)
+        return False
+    poll = select.poll()
+    poll.register(fd, select.POLLERR)
+    return any(ev & select.POLLERR for _, ev in poll.poll(0))
+
+
 def stop_line(e: BaseException, args) -> tuple[str, int, bool] | None:
     """(the line to say, the exit code, whether every rank says it) for a command stopped part-way by `e`, else
     None (an unforeseen failure keeps its traceback). Out of memory is said by the rank that ran out; the rest by
@@ -99,9 +112,9 @@ def stop_line(e: BaseException, args) -> tuple[str, int, bool] | None:
     if isinstance(e, KeyboardInterrupt):
         word, sig = ("terminated", signal.SIGTERM) if isinstance(e, Terminated) else ("interrupted", signal.SIGINT)
         return word + (f": {then}" if then else ""), 128 + int(sig), False
-    if isinstance(e, BrokenPipeError):  # `run.py inspect-tree ... | head`: the reader has all it wanted; stop quietly,
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # and let the exit's flush write nowhere
-        return "", 128 + int(signal.SIGPIPE), False  # (the shell's code for a writer the pipe stopped)
+    if isinstance(e, BrokenPipeError) and stdout_reader_gone():  # `run.py inspect-tree ... | head`: the reader has
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # all it wanted; the exit's flush writes nowhere
+        return (f"stopped: {then}" if then else ""), 128 + int(signal.SIGPIPE), False  # (the shell's code for it)
     end = f"; {then}" if then else ""
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"error: {e.strerror if e.filename is None else f'{e.strerror}: {e.filename}'}{end}", 2, False

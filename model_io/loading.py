@@ -303,7 +303,7 @@ def _local(path: Path, read):
         raise
     except Exception as e:
         what = "tokenizer" if read is _tokenizer else "model"
-        held = sorted(p.name for p in (*path.glob("*.safetensors"), *path.glob("*.bin")))  # (a pytorch_model.bin: named)
+        held = sorted(p.name for p in (*path.glob("*.safetensors"), *path.glob("pytorch_model*.bin")))  # (the .bin: named)
         fix = (f"restore its tokenizer files ({', '.join(TOKENIZER_FILES[:2])}) from the model it came from" if what == "tokenizer"
                else f"it needs the config.json its weights were saved with, and those weights, whole, beside it "
                     f"({', '.join(held[:3]) or WEIGHTS_FILE})")

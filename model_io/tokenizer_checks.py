@@ -82,12 +82,13 @@ def check_vocab(spec: str, tok, vocab_size: int) -> None:
 
 def set_padding(spec: str, tok, cfg: ModelConfig) -> None:
     """Left padding is masked out, so any id serves: the tokenizer's own, else its EOS (as HF does), else the
-    model config's first EOS id, else 0. A model with no EOS anywhere ends its answers only at the stop text or
-    the token limit: said once, as a warning."""
-    if tok.pad_token_id is not None:
-        return
+    model config's first EOS id that the tokenizer can name (an id among the embedding's padded rows has no
+    token), else 0. A model with no EOS anywhere ends its answers only at the stop text or the token limit: said
+    once, as a warning."""
     if tok.eos_token_id is None and not cfg.eos_token_ids:
         print(f"warning: neither the tokenizer nor the config of {spec} names an end-of-sequence token: answers end "
               "only at the stop text or the token limit", file=sys.stderr)
-    pad = tok.eos_token_id if tok.eos_token_id is not None else (cfg.eos_token_ids or (0,))[0]
-    tok.pad_token = tok.convert_ids_to_tokens(pad)
+    if tok.pad_token_id is not None:
+        return
+    ids = [i for i in (tok.eos_token_id, *cfg.eos_token_ids) if i is not None and i < len(tok)] + [0]
+    tok.pad_token = tok.convert_ids_to_tokens(ids[0])

@@ -186,3 +186,26 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
                        executable="/bin/bash", capture_output=True, text=True, timeout=120)
     assert p.stdout.startswith("Q0: q?") and p.stdout.count("\n") == 1
     assert (p.returncode, p.stderr) == (141, "")  # 128 + SIGPIPE, as a shell reports a writer its pipe stopped
+
+
+def test_only_a_closed_stdout_pipe_ends_quietly(monkeypatch):
+    """A broken pipe elsewhere (a socket, a subprocess's) keeps its traceback: stop_line says nothing for it."""
+    import argparse
+    import os
+
+    from grpo.stops import stop_line
+
+    args, err = argparse.Namespace(command="inspect-tree"), BrokenPipeError(32, "Broken pipe")
+    assert stop_line(err, args) is None  # stdout captured in-process: no descriptor
+    r, w = os.pipe()
+    with os.fdopen(w, "w") as out:
+        monkeypatch.setattr("sys.stdout", out)
+        assert stop_line(err, args) is None  # its reader still there
+        os.close(r)
+        real = os.dup(w)  # (stop_line points the descriptor at /dev/null: checked, then given back)
+        try:
+            assert stop_line(err, args) == ("", 141, False)
+            assert os.path.realpath(f"/proc/self/fd/{w}") == os.devnull
+        finally:
+            os.dup2(real, w)
+            os.close(real)

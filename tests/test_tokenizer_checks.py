@@ -6,7 +6,7 @@ import pytest
 from helpers import TINY_VOCAB, one_line
 
 from model_io import ModelSpecError, export_hf, load
-from model_io.tokenizer_checks import PROBE_CHAT, PROBE_QUESTION
+from model_io.tokenizer_checks import PROBE_CHAT
 
 
 def exported(tmp_path, tiny, name="hf"):
@@ -50,11 +50,6 @@ def test_a_chat_template_that_leaves_the_messages_out_is_refused(tmp_path, tiny)
         load(d)
 
 
-def test_the_probe_chat_has_every_role_our_prompts_use():
-    assert [m["role"] for m in PROBE_CHAT] == ["system", "user", "assistant", "user"]
-    assert PROBE_CHAT[-1]["content"] == PROBE_QUESTION
-
-
 def test_a_special_token_the_vocabulary_lacks_is_named(tmp_path, tiny):
     """transformers appends an eos_token the vocabulary lacks as a new id past the embedding; the line used to
     blame another model's tokenizer."""
@@ -93,3 +88,36 @@ def test_a_config_end_id_outside_the_vocabulary_is_named(tmp_path, tiny):
     edit_json(d / "config.json", eos_token_id=[258, -1])
     with pytest.raises(ModelSpecError, match=r"eos_token_id \[258, -1\] lies outside"):
         load(d)
+
+
+def test_padding_skips_an_end_id_the_tokenizer_cannot_name_and_the_warning_needs_no_missing_pad(tmp_path, capsys):
+    """The config's EOS among the embedding's padded rows (past the tokenizer's tokens) has no token to pad with:
+    padding stayed None (a review); and a tokenizer with a padding token but no EOS anywhere was not warned of."""
+    from helpers import tiny_hf_model, tiny_tokenizer
+
+    from model_io.convert import from_hf_model
+
+    d = tmp_path / "hf"
+    export_hf(from_hf_model(tiny_hf_model("qwen2", vocab=300, eos_token_id=290)), tiny_tokenizer(), d)
+    edit_json(d / "tokenizer_config.json", eos_token=None, pad_token=None)
+    edit_json(d / "config.json", pad_token_id=None)
+    _, tok = load(d)
+    assert tok.pad_token_id == 0
+    assert "warning" not in capsys.readouterr().err  # the config's EOS (290) still ends answers
+    edit_json(d / "tokenizer_config.json", pad_token="<|endoftext|>")
+    edit_json(d / "config.json", eos_token_id=None)
+    _, tok = load(d)
+    assert tok.pad_token_id == 256
+    assert [w for w in capsys.readouterr().err.splitlines() if w.startswith("warning")] == [
+        f"warning: neither the tokenizer nor the config of {d} names an end-of-sequence token: answers end only at the "
+        "stop text or the token limit"]
+
+
+def test_the_probe_chat_has_the_roles_of_a_real_prompt_in_order():
+    """The probe stands for data/prompts.build_messages' chats (system, a worked example, the question): if the
+    prompts change their roles, the probe must follow."""
+    from data import Problem
+    from data.prompts import build_messages
+
+    real = build_messages("q?", [Problem("a?", "1", "s", 0)])
+    assert [m["role"] for m in PROBE_CHAT] == [m["role"] for m in real]
