@@ -447,7 +447,7 @@ def test_a_finished_row_still_in_the_batch_is_not_finished_again():
 def test_decode_needs_room_for_all_but_the_last_token(static):
     """The last token is sampled from the previous step's logits and never run through the model, so a prefix with
     max_new_tokens - 1 free slots suffices (and gives generate's tokens); one slot fewer is refused up front."""
-    model = from_hf_model(tiny_hf_model(vocab=40, pad_token_id=0))
+    model = from_hf_model(tiny_hf_model(vocab=40, pad_token_id=0, eos_token_id=None))
     prompts = random_prompts([5, 2], vocab=40)
     cfg = SamplingConfig(max_new_tokens=6, **GREEDY)
     want = generate(model, prompts, cfg, static=static)

@@ -134,7 +134,7 @@ def test_static_step_mask_rows_start_at_multiples_of_8(monkeypatch):
     seen = []
     plain = model_mod.grouped_attention
     monkeypatch.setattr(model_mod, "grouped_attention", lambda q, k, v, mask: seen.append(mask) or plain(q, k, v, mask))
-    model = from_hf_model(tiny_hf_model(vocab=40, pad_token_id=0))
+    model = from_hf_model(tiny_hf_model(vocab=40, pad_token_id=0, eos_token_id=None))
     prompts = random_prompts([5, 9], vocab=40)
     pre = prefill(model, prompts, room=4)
     assert pre.cache.capacity == 13
@@ -175,7 +175,7 @@ def test_cuda_graph_is_captured_on_the_buffers_device(monkeypatch):
     from model_io import prefill
     from model_io.static_decode import StaticStep
 
-    model = from_hf_model(tiny_hf_model(vocab=40, pad_token_id=0)).eval()  # (before torch.cuda is faked)
+    model = from_hf_model(tiny_hf_model(vocab=40, pad_token_id=0, eos_token_id=None)).eval()  # (before torch.cuda is faked)
     pre = prefill(model, random_prompts([3, 5], vocab=40), room=4)
     step = StaticStep(model, pre.cache, pre.next_pos)
     cur = [torch.device("cuda:0")]  # the current device
@@ -253,7 +253,7 @@ def test_static_step_ignores_whatever_the_unwritten_slots_held():
     from model_io import prefill
     from model_io.static_decode import StaticStep
 
-    model = from_hf_model(tiny_hf_model(vocab=40, pad_token_id=0)).eval()
+    model = from_hf_model(tiny_hf_model(vocab=40, pad_token_id=0, eos_token_id=None)).eval()
     prompts = random_prompts([5, 9], vocab=40)
     tok = prefill(model, prompts, room=4).logits.argmax(-1)
     pre = prefill(model, prompts, room=4)
@@ -268,7 +268,7 @@ def test_static_step_ignores_whatever_the_unwritten_slots_held():
 def test_static_decoding_counts_the_tokens_it_runs():
     """forward_tokens on the static path: every row runs every step but the first token's (read from the prefill's
     logits): R * (max_new_tokens - 1) when no row ends, as on the dynamic path, plus the prompts' tokens."""
-    model = from_hf_model(tiny_hf_model(vocab=40, pad_token_id=0))
+    model = from_hf_model(tiny_hf_model(vocab=40, pad_token_id=0, eos_token_id=None))
     prompts = random_prompts([5, 3], vocab=40)
     cfg = SamplingConfig(max_new_tokens=6, temperature=0.0)
     for static in (False, True):
@@ -291,7 +291,7 @@ class StopAtExactWindow:
 
 @pytest.mark.parametrize("static", [False, True])
 def test_a_stop_as_long_as_its_window_is_seen_whole(static):
-    model = from_hf_model(tiny_hf_model(vocab=40, pad_token_id=0))
+    model = from_hf_model(tiny_hf_model(vocab=40, pad_token_id=0, eos_token_id=None))
     prompts = random_prompts([5, 7], vocab=40)
     cfg = SamplingConfig(max_new_tokens=10, temperature=0.0)
     free = generate(model, prompts, cfg, static=static)
@@ -325,7 +325,7 @@ def test_the_compiled_steps_end_gives_bf16_weights_a_float32_head():
     float32 head weight (Transformer.head_weight) and give the model's own float32 logits."""
     from model_io.static_decode import _end_step
 
-    model = from_hf_model(tiny_hf_model(vocab=40, pad_token_id=0)).to(torch.bfloat16)
+    model = from_hf_model(tiny_hf_model(vocab=40, pad_token_id=0, eos_token_id=None)).to(torch.bfloat16)
     x = torch.randn(3, 1, model.cfg.dim).bfloat16()
     with torch.no_grad():
         got = _end_step(model.norm, x, model.head_weight(torch.float32))
