@@ -65,7 +65,7 @@ def tree_file(path: str | Path) -> Path:
         if not (p / "trees.jsonl").is_file() and (p / "trees.jsonl.partial").is_file():  # an interrupted eval's
             raise ValueError(f"{p} holds an interrupted eval (trees.jsonl.partial): `run.py eval --resume --out-dir {p}` "
                              f"finishes it, or pass {p / 'trees.jsonl.partial'} for the trees so far")
-        if not (p / "trees.jsonl").is_file():
+        if not (p / "trees.jsonl").exists():  # (one that is there but no file: said below)
             raise ValueError(f"{p} has no trees.jsonl: `run.py eval --search mcts --mcts-when tree --out-dir {p}` writes one")
         p = p / "trees.jsonl"
     if p.exists() and not p.is_file():  # /dev/null, a pipe: "not found" would send the user looking for it
@@ -77,7 +77,7 @@ def tree_file(path: str | Path) -> Path:
 
 def read_lines(p: Path) -> list[str]:
     try:
-        return p.read_text(encoding="utf-8").splitlines()
+        return p.read_text(encoding="utf-8-sig").splitlines()  # (a BOM, as an editor may save one, is no content)
     except UnicodeDecodeError:
         raise ValueError(f"{p} is not a text file: pass the trees.jsonl that {EVAL} writes") from None
     except OSError as e:  # unreadable (permissions): run.py would print a traceback for an OSError

@@ -98,6 +98,18 @@ def test_an_empty_name_and_a_device_are_refused_in_one_line(tmp_path, monkeypatc
         assert "inspect-tree's FILE is empty" in one_error(capsys)
     assert run.main(["inspect-tree", "/dev/null"]) == 2
     assert one_error(capsys).startswith("error: /dev/null is not a regular file: pass the trees.jsonl")
+    ev = tmp_path / "ev"
+    (ev / "trees.jsonl").mkdir(parents=True)  # there, but a directory: it said the eval had no trees.jsonl (a fuzz)
+    assert run.main(["inspect-tree", str(ev)]) == 2
+    assert one_error(capsys).startswith(f"error: {ev / 'trees.jsonl'} is not a regular file")
+
+
+def test_a_byte_order_mark_is_no_content(tmp_path, capsys):
+    """An editor may save the file with a UTF-8 BOM: it was refused as 'not a JSON tree line' (a fuzz)."""
+    f = tmp_path / "trees.jsonl"
+    f.write_bytes(b"\xef\xbb\xbf" + tree_line([ROOT]).encode() + b"\n")
+    assert run.main(["inspect-tree", str(f)]) == 0
+    assert capsys.readouterr().out.startswith("Q0: q?")
 
 
 def test_a_cut_line_followed_by_blank_lines_is_still_the_last(tmp_path, capsys):
