@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from model_io.checkpoint import write_text_atomic
+
 from . import distributed as D
 from .loss import flat_groups
 
@@ -205,4 +207,4 @@ def truncate_log(path: Path, last_step: int) -> None:
         return
     rows = [(line, metrics_row(line)) for line in path.read_text(errors="replace").splitlines()]
     keep = [line for line, row in rows if row is not None and row["step"] <= last_step]
-    path.write_text("".join(l + "\n" for l in keep))
+    write_text_atomic(path, "".join(l + "\n" for l in keep))  # (a kill or a full disk mid-write: the old log, whole)

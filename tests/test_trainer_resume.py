@@ -108,6 +108,29 @@ def test_a_resume_cuts_the_logs_back_past_torn_and_damaged_lines(tmp_path):
     assert path.read_text().splitlines() == ['{"step": 0, "eval/a": 1}', '{"step": 1, "loss": 0.5}']
 
 
+def test_cutting_the_log_back_never_leaves_half_of_it(tmp_path, monkeypatch):
+    """truncate_log wrote the kept lines over the log in place: a full disk (or a kill) part-way left a log holding
+    neither the old lines nor the new ones."""
+    import errno
+    import pathlib
+
+    from grpo.metrics import truncate_log
+
+    path = tmp_path / "metrics.jsonl"
+    whole = "".join(f'{{"step": {s}, "loss": 0.5}}\n' for s in range(5))
+    path.write_text(whole)
+    real = pathlib.Path.write_text
+
+    def disk_full(self, text, *a, **kw):
+        real(self, text[: len(text) // 2], *a, **kw)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", disk_full)
+    with pytest.raises(OSError):
+        truncate_log(path, 2)
+    assert path.read_text() == whole
+
+
 # (a run whose first update is skipped: torch warned that the schedule lost its first value, which it does not)
 @pytest.mark.filterwarnings("error:Detected call of .lr_scheduler.step:UserWarning")
 def test_a_resume_counts_the_skipped_updates_before_its_checkpoint(tmp_path):
