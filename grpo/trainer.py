@@ -59,7 +59,7 @@ from data import Problem, StopOnText, encode_prompts, stop_token_ids
 from model_io import SamplingConfig, Transformer, export_hf
 from model_io.checkpoint import weights_fingerprint
 from model_io.linear import drop_packed, set_packed, unpacked
-from model_io.precision import mixed_precision, resolve_precision, store_frozen_linears_in
+from model_io.precision import check_master_weights, mixed_precision, resolve_precision, store_frozen_linears_in
 
 from . import distributed as D, limits
 from .batches import EpochOrder, split_shots
@@ -88,6 +88,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, model: Transformer, tokenizer, train: list[Problem], test: list[Problem],
                  run_dir: Path, rewards: RewardSet | None = None, dist: D.Dist = D.Dist(), progress: bool = True):
         self.cfg, self.model, self.tok = cfg, model, tokenizer
+        check_master_weights(model)
         self.shots, train = split_shots(train, cfg.shots, cfg.prompts_per_step)
         self.train_set, self.test_set = train, test
         self.run_dir, self.dist, self.progress = run_dir, dist, progress

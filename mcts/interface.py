@@ -49,8 +49,11 @@ class SearchConfig:
         check_step(self.step)
         if self.n_simulations < 1 or self.children < 1 or self.rollout_depth < 0 or self.step_tokens < 1:
             raise ValueError("n_simulations, children and step_tokens must be >= 1, rollout_depth >= 0")
-        if self.c_puct < 0 or not 0 <= self.format_weight <= 1:
-            raise ValueError(f"c_puct must be >= 0 (got {self.c_puct}) and format_weight in [0, 1] (got {self.format_weight})")
+        if not 0 <= self.temperature < math.inf or not 0 < self.top_p <= 1:  # (NaN: 1-token answers, silently)
+            raise ValueError(f"temperature must be finite and >= 0 (got {self.temperature}) and top_p in (0, 1] "
+                             f"(got {self.top_p})")
+        if not 0 <= self.c_puct < math.inf or not 0 <= self.format_weight <= 1:
+            raise ValueError(f"c_puct must be finite and >= 0 (got {self.c_puct}) and format_weight in [0, 1] (got {self.format_weight})")
         if not (0 <= self.gumbel_c_visit < math.inf and 0 <= self.gumbel_c_scale < math.inf):  # a negative scale turns
             # sigma(q) around: the root would prefer its worst-valued children
             raise ValueError(f"gumbel_c_visit and gumbel_c_scale must be finite and >= 0 (got {self.gumbel_c_visit}, "

@@ -11,6 +11,7 @@ Sampling takes an explicit torch.Generator: the same seed and inputs give the sa
 """
 from __future__ import annotations
 
+import math
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -75,8 +76,8 @@ class SamplingConfig:
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 <= self.temperature < math.inf:  # (NaN passed `< 0` and sampled the last id of every row)
+            raise ValueError(f"temperature must be finite and >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:  # (was taken as off)
@@ -371,6 +372,8 @@ def generate(
     with `share_prompt=False` continue from copies of them (default: shared for n > 1, except with
     --decode compiled, whose compiled step knows only a plain cache). max_tokens: per-row caps [B * n] (see decode).
     stop_context: per prompt [B], the tokens of an answer the prompt ends in (see decode), for each of its n rows."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:  # (0 and -1 gave one row per prompt)
+        raise ValueError(f"n (completions per prompt) must be an integer >= 1, got {n!r}")
     if max(map(len, prompts), default=0) + cfg.max_new_tokens > model.cfg.max_position_embeddings and not _warned_positions:
         _warned_positions.append(True)  # once per process (a run samples thousands of batches); RoPE runs on past the
         print(f"warning: prompt + new tokens run past the model's max_position_embeddings "  # context, untrained there

@@ -195,10 +195,15 @@ def test_max_new_tokens_and_config_validation():
     ours = from_hf_model(tiny_hf_model())
     res = generate(ours, random_prompts([4]), SamplingConfig(max_new_tokens=5, **GREEDY))
     assert res.tokens.shape == (1, 5) and res.finish == ["length"] and int(res.lengths[0]) == 5
-    for bad, says in ((dict(max_new_tokens=0), "max_new_tokens must be >= 1"), (dict(temperature=-1.0), "temperature must be >= 0"),
-                      (dict(top_p=0.0), r"top_p must be in \(0, 1\]"), (dict(top_k=-1), "top_k must be >= 0")):
+    for bad, says in ((dict(max_new_tokens=0), "max_new_tokens must be >= 1"), (dict(temperature=-1.0), "temperature must be finite and >= 0, got -1.0"),
+                      (dict(top_p=0.0), r"top_p must be in \(0, 1\]"), (dict(top_k=-1), "top_k must be >= 0"),
+                      # NaN passed `< 0` and sampled the last id of every row, with finite log-probs (an API review)
+                      (dict(temperature=float("nan")), "temperature must be finite"), (dict(temperature=float("inf")), "finite")):
         with pytest.raises(ValueError, match=says):
             SamplingConfig(**bad)
+    for n in (0, -1, 1.0, True):  # 0 and -1 gave one row per prompt
+        with pytest.raises(ValueError, match=rf"n \(completions per prompt\) must be an integer >= 1, got {n!r}"):
+            generate(ours, random_prompts([4]), SamplingConfig(max_new_tokens=5, **GREEDY), n=n)
     with pytest.raises(ValueError, match="empty prompt"):
         generate(ours, [[1, 2], []], SamplingConfig(max_new_tokens=2))
 

@@ -125,9 +125,13 @@ def test_bad_search_settings():
                       (dict(step="tokens:0"), "unknown --step 'tokens:0'"), (dict(n_simulations=0), "n_simulations, children"),
                       (dict(step="newlines"), "unknown --step 'newlines'"), (dict(children=0), "n_simulations, children"),
                       (dict(step_tokens=0), "n_simulations, children"), (dict(rollout_depth=-1), "n_simulations, children"),
-                      (dict(c_puct=-0.5), r"c_puct must be >= 0 \(got -0.5\)"), (dict(format_weight=1.5), r"format_weight in \[0, 1\] \(got 1.5\)"),
+                      (dict(c_puct=-0.5), r"c_puct must be finite and >= 0 \(got -0.5\)"), (dict(format_weight=1.5), r"format_weight in \[0, 1\] \(got 1.5\)"),
                       (dict(gumbel_c_scale=-0.1), r"gumbel_c_visit and gumbel_c_scale must be finite and >= 0 \(got 50.0, -0.1\)"),
-                      (dict(gumbel_c_visit=float("nan")), "gumbel_c_visit and gumbel_c_scale must be finite")):
+                      (dict(gumbel_c_visit=float("nan")), "gumbel_c_visit and gumbel_c_scale must be finite"),
+                      # NaN passed every `< 0` check: the search returned 1-token answers, silently (an API review)
+                      (dict(temperature=float("nan")), r"temperature must be finite and >= 0 \(got nan\)"),
+                      (dict(top_p=float("nan")), r"top_p in \(0, 1\] \(got nan\)"),
+                      (dict(c_puct=float("nan")), r"c_puct must be finite and >= 0 \(got nan\)")):
         with pytest.raises(ValueError, match=says):
             SearchConfig(**bad)
 
