@@ -241,7 +241,7 @@ def evaluate(
     """Answer `problems`; returns the summary and per-question results (streamed to `out_path` as JSONL;
     for mcts, each tree to `tree_path`). The questions and the prompts' worked examples are the caller's: every one
     of `problems` is answered, with `shots` (cfg.limit and cfg.shots are what run.py eval chooses them by:
-    data.questions_and_shots). `done`: the questions an interrupted eval answered (`run.py eval --resume`):
+    data.gsm8k.questions_and_shots). `done`: the questions an interrupted eval answered (`run.py eval --resume`):
     the files are appended to, and the progress bar and the summary (their seconds included) count them.
     `first_sample`: sampled answers are numbered from it (each has its own random stream, named by its question
     and number), so a second call with first_sample=n draws answers n, n+1, ... of the same questions, more of the
