@@ -397,4 +397,4 @@ if __name__ == "__main__":
         print("interrupted", file=sys.stderr)  # (before any work: nothing to continue)
         sys.exit(128 + signal.SIGINT)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    sys.exit(main())
+    sys.exit(D.exit_code(main))  # (a silent rank lets rank 0 say the error first)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import importlib
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +45,25 @@ def reports(e: BaseException | None = None) -> bool:
     """Whether this process prints error `e` (None: a usage error): always when alone; under torchrun on rank 0, or on
     the rank a RankError is about."""
     return isinstance(e, RankError) or launch_rank() == 0
+
+
+# How long a rank that fails in silence waits before it exits (exit_code): torchrun stops every worker once one exits
+# with an error, and rank 0, meeting the same error a moment later, was stopped before it had printed its line.
+SILENT_RANK_WAIT_S = 5.0
+
+
+def exit_code(main) -> int | str | None:
+    """main()'s exit code (a usage error's SystemExit too). Under torchrun, a rank other than 0 that ends with an
+    error (2) it did not print (reports) first gives rank 0 SILENT_RANK_WAIT_S to say it: a bad flag ended, 1 time in
+    13, with no line at all, only torchrun's ChildFailedError (a torchrun fuzz)."""
+    try:
+        code = main()
+    except SystemExit as e:
+        code = e.code
+    if code == 2 and launch_rank() != 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # (2: an error; a stop by a
+        # signal, 130 or 143, stops every rank at once, and waiting would only hold the stop up)
+        time.sleep(SILENT_RANK_WAIT_S)
+    return code
 
 
 def check_device(name: str) -> str:
