@@ -146,6 +146,9 @@ def prefill(model: Transformer, prompts: Sequence[Sequence[int]], room: int, pad
     suits a GPU, where launches rather than FLOPs are the cost."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("prefill needs at least one prompt and no empty prompt")
+    lo, hi = min(min(p) for p in prompts), max(max(p) for p in prompts)  # (past the embedding: an IndexError deep in
+    if lo < 0 or hi >= model.cfg.vocab_size:                                # torch on a CPU, a device assert on a GPU)
+        raise ValueError(f"prompt token ids must be in [0, {model.cfg.vocab_size}), the model's vocabulary; got {lo if lo < 0 else hi}")
     dev = model.device
     per_row = dev.type == "cpu" if per_row is None else per_row
     B, P = len(prompts), max(len(p) for p in prompts)

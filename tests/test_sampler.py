@@ -206,6 +206,10 @@ def test_max_new_tokens_and_config_validation():
             generate(ours, random_prompts([4]), SamplingConfig(max_new_tokens=5, **GREEDY), n=n)
     with pytest.raises(ValueError, match="empty prompt"):
         generate(ours, [[1, 2], []], SamplingConfig(max_new_tokens=2))
+    V = ours.cfg.vocab_size  # ids past the embedding: an IndexError from F.embedding (a device assert on a GPU)
+    for bad, got in (([[1, V]], V), ([[-1, 2]], -1)):
+        with pytest.raises(ValueError, match=rf"^prompt token ids must be in \[0, {V}\), the model's vocabulary; got {got}$"):
+            generate(ours, bad, SamplingConfig(max_new_tokens=2))
 
 
 def test_running_past_the_trained_positions_warns_once_naming_the_fix(monkeypatch, capsys):
